@@ -1,0 +1,205 @@
+//! Everything that crosses the kernel boundary: map keys and values, counters and
+//! events. All `#[repr(C)]`, padded explicitly, flags as integers.
+
+/// Upstream id 0 is the `default` policy: destinations that match no configured
+/// upstream, each with its own breaker in [`DestKey`]-keyed LRU map.
+pub const DEFAULT_UPSTREAM_ID: u32 = 0;
+
+/// `bpf_sock_addr.protocol` for TCP; every other protocol passes untouched.
+pub const IPPROTO_TCP: u32 = 6;
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+/// errno a rejected connect() fails with.
+pub const ECONNREFUSED: i32 = 111;
+
+/// Map names, shared so the daemon and the programs cannot disagree.
+pub mod map_names {
+    pub const SETTINGS: &str = "SETTINGS";
+    pub const ENDPOINTS_V4: &str = "ENDPOINTS_V4";
+    pub const ENDPOINTS_V6: &str = "ENDPOINTS_V6";
+    pub const POLICIES: &str = "POLICIES";
+    pub const UPSTREAM_STATES: &str = "UPSTREAM_STATES";
+    pub const DEFAULT_STATES: &str = "DEFAULT_STATES";
+    pub const FLOWS: &str = "FLOWS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const EVENTS: &str = "EVENTS";
+}
+
+/// Program names as the eBPF object exports them.
+pub mod program_names {
+    pub const CONNECT4: &str = "breaker_connect4";
+    pub const CONNECT6: &str = "breaker_connect6";
+    pub const SOCK_OPS: &str = "breaker_sock_ops";
+}
+
+/// Global settings, the single entry of `SETTINGS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// SO_MARK of the daemon's probe sockets; connects from sockets with it pass untouched.
+    pub probe_mark: u32,
+    /// Non-zero: unmatched destinations get a breaker each under the default policy.
+    pub default_policy_enabled: u32,
+}
+
+/// LPM trie key data for IPv4 endpoints. The port comes first so that one trie holds
+/// port-specific endpoints (port != 0, prefix 16 + addr bits) and any-port endpoints
+/// (port 0, looked up second). Both fields in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointV4 {
+    pub port: [u8; 2],
+    pub addr: [u8; 4],
+}
+
+/// LPM trie key data for IPv6 endpoints; as [`EndpointV4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointV6 {
+    pub port: [u8; 2],
+    pub addr: [u8; 16],
+}
+
+/// Bits of prefix the port takes in an endpoint key.
+pub const PORT_PREFIX_BITS: u32 = 16;
+
+/// `UpstreamPolicy.flags`: a fallback is set for IPv4 connects.
+pub const POLICY_FALLBACK_V4: u32 = 1 << 0;
+/// `UpstreamPolicy.flags`: a fallback is set for IPv6 connects.
+pub const POLICY_FALLBACK_V6: u32 = 1 << 1;
+
+/// Per-upstream configuration, written by the daemon, read by the connect hooks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UpstreamPolicy {
+    pub failure_threshold: u32,
+    pub success_threshold: u32,
+    pub half_open_max_connections: u32,
+    pub open_duration_ms: u32,
+    pub flags: u32,
+    /// Network byte order, as in `bpf_sock_addr.user_port`.
+    pub fallback_port_v4: u32,
+    pub fallback_port_v6: u32,
+    /// Network byte order, as in `bpf_sock_addr.user_ip4`.
+    pub fallback_ip4: u32,
+    pub fallback_ip6: [u32; 4],
+}
+
+impl UpstreamPolicy {
+    #[inline(always)]
+    pub fn thresholds(&self) -> crate::machine::Thresholds {
+        crate::machine::Thresholds {
+            failure_threshold: self.failure_threshold,
+            success_threshold: self.success_threshold,
+            half_open_max_connections: self.half_open_max_connections,
+            open_duration_ms: self.open_duration_ms,
+        }
+    }
+}
+
+/// One destination under the default policy: address (IPv4 as v4-mapped IPv6) and
+/// port, network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DestKey {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub family: u16,
+}
+
+/// A per-destination breaker word under the default policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BreakerCell {
+    pub word: u64,
+}
+
+/// `Flow.flags`: admitted as a HALF_OPEN trial of `Flow.epoch`.
+pub const FLOW_TRIAL: u32 = 1 << 0;
+/// `Flow.flags`: the breaker lives in `DEFAULT_STATES[Flow.dest]`.
+pub const FLOW_DEFAULT_POLICY: u32 = 1 << 1;
+
+/// A connect the hooks watch, keyed by socket cookie in `FLOWS`: written by connect4/6
+/// when it admits, removed by sock_ops at the connect's one counted outcome.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub upstream: u32,
+    pub flags: u32,
+    pub epoch: u32,
+    pub _pad: u32,
+    pub dest: DestKey,
+}
+
+/// Per-upstream counters, one slot per CPU in `COUNTERS`, summed by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// TCP connects to the upstream seen by connect4/6 (passed, rejected or redirected).
+    pub attempts: u64,
+    pub successes: u64,
+    /// Closed from SYN_SENT before any retransmission: an RST or a hard ICMP error.
+    pub failures_refused: u64,
+    /// SYN retransmission timeout while in SYN_SENT.
+    pub failures_timeout: u64,
+    /// Closed from SYN_SENT after the SYN was retransmitted without a counted timeout.
+    pub failures_other: u64,
+    /// Failed fast with ECONNREFUSED.
+    pub rejected: u64,
+    /// Rewritten to the fallback.
+    pub redirected: u64,
+    /// Updates given up after `CAS_RETRIES` lost races (should stay 0).
+    pub contention_misses: u64,
+}
+
+/// Why a transition happened.
+pub const CAUSE_FAILURE_REFUSED: u32 = 1;
+pub const CAUSE_FAILURE_TIMEOUT: u32 = 2;
+pub const CAUSE_FAILURE_OTHER: u32 = 3;
+pub const CAUSE_SUCCESS: u32 = 4;
+pub const CAUSE_OPEN_EXPIRED: u32 = 5;
+pub const CAUSE_PROBE_SUCCESS: u32 = 6;
+pub const CAUSE_PROBE_FAILURE: u32 = 7;
+
+pub const fn cause_name(cause: u32) -> &'static str {
+    match cause {
+        CAUSE_FAILURE_REFUSED => "refused",
+        CAUSE_FAILURE_TIMEOUT => "timeout",
+        CAUSE_FAILURE_OTHER => "other_failure",
+        CAUSE_SUCCESS => "success",
+        CAUSE_OPEN_EXPIRED => "open_expired",
+        CAUSE_PROBE_SUCCESS => "probe_success",
+        CAUSE_PROBE_FAILURE => "probe_failure",
+        _ => "unknown",
+    }
+}
+
+/// A state transition, sent by the program that made it through `EVENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransitionEvent {
+    pub at_ns: u64,
+    pub upstream: u32,
+    pub from: u32,
+    pub to: u32,
+    pub cause: u32,
+    /// The destination, for default-policy breakers (zero otherwise).
+    pub dest: DestKey,
+    pub _pad: u32,
+}
+
+/// The IPv4 address `a` (network order) as a v4-mapped IPv6 address, as `DestKey` keeps it.
+#[inline(always)]
+pub const fn v4_mapped(a: u32) -> [u32; 4] {
+    [0, 0, 0xffff_u32.to_be(), a]
+}
+
+/// If `addr` (network order) is v4-mapped, its IPv4 address in network order.
+#[inline(always)]
+pub const fn unmap_v4(addr: [u32; 4]) -> Option<u32> {
+    if addr[0] == 0 && addr[1] == 0 && addr[2] == 0xffff_u32.to_be() {
+        Some(addr[3])
+    } else {
+        None
+    }
+}

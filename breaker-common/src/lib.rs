@@ -1,0 +1,15 @@
+//! Types and logic shared by the kernel programs (`breaker-ebpf`) and the daemon
+//! (`breaker-userspace`).
+//!
+//! - [`machine`]: the per-upstream breaker state machine, as pure functions over a
+//!   packed 64-bit word, so any hook (connect, sock_ops, later TC/XDP) and the daemon
+//!   can update the same state with one compare-and-swap.
+//! - [`abi`]: the `#[repr(C)]` map keys, values, counters and events that cross the
+//!   kernel boundary.
+#![cfg_attr(not(test), no_std)]
+
+pub mod abi;
+pub mod machine;
+
+#[cfg(feature = "user")]
+mod user;

@@ -1,0 +1,289 @@
+//! The breaker state machine.
+//!
+//! One upstream's whole state is a single `u64` ([`BreakerWord`]), so every change is
+//! one compare-and-swap: the kernel programs and the daemon (through an mmap of the
+//! same array map) race on it without locks and without lost updates.
+//!
+//! Layout of the word, low bits first:
+//!
+//! | bits   | field                                                            |
+//! |--------|------------------------------------------------------------------|
+//! | 0..32  | `opened_at_ms`: monotonic milliseconds (wrapping) of the last trip |
+//! | 32..34 | state: CLOSED, OPEN, HALF_OPEN                                    |
+//! | 34..48 | `count`: consecutive failures (CLOSED) or successes (HALF_OPEN)    |
+//! | 48..56 | `in_flight`: trial connects admitted and not yet finished (HALF_OPEN) |
+//! | 56..64 | `epoch`: bumped on every entry to HALF_OPEN, tags trial connects   |
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Largest `failure_threshold` / `success_threshold` the word can count to.
+pub const MAX_COUNT: u32 = (1 << 14) - 1;
+/// Largest `half_open_max_connections` the word can track.
+pub const MAX_IN_FLIGHT: u32 = (1 << 8) - 1;
+/// Compare-and-swap attempts before giving up on one update. Contention on one
+/// upstream word is short; the bound exists for the verifier.
+pub const CAS_RETRIES: usize = 8;
+
+pub const STATE_CLOSED: u32 = 0;
+pub const STATE_OPEN: u32 = 1;
+pub const STATE_HALF_OPEN: u32 = 2;
+
+/// Breaker state as a plain enum for logic; the wire form is the `u32` constants above.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum State {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl State {
+    #[inline(always)]
+    pub const fn as_u32(self) -> u32 {
+        match self {
+            State::Closed => STATE_CLOSED,
+            State::Open => STATE_OPEN,
+            State::HalfOpen => STATE_HALF_OPEN,
+        }
+    }
+
+    #[inline(always)]
+    pub const fn from_u32(v: u32) -> State {
+        match v {
+            STATE_OPEN => State::Open,
+            STATE_HALF_OPEN => State::HalfOpen,
+            _ => State::Closed,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// The thresholds one breaker runs with (a view of [`crate::abi::UpstreamPolicy`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Thresholds {
+    pub failure_threshold: u32,
+    pub success_threshold: u32,
+    pub half_open_max_connections: u32,
+    pub open_duration_ms: u32,
+}
+
+/// The packed per-upstream state. See the module docs for the layout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct BreakerWord(pub u64);
+
+impl BreakerWord {
+    pub const CLOSED: BreakerWord = BreakerWord(0);
+
+    #[inline(always)]
+    pub const fn opened_at_ms(self) -> u32 {
+        self.0 as u32
+    }
+    #[inline(always)]
+    pub const fn state(self) -> State {
+        State::from_u32(((self.0 >> 32) & 0x3) as u32)
+    }
+    #[inline(always)]
+    pub const fn count(self) -> u32 {
+        ((self.0 >> 34) & MAX_COUNT as u64) as u32
+    }
+    #[inline(always)]
+    pub const fn in_flight(self) -> u32 {
+        ((self.0 >> 48) & 0xff) as u32
+    }
+    #[inline(always)]
+    pub const fn epoch(self) -> u8 {
+        (self.0 >> 56) as u8
+    }
+
+    #[inline(always)]
+    pub const fn pack(state: State, opened_at_ms: u32, count: u32, in_flight: u32, epoch: u8) -> Self {
+        let count = if count > MAX_COUNT { MAX_COUNT } else { count };
+        let in_flight = if in_flight > MAX_IN_FLIGHT { MAX_IN_FLIGHT } else { in_flight };
+        BreakerWord(
+            opened_at_ms as u64
+                | (state.as_u32() as u64) << 32
+                | (count as u64) << 34
+                | (in_flight as u64) << 48
+                | (epoch as u64) << 56,
+        )
+    }
+
+    #[inline(always)]
+    fn with_count(self, count: u32) -> Self {
+        Self::pack(self.state(), self.opened_at_ms(), count, self.in_flight(), self.epoch())
+    }
+
+    /// Milliseconds spent OPEN at `now_ms` (wrapping clock, so an open time up to
+    /// 24 days is measured right).
+    #[inline(always)]
+    pub const fn open_for_ms(self, now_ms: u32) -> u32 {
+        now_ms.wrapping_sub(self.opened_at_ms())
+    }
+
+    /// OPEN, tripped at `now_ms`. Keeps the epoch so stale trials stay stale.
+    #[inline(always)]
+    fn tripped(self, now_ms: u32) -> Self {
+        Self::pack(State::Open, now_ms, 0, 0, self.epoch())
+    }
+
+    /// HALF_OPEN with no trials yet, in a new epoch.
+    #[inline(always)]
+    fn half_opened(self) -> Self {
+        Self::pack(State::HalfOpen, self.opened_at_ms(), 0, 0, self.epoch().wrapping_add(1))
+    }
+}
+
+/// What a connect hook does with a new connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// CLOSED: let it through and watch its outcome.
+    Pass,
+    /// HALF_OPEN: let it through as a trial of this epoch.
+    Trial { epoch: u8 },
+    /// OPEN, or HALF_OPEN with every trial slot taken: fail it fast or send it to the fallback.
+    Reject,
+}
+
+/// How one watched connect ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub success: bool,
+    /// `Some(epoch)` if the connect was admitted as a HALF_OPEN trial.
+    pub trial_epoch: Option<u8>,
+}
+
+/// The result of applying one event to a word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step<T> {
+    pub next: BreakerWord,
+    pub result: T,
+}
+
+impl<T> Step<T> {
+    /// The state change this step makes, if any.
+    #[inline(always)]
+    pub fn transition(&self, prev: BreakerWord) -> Option<(State, State)> {
+        let (from, to) = (prev.state(), self.next.state());
+        if from == to {
+            None
+        } else {
+            Some((from, to))
+        }
+    }
+}
+
+/// OPEN for at least `open_duration` moves to HALF_OPEN; anything else is unchanged.
+#[inline(always)]
+pub fn expire_open(w: BreakerWord, now_ms: u32, t: &Thresholds) -> BreakerWord {
+    if w.state() == State::Open && w.open_for_ms(now_ms) >= t.open_duration_ms {
+        w.half_opened()
+    } else {
+        w
+    }
+}
+
+/// A new connect to the upstream: pass, trial or reject.
+#[inline(always)]
+pub fn admit(w: BreakerWord, now_ms: u32, t: &Thresholds) -> Step<Admission> {
+    let w = expire_open(w, now_ms, t);
+    match w.state() {
+        State::Closed => Step { next: w, result: Admission::Pass },
+        State::Open => Step { next: w, result: Admission::Reject },
+        State::HalfOpen => {
+            if w.in_flight() < t.half_open_max_connections {
+                let next =
+                    BreakerWord::pack(State::HalfOpen, w.opened_at_ms(), w.count(), w.in_flight() + 1, w.epoch());
+                Step { next, result: Admission::Trial { epoch: w.epoch() } }
+            } else {
+                Step { next: w, result: Admission::Reject }
+            }
+        }
+    }
+}
+
+/// The end of a watched connect. Returns whether it counted (it does not when it
+/// belongs to an earlier phase, e.g. a connect in flight when the breaker tripped).
+#[inline(always)]
+pub fn record(w: BreakerWord, outcome: Outcome, now_ms: u32, t: &Thresholds) -> Step<bool> {
+    match w.state() {
+        State::Closed => {
+            let next = if outcome.success {
+                w.with_count(0)
+            } else if w.count() + 1 >= t.failure_threshold {
+                w.tripped(now_ms)
+            } else {
+                w.with_count(w.count() + 1)
+            };
+            Step { next, result: true }
+        }
+        // Connects admitted before the trip finish here; the breaker already decided.
+        State::Open => Step { next: w, result: false },
+        State::HalfOpen => match outcome.trial_epoch {
+            Some(epoch) if epoch == w.epoch() => {
+                let in_flight = w.in_flight().saturating_sub(1);
+                let next = if !outcome.success {
+                    w.tripped(now_ms)
+                } else if w.count() + 1 >= t.success_threshold {
+                    BreakerWord::CLOSED
+                } else {
+                    BreakerWord::pack(State::HalfOpen, w.opened_at_ms(), w.count() + 1, in_flight, w.epoch())
+                };
+                Step { next, result: true }
+            }
+            _ => Step { next: w, result: false },
+        },
+    }
+}
+
+/// A daemon probe's result. A probe is only meaningful once the open time has passed:
+/// the word moves to HALF_OPEN first, then the probe counts like a trial.
+#[inline(always)]
+pub fn probe(w: BreakerWord, success: bool, now_ms: u32, t: &Thresholds) -> Step<bool> {
+    let w = expire_open(w, now_ms, t);
+    match w.state() {
+        State::HalfOpen => {
+            let next = if !success {
+                w.tripped(now_ms)
+            } else if w.count() + 1 >= t.success_threshold {
+                BreakerWord::CLOSED
+            } else {
+                w.with_count(w.count() + 1)
+            };
+            Step { next, result: true }
+        }
+        _ => Step { next: w, result: false },
+    }
+}
+
+/// Applies `f` to the word in `cell` with compare-and-swap, retrying on contention.
+/// Returns the word it replaced and the step taken, or `None` if every attempt
+/// lost a race (the caller then counts a contention miss).
+#[inline(always)]
+pub fn update<T: Copy>(
+    cell: &AtomicU64,
+    mut f: impl FnMut(BreakerWord) -> Step<T>,
+) -> Option<(BreakerWord, Step<T>)> {
+    let mut current = cell.load(Ordering::Acquire);
+    for _ in 0..CAS_RETRIES {
+        let prev = BreakerWord(current);
+        let step = f(prev);
+        if step.next == prev {
+            return Some((prev, step));
+        }
+        match cell.compare_exchange(current, step.next.0, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return Some((prev, step)),
+            Err(actual) => current = actual,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,14 @@
+//! Userspace-only impls: aya reads and writes these types in maps.
+use crate::abi::*;
+
+// SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and integer
+// arrays with explicit padding fields, so every bit pattern is valid.
+unsafe impl aya::Pod for Settings {}
+unsafe impl aya::Pod for EndpointV4 {}
+unsafe impl aya::Pod for EndpointV6 {}
+unsafe impl aya::Pod for UpstreamPolicy {}
+unsafe impl aya::Pod for DestKey {}
+unsafe impl aya::Pod for BreakerCell {}
+unsafe impl aya::Pod for Flow {}
+unsafe impl aya::Pod for Counters {}
+unsafe impl aya::Pod for TransitionEvent {}
