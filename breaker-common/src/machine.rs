@@ -14,8 +14,6 @@
 //! | 48..56 | `in_flight`: trial connects admitted and not yet finished (HALF_OPEN) |
 //! | 56..64 | `epoch`: bumped on every entry to HALF_OPEN, tags trial connects   |
 
-use core::sync::atomic::{AtomicU64, Ordering};
-
 /// Largest `failure_threshold` / `success_threshold` the word can count to.
 pub const MAX_COUNT: u32 = (1 << 14) - 1;
 /// Largest `half_open_max_connections` the word can track.
@@ -262,22 +260,44 @@ pub fn probe(w: BreakerWord, success: bool, now_ms: u32, t: &Thresholds) -> Step
     }
 }
 
+/// Storage of a breaker word that supports compare-and-swap: an `AtomicU64` in the
+/// daemon (over the mmapped map) and in host tests; a map value pointer in the kernel,
+/// where the bpf target's `core` has no CAS and the programs use the intrinsic.
+pub trait WordCell {
+    fn load(&self) -> u64;
+    /// Stores `new` if the cell holds `current`; returns the value found otherwise.
+    fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64>;
+}
+
+#[cfg(not(target_arch = "bpf"))]
+impl WordCell for core::sync::atomic::AtomicU64 {
+    #[inline(always)]
+    fn load(&self) -> u64 {
+        self.load(core::sync::atomic::Ordering::Acquire)
+    }
+    #[inline(always)]
+    fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64> {
+        use core::sync::atomic::Ordering;
+        self.compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)
+    }
+}
+
 /// Applies `f` to the word in `cell` with compare-and-swap, retrying on contention.
 /// Returns the word it replaced and the step taken, or `None` if every attempt
 /// lost a race (the caller then counts a contention miss).
 #[inline(always)]
 pub fn update<T: Copy>(
-    cell: &AtomicU64,
+    cell: &impl WordCell,
     mut f: impl FnMut(BreakerWord) -> Step<T>,
 ) -> Option<(BreakerWord, Step<T>)> {
-    let mut current = cell.load(Ordering::Acquire);
+    let mut current = cell.load();
     for _ in 0..CAS_RETRIES {
         let prev = BreakerWord(current);
         let step = f(prev);
         if step.next == prev {
             return Some((prev, step));
         }
-        match cell.compare_exchange(current, step.next.0, Ordering::AcqRel, Ordering::Acquire) {
+        match cell.compare_exchange(current, step.next.0) {
             Ok(_) => return Some((prev, step)),
             Err(actual) => current = actual,
         }

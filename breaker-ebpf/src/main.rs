@@ -1,1 +1,70 @@
+//! The kernel programs. Entry points are thin; the work is in the modules and the
+//! breaker logic itself in `breaker-common`.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+// The bpf target's `core` has no compare-and-swap; the intrinsic emits BPF cmpxchg.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
+
+#[cfg(target_arch = "bpf")]
+mod breaker;
+#[cfg(target_arch = "bpf")]
+mod connect;
+#[cfg(target_arch = "bpf")]
+mod detect;
+#[cfg(target_arch = "bpf")]
+mod maps;
+
+#[cfg(target_arch = "bpf")]
+mod programs {
+    use aya_ebpf::{
+        macros::{cgroup_sock_addr, sock_ops},
+        programs::{SockAddrContext, SockOpsContext},
+    };
+
+    use crate::connect::Verdict;
+
+    /// The sock_addr return codes. Anything but an explicit deny allows: a fault in
+    /// our own bookkeeping must never break the host's connects.
+    #[inline(always)]
+    fn sock_addr_code(verdict: Result<Verdict, i32>) -> i32 {
+        match verdict {
+            Ok(Verdict::Deny) => 0,
+            _ => 1,
+        }
+    }
+
+    /// Enforcement for IPv4 connect(): pass, fail fast, or redirect to the fallback.
+    #[cgroup_sock_addr(connect4)]
+    pub fn breaker_connect4(ctx: SockAddrContext) -> i32 {
+        sock_addr_code(crate::connect::try_connect4(&ctx))
+    }
+
+    /// Enforcement for IPv6 connect() (v4-mapped destinations count as IPv4).
+    #[cgroup_sock_addr(connect6)]
+    pub fn breaker_connect6(ctx: SockAddrContext) -> i32 {
+        sock_addr_code(crate::connect::try_connect6(&ctx))
+    }
+
+    /// Detection: the outcome of each watched connect.
+    #[sock_ops]
+    pub fn breaker_sock_ops(ctx: SockOpsContext) -> u32 {
+        // sock_ops ignores the return for these callbacks; 1 is "ok".
+        let _ = crate::detect::try_sock_ops(&ctx);
+        1
+    }
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
 fn main() {}

@@ -1,0 +1,113 @@
+//! Access to one breaker (configured upstream or default-policy destination): its word,
+//! policy and counters, and the transition events it emits.
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_ktime_get_ns},
+};
+use breaker_common::{
+    abi::{BreakerCell, Counters, DestKey, TransitionEvent, UpstreamPolicy, DEFAULT_UPSTREAM_ID},
+    machine::{self, BreakerWord, State, Step, WordCell},
+};
+
+use crate::maps::{COUNTERS, DEFAULT_STATES, EVENTS, POLICIES, UPSTREAM_STATES};
+
+/// One breaker, resolved from the maps.
+pub struct Breaker {
+    pub upstream: u32,
+    /// Set for default-policy breakers: the destination they guard.
+    pub dest: Option<DestKey>,
+    pub policy: &'static UpstreamPolicy,
+    word: *mut u64,
+}
+
+/// A breaker word in a map value, changed with the BPF atomic cmpxchg instruction.
+struct KernelWord(*mut u64);
+
+impl WordCell for KernelWord {
+    #[inline(always)]
+    fn load(&self) -> u64 {
+        unsafe { core::ptr::read_volatile(self.0) }
+    }
+    #[inline(always)]
+    fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64> {
+        use core::intrinsics::{atomic_cxchg, AtomicOrdering::SeqCst};
+        let (found, ok) = unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(self.0, current, new) };
+        if ok { Ok(found) } else { Err(found) }
+    }
+}
+
+#[inline(always)]
+pub fn now_ms() -> u32 {
+    (unsafe { bpf_ktime_get_ns() } / 1_000_000) as u32
+}
+
+impl Breaker {
+    /// The breaker of configured upstream `upstream`.
+    #[inline(always)]
+    pub fn configured(upstream: u32) -> Option<Self> {
+        let policy = POLICIES.get(upstream)?;
+        let word = UPSTREAM_STATES.get_ptr_mut(upstream)?;
+        Some(Breaker { upstream, dest: None, policy, word })
+    }
+
+    /// The default-policy breaker of `dest`, created CLOSED if `create` and absent.
+    #[inline(always)]
+    pub fn for_destination(dest: &DestKey, create: bool) -> Option<Self> {
+        let policy = POLICIES.get(DEFAULT_UPSTREAM_ID)?;
+        let cell = match DEFAULT_STATES.get_ptr_mut(dest) {
+            Some(cell) => cell,
+            None if create => {
+                // Another CPU may insert first; NOEXIST keeps its word.
+                let _ = DEFAULT_STATES.insert(dest, &BreakerCell { word: 0 }, BPF_NOEXIST as u64);
+                DEFAULT_STATES.get_ptr_mut(dest)?
+            }
+            None => return None,
+        };
+        let word = unsafe { core::ptr::addr_of_mut!((*cell).word) };
+        Some(Breaker { upstream: DEFAULT_UPSTREAM_ID, dest: Some(*dest), policy, word })
+    }
+
+    /// Applies one state-machine step with compare-and-swap and reports any transition.
+    #[inline(always)]
+    pub fn update<T: Copy>(
+        &self,
+        cause: u32,
+        f: impl FnMut(BreakerWord) -> Step<T>,
+    ) -> Option<T> {
+        match machine::update(&KernelWord(self.word), f) {
+            Some((prev, step)) => {
+                if let Some((from, to)) = step.transition(prev) {
+                    self.emit(from, to, cause);
+                }
+                Some(step.result)
+            }
+            None => {
+                self.count(|c| c.contention_misses += 1);
+                None
+            }
+        }
+    }
+
+    #[inline(always)]
+    pub fn count(&self, f: impl FnOnce(&mut Counters)) {
+        if let Some(c) = COUNTERS.get_ptr_mut(self.upstream) {
+            // Per-CPU slot: no other writer while this program runs.
+            f(unsafe { &mut *c });
+        }
+    }
+
+    #[inline(always)]
+    fn emit(&self, from: State, to: State, cause: u32) {
+        let event = TransitionEvent {
+            at_ns: unsafe { bpf_ktime_get_ns() },
+            upstream: self.upstream,
+            from: from.as_u32(),
+            to: to.as_u32(),
+            cause,
+            dest: self.dest.unwrap_or_default(),
+            _pad: 0,
+        };
+        // A full ring only loses the event; the state itself is in the map.
+        let _ = EVENTS.output::<TransitionEvent>(&event, 0);
+    }
+}

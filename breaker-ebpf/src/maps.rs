@@ -1,0 +1,50 @@
+//! Every map the programs share with each other and with the daemon. Sizes here are
+//! placeholders: the daemon sets them from the config at load time.
+use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
+    macros::map,
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+use breaker_common::abi::{
+    BreakerCell, Counters, DestKey, EndpointV4, EndpointV6, Flow, Settings,
+    UpstreamPolicy,
+};
+
+/// Global settings (probe mark, default policy on/off). Written by the daemon.
+#[map]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// IPv4 endpoint (port, prefix) -> upstream id. Written by the daemon.
+#[map]
+pub static ENDPOINTS_V4: LpmTrie<EndpointV4, u32> = LpmTrie::with_max_entries(1, 0);
+
+/// IPv6 endpoint (port, prefix) -> upstream id. Written by the daemon.
+#[map]
+pub static ENDPOINTS_V6: LpmTrie<EndpointV6, u32> = LpmTrie::with_max_entries(1, 0);
+
+/// Upstream id -> thresholds and fallback. Written by the daemon.
+#[map]
+pub static POLICIES: Array<UpstreamPolicy> = Array::with_max_entries(1, 0);
+
+/// Upstream id -> packed breaker word. Changed only by compare-and-swap, by the
+/// programs and by the daemon through an mmap of this map (hence MMAPABLE).
+#[map]
+pub static UPSTREAM_STATES: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Default policy: destination -> its own breaker word. Inserted by connect4/6,
+/// changed by compare-and-swap from connect4/6 and sock_ops; LRU bounds it.
+#[map]
+pub static DEFAULT_STATES: LruHashMap<DestKey, BreakerCell> = LruHashMap::with_max_entries(1, 0);
+
+/// Socket cookie -> watched connect. Inserted by connect4/6 on admit, removed by
+/// sock_ops at the connect's single counted outcome.
+#[map]
+pub static FLOWS: LruHashMap<u64, Flow> = LruHashMap::with_max_entries(65536, 0);
+
+/// Upstream id -> counters, per CPU (written on every watched connect).
+#[map]
+pub static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+
+/// State transitions, to the daemon.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
