@@ -1,1 +1,10 @@
+//! The breaker daemon: configuration, the kernel programs' loader, half-open probing,
+//! transition events and Prometheus metrics.
+pub mod cgroup;
+pub mod config;
+pub mod daemon;
+pub mod events;
 pub mod kernel;
+pub mod metrics;
+pub mod probe;
+pub mod state;

@@ -1,0 +1,54 @@
+//! Finding the cgroup to attach to.
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cannot read /proc/self/mounts: {0}")]
+    Mounts(#[source] std::io::Error),
+    #[error("no cgroup2 filesystem is mounted (see /proc/self/mounts); breaker needs cgroup v2")]
+    NoCgroup2,
+    #[error("cgroup {path} does not exist or is not a cgroup2 directory")]
+    Missing { path: PathBuf },
+}
+
+/// The mount point of the cgroup2 hierarchy: `/sys/fs/cgroup` on most hosts,
+/// `/sys/fs/cgroup/unified` on hybrid ones.
+pub fn cgroup2_root() -> Result<PathBuf, CgroupError> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(CgroupError::Mounts)?;
+    cgroup2_root_in(&mounts).ok_or(CgroupError::NoCgroup2)
+}
+
+fn cgroup2_root_in(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_dev, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+        // /proc/self/mounts escapes spaces as \040.
+        (fstype == "cgroup2").then(|| PathBuf::from(dir.replace("\\040", " ")))
+    })
+}
+
+/// The configured cgroup (absolute, or relative to the cgroup2 root), or the root.
+pub fn resolve(configured: Option<&Path>) -> Result<PathBuf, CgroupError> {
+    let path = match configured {
+        Some(p) if p.is_absolute() => p.to_path_buf(),
+        Some(p) => cgroup2_root()?.join(p),
+        None => cgroup2_root()?,
+    };
+    if !path.join("cgroup.procs").exists() {
+        return Err(CgroupError::Missing { path });
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_hybrid_and_unified_layouts() {
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(cgroup2_root_in(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(cgroup2_root_in("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n"), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(cgroup2_root_in("proc /proc proc rw 0 0\n"), None);
+    }
+}

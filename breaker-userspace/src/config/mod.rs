@@ -1,0 +1,440 @@
+//! The TOML configuration: parsing, defaults, per-upstream overrides and validation.
+//!
+//! Errors name the file, the field and why (see [`ConfigError`]); nothing is loaded
+//! or attached until a config has passed [`Config::from_file`].
+mod endpoint;
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use breaker_common::machine::{MAX_COUNT, MAX_IN_FLIGHT};
+use serde::Deserialize;
+
+pub use endpoint::{Endpoint, EndpointParseError};
+
+/// Where a config went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {file}: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {file} is not valid TOML for breaker: {message}")]
+    Parse { file: PathBuf, message: String },
+    #[error("config {file}: {field}: {reason}")]
+    Invalid { file: PathBuf, field: String, reason: String },
+}
+
+/// Defaults, as documented in the README's configuration reference.
+pub mod defaults {
+    use std::time::Duration;
+    pub const FAILURE_THRESHOLD: u32 = 5;
+    pub const SUCCESS_THRESHOLD: u32 = 1;
+    pub const HALF_OPEN_MAX_CONNECTIONS: u32 = 1;
+    pub const OPEN_DURATION: Duration = Duration::from_secs(30);
+    pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+    pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const METRICS_LISTEN: &str = "127.0.0.1:9464";
+    /// "brk" in ASCII.
+    pub const PROBE_MARK: u32 = 0x0062_726b;
+    pub const MAX_TRACKED_CONNECTS: u32 = 65_536;
+    pub const DEFAULT_POLICY_MAX_DESTINATIONS: u32 = 65_536;
+}
+
+/// Largest open_duration: the kernel keeps trip times as wrapping milliseconds in 32 bits.
+const MAX_OPEN_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// The thresholds and timings of one breaker, after defaults and overrides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub failure_threshold: u32,
+    pub success_threshold: u32,
+    pub half_open_max_connections: u32,
+    pub open_duration: Duration,
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
+}
+
+/// How the daemon checks an upstream while it is open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub address: SocketAddr,
+    /// Set: an HTTP GET of this path must answer 2xx. Unset: a TCP connect must succeed.
+    pub http_path: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub name: String,
+    pub endpoints: Vec<Endpoint>,
+    /// At most one per address family.
+    pub fallback: Vec<SocketAddr>,
+    pub policy: Policy,
+    pub probe: Probe,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DefaultPolicy {
+    pub policy: Policy,
+    pub max_destinations: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Daemon {
+    pub metrics_listen: SocketAddr,
+    pub probe_mark: u32,
+    pub max_tracked_connects: u32,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The cgroup to attach to; `None` is the cgroup2 root (the whole host).
+    pub cgroup: Option<PathBuf>,
+    pub daemon: Daemon,
+    pub upstreams: Vec<Upstream>,
+    pub default_policy: Option<DefaultPolicy>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cgroup: Option<PathBuf>,
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    defaults: RawPolicy,
+    #[serde(default)]
+    upstream: Vec<RawUpstream>,
+    default_policy: Option<RawDefaultPolicy>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    metrics_listen: Option<String>,
+    probe_mark: Option<u32>,
+    max_tracked_connects: Option<u32>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    failure_threshold: Option<u32>,
+    success_threshold: Option<u32>,
+    half_open_max_connections: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    open_duration: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    probe_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    probe_timeout: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: String,
+    endpoints: Vec<String>,
+    #[serde(default)]
+    fallback: OneOrMany,
+    probe: Option<RawProbe>,
+    #[serde(flatten)]
+    policy: RawPolicy,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(untagged)]
+enum OneOrMany {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    address: Option<String>,
+    http_path: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaultPolicy {
+    #[serde(default = "yes")]
+    enabled: bool,
+    max_destinations: Option<u32>,
+    #[serde(flatten)]
+    policy: RawPolicy,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl RawPolicy {
+    /// `self` over `base`.
+    fn over(self, base: RawPolicy) -> RawPolicy {
+        RawPolicy {
+            failure_threshold: self.failure_threshold.or(base.failure_threshold),
+            success_threshold: self.success_threshold.or(base.success_threshold),
+            half_open_max_connections: self.half_open_max_connections.or(base.half_open_max_connections),
+            open_duration: self.open_duration.or(base.open_duration),
+            probe_interval: self.probe_interval.or(base.probe_interval),
+            probe_timeout: self.probe_timeout.or(base.probe_timeout),
+        }
+    }
+}
+
+/// Collects validation errors against one file.
+struct Check<'a> {
+    file: &'a Path,
+}
+
+impl Check<'_> {
+    fn fail<T>(&self, field: impl Into<String>, reason: impl Into<String>) -> Result<T, ConfigError> {
+        Err(ConfigError::Invalid { file: self.file.to_path_buf(), field: field.into(), reason: reason.into() })
+    }
+
+    fn policy(&self, at: &str, raw: RawPolicy) -> Result<Policy, ConfigError> {
+        let p = Policy {
+            failure_threshold: raw.failure_threshold.unwrap_or(defaults::FAILURE_THRESHOLD),
+            success_threshold: raw.success_threshold.unwrap_or(defaults::SUCCESS_THRESHOLD),
+            half_open_max_connections: raw.half_open_max_connections.unwrap_or(defaults::HALF_OPEN_MAX_CONNECTIONS),
+            open_duration: raw.open_duration.unwrap_or(defaults::OPEN_DURATION),
+            probe_interval: raw.probe_interval.unwrap_or(defaults::PROBE_INTERVAL),
+            probe_timeout: raw.probe_timeout.unwrap_or(defaults::PROBE_TIMEOUT),
+        };
+        let field = |name: &str| format!("{at}{name}");
+        if !(1..=MAX_COUNT).contains(&p.failure_threshold) {
+            return self.fail(field("failure_threshold"), format!("must be between 1 and {MAX_COUNT}, got {}", p.failure_threshold));
+        }
+        if !(1..=MAX_COUNT).contains(&p.success_threshold) {
+            return self.fail(field("success_threshold"), format!("must be between 1 and {MAX_COUNT}, got {}", p.success_threshold));
+        }
+        if !(1..=MAX_IN_FLIGHT).contains(&p.half_open_max_connections) {
+            return self.fail(
+                field("half_open_max_connections"),
+                format!("must be between 1 and {MAX_IN_FLIGHT}, got {}", p.half_open_max_connections),
+            );
+        }
+        if p.open_duration < Duration::from_millis(1) || p.open_duration > MAX_OPEN_DURATION {
+            return self.fail(field("open_duration"), format!("must be between 1ms and 24h, got {:?}", p.open_duration));
+        }
+        if p.probe_interval < Duration::from_millis(10) {
+            return self.fail(field("probe_interval"), format!("must be at least 10ms, got {:?}", p.probe_interval));
+        }
+        if p.probe_timeout.is_zero() {
+            return self.fail(field("probe_timeout"), "must be more than 0");
+        }
+        Ok(p)
+    }
+}
+
+impl Config {
+    pub fn from_file(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|source| ConfigError::Read { file: file.to_path_buf(), source })?;
+        Config::parse(file, &text)
+    }
+
+    /// Parses and validates `text`; `file` only names it in errors.
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { file: file.to_path_buf(), message: e.to_string() })?;
+        let check = Check { file };
+
+        let metrics_listen = raw.daemon.metrics_listen.as_deref().unwrap_or(defaults::METRICS_LISTEN);
+        let metrics_listen = metrics_listen.parse::<SocketAddr>().or_else(|e| {
+            check.fail("daemon.metrics_listen", format!("{metrics_listen:?} is not an address:port ({e})"))
+        })?;
+        let probe_mark = raw.daemon.probe_mark.unwrap_or(defaults::PROBE_MARK);
+        if probe_mark == 0 {
+            return check.fail("daemon.probe_mark", "must not be 0: unmarked sockets would bypass the breaker");
+        }
+        let max_tracked_connects = raw.daemon.max_tracked_connects.unwrap_or(defaults::MAX_TRACKED_CONNECTS);
+        if max_tracked_connects < 64 {
+            return check.fail("daemon.max_tracked_connects", format!("must be at least 64, got {max_tracked_connects}"));
+        }
+
+        if let Some(cgroup) = &raw.cgroup {
+            if cgroup.as_os_str().is_empty() {
+                return check.fail("cgroup", "must not be empty (leave it out to attach to the cgroup2 root)");
+            }
+        }
+
+        // The [defaults] table must be valid on its own, even where every upstream overrides it.
+        check.policy("defaults.", raw.defaults)?;
+        let base = raw.defaults;
+
+        let mut names = HashSet::new();
+        let mut seen_endpoints: Vec<(Endpoint, String)> = Vec::new();
+        let mut upstreams = Vec::with_capacity(raw.upstream.len());
+        for (i, up) in raw.upstream.into_iter().enumerate() {
+            let at = format!("upstream[{i}] ({:?})", up.name);
+            if up.name.is_empty() || !up.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return check.fail(format!("upstream[{i}].name"), format!("{:?} must be non-empty ASCII letters, digits, '-', '_' or '.'", up.name));
+            }
+            if up.name == "default" {
+                return check.fail(format!("{at}.name"), "\"default\" is reserved for the default policy");
+            }
+            if !names.insert(up.name.clone()) {
+                return check.fail(format!("{at}.name"), "another upstream has the same name");
+            }
+            if up.endpoints.is_empty() {
+                return check.fail(format!("{at}.endpoints"), "needs at least one endpoint");
+            }
+            let mut endpoints = Vec::with_capacity(up.endpoints.len());
+            for (j, text) in up.endpoints.iter().enumerate() {
+                let ep: Endpoint = text
+                    .parse()
+                    .or_else(|e: EndpointParseError| check.fail(format!("{at}.endpoints[{j}]"), format!("{text:?}: {e}")))?;
+                if let Some((_, other)) = seen_endpoints.iter().find(|(seen, _)| *seen == ep) {
+                    return check.fail(format!("{at}.endpoints[{j}]"), format!("{text:?} is already an endpoint of upstream {other:?}"));
+                }
+                seen_endpoints.push((ep, up.name.clone()));
+                endpoints.push(ep);
+            }
+            let fallback_texts = match up.fallback {
+                OneOrMany::None => vec![],
+                OneOrMany::One(s) => vec![s],
+                OneOrMany::Many(v) => v,
+            };
+            let mut fallback: Vec<SocketAddr> = Vec::new();
+            for (j, text) in fallback_texts.iter().enumerate() {
+                let addr = text.parse::<SocketAddr>().or_else(|e| {
+                    check.fail(format!("{at}.fallback[{j}]"), format!("{text:?} is not an address:port ({e})"))
+                })?;
+                if addr.port() == 0 {
+                    return check.fail(format!("{at}.fallback[{j}]"), format!("{text:?} needs a port"));
+                }
+                if fallback.iter().any(|f| f.is_ipv4() == addr.is_ipv4()) {
+                    return check.fail(format!("{at}.fallback[{j}]"), "at most one fallback per address family");
+                }
+                if endpoints.iter().any(|e| e.matches(addr)) {
+                    return check.fail(format!("{at}.fallback[{j}]"), format!("{text:?} is one of the upstream's own endpoints"));
+                }
+                fallback.push(addr);
+            }
+            let policy = check.policy(&format!("{at}."), up.policy.over(base))?;
+            let probe = match up.probe {
+                Some(RawProbe { address, http_path }) => {
+                    let address = match address {
+                        Some(text) => text.parse::<SocketAddr>().or_else(|e| {
+                            check.fail(format!("{at}.probe.address"), format!("{text:?} is not an address:port ({e})"))
+                        })?,
+                        None => match endpoints.iter().find_map(Endpoint::single_address) {
+                            Some(a) => a,
+                            None => return check.fail(format!("{at}.probe.address"), "needed: no endpoint is a single address with a port"),
+                        },
+                    };
+                    if let Some(path) = &http_path {
+                        if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                            return check.fail(format!("{at}.probe.http_path"), format!("{path:?} must start with '/' and have no spaces"));
+                        }
+                    }
+                    Probe { address, http_path }
+                }
+                None => match endpoints.iter().find_map(Endpoint::single_address) {
+                    Some(address) => Probe { address, http_path: None },
+                    None => {
+                        return check.fail(
+                            format!("{at}.probe"),
+                            "needed: no endpoint is a single address with a port, so set probe.address",
+                        )
+                    }
+                },
+            };
+            if probe.address.port() == 0 {
+                return check.fail(format!("{at}.probe.address"), "needs a port");
+            }
+            upstreams.push(Upstream { name: up.name, endpoints, fallback, policy, probe });
+        }
+
+        let default_policy = match raw.default_policy {
+            Some(d) if d.enabled => {
+                let policy = check.policy("default_policy.", d.policy.over(base))?;
+                let max_destinations = d.max_destinations.unwrap_or(defaults::DEFAULT_POLICY_MAX_DESTINATIONS);
+                if max_destinations == 0 {
+                    return check.fail("default_policy.max_destinations", "must be at least 1");
+                }
+                Some(DefaultPolicy { policy, max_destinations })
+            }
+            _ => None,
+        };
+        if upstreams.is_empty() && default_policy.is_none() {
+            return check.fail("upstream", "no [[upstream]] and no [default_policy]: there is nothing to protect");
+        }
+        Ok(Config {
+            cgroup: raw.cgroup,
+            daemon: Daemon { metrics_listen, probe_mark, max_tracked_connects },
+            upstreams,
+            default_policy,
+        })
+    }
+
+    /// A human-readable account of what was understood, for `breaker check-config`.
+    pub fn describe(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let cgroup = self.cgroup.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "the cgroup2 root (whole host)".into());
+        let _ = writeln!(out, "attach to: {cgroup}");
+        let _ = writeln!(out, "metrics:   http://{}/metrics", self.daemon.metrics_listen);
+        let _ = writeln!(out, "probe mark: {:#x}", self.daemon.probe_mark);
+        for up in &self.upstreams {
+            let _ = writeln!(out, "upstream {}:", up.name);
+            let eps: Vec<String> = up.endpoints.iter().map(|e| e.to_string()).collect();
+            let _ = writeln!(out, "  endpoints: {}", eps.join(", "));
+            if !up.fallback.is_empty() {
+                let fb: Vec<String> = up.fallback.iter().map(|a| a.to_string()).collect();
+                let _ = writeln!(out, "  fallback:  {}", fb.join(", "));
+            }
+            let _ = writeln!(out, "  {}", describe_policy(&up.policy));
+            let how = match &up.probe.http_path {
+                Some(path) => format!("HTTP GET http://{}{path} answers 2xx", up.probe.address),
+                None => format!("TCP connect to {}", up.probe.address),
+            };
+            let _ = writeln!(out, "  probe:     {how}");
+        }
+        match &self.default_policy {
+            Some(d) => {
+                let _ = writeln!(out, "default policy: on, up to {} destinations", d.max_destinations);
+                let _ = writeln!(out, "  {}", describe_policy(&d.policy));
+            }
+            None => {
+                let _ = writeln!(out, "default policy: off (unmatched destinations pass untouched)");
+            }
+        }
+        out
+    }
+}
+
+fn describe_policy(p: &Policy) -> String {
+    format!(
+        "opens after {} consecutive failures; open {}; half-open admits {} at a time, closes after {} successes; probe every {} (timeout {})",
+        p.failure_threshold,
+        humantime::format_duration(p.open_duration),
+        p.half_open_max_connections,
+        p.success_threshold,
+        humantime::format_duration(p.probe_interval),
+        humantime::format_duration(p.probe_timeout),
+    )
+}
+
+/// Whether `addr` is IPv4, looking through v4-mapped IPv6.
+pub fn is_v4(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(_) => true,
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

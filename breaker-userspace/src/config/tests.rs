@@ -1,0 +1,125 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("test.toml"), text)
+}
+
+fn invalid_field(text: &str) -> (String, String) {
+    match parse(text) {
+        Err(ConfigError::Invalid { field, reason, .. }) => (field, reason),
+        other => panic!("expected an Invalid error, got {other:?}"),
+    }
+}
+
+const MINIMAL: &str = r#"
+[[upstream]]
+name = "api"
+endpoints = ["10.1.2.3:8080"]
+"#;
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.cgroup, None);
+    assert_eq!(c.daemon.metrics_listen, "127.0.0.1:9464".parse().unwrap());
+    let up = &c.upstreams[0];
+    assert_eq!(up.policy.failure_threshold, 5);
+    assert_eq!(up.policy.success_threshold, 1);
+    assert_eq!(up.policy.half_open_max_connections, 1);
+    assert_eq!(up.policy.open_duration, Duration::from_secs(30));
+    assert_eq!(up.probe, Probe { address: "10.1.2.3:8080".parse().unwrap(), http_path: None });
+    assert!(c.default_policy.is_none());
+}
+
+#[test]
+fn upstream_overrides_defaults_table() {
+    let c = parse(
+        r#"
+cgroup = "/sys/fs/cgroup/apps"
+[defaults]
+failure_threshold = 3
+open_duration = "10s"
+[[upstream]]
+name = "db"
+endpoints = ["[fd00::1]:5432", "10.0.0.0/24:*"]
+open_duration = "500ms"
+fallback = ["127.0.0.1:9000", "[::1]:9000"]
+probe = { address = "10.0.0.9:80", http_path = "/healthz" }
+[default_policy]
+failure_threshold = 2
+"#,
+    )
+    .unwrap();
+    let up = &c.upstreams[0];
+    assert_eq!(up.policy.failure_threshold, 3);
+    assert_eq!(up.policy.open_duration, Duration::from_millis(500));
+    assert_eq!(up.fallback.len(), 2);
+    assert_eq!(up.probe.http_path.as_deref(), Some("/healthz"));
+    let d = c.default_policy.unwrap();
+    assert_eq!(d.policy.failure_threshold, 2);
+    assert_eq!(d.policy.open_duration, Duration::from_secs(10));
+}
+
+#[test]
+fn endpoint_syntax() {
+    let e: Endpoint = "10.0.0.7/24:80".parse().unwrap();
+    assert_eq!(e.to_string(), "10.0.0.0/24:80");
+    assert_eq!("10.0.0.7".parse::<Endpoint>().unwrap().port, None);
+    assert_eq!("[fd00::/64]:*".parse::<Endpoint>().unwrap().to_string(), "[fd00::/64]:*");
+    assert_eq!("fd00::1".parse::<Endpoint>().unwrap().single_address(), None);
+    assert_eq!("fd00::1:80".parse::<Endpoint>().unwrap().port, None, "bare IPv6 is an address, any port");
+    assert_eq!("10.0.0.1:0".parse::<Endpoint>(), Err(EndpointParseError::Port("0".into())));
+    assert!("nonsense:80".parse::<Endpoint>().is_err());
+    assert!("[fd00::1]80".parse::<Endpoint>().is_err());
+}
+
+#[test]
+fn bad_configs_name_the_field_and_why() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\nfailure_threshold=0", "upstream[0] (\"a\").failure_threshold", "between 1"),
+        ("[[upstream]]\nname='a'\nendpoints=[]", "upstream[0] (\"a\").endpoints", "at least one"),
+        ("[[upstream]]\nname='a'\nendpoints=['10.0.0.1:99999']", "upstream[0] (\"a\").endpoints[0]", "port"),
+        ("[[upstream]]\nname='a'\nendpoints=['10.0.0.0/8:*']", "upstream[0] (\"a\").probe", "probe.address"),
+        (
+            "[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\n[[upstream]]\nname='a'\nendpoints=['10.0.0.2:80']",
+            "upstream[1] (\"a\").name",
+            "same name",
+        ),
+        (
+            "[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\n[[upstream]]\nname='b'\nendpoints=['10.0.0.1:80']",
+            "upstream[1] (\"b\").endpoints[0]",
+            "already an endpoint",
+        ),
+        ("[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\nfallback='10.0.0.1:80'", "upstream[0] (\"a\").fallback[0]", "own endpoints"),
+        ("[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\nopen_duration='0s'", "upstream[0] (\"a\").open_duration", "between"),
+        ("[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\nhalf_open_max_connections=1000", "upstream[0] (\"a\").half_open_max_connections", "255"),
+        ("[daemon]\nmetrics_listen='localhost'\n[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']", "daemon.metrics_listen", "address:port"),
+        ("[daemon]\nprobe_mark=0\n[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']", "daemon.probe_mark", "0"),
+        ("", "upstream", "nothing to protect"),
+        ("[[upstream]]\nname='default'\nendpoints=['10.0.0.1:80']", "upstream[0] (\"default\").name", "reserved"),
+    ];
+    for (text, field, why) in cases {
+        let (got_field, reason) = invalid_field(text);
+        assert_eq!(&got_field, field, "for config:\n{text}");
+        assert!(reason.contains(why), "reason {reason:?} should mention {why:?}");
+    }
+}
+
+#[test]
+fn unknown_fields_and_bad_types_are_parse_errors() {
+    for text in ["[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\nfailure_treshold=3", "[defaults]\nopen_duration='soon'"] {
+        match parse(text) {
+            Err(ConfigError::Parse { message, .. }) => assert!(!message.is_empty()),
+            other => panic!("expected a parse error for {text:?}, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn describe_mentions_every_upstream() {
+    let c = parse(MINIMAL).unwrap();
+    let text = c.describe();
+    assert!(text.contains("upstream api"));
+    assert!(text.contains("10.1.2.3:8080"));
+    assert!(text.contains("default policy: off"));
+}

@@ -1,0 +1,188 @@
+//! Prometheus metrics: kernel counters (read at scrape time), breaker states,
+//! transitions and probes; served over HTTP.
+use std::{collections::HashMap, net::SocketAddr, sync::{Arc, Mutex}};
+
+use breaker_common::{abi::Counters, machine::State};
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::{events::Transition, kernel::CounterTable, state::StateTable};
+
+const STATES: [State; 3] = [State::Closed, State::Open, State::HalfOpen];
+
+pub struct Metrics {
+    registry: Registry,
+    /// Upstream id -> name; id 0 is "default".
+    names: Vec<String>,
+    state: IntGaugeVec,
+    transitions: IntCounterVec,
+    attempts: IntCounterVec,
+    successes: IntCounterVec,
+    failures: IntCounterVec,
+    rejected: IntCounterVec,
+    redirected: IntCounterVec,
+    contention: IntCounterVec,
+    probes: IntCounterVec,
+    default_open: IntGaugeVec,
+    /// Kernel counters as of the last scrape, to turn totals into increments.
+    last: Mutex<HashMap<u32, Counters>>,
+    /// Default-policy destinations currently not CLOSED, from transition events.
+    open_destinations: Mutex<HashMap<SocketAddr, State>>,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry.register(Box::new(g.clone())).expect("metric registered once");
+    g
+}
+
+impl Metrics {
+    /// `names[i]` is the name of upstream id `i + 1`.
+    pub fn new(names: &[String]) -> Metrics {
+        let registry = Registry::new();
+        let m = Metrics {
+            names: std::iter::once("default".to_string()).chain(names.iter().cloned()).collect(),
+            state: gauge(&registry, "breaker_state", "1 for the state each configured upstream's breaker is in, 0 for the others.", &["upstream", "state"]),
+            transitions: counter(&registry, "breaker_transitions_total", "Breaker state transitions.", &["upstream", "from", "to"]),
+            attempts: counter(&registry, "breaker_connect_attempts_total", "TCP connects to the upstream seen by the connect hooks.", &["upstream"]),
+            successes: counter(&registry, "breaker_connect_successes_total", "Watched connects that reached ESTABLISHED.", &["upstream"]),
+            failures: counter(&registry, "breaker_connect_failures_total", "Watched connects that failed, by reason: refused (RST or hard ICMP error), timeout (SYN retransmission timeout), other.", &["upstream", "reason"]),
+            rejected: counter(&registry, "breaker_connects_rejected_total", "Connects failed fast with ECONNREFUSED while the breaker rejected.", &["upstream"]),
+            redirected: counter(&registry, "breaker_connects_redirected_total", "Connects rewritten to the fallback while the breaker rejected.", &["upstream"]),
+            contention: counter(&registry, "breaker_state_contention_total", "Kernel state updates given up after repeated compare-and-swap races.", &["upstream"]),
+            probes: counter(&registry, "breaker_probes_total", "Half-open probes by the daemon, by result.", &["upstream", "result"]),
+            default_open: gauge(&registry, "breaker_default_policy_destinations", "Default-policy destinations whose breaker is not closed, by state.", &["state"]),
+            registry,
+            last: Mutex::new(HashMap::new()),
+            open_destinations: Mutex::new(HashMap::new()),
+        };
+        for name in &m.names {
+            for reason in ["refused", "timeout", "other"] {
+                m.failures.with_label_values(&[name, reason]);
+            }
+            if name != "default" {
+                for result in ["success", "failure"] {
+                    m.probes.with_label_values(&[name, result]);
+                }
+            }
+            for c in [&m.attempts, &m.successes, &m.rejected, &m.redirected, &m.contention] {
+                c.with_label_values(&[name]);
+            }
+        }
+        m
+    }
+
+    pub fn upstream_name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map(String::as_str).unwrap_or("unknown")
+    }
+
+    pub fn transition(&self, t: &Transition) {
+        let name = self.upstream_name(t.upstream);
+        self.transitions.with_label_values(&[name, t.from.name(), t.to.name()]).inc();
+        if let Some(dest) = t.dest {
+            let mut open = self.open_destinations.lock().unwrap_or_else(|e| e.into_inner());
+            if t.to == State::Closed {
+                open.remove(&dest);
+            } else {
+                open.insert(dest, t.to);
+            }
+        }
+    }
+
+    pub fn probe(&self, upstream: u32, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.probes.with_label_values(&[self.upstream_name(upstream), result]).inc();
+    }
+
+    /// Brings every series up to date with the kernel, then renders the text format.
+    pub fn render(&self, counters: &CounterTable, states: &StateTable) -> String {
+        self.refresh(counters, states);
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    fn refresh(&self, counters: &CounterTable, states: &StateTable) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, name) in self.names.iter().enumerate() {
+            let id = id as u32;
+            if id != 0 {
+                if let Some(word) = states.load(id) {
+                    for s in STATES {
+                        self.state.with_label_values(&[name, s.name()]).set((word.state() == s) as i64);
+                    }
+                }
+            }
+            let now = match counters.get(id) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(upstream = name.as_str(), error = %e, "reading kernel counters failed");
+                    continue;
+                }
+            };
+            let prev = last.insert(id, now).unwrap_or_default();
+            let inc = |c: &IntCounterVec, labels: &[&str], new: u64, old: u64| {
+                c.with_label_values(labels).inc_by(new.saturating_sub(old));
+            };
+            inc(&self.attempts, &[name], now.attempts, prev.attempts);
+            inc(&self.successes, &[name], now.successes, prev.successes);
+            inc(&self.failures, &[name, "refused"], now.failures_refused, prev.failures_refused);
+            inc(&self.failures, &[name, "timeout"], now.failures_timeout, prev.failures_timeout);
+            inc(&self.failures, &[name, "other"], now.failures_other, prev.failures_other);
+            inc(&self.rejected, &[name], now.rejected, prev.rejected);
+            inc(&self.redirected, &[name], now.redirected, prev.redirected);
+            inc(&self.contention, &[name], now.contention_misses, prev.contention_misses);
+        }
+        let open = self.open_destinations.lock().unwrap_or_else(|e| e.into_inner());
+        for s in [State::Open, State::HalfOpen] {
+            self.default_open.with_label_values(&[s.name()]).set(open.values().filter(|v| **v == s).count() as i64);
+        }
+    }
+}
+
+/// Serves `/metrics` on `listener` until the task is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    counters: Arc<CounterTable>,
+    states: Arc<StateTable>,
+) -> anyhow::Result<()> {
+    use http_body_util::Full;
+    use hyper::{body::Bytes, service::service_fn, Response, StatusCode};
+
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let (metrics, counters, states) = (metrics.clone(), counters.clone(), states.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let (metrics, counters, states) = (metrics.clone(), counters.clone(), states.clone());
+                async move {
+                    let response = if req.uri().path() == "/metrics" {
+                        let body = tokio::task::spawn_blocking(move || metrics.render(&counters, &states))
+                            .await
+                            .unwrap_or_default();
+                        Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(Full::new(Bytes::from(body)))
+                    } else {
+                        Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Full::new(Bytes::from_static(b"not found: try /metrics\n")))
+                    };
+                    response
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+                tracing::debug!(error = %e, "metrics connection ended");
+            }
+        });
+    }
+}

@@ -1,0 +1,59 @@
+//! The daemon's view of the per-upstream breaker words: the UPSTREAM_STATES array map,
+//! mmapped, so the daemon changes a word with the same compare-and-swap as the kernel.
+use std::sync::atomic::AtomicU64;
+
+use aya::maps::MapData;
+use breaker_common::machine::{self, BreakerWord, Step};
+use memmap2::{MmapOptions, MmapRaw};
+
+pub struct StateTable {
+    // Keeps the map alive as long as the mapping.
+    _map: MapData,
+    mmap: MmapRaw,
+    slots: u32,
+}
+
+// SAFETY: the mapping is only accessed through `AtomicU64`s.
+unsafe impl Send for StateTable {}
+unsafe impl Sync for StateTable {}
+
+impl StateTable {
+    pub(crate) fn map(map: MapData, slots: u32) -> std::io::Result<StateTable> {
+        let fd = {
+            use std::os::fd::{AsFd, AsRawFd};
+            map.fd().as_fd().as_raw_fd()
+        };
+        let mmap = MmapOptions::new().len(slots as usize * 8).map_raw(fd)?;
+        Ok(StateTable { _map: map, mmap, slots })
+    }
+
+    fn cell(&self, id: u32) -> Option<&AtomicU64> {
+        if id >= self.slots {
+            return None;
+        }
+        // SAFETY: in bounds, 8-byte aligned (page-aligned base, 8-byte values), and the
+        // kernel only ever changes these words atomically.
+        Some(unsafe { AtomicU64::from_ptr(self.mmap.as_mut_ptr().cast::<u64>().add(id as usize)) })
+    }
+
+    pub fn load(&self, id: u32) -> Option<BreakerWord> {
+        self.cell(id).map(|c| BreakerWord(c.load(std::sync::atomic::Ordering::Acquire)))
+    }
+
+    /// Applies one state-machine step to upstream `id`, as the kernel programs do.
+    pub fn update<T: Copy>(
+        &self,
+        id: u32,
+        f: impl FnMut(BreakerWord) -> Step<T>,
+    ) -> Option<(BreakerWord, Step<T>)> {
+        machine::update(self.cell(id)?, f)
+    }
+}
+
+/// Milliseconds of CLOCK_MONOTONIC, wrapping, the clock of `bpf_ktime_get_ns`.
+pub fn now_ms() -> u32 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000) as u32
+}
