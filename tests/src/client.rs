@@ -1,0 +1,144 @@
+//! The connect client: what an unmodified legacy application does, measured.
+//! `breaker-lab connect` prints one JSON [`Attempt`] per line.
+use std::{
+    io::{Read, Write},
+    net::SocketAddr,
+    sync::{Arc, Barrier},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Attempt {
+    pub client: u32,
+    pub seq: u32,
+    /// Start, in ms since the client began.
+    pub start_ms: f64,
+    /// How long connect() (and the HTTP exchange, with `--http`) took.
+    pub latency_us: f64,
+    /// ok, refused, timeout, unreachable or error.
+    pub outcome: String,
+    pub errno: Option<i32>,
+    /// The response body with `--http` (the server's name).
+    pub body: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    pub to: SocketAddr,
+    pub count: u32,
+    pub concurrency: u32,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub http: bool,
+    /// UDP instead of TCP: connect() and send one datagram.
+    pub udp: bool,
+}
+
+pub fn classify(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "refused",
+        Some(libc::ETIMEDOUT) => "timeout",
+        Some(libc::EHOSTUNREACH) | Some(libc::ENETUNREACH) => "unreachable",
+        _ if e.kind() == std::io::ErrorKind::TimedOut => "timeout",
+        _ => "error",
+    }
+}
+
+fn one_udp(opts: &ClientOptions) -> (String, Option<i32>, Option<String>) {
+    let bind: SocketAddr = if opts.to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("static address");
+    let result = std::net::UdpSocket::bind(bind).and_then(|s| {
+        s.connect(opts.to)?;
+        s.send(b"ping")
+    });
+    match result {
+        Ok(_) => ("ok".into(), None, None),
+        Err(e) => (classify(&e).into(), e.raw_os_error(), None),
+    }
+}
+
+fn one(opts: &ClientOptions) -> (String, Option<i32>, Option<String>) {
+    if opts.udp {
+        return one_udp(opts);
+    }
+    let domain = socket2::Domain::for_address(opts.to);
+    let socket = match socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP)) {
+        Ok(s) => s,
+        Err(e) => return (classify(&e).into(), e.raw_os_error(), None),
+    };
+    if let Err(e) = socket.connect_timeout(&opts.to.into(), opts.timeout) {
+        return (classify(&e).into(), e.raw_os_error(), None);
+    }
+    if !opts.http {
+        return ("ok".into(), None, None);
+    }
+    let mut stream: std::net::TcpStream = socket.into();
+    let _ = stream.set_read_timeout(Some(opts.timeout));
+    if let Err(e) = stream.write_all(b"GET / HTTP/1.0\r\nHost: upstream\r\n\r\n") {
+        return (classify(&e).into(), e.raw_os_error(), None);
+    }
+    let mut response = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut response) {
+        return (classify(&e).into(), e.raw_os_error(), None);
+    }
+    let text = String::from_utf8_lossy(&response);
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.0 200") => ("ok".into(), None, Some(body.to_string())),
+        _ => ("error".into(), None, None),
+    }
+}
+
+/// Runs the attempts; `emit` gets each as it completes.
+pub fn run(opts: &ClientOptions, emit: impl Fn(&Attempt) + Send + Sync) {
+    let begin = Instant::now();
+    let barrier = Arc::new(Barrier::new(opts.concurrency as usize));
+    std::thread::scope(|scope| {
+        for client in 0..opts.concurrency {
+            let (barrier, emit) = (barrier.clone(), &emit);
+            scope.spawn(move || {
+                barrier.wait();
+                for seq in 0..opts.count {
+                    let start = Instant::now();
+                    let (outcome, errno, body) = one(opts);
+                    let attempt = Attempt {
+                        client,
+                        seq,
+                        start_ms: start.duration_since(begin).as_secs_f64() * 1e3,
+                        latency_us: start.elapsed().as_secs_f64() * 1e6,
+                        outcome,
+                        errno,
+                        body,
+                    };
+                    emit(&attempt);
+                    if !opts.interval.is_zero() {
+                        std::thread::sleep(opts.interval);
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Parses the client's output.
+pub fn parse_attempts(stdout: &str) -> anyhow::Result<Vec<Attempt>> {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).map_err(|e| anyhow::anyhow!("bad client line {l:?}: {e}")))
+        .collect()
+}
+
+/// Median of `values` (0 for none).
+pub fn median(values: &mut [f64]) -> f64 {
+    percentile(values, 50.0)
+}
+
+pub fn percentile(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * (values.len() - 1) as f64).round() as usize;
+    values[rank.min(values.len() - 1)]
+}

@@ -1,0 +1,345 @@
+//! A lab for one test or the demo:
+//!
+//! ```text
+//!  client netns (daemon, clients in the lab cgroup)       upstream netns (servers)
+//!  veth0 10.77.0.1/24 fd77::1/64  <------ veth ------>    veth0 10.77.0.2, .3 fd77::2, ::3
+//!  dark (veth, no ARP) 10.77.9.0/24, fd77:9::/64 and blackholed addresses
+//!        ------ veth ------> void netns: no addresses, no forwarding: packets vanish
+//! ```
+//!
+//! Nothing touches the host's own network: every address lives in the lab's namespaces.
+//! Namespaces, cgroup and daemon are removed on drop, also when a test panics.
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+
+use crate::{
+    client::{parse_attempts, Attempt},
+    metrics::Sample,
+    netns::Netns,
+    server::Server,
+};
+
+pub const CLIENT_V4: &str = "10.77.0.1";
+pub const UPSTREAM_V4: &str = "10.77.0.2";
+pub const UPSTREAM_V4_ALT: &str = "10.77.0.3";
+/// Routed to the dummy device: SYNs vanish, nothing answers.
+pub const BLACKHOLE_V4: &str = "10.77.9.1";
+pub const UPSTREAM_V6: &str = "fd77::2";
+pub const BLACKHOLE_V6: &str = "fd77:9::1";
+/// Where the daemon serves metrics, inside the client namespace.
+pub const METRICS: &str = "127.0.0.1:9464";
+
+pub struct Lab {
+    pub client: Netns,
+    pub upstream: Netns,
+    /// Where blackholed packets go: up, but owns no address and forwards nothing.
+    pub void: Netns,
+    pub cgroup: PathBuf,
+    work: PathBuf,
+    breaker_bin: PathBuf,
+    lab_bin: PathBuf,
+    daemon: Option<Child>,
+    servers: Vec<Server>,
+}
+
+/// The cgroup2 mount point, from /proc/self/mounts.
+pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+        })
+        .context("no cgroup2 mount in /proc/self/mounts")
+}
+
+/// The `breaker` binary: $BREAKER_BIN, or next to (or one up from) the running executable.
+pub fn find_breaker_bin() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("BREAKER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("executable has no folder")?;
+    for candidate in [dir.join("breaker"), dir.join("../breaker")] {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("the breaker binary is not built next to {} (cargo build -p breaker-userspace, or set BREAKER_BIN)", exe.display())
+}
+
+impl Lab {
+    /// Builds the lab; `tag` keeps names apart between tests running at once.
+    pub fn new(tag: &str, lab_bin: &Path) -> anyhow::Result<Lab> {
+        let id = format!("{tag}-{}", std::process::id());
+        let client = Netns::create(&format!("brk-{id}-c"))?;
+        let upstream = Netns::create(&format!("brk-{id}-u"))?;
+        let void = Netns::create(&format!("brk-{id}-v"))?;
+        let cgroup = cgroup2_root()?.join(format!("breaker-lab-{id}"));
+        let work = std::env::temp_dir().join(format!("breaker-lab-{id}"));
+        let mut lab = Lab {
+            client,
+            upstream,
+            void,
+            cgroup,
+            work,
+            breaker_bin: find_breaker_bin()?,
+            lab_bin: lab_bin.to_path_buf(),
+            daemon: None,
+            servers: Vec::new(),
+        };
+        lab.wire().context("building the lab network")?;
+        lab.wait_until_reachable().context("waiting for the lab network")?;
+        std::fs::create_dir_all(&lab.cgroup).with_context(|| format!("creating cgroup {}", lab.cgroup.display()))?;
+        std::fs::create_dir_all(&lab.work)?;
+        Ok(lab)
+    }
+
+    fn wire(&mut self) -> anyhow::Result<()> {
+        let (c, u) = (&self.client, &self.upstream);
+        c.ip(&["link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", &u.name])?;
+        c.ip(&["addr", "add", "10.77.0.1/24", "dev", "veth0"])?;
+        c.ip(&["addr", "add", "fd77::1/64", "dev", "veth0", "nodad"])?;
+        c.ip(&["link", "set", "veth0", "up"])?;
+        for a in ["10.77.0.2/24", "10.77.0.3/24"] {
+            u.ip(&["addr", "add", a, "dev", "veth0"])?;
+        }
+        for a in ["fd77::2/64", "fd77::3/64"] {
+            u.ip(&["addr", "add", a, "dev", "veth0", "nodad"])?;
+        }
+        u.ip(&["link", "set", "veth0", "up"])?;
+        // No ARP/ND on the dark link: SYNs leave at once and are silently dropped
+        // in the void (not local there, forwarding off), so nothing ever answers.
+        c.ip(&["link", "add", "dark", "type", "veth", "peer", "name", "dark", "netns", &self.void.name])?;
+        c.ip(&["link", "set", "dark", "arp", "off", "up"])?;
+        self.void.ip(&["link", "set", "dark", "arp", "off", "up"])?;
+        c.ip(&["route", "add", "10.77.9.0/24", "dev", "dark"])?;
+        c.ip(&["-6", "route", "add", "fd77:9::/64", "dev", "dark"])?;
+        Ok(())
+    }
+
+    /// New links take a moment (carrier, IPv6 address setup) before the first SYN gets
+    /// through; until then a test's first connect would look like a timeout. Waits
+    /// until a closed port on the upstream answers RST, for both families.
+    fn wait_until_reachable(&self) -> anyhow::Result<()> {
+        let ready = self.client.within(|| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            ["10.77.0.2:9", "[fd77::2]:9"].iter().all(|target| {
+                let target: SocketAddr = target.parse().expect("static address");
+                while Instant::now() < deadline {
+                    match TcpStream::connect_timeout(&target, Duration::from_millis(100)) {
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return true,
+                        _ => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+                false
+            })
+        })?;
+        if !ready {
+            bail!("the upstream namespace did not answer within 10 s");
+        }
+        Ok(())
+    }
+
+    /// Starts a server in the upstream namespace.
+    pub fn serve(&mut self, addr: &str, name: &str) -> anyhow::Result<&Server> {
+        let addr: SocketAddr = addr.parse()?;
+        let name2 = name.to_string();
+        let server = self.upstream.within(move || Server::start(addr, &name2))??;
+        self.servers.push(server);
+        Ok(self.servers.last().expect("just pushed"))
+    }
+
+    pub fn server(&self, name: &str) -> Option<&Server> {
+        self.servers.iter().find(|s| s.name == name)
+    }
+
+    /// From now on, SYNs from the client namespace to `ip` vanish.
+    pub fn blackhole(&self, ip: &str) -> anyhow::Result<()> {
+        let prefix = if ip.contains(':') { "/128" } else { "/32" };
+        self.client.ip(&["route", "replace", &format!("{ip}{prefix}"), "dev", "dark"])?;
+        Ok(())
+    }
+
+    /// Undoes [`Lab::blackhole`].
+    pub fn restore(&self, ip: &str) -> anyhow::Result<()> {
+        let prefix = if ip.contains(':') { "/128" } else { "/32" };
+        self.client.ip(&["route", "del", &format!("{ip}{prefix}"), "dev", "dark"])?;
+        Ok(())
+    }
+
+    /// Writes `body` as a config attached to the lab cgroup, with metrics on [`METRICS`].
+    pub fn write_config(&self, body: &str) -> anyhow::Result<PathBuf> {
+        let path = self.work.join("breaker.toml");
+        let has_daemon = body.contains("[daemon]");
+        let mut text = format!("cgroup = {:?}\n", self.cgroup.display().to_string());
+        if !has_daemon {
+            text.push_str(&format!("[daemon]\nmetrics_listen = {METRICS:?}\n"));
+        }
+        text.push_str(body);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// Writes a file in the lab's scratch folder.
+    pub fn work_file(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+        let path = self.work.join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// `breaker ARGS` in the client namespace, waited for: (status, stdout, stderr).
+    pub fn breaker_cli(&self, args: &[&str]) -> anyhow::Result<(std::process::ExitStatus, String, String)> {
+        let out = self.client.command(&self.breaker_bin).args(args).output()?;
+        Ok((out.status, String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into()))
+    }
+
+    /// Starts the daemon with `config` (see [`Lab::write_config`]) and waits until it serves metrics.
+    pub fn start_daemon(&mut self, config: &str) -> anyhow::Result<()> {
+        let path = self.write_config(config)?;
+        let log = std::fs::File::create(self.daemon_log_path())?;
+        let child = self
+            .client
+            .command(&self.breaker_bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting the breaker daemon")?;
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(child) = self.daemon.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("breaker daemon exited with {status}:\n{}", self.daemon_log());
+                }
+            }
+            if self.metrics_text().is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("breaker daemon did not serve metrics within 15 s:\n{}", self.daemon_log())
+    }
+
+    pub fn daemon_log_path(&self) -> PathBuf {
+        self.work.join("daemon.log")
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.daemon_log_path()).unwrap_or_default()
+    }
+
+    /// Stops the daemon with SIGTERM; returns its exit status.
+    pub fn stop_daemon(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let Some(mut child) = self.daemon.take() else { return Ok(None) };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                return Ok(Some(status));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        Ok(Some(child.wait()?))
+    }
+
+    /// The daemon's /metrics, fetched from inside the client namespace.
+    pub fn metrics_text(&self) -> anyhow::Result<String> {
+        self.client.within(|| -> anyhow::Result<String> {
+            let mut s = TcpStream::connect_timeout(&METRICS.parse()?, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: breaker\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            let (_, body) = out.split_once("\r\n\r\n").context("no HTTP body")?;
+            Ok(body.to_string())
+        })?
+    }
+
+    pub fn metrics(&self) -> anyhow::Result<Vec<Sample>> {
+        Ok(crate::metrics::parse(&self.metrics_text()?))
+    }
+
+    /// One metric value (see [`crate::metrics::value`]).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+        Ok(crate::metrics::value(&self.metrics()?, name, labels))
+    }
+
+    /// Waits until `name{labels}` reaches `want` or `timeout` passes; returns the last value.
+    pub fn wait_metric(&self, name: &str, labels: &[(&str, &str)], want: f64, timeout: Duration) -> anyhow::Result<f64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.metric(name, labels)?;
+            if v == want || Instant::now() >= deadline {
+                return Ok(v);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs `breaker-lab connect ARGS` as an unmodified client: in the client namespace
+    /// and inside the lab cgroup, where the breaker is attached.
+    pub fn client(&self, args: &[&str]) -> anyhow::Result<Vec<Attempt>> {
+        let out = self.client_command(args).output().context("running the lab client")?;
+        if !out.status.success() {
+            bail!("lab client failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+        }
+        parse_attempts(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// The client command, not yet started (for clients that run in the background).
+    pub fn client_command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.client.command(&self.lab_bin);
+        cmd.arg("connect").args(args);
+        let procs = self.cgroup.join("cgroup.procs");
+        let procs = std::ffi::CString::new(procs.as_os_str().as_encoded_bytes()).expect("path has no NUL");
+        // SAFETY: between fork and exec only async-signal-safe calls (open, write, close).
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // "0" moves the writing process (this child) into the cgroup.
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if n != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.stop_daemon();
+        self.servers.clear();
+        // The cgroup can only go once its processes are gone; clients are waited for.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
