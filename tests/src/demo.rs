@@ -1,4 +1,246 @@
-//! The demo: placeholder replaced below.
+//! `cargo xtask demo`: the breaker's main job, end to end, in a lab of its own.
+//!
+//! An unmodified client (in the lab cgroup) calls an HTTP upstream ten times a second.
+//! The upstream goes dark (SYNs vanish), then comes back. The timeline shows the
+//! connects that hung before the breaker opened, the fail-fast connects while it was
+//! open, and the probe closing it after the upstream returned.
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::Child,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+
+use crate::{
+    client::{percentile, Attempt},
+    lab::{Lab, UPSTREAM_V4},
+};
+
+const CONFIG: &str = r#"
+[[upstream]]
+name = "api"
+endpoints = ["10.77.0.2:8080"]
+failure_threshold = 3
+open_duration = "3s"
+probe_interval = "500ms"
+probe_timeout = "300ms"
+"#;
+
+const HEALTHY_FOR: Duration = Duration::from_secs(2);
+const DARK_FOR: Duration = Duration::from_secs(8);
+const AFTER_CLOSE: Duration = Duration::from_secs(2);
+/// Connect plus request timeout of the client: what a legacy app waits on a dead upstream.
+const CLIENT_TIMEOUT_MS: &str = "1500";
+
+/// How an attempt looked from the application.
+fn class(a: &Attempt) -> &'static str {
+    match a.outcome.as_str() {
+        "ok" => "served",
+        "refused" if a.latency_us < 10_000.0 => "failed fast",
+        "timeout" => "hung until timeout",
+        _ => "failed",
+    }
+}
+
+struct Group {
+    class: &'static str,
+    from_s: f64,
+    to_s: f64,
+    latencies_us: Vec<f64>,
+}
+
+impl Group {
+    fn print(&mut self) {
+        let n = self.latencies_us.len();
+        let p50 = percentile(&mut self.latencies_us, 50.0);
+        let max = percentile(&mut self.latencies_us, 100.0);
+        println!(
+            "  {:>6.2}s – {:>6.2}s  {n:>3} × {:<19} connect{} p50 {}, max {}",
+            self.from_s,
+            self.to_s,
+            self.class,
+            if self.class == "served" { "+request" } else { "" },
+            human_us(p50),
+            human_us(max)
+        );
+    }
+}
+
+fn human_us(us: f64) -> String {
+    if us >= 1000.0 {
+        format!("{:.1} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+/// Kills the background client when the demo ends, however it ends.
+struct ClientGuard(Child);
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn run() -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+    crate::privileges::check().map_err(|why| anyhow::anyhow!("the demo {why}; run it as root"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    }
+    let lab_bin = std::env::current_exe()?;
+    println!("breaker demo: an unmodified HTTP client, an upstream that goes dark and comes back\n");
+    let mut lab = Lab::new("demo", &lab_bin)?;
+    lab.serve("10.77.0.2:8080", "api")?;
+    lab.start_daemon(CONFIG)?;
+    println!("lab:      client netns {} (cgroup {}), upstream 10.77.0.2:8080 in netns {}", lab.client.name, lab.cgroup.display(), lab.upstream.name);
+    println!("breaker:  failure_threshold 3, open_duration 3s, probe every 500ms; client timeout {CLIENT_TIMEOUT_MS} ms, 10 requests/s\n");
+
+    let mut child = lab
+        .client_command(&["--to", "10.77.0.2:8080", "--http", "--count", "100000", "--interval-ms", "100", "--timeout-ms", CLIENT_TIMEOUT_MS])
+        .spawn()
+        .context("starting the client")?;
+    let stdout = child.stdout.take().context("client stdout")?;
+    let _client = ClientGuard(child);
+    let (tx, rx) = mpsc::channel::<Attempt>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(a) = serde_json::from_str(&line) {
+                if tx.send(a).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+
+    let begin = Instant::now();
+    let mut went_dark: Option<f64> = None;
+    let mut came_back: Option<f64> = None;
+    let mut closed_at: Option<f64> = None;
+    let mut state = String::from("closed");
+    let mut group: Option<Group> = None;
+    let mut all: Vec<(f64, Attempt)> = Vec::new();
+    println!("timeline (seconds since start):");
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            println!("\ninterrupted: cleaning up");
+            return Ok(());
+        }
+        let now = begin.elapsed();
+        let t = now.as_secs_f64();
+        if went_dark.is_none() && now >= HEALTHY_FOR {
+            lab.blackhole(UPSTREAM_V4)?;
+            went_dark = Some(t);
+            flush(&mut group);
+            println!("  {t:>6.2}s  ▼ upstream goes dark: SYNs to 10.77.0.2 now vanish");
+        }
+        if came_back.is_none() && now >= HEALTHY_FOR + DARK_FOR {
+            lab.restore(UPSTREAM_V4)?;
+            came_back = Some(t);
+            flush(&mut group);
+            println!("  {t:>6.2}s  ▲ upstream is back");
+        }
+        while let Ok(a) = rx.try_recv() {
+            let start_s = a.start_ms / 1000.0;
+            let end_s = start_s + a.latency_us / 1e6;
+            let c = class(&a);
+            match &mut group {
+                Some(g) if g.class == c => {
+                    g.to_s = end_s;
+                    g.latencies_us.push(a.latency_us);
+                }
+                _ => {
+                    flush(&mut group);
+                    group = Some(Group { class: c, from_s: start_s, to_s: end_s, latencies_us: vec![a.latency_us] });
+                }
+            }
+            all.push((start_s, a));
+        }
+        let current = current_state(&lab).unwrap_or_else(|_| state.clone());
+        if current != state {
+            flush(&mut group);
+            println!("  {t:>6.2}s  ● breaker {} -> {}", state, current);
+            if current == "closed" && came_back.is_some() {
+                closed_at = Some(t);
+            }
+            state = current;
+        }
+        if let Some(c) = closed_at {
+            if t >= c + AFTER_CLOSE.as_secs_f64() {
+                break;
+            }
+        }
+        if now > HEALTHY_FOR + DARK_FOR + Duration::from_secs(15) {
+            flush(&mut group);
+            anyhow::bail!("the breaker did not close within 15 s of the upstream's return:\n{}", lab.daemon_log());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    flush(&mut group);
+    summarize(&lab, &all, went_dark.unwrap_or(0.0), came_back.unwrap_or(0.0), closed_at.unwrap_or(0.0))?;
+    Ok(())
+}
+
+fn flush(group: &mut Option<Group>) {
+    if let Some(mut g) = group.take() {
+        g.print();
+    }
+}
+
+fn current_state(lab: &Lab) -> anyhow::Result<String> {
+    let m = lab.metrics()?;
+    for s in ["closed", "open", "half_open"] {
+        if crate::metrics::value(&m, "breaker_state", &[("upstream", "api"), ("state", s)]) == 1.0 {
+            return Ok(s.to_string());
+        }
+    }
+    anyhow::bail!("no breaker_state for api")
+}
+
+fn summarize(lab: &Lab, all: &[(f64, Attempt)], dark: f64, back: f64, closed: f64) -> anyhow::Result<()> {
+    let phase = |from: f64, to: f64| all.iter().filter(move |(s, _)| *s >= from && *s < to).map(|(_, a)| a);
+    let mut before: Vec<f64> = phase(0.0, dark).map(|a| a.latency_us).collect();
+    let reached_dead = phase(dark, back).filter(|a| a.outcome == "timeout").count();
+    let mut fast: Vec<f64> = phase(dark, f64::MAX).filter(|a| class(a) == "failed fast").map(|a| a.latency_us).collect();
+    let mut after: Vec<f64> = phase(closed, f64::MAX).filter(|a| a.outcome == "ok").map(|a| a.latency_us).collect();
+    let first_served_after = phase(back, f64::MAX).find(|a| a.outcome == "ok").map(|a| a.start_ms / 1000.0 - back);
+    println!("\nsummary:");
+    println!("  healthy:     connect+request p50 {} over {} requests", human_us(percentile(&mut before, 50.0)), before.len());
+    println!(
+        "  dark:        {reached_dead} connects reached the dead upstream and hung {CLIENT_TIMEOUT_MS} ms each (failure_threshold is 3); then the breaker opened"
+    );
+    println!(
+        "  open:        {} connects failed fast with ECONNREFUSED: p50 {}, p99 {}, max {}",
+        fast.len(),
+        human_us(percentile(&mut fast, 50.0)),
+        human_us(percentile(&mut fast, 99.0)),
+        human_us(percentile(&mut fast, 100.0))
+    );
+    println!(
+        "  recovery:    a probe closed the breaker {:.2}s after the upstream returned (open_duration 3s + probe every 500ms); first request served again after {}",
+        closed - back,
+        first_served_after.map(|s| format!("{s:.2}s")).unwrap_or_else(|| "-".into())
+    );
+    println!("  after:       connect+request p50 {}", human_us(percentile(&mut after, 50.0)));
+    println!("\nmetrics excerpt (http://127.0.0.1:9464/metrics in the client netns):");
+    let text = lab.metrics_text()?;
+    for line in text.lines().filter(|l| !l.starts_with('#') && l.contains("upstream=\"api\"") && !l.ends_with(" 0")) {
+        println!("  {line}");
+    }
+    let log: PathBuf = lab.daemon_log_path();
+    println!("\ndaemon log: (removed with the lab; transitions below)");
+    for line in std::fs::read_to_string(&log).unwrap_or_default().lines().filter(|l| l.contains("transition") || l.contains("probe passed")) {
+        println!("  {line}");
+    }
+    println!("\ncleaning up the lab (namespaces, cgroup, daemon)");
+    Ok(())
 }
