@@ -101,9 +101,19 @@ impl BreakerWord {
     }
 
     #[inline(always)]
-    pub const fn pack(state: State, opened_at_ms: u32, count: u32, in_flight: u32, epoch: u8) -> Self {
+    pub const fn pack(
+        state: State,
+        opened_at_ms: u32,
+        count: u32,
+        in_flight: u32,
+        epoch: u8,
+    ) -> Self {
         let count = if count > MAX_COUNT { MAX_COUNT } else { count };
-        let in_flight = if in_flight > MAX_IN_FLIGHT { MAX_IN_FLIGHT } else { in_flight };
+        let in_flight = if in_flight > MAX_IN_FLIGHT {
+            MAX_IN_FLIGHT
+        } else {
+            in_flight
+        };
         BreakerWord(
             opened_at_ms as u64
                 | (state.as_u32() as u64) << 32
@@ -115,7 +125,13 @@ impl BreakerWord {
 
     #[inline(always)]
     fn with_count(self, count: u32) -> Self {
-        Self::pack(self.state(), self.opened_at_ms(), count, self.in_flight(), self.epoch())
+        Self::pack(
+            self.state(),
+            self.opened_at_ms(),
+            count,
+            self.in_flight(),
+            self.epoch(),
+        )
     }
 
     /// Milliseconds spent OPEN at `now_ms` (wrapping clock, so an open time up to
@@ -134,7 +150,13 @@ impl BreakerWord {
     /// HALF_OPEN with no trials yet, in a new epoch.
     #[inline(always)]
     fn half_opened(self) -> Self {
-        Self::pack(State::HalfOpen, self.opened_at_ms(), 0, 0, self.epoch().wrapping_add(1))
+        Self::pack(
+            State::HalfOpen,
+            self.opened_at_ms(),
+            0,
+            0,
+            self.epoch().wrapping_add(1),
+        )
     }
 }
 
@@ -192,15 +214,32 @@ pub fn expire_open(w: BreakerWord, now_ms: u32, t: &Thresholds) -> BreakerWord {
 pub fn admit(w: BreakerWord, now_ms: u32, t: &Thresholds) -> Step<Admission> {
     let w = expire_open(w, now_ms, t);
     match w.state() {
-        State::Closed => Step { next: w, result: Admission::Pass },
-        State::Open => Step { next: w, result: Admission::Reject },
+        State::Closed => Step {
+            next: w,
+            result: Admission::Pass,
+        },
+        State::Open => Step {
+            next: w,
+            result: Admission::Reject,
+        },
         State::HalfOpen => {
             if w.in_flight() < t.half_open_max_connections {
-                let next =
-                    BreakerWord::pack(State::HalfOpen, w.opened_at_ms(), w.count(), w.in_flight() + 1, w.epoch());
-                Step { next, result: Admission::Trial { epoch: w.epoch() } }
+                let next = BreakerWord::pack(
+                    State::HalfOpen,
+                    w.opened_at_ms(),
+                    w.count(),
+                    w.in_flight() + 1,
+                    w.epoch(),
+                );
+                Step {
+                    next,
+                    result: Admission::Trial { epoch: w.epoch() },
+                }
             } else {
-                Step { next: w, result: Admission::Reject }
+                Step {
+                    next: w,
+                    result: Admission::Reject,
+                }
             }
         }
     }
@@ -222,7 +261,10 @@ pub fn record(w: BreakerWord, outcome: Outcome, now_ms: u32, t: &Thresholds) -> 
             Step { next, result: true }
         }
         // Connects admitted before the trip finish here; the breaker already decided.
-        State::Open => Step { next: w, result: false },
+        State::Open => Step {
+            next: w,
+            result: false,
+        },
         State::HalfOpen => match outcome.trial_epoch {
             Some(epoch) if epoch == w.epoch() => {
                 let in_flight = w.in_flight().saturating_sub(1);
@@ -231,11 +273,20 @@ pub fn record(w: BreakerWord, outcome: Outcome, now_ms: u32, t: &Thresholds) -> 
                 } else if w.count() + 1 >= t.success_threshold {
                     BreakerWord::CLOSED
                 } else {
-                    BreakerWord::pack(State::HalfOpen, w.opened_at_ms(), w.count() + 1, in_flight, w.epoch())
+                    BreakerWord::pack(
+                        State::HalfOpen,
+                        w.opened_at_ms(),
+                        w.count() + 1,
+                        in_flight,
+                        w.epoch(),
+                    )
                 };
                 Step { next, result: true }
             }
-            _ => Step { next: w, result: false },
+            _ => Step {
+                next: w,
+                result: false,
+            },
         },
     }
 }
@@ -256,7 +307,10 @@ pub fn probe(w: BreakerWord, success: bool, now_ms: u32, t: &Thresholds) -> Step
             };
             Step { next, result: true }
         }
-        _ => Step { next: w, result: false },
+        _ => Step {
+            next: w,
+            result: false,
+        },
     }
 }
 

@@ -1,9 +1,6 @@
 //! Access to one breaker (configured upstream or default-policy destination): its word,
 //! policy and counters, and the transition events it emits.
-use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_ktime_get_ns},
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use breaker_common::{
     abi::{BreakerCell, Counters, DestKey, TransitionEvent, UpstreamPolicy, DEFAULT_UPSTREAM_ID},
     machine::{self, BreakerWord, State, Step, WordCell},
@@ -31,8 +28,13 @@ impl WordCell for KernelWord {
     #[inline(always)]
     fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64> {
         use core::intrinsics::{atomic_cxchg, AtomicOrdering::SeqCst};
-        let (found, ok) = unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(self.0, current, new) };
-        if ok { Ok(found) } else { Err(found) }
+        let (found, ok) =
+            unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(self.0, current, new) };
+        if ok {
+            Ok(found)
+        } else {
+            Err(found)
+        }
     }
 }
 
@@ -47,7 +49,12 @@ impl Breaker {
     pub fn configured(upstream: u32) -> Option<Self> {
         let policy = POLICIES.get(upstream)?;
         let word = UPSTREAM_STATES.get_ptr_mut(upstream)?;
-        Some(Breaker { upstream, dest: None, policy, word })
+        Some(Breaker {
+            upstream,
+            dest: None,
+            policy,
+            word,
+        })
     }
 
     /// The default-policy breaker of `dest`, created CLOSED if `create` and absent.
@@ -64,16 +71,17 @@ impl Breaker {
             None => return None,
         };
         let word = unsafe { core::ptr::addr_of_mut!((*cell).word) };
-        Some(Breaker { upstream: DEFAULT_UPSTREAM_ID, dest: Some(*dest), policy, word })
+        Some(Breaker {
+            upstream: DEFAULT_UPSTREAM_ID,
+            dest: Some(*dest),
+            policy,
+            word,
+        })
     }
 
     /// Applies one state-machine step with compare-and-swap and reports any transition.
     #[inline(always)]
-    pub fn update<T: Copy>(
-        &self,
-        cause: u32,
-        f: impl FnMut(BreakerWord) -> Step<T>,
-    ) -> Option<T> {
+    pub fn update<T: Copy>(&self, cause: u32, f: impl FnMut(BreakerWord) -> Step<T>) -> Option<T> {
         match machine::update(&KernelWord(self.word), f) {
             Some((prev, step)) => {
                 if let Some((from, to)) = step.transition(prev) {

@@ -43,7 +43,10 @@ pub fn try_connect4(ctx: &SockAddrContext) -> Result<Verdict, i32> {
     if sa.protocol != IPPROTO_TCP || is_probe_socket(ctx) {
         return Ok(ALLOW);
     }
-    let dest = Destination::V4 { addr: sa.user_ip4, port: sa.user_port as u16 };
+    let dest = Destination::V4 {
+        addr: sa.user_ip4,
+        port: sa.user_port as u16,
+    };
     enforce::<false>(ctx, dest)
 }
 
@@ -64,7 +67,9 @@ pub fn try_connect6(ctx: &SockAddrContext) -> Result<Verdict, i32> {
 /// The daemon's probe sockets carry its mark and are never held back.
 #[inline(always)]
 fn is_probe_socket(ctx: &SockAddrContext) -> bool {
-    let Some(settings) = SETTINGS.get(0) else { return false };
+    let Some(settings) = SETTINGS.get(0) else {
+        return false;
+    };
     if settings.probe_mark == 0 {
         return false;
     }
@@ -80,7 +85,10 @@ fn enforce<const V6_HOOK: bool>(ctx: &SockAddrContext, dest: Destination) -> Res
     let (breaker, key) = match lookup(dest) {
         Some(upstream) => (Breaker::configured(upstream).ok_or(-1)?, None),
         None => {
-            let enabled = SETTINGS.get(0).map(|s| s.default_policy_enabled != 0).unwrap_or(false);
+            let enabled = SETTINGS
+                .get(0)
+                .map(|s| s.default_policy_enabled != 0)
+                .unwrap_or(false);
             if !enabled {
                 return Ok(ALLOW);
             }
@@ -102,7 +110,12 @@ fn enforce<const V6_HOOK: bool>(ctx: &SockAddrContext, dest: Destination) -> Res
     };
     let flow = Flow {
         upstream: breaker.upstream,
-        flags: flags | if key.is_some() { FLOW_DEFAULT_POLICY } else { 0 },
+        flags: flags
+            | if key.is_some() {
+                FLOW_DEFAULT_POLICY
+            } else {
+                0
+            },
         epoch,
         _pad: 0,
         dest: key.unwrap_or_default(),
@@ -115,7 +128,11 @@ fn enforce<const V6_HOOK: bool>(ctx: &SockAddrContext, dest: Destination) -> Res
 /// Rewrites the destination to the fallback of the same family, or fails the connect
 /// with ECONNREFUSED before any SYN leaves.
 #[inline(always)]
-fn reject<const V6_HOOK: bool>(ctx: &SockAddrContext, breaker: &Breaker, dest: Destination) -> Verdict {
+fn reject<const V6_HOOK: bool>(
+    ctx: &SockAddrContext,
+    breaker: &Breaker,
+    dest: Destination,
+) -> Verdict {
     let p = breaker.policy;
     let sa = unsafe { &mut *ctx.sock_addr };
     match dest {
@@ -161,7 +178,13 @@ fn lookup(dest: Destination) -> Option<u32> {
     match dest {
         Destination::V4 { addr, port } => {
             let addr = addr.to_ne_bytes();
-            let exact = Key::new(PORT_PREFIX_BITS + 32, EndpointV4 { port: port.to_ne_bytes(), addr });
+            let exact = Key::new(
+                PORT_PREFIX_BITS + 32,
+                EndpointV4 {
+                    port: port.to_ne_bytes(),
+                    addr,
+                },
+            );
             if let Some(id) = ENDPOINTS_V4.get(&exact) {
                 return Some(*id);
             }
@@ -170,7 +193,13 @@ fn lookup(dest: Destination) -> Option<u32> {
         }
         Destination::V6 { addr, port } => {
             let addr = ipv6_bytes(addr);
-            let exact = Key::new(PORT_PREFIX_BITS + 128, EndpointV6 { port: port.to_ne_bytes(), addr });
+            let exact = Key::new(
+                PORT_PREFIX_BITS + 128,
+                EndpointV6 {
+                    port: port.to_ne_bytes(),
+                    addr,
+                },
+            );
             if let Some(id) = ENDPOINTS_V6.get(&exact) {
                 return Some(*id);
             }
@@ -198,7 +227,15 @@ fn ipv6_bytes(addr: [u32; 4]) -> [u8; 16] {
 #[inline(always)]
 fn dest_key(dest: Destination) -> DestKey {
     match dest {
-        Destination::V4 { addr, port } => DestKey { addr: v4_mapped(addr), port, family: AF_INET },
-        Destination::V6 { addr, port } => DestKey { addr, port, family: AF_INET6 },
+        Destination::V4 { addr, port } => DestKey {
+            addr: v4_mapped(addr),
+            port,
+            family: AF_INET,
+        },
+        Destination::V6 { addr, port } => DestKey {
+            addr,
+            port,
+            family: AF_INET6,
+        },
     }
 }

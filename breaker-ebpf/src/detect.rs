@@ -39,7 +39,11 @@ pub fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i32> {
         BPF_SOCK_OPS_STATE_CB => {
             if ctx.arg(0) == BPF_TCP_SYN_SENT && ctx.arg(1) == BPF_TCP_CLOSE {
                 let retransmitted = unsafe { (*ctx.ops).total_retrans } > 0;
-                let cause = if retransmitted { CAUSE_FAILURE_OTHER } else { CAUSE_FAILURE_REFUSED };
+                let cause = if retransmitted {
+                    CAUSE_FAILURE_OTHER
+                } else {
+                    CAUSE_FAILURE_REFUSED
+                };
                 finish(ctx, cause)?;
             }
         }
@@ -62,7 +66,9 @@ fn cookie(ctx: &SockOpsContext) -> u64 {
 #[inline(always)]
 fn finish(ctx: &SockOpsContext, cause: u32) -> Result<(), i32> {
     let cookie = cookie(ctx);
-    let Some(flow) = FLOWS.get_ptr(&cookie) else { return Ok(()) };
+    let Some(flow) = FLOWS.get_ptr(&cookie) else {
+        return Ok(());
+    };
     let flow: Flow = unsafe { *flow };
     // Callbacks of one socket run under its lock: no second outcome can race this one.
     FLOWS.remove(&cookie).map_err(|e| e as i32)?;
@@ -74,7 +80,9 @@ fn finish(ctx: &SockOpsContext, cause: u32) -> Result<(), i32> {
     } else {
         Breaker::configured(flow.upstream)
     };
-    let Some(breaker) = breaker else { return Ok(()) };
+    let Some(breaker) = breaker else {
+        return Ok(());
+    };
     let success = cause == CAUSE_SUCCESS;
     breaker.count(|c| match cause {
         CAUSE_SUCCESS => c.successes += 1,
@@ -84,7 +92,11 @@ fn finish(ctx: &SockOpsContext, cause: u32) -> Result<(), i32> {
     });
     let outcome = Outcome {
         success,
-        trial_epoch: if flow.flags & FLOW_TRIAL != 0 { Some(flow.epoch as u8) } else { None },
+        trial_epoch: if flow.flags & FLOW_TRIAL != 0 {
+            Some(flow.epoch as u8)
+        } else {
+            None
+        },
     };
     let thresholds = breaker.policy.thresholds();
     let now = now_ms();

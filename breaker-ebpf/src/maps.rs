@@ -6,8 +6,7 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use breaker_common::abi::{
-    BreakerCell, Counters, DestKey, EndpointV4, EndpointV6, Flow, Settings,
-    UpstreamPolicy,
+    BreakerCell, Counters, DestKey, EndpointV4, EndpointV6, Flow, Settings, UpstreamPolicy,
 };
 
 /// Global settings (probe mark, default policy on/off). Written by the daemon.

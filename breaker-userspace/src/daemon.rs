@@ -4,14 +4,25 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::{cgroup, config::Config, kernel::{upstream_id, Kernel}, metrics::Metrics};
+use crate::{
+    cgroup,
+    config::Config,
+    kernel::{upstream_id, Kernel},
+    metrics::Metrics,
+};
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let cgroup = cgroup::resolve(config.cgroup.as_deref()).context("choosing the cgroup to attach to")?;
+    let cgroup =
+        cgroup::resolve(config.cgroup.as_deref()).context("choosing the cgroup to attach to")?;
     // Bind before attaching, so a busy port leaves nothing attached.
     let listener = tokio::net::TcpListener::bind(config.daemon.metrics_listen)
         .await
-        .with_context(|| format!("binding the metrics listener on {}", config.daemon.metrics_listen))?;
+        .with_context(|| {
+            format!(
+                "binding the metrics listener on {}",
+                config.daemon.metrics_listen
+            )
+        })?;
 
     let mut kernel = Kernel::load(&config)?;
     let logger = kernel.take_logger();
@@ -29,12 +40,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(&names));
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(crate::events::pump(events, metrics.clone()));
-    tasks.spawn(crate::metrics::serve(listener, metrics.clone(), kernel.counters(), kernel.states()));
+    tasks.spawn(crate::metrics::serve(
+        listener,
+        metrics.clone(),
+        kernel.counters(),
+        kernel.states(),
+    ));
     if let Some(logger) = logger {
         tasks.spawn(forward_kernel_logs(logger));
     }
     for (i, up) in config.upstreams.iter().enumerate() {
-        let (states, metrics, up, mark) = (kernel.states(), metrics.clone(), up.clone(), config.daemon.probe_mark);
+        let (states, metrics, up, mark) = (
+            kernel.states(),
+            metrics.clone(),
+            up.clone(),
+            config.daemon.probe_mark,
+        );
         tasks.spawn(async move {
             crate::probe::run(upstream_id(i), up, mark, states, metrics).await;
             Ok(())
@@ -59,9 +80,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// aya-log records from the kernel programs, through `log` into tracing.
-async fn forward_kernel_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> anyhow::Result<()> {
+async fn forward_kernel_logs(
+    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+) -> anyhow::Result<()> {
     // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd holds it.
-    let mut fd = unsafe { tokio::io::unix::AsyncFd::register(logger) }.map_err(|e| e.into_parts().1)?;
+    let mut fd =
+        unsafe { tokio::io::unix::AsyncFd::register(logger) }.map_err(|e| e.into_parts().1)?;
     loop {
         let mut guard = fd.readable_mut().await?;
         guard.get_inner_mut().flush();

@@ -57,8 +57,16 @@ pub fn dest_addr(d: &DestKey) -> Option<SocketAddr> {
 pub fn record(metrics: &Metrics, t: &Transition) {
     let name = metrics.upstream_name(t.upstream);
     match t.dest {
-        Some(dest) => tracing::info!(upstream = name, %dest, from = t.from.name(), to = t.to.name(), cause = t.cause, "breaker transition"),
-        None => tracing::info!(upstream = name, from = t.from.name(), to = t.to.name(), cause = t.cause, "breaker transition"),
+        Some(dest) => {
+            tracing::info!(upstream = name, %dest, from = t.from.name(), to = t.to.name(), cause = t.cause, "breaker transition")
+        }
+        None => tracing::info!(
+            upstream = name,
+            from = t.from.name(),
+            to = t.to.name(),
+            cause = t.cause,
+            "breaker transition"
+        ),
     }
     metrics.transition(t);
 }
@@ -90,14 +98,22 @@ mod tests {
 
     #[test]
     fn dest_keys_decode_to_socket_addresses() {
-        let v4 = DestKey { addr: v4_mapped(u32::from_ne_bytes([10, 0, 0, 7])), port: 8080u16.to_be(), family: AF_INET };
+        let v4 = DestKey {
+            addr: v4_mapped(u32::from_ne_bytes([10, 0, 0, 7])),
+            port: 8080u16.to_be(),
+            family: AF_INET,
+        };
         assert_eq!(dest_addr(&v4), Some("10.0.0.7:8080".parse().unwrap()));
         let o = "fd00::5".parse::<Ipv6Addr>().unwrap().octets();
         let mut addr = [0u32; 4];
         for (i, w) in addr.iter_mut().enumerate() {
             *w = u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]]);
         }
-        let v6 = DestKey { addr, port: 443u16.to_be(), family: AF_INET6 };
+        let v6 = DestKey {
+            addr,
+            port: 443u16.to_be(),
+            family: AF_INET6,
+        };
         assert_eq!(dest_addr(&v6), Some("[fd00::5]:443".parse().unwrap()));
         assert_eq!(dest_addr(&DestKey::default()), None);
     }

@@ -3,8 +3,8 @@
 use std::{
     fs::File,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use aya::{
@@ -112,7 +112,10 @@ impl Kernel {
                 IpNet::V6(_) => v6 += 1,
             }
         }
-        let destinations = config.default_policy.as_ref().map_or(1, |d| d.max_destinations);
+        let destinations = config
+            .default_policy
+            .as_ref()
+            .map_or(1, |d| d.max_destinations);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::POLICIES, slots)
             .map_max_entries(map_names::UPSTREAM_STATES, slots)
@@ -126,16 +129,24 @@ impl Kernel {
 
         write_config(&mut ebpf, config)?;
 
-        let states_map = ebpf
-            .take_map(map_names::UPSTREAM_STATES)
-            .ok_or(KernelError::MissingMap { name: map_names::UPSTREAM_STATES })?;
+        let states_map =
+            ebpf.take_map(map_names::UPSTREAM_STATES)
+                .ok_or(KernelError::MissingMap {
+                    name: map_names::UPSTREAM_STATES,
+                })?;
         let states = match states_map {
             Map::Array(data) => StateTable::map(data, slots).map_err(KernelError::Mmap)?,
-            _ => return Err(KernelError::MissingMap { name: map_names::UPSTREAM_STATES }),
+            _ => {
+                return Err(KernelError::MissingMap {
+                    name: map_names::UPSTREAM_STATES,
+                })
+            }
         };
         let counters = ebpf
             .take_map(map_names::COUNTERS)
-            .ok_or(KernelError::MissingMap { name: map_names::COUNTERS })?;
+            .ok_or(KernelError::MissingMap {
+                name: map_names::COUNTERS,
+            })?;
         let counters = PerCpuArray::try_from(counters).map_err(map_err(map_names::COUNTERS))?;
 
         for name in [program_names::CONNECT4, program_names::CONNECT6] {
@@ -145,20 +156,30 @@ impl Kernel {
         let sock_ops: &mut SockOps = program(&mut ebpf, program_names::SOCK_OPS)?;
         sock_ops.load().map_err(prog_err(program_names::SOCK_OPS))?;
 
-        Ok(Kernel { ebpf, states: Arc::new(states), counters: Arc::new(CounterTable { map: counters }) })
+        Ok(Kernel {
+            ebpf,
+            states: Arc::new(states),
+            counters: Arc::new(CounterTable { map: counters }),
+        })
     }
 
     /// Attaches connect4, connect6 and sock_ops to `cgroup` as BPF links. Links always
     /// run beside other programs on the cgroup; `bpf_link_create` takes no multi flag
     /// (aya passes the mode as its flags, so `Single`, i.e. 0).
     pub fn attach(&mut self, cgroup: &Path) -> Result<(), KernelError> {
-        let file = File::open(cgroup).map_err(|source| KernelError::Cgroup { path: cgroup.to_path_buf(), source })?;
+        let file = File::open(cgroup).map_err(|source| KernelError::Cgroup {
+            path: cgroup.to_path_buf(),
+            source,
+        })?;
         for name in [program_names::CONNECT4, program_names::CONNECT6] {
             let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            prog.attach(&file, CgroupAttachMode::Single).map_err(prog_err(name))?;
+            prog.attach(&file, CgroupAttachMode::Single)
+                .map_err(prog_err(name))?;
         }
         let sock_ops: &mut SockOps = program(&mut self.ebpf, program_names::SOCK_OPS)?;
-        sock_ops.attach(&file, CgroupAttachMode::Single).map_err(prog_err(program_names::SOCK_OPS))?;
+        sock_ops
+            .attach(&file, CgroupAttachMode::Single)
+            .map_err(prog_err(program_names::SOCK_OPS))?;
         Ok(())
     }
 
@@ -172,7 +193,12 @@ impl Kernel {
 
     /// The transition event ring; can be taken once.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, KernelError> {
-        let map = self.ebpf.take_map(map_names::EVENTS).ok_or(KernelError::MissingMap { name: map_names::EVENTS })?;
+        let map = self
+            .ebpf
+            .take_map(map_names::EVENTS)
+            .ok_or(KernelError::MissingMap {
+                name: map_names::EVENTS,
+            })?;
         RingBuf::try_from(map).map_err(map_err(map_names::EVENTS))
     }
 
@@ -186,7 +212,9 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, K
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let prog = ebpf.program_mut(name).ok_or(KernelError::MissingProgram { name })?;
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(KernelError::MissingProgram { name })?;
     prog.try_into().map_err(prog_err(name))
 }
 
@@ -196,22 +224,34 @@ fn write_config(ebpf: &mut Ebpf, config: &Config) -> Result<(), KernelError> {
         default_policy_enabled: config.default_policy.is_some() as u32,
     };
     let mut map: Array<_, Settings> = typed_map(ebpf, map_names::SETTINGS)?;
-    map.set(0, settings, 0).map_err(map_err(map_names::SETTINGS))?;
+    map.set(0, settings, 0)
+        .map_err(map_err(map_names::SETTINGS))?;
 
     let mut policies: Array<_, UpstreamPolicy> = typed_map(ebpf, map_names::POLICIES)?;
     if let Some(d) = &config.default_policy {
-        policies.set(DEFAULT_UPSTREAM_ID, policy_abi(&d.policy, &[]), 0).map_err(map_err(map_names::POLICIES))?;
+        policies
+            .set(DEFAULT_UPSTREAM_ID, policy_abi(&d.policy, &[]), 0)
+            .map_err(map_err(map_names::POLICIES))?;
     }
     for (i, up) in config.upstreams.iter().enumerate() {
-        policies.set(upstream_id(i), policy_abi(&up.policy, &up.fallback), 0).map_err(map_err(map_names::POLICIES))?;
+        policies
+            .set(upstream_id(i), policy_abi(&up.policy, &up.fallback), 0)
+            .map_err(map_err(map_names::POLICIES))?;
     }
 
     let mut v4: LpmTrie<_, EndpointV4, u32> = typed_map(ebpf, map_names::ENDPOINTS_V4)?;
     for (i, up) in config.upstreams.iter().enumerate() {
         for ep in &up.endpoints {
             if let IpNet::V4(net) = ep.net {
-                let key = Key::new(PORT_PREFIX_BITS + net.prefix_len() as u32, EndpointV4 { port: port_bytes(ep), addr: net.addr().octets() });
-                v4.insert(&key, upstream_id(i), 0).map_err(map_err(map_names::ENDPOINTS_V4))?;
+                let key = Key::new(
+                    PORT_PREFIX_BITS + net.prefix_len() as u32,
+                    EndpointV4 {
+                        port: port_bytes(ep),
+                        addr: net.addr().octets(),
+                    },
+                );
+                v4.insert(&key, upstream_id(i), 0)
+                    .map_err(map_err(map_names::ENDPOINTS_V4))?;
             }
         }
     }
@@ -219,8 +259,15 @@ fn write_config(ebpf: &mut Ebpf, config: &Config) -> Result<(), KernelError> {
     for (i, up) in config.upstreams.iter().enumerate() {
         for ep in &up.endpoints {
             if let IpNet::V6(net) = ep.net {
-                let key = Key::new(PORT_PREFIX_BITS + net.prefix_len() as u32, EndpointV6 { port: port_bytes(ep), addr: net.addr().octets() });
-                v6.insert(&key, upstream_id(i), 0).map_err(map_err(map_names::ENDPOINTS_V6))?;
+                let key = Key::new(
+                    PORT_PREFIX_BITS + net.prefix_len() as u32,
+                    EndpointV6 {
+                        port: port_bytes(ep),
+                        addr: net.addr().octets(),
+                    },
+                );
+                v6.insert(&key, upstream_id(i), 0)
+                    .map_err(map_err(map_names::ENDPOINTS_V6))?;
             }
         }
     }
@@ -262,7 +309,8 @@ pub fn policy_abi(p: &Policy, fallback: &[SocketAddr]) -> UpstreamPolicy {
                 abi.flags |= POLICY_FALLBACK_V6;
                 let o = ip.octets();
                 for (i, word) in abi.fallback_ip6.iter_mut().enumerate() {
-                    *word = u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]]);
+                    *word =
+                        u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]]);
                 }
                 abi.fallback_port_v6 = port;
             }
@@ -273,7 +321,10 @@ pub fn policy_abi(p: &Policy, fallback: &[SocketAddr]) -> UpstreamPolicy {
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
 fn raise_memlock_limit() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit reads the struct we pass; failure only means the old limit stays.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");

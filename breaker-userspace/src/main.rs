@@ -5,7 +5,11 @@ use breaker::config::Config;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "breaker", version, about = "Host-level eBPF circuit breaker for TCP upstreams")]
+#[command(
+    name = "breaker",
+    version,
+    about = "Host-level eBPF circuit breaker for TCP upstreams"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,7 +57,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run { .. } => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: starting the runtime: {e}");
@@ -64,8 +72,14 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
-                    let bad_config = e.chain().any(|c| c.downcast_ref::<breaker::cgroup::CgroupError>().is_some());
-                    if bad_config { ExitCode::from(EXIT_BAD_CONFIG) } else { ExitCode::FAILURE }
+                    let bad_config = e
+                        .chain()
+                        .any(|c| c.downcast_ref::<breaker::cgroup::CgroupError>().is_some());
+                    if bad_config {
+                        ExitCode::from(EXIT_BAD_CONFIG)
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
             }
         }

@@ -1,6 +1,10 @@
 //! Prometheus metrics: kernel counters (read at scrape time), breaker states,
 //! transitions and probes; served over HTTP.
-use std::{collections::HashMap, net::SocketAddr, sync::{Arc, Mutex}};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
 use breaker_common::{abi::Counters, machine::State};
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
@@ -31,13 +35,17 @@ pub struct Metrics {
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    registry.register(Box::new(c.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    registry.register(Box::new(g.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
     g
 }
 
@@ -70,7 +78,13 @@ impl Metrics {
                     m.probes.with_label_values(&[name, result]);
                 }
             }
-            for c in [&m.attempts, &m.successes, &m.rejected, &m.redirected, &m.contention] {
+            for c in [
+                &m.attempts,
+                &m.successes,
+                &m.rejected,
+                &m.redirected,
+                &m.contention,
+            ] {
                 c.with_label_values(&[name]);
             }
         }
@@ -78,14 +92,22 @@ impl Metrics {
     }
 
     pub fn upstream_name(&self, id: u32) -> &str {
-        self.names.get(id as usize).map(String::as_str).unwrap_or("unknown")
+        self.names
+            .get(id as usize)
+            .map(String::as_str)
+            .unwrap_or("unknown")
     }
 
     pub fn transition(&self, t: &Transition) {
         let name = self.upstream_name(t.upstream);
-        self.transitions.with_label_values(&[name, t.from.name(), t.to.name()]).inc();
+        self.transitions
+            .with_label_values(&[name, t.from.name(), t.to.name()])
+            .inc();
         if let Some(dest) = t.dest {
-            let mut open = self.open_destinations.lock().unwrap_or_else(|e| e.into_inner());
+            let mut open = self
+                .open_destinations
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if t.to == State::Closed {
                 open.remove(&dest);
             } else {
@@ -96,7 +118,9 @@ impl Metrics {
 
     pub fn probe(&self, upstream: u32, success: bool) {
         let result = if success { "success" } else { "failure" };
-        self.probes.with_label_values(&[self.upstream_name(upstream), result]).inc();
+        self.probes
+            .with_label_values(&[self.upstream_name(upstream), result])
+            .inc();
     }
 
     /// Brings every series up to date with the kernel, then renders the text format.
@@ -116,7 +140,9 @@ impl Metrics {
             if id != 0 {
                 if let Some(word) = states.load(id) {
                     for s in STATES {
-                        self.state.with_label_values(&[name, s.name()]).set((word.state() == s) as i64);
+                        self.state
+                            .with_label_values(&[name, s.name()])
+                            .set((word.state() == s) as i64);
                     }
                 }
             }
@@ -133,16 +159,41 @@ impl Metrics {
             };
             inc(&self.attempts, &[name], now.attempts, prev.attempts);
             inc(&self.successes, &[name], now.successes, prev.successes);
-            inc(&self.failures, &[name, "refused"], now.failures_refused, prev.failures_refused);
-            inc(&self.failures, &[name, "timeout"], now.failures_timeout, prev.failures_timeout);
-            inc(&self.failures, &[name, "other"], now.failures_other, prev.failures_other);
+            inc(
+                &self.failures,
+                &[name, "refused"],
+                now.failures_refused,
+                prev.failures_refused,
+            );
+            inc(
+                &self.failures,
+                &[name, "timeout"],
+                now.failures_timeout,
+                prev.failures_timeout,
+            );
+            inc(
+                &self.failures,
+                &[name, "other"],
+                now.failures_other,
+                prev.failures_other,
+            );
             inc(&self.rejected, &[name], now.rejected, prev.rejected);
             inc(&self.redirected, &[name], now.redirected, prev.redirected);
-            inc(&self.contention, &[name], now.contention_misses, prev.contention_misses);
+            inc(
+                &self.contention,
+                &[name],
+                now.contention_misses,
+                prev.contention_misses,
+            );
         }
-        let open = self.open_destinations.lock().unwrap_or_else(|e| e.into_inner());
+        let open = self
+            .open_destinations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for s in [State::Open, State::HalfOpen] {
-            self.default_open.with_label_values(&[s.name()]).set(open.values().filter(|v| **v == s).count() as i64);
+            self.default_open
+                .with_label_values(&[s.name()])
+                .set(open.values().filter(|v| **v == s).count() as i64);
         }
     }
 }
@@ -162,12 +213,14 @@ pub async fn serve(
         let (metrics, counters, states) = (metrics.clone(), counters.clone(), states.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let (metrics, counters, states) = (metrics.clone(), counters.clone(), states.clone());
+                let (metrics, counters, states) =
+                    (metrics.clone(), counters.clone(), states.clone());
                 async move {
                     let response = if req.uri().path() == "/metrics" {
-                        let body = tokio::task::spawn_blocking(move || metrics.render(&counters, &states))
-                            .await
-                            .unwrap_or_default();
+                        let body =
+                            tokio::task::spawn_blocking(move || metrics.render(&counters, &states))
+                                .await
+                                .unwrap_or_default();
                         Response::builder()
                             .header("content-type", "text/plain; version=0.0.4")
                             .body(Full::new(Bytes::from(body)))
@@ -180,7 +233,10 @@ pub async fn serve(
                 }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await
+            {
                 tracing::debug!(error = %e, "metrics connection ended");
             }
         });

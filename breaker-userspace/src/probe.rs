@@ -6,17 +6,25 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use breaker_common::{
-    abi::{CAUSE_PROBE_FAILURE, CAUSE_PROBE_SUCCESS, cause_name},
+    abi::{cause_name, CAUSE_PROBE_FAILURE, CAUSE_PROBE_SUCCESS},
     machine::{self, State},
 };
 use tokio::{net::TcpStream, time::Instant};
 
-use crate::{config::Upstream, events::Transition, metrics::Metrics, state::{now_ms, StateTable}};
+use crate::{
+    config::Upstream,
+    events::Transition,
+    metrics::Metrics,
+    state::{now_ms, StateTable},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error("connect to {addr} failed: {source}")]
-    Connect { addr: SocketAddr, source: std::io::Error },
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("no answer from {addr} within {timeout:?}")]
     Timeout { addr: SocketAddr, timeout: Duration },
     #[error("HTTP exchange with {addr} failed: {message}")]
@@ -36,14 +44,25 @@ async fn connect_marked(addr: SocketAddr, mark: u32) -> std::io::Result<TcpStrea
 }
 
 /// One probe of `target`: a marked TCP connect, then the HTTP GET if a path is set.
-pub async fn probe_once(addr: SocketAddr, http_path: Option<&str>, mark: u32, timeout: Duration) -> Result<(), ProbeError> {
+pub async fn probe_once(
+    addr: SocketAddr,
+    http_path: Option<&str>,
+    mark: u32,
+    timeout: Duration,
+) -> Result<(), ProbeError> {
     let exchange = async {
-        let stream = connect_marked(addr, mark).await.map_err(|source| ProbeError::Connect { addr, source })?;
+        let stream = connect_marked(addr, mark)
+            .await
+            .map_err(|source| ProbeError::Connect { addr, source })?;
         let Some(path) = http_path else { return Ok(()) };
-        let http = |e: &dyn std::fmt::Display| ProbeError::Http { addr, message: e.to_string() };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, http_body_util::Empty<hyper::body::Bytes>>(
-            hyper_util::rt::TokioIo::new(stream),
-        )
+        let http = |e: &dyn std::fmt::Display| ProbeError::Http {
+            addr,
+            message: e.to_string(),
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<
+            _,
+            http_body_util::Empty<hyper::body::Bytes>,
+        >(hyper_util::rt::TokioIo::new(stream))
         .await
         .map_err(|e| http(&e))?;
         let driver = tokio::spawn(conn);
@@ -58,7 +77,10 @@ pub async fn probe_once(addr: SocketAddr, http_path: Option<&str>, mark: u32, ti
         if status.is_success() {
             Ok(())
         } else {
-            Err(ProbeError::Status { addr, status: status.as_u16() })
+            Err(ProbeError::Status {
+                addr,
+                status: status.as_u16(),
+            })
         }
     };
     match tokio::time::timeout(timeout, exchange).await {
@@ -68,7 +90,13 @@ pub async fn probe_once(addr: SocketAddr, http_path: Option<&str>, mark: u32, ti
 }
 
 /// Probes upstream `id` whenever its breaker is due, forever.
-pub async fn run(id: u32, upstream: Upstream, mark: u32, states: Arc<StateTable>, metrics: Arc<Metrics>) {
+pub async fn run(
+    id: u32,
+    upstream: Upstream,
+    mark: u32,
+    states: Arc<StateTable>,
+    metrics: Arc<Metrics>,
+) {
     let policy = upstream.policy;
     let thresholds = crate::kernel::policy_abi(&policy, &[]).thresholds();
     // Checking the word is a memory read; a short tick keeps probes on time.
@@ -87,16 +115,30 @@ pub async fn run(id: u32, upstream: Upstream, mark: u32, states: Arc<StateTable>
             continue;
         }
         last_probe = Some(Instant::now());
-        let result = probe_once(upstream.probe.address, upstream.probe.http_path.as_deref(), mark, policy.probe_timeout).await;
+        let result = probe_once(
+            upstream.probe.address,
+            upstream.probe.http_path.as_deref(),
+            mark,
+            policy.probe_timeout,
+        )
+        .await;
         let success = result.is_ok();
         metrics.probe(id, success);
         match &result {
-            Ok(()) => tracing::info!(upstream = upstream.name.as_str(), target = %upstream.probe.address, "probe passed"),
+            Ok(()) => {
+                tracing::info!(upstream = upstream.name.as_str(), target = %upstream.probe.address, "probe passed")
+            }
             Err(e) => tracing::info!(upstream = upstream.name.as_str(), error = %e, "probe failed"),
         }
         let now = now_ms();
-        let cause = if success { CAUSE_PROBE_SUCCESS } else { CAUSE_PROBE_FAILURE };
-        if let Some((prev, step)) = states.update(id, |w| machine::probe(w, success, now, &thresholds)) {
+        let cause = if success {
+            CAUSE_PROBE_SUCCESS
+        } else {
+            CAUSE_PROBE_FAILURE
+        };
+        if let Some((prev, step)) =
+            states.update(id, |w| machine::probe(w, success, now, &thresholds))
+        {
             // A probe that finds OPEN expired moves it to HALF_OPEN first.
             let expired = machine::expire_open(prev, now, &thresholds);
             for (from, to, why) in [
@@ -104,7 +146,16 @@ pub async fn run(id: u32, upstream: Upstream, mark: u32, states: Arc<StateTable>
                 (expired.state(), step.next.state(), cause_name(cause)),
             ] {
                 if from != to {
-                    crate::events::record(&metrics, &Transition { upstream: id, from, to, cause: why, dest: None });
+                    crate::events::record(
+                        &metrics,
+                        &Transition {
+                            upstream: id,
+                            from,
+                            to,
+                            cause: why,
+                            dest: None,
+                        },
+                    );
                 }
             }
         }

@@ -24,7 +24,11 @@ impl StateTable {
             map.fd().as_fd().as_raw_fd()
         };
         let mmap = MmapOptions::new().len(slots as usize * 8).map_raw(fd)?;
-        Ok(StateTable { _map: map, mmap, slots })
+        Ok(StateTable {
+            _map: map,
+            mmap,
+            slots,
+        })
     }
 
     fn cell(&self, id: u32) -> Option<&AtomicU64> {
@@ -37,7 +41,8 @@ impl StateTable {
     }
 
     pub fn load(&self, id: u32) -> Option<BreakerWord> {
-        self.cell(id).map(|c| BreakerWord(c.load(std::sync::atomic::Ordering::Acquire)))
+        self.cell(id)
+            .map(|c| BreakerWord(c.load(std::sync::atomic::Ordering::Acquire)))
     }
 
     /// Applies one state-machine step to upstream `id`, as the kernel programs do.
@@ -52,7 +57,10 @@ impl StateTable {
 
 /// Milliseconds of CLOCK_MONOTONIC, wrapping, the clock of `bpf_ktime_get_ns`.
 pub fn now_ms() -> u32 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes the timespec we pass.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000) as u32

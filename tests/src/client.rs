@@ -47,7 +47,13 @@ pub fn classify(e: &std::io::Error) -> &'static str {
 }
 
 fn one_udp(opts: &ClientOptions) -> (String, Option<i32>, Option<String>) {
-    let bind: SocketAddr = if opts.to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("static address");
+    let bind: SocketAddr = if opts.to.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("static address");
     let result = std::net::UdpSocket::bind(bind).and_then(|s| {
         s.connect(opts.to)?;
         s.send(b"ping")
@@ -63,10 +69,11 @@ fn one(opts: &ClientOptions) -> (String, Option<i32>, Option<String>) {
         return one_udp(opts);
     }
     let domain = socket2::Domain::for_address(opts.to);
-    let socket = match socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP)) {
-        Ok(s) => s,
-        Err(e) => return (classify(&e).into(), e.raw_os_error(), None),
-    };
+    let socket =
+        match socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP)) {
+            Ok(s) => s,
+            Err(e) => return (classify(&e).into(), e.raw_os_error(), None),
+        };
     if let Err(e) = socket.connect_timeout(&opts.to.into(), opts.timeout) {
         return (classify(&e).into(), e.raw_os_error(), None);
     }
@@ -84,7 +91,9 @@ fn one(opts: &ClientOptions) -> (String, Option<i32>, Option<String>) {
     }
     let text = String::from_utf8_lossy(&response);
     match text.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.0 200") => ("ok".into(), None, Some(body.to_string())),
+        Some((head, body)) if head.starts_with("HTTP/1.0 200") => {
+            ("ok".into(), None, Some(body.to_string()))
+        }
         _ => ("error".into(), None, None),
     }
 }

@@ -65,7 +65,11 @@ impl Group {
             self.from_s,
             self.to_s,
             self.class,
-            if self.class == "served" { "+request" } else { "" },
+            if self.class == "served" {
+                "+request"
+            } else {
+                ""
+            },
             human_us(p50),
             human_us(max)
         );
@@ -95,18 +99,36 @@ pub fn run() -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C handler")?;
     }
     let lab_bin = std::env::current_exe()?;
-    println!("breaker demo: an unmodified HTTP client, an upstream that goes dark and comes back\n");
+    println!(
+        "breaker demo: an unmodified HTTP client, an upstream that goes dark and comes back\n"
+    );
     let mut lab = Lab::new("demo", &lab_bin)?;
     lab.serve("10.77.0.2:8080", "api")?;
     lab.start_daemon(CONFIG)?;
-    println!("lab:      client netns {} (cgroup {}), upstream 10.77.0.2:8080 in netns {}", lab.client.name, lab.cgroup.display(), lab.upstream.name);
+    println!(
+        "lab:      client netns {} (cgroup {}), upstream 10.77.0.2:8080 in netns {}",
+        lab.client.name,
+        lab.cgroup.display(),
+        lab.upstream.name
+    );
     println!("breaker:  failure_threshold 3, open_duration 3s, probe every 500ms; client timeout {CLIENT_TIMEOUT_MS} ms, 10 requests/s\n");
 
     let mut child = lab
-        .client_command(&["--to", "10.77.0.2:8080", "--http", "--count", "100000", "--interval-ms", "100", "--timeout-ms", CLIENT_TIMEOUT_MS])
+        .client_command(&[
+            "--to",
+            "10.77.0.2:8080",
+            "--http",
+            "--count",
+            "100000",
+            "--interval-ms",
+            "100",
+            "--timeout-ms",
+            CLIENT_TIMEOUT_MS,
+        ])
         .spawn()
         .context("starting the client")?;
     let stdout = child.stdout.take().context("client stdout")?;
@@ -160,7 +182,12 @@ pub fn run() -> anyhow::Result<()> {
                 }
                 _ => {
                     flush(&mut group);
-                    group = Some(Group { class: c, from_s: start_s, to_s: end_s, latencies_us: vec![a.latency_us] });
+                    group = Some(Group {
+                        class: c,
+                        from_s: start_s,
+                        to_s: end_s,
+                        latencies_us: vec![a.latency_us],
+                    });
                 }
             }
             all.push((start_s, a));
@@ -181,12 +208,21 @@ pub fn run() -> anyhow::Result<()> {
         }
         if now > HEALTHY_FOR + DARK_FOR + Duration::from_secs(15) {
             flush(&mut group);
-            anyhow::bail!("the breaker did not close within 15 s of the upstream's return:\n{}", lab.daemon_log());
+            anyhow::bail!(
+                "the breaker did not close within 15 s of the upstream's return:\n{}",
+                lab.daemon_log()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     flush(&mut group);
-    summarize(&lab, &all, went_dark.unwrap_or(0.0), came_back.unwrap_or(0.0), closed_at.unwrap_or(0.0))?;
+    summarize(
+        &lab,
+        &all,
+        went_dark.unwrap_or(0.0),
+        came_back.unwrap_or(0.0),
+        closed_at.unwrap_or(0.0),
+    )?;
     Ok(())
 }
 
@@ -206,15 +242,37 @@ fn current_state(lab: &Lab) -> anyhow::Result<String> {
     anyhow::bail!("no breaker_state for api")
 }
 
-fn summarize(lab: &Lab, all: &[(f64, Attempt)], dark: f64, back: f64, closed: f64) -> anyhow::Result<()> {
-    let phase = |from: f64, to: f64| all.iter().filter(move |(s, _)| *s >= from && *s < to).map(|(_, a)| a);
+fn summarize(
+    lab: &Lab,
+    all: &[(f64, Attempt)],
+    dark: f64,
+    back: f64,
+    closed: f64,
+) -> anyhow::Result<()> {
+    let phase = |from: f64, to: f64| {
+        all.iter()
+            .filter(move |(s, _)| *s >= from && *s < to)
+            .map(|(_, a)| a)
+    };
     let mut before: Vec<f64> = phase(0.0, dark).map(|a| a.latency_us).collect();
     let reached_dead = phase(dark, back).filter(|a| a.outcome == "timeout").count();
-    let mut fast: Vec<f64> = phase(dark, f64::MAX).filter(|a| class(a) == "failed fast").map(|a| a.latency_us).collect();
-    let mut after: Vec<f64> = phase(closed, f64::MAX).filter(|a| a.outcome == "ok").map(|a| a.latency_us).collect();
-    let first_served_after = phase(back, f64::MAX).find(|a| a.outcome == "ok").map(|a| a.start_ms / 1000.0 - back);
+    let mut fast: Vec<f64> = phase(dark, f64::MAX)
+        .filter(|a| class(a) == "failed fast")
+        .map(|a| a.latency_us)
+        .collect();
+    let mut after: Vec<f64> = phase(closed, f64::MAX)
+        .filter(|a| a.outcome == "ok")
+        .map(|a| a.latency_us)
+        .collect();
+    let first_served_after = phase(back, f64::MAX)
+        .find(|a| a.outcome == "ok")
+        .map(|a| a.start_ms / 1000.0 - back);
     println!("\nsummary:");
-    println!("  healthy:     connect+request p50 {} over {} requests", human_us(percentile(&mut before, 50.0)), before.len());
+    println!(
+        "  healthy:     connect+request p50 {} over {} requests",
+        human_us(percentile(&mut before, 50.0)),
+        before.len()
+    );
     println!(
         "  dark:        {reached_dead} connects reached the dead upstream and hung {CLIENT_TIMEOUT_MS} ms each (failure_threshold is 3); then the breaker opened"
     );
@@ -230,15 +288,25 @@ fn summarize(lab: &Lab, all: &[(f64, Attempt)], dark: f64, back: f64, closed: f6
         closed - back,
         first_served_after.map(|s| format!("{s:.2}s")).unwrap_or_else(|| "-".into())
     );
-    println!("  after:       connect+request p50 {}", human_us(percentile(&mut after, 50.0)));
+    println!(
+        "  after:       connect+request p50 {}",
+        human_us(percentile(&mut after, 50.0))
+    );
     println!("\nmetrics excerpt (http://127.0.0.1:9464/metrics in the client netns):");
     let text = lab.metrics_text()?;
-    for line in text.lines().filter(|l| !l.starts_with('#') && l.contains("upstream=\"api\"") && !l.ends_with(" 0")) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains("upstream=\"api\"") && !l.ends_with(" 0"))
+    {
         println!("  {line}");
     }
     let log: PathBuf = lab.daemon_log_path();
     println!("\ndaemon log: (removed with the lab; transitions below)");
-    for line in std::fs::read_to_string(&log).unwrap_or_default().lines().filter(|l| l.contains("transition") || l.contains("probe passed")) {
+    for line in std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("transition") || l.contains("probe passed"))
+    {
         println!("  {line}");
     }
     println!("\ncleaning up the lab (namespaces, cgroup, daemon)");

@@ -98,15 +98,19 @@ impl Lab {
             servers: Vec::new(),
         };
         lab.wire().context("building the lab network")?;
-        lab.wait_until_reachable().context("waiting for the lab network")?;
-        std::fs::create_dir_all(&lab.cgroup).with_context(|| format!("creating cgroup {}", lab.cgroup.display()))?;
+        lab.wait_until_reachable()
+            .context("waiting for the lab network")?;
+        std::fs::create_dir_all(&lab.cgroup)
+            .with_context(|| format!("creating cgroup {}", lab.cgroup.display()))?;
         std::fs::create_dir_all(&lab.work)?;
         Ok(lab)
     }
 
     fn wire(&mut self) -> anyhow::Result<()> {
         let (c, u) = (&self.client, &self.upstream);
-        c.ip(&["link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", &u.name])?;
+        c.ip(&[
+            "link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", &u.name,
+        ])?;
         c.ip(&["addr", "add", "10.77.0.1/24", "dev", "veth0"])?;
         c.ip(&["addr", "add", "fd77::1/64", "dev", "veth0", "nodad"])?;
         c.ip(&["link", "set", "veth0", "up"])?;
@@ -119,7 +123,18 @@ impl Lab {
         u.ip(&["link", "set", "veth0", "up"])?;
         // No ARP/ND on the dark link: SYNs leave at once and are silently dropped
         // in the void (not local there, forwarding off), so nothing ever answers.
-        c.ip(&["link", "add", "dark", "type", "veth", "peer", "name", "dark", "netns", &self.void.name])?;
+        c.ip(&[
+            "link",
+            "add",
+            "dark",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "dark",
+            "netns",
+            &self.void.name,
+        ])?;
         c.ip(&["link", "set", "dark", "arp", "off", "up"])?;
         self.void.ip(&["link", "set", "dark", "arp", "off", "up"])?;
         c.ip(&["route", "add", "10.77.9.0/24", "dev", "dark"])?;
@@ -154,7 +169,9 @@ impl Lab {
     pub fn serve(&mut self, addr: &str, name: &str) -> anyhow::Result<&Server> {
         let addr: SocketAddr = addr.parse()?;
         let name2 = name.to_string();
-        let server = self.upstream.within(move || Server::start(addr, &name2))??;
+        let server = self
+            .upstream
+            .within(move || Server::start(addr, &name2))??;
         self.servers.push(server);
         Ok(self.servers.last().expect("just pushed"))
     }
@@ -166,14 +183,16 @@ impl Lab {
     /// From now on, SYNs from the client namespace to `ip` vanish.
     pub fn blackhole(&self, ip: &str) -> anyhow::Result<()> {
         let prefix = if ip.contains(':') { "/128" } else { "/32" };
-        self.client.ip(&["route", "replace", &format!("{ip}{prefix}"), "dev", "dark"])?;
+        self.client
+            .ip(&["route", "replace", &format!("{ip}{prefix}"), "dev", "dark"])?;
         Ok(())
     }
 
     /// Undoes [`Lab::blackhole`].
     pub fn restore(&self, ip: &str) -> anyhow::Result<()> {
         let prefix = if ip.contains(':') { "/128" } else { "/32" };
-        self.client.ip(&["route", "del", &format!("{ip}{prefix}"), "dev", "dark"])?;
+        self.client
+            .ip(&["route", "del", &format!("{ip}{prefix}"), "dev", "dark"])?;
         Ok(())
     }
 
@@ -198,9 +217,16 @@ impl Lab {
     }
 
     /// `breaker ARGS` in the client namespace, waited for: (status, stdout, stderr).
-    pub fn breaker_cli(&self, args: &[&str]) -> anyhow::Result<(std::process::ExitStatus, String, String)> {
+    pub fn breaker_cli(
+        &self,
+        args: &[&str],
+    ) -> anyhow::Result<(std::process::ExitStatus, String, String)> {
         let out = self.client.command(&self.breaker_bin).args(args).output()?;
-        Ok((out.status, String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into()))
+        Ok((
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        ))
     }
 
     /// Starts the daemon with `config` (see [`Lab::write_config`]) and waits until it serves metrics.
@@ -213,7 +239,10 @@ impl Lab {
             .arg("run")
             .arg("--config")
             .arg(&path)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -223,7 +252,10 @@ impl Lab {
         while Instant::now() < deadline {
             if let Some(child) = self.daemon.as_mut() {
                 if let Some(status) = child.try_wait()? {
-                    bail!("breaker daemon exited with {status}:\n{}", self.daemon_log());
+                    bail!(
+                        "breaker daemon exited with {status}:\n{}",
+                        self.daemon_log()
+                    );
                 }
             }
             if self.metrics_text().is_ok() {
@@ -231,7 +263,10 @@ impl Lab {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("breaker daemon did not serve metrics within 15 s:\n{}", self.daemon_log())
+        bail!(
+            "breaker daemon did not serve metrics within 15 s:\n{}",
+            self.daemon_log()
+        )
     }
 
     pub fn daemon_log_path(&self) -> PathBuf {
@@ -244,7 +279,9 @@ impl Lab {
 
     /// Stops the daemon with SIGTERM; returns its exit status.
     pub fn stop_daemon(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
-        let Some(mut child) = self.daemon.take() else { return Ok(None) };
+        let Some(mut child) = self.daemon.take() else {
+            return Ok(None);
+        };
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -281,7 +318,13 @@ impl Lab {
     }
 
     /// Waits until `name{labels}` reaches `want` or `timeout` passes; returns the last value.
-    pub fn wait_metric(&self, name: &str, labels: &[(&str, &str)], want: f64, timeout: Duration) -> anyhow::Result<f64> {
+    pub fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        want: f64,
+        timeout: Duration,
+    ) -> anyhow::Result<f64> {
         let deadline = Instant::now() + timeout;
         loop {
             let v = self.metric(name, labels)?;
@@ -295,9 +338,16 @@ impl Lab {
     /// Runs `breaker-lab connect ARGS` as an unmodified client: in the client namespace
     /// and inside the lab cgroup, where the breaker is attached.
     pub fn client(&self, args: &[&str]) -> anyhow::Result<Vec<Attempt>> {
-        let out = self.client_command(args).output().context("running the lab client")?;
+        let out = self
+            .client_command(args)
+            .output()
+            .context("running the lab client")?;
         if !out.status.success() {
-            bail!("lab client failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "lab client failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         parse_attempts(&String::from_utf8_lossy(&out.stdout))
     }
@@ -307,7 +357,8 @@ impl Lab {
         let mut cmd = self.client.command(&self.lab_bin);
         cmd.arg("connect").args(args);
         let procs = self.cgroup.join("cgroup.procs");
-        let procs = std::ffi::CString::new(procs.as_os_str().as_encoded_bytes()).expect("path has no NUL");
+        let procs =
+            std::ffi::CString::new(procs.as_os_str().as_encoded_bytes()).expect("path has no NUL");
         // SAFETY: between fork and exec only async-signal-safe calls (open, write, close).
         unsafe {
             cmd.pre_exec(move || {

@@ -8,12 +8,12 @@
 //! - [`client`]: the connect client (`breaker-lab connect`), one JSON line per attempt.
 //! - [`metrics`]: reading the Prometheus text format.
 pub mod client;
+pub mod demo;
 pub mod lab;
 pub mod metrics;
 pub mod netns;
 pub mod privileges;
 pub mod server;
-pub mod demo;
 
 /// Runs a command, failing with its stderr if it does not succeed.
 pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {

@@ -26,7 +26,11 @@ pub fn parse(text: &str) -> Vec<Sample> {
                     Some((k.to_string(), v.trim_matches('"').to_string()))
                 })
                 .collect();
-            Some(Sample { name: name.to_string(), labels, value })
+            Some(Sample {
+                name: name.to_string(),
+                labels,
+                value,
+            })
         })
         .collect()
 }
@@ -35,7 +39,12 @@ pub fn parse(text: &str) -> Vec<Sample> {
 pub fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
     samples
         .iter()
-        .filter(|s| s.name == name && want.iter().all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v)))
+        .filter(|s| {
+            s.name == name
+                && want
+                    .iter()
+                    .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
         .map(|s| s.value)
         .sum()
 }
@@ -48,8 +57,18 @@ mod tests {
     fn parses_labels_and_sums_matches() {
         let text = "# HELP x\nbreaker_connect_failures_total{reason=\"refused\",upstream=\"a\"} 3\nbreaker_connect_failures_total{reason=\"timeout\",upstream=\"a\"} 2\nup 1\n";
         let s = parse(text);
-        assert_eq!(value(&s, "breaker_connect_failures_total", &[("upstream", "a")]), 5.0);
-        assert_eq!(value(&s, "breaker_connect_failures_total", &[("reason", "timeout")]), 2.0);
+        assert_eq!(
+            value(&s, "breaker_connect_failures_total", &[("upstream", "a")]),
+            5.0
+        );
+        assert_eq!(
+            value(
+                &s,
+                "breaker_connect_failures_total",
+                &[("reason", "timeout")]
+            ),
+            2.0
+        );
         assert_eq!(value(&s, "up", &[]), 1.0);
         assert_eq!(value(&s, "missing", &[]), 0.0);
     }

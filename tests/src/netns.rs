@@ -15,7 +15,10 @@ impl Netns {
         let _ = crate::run("ip", &["netns", "del", name]);
         crate::run("ip", &["netns", "add", name])?;
         let file = File::open(PathBuf::from("/run/netns").join(name))?;
-        let ns = Netns { name: name.to_string(), file };
+        let ns = Netns {
+            name: name.to_string(),
+            file,
+        };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -58,7 +61,10 @@ impl Netns {
     }
 
     /// Runs `f` on a fresh thread inside the namespace.
-    pub fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    pub fn within<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
         let path = self.path();
         std::thread::spawn(move || -> anyhow::Result<T> {
             let file = File::open(path)?;

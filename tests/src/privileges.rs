@@ -6,8 +6,12 @@ pub fn check() -> Result<(), String> {
     if !nix::unistd::geteuid().is_root() {
         return Err("needs root (network namespaces, cgroups, BPF)".into());
     }
-    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() && !std::path::Path::new("/sys/fs/bpf").exists() {
-        return Err("this kernel shows no BPF support (/sys/kernel/btf/vmlinux, /sys/fs/bpf)".into());
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
+        && !std::path::Path::new("/sys/fs/bpf").exists()
+    {
+        return Err(
+            "this kernel shows no BPF support (/sys/kernel/btf/vmlinux, /sys/fs/bpf)".into(),
+        );
     }
     Ok(())
 }

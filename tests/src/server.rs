@@ -30,7 +30,13 @@ impl Server {
             let (accepted, stop, name) = (accepted.clone(), stop.clone(), name.to_string());
             std::thread::spawn(move || serve(listener, &name, &accepted, &stop))
         };
-        Ok(Server { addr, name: name.to_string(), accepted, stop, thread: Some(thread) })
+        Ok(Server {
+            addr,
+            name: name.to_string(),
+            accepted,
+            stop,
+            thread: Some(thread),
+        })
     }
 
     pub fn accepted(&self) -> u64 {
@@ -46,7 +52,9 @@ fn serve(listener: TcpListener, name: &str, accepted: &AtomicU64, stop: &AtomicB
                 let name = name.to_string();
                 std::thread::spawn(move || answer(stream, &name));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(2)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(2))
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
     }
@@ -64,7 +72,10 @@ fn answer(mut stream: TcpStream, name: &str) {
             Ok(n) => seen.extend_from_slice(&buf[..n]),
         }
     }
-    let reply = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}", name.len());
+    let reply = format!(
+        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
+        name.len()
+    );
     let _ = stream.write_all(reply.as_bytes());
 }
 

@@ -1,7 +1,10 @@
 //! End-to-end tests of the connect path on a real kernel: the daemon attached to a
 //! lab cgroup, real servers in a namespace, an unmodified client in the cgroup.
 //! They need root; outside CI they skip with a reason, under CI=true they fail.
-use std::{path::Path, time::{Duration, Instant}};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use breaker_lab::{
     client::{median, Attempt},
@@ -30,7 +33,9 @@ const UP: &[(&str, &str)] = &[("upstream", "api")];
 
 #[test]
 fn refused_upstream_opens_after_threshold_and_then_fails_fast() {
-    let Some(mut lab) = lab("refused") else { return };
+    let Some(mut lab) = lab("refused") else {
+        return;
+    };
     lab.start_daemon(
         r#"
 [[upstream]]
@@ -41,27 +46,74 @@ open_duration = "60s"
 "#,
     )
     .unwrap();
-    let attempts = lab.client(&["--to", "10.77.0.2:81", "--count", "40"]).unwrap();
-    check(&lab, attempts.iter().all(|a| a.outcome == "refused"), &format!("every connect fails with ECONNREFUSED: {:?}", outcomes(&attempts)));
+    let attempts = lab
+        .client(&["--to", "10.77.0.2:81", "--count", "40"])
+        .unwrap();
+    check(
+        &lab,
+        attempts.iter().all(|a| a.outcome == "refused"),
+        &format!(
+            "every connect fails with ECONNREFUSED: {:?}",
+            outcomes(&attempts)
+        ),
+    );
     let m = lab.metrics().unwrap();
     let v = |name, labels: &[(&str, &str)]| breaker_lab::metrics::value(&m, name, labels);
-    check(&lab, v("breaker_connect_failures_total", &[("upstream", "api"), ("reason", "refused")]) == 3.0, "exactly failure_threshold connects reached the upstream");
-    check(&lab, v("breaker_connects_rejected_total", UP) == 37.0, "the rest were rejected in the kernel");
-    check(&lab, v("breaker_connect_attempts_total", UP) == 40.0, "every connect was seen");
-    check(&lab, v("breaker_state", &[("upstream", "api"), ("state", "open")]) == 1.0, "the breaker is open");
-    let transitions = lab.wait_metric("breaker_transitions_total", &[("upstream", "api"), ("from", "closed"), ("to", "open")], 1.0, Duration::from_secs(2)).unwrap();
+    check(
+        &lab,
+        v(
+            "breaker_connect_failures_total",
+            &[("upstream", "api"), ("reason", "refused")],
+        ) == 3.0,
+        "exactly failure_threshold connects reached the upstream",
+    );
+    check(
+        &lab,
+        v("breaker_connects_rejected_total", UP) == 37.0,
+        "the rest were rejected in the kernel",
+    );
+    check(
+        &lab,
+        v("breaker_connect_attempts_total", UP) == 40.0,
+        "every connect was seen",
+    );
+    check(
+        &lab,
+        v("breaker_state", &[("upstream", "api"), ("state", "open")]) == 1.0,
+        "the breaker is open",
+    );
+    let transitions = lab
+        .wait_metric(
+            "breaker_transitions_total",
+            &[("upstream", "api"), ("from", "closed"), ("to", "open")],
+            1.0,
+            Duration::from_secs(2),
+        )
+        .unwrap();
     check(&lab, transitions == 1.0, "one closed->open transition");
     // The fast-fail path: median well under a millisecond.
     let mut fast: Vec<f64> = attempts[3..].iter().map(|a| a.latency_us).collect();
     let med = median(&mut fast);
-    check(&lab, med < 1000.0, &format!("rejected connect() median {med:.1} µs should be well under 1 ms"));
+    check(
+        &lab,
+        med < 1000.0,
+        &format!("rejected connect() median {med:.1} µs should be well under 1 ms"),
+    );
     // Errno is ECONNREFUSED, not EPERM.
-    check(&lab, attempts[3..].iter().all(|a| a.errno == Some(libc::ECONNREFUSED)), "rejections carry ECONNREFUSED");
+    check(
+        &lab,
+        attempts[3..]
+            .iter()
+            .all(|a| a.errno == Some(libc::ECONNREFUSED)),
+        "rejections carry ECONNREFUSED",
+    );
 }
 
 #[test]
 fn blackholed_upstream_opens_after_threshold_syn_timeouts() {
-    let Some(mut lab) = lab("blackhole") else { return };
+    let Some(mut lab) = lab("blackhole") else {
+        return;
+    };
     lab.start_daemon(&format!(
         r#"
 [[upstream]]
@@ -73,21 +125,60 @@ open_duration = "60s"
     ))
     .unwrap();
     let begin = Instant::now();
-    let attempts = lab.client(&["--to", &format!("{BLACKHOLE_V4}:80"), "--count", "6", "--timeout-ms", "1500"]).unwrap();
+    let attempts = lab
+        .client(&[
+            "--to",
+            &format!("{BLACKHOLE_V4}:80"),
+            "--count",
+            "6",
+            "--timeout-ms",
+            "1500",
+        ])
+        .unwrap();
     let took = begin.elapsed();
-    check(&lab, outcomes(&attempts)[..2] == ["timeout", "timeout"], &format!("the first two hang until the client gives up: {:?}", outcomes(&attempts)));
-    check(&lab, attempts[2..].iter().all(|a| a.outcome == "refused" && a.latency_us < 100_000.0), &format!("then they fail fast: {attempts:?}"));
+    check(
+        &lab,
+        outcomes(&attempts)[..2] == ["timeout", "timeout"],
+        &format!(
+            "the first two hang until the client gives up: {:?}",
+            outcomes(&attempts)
+        ),
+    );
+    check(
+        &lab,
+        attempts[2..]
+            .iter()
+            .all(|a| a.outcome == "refused" && a.latency_us < 100_000.0),
+        &format!("then they fail fast: {attempts:?}"),
+    );
     let m = lab.metrics().unwrap();
     let v = |name, labels: &[(&str, &str)]| breaker_lab::metrics::value(&m, name, labels);
-    check(&lab, v("breaker_connect_failures_total", &[("upstream", "api"), ("reason", "timeout")]) == 2.0, "two SYN timeouts counted");
-    check(&lab, v("breaker_connects_rejected_total", UP) == 4.0, "four rejected");
+    check(
+        &lab,
+        v(
+            "breaker_connect_failures_total",
+            &[("upstream", "api"), ("reason", "timeout")],
+        ) == 2.0,
+        "two SYN timeouts counted",
+    );
+    check(
+        &lab,
+        v("breaker_connects_rejected_total", UP) == 4.0,
+        "four rejected",
+    );
     // Counted at the first SYN retransmission (~1 s), not after the kernel's 127 s.
-    check(&lab, took < Duration::from_secs(10), &format!("took {took:?}"));
+    check(
+        &lab,
+        took < Duration::from_secs(10),
+        &format!("took {took:?}"),
+    );
 }
 
 #[test]
 fn fallback_receives_connects_while_open() {
-    let Some(mut lab) = lab("fallback") else { return };
+    let Some(mut lab) = lab("fallback") else {
+        return;
+    };
     lab.serve("10.77.0.3:9000", "fallback").unwrap();
     lab.start_daemon(
         r#"
@@ -100,21 +191,43 @@ open_duration = "60s"
 "#,
     )
     .unwrap();
-    let attempts = lab.client(&["--to", "10.77.0.2:81", "--count", "6", "--http"]).unwrap();
-    check(&lab, outcomes(&attempts)[..2] == ["refused", "refused"], &format!("{:?}", outcomes(&attempts)));
+    let attempts = lab
+        .client(&["--to", "10.77.0.2:81", "--count", "6", "--http"])
+        .unwrap();
     check(
         &lab,
-        attempts[2..].iter().all(|a| a.outcome == "ok" && a.body.as_deref() == Some("fallback")),
+        outcomes(&attempts)[..2] == ["refused", "refused"],
+        &format!("{:?}", outcomes(&attempts)),
+    );
+    check(
+        &lab,
+        attempts[2..]
+            .iter()
+            .all(|a| a.outcome == "ok" && a.body.as_deref() == Some("fallback")),
         &format!("while open, the application transparently reaches the fallback: {attempts:?}"),
     );
-    check(&lab, lab.server("fallback").unwrap().accepted() == 4, "the fallback server accepted 4 connections");
-    check(&lab, lab.metric("breaker_connects_redirected_total", UP).unwrap() == 4.0, "4 redirected");
-    check(&lab, lab.metric("breaker_connects_rejected_total", UP).unwrap() == 0.0, "none rejected");
+    check(
+        &lab,
+        lab.server("fallback").unwrap().accepted() == 4,
+        "the fallback server accepted 4 connections",
+    );
+    check(
+        &lab,
+        lab.metric("breaker_connects_redirected_total", UP).unwrap() == 4.0,
+        "4 redirected",
+    );
+    check(
+        &lab,
+        lab.metric("breaker_connects_rejected_total", UP).unwrap() == 0.0,
+        "none rejected",
+    );
 }
 
 #[test]
 fn probe_closes_the_breaker_after_the_upstream_returns() {
-    let Some(mut lab) = lab("recovery") else { return };
+    let Some(mut lab) = lab("recovery") else {
+        return;
+    };
     lab.serve("10.77.0.2:8080", "api").unwrap();
     lab.start_daemon(
         r#"
@@ -128,25 +241,99 @@ probe_timeout = "300ms"
 "#,
     )
     .unwrap();
-    let healthy = lab.client(&["--to", "10.77.0.2:8080", "--count", "3", "--http"]).unwrap();
-    check(&lab, healthy.iter().all(|a| a.body.as_deref() == Some("api")), &format!("healthy: {healthy:?}"));
+    let healthy = lab
+        .client(&["--to", "10.77.0.2:8080", "--count", "3", "--http"])
+        .unwrap();
+    check(
+        &lab,
+        healthy.iter().all(|a| a.body.as_deref() == Some("api")),
+        &format!("healthy: {healthy:?}"),
+    );
 
     lab.blackhole(UPSTREAM_V4).unwrap();
-    let dark = lab.client(&["--to", "10.77.0.2:8080", "--count", "4", "--timeout-ms", "1500"]).unwrap();
-    check(&lab, outcomes(&dark) == ["timeout", "timeout", "refused", "refused"], &format!("dark: {:?}", outcomes(&dark)));
+    let dark = lab
+        .client(&[
+            "--to",
+            "10.77.0.2:8080",
+            "--count",
+            "4",
+            "--timeout-ms",
+            "1500",
+        ])
+        .unwrap();
+    check(
+        &lab,
+        outcomes(&dark) == ["timeout", "timeout", "refused", "refused"],
+        &format!("dark: {:?}", outcomes(&dark)),
+    );
     // Probes run (and fail) while it is dark; the breaker stays open.
-    let failed = lab.wait_metric("breaker_probes_total", &[("upstream", "api"), ("result", "failure")], 1.0, Duration::from_secs(3)).unwrap();
-    check(&lab, failed >= 1.0, "a probe failed while the upstream was dark");
-    check(&lab, lab.metric("breaker_state", &[("upstream", "api"), ("state", "closed")]).unwrap() == 0.0, "still not closed");
+    let failed = lab
+        .wait_metric(
+            "breaker_probes_total",
+            &[("upstream", "api"), ("result", "failure")],
+            1.0,
+            Duration::from_secs(3),
+        )
+        .unwrap();
+    check(
+        &lab,
+        failed >= 1.0,
+        "a probe failed while the upstream was dark",
+    );
+    check(
+        &lab,
+        lab.metric("breaker_state", &[("upstream", "api"), ("state", "closed")])
+            .unwrap()
+            == 0.0,
+        "still not closed",
+    );
 
     lab.restore(UPSTREAM_V4).unwrap();
     let back = Instant::now();
-    let closed = lab.wait_metric("breaker_state", &[("upstream", "api"), ("state", "closed")], 1.0, Duration::from_secs(6)).unwrap();
-    check(&lab, closed == 1.0, &format!("closed by a probe after the upstream returned (waited {:?})", back.elapsed()));
-    check(&lab, lab.metric("breaker_probes_total", &[("upstream", "api"), ("result", "success")]).unwrap() >= 1.0, "a probe passed");
-    check(&lab, lab.metric("breaker_transitions_total", &[("upstream", "api"), ("from", "half_open"), ("to", "closed")]).unwrap() == 1.0, "half_open->closed once");
-    let after = lab.client(&["--to", "10.77.0.2:8080", "--count", "3", "--http"]).unwrap();
-    check(&lab, after.iter().all(|a| a.body.as_deref() == Some("api")), &format!("after recovery: {after:?}"));
+    let closed = lab
+        .wait_metric(
+            "breaker_state",
+            &[("upstream", "api"), ("state", "closed")],
+            1.0,
+            Duration::from_secs(6),
+        )
+        .unwrap();
+    check(
+        &lab,
+        closed == 1.0,
+        &format!(
+            "closed by a probe after the upstream returned (waited {:?})",
+            back.elapsed()
+        ),
+    );
+    check(
+        &lab,
+        lab.metric(
+            "breaker_probes_total",
+            &[("upstream", "api"), ("result", "success")],
+        )
+        .unwrap()
+            >= 1.0,
+        "a probe passed",
+    );
+    check(
+        &lab,
+        lab.metric(
+            "breaker_transitions_total",
+            &[("upstream", "api"), ("from", "half_open"), ("to", "closed")],
+        )
+        .unwrap()
+            == 1.0,
+        "half_open->closed once",
+    );
+    let after = lab
+        .client(&["--to", "10.77.0.2:8080", "--count", "3", "--http"])
+        .unwrap();
+    check(
+        &lab,
+        after.iter().all(|a| a.body.as_deref() == Some("api")),
+        &format!("after recovery: {after:?}"),
+    );
 }
 
 #[test]
@@ -169,18 +356,56 @@ endpoints = ["[fd77::2]:8080"]
 "#,
     )
     .unwrap();
-    let attempts = lab.client(&["--to", "[fd77::2]:81", "--count", "5", "--http"]).unwrap();
-    check(&lab, outcomes(&attempts)[..2] == ["refused", "refused"], &format!("{:?}", outcomes(&attempts)));
-    check(&lab, attempts[2..].iter().all(|a| a.body.as_deref() == Some("fallback6")), &format!("{attempts:?}"));
-    check(&lab, lab.metric("breaker_connect_failures_total", &[("upstream", "api"), ("reason", "refused")]).unwrap() == 2.0, &format!("2 IPv6 failures: {}", lab.metrics_text().unwrap()));
-    let ok = lab.client(&["--to", "[fd77::2]:8080", "--count", "3", "--http"]).unwrap();
-    check(&lab, ok.iter().all(|a| a.body.as_deref() == Some("healthy6")), &format!("{ok:?}"));
-    check(&lab, lab.metric("breaker_connect_successes_total", &[("upstream", "healthy")]).unwrap() == 3.0, "3 IPv6 successes");
+    let attempts = lab
+        .client(&["--to", "[fd77::2]:81", "--count", "5", "--http"])
+        .unwrap();
+    check(
+        &lab,
+        outcomes(&attempts)[..2] == ["refused", "refused"],
+        &format!("{:?}", outcomes(&attempts)),
+    );
+    check(
+        &lab,
+        attempts[2..]
+            .iter()
+            .all(|a| a.body.as_deref() == Some("fallback6")),
+        &format!("{attempts:?}"),
+    );
+    check(
+        &lab,
+        lab.metric(
+            "breaker_connect_failures_total",
+            &[("upstream", "api"), ("reason", "refused")],
+        )
+        .unwrap()
+            == 2.0,
+        &format!("2 IPv6 failures: {}", lab.metrics_text().unwrap()),
+    );
+    let ok = lab
+        .client(&["--to", "[fd77::2]:8080", "--count", "3", "--http"])
+        .unwrap();
+    check(
+        &lab,
+        ok.iter().all(|a| a.body.as_deref() == Some("healthy6")),
+        &format!("{ok:?}"),
+    );
+    check(
+        &lab,
+        lab.metric(
+            "breaker_connect_successes_total",
+            &[("upstream", "healthy")],
+        )
+        .unwrap()
+            == 3.0,
+        "3 IPv6 successes",
+    );
 }
 
 #[test]
 fn sixty_four_concurrent_clients_stay_within_the_bounds() {
-    let Some(mut lab) = lab("concurrency") else { return };
+    let Some(mut lab) = lab("concurrency") else {
+        return;
+    };
     lab.start_daemon(&format!(
         r#"
 [[upstream]]
@@ -201,30 +426,85 @@ probe_timeout = "200ms"
     ))
     .unwrap();
     // Trip under a stampede: at most threshold + the connects in flight at the trip.
-    let attempts = lab.client(&["--to", "10.77.0.2:81", "--count", "10", "--concurrency", "64"]).unwrap();
-    check(&lab, attempts.len() == 640 && attempts.iter().all(|a| a.outcome == "refused"), "640 refused connects");
-    let failures = lab.metric("breaker_connect_failures_total", &[("upstream", "api")]).unwrap();
-    check(&lab, (5.0..=5.0 + 64.0).contains(&failures), &format!("{failures} failed connects reached the upstream; bound is 5 + 64"));
-    check(&lab, lab.metric("breaker_connects_rejected_total", UP).unwrap() == 640.0 - failures, "all others rejected");
+    let attempts = lab
+        .client(&[
+            "--to",
+            "10.77.0.2:81",
+            "--count",
+            "10",
+            "--concurrency",
+            "64",
+        ])
+        .unwrap();
+    check(
+        &lab,
+        attempts.len() == 640 && attempts.iter().all(|a| a.outcome == "refused"),
+        "640 refused connects",
+    );
+    let failures = lab
+        .metric("breaker_connect_failures_total", &[("upstream", "api")])
+        .unwrap();
+    check(
+        &lab,
+        (5.0..=5.0 + 64.0).contains(&failures),
+        &format!("{failures} failed connects reached the upstream; bound is 5 + 64"),
+    );
+    check(
+        &lab,
+        lab.metric("breaker_connects_rejected_total", UP).unwrap() == 640.0 - failures,
+        "all others rejected",
+    );
     std::thread::sleep(Duration::from_millis(200));
-    check(&lab, lab.metric("breaker_transitions_total", &[("upstream", "api"), ("to", "open")]).unwrap() == 1.0, "tripped exactly once");
+    check(
+        &lab,
+        lab.metric(
+            "breaker_transitions_total",
+            &[("upstream", "api"), ("to", "open")],
+        )
+        .unwrap()
+            == 1.0,
+        "tripped exactly once",
+    );
 
     // HALF_OPEN never admits more than its permitted trials, whatever the load.
     let dark = [("upstream", "dark")];
-    let _ = lab.client(&["--to", &format!("{BLACKHOLE_V4}:80"), "--count", "12", "--concurrency", "64", "--timeout-ms", "400", "--interval-ms", "50"]).unwrap();
+    let _ = lab
+        .client(&[
+            "--to",
+            &format!("{BLACKHOLE_V4}:80"),
+            "--count",
+            "12",
+            "--concurrency",
+            "64",
+            "--timeout-ms",
+            "400",
+            "--interval-ms",
+            "50",
+        ])
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let m = lab.metrics().unwrap();
     let v = |name, labels: &[(&str, &str)]| breaker_lab::metrics::value(&m, name, labels);
-    let admitted = v("breaker_connect_attempts_total", &dark) - v("breaker_connects_rejected_total", &dark);
-    let half_opens = v("breaker_transitions_total", &[("upstream", "dark"), ("from", "open"), ("to", "half_open")]);
-    check(&lab, half_opens >= 1.0, "the breaker went half-open at least once");
+    let admitted =
+        v("breaker_connect_attempts_total", &dark) - v("breaker_connects_rejected_total", &dark);
+    let half_opens = v(
+        "breaker_transitions_total",
+        &[("upstream", "dark"), ("from", "open"), ("to", "half_open")],
+    );
+    check(
+        &lab,
+        half_opens >= 1.0,
+        "the breaker went half-open at least once",
+    );
     let bound = 3.0 + 64.0 + 2.0 * half_opens;
     check(&lab, admitted <= bound, &format!("{admitted} connects admitted; bound {bound} (3 + 64 in flight + 2 per half-open round, {half_opens} rounds)"));
 }
 
 #[test]
 fn unrelated_traffic_is_never_touched() {
-    let Some(mut lab) = lab("unrelated") else { return };
+    let Some(mut lab) = lab("unrelated") else {
+        return;
+    };
     lab.serve("10.77.0.2:8080", "other-port").unwrap();
     lab.serve("10.77.0.3:81", "other-host").unwrap();
     lab.start_daemon(
@@ -237,25 +517,68 @@ open_duration = "60s"
 "#,
     )
     .unwrap();
-    let trip = lab.client(&["--to", "10.77.0.2:81", "--count", "2"]).unwrap();
+    let trip = lab
+        .client(&["--to", "10.77.0.2:81", "--count", "2"])
+        .unwrap();
     check(&lab, outcomes(&trip) == ["refused", "refused"], "tripped");
-    check(&lab, lab.metric("breaker_connects_rejected_total", UP).unwrap() == 1.0, "second connect rejected");
-    let port = lab.client(&["--to", "10.77.0.2:8080", "--count", "3", "--http"]).unwrap();
-    check(&lab, port.iter().all(|a| a.body.as_deref() == Some("other-port")), &format!("same host, other port: {port:?}"));
-    let host = lab.client(&["--to", "10.77.0.3:81", "--count", "3", "--http"]).unwrap();
-    check(&lab, host.iter().all(|a| a.body.as_deref() == Some("other-host")), &format!("same port, other host: {host:?}"));
-    let udp = lab.client(&["--to", "10.77.0.2:81", "--count", "3", "--udp"]).unwrap();
-    check(&lab, udp.iter().all(|a| a.outcome == "ok"), &format!("UDP to the open upstream passes: {udp:?}"));
-    check(&lab, lab.metric("breaker_connect_attempts_total", UP).unwrap() == 2.0, "none of that was counted against the upstream");
+    check(
+        &lab,
+        lab.metric("breaker_connects_rejected_total", UP).unwrap() == 1.0,
+        "second connect rejected",
+    );
+    let port = lab
+        .client(&["--to", "10.77.0.2:8080", "--count", "3", "--http"])
+        .unwrap();
+    check(
+        &lab,
+        port.iter().all(|a| a.body.as_deref() == Some("other-port")),
+        &format!("same host, other port: {port:?}"),
+    );
+    let host = lab
+        .client(&["--to", "10.77.0.3:81", "--count", "3", "--http"])
+        .unwrap();
+    check(
+        &lab,
+        host.iter().all(|a| a.body.as_deref() == Some("other-host")),
+        &format!("same port, other host: {host:?}"),
+    );
+    let udp = lab
+        .client(&["--to", "10.77.0.2:81", "--count", "3", "--udp"])
+        .unwrap();
+    check(
+        &lab,
+        udp.iter().all(|a| a.outcome == "ok"),
+        &format!("UDP to the open upstream passes: {udp:?}"),
+    );
+    check(
+        &lab,
+        lab.metric("breaker_connect_attempts_total", UP).unwrap() == 2.0,
+        "none of that was counted against the upstream",
+    );
     // A process outside the lab cgroup is not affected either.
-    let outside = lab.client.within(|| std::net::TcpStream::connect_timeout(&"10.77.0.3:81".parse().unwrap(), Duration::from_secs(2)).is_ok()).unwrap();
+    let outside = lab
+        .client
+        .within(|| {
+            std::net::TcpStream::connect_timeout(
+                &"10.77.0.3:81".parse().unwrap(),
+                Duration::from_secs(2),
+            )
+            .is_ok()
+        })
+        .unwrap();
     check(&lab, outside, "a connect from outside the cgroup works");
-    check(&lab, lab.metric("breaker_connect_attempts_total", UP).unwrap() == 2.0, "and is not seen");
+    check(
+        &lab,
+        lab.metric("breaker_connect_attempts_total", UP).unwrap() == 2.0,
+        "and is not seen",
+    );
 }
 
 #[test]
 fn default_policy_gives_each_destination_its_own_breaker() {
-    let Some(mut lab) = lab("default") else { return };
+    let Some(mut lab) = lab("default") else {
+        return;
+    };
     lab.serve("10.77.0.2:8080", "healthy").unwrap();
     lab.start_daemon(
         r#"
@@ -265,14 +588,41 @@ open_duration = "60s"
 "#,
     )
     .unwrap();
-    let dead = lab.client(&["--to", "10.77.0.2:82", "--count", "5"]).unwrap();
-    check(&lab, dead.iter().all(|a| a.outcome == "refused"), "dead destination refused");
+    let dead = lab
+        .client(&["--to", "10.77.0.2:82", "--count", "5"])
+        .unwrap();
+    check(
+        &lab,
+        dead.iter().all(|a| a.outcome == "refused"),
+        "dead destination refused",
+    );
     let d = [("upstream", "default")];
-    check(&lab, lab.metric("breaker_connect_failures_total", &d).unwrap() == 2.0, "2 failures reached it");
-    check(&lab, lab.metric("breaker_connects_rejected_total", &d).unwrap() == 3.0, "3 rejected");
-    let ok = lab.client(&["--to", "10.77.0.2:8080", "--count", "3", "--http"]).unwrap();
-    check(&lab, ok.iter().all(|a| a.body.as_deref() == Some("healthy")), &format!("another destination is unaffected: {ok:?}"));
-    let open = lab.wait_metric("breaker_default_policy_destinations", &[("state", "open")], 1.0, Duration::from_secs(2)).unwrap();
+    check(
+        &lab,
+        lab.metric("breaker_connect_failures_total", &d).unwrap() == 2.0,
+        "2 failures reached it",
+    );
+    check(
+        &lab,
+        lab.metric("breaker_connects_rejected_total", &d).unwrap() == 3.0,
+        "3 rejected",
+    );
+    let ok = lab
+        .client(&["--to", "10.77.0.2:8080", "--count", "3", "--http"])
+        .unwrap();
+    check(
+        &lab,
+        ok.iter().all(|a| a.body.as_deref() == Some("healthy")),
+        &format!("another destination is unaffected: {ok:?}"),
+    );
+    let open = lab
+        .wait_metric(
+            "breaker_default_policy_destinations",
+            &[("state", "open")],
+            1.0,
+            Duration::from_secs(2),
+        )
+        .unwrap();
     check(&lab, open == 1.0, "one destination open");
 }
 
@@ -280,26 +630,54 @@ open_duration = "60s"
 fn bad_configs_are_refused_with_exit_status_2() {
     let Some(lab) = lab("badconfig") else { return };
     let cases = [
-        ("[[upstream]]\nname = \"api\"\nendpoints = [\"10.77.0.2:81\"]\nfailure_threshold = 0\n", "failure_threshold"),
-        ("[[upstream]]\nname = \"api\"\nendpoints = [\"10.77.0.2:81\"]\nfailure_treshold = 3\n", "failure_treshold"),
-        ("[[upstream]]\nname = \"api\"\nendpoints = [\"10.77.0.300:81\"]\n", "endpoints[0]"),
+        (
+            "[[upstream]]\nname = \"api\"\nendpoints = [\"10.77.0.2:81\"]\nfailure_threshold = 0\n",
+            "failure_threshold",
+        ),
+        (
+            "[[upstream]]\nname = \"api\"\nendpoints = [\"10.77.0.2:81\"]\nfailure_treshold = 3\n",
+            "failure_treshold",
+        ),
+        (
+            "[[upstream]]\nname = \"api\"\nendpoints = [\"10.77.0.300:81\"]\n",
+            "endpoints[0]",
+        ),
     ];
     for (body, field) in cases {
         let path = lab.write_config(body).unwrap();
-        let (status, _, stderr) = lab.breaker_cli(&["run", "--config", path.to_str().unwrap()]).unwrap();
+        let (status, _, stderr) = lab
+            .breaker_cli(&["run", "--config", path.to_str().unwrap()])
+            .unwrap();
         assert_eq!(status.code(), Some(2), "exit status for {body:?}: {stderr}");
-        assert!(stderr.contains(field) && stderr.contains("breaker.toml"), "stderr names the file and {field}: {stderr}");
-        assert!(!stderr.contains("attached"), "nothing was attached: {stderr}");
-        let (status, _, _) = lab.breaker_cli(&["check-config", path.to_str().unwrap()]).unwrap();
+        assert!(
+            stderr.contains(field) && stderr.contains("breaker.toml"),
+            "stderr names the file and {field}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("attached"),
+            "nothing was attached: {stderr}"
+        );
+        let (status, _, _) = lab
+            .breaker_cli(&["check-config", path.to_str().unwrap()])
+            .unwrap();
         assert_eq!(status.code(), Some(2));
     }
     // A cgroup that does not exist is a config error too, found before anything loads.
     let path = lab.work_file("missing-cgroup.toml", "cgroup = \"/nonexistent/cgroup\"\n[[upstream]]\nname = \"api\"\nendpoints = [\"10.77.0.2:81\"]\n").unwrap();
-    let (status, _, stderr) = lab.breaker_cli(&["run", "--config", path.to_str().unwrap()]).unwrap();
+    let (status, _, stderr) = lab
+        .breaker_cli(&["run", "--config", path.to_str().unwrap()])
+        .unwrap();
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("/nonexistent/cgroup"), "{stderr}");
     // And a good one is accepted and explained.
-    let path = lab.write_config("[[upstream]]\nname = \"api\"\nendpoints = [\"10.77.0.2:81\"]\n").unwrap();
-    let (status, stdout, _) = lab.breaker_cli(&["check-config", path.to_str().unwrap()]).unwrap();
-    assert!(status.success() && stdout.contains("upstream api") && stdout.contains("config OK"), "{stdout}");
+    let path = lab
+        .write_config("[[upstream]]\nname = \"api\"\nendpoints = [\"10.77.0.2:81\"]\n")
+        .unwrap();
+    let (status, stdout, _) = lab
+        .breaker_cli(&["check-config", path.to_str().unwrap()])
+        .unwrap();
+    assert!(
+        status.success() && stdout.contains("upstream api") && stdout.contains("config OK"),
+        "{stdout}"
+    );
 }

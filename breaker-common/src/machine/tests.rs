@@ -11,7 +11,16 @@ const T: Thresholds = Thresholds {
 };
 
 fn fail(w: BreakerWord, now: u32) -> BreakerWord {
-    record(w, Outcome { success: false, trial_epoch: None }, now, &T).next
+    record(
+        w,
+        Outcome {
+            success: false,
+            trial_epoch: None,
+        },
+        now,
+        &T,
+    )
+    .next
 }
 
 fn trip(now: u32) -> BreakerWord {
@@ -38,7 +47,16 @@ fn opens_after_exactly_failure_threshold_consecutive_failures() {
 #[test]
 fn success_resets_the_consecutive_count() {
     let w = fail(fail(BreakerWord::CLOSED, 0), 0);
-    let w = record(w, Outcome { success: true, trial_epoch: None }, 0, &T).next;
+    let w = record(
+        w,
+        Outcome {
+            success: true,
+            trial_epoch: None,
+        },
+        0,
+        &T,
+    )
+    .next;
     assert_eq!(w, BreakerWord::CLOSED);
     assert_eq!(fail(fail(w, 0), 0).state(), State::Closed);
 }
@@ -57,7 +75,10 @@ fn open_rejects_until_open_duration_then_admits_limited_trials() {
     assert_eq!(s2.result, Admission::Trial { epoch });
     assert_eq!(admit(s2.next, 1102, &T).result, Admission::Reject);
     // One trial succeeds: a slot frees up, not yet closed (success_threshold 2).
-    let ok = Outcome { success: true, trial_epoch: Some(epoch) };
+    let ok = Outcome {
+        success: true,
+        trial_epoch: Some(epoch),
+    };
     let w = record(s2.next, ok, 1103, &T).next;
     assert_eq!(w.state(), State::HalfOpen);
     assert_eq!(w.in_flight(), 1);
@@ -70,8 +91,19 @@ fn open_rejects_until_open_duration_then_admits_limited_trials() {
 fn trial_failure_reopens_and_restarts_the_clock() {
     let w = trip(0);
     let s = admit(w, 1000, &T);
-    let Admission::Trial { epoch } = s.result else { panic!() };
-    let w = record(s.next, Outcome { success: false, trial_epoch: Some(epoch) }, 1500, &T).next;
+    let Admission::Trial { epoch } = s.result else {
+        panic!()
+    };
+    let w = record(
+        s.next,
+        Outcome {
+            success: false,
+            trial_epoch: Some(epoch),
+        },
+        1500,
+        &T,
+    )
+    .next;
     assert_eq!(w.state(), State::Open);
     assert_eq!(w.opened_at_ms(), 1500);
     assert_eq!(admit(w, 2400, &T).result, Admission::Reject);
@@ -81,15 +113,42 @@ fn trial_failure_reopens_and_restarts_the_clock() {
 fn outcomes_from_an_earlier_phase_do_not_count() {
     // In flight when it tripped: ignored while OPEN.
     let w = trip(0);
-    let s = record(w, Outcome { success: true, trial_epoch: None }, 10, &T);
+    let s = record(
+        w,
+        Outcome {
+            success: true,
+            trial_epoch: None,
+        },
+        10,
+        &T,
+    );
     assert!(!s.result);
     assert_eq!(s.next, w);
     // A trial of an old epoch finishing in a newer HALF_OPEN is ignored too.
     let s = admit(w, 1000, &T);
-    let Admission::Trial { epoch } = s.result else { panic!() };
-    let reopened = record(s.next, Outcome { success: false, trial_epoch: Some(epoch) }, 1000, &T).next;
+    let Admission::Trial { epoch } = s.result else {
+        panic!()
+    };
+    let reopened = record(
+        s.next,
+        Outcome {
+            success: false,
+            trial_epoch: Some(epoch),
+        },
+        1000,
+        &T,
+    )
+    .next;
     let again = admit(reopened, 2000, &T).next;
-    let stale = record(again, Outcome { success: false, trial_epoch: Some(epoch) }, 2001, &T);
+    let stale = record(
+        again,
+        Outcome {
+            success: false,
+            trial_epoch: Some(epoch),
+        },
+        2001,
+        &T,
+    );
     assert!(!stale.result);
     assert_eq!(stale.next.state(), State::HalfOpen);
 }
@@ -167,15 +226,28 @@ fn concurrent_updates_are_race_free() {
     let cell = Arc::new(AtomicU64::new(0));
     let trips = Arc::new(AtomicU64::new(0));
     let max_trials_seen = Arc::new(AtomicU64::new(0));
-    let t = Thresholds { failure_threshold: 5, success_threshold: 1, half_open_max_connections: 3, open_duration_ms: 0 };
+    let t = Thresholds {
+        failure_threshold: 5,
+        success_threshold: 1,
+        half_open_max_connections: 3,
+        open_duration_ms: 0,
+    };
     std::thread::scope(|scope| {
         for _ in 0..64 {
-            let (cell, trips, max_seen) = (cell.clone(), trips.clone(), max_trials_seen.clone());
+            let (cell, trips) = (cell.clone(), trips.clone());
             scope.spawn(move || {
                 for _ in 0..50 {
-                    if let Some((prev, step)) =
-                        update(&cell, |w| record(w, Outcome { success: false, trial_epoch: None }, 0, &t))
-                    {
+                    if let Some((prev, step)) = update(&*cell, |w| {
+                        record(
+                            w,
+                            Outcome {
+                                success: false,
+                                trial_epoch: None,
+                            },
+                            0,
+                            &t,
+                        )
+                    }) {
                         if step.transition(prev) == Some((State::Closed, State::Open)) {
                             trips.fetch_add(1, Ordering::Relaxed);
                         }
@@ -191,7 +263,7 @@ fn concurrent_updates_are_race_free() {
             let (cell, max_seen) = (cell.clone(), max_trials_seen.clone());
             scope.spawn(move || {
                 for _ in 0..50 {
-                    if let Some((_, step)) = update(&cell, |w| admit(w, 1, &t)) {
+                    if let Some((_, step)) = update(&*cell, |w| admit(w, 1, &t)) {
                         max_seen.fetch_max(step.next.in_flight() as u64, Ordering::Relaxed);
                     }
                 }

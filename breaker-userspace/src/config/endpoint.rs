@@ -2,7 +2,11 @@
 //!
 //! `10.0.0.5:80`, `10.0.0.0/24:80`, `10.0.0.0/24:*`, `10.0.0.5` (any port),
 //! `[fd00::5]:80`, `[fd00::/64]:*`, `fd00::/64` (any port).
-use std::{fmt, net::{IpAddr, SocketAddr}, str::FromStr};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+};
 
 use ipnet::IpNet;
 
@@ -28,7 +32,8 @@ impl Endpoint {
     /// The one address:port this endpoint stands for, if it is a single host with a port.
     pub fn single_address(&self) -> Option<SocketAddr> {
         let port = self.port?;
-        (self.net.prefix_len() == self.net.max_prefix_len()).then(|| SocketAddr::new(self.net.addr(), port))
+        (self.net.prefix_len() == self.net.max_prefix_len())
+            .then(|| SocketAddr::new(self.net.addr(), port))
     }
 
     pub fn matches(&self, addr: SocketAddr) -> bool {
@@ -50,7 +55,9 @@ fn parse_net(text: &str) -> Result<IpNet, EndpointParseError> {
     if let Ok(net) = text.parse::<IpNet>() {
         return Ok(net.trunc());
     }
-    text.parse::<IpAddr>().map(IpNet::from).map_err(|_| EndpointParseError::Address(text.to_string()))
+    text.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| EndpointParseError::Address(text.to_string()))
 }
 
 impl FromStr for Endpoint {
@@ -59,11 +66,17 @@ impl FromStr for Endpoint {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         if let Some(rest) = s.strip_prefix('[') {
-            let (addr, after) = rest.split_once(']').ok_or_else(|| EndpointParseError::Address(s.to_string()))?;
+            let (addr, after) = rest
+                .split_once(']')
+                .ok_or_else(|| EndpointParseError::Address(s.to_string()))?;
             let net = parse_net(addr)?;
             let port = match after {
                 "" => None,
-                _ => parse_port(after.strip_prefix(':').ok_or_else(|| EndpointParseError::Address(s.to_string()))?)?,
+                _ => parse_port(
+                    after
+                        .strip_prefix(':')
+                        .ok_or_else(|| EndpointParseError::Address(s.to_string()))?,
+                )?,
             };
             return Ok(Endpoint { net, port });
         }
@@ -73,7 +86,10 @@ impl FromStr for Endpoint {
         }
         // ... or IPv4[/len]:port. A bare IPv6 with a port is ambiguous.
         match s.rsplit_once(':') {
-            Some((addr, port)) if !addr.contains(':') => Ok(Endpoint { net: parse_net(addr)?, port: parse_port(port)? }),
+            Some((addr, port)) if !addr.contains(':') => Ok(Endpoint {
+                net: parse_net(addr)?,
+                port: parse_port(port)?,
+            }),
             Some(_) => Err(EndpointParseError::Brackets),
             None => Err(EndpointParseError::Address(s.to_string())),
         }
@@ -82,8 +98,15 @@ impl FromStr for Endpoint {
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let port = self.port.map(|p| p.to_string()).unwrap_or_else(|| "*".into());
-        let net = if self.net.prefix_len() == self.net.max_prefix_len() { self.net.addr().to_string() } else { self.net.to_string() };
+        let port = self
+            .port
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "*".into());
+        let net = if self.net.prefix_len() == self.net.max_prefix_len() {
+            self.net.addr().to_string()
+        } else {
+            self.net.to_string()
+        };
         match self.net {
             IpNet::V4(_) => write!(f, "{net}:{port}"),
             IpNet::V6(_) => write!(f, "[{net}]:{port}"),

@@ -28,7 +28,11 @@ pub enum ConfigError {
     #[error("config {file} is not valid TOML for breaker: {message}")]
     Parse { file: PathBuf, message: String },
     #[error("config {file}: {field}: {reason}")]
-    Invalid { file: PathBuf, field: String, reason: String },
+    Invalid {
+        file: PathBuf,
+        field: String,
+        reason: String,
+    },
 }
 
 /// Defaults, as documented in the README's configuration reference.
@@ -185,7 +189,9 @@ impl RawPolicy {
         RawPolicy {
             failure_threshold: self.failure_threshold.or(base.failure_threshold),
             success_threshold: self.success_threshold.or(base.success_threshold),
-            half_open_max_connections: self.half_open_max_connections.or(base.half_open_max_connections),
+            half_open_max_connections: self
+                .half_open_max_connections
+                .or(base.half_open_max_connections),
             open_duration: self.open_duration.or(base.open_duration),
             probe_interval: self.probe_interval.or(base.probe_interval),
             probe_timeout: self.probe_timeout.or(base.probe_timeout),
@@ -199,37 +205,68 @@ struct Check<'a> {
 }
 
 impl Check<'_> {
-    fn fail<T>(&self, field: impl Into<String>, reason: impl Into<String>) -> Result<T, ConfigError> {
-        Err(ConfigError::Invalid { file: self.file.to_path_buf(), field: field.into(), reason: reason.into() })
+    fn fail<T>(
+        &self,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Result<T, ConfigError> {
+        Err(ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            field: field.into(),
+            reason: reason.into(),
+        })
     }
 
     fn policy(&self, at: &str, raw: RawPolicy) -> Result<Policy, ConfigError> {
         let p = Policy {
             failure_threshold: raw.failure_threshold.unwrap_or(defaults::FAILURE_THRESHOLD),
             success_threshold: raw.success_threshold.unwrap_or(defaults::SUCCESS_THRESHOLD),
-            half_open_max_connections: raw.half_open_max_connections.unwrap_or(defaults::HALF_OPEN_MAX_CONNECTIONS),
+            half_open_max_connections: raw
+                .half_open_max_connections
+                .unwrap_or(defaults::HALF_OPEN_MAX_CONNECTIONS),
             open_duration: raw.open_duration.unwrap_or(defaults::OPEN_DURATION),
             probe_interval: raw.probe_interval.unwrap_or(defaults::PROBE_INTERVAL),
             probe_timeout: raw.probe_timeout.unwrap_or(defaults::PROBE_TIMEOUT),
         };
         let field = |name: &str| format!("{at}{name}");
         if !(1..=MAX_COUNT).contains(&p.failure_threshold) {
-            return self.fail(field("failure_threshold"), format!("must be between 1 and {MAX_COUNT}, got {}", p.failure_threshold));
+            return self.fail(
+                field("failure_threshold"),
+                format!(
+                    "must be between 1 and {MAX_COUNT}, got {}",
+                    p.failure_threshold
+                ),
+            );
         }
         if !(1..=MAX_COUNT).contains(&p.success_threshold) {
-            return self.fail(field("success_threshold"), format!("must be between 1 and {MAX_COUNT}, got {}", p.success_threshold));
+            return self.fail(
+                field("success_threshold"),
+                format!(
+                    "must be between 1 and {MAX_COUNT}, got {}",
+                    p.success_threshold
+                ),
+            );
         }
         if !(1..=MAX_IN_FLIGHT).contains(&p.half_open_max_connections) {
             return self.fail(
                 field("half_open_max_connections"),
-                format!("must be between 1 and {MAX_IN_FLIGHT}, got {}", p.half_open_max_connections),
+                format!(
+                    "must be between 1 and {MAX_IN_FLIGHT}, got {}",
+                    p.half_open_max_connections
+                ),
             );
         }
         if p.open_duration < Duration::from_millis(1) || p.open_duration > MAX_OPEN_DURATION {
-            return self.fail(field("open_duration"), format!("must be between 1ms and 24h, got {:?}", p.open_duration));
+            return self.fail(
+                field("open_duration"),
+                format!("must be between 1ms and 24h, got {:?}", p.open_duration),
+            );
         }
         if p.probe_interval < Duration::from_millis(10) {
-            return self.fail(field("probe_interval"), format!("must be at least 10ms, got {:?}", p.probe_interval));
+            return self.fail(
+                field("probe_interval"),
+                format!("must be at least 10ms, got {:?}", p.probe_interval),
+            );
         }
         if p.probe_timeout.is_zero() {
             return self.fail(field("probe_timeout"), "must be more than 0");
@@ -240,33 +277,56 @@ impl Check<'_> {
 
 impl Config {
     pub fn from_file(file: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(file)
-            .map_err(|source| ConfigError::Read { file: file.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_path_buf(),
+            source,
+        })?;
         Config::parse(file, &text)
     }
 
     /// Parses and validates `text`; `file` only names it in errors.
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { file: file.to_path_buf(), message: e.to_string() })?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let check = Check { file };
 
-        let metrics_listen = raw.daemon.metrics_listen.as_deref().unwrap_or(defaults::METRICS_LISTEN);
+        let metrics_listen = raw
+            .daemon
+            .metrics_listen
+            .as_deref()
+            .unwrap_or(defaults::METRICS_LISTEN);
         let metrics_listen = metrics_listen.parse::<SocketAddr>().or_else(|e| {
-            check.fail("daemon.metrics_listen", format!("{metrics_listen:?} is not an address:port ({e})"))
+            check.fail(
+                "daemon.metrics_listen",
+                format!("{metrics_listen:?} is not an address:port ({e})"),
+            )
         })?;
         let probe_mark = raw.daemon.probe_mark.unwrap_or(defaults::PROBE_MARK);
         if probe_mark == 0 {
-            return check.fail("daemon.probe_mark", "must not be 0: unmarked sockets would bypass the breaker");
+            return check.fail(
+                "daemon.probe_mark",
+                "must not be 0: unmarked sockets would bypass the breaker",
+            );
         }
-        let max_tracked_connects = raw.daemon.max_tracked_connects.unwrap_or(defaults::MAX_TRACKED_CONNECTS);
+        let max_tracked_connects = raw
+            .daemon
+            .max_tracked_connects
+            .unwrap_or(defaults::MAX_TRACKED_CONNECTS);
         if max_tracked_connects < 64 {
-            return check.fail("daemon.max_tracked_connects", format!("must be at least 64, got {max_tracked_connects}"));
+            return check.fail(
+                "daemon.max_tracked_connects",
+                format!("must be at least 64, got {max_tracked_connects}"),
+            );
         }
 
         if let Some(cgroup) = &raw.cgroup {
             if cgroup.as_os_str().is_empty() {
-                return check.fail("cgroup", "must not be empty (leave it out to attach to the cgroup2 root)");
+                return check.fail(
+                    "cgroup",
+                    "must not be empty (leave it out to attach to the cgroup2 root)",
+                );
             }
         }
 
@@ -279,11 +339,25 @@ impl Config {
         let mut upstreams = Vec::with_capacity(raw.upstream.len());
         for (i, up) in raw.upstream.into_iter().enumerate() {
             let at = format!("upstream[{i}] ({:?})", up.name);
-            if up.name.is_empty() || !up.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-                return check.fail(format!("upstream[{i}].name"), format!("{:?} must be non-empty ASCII letters, digits, '-', '_' or '.'", up.name));
+            if up.name.is_empty()
+                || !up
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return check.fail(
+                    format!("upstream[{i}].name"),
+                    format!(
+                        "{:?} must be non-empty ASCII letters, digits, '-', '_' or '.'",
+                        up.name
+                    ),
+                );
             }
             if up.name == "default" {
-                return check.fail(format!("{at}.name"), "\"default\" is reserved for the default policy");
+                return check.fail(
+                    format!("{at}.name"),
+                    "\"default\" is reserved for the default policy",
+                );
             }
             if !names.insert(up.name.clone()) {
                 return check.fail(format!("{at}.name"), "another upstream has the same name");
@@ -293,11 +367,14 @@ impl Config {
             }
             let mut endpoints = Vec::with_capacity(up.endpoints.len());
             for (j, text) in up.endpoints.iter().enumerate() {
-                let ep: Endpoint = text
-                    .parse()
-                    .or_else(|e: EndpointParseError| check.fail(format!("{at}.endpoints[{j}]"), format!("{text:?}: {e}")))?;
+                let ep: Endpoint = text.parse().or_else(|e: EndpointParseError| {
+                    check.fail(format!("{at}.endpoints[{j}]"), format!("{text:?}: {e}"))
+                })?;
                 if let Some((_, other)) = seen_endpoints.iter().find(|(seen, _)| *seen == ep) {
-                    return check.fail(format!("{at}.endpoints[{j}]"), format!("{text:?} is already an endpoint of upstream {other:?}"));
+                    return check.fail(
+                        format!("{at}.endpoints[{j}]"),
+                        format!("{text:?} is already an endpoint of upstream {other:?}"),
+                    );
                 }
                 seen_endpoints.push((ep, up.name.clone()));
                 endpoints.push(ep);
@@ -310,16 +387,28 @@ impl Config {
             let mut fallback: Vec<SocketAddr> = Vec::new();
             for (j, text) in fallback_texts.iter().enumerate() {
                 let addr = text.parse::<SocketAddr>().or_else(|e| {
-                    check.fail(format!("{at}.fallback[{j}]"), format!("{text:?} is not an address:port ({e})"))
+                    check.fail(
+                        format!("{at}.fallback[{j}]"),
+                        format!("{text:?} is not an address:port ({e})"),
+                    )
                 })?;
                 if addr.port() == 0 {
-                    return check.fail(format!("{at}.fallback[{j}]"), format!("{text:?} needs a port"));
+                    return check.fail(
+                        format!("{at}.fallback[{j}]"),
+                        format!("{text:?} needs a port"),
+                    );
                 }
                 if fallback.iter().any(|f| f.is_ipv4() == addr.is_ipv4()) {
-                    return check.fail(format!("{at}.fallback[{j}]"), "at most one fallback per address family");
+                    return check.fail(
+                        format!("{at}.fallback[{j}]"),
+                        "at most one fallback per address family",
+                    );
                 }
                 if endpoints.iter().any(|e| e.matches(addr)) {
-                    return check.fail(format!("{at}.fallback[{j}]"), format!("{text:?} is one of the upstream's own endpoints"));
+                    return check.fail(
+                        format!("{at}.fallback[{j}]"),
+                        format!("{text:?} is one of the upstream's own endpoints"),
+                    );
                 }
                 fallback.push(addr);
             }
@@ -328,53 +417,85 @@ impl Config {
                 Some(RawProbe { address, http_path }) => {
                     let address = match address {
                         Some(text) => text.parse::<SocketAddr>().or_else(|e| {
-                            check.fail(format!("{at}.probe.address"), format!("{text:?} is not an address:port ({e})"))
+                            check.fail(
+                                format!("{at}.probe.address"),
+                                format!("{text:?} is not an address:port ({e})"),
+                            )
                         })?,
                         None => match endpoints.iter().find_map(Endpoint::single_address) {
                             Some(a) => a,
-                            None => return check.fail(format!("{at}.probe.address"), "needed: no endpoint is a single address with a port"),
+                            None => {
+                                return check.fail(
+                                    format!("{at}.probe.address"),
+                                    "needed: no endpoint is a single address with a port",
+                                )
+                            }
                         },
                     };
                     if let Some(path) = &http_path {
-                        if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                            return check.fail(format!("{at}.probe.http_path"), format!("{path:?} must start with '/' and have no spaces"));
+                        if !path.starts_with('/')
+                            || path.chars().any(|c| c.is_whitespace() || c.is_control())
+                        {
+                            return check.fail(
+                                format!("{at}.probe.http_path"),
+                                format!("{path:?} must start with '/' and have no spaces"),
+                            );
                         }
                     }
                     Probe { address, http_path }
                 }
                 None => match endpoints.iter().find_map(Endpoint::single_address) {
-                    Some(address) => Probe { address, http_path: None },
-                    None => {
-                        return check.fail(
-                            format!("{at}.probe"),
-                            "needed: no endpoint is a single address with a port, so set probe.address",
-                        )
-                    }
+                    Some(address) => Probe {
+                        address,
+                        http_path: None,
+                    },
+                    None => return check.fail(
+                        format!("{at}.probe"),
+                        "needed: no endpoint is a single address with a port, so set probe.address",
+                    ),
                 },
             };
             if probe.address.port() == 0 {
                 return check.fail(format!("{at}.probe.address"), "needs a port");
             }
-            upstreams.push(Upstream { name: up.name, endpoints, fallback, policy, probe });
+            upstreams.push(Upstream {
+                name: up.name,
+                endpoints,
+                fallback,
+                policy,
+                probe,
+            });
         }
 
         let default_policy = match raw.default_policy {
             Some(d) if d.enabled => {
                 let policy = check.policy("default_policy.", d.policy.over(base))?;
-                let max_destinations = d.max_destinations.unwrap_or(defaults::DEFAULT_POLICY_MAX_DESTINATIONS);
+                let max_destinations = d
+                    .max_destinations
+                    .unwrap_or(defaults::DEFAULT_POLICY_MAX_DESTINATIONS);
                 if max_destinations == 0 {
                     return check.fail("default_policy.max_destinations", "must be at least 1");
                 }
-                Some(DefaultPolicy { policy, max_destinations })
+                Some(DefaultPolicy {
+                    policy,
+                    max_destinations,
+                })
             }
             _ => None,
         };
         if upstreams.is_empty() && default_policy.is_none() {
-            return check.fail("upstream", "no [[upstream]] and no [default_policy]: there is nothing to protect");
+            return check.fail(
+                "upstream",
+                "no [[upstream]] and no [default_policy]: there is nothing to protect",
+            );
         }
         Ok(Config {
             cgroup: raw.cgroup,
-            daemon: Daemon { metrics_listen, probe_mark, max_tracked_connects },
+            daemon: Daemon {
+                metrics_listen,
+                probe_mark,
+                max_tracked_connects,
+            },
             upstreams,
             default_policy,
         })
@@ -384,9 +505,17 @@ impl Config {
     pub fn describe(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
-        let cgroup = self.cgroup.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "the cgroup2 root (whole host)".into());
+        let cgroup = self
+            .cgroup
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "the cgroup2 root (whole host)".into());
         let _ = writeln!(out, "attach to: {cgroup}");
-        let _ = writeln!(out, "metrics:   http://{}/metrics", self.daemon.metrics_listen);
+        let _ = writeln!(
+            out,
+            "metrics:   http://{}/metrics",
+            self.daemon.metrics_listen
+        );
         let _ = writeln!(out, "probe mark: {:#x}", self.daemon.probe_mark);
         for up in &self.upstreams {
             let _ = writeln!(out, "upstream {}:", up.name);
@@ -405,11 +534,18 @@ impl Config {
         }
         match &self.default_policy {
             Some(d) => {
-                let _ = writeln!(out, "default policy: on, up to {} destinations", d.max_destinations);
+                let _ = writeln!(
+                    out,
+                    "default policy: on, up to {} destinations",
+                    d.max_destinations
+                );
                 let _ = writeln!(out, "  {}", describe_policy(&d.policy));
             }
             None => {
-                let _ = writeln!(out, "default policy: off (unmatched destinations pass untouched)");
+                let _ = writeln!(
+                    out,
+                    "default policy: off (unmatched destinations pass untouched)"
+                );
             }
         }
         out

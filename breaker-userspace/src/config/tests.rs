@@ -27,7 +27,13 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(up.policy.success_threshold, 1);
     assert_eq!(up.policy.half_open_max_connections, 1);
     assert_eq!(up.policy.open_duration, Duration::from_secs(30));
-    assert_eq!(up.probe, Probe { address: "10.1.2.3:8080".parse().unwrap(), http_path: None });
+    assert_eq!(
+        up.probe,
+        Probe {
+            address: "10.1.2.3:8080".parse().unwrap(),
+            http_path: None
+        }
+    );
     assert!(c.default_policy.is_none());
 }
 
@@ -65,10 +71,23 @@ fn endpoint_syntax() {
     let e: Endpoint = "10.0.0.7/24:80".parse().unwrap();
     assert_eq!(e.to_string(), "10.0.0.0/24:80");
     assert_eq!("10.0.0.7".parse::<Endpoint>().unwrap().port, None);
-    assert_eq!("[fd00::/64]:*".parse::<Endpoint>().unwrap().to_string(), "[fd00::/64]:*");
-    assert_eq!("fd00::1".parse::<Endpoint>().unwrap().single_address(), None);
-    assert_eq!("fd00::1:80".parse::<Endpoint>().unwrap().port, None, "bare IPv6 is an address, any port");
-    assert_eq!("10.0.0.1:0".parse::<Endpoint>(), Err(EndpointParseError::Port("0".into())));
+    assert_eq!(
+        "[fd00::/64]:*".parse::<Endpoint>().unwrap().to_string(),
+        "[fd00::/64]:*"
+    );
+    assert_eq!(
+        "fd00::1".parse::<Endpoint>().unwrap().single_address(),
+        None
+    );
+    assert_eq!(
+        "fd00::1:80".parse::<Endpoint>().unwrap().port,
+        None,
+        "bare IPv6 is an address, any port"
+    );
+    assert_eq!(
+        "10.0.0.1:0".parse::<Endpoint>(),
+        Err(EndpointParseError::Port("0".into()))
+    );
     assert!("nonsense:80".parse::<Endpoint>().is_err());
     assert!("[fd00::1]80".parse::<Endpoint>().is_err());
 }
@@ -101,13 +120,19 @@ fn bad_configs_name_the_field_and_why() {
     for (text, field, why) in cases {
         let (got_field, reason) = invalid_field(text);
         assert_eq!(&got_field, field, "for config:\n{text}");
-        assert!(reason.contains(why), "reason {reason:?} should mention {why:?}");
+        assert!(
+            reason.contains(why),
+            "reason {reason:?} should mention {why:?}"
+        );
     }
 }
 
 #[test]
 fn unknown_fields_and_bad_types_are_parse_errors() {
-    for text in ["[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\nfailure_treshold=3", "[defaults]\nopen_duration='soon'"] {
+    for text in [
+        "[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\nfailure_treshold=3",
+        "[defaults]\nopen_duration='soon'",
+    ] {
         match parse(text) {
             Err(ConfigError::Parse { message, .. }) => assert!(!message.is_empty()),
             other => panic!("expected a parse error for {text:?}, got {other:?}"),

@@ -5,7 +5,10 @@ use breaker_lab::client::{self, ClientOptions};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "breaker-lab", about = "Lab tools for breaker: an unmodified TCP client, a server, the demo")]
+#[command(
+    name = "breaker-lab",
+    about = "Lab tools for breaker: an unmodified TCP client, a server, the demo"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -43,7 +46,15 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Connect { to, count, concurrency, interval_ms, timeout_ms, http, udp } => {
+        Cmd::Connect {
+            to,
+            count,
+            concurrency,
+            interval_ms,
+            timeout_ms,
+            http,
+            udp,
+        } => {
             if concurrency == 0 || timeout_ms == 0 {
                 anyhow::bail!("--concurrency and --timeout-ms must be at least 1");
             }

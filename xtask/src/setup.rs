@@ -1,0 +1,206 @@
+//! Making a fresh machine ready, idempotently. Each step checks before it acts; a
+//! second run does nothing and says so.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Verbosity {
+    /// Say what each step found (cargo xtask setup).
+    Report,
+    /// Only speak when something is done (before build, demo, test).
+    Quiet,
+}
+
+/// Debian packages the lab and tests use: `ip` (iproute2).
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2")];
+
+/// A set-up step: `Some(what it did)`, or `None` when there was nothing to do.
+type Step = fn() -> anyhow::Result<Option<String>>;
+
+pub fn run(verbosity: Verbosity) -> anyhow::Result<()> {
+    let steps: [(&str, Step); 4] = [
+        ("rust-src for the nightly toolchain", nightly_rust_src),
+        ("bpf-linker built against the nightly's LLVM", bpf_linker),
+        ("bpffs at /sys/fs/bpf", bpffs),
+        ("Debian packages", debian_packages),
+    ];
+    let mut did = 0;
+    for (what, step) in steps {
+        match step().with_context(|| format!("setup: {what}"))? {
+            Some(done) => {
+                did += 1;
+                eprintln!("setup: {what}: {done}");
+            }
+            None if verbosity == Verbosity::Report => eprintln!("setup: {what}: already in place"),
+            None => {}
+        }
+    }
+    if verbosity == Verbosity::Report && did == 0 {
+        eprintln!("setup: nothing to do, this machine is ready");
+    }
+    Ok(())
+}
+
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn must(program: &str, args: &[&str], envs: &[(&str, &Path)]) -> anyhow::Result<()> {
+    eprintln!("setup: + {program} {}", args.join(" "));
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let status = cmd.status().with_context(|| format!("running {program}"))?;
+    if !status.success() {
+        bail!("{program} {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn nightly_rust_src() -> anyhow::Result<Option<String>> {
+    if output("rustup", &["run", "nightly", "rustc", "--version"]).is_none() {
+        must(
+            "rustup",
+            &["toolchain", "install", "nightly", "--profile", "minimal"],
+            &[],
+        )?;
+    }
+    let installed = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .unwrap_or_default();
+    if installed.lines().any(|l| l.trim().starts_with("rust-src")) {
+        return Ok(None);
+    }
+    must(
+        "rustup",
+        &["component", "add", "rust-src", "--toolchain", "nightly"],
+        &[],
+    )?;
+    Ok(Some("installed".into()))
+}
+
+/// Where the LLVM symlinks for bpf-linker live; its binary keeps an rpath to here.
+fn llvm_prefix() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".local/share/breaker/llvm")
+}
+
+fn bpf_linker() -> anyhow::Result<Option<String>> {
+    if output("bpf-linker", &["--version"]).is_some() {
+        return Ok(None);
+    }
+    // bpf-linker links against an LLVM; the one shipped in the nightly toolchain is the
+    // only one here, and it must match the LLVM rustc emits bitcode for.
+    let rustc = output("rustup", &["which", "--toolchain", "nightly", "rustc"])
+        .context("finding the nightly rustc")?;
+    let lib_dir = Path::new(rustc.trim())
+        .parent()
+        .and_then(Path::parent)
+        .context("nightly toolchain layout")?
+        .join("lib");
+    let names: Vec<String> = std::fs::read_dir(&lib_dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    // The versioned soname (libLLVM.so.22.1-rust-...) is what llvm-sys links against.
+    let llvm = names
+        .iter()
+        .find(|n| n.starts_with("libLLVM.so."))
+        .or_else(|| {
+            names
+                .iter()
+                .find(|n| n.starts_with("libLLVM-") && n.ends_with(".so"))
+        })
+        .cloned()
+        .with_context(|| format!("no libLLVM in {}", lib_dir.display()))?;
+    let major = llvm
+        .trim_start_matches("libLLVM.so.")
+        .trim_start_matches("libLLVM-")
+        .split(['.', '-'])
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    if major.parse::<u32>().is_err() {
+        bail!("cannot tell the LLVM version from {llvm}");
+    }
+    let prefix = llvm_prefix();
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib)?;
+    for name in ["libLLVM.so".to_string(), llvm.clone()] {
+        let link = lib.join(&name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(lib_dir.join(&llvm), &link)?;
+    }
+    let feature = format!("llvm-{major}");
+    must(
+        "cargo",
+        &[
+            "install",
+            "bpf-linker",
+            "--no-default-features",
+            "--features",
+            &feature,
+        ],
+        &[("LLVM_PREFIX", &prefix)],
+    )?;
+    Ok(Some(format!(
+        "built against LLVM {major} ({})",
+        lib_dir.join(llvm).display()
+    )))
+}
+
+fn is_root() -> bool {
+    output("id", &["-u"]).is_some_and(|u| u.trim() == "0")
+}
+
+fn bpffs() -> anyhow::Result<Option<String>> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if mounts.lines().any(|l| {
+        l.split_whitespace().nth(2) == Some("bpf")
+            && l.split_whitespace().nth(1) == Some("/sys/fs/bpf")
+    }) {
+        return Ok(None);
+    }
+    if !is_root() {
+        return Ok(Some("not mounted, and mounting needs root: skipped".into()));
+    }
+    std::fs::create_dir_all("/sys/fs/bpf").ok();
+    must("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"], &[])?;
+    Ok(Some("mounted".into()))
+}
+
+fn debian_packages() -> anyhow::Result<Option<String>> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(program, _)| output("sh", &["-c", &format!("command -v {program}")]).is_none())
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(None);
+    }
+    if !is_root() {
+        bail!("missing Debian packages {missing:?}, and installing them needs root");
+    }
+    must("apt-get", &["update", "-q"], &[])?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(&missing);
+    must("apt-get", &args, &[])?;
+    Ok(Some(format!("installed {}", missing.join(" "))))
+}
