@@ -44,6 +44,44 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `cargo test ARGS`, passing its output through, and adds up its result lines.
+fn cargo_test(args: &[&str]) -> anyhow::Result<(u64, u64)> {
+    use std::io::{BufRead, BufReader};
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("+ cargo {}", args.join(" "));
+    let mut child = Command::new(cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(child.stdout.take().context("cargo test stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        // "test result: ok. 9 passed; 0 failed; 0 ignored; ..."
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let n: u64 = n.parse().unwrap_or(0);
+                match what {
+                    "passed" => passed += n,
+                    "failed" => failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && failed == 0 {
+        bail!("cargo test failed ({status})");
+    }
+    Ok((passed, failed))
+}
+
 fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -95,7 +133,13 @@ fn main() -> anyhow::Result<()> {
             ])?;
             // The integration tests start the daemon binary: build it first.
             cargo(&["build", "-p", "breaker-userspace", "-p", "breaker-tests"])?;
-            cargo(&["test", "--workspace"])
+            let (passed, failed) = cargo_test(&["test", "--workspace", "--all-targets"])?;
+            // One closing line for the whole suite, whichever test binary ran last.
+            println!("{passed} passed, {failed} failed");
+            if failed > 0 {
+                bail!("{failed} tests failed");
+            }
+            Ok(())
         }
     }
 }
