@@ -1,6 +1,7 @@
 //! Access to one breaker (configured upstream or default-policy destination): its word,
 //! policy and counters, and the transition events it emits.
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, EbpfContext};
+use aya_log_ebpf::debug;
 use breaker_common::{
     abi::{BreakerCell, Counters, DestKey, TransitionEvent, UpstreamPolicy, DEFAULT_UPSTREAM_ID},
     machine::{self, BreakerWord, State, Step, WordCell},
@@ -81,11 +82,25 @@ impl Breaker {
 
     /// Applies one state-machine step with compare-and-swap and reports any transition.
     #[inline(always)]
-    pub fn update<T: Copy>(&self, cause: u32, f: impl FnMut(BreakerWord) -> Step<T>) -> Option<T> {
+    pub fn update<C: EbpfContext, T: Copy>(
+        &self,
+        ctx: &C,
+        cause: u32,
+        f: impl FnMut(BreakerWord) -> Step<T>,
+    ) -> Option<T> {
         match machine::update(&KernelWord(self.word), f) {
             Some((prev, step)) => {
                 if let Some((from, to)) = step.transition(prev) {
                     self.emit(from, to, cause);
+                    // Transitions are rare: cheap enough to log from the kernel.
+                    debug!(
+                        ctx,
+                        "upstream {} state {} -> {} (cause {})",
+                        self.upstream,
+                        from.as_u32(),
+                        to.as_u32(),
+                        cause
+                    );
                 }
                 Some(step.result)
             }

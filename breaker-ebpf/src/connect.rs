@@ -101,7 +101,7 @@ fn enforce<const V6_HOOK: bool>(ctx: &SockAddrContext, dest: Destination) -> Res
     let now = now_ms();
     // Contention beyond the retry bound: fail open, the connect is still watched.
     let admission = breaker
-        .update(CAUSE_OPEN_EXPIRED, |w| admit(w, now, &thresholds))
+        .update(ctx, CAUSE_OPEN_EXPIRED, |w| admit(w, now, &thresholds))
         .unwrap_or(Admission::Pass);
     let (flags, epoch) = match admission {
         Admission::Pass => (0, 0),

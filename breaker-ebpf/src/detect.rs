@@ -100,6 +100,6 @@ fn finish(ctx: &SockOpsContext, cause: u32) -> Result<(), i32> {
     };
     let thresholds = breaker.policy.thresholds();
     let now = now_ms();
-    breaker.update(cause, |w| record(w, outcome, now, &thresholds));
+    breaker.update(ctx, cause, |w| record(w, outcome, now, &thresholds));
     Ok(())
 }

@@ -241,7 +241,8 @@ impl Lab {
             .arg(&path)
             .env(
                 "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                // breaker::breaker is the kernel programs' aya-log output.
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,breaker::breaker=debug".into()),
             )
             .stdout(Stdio::null())
             .stderr(log)

@@ -99,6 +99,16 @@ open_duration = "60s"
         med < 1000.0,
         &format!("rejected connect() median {med:.1} µs should be well under 1 ms"),
     );
+    // The kernel's own log line for the trip reaches the daemon's log (aya-log).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !lab.daemon_log().contains("upstream 1 state 0 -> 1") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check(
+        &lab,
+        lab.daemon_log().contains("upstream 1 state 0 -> 1"),
+        "kernel log of the trip forwarded",
+    );
     // Errno is ECONNREFUSED, not EPERM.
     check(
         &lab,

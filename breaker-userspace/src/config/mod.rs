@@ -5,7 +5,7 @@
 mod endpoint;
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
@@ -335,7 +335,7 @@ impl Config {
         let base = raw.defaults;
 
         let mut names = HashSet::new();
-        let mut seen_endpoints: Vec<(Endpoint, String)> = Vec::new();
+        let mut seen_endpoints: HashMap<Endpoint, String> = HashMap::new();
         let mut upstreams = Vec::with_capacity(raw.upstream.len());
         for (i, up) in raw.upstream.into_iter().enumerate() {
             let at = format!("upstream[{i}] ({:?})", up.name);
@@ -370,13 +370,13 @@ impl Config {
                 let ep: Endpoint = text.parse().or_else(|e: EndpointParseError| {
                     check.fail(format!("{at}.endpoints[{j}]"), format!("{text:?}: {e}"))
                 })?;
-                if let Some((_, other)) = seen_endpoints.iter().find(|(seen, _)| *seen == ep) {
+                if let Some(other) = seen_endpoints.get(&ep) {
                     return check.fail(
                         format!("{at}.endpoints[{j}]"),
                         format!("{text:?} is already an endpoint of upstream {other:?}"),
                     );
                 }
-                seen_endpoints.push((ep, up.name.clone()));
+                seen_endpoints.insert(ep, up.name.clone());
                 endpoints.push(ep);
             }
             let fallback_texts = match up.fallback {
