@@ -4,7 +4,7 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering},
         Arc,
     },
     thread::JoinHandle,
@@ -15,6 +15,8 @@ pub struct Server {
     pub addr: SocketAddr,
     pub name: String,
     accepted: Arc<AtomicU64>,
+    /// The HTTP status it answers with (200 unless changed).
+    status: Arc<AtomicU16>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -26,17 +28,25 @@ impl Server {
         listener.set_nonblocking(true)?;
         let accepted = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let status = Arc::new(AtomicU16::new(200));
         let thread = {
-            let (accepted, stop, name) = (accepted.clone(), stop.clone(), name.to_string());
-            std::thread::spawn(move || serve(listener, &name, &accepted, &stop))
+            let (accepted, status, stop) = (accepted.clone(), status.clone(), stop.clone());
+            let name = name.to_string();
+            std::thread::spawn(move || serve(listener, &name, &accepted, &status, &stop))
         };
         Ok(Server {
             addr,
             name: name.to_string(),
             accepted,
+            status,
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// From now on, answer with `status` (e.g. 503 for an unhealthy health check).
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::Relaxed);
     }
 
     pub fn accepted(&self) -> u64 {
@@ -44,13 +54,19 @@ impl Server {
     }
 }
 
-fn serve(listener: TcpListener, name: &str, accepted: &AtomicU64, stop: &AtomicBool) {
+fn serve(
+    listener: TcpListener,
+    name: &str,
+    accepted: &AtomicU64,
+    status: &AtomicU16,
+    stop: &AtomicBool,
+) {
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
                 accepted.fetch_add(1, Ordering::Relaxed);
-                let name = name.to_string();
-                std::thread::spawn(move || answer(stream, &name));
+                let (name, status) = (name.to_string(), status.load(Ordering::Relaxed));
+                std::thread::spawn(move || answer(stream, &name, status));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(2))
@@ -60,7 +76,7 @@ fn serve(listener: TcpListener, name: &str, accepted: &AtomicU64, stop: &AtomicB
     }
 }
 
-fn answer(mut stream: TcpStream, name: &str) {
+fn answer(mut stream: TcpStream, name: &str, status: u16) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let mut buf = [0u8; 1024];
@@ -72,8 +88,9 @@ fn answer(mut stream: TcpStream, name: &str) {
             Ok(n) => seen.extend_from_slice(&buf[..n]),
         }
     }
+    let reason = if status == 200 { "OK" } else { "Not OK" };
     let reply = format!(
-        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
+        "HTTP/1.0 {status} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
         name.len()
     );
     let _ = stream.write_all(reply.as_bytes());

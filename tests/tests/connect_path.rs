@@ -691,3 +691,136 @@ fn bad_configs_are_refused_with_exit_status_2() {
         "{stdout}"
     );
 }
+
+#[test]
+fn http_probe_needs_a_2xx_answer_to_close() {
+    let Some(mut lab) = lab("httpprobe") else {
+        return;
+    };
+    lab.serve("10.77.0.2:8080", "health")
+        .unwrap()
+        .set_status(503);
+    lab.start_daemon(
+        r#"
+[[upstream]]
+name = "api"
+endpoints = ["10.77.0.2:81"]
+failure_threshold = 1
+open_duration = "300ms"
+probe_interval = "100ms"
+probe = { address = "10.77.0.2:8080", http_path = "/healthz" }
+"#,
+    )
+    .unwrap();
+    let trip = lab
+        .client(&["--to", "10.77.0.2:81", "--count", "2"])
+        .unwrap();
+    check(&lab, outcomes(&trip) == ["refused", "refused"], "tripped");
+    // The health endpoint accepts the TCP connect but answers 503: probes fail.
+    let failed = lab
+        .wait_metric(
+            "breaker_probes_total",
+            &[("upstream", "api"), ("result", "failure")],
+            2.0,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    check(
+        &lab,
+        failed >= 2.0,
+        &format!("HTTP 503 probes count as failures ({failed})"),
+    );
+    check(
+        &lab,
+        lab.metric("breaker_state", &[("upstream", "api"), ("state", "closed")])
+            .unwrap()
+            == 0.0,
+        "not closed on a 503",
+    );
+    check(
+        &lab,
+        lab.daemon_log().contains("answered HTTP 503"),
+        "the probe failure says why",
+    );
+    lab.server("health").unwrap().set_status(200);
+    let closed = lab
+        .wait_metric(
+            "breaker_state",
+            &[("upstream", "api"), ("state", "closed")],
+            1.0,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    check(&lab, closed == 1.0, "a 200 answer closes the breaker");
+}
+
+#[test]
+fn application_trial_in_half_open_closes_the_breaker() {
+    let Some(mut lab) = lab("trial") else { return };
+    lab.serve("10.77.0.2:8080", "api").unwrap();
+    // The probe target never answers, and probes are rare: only application traffic
+    // admitted in HALF_OPEN can close this breaker.
+    lab.start_daemon(&format!(
+        r#"
+[[upstream]]
+name = "api"
+endpoints = ["10.77.0.2:8080"]
+failure_threshold = 2
+open_duration = "1s"
+probe_interval = "60s"
+probe_timeout = "200ms"
+probe = {{ address = "{BLACKHOLE_V4}:80" }}
+"#
+    ))
+    .unwrap();
+    lab.blackhole(UPSTREAM_V4).unwrap();
+    let dark = lab
+        .client(&[
+            "--to",
+            "10.77.0.2:8080",
+            "--count",
+            "3",
+            "--timeout-ms",
+            "1500",
+        ])
+        .unwrap();
+    check(
+        &lab,
+        outcomes(&dark) == ["timeout", "timeout", "refused"],
+        &format!("{:?}", outcomes(&dark)),
+    );
+    lab.restore(UPSTREAM_V4).unwrap();
+    // Past open_duration, and past the one probe (which fails and reopens for 1 s).
+    std::thread::sleep(Duration::from_millis(2600));
+    let trial = lab
+        .client(&["--to", "10.77.0.2:8080", "--count", "1", "--http"])
+        .unwrap();
+    check(
+        &lab,
+        trial[0].body.as_deref() == Some("api"),
+        &format!("the trial connect reached the upstream: {trial:?}"),
+    );
+    let closed = lab
+        .wait_metric(
+            "breaker_state",
+            &[("upstream", "api"), ("state", "closed")],
+            1.0,
+            Duration::from_secs(2),
+        )
+        .unwrap();
+    check(
+        &lab,
+        closed == 1.0,
+        "its success closed the breaker (success_threshold 1)",
+    );
+    check(
+        &lab,
+        lab.metric(
+            "breaker_probes_total",
+            &[("upstream", "api"), ("result", "success")],
+        )
+        .unwrap()
+            == 0.0,
+        "no probe passed",
+    );
+}
