@@ -20,16 +20,17 @@ pub mod map_names {
     pub const POLICIES: &str = "POLICIES";
     pub const UPSTREAM_STATES: &str = "UPSTREAM_STATES";
     pub const DEFAULT_STATES: &str = "DEFAULT_STATES";
-    pub const FLOWS: &str = "FLOWS";
+    pub const TRIALS: &str = "TRIALS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const EVENTS: &str = "EVENTS";
 }
 
-/// Program names as the eBPF object exports them.
+/// Program names as the eBPF object exports them; short enough for the kernel's
+/// 15-character program names, so `bpftool prog` and BPF stats tell them apart.
 pub mod program_names {
-    pub const CONNECT4: &str = "breaker_connect4";
-    pub const CONNECT6: &str = "breaker_connect6";
-    pub const SOCK_OPS: &str = "breaker_sock_ops";
+    pub const CONNECT4: &str = "brk_connect4";
+    pub const CONNECT6: &str = "brk_connect6";
+    pub const SOCK_OPS: &str = "brk_sock_ops";
 }
 
 /// Global settings, the single entry of `SETTINGS`.
@@ -114,21 +115,14 @@ pub struct BreakerCell {
     pub word: u64,
 }
 
-/// `Flow.flags`: admitted as a HALF_OPEN trial of `Flow.epoch`.
-pub const FLOW_TRIAL: u32 = 1 << 0;
-/// `Flow.flags`: the breaker lives in `DEFAULT_STATES[Flow.dest]`.
-pub const FLOW_DEFAULT_POLICY: u32 = 1 << 1;
-
-/// A connect the hooks watch, keyed by socket cookie in `FLOWS`: written by connect4/6
-/// when it admits, removed by sock_ops at the connect's one counted outcome.
+/// A HALF_OPEN trial connect, keyed by socket cookie in `TRIALS`: written by
+/// connect4/6 when it admits the trial, removed by sock_ops at the trial's outcome.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Flow {
-    pub upstream: u32,
-    pub flags: u32,
+pub struct Trial {
+    /// The HALF_OPEN epoch that admitted it (the low 8 bits are used).
     pub epoch: u32,
     pub _pad: u32,
-    pub dest: DestKey,
 }
 
 /// Per-upstream counters, one slot per CPU in `COUNTERS`, summed by the daemon.

@@ -209,7 +209,8 @@ pub fn expire_open(w: BreakerWord, now_ms: u32, t: &Thresholds) -> BreakerWord {
     }
 }
 
-/// A new connect to the upstream: pass, trial or reject.
+/// A new connect to the upstream: pass, trial or reject. `now_ms` is not read while
+/// CLOSED, so callers may skip the clock on that path.
 #[inline(always)]
 pub fn admit(w: BreakerWord, now_ms: u32, t: &Thresholds) -> Step<Admission> {
     let w = expire_open(w, now_ms, t);
@@ -247,6 +248,7 @@ pub fn admit(w: BreakerWord, now_ms: u32, t: &Thresholds) -> Step<Admission> {
 
 /// The end of a watched connect. Returns whether it counted (it does not when it
 /// belongs to an earlier phase, e.g. a connect in flight when the breaker tripped).
+/// `now_ms` is read only for a failure, which may trip the breaker at that time.
 #[inline(always)]
 pub fn record(w: BreakerWord, outcome: Outcome, now_ms: u32, t: &Thresholds) -> Step<bool> {
     match w.state() {

@@ -111,6 +111,12 @@ impl Breaker {
         }
     }
 
+    /// The breaker's state right now (a plain read; decisions go through `update`).
+    #[inline(always)]
+    pub fn state(&self) -> State {
+        BreakerWord(KernelWord(self.word).load()).state()
+    }
+
     #[inline(always)]
     pub fn count(&self, f: impl FnOnce(&mut Counters)) {
         if let Some(c) = COUNTERS.get_ptr_mut(self.upstream) {

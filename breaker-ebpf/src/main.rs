@@ -11,6 +11,8 @@ mod breaker;
 #[cfg(target_arch = "bpf")]
 mod connect;
 #[cfg(target_arch = "bpf")]
+mod destination;
+#[cfg(target_arch = "bpf")]
 mod detect;
 #[cfg(target_arch = "bpf")]
 mod maps;
@@ -36,19 +38,19 @@ mod programs {
 
     /// Enforcement for IPv4 connect(): pass, fail fast, or redirect to the fallback.
     #[cgroup_sock_addr(connect4)]
-    pub fn breaker_connect4(ctx: SockAddrContext) -> i32 {
+    pub fn brk_connect4(ctx: SockAddrContext) -> i32 {
         sock_addr_code(crate::connect::try_connect4(&ctx))
     }
 
     /// Enforcement for IPv6 connect() (v4-mapped destinations count as IPv4).
     #[cgroup_sock_addr(connect6)]
-    pub fn breaker_connect6(ctx: SockAddrContext) -> i32 {
+    pub fn brk_connect6(ctx: SockAddrContext) -> i32 {
         sock_addr_code(crate::connect::try_connect6(&ctx))
     }
 
     /// Detection: the outcome of each watched connect.
     #[sock_ops]
-    pub fn breaker_sock_ops(ctx: SockOpsContext) -> u32 {
+    pub fn brk_sock_ops(ctx: SockOpsContext) -> u32 {
         // sock_ops ignores the return for these callbacks; 1 is "ok".
         let _ = crate::detect::try_sock_ops(&ctx);
         1

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use breaker_common::abi::{
-    BreakerCell, Counters, DestKey, EndpointV4, EndpointV6, Flow, Settings, UpstreamPolicy,
+    BreakerCell, Counters, DestKey, EndpointV4, EndpointV6, Settings, Trial, UpstreamPolicy,
 };
 
 /// Global settings (probe mark, default policy on/off). Written by the daemon.
@@ -35,10 +35,11 @@ pub static UPSTREAM_STATES: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPAB
 #[map]
 pub static DEFAULT_STATES: LruHashMap<DestKey, BreakerCell> = LruHashMap::with_max_entries(1, 0);
 
-/// Socket cookie -> watched connect. Inserted by connect4/6 on admit, removed by
-/// sock_ops at the connect's single counted outcome.
+/// Socket cookie -> HALF_OPEN trial. Inserted by connect4/6 when it admits a trial,
+/// removed by sock_ops at the trial's outcome. Only trials are noted: the common
+/// CLOSED path writes nothing per connect.
 #[map]
-pub static FLOWS: LruHashMap<u64, Flow> = LruHashMap::with_max_entries(65536, 0);
+pub static TRIALS: LruHashMap<u64, Trial> = LruHashMap::with_max_entries(65536, 0);
 
 /// Upstream id -> counters, per CPU (written on every watched connect).
 #[map]

@@ -123,7 +123,6 @@ impl Kernel {
             .map_max_entries(map_names::ENDPOINTS_V4, v4.max(1))
             .map_max_entries(map_names::ENDPOINTS_V6, v6.max(1))
             .map_max_entries(map_names::DEFAULT_STATES, destinations)
-            .map_max_entries(map_names::FLOWS, config.daemon.max_tracked_connects)
             .load(EBPF_OBJECT)
             .map_err(KernelError::Load)?;
 

@@ -15,6 +15,9 @@ pub struct Attempt {
     pub seq: u32,
     /// Start, in ms since the client began.
     pub start_ms: f64,
+    /// Start, in ms of CLOCK_MONOTONIC (shared by every process, for lining up phases).
+    #[serde(default)]
+    pub mono_ms: f64,
     /// How long connect() (and the HTTP exchange, with `--http`) took.
     pub latency_us: f64,
     /// ok, refused, timeout, unreachable or error.
@@ -34,6 +37,19 @@ pub struct ClientOptions {
     pub http: bool,
     /// UDP instead of TCP: connect() and send one datagram.
     pub udp: bool,
+    /// Close with SO_LINGER 0 (RST, no TIME_WAIT), for long connect loops.
+    pub linger0: bool,
+}
+
+/// CLOCK_MONOTONIC in milliseconds.
+pub fn mono_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
 }
 
 pub fn classify(e: &std::io::Error) -> &'static str {
@@ -74,10 +90,14 @@ fn one(opts: &ClientOptions) -> (String, Option<i32>, Option<String>) {
             Ok(s) => s,
             Err(e) => return (classify(&e).into(), e.raw_os_error(), None),
         };
+    if opts.linger0 {
+        let _ = socket.set_linger(Some(Duration::ZERO));
+    }
     if let Err(e) = socket.connect_timeout(&opts.to.into(), opts.timeout) {
         return (classify(&e).into(), e.raw_os_error(), None);
     }
     if !opts.http {
+        // The socket closes here, inside the measured time: connect() plus close.
         return ("ok".into(), None, None);
     }
     let mut stream: std::net::TcpStream = socket.into();
@@ -109,11 +129,13 @@ pub fn run(opts: &ClientOptions, emit: impl Fn(&Attempt) + Send + Sync) {
                 barrier.wait();
                 for seq in 0..opts.count {
                     let start = Instant::now();
+                    let mono = mono_ms();
                     let (outcome, errno, body) = one(opts);
                     let attempt = Attempt {
                         client,
                         seq,
                         start_ms: start.duration_since(begin).as_secs_f64() * 1e3,
+                        mono_ms: mono,
                         latency_us: start.elapsed().as_secs_f64() * 1e6,
                         outcome,
                         errno,
@@ -150,4 +172,29 @@ pub fn percentile(values: &mut [f64], p: f64) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     let rank = ((p / 100.0) * (values.len() - 1) as f64).round() as usize;
     values[rank.min(values.len() - 1)]
+}
+
+/// Opens `count` connects to distinct destinations from `base` (a /16: 65 536
+/// addresses, then the next port) and closes each at once, without waiting. Fills the
+/// default policy's per-destination map the way a busy host would.
+pub fn fill(base: std::net::Ipv4Addr, count: u32) -> std::io::Result<u32> {
+    let base = u32::from(base);
+    let mut opened = 0;
+    for i in 0..count {
+        let addr = std::net::Ipv4Addr::from(base + (i % 65_536));
+        let port = 1000 + (i / 65_536) as u16;
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_nonblocking(true)?;
+        let _ = socket.set_linger(Some(Duration::ZERO));
+        match socket.connect(&SocketAddr::new(addr.into(), port).into()) {
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => opened += 1,
+            Ok(()) => opened += 1,
+            Err(_) => {}
+        }
+    }
+    Ok(opened)
 }

@@ -138,6 +138,8 @@ impl Lab {
         c.ip(&["link", "set", "dark", "arp", "off", "up"])?;
         self.void.ip(&["link", "set", "dark", "arp", "off", "up"])?;
         c.ip(&["route", "add", "10.77.9.0/24", "dev", "dark"])?;
+        // Room for a million distinct dark destinations (default-policy benchmarks).
+        c.ip(&["route", "add", "10.78.0.0/16", "dev", "dark"])?;
         c.ip(&["-6", "route", "add", "fd77:9::/64", "dev", "dark"])?;
         Ok(())
     }
@@ -174,6 +176,26 @@ impl Lab {
             .within(move || Server::start(addr, &name2))??;
         self.servers.push(server);
         Ok(self.servers.last().expect("just pushed"))
+    }
+
+    /// Starts an accept-and-drop listener in the upstream namespace.
+    pub fn sink(&mut self, addr: &str) -> anyhow::Result<()> {
+        let addr: SocketAddr = addr.parse()?;
+        let server = self.upstream.within(move || Server::sink(addr))??;
+        self.servers.push(server);
+        Ok(())
+    }
+
+    /// The daemon's pid, while it runs.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
+    /// Sets a per-namespace sysctl (e.g. `net/ipv4/tcp_syn_retries`) in the client namespace.
+    pub fn client_sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        let (path, value) = (format!("/proc/sys/{key}"), value.to_string());
+        self.client.within(move || std::fs::write(path, value))??;
+        Ok(())
     }
 
     pub fn server(&self, name: &str) -> Option<&Server> {
@@ -355,8 +377,15 @@ impl Lab {
 
     /// The client command, not yet started (for clients that run in the background).
     pub fn client_command(&self, args: &[&str]) -> Command {
+        let mut full = vec!["connect"];
+        full.extend_from_slice(args);
+        self.lab_command(&full)
+    }
+
+    /// `breaker-lab ARGS` in the client namespace and the lab cgroup, not yet started.
+    pub fn lab_command(&self, args: &[&str]) -> Command {
         let mut cmd = self.client.command(&self.lab_bin);
-        cmd.arg("connect").args(args);
+        cmd.args(args);
         let procs = self.cgroup.join("cgroup.procs");
         let procs =
             std::ffi::CString::new(procs.as_os_str().as_encoded_bytes()).expect("path has no NUL");

@@ -7,6 +7,7 @@
 //! - [`server`]: a small TCP/HTTP server that answers with its name.
 //! - [`client`]: the connect client (`breaker-lab connect`), one JSON line per attempt.
 //! - [`metrics`]: reading the Prometheus text format.
+pub mod bench;
 pub mod client;
 pub mod demo;
 pub mod lab;

@@ -47,7 +47,6 @@ pub mod defaults {
     pub const METRICS_LISTEN: &str = "127.0.0.1:9464";
     /// "brk" in ASCII.
     pub const PROBE_MARK: u32 = 0x0062_726b;
-    pub const MAX_TRACKED_CONNECTS: u32 = 65_536;
     pub const DEFAULT_POLICY_MAX_DESTINATIONS: u32 = 65_536;
 }
 
@@ -93,7 +92,6 @@ pub struct DefaultPolicy {
 pub struct Daemon {
     pub metrics_listen: SocketAddr,
     pub probe_mark: u32,
-    pub max_tracked_connects: u32,
 }
 
 /// A validated configuration.
@@ -124,7 +122,6 @@ struct RawConfig {
 struct RawDaemon {
     metrics_listen: Option<String>,
     probe_mark: Option<u32>,
-    max_tracked_connects: Option<u32>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
@@ -310,17 +307,6 @@ impl Config {
                 "must not be 0: unmarked sockets would bypass the breaker",
             );
         }
-        let max_tracked_connects = raw
-            .daemon
-            .max_tracked_connects
-            .unwrap_or(defaults::MAX_TRACKED_CONNECTS);
-        if max_tracked_connects < 64 {
-            return check.fail(
-                "daemon.max_tracked_connects",
-                format!("must be at least 64, got {max_tracked_connects}"),
-            );
-        }
-
         if let Some(cgroup) = &raw.cgroup {
             if cgroup.as_os_str().is_empty() {
                 return check.fail(
@@ -494,7 +480,6 @@ impl Config {
             daemon: Daemon {
                 metrics_listen,
                 probe_mark,
-                max_tracked_connects,
             },
             upstreams,
             default_policy,

@@ -1,81 +1,110 @@
-//! `breaker-lab`: the lab's client, server and demo.
-use std::{io::Write, net::SocketAddr, time::Duration};
+//! `breaker-lab`: the lab's client, the demo and the benchmarks.
+use std::{io::Write, net::SocketAddr, path::PathBuf, time::Duration};
 
 use breaker_lab::client::{self, ClientOptions};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
     name = "breaker-lab",
-    about = "Lab tools for breaker: an unmodified TCP client, a server, the demo"
+    about = "Lab tools for breaker: an unmodified TCP client, the demo, the benchmarks"
 )]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
 }
 
+#[derive(Args)]
+struct ConnectArgs {
+    /// Destination, e.g. 10.77.0.2:8080 or [fd77::2]:8080.
+    #[arg(long)]
+    to: SocketAddr,
+    /// Attempts per client.
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+    /// Clients running at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: u32,
+    /// Pause after each attempt, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    interval_ms: u64,
+    /// Connect (and HTTP) timeout, in milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    timeout_ms: u64,
+    /// Send an HTTP GET and report the response body.
+    #[arg(long)]
+    http: bool,
+    /// Use UDP (connect and send one datagram) instead of TCP.
+    #[arg(long, conflicts_with = "http")]
+    udp: bool,
+    /// Close with SO_LINGER 0 (an RST, no TIME_WAIT): for long connect loops.
+    #[arg(long)]
+    linger0: bool,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Connect to an address repeatedly, printing one JSON line per attempt.
-    Connect {
-        /// Destination, e.g. 10.77.0.2:8080 or [fd77::2]:8080.
+    Connect(ConnectArgs),
+    /// Start (and at once abandon) connects to COUNT distinct destinations in BASE/16.
+    Fill {
         #[arg(long)]
-        to: SocketAddr,
-        /// Attempts per client.
-        #[arg(long, default_value_t = 1)]
+        base: std::net::Ipv4Addr,
+        #[arg(long)]
         count: u32,
-        /// Clients running at once.
-        #[arg(long, default_value_t = 1)]
-        concurrency: u32,
-        /// Pause after each attempt, in milliseconds.
-        #[arg(long, default_value_t = 0)]
-        interval_ms: u64,
-        /// Connect (and HTTP) timeout, in milliseconds.
-        #[arg(long, default_value_t = 3000)]
-        timeout_ms: u64,
-        /// Send an HTTP GET and report the response body.
-        #[arg(long)]
-        http: bool,
-        /// Use UDP (connect and send one datagram) instead of TCP.
-        #[arg(long, conflicts_with = "http")]
-        udp: bool,
     },
     /// Run the self-contained demo (needs root).
     Demo,
+    /// Run the benchmarks and write BENCHMARKS.md and plots (needs root).
+    Bench {
+        /// Each scenario briefly: keeps the harness working, proves nothing about speed.
+        #[arg(long)]
+        quick: bool,
+        /// Where BENCHMARKS.md and the plots go.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Run only these scenarios (healthy, failfast, outage, scale, proxy).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Connect {
-            to,
-            count,
-            concurrency,
-            interval_ms,
-            timeout_ms,
-            http,
-            udp,
-        } => {
-            if concurrency == 0 || timeout_ms == 0 {
+        Cmd::Connect(a) => {
+            if a.concurrency == 0 || a.timeout_ms == 0 {
                 anyhow::bail!("--concurrency and --timeout-ms must be at least 1");
             }
             let opts = ClientOptions {
-                to,
-                count,
-                concurrency,
-                interval: Duration::from_millis(interval_ms),
-                timeout: Duration::from_millis(timeout_ms),
-                http,
-                udp,
+                to: a.to,
+                count: a.count,
+                concurrency: a.concurrency,
+                interval: Duration::from_millis(a.interval_ms),
+                timeout: Duration::from_millis(a.timeout_ms),
+                http: a.http,
+                udp: a.udp,
+                linger0: a.linger0,
             };
-            let stdout = std::sync::Mutex::new(std::io::stdout());
+            let stdout = std::sync::Mutex::new(std::io::BufWriter::new(std::io::stdout()));
             client::run(&opts, |a| {
                 if let Ok(line) = serde_json::to_string(a) {
                     let mut out = stdout.lock().unwrap_or_else(|e| e.into_inner());
                     let _ = writeln!(out, "{line}");
+                    // Attempts stream to whoever watches (the demo) as they happen.
+                    if !opts.interval.is_zero() {
+                        let _ = out.flush();
+                    }
                 }
             });
+            let _ = stdout.lock().unwrap_or_else(|e| e.into_inner()).flush();
+            Ok(())
+        }
+        Cmd::Fill { base, count } => {
+            let opened = client::fill(base, count)?;
+            println!("{opened}");
             Ok(())
         }
         Cmd::Demo => breaker_lab::demo::run(),
+        Cmd::Bench { quick, out, only } => breaker_lab::bench::run(quick, &out, &only),
     }
 }

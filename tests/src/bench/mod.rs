@@ -1,0 +1,157 @@
+//! `cargo xtask bench`: every scenario of the benchmark issue, each against its
+//! baseline measured in the same run, written to BENCHMARKS.md with PNG plots.
+//!
+//! Figures live here, never in timed tests: the machines are shared and noisy, so
+//! each scenario compares ratios within one run and reports its spread.
+mod haproxy;
+mod kernel_stats;
+mod plot;
+mod report;
+mod scenarios;
+mod stats;
+
+use std::path::Path;
+
+use anyhow::Context;
+
+pub use report::Report;
+pub use stats::Summary;
+
+/// How much each scenario does.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub quick: bool,
+    /// Scenario 1: rounds per variant, connects per round.
+    pub healthy_rounds: u32,
+    pub healthy_per_round: u32,
+    /// Scenario 2: connects per variant; blackhole timeouts measured.
+    pub failfast: u32,
+    pub blackhole_runs: u32,
+    /// Scenario 3: total requests by 32 clients, their pacing, and the outage window.
+    pub outage_requests: u32,
+    pub outage_interval_ms: u64,
+    pub dark_at_ms: u64,
+    pub dark_for_ms: u64,
+    pub open_duration_ms: u64,
+    pub probe_interval_ms: u64,
+    /// Scenario 5: endpoint counts, connects per count, default-policy destinations.
+    pub scale_endpoints: Vec<u32>,
+    pub scale_connects: u32,
+    pub lru_destinations: u32,
+    /// Scenario 6: requests through each path.
+    pub proxy_requests: u32,
+}
+
+impl Plan {
+    pub fn full() -> Plan {
+        Plan {
+            quick: false,
+            healthy_rounds: 5,
+            healthy_per_round: 20_000,
+            failfast: 10_000,
+            blackhole_runs: 3,
+            outage_requests: 10_000,
+            outage_interval_ms: 15,
+            dark_at_ms: 1000,
+            dark_for_ms: 3000,
+            open_duration_ms: 1000,
+            probe_interval_ms: 200,
+            scale_endpoints: vec![10, 1_000, 100_000],
+            scale_connects: 20_000,
+            lru_destinations: 1_000_000,
+            proxy_requests: 10_000,
+        }
+    }
+
+    pub fn quick() -> Plan {
+        Plan {
+            quick: true,
+            healthy_rounds: 2,
+            healthy_per_round: 2_000,
+            failfast: 1_000,
+            blackhole_runs: 1,
+            outage_requests: 3_200,
+            outage_interval_ms: 15,
+            dark_at_ms: 500,
+            dark_for_ms: 1500,
+            open_duration_ms: 500,
+            probe_interval_ms: 100,
+            scale_endpoints: vec![10, 1_000, 10_000],
+            scale_connects: 2_000,
+            lru_destinations: 10_000,
+            proxy_requests: 1_000,
+        }
+    }
+}
+
+/// The scenarios by name, for `--only`.
+pub const SCENARIOS: [&str; 5] = ["healthy", "failfast", "outage", "scale", "proxy"];
+
+pub fn run(quick: bool, out: &Path, only: &[String]) -> anyhow::Result<()> {
+    for name in only {
+        anyhow::ensure!(
+            SCENARIOS.contains(&name.as_str()),
+            "unknown scenario {name:?}; known: {}",
+            SCENARIOS.join(", ")
+        );
+    }
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    crate::privileges::check()
+        .map_err(|why| anyhow::anyhow!("the benchmarks {why}; run them as root"))?;
+    let plan = if quick { Plan::quick() } else { Plan::full() };
+    let lab_bin = std::env::current_exe()?;
+    let plots = out.join("bench-plots");
+    std::fs::create_dir_all(&plots).with_context(|| format!("creating {}", plots.display()))?;
+    let mut report = Report::new(&plan);
+
+    if wanted("healthy") {
+        eprintln!("bench: scenario 1 (cost while healthy) and 4 (kernel program cost)");
+        let healthy = scenarios::healthy(&lab_bin, &plan)?;
+        report.healthy(&healthy, &plan);
+        plot::healthy(&plots.join("healthy-connect-cdf.png"), &healthy)?;
+    }
+    if wanted("failfast") {
+        eprintln!("bench: scenario 2 (fail-fast while open)");
+        let failfast = scenarios::failfast(&lab_bin, &plan)?;
+        report.failfast(&failfast, &plan);
+        plot::failfast(&plots.join("failfast-cdf.png"), &failfast)?;
+    }
+    let mut outages = Vec::new();
+    if wanted("outage") {
+        eprintln!("bench: scenario 3 (outage)");
+        for variant in scenarios::OutageVariant::ALL {
+            if variant == scenarios::OutageVariant::Haproxy && !haproxy::available() {
+                continue;
+            }
+            eprintln!("bench:   outage {}", variant.label());
+            outages.push(scenarios::outage(&lab_bin, &plan, variant)?);
+        }
+        report.outage(&outages, &plan);
+        plot::outage(&plots.join("outage-latency-cdf.png"), &outages)?;
+    }
+    if wanted("scale") {
+        eprintln!("bench: scenario 5 (scale)");
+        let scale = scenarios::scale(&lab_bin, &plan)?;
+        report.scale(&scale, &plan);
+    }
+    if wanted("proxy") {
+        eprintln!("bench: scenario 6 (against HAProxy)");
+        let proxy = if haproxy::available() {
+            Some(scenarios::proxy(&lab_bin, &plan)?)
+        } else {
+            None
+        };
+        report.proxy(proxy.as_ref(), &outages, &plan);
+        if let Some(p) = &proxy {
+            plot::proxy(&plots.join("proxy-request-cdf.png"), p)?;
+        }
+    }
+    let path = out.join("BENCHMARKS.md");
+    std::fs::write(&path, report.render())?;
+    eprintln!(
+        "bench: wrote {} and plots in {}",
+        path.display(),
+        plots.display()
+    );
+    Ok(())
+}
