@@ -15,6 +15,7 @@ pub const ECONNREFUSED: i32 = 111;
 /// Map names, shared so the daemon and the programs cannot disagree.
 pub mod map_names {
     pub const SETTINGS: &str = "SETTINGS";
+    pub const ENDPOINTS_EXACT: &str = "ENDPOINTS_EXACT";
     pub const ENDPOINTS_V4: &str = "ENDPOINTS_V4";
     pub const ENDPOINTS_V6: &str = "ENDPOINTS_V6";
     pub const POLICIES: &str = "POLICIES";
@@ -31,6 +32,9 @@ pub mod program_names {
     pub const CONNECT4: &str = "brk_connect4";
     pub const CONNECT6: &str = "brk_connect6";
     pub const SOCK_OPS: &str = "brk_sock_ops";
+    /// Empty programs of the same types, for `breaker calibrate` (benchmarks only).
+    pub const NOP_CONNECT4: &str = "brk_nop_connect";
+    pub const NOP_SOCK_OPS: &str = "brk_nop_sockops";
 }
 
 /// Global settings, the single entry of `SETTINGS`.
@@ -41,7 +45,14 @@ pub struct Settings {
     pub probe_mark: u32,
     /// Non-zero: unmatched destinations get a breaker each under the default policy.
     pub default_policy_enabled: u32,
+    /// `PREFIX_ENDPOINTS_V4` / `_V6`: the LPM tries hold endpoints of that family, so a
+    /// miss in `ENDPOINTS_EXACT` must look there too.
+    pub prefix_endpoints: u32,
+    pub _pad: u32,
 }
+
+pub const PREFIX_ENDPOINTS_V4: u32 = 1 << 0;
+pub const PREFIX_ENDPOINTS_V6: u32 = 1 << 1;
 
 /// LPM trie key data for IPv4 endpoints. The port comes first so that one trie holds
 /// port-specific endpoints (port != 0, prefix 16 + addr bits) and any-port endpoints
@@ -98,8 +109,9 @@ impl UpstreamPolicy {
     }
 }
 
-/// One destination under the default policy: address (IPv4 as v4-mapped IPv6) and
-/// port, network byte order.
+/// One destination: address (IPv4 as v4-mapped IPv6) and port, network byte order.
+/// Keys both `ENDPOINTS_EXACT` (single-address endpoints with a port) and the default
+/// policy's per-destination breakers.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DestKey {

@@ -1,16 +1,16 @@
-//! Where a connection goes, and which breaker guards it: a configured upstream (LPM
-//! tries keyed by port and address prefix) or, under the default policy, a breaker of
-//! its own per destination. Shared by the connect hooks and sock_ops, which both
+//! Where a connection goes, and which breaker guards it: a configured upstream (a hash
+//! of single-address endpoints, then LPM tries keyed by port and address prefix) or,
+//! under the default policy, a breaker of its own per destination. Shared by the connect hooks and sock_ops, which both
 //! resolve the breaker from the destination rather than carry it per socket.
 use aya_ebpf::maps::lpm_trie::Key;
 use breaker_common::abi::{
     unmap_v4, v4_mapped, DestKey, EndpointV4, EndpointV6, Settings, AF_INET, AF_INET6,
-    PORT_PREFIX_BITS,
+    PORT_PREFIX_BITS, PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6,
 };
 
 use crate::{
     breaker::Breaker,
-    maps::{ENDPOINTS_V4, ENDPOINTS_V6},
+    maps::{ENDPOINTS_EXACT, ENDPOINTS_V4, ENDPOINTS_V6},
 };
 
 /// A destination as the hooks see it: address and port in network byte order.
@@ -47,12 +47,18 @@ impl Destination {
         }
     }
 
-    /// The configured upstream: an endpoint with the exact port first, then an
-    /// any-port endpoint; the longest prefix wins within each.
+    /// The configured upstream. A single-address endpoint with this port wins (one
+    /// hash lookup); then, if any are configured for the family, prefix endpoints
+    /// with this port, then any-port ones, the longest prefix winning within each.
     #[inline(always)]
-    pub fn upstream(self) -> Option<u32> {
+    pub fn upstream(self, settings: &Settings) -> Option<u32> {
+        if let Some(id) = unsafe { ENDPOINTS_EXACT.get(&self.key()) } {
+            return Some(*id);
+        }
         match self {
-            Destination::V4 { addr, port } => {
+            Destination::V4 { addr, port }
+                if settings.prefix_endpoints & PREFIX_ENDPOINTS_V4 != 0 =>
+            {
                 let addr = addr.to_ne_bytes();
                 let exact = Key::new(
                     PORT_PREFIX_BITS + 32,
@@ -67,7 +73,9 @@ impl Destination {
                 let any = Key::new(PORT_PREFIX_BITS + 32, EndpointV4 { port: [0; 2], addr });
                 ENDPOINTS_V4.get(&any).copied()
             }
-            Destination::V6 { addr, port } => {
+            Destination::V6 { addr, port }
+                if settings.prefix_endpoints & PREFIX_ENDPOINTS_V6 != 0 =>
+            {
                 let addr = ipv6_bytes(addr);
                 let exact = Key::new(
                     PORT_PREFIX_BITS + 128,
@@ -82,6 +90,7 @@ impl Destination {
                 let any = Key::new(PORT_PREFIX_BITS + 128, EndpointV6 { port: [0; 2], addr });
                 ENDPOINTS_V6.get(&any).copied()
             }
+            _ => None,
         }
     }
 
@@ -89,7 +98,7 @@ impl Destination {
     /// default-policy breaker (the connect hooks do; sock_ops only finds).
     #[inline(always)]
     pub fn breaker(self, settings: &Settings, create: bool) -> Option<Breaker> {
-        match self.upstream() {
+        match self.upstream(settings) {
             Some(upstream) => Breaker::configured(upstream),
             None if settings.default_policy_enabled != 0 => {
                 Breaker::for_destination(&self.key(), create)

@@ -91,7 +91,7 @@ fn watch(ctx: &SockOpsContext) -> Result<(), i32> {
         return Ok(());
     }
     let dest = destination(ctx);
-    if dest.upstream().is_none() && settings.default_policy_enabled == 0 {
+    if dest.upstream(settings).is_none() && settings.default_policy_enabled == 0 {
         return Ok(());
     }
     ctx.set_cb_flags((ctx.cb_flags() | WATCH_FLAGS) as i32)

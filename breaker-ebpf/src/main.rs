@@ -48,6 +48,19 @@ mod programs {
         sock_addr_code(crate::connect::try_connect6(&ctx))
     }
 
+    /// Does nothing: `breaker calibrate` attaches it so the benchmarks can measure
+    /// what any connect4 program costs (dispatch and BPF stats), and subtract it.
+    #[cgroup_sock_addr(connect4)]
+    pub fn brk_nop_connect(_ctx: SockAddrContext) -> i32 {
+        1
+    }
+
+    /// Does nothing, as `brk_nop_connect`, for sock_ops.
+    #[sock_ops]
+    pub fn brk_nop_sockops(_ctx: SockOpsContext) -> u32 {
+        1
+    }
+
     /// Detection: the outcome of each watched connect.
     #[sock_ops]
     pub fn brk_sock_ops(ctx: SockOpsContext) -> u32 {

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use breaker_common::abi::{
     BreakerCell, Counters, DestKey, EndpointV4, EndpointV6, Settings, Trial, UpstreamPolicy,
@@ -13,11 +13,18 @@ use breaker_common::abi::{
 #[map]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
-/// IPv4 endpoint (port, prefix) -> upstream id. Written by the daemon.
+/// Single-address endpoint with a port -> upstream id: one hash lookup for the
+/// common case. Written by the daemon.
+#[map]
+pub static ENDPOINTS_EXACT: HashMap<DestKey, u32> = HashMap::with_max_entries(1, 0);
+
+/// IPv4 endpoint (port, prefix) -> upstream id, for CIDR and any-port endpoints.
+/// Written by the daemon.
 #[map]
 pub static ENDPOINTS_V4: LpmTrie<EndpointV4, u32> = LpmTrie::with_max_entries(1, 0);
 
-/// IPv6 endpoint (port, prefix) -> upstream id. Written by the daemon.
+/// IPv6 endpoint (port, prefix) -> upstream id, for CIDR and any-port endpoints.
+/// Written by the daemon.
 #[map]
 pub static ENDPOINTS_V6: LpmTrie<EndpointV6, u32> = LpmTrie::with_max_entries(1, 0);
 

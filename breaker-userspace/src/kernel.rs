@@ -8,13 +8,14 @@ use std::{
 };
 
 use aya::{
-    maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
     programs::{links::CgroupAttachMode, CgroupSockAddr, SockOps},
     Ebpf, EbpfLoader,
 };
 use breaker_common::abi::{
-    map_names, program_names, Counters, EndpointV4, EndpointV6, Settings, UpstreamPolicy,
-    DEFAULT_UPSTREAM_ID, POLICY_FALLBACK_V4, POLICY_FALLBACK_V6, PORT_PREFIX_BITS,
+    map_names, program_names, v4_mapped, Counters, DestKey, EndpointV4, EndpointV6, Settings,
+    UpstreamPolicy, AF_INET, AF_INET6, DEFAULT_UPSTREAM_ID, POLICY_FALLBACK_V4, POLICY_FALLBACK_V6,
+    PORT_PREFIX_BITS, PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6,
 };
 use ipnet::IpNet;
 
@@ -105,11 +106,12 @@ impl Kernel {
     pub fn load(config: &Config) -> Result<Kernel, KernelError> {
         raise_memlock_limit();
         let slots = config.upstreams.len() as u32 + 1;
-        let (mut v4, mut v6) = (0u32, 0u32);
+        let (mut exact, mut v4, mut v6) = (0u32, 0u32, 0u32);
         for ep in config.upstreams.iter().flat_map(|u| &u.endpoints) {
-            match ep.net {
-                IpNet::V4(_) => v4 += 1,
-                IpNet::V6(_) => v6 += 1,
+            match (ep.single_address(), ep.net) {
+                (Some(_), _) => exact += 1,
+                (None, IpNet::V4(_)) => v4 += 1,
+                (None, IpNet::V6(_)) => v6 += 1,
             }
         }
         let destinations = config
@@ -120,6 +122,7 @@ impl Kernel {
             .map_max_entries(map_names::POLICIES, slots)
             .map_max_entries(map_names::UPSTREAM_STATES, slots)
             .map_max_entries(map_names::COUNTERS, slots)
+            .map_max_entries(map_names::ENDPOINTS_EXACT, exact.max(1))
             .map_max_entries(map_names::ENDPOINTS_V4, v4.max(1))
             .map_max_entries(map_names::ENDPOINTS_V6, v6.max(1))
             .map_max_entries(map_names::DEFAULT_STATES, destinations)
@@ -207,6 +210,31 @@ impl Kernel {
     }
 }
 
+/// Loads and attaches only the empty programs, for the benchmarks' measurement of
+/// what a program of each type costs before it does anything. Detach by dropping.
+pub fn attach_calibration(cgroup: &Path) -> Result<Ebpf, KernelError> {
+    raise_memlock_limit();
+    let mut ebpf = EbpfLoader::new()
+        .load(EBPF_OBJECT)
+        .map_err(KernelError::Load)?;
+    let file = File::open(cgroup).map_err(|source| KernelError::Cgroup {
+        path: cgroup.to_path_buf(),
+        source,
+    })?;
+    let connect: &mut CgroupSockAddr = program(&mut ebpf, program_names::NOP_CONNECT4)?;
+    connect
+        .load()
+        .map_err(prog_err(program_names::NOP_CONNECT4))?;
+    connect
+        .attach(&file, CgroupAttachMode::Single)
+        .map_err(prog_err(program_names::NOP_CONNECT4))?;
+    let ops: &mut SockOps = program(&mut ebpf, program_names::NOP_SOCK_OPS)?;
+    ops.load().map_err(prog_err(program_names::NOP_SOCK_OPS))?;
+    ops.attach(&file, CgroupAttachMode::Single)
+        .map_err(prog_err(program_names::NOP_SOCK_OPS))?;
+    Ok(ebpf)
+}
+
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, KernelError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
@@ -218,14 +246,6 @@ where
 }
 
 fn write_config(ebpf: &mut Ebpf, config: &Config) -> Result<(), KernelError> {
-    let settings = Settings {
-        probe_mark: config.daemon.probe_mark,
-        default_policy_enabled: config.default_policy.is_some() as u32,
-    };
-    let mut map: Array<_, Settings> = typed_map(ebpf, map_names::SETTINGS)?;
-    map.set(0, settings, 0)
-        .map_err(map_err(map_names::SETTINGS))?;
-
     let mut policies: Array<_, UpstreamPolicy> = typed_map(ebpf, map_names::POLICIES)?;
     if let Some(d) = &config.default_policy {
         policies
@@ -238,39 +258,86 @@ fn write_config(ebpf: &mut Ebpf, config: &Config) -> Result<(), KernelError> {
             .map_err(map_err(map_names::POLICIES))?;
     }
 
+    let mut prefix_endpoints = 0;
+    let mut exact: HashMap<_, DestKey, u32> = typed_map(ebpf, map_names::ENDPOINTS_EXACT)?;
+    for (i, up) in config.upstreams.iter().enumerate() {
+        for addr in up.endpoints.iter().filter_map(Endpoint::single_address) {
+            exact
+                .insert(dest_key(addr), upstream_id(i), 0)
+                .map_err(map_err(map_names::ENDPOINTS_EXACT))?;
+        }
+    }
     let mut v4: LpmTrie<_, EndpointV4, u32> = typed_map(ebpf, map_names::ENDPOINTS_V4)?;
     for (i, up) in config.upstreams.iter().enumerate() {
-        for ep in &up.endpoints {
+        for ep in up.endpoints.iter().filter(|e| e.single_address().is_none()) {
             if let IpNet::V4(net) = ep.net {
-                let key = Key::new(
-                    PORT_PREFIX_BITS + net.prefix_len() as u32,
-                    EndpointV4 {
-                        port: port_bytes(ep),
-                        addr: net.addr().octets(),
-                    },
-                );
+                let data = EndpointV4 {
+                    port: port_bytes(ep),
+                    addr: net.addr().octets(),
+                };
+                let key = Key::new(PORT_PREFIX_BITS + net.prefix_len() as u32, data);
                 v4.insert(&key, upstream_id(i), 0)
                     .map_err(map_err(map_names::ENDPOINTS_V4))?;
+                prefix_endpoints |= PREFIX_ENDPOINTS_V4;
             }
         }
     }
     let mut v6: LpmTrie<_, EndpointV6, u32> = typed_map(ebpf, map_names::ENDPOINTS_V6)?;
     for (i, up) in config.upstreams.iter().enumerate() {
-        for ep in &up.endpoints {
+        for ep in up.endpoints.iter().filter(|e| e.single_address().is_none()) {
             if let IpNet::V6(net) = ep.net {
-                let key = Key::new(
-                    PORT_PREFIX_BITS + net.prefix_len() as u32,
-                    EndpointV6 {
-                        port: port_bytes(ep),
-                        addr: net.addr().octets(),
-                    },
-                );
+                let data = EndpointV6 {
+                    port: port_bytes(ep),
+                    addr: net.addr().octets(),
+                };
+                let key = Key::new(PORT_PREFIX_BITS + net.prefix_len() as u32, data);
                 v6.insert(&key, upstream_id(i), 0)
                     .map_err(map_err(map_names::ENDPOINTS_V6))?;
+                prefix_endpoints |= PREFIX_ENDPOINTS_V6;
             }
         }
     }
+
+    // Last: the hooks read the settings first, so they see a complete configuration.
+    let settings = Settings {
+        probe_mark: config.daemon.probe_mark,
+        default_policy_enabled: config.default_policy.is_some() as u32,
+        prefix_endpoints,
+        _pad: 0,
+    };
+    let mut map: Array<_, Settings> = typed_map(ebpf, map_names::SETTINGS)?;
+    map.set(0, settings, 0)
+        .map_err(map_err(map_names::SETTINGS))?;
     Ok(())
+}
+
+/// The kernel's key for one destination: IPv4 as v4-mapped IPv6, network byte order
+/// (the layout the hooks build from `bpf_sock_addr` and `bpf_sock_ops`).
+pub fn dest_key(sock: SocketAddr) -> DestKey {
+    let v4 = match sock.ip() {
+        IpAddr::V4(ip) => Some(ip),
+        // The hooks see a v4-mapped destination as IPv4.
+        IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+    };
+    let (addr, family) = match (v4, sock.ip()) {
+        (Some(ip), _) => (v4_mapped(u32::from_ne_bytes(ip.octets())), AF_INET),
+        (None, ip) => {
+            let o = match ip {
+                IpAddr::V6(ip) => ip.octets(),
+                IpAddr::V4(ip) => ip.to_ipv6_mapped().octets(),
+            };
+            let mut words = [0u32; 4];
+            for (i, w) in words.iter_mut().enumerate() {
+                *w = u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]]);
+            }
+            (words, AF_INET6)
+        }
+    };
+    DestKey {
+        addr,
+        port: u16::from_ne_bytes(sock.port().to_be_bytes()),
+        family,
+    }
 }
 
 /// Network-order port, or 0 for "any port" (real endpoints never have port 0).
@@ -327,5 +394,24 @@ fn raise_memlock_limit() {
     // SAFETY: setrlimit reads the struct we pass; failure only means the old limit stays.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dest_keys_match_what_the_hooks_build() {
+        // connect4 reads user_ip4/user_port as stored: network order in native words.
+        let k = dest_key("10.0.0.7:8080".parse().unwrap());
+        assert_eq!(k.family, AF_INET);
+        assert_eq!(k.addr[3], u32::from_ne_bytes([10, 0, 0, 7]));
+        assert_eq!(k.port.to_ne_bytes(), 8080u16.to_be_bytes());
+        // A v4-mapped IPv6 endpoint is the IPv4 destination the hooks see.
+        assert_eq!(dest_key("[::ffff:10.0.0.7]:8080".parse().unwrap()), k);
+        let k6 = dest_key("[fd00::1]:443".parse().unwrap());
+        assert_eq!(k6.family, AF_INET6);
+        assert_eq!(k6.addr[0].to_ne_bytes(), [0xfd, 0, 0, 0]);
     }
 }

@@ -23,6 +23,13 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Attach empty programs to a cgroup until SIGINT/SIGTERM (benchmarks only: the
+    /// cost of a program that does nothing).
+    #[command(hide = true)]
+    Calibrate {
+        #[arg(long)]
+        cgroup: PathBuf,
+    },
     /// Validate a configuration file and print what it means.
     CheckConfig {
         /// The TOML configuration file.
@@ -41,47 +48,83 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
-    let (Command::Run { config } | Command::CheckConfig { config }) = &cli.command;
-    let parsed = match Config::from_file(config) {
-        Ok(c) => c,
+    match Cli::parse().command {
+        Command::Run { config } => match load(&config) {
+            Ok(config) => run(config),
+            Err(code) => code,
+        },
+        Command::CheckConfig { config } => match load(&config) {
+            Ok(config) => {
+                print!("{}", config.describe());
+                println!("config OK");
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Calibrate { cgroup } => calibrate(&cgroup),
+    }
+}
+
+/// The validated config, or the exit status for one the daemon refuses.
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::from_file(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_BAD_CONFIG)
+    })
+}
+
+fn run(config: Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_BAD_CONFIG);
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
         }
     };
-    match cli.command {
-        Command::CheckConfig { .. } => {
-            print!("{}", parsed.describe());
-            println!("config OK");
-            ExitCode::SUCCESS
-        }
-        Command::Run { .. } => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: starting the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(breaker::daemon::run(parsed)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    let bad_config = e
-                        .chain()
-                        .any(|c| c.downcast_ref::<breaker::cgroup::CgroupError>().is_some());
-                    if bad_config {
-                        ExitCode::from(EXIT_BAD_CONFIG)
-                    } else {
-                        ExitCode::FAILURE
-                    }
-                }
+    match runtime.block_on(breaker::daemon::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            // A cgroup that is not there is the config's fault: nothing was attached.
+            let bad_config = e
+                .chain()
+                .any(|c| c.downcast_ref::<breaker::cgroup::CgroupError>().is_some());
+            if bad_config {
+                ExitCode::from(EXIT_BAD_CONFIG)
+            } else {
+                ExitCode::FAILURE
             }
         }
     }
+}
+
+fn calibrate(cgroup: &std::path::Path) -> ExitCode {
+    let _attached = match breaker::kernel::attach_calibration(cgroup) {
+        Ok(ebpf) => ebpf,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!("calibration programs attached to {}", cgroup.display());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let Ok(runtime) = runtime else {
+        return ExitCode::FAILURE;
+    };
+    runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        }
+    });
+    ExitCode::SUCCESS
 }

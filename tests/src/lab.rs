@@ -292,6 +292,27 @@ impl Lab {
         )
     }
 
+    /// `breaker calibrate`: empty programs on the lab cgroup while the guard lives.
+    pub fn start_calibration(&self) -> anyhow::Result<Calibration> {
+        let mut child = Command::new(&self.breaker_bin)
+            .arg("calibrate")
+            .arg("--cgroup")
+            .arg(&self.cgroup)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting breaker calibrate")?;
+        // It says so on stderr once attached.
+        let stderr = child.stderr.take().context("calibrate stderr")?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stderr), &mut line)?;
+        if !line.contains("attached") {
+            let _ = child.kill();
+            bail!("breaker calibrate failed: {line}");
+        }
+        Ok(Calibration(child))
+    }
+
     pub fn daemon_log_path(&self) -> PathBuf {
         self.work.join("daemon.log")
     }
@@ -422,5 +443,16 @@ impl Drop for Lab {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+/// The calibration programs, detached when dropped.
+pub struct Calibration(Child);
+
+impl Drop for Calibration {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.0.wait();
     }
 }

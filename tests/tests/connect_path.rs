@@ -824,3 +824,86 @@ probe = {{ address = "{BLACKHOLE_V4}:80" }}
         "no probe passed",
     );
 }
+
+#[test]
+fn cidr_and_any_port_endpoints_match_exact_port_first_then_longest_prefix() {
+    let Some(mut lab) = lab("prefixes") else {
+        return;
+    };
+    lab.start_daemon(
+        r#"
+[[upstream]]
+name = "subnet"
+endpoints = ["10.77.0.0/24:81"]
+failure_threshold = 1
+open_duration = "60s"
+probe = { address = "10.77.0.2:81" }
+
+[[upstream]]
+name = "anyport"
+endpoints = ["10.77.0.3"]
+failure_threshold = 1
+open_duration = "60s"
+probe = { address = "10.77.0.3:83" }
+
+[[upstream]]
+name = "v6net"
+endpoints = ["[fd77::/64]:82"]
+failure_threshold = 1
+open_duration = "60s"
+probe = { address = "[fd77::2]:82" }
+"#,
+    )
+    .unwrap();
+    let count = |name: &str| {
+        lab.metric("breaker_connect_attempts_total", &[("upstream", name)])
+            .unwrap()
+    };
+    // 10.77.0.2:81 is in the /24 with port 81: "subnet" opens after one refusal.
+    let a = lab
+        .client(&["--to", "10.77.0.2:81", "--count", "2"])
+        .unwrap();
+    check(&lab, outcomes(&a) == ["refused", "refused"], "refused");
+    check(
+        &lab,
+        lab.metric("breaker_connects_rejected_total", &[("upstream", "subnet")])
+            .unwrap()
+            == 1.0,
+        "subnet opened",
+    );
+    // 10.77.0.3:81 matches both; the endpoint with the exact port wins: "subnet".
+    lab.client(&["--to", "10.77.0.3:81", "--count", "1"])
+        .unwrap();
+    check(
+        &lab,
+        count("subnet") == 3.0 && count("anyport") == 0.0,
+        "exact port beats any-port",
+    );
+    // 10.77.0.3:83 only matches the any-port endpoint.
+    lab.client(&["--to", "10.77.0.3:83", "--count", "2"])
+        .unwrap();
+    check(&lab, count("anyport") == 2.0, "any-port endpoint matched");
+    check(
+        &lab,
+        lab.metric(
+            "breaker_connects_rejected_total",
+            &[("upstream", "anyport")],
+        )
+        .unwrap()
+            == 1.0,
+        "anyport opened",
+    );
+    // An IPv6 prefix with a port.
+    lab.client(&["--to", "[fd77::3]:82", "--count", "2"])
+        .unwrap();
+    check(&lab, count("v6net") == 2.0, "IPv6 prefix matched");
+    // Same prefix, other port: nobody's.
+    let other = lab
+        .client(&["--to", "[fd77::3]:84", "--count", "1"])
+        .unwrap();
+    check(
+        &lab,
+        other[0].outcome == "refused" && count("v6net") == 2.0,
+        "other port not matched",
+    );
+}

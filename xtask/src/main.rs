@@ -27,6 +27,16 @@ enum Cmd {
     Demo,
     /// Everything: fmt check, clippy, unit tests, privileged integration tests.
     Test,
+    /// The benchmarks: BENCHMARKS.md and bench-plots/ at the workspace root (root).
+    Bench {
+        /// Each scenario briefly, written under target/bench-quick: keeps the harness
+        /// working, proves nothing about speed.
+        #[arg(long)]
+        quick: bool,
+        /// Only these scenarios: healthy, failfast, outage, scale, proxy.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
 }
 
 /// Runs `cargo ARGS` in the workspace root, failing on a non-zero exit.
@@ -117,6 +127,41 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("running {}", lab.display()))?;
             if !status.success() {
                 bail!("the demo failed ({status})");
+            }
+            Ok(())
+        }
+        Cmd::Bench { quick, only } => {
+            let packages: Vec<_> = setup::TEST_PACKAGES
+                .iter()
+                .chain(setup::BENCH_PACKAGES)
+                .copied()
+                .collect();
+            setup::run_with(setup::Verbosity::Quiet, &packages)?;
+            cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "breaker-userspace",
+                "-p",
+                "breaker-tests",
+            ])?;
+            let root = workspace_root();
+            let out = if quick {
+                root.join("target/bench-quick")
+            } else {
+                root.clone()
+            };
+            let mut cmd = Command::new(root.join("target/release/breaker-lab"));
+            cmd.arg("bench").arg("--out").arg(&out);
+            if quick {
+                cmd.arg("--quick");
+            }
+            if !only.is_empty() {
+                cmd.arg("--only").arg(only.join(","));
+            }
+            let status = cmd.status().context("running the benchmarks")?;
+            if !status.success() {
+                bail!("the benchmarks failed ({status})");
             }
             Ok(())
         }

@@ -15,18 +15,37 @@ pub enum Verbosity {
     Quiet,
 }
 
-/// Debian packages the lab and tests use: `ip` (iproute2).
-const DEBIAN_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2")];
+/// How to tell a Debian package is there: a program on PATH or a file.
+#[derive(Clone, Copy)]
+pub enum Probe {
+    Program(&'static str),
+    File(&'static str),
+}
+
+/// Debian packages the lab and the tests use.
+pub const TEST_PACKAGES: &[(Probe, &str)] = &[(Probe::Program("ip"), "iproute2")];
+
+/// What the benchmarks add: the proxy they compare against, and a font for the plots.
+pub const BENCH_PACKAGES: &[(Probe, &str)] = &[
+    (Probe::Program("haproxy"), "haproxy"),
+    (
+        Probe::File("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
+        "fonts-dejavu-core",
+    ),
+];
 
 /// A set-up step: `Some(what it did)`, or `None` when there was nothing to do.
 type Step = fn() -> anyhow::Result<Option<String>>;
 
 pub fn run(verbosity: Verbosity) -> anyhow::Result<()> {
-    let steps: [(&str, Step); 4] = [
+    run_with(verbosity, TEST_PACKAGES)
+}
+
+pub fn run_with(verbosity: Verbosity, packages: &[(Probe, &'static str)]) -> anyhow::Result<()> {
+    let steps: [(&str, Step); 3] = [
         ("rust-src for the nightly toolchain", nightly_rust_src),
         ("bpf-linker built against the nightly's LLVM", bpf_linker),
         ("bpffs at /sys/fs/bpf", bpffs),
-        ("Debian packages", debian_packages),
     ];
     let mut did = 0;
     for (what, step) in steps {
@@ -38,6 +57,16 @@ pub fn run(verbosity: Verbosity) -> anyhow::Result<()> {
             None if verbosity == Verbosity::Report => eprintln!("setup: {what}: already in place"),
             None => {}
         }
+    }
+    match debian_packages(packages).context("setup: Debian packages")? {
+        Some(done) => {
+            did += 1;
+            eprintln!("setup: Debian packages: {done}");
+        }
+        None if verbosity == Verbosity::Report => {
+            eprintln!("setup: Debian packages: already in place")
+        }
+        None => {}
     }
     if verbosity == Verbosity::Report && did == 0 {
         eprintln!("setup: nothing to do, this machine is ready");
@@ -186,10 +215,15 @@ fn bpffs() -> anyhow::Result<Option<String>> {
     Ok(Some("mounted".into()))
 }
 
-fn debian_packages() -> anyhow::Result<Option<String>> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+fn debian_packages(packages: &[(Probe, &'static str)]) -> anyhow::Result<Option<String>> {
+    let missing: Vec<&str> = packages
         .iter()
-        .filter(|(program, _)| output("sh", &["-c", &format!("command -v {program}")]).is_none())
+        .filter(|(probe, _)| match probe {
+            Probe::Program(program) => {
+                output("sh", &["-c", &format!("command -v {program}")]).is_none()
+            }
+            Probe::File(path) => !Path::new(path).exists(),
+        })
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {

@@ -1,11 +1,9 @@
 //! The kernel's own BPF statistics (`kernel.bpf_stats_enabled`) and the daemon's
 //! memory: map memory from /proc/PID/fdinfo, RSS from /proc/PID/status.
-use breaker_common_names::PROGRAMS;
-
 /// The names the daemon's programs carry in the kernel (see breaker-common's abi).
-mod breaker_common_names {
-    pub const PROGRAMS: [&str; 3] = ["brk_connect4", "brk_connect6", "brk_sock_ops"];
-}
+pub const BREAKER_PROGRAMS: [&str; 3] = ["brk_connect4", "brk_connect6", "brk_sock_ops"];
+/// The empty programs `breaker calibrate` attaches.
+pub const EMPTY_PROGRAMS: [&str; 2] = ["brk_nop_connect", "brk_nop_sockops"];
 
 #[derive(Clone, Debug, Default)]
 pub struct ProgCost {
@@ -42,12 +40,17 @@ impl Drop for StatsEnabled {
 
 /// Run counts and times of the newest loaded breaker programs.
 pub fn breaker_programs() -> Vec<ProgCost> {
+    programs(&BREAKER_PROGRAMS)
+}
+
+/// Run counts and times of the newest loaded programs with these names.
+pub fn programs(names: &[&str]) -> Vec<ProgCost> {
     let mut newest: Vec<(u32, ProgCost)> = Vec::new();
     for info in aya::programs::loaded_programs().filter_map(Result::ok) {
         let Some(name) = info.name_as_str() else {
             continue;
         };
-        if !PROGRAMS.contains(&name) {
+        if !names.contains(&name) {
             continue;
         }
         let cost = ProgCost {

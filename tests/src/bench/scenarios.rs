@@ -53,6 +53,8 @@ pub struct Healthy {
     pub round_medians_breaker: Vec<f64>,
     /// Kernel cost over a separate run with BPF stats on.
     pub programs: Vec<ProgCost>,
+    /// The same run with empty programs of the same types attached instead.
+    pub empty_programs: Vec<ProgCost>,
     pub stats_connects: u32,
 }
 
@@ -66,6 +68,7 @@ pub fn healthy(lab_bin: &Path, plan: &Plan) -> anyhow::Result<Healthy> {
         round_medians_baseline: Vec::new(),
         round_medians_breaker: Vec::new(),
         programs: Vec::new(),
+        empty_programs: Vec::new(),
         stats_connects: plan.healthy_per_round,
     };
     // Rounds alternate so that drift on a shared machine hits both sides alike.
@@ -95,6 +98,14 @@ pub fn healthy(lab_bin: &Path, plan: &Plan) -> anyhow::Result<Healthy> {
         h.programs = kernel_stats::breaker_programs();
     }
     lab.stop_daemon()?;
+    // What any program of these types costs under BPF stats, doing nothing.
+    let calibration = lab.start_calibration()?;
+    {
+        let _stats = StatsEnabled::on()?;
+        connect_loop(&lab, SINK, plan.healthy_per_round)?;
+        h.empty_programs = kernel_stats::programs(&kernel_stats::EMPTY_PROGRAMS);
+    }
+    drop(calibration);
     Ok(h)
 }
 
