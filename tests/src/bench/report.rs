@@ -248,6 +248,10 @@ impl Report {
         }
         let _ = writeln!(
             o,
+            "\nWith a fallback, a request during the outage is a real request to the fallback server. Its latency is that server's service time under the load of every client at once, not the fail-fast path.\n"
+        );
+        let _ = writeln!(
+            o,
             "\nThe p99 target is missed by design whenever the hung requests are more than 1 % of those in the outage window. The first `failure_threshold` requests and the connects in flight at the trip cannot fail fast: the breaker only learns from them. A HALF_OPEN trial to a still-dark upstream also waits out its own timeout. How many that is depends on how long the outage lasts against the request rate.\n"
         );
     }
@@ -257,7 +261,7 @@ impl Report {
         let _ = writeln!(o, "## 5. Scale\n");
         let _ = writeln!(
             o,
-            "Scenarios 1 and 4 with growing configurations. The endpoints are /32s in one upstream (an LPM trie holds them), and the measured destination is one of them. The default-policy row fills its LRU map with that many distinct destinations before measuring: non-blocking connects into a blackholed /16, then the measured connects to a destination of their own. Memory: the `memlock` of the daemon's map fds (/proc/PID/fdinfo), and the daemon's RSS after the run. Targets: cost at the largest endpoint count within 10 % of cost at 10; daemon RSS under 50 MiB at 100 000 endpoints.\n"
+            "Scenarios 1 and 4 with growing configurations. The endpoints are /32s with a port, all in one upstream, which puts them in the exact-endpoint hash. The measured destination is one of them. The default-policy row fills its LRU map with that many distinct destinations before measuring: non-blocking connects into a blackholed /16, then the measured connects to a destination of their own. Memory: the `memlock` of the daemon's map fds (/proc/PID/fdinfo), and the daemon's RSS after the run. Targets: cost at the largest endpoint count within 10 % of cost at 10; daemon RSS under 50 MiB at 100 000 endpoints.\n"
         );
         let _ = writeln!(
             o,
