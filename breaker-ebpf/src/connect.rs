@@ -21,6 +21,7 @@ use crate::{
     breaker::{now_ms, Breaker},
     destination::Destination,
     maps::{SETTINGS, TRIALS},
+    probe_mark::is_probe_socket,
 };
 
 /// What the hook decides for one connect.
@@ -37,7 +38,7 @@ pub fn try_connect4(ctx: &SockAddrContext) -> Result<Verdict, i32> {
     let Some(settings) = SETTINGS.get(0) else {
         return Ok(Verdict::Allow);
     };
-    if sa.protocol != IPPROTO_TCP || is_probe_socket(ctx, settings) {
+    if sa.protocol != IPPROTO_TCP || is_probe_socket(unsafe { sa.__bindgen_anon_1.sk }, settings) {
         return Ok(Verdict::Allow);
     }
     let dest = Destination::V4 {
@@ -52,18 +53,11 @@ pub fn try_connect6(ctx: &SockAddrContext) -> Result<Verdict, i32> {
     let Some(settings) = SETTINGS.get(0) else {
         return Ok(Verdict::Allow);
     };
-    if sa.protocol != IPPROTO_TCP || is_probe_socket(ctx, settings) {
+    if sa.protocol != IPPROTO_TCP || is_probe_socket(unsafe { sa.__bindgen_anon_1.sk }, settings) {
         return Ok(Verdict::Allow);
     }
     let dest = Destination::from_v6(sa.user_ip6, sa.user_port as u16);
     enforce::<true>(ctx, settings, dest)
-}
-
-/// The daemon's probe sockets carry its mark and are never held back.
-#[inline(always)]
-fn is_probe_socket(ctx: &SockAddrContext, settings: &Settings) -> bool {
-    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
-    !sk.is_null() && settings.probe_mark != 0 && unsafe { (*sk).mark } == settings.probe_mark
 }
 
 /// `V6_HOOK`: called from connect6, whose context has `user_ip6` (connect4's has not).

@@ -29,6 +29,7 @@ use crate::{
     breaker::now_ms,
     destination::Destination,
     maps::{SETTINGS, TRIALS},
+    probe_mark::is_probe_socket,
 };
 
 const WATCH_FLAGS: u32 = BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG;
@@ -75,19 +76,13 @@ fn destination(ctx: &SockOpsContext) -> Destination {
     }
 }
 
-#[inline(always)]
-fn is_probe_socket(ctx: &SockOpsContext, settings: &Settings) -> bool {
-    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
-    !sk.is_null() && settings.probe_mark != 0 && unsafe { (*sk).mark } == settings.probe_mark
-}
-
 /// Watches this connect if a breaker guards its destination.
 #[inline(always)]
 fn watch(ctx: &SockOpsContext) -> Result<(), i32> {
     let Some(settings) = SETTINGS.get(0) else {
         return Ok(());
     };
-    if is_probe_socket(ctx, settings) {
+    if is_probe_socket(unsafe { (*ctx.ops).__bindgen_anon_2.sk }, settings) {
         return Ok(());
     }
     let dest = destination(ctx);

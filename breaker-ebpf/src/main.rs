@@ -16,6 +16,8 @@ mod destination;
 mod detect;
 #[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod probe_mark;
 
 #[cfg(target_arch = "bpf")]
 mod programs {
