@@ -66,7 +66,7 @@ impl Breaker {
             Some(cell) => cell,
             None if create => {
                 // Another CPU may insert first; NOEXIST keeps its word.
-                let _ = DEFAULT_STATES.insert(dest, &BreakerCell { word: 0 }, BPF_NOEXIST as u64);
+                let _ = DEFAULT_STATES.insert(dest, BreakerCell { word: 0 }, BPF_NOEXIST as u64);
                 DEFAULT_STATES.get_ptr_mut(dest)?
             }
             None => return None,

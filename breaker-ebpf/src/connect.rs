@@ -93,7 +93,7 @@ fn enforce<const V6_HOOK: bool>(
             };
             // Without the note the trial's outcome would not count and its slot would
             // stay taken until the next reopen; fail it rather than leak the slot.
-            if TRIALS.insert(&cookie, &trial, 0).is_err() {
+            if TRIALS.insert(cookie, trial, 0).is_err() {
                 return Ok(reject::<V6_HOOK>(ctx, &breaker, dest));
             }
             Ok(Verdict::Allow)

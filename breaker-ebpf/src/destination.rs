@@ -52,7 +52,7 @@ impl Destination {
     /// with this port, then any-port ones, the longest prefix winning within each.
     #[inline(always)]
     pub fn upstream(self, settings: &Settings) -> Option<u32> {
-        if let Some(id) = unsafe { ENDPOINTS_EXACT.get(&self.key()) } {
+        if let Some(id) = unsafe { ENDPOINTS_EXACT.get(self.key()) } {
             return Some(*id);
         }
         match self {

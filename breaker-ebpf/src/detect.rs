@@ -19,8 +19,7 @@ use aya_ebpf::{
 };
 use breaker_common::{
     abi::{
-        Settings, AF_INET, CAUSE_FAILURE_OTHER, CAUSE_FAILURE_REFUSED, CAUSE_FAILURE_TIMEOUT,
-        CAUSE_SUCCESS,
+        AF_INET, CAUSE_FAILURE_OTHER, CAUSE_FAILURE_REFUSED, CAUSE_FAILURE_TIMEOUT, CAUSE_SUCCESS,
     },
     machine::{record, Outcome, State},
 };
@@ -116,9 +115,9 @@ fn finish(ctx: &SockOpsContext, cause: u32) -> Result<(), i32> {
     } else {
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         // Copied out at once: the entry is removed just below.
-        let epoch = TRIALS.get_ptr(&cookie).map(|t| unsafe { (*t).epoch } as u8);
+        let epoch = TRIALS.get_ptr(cookie).map(|t| unsafe { (*t).epoch } as u8);
         if epoch.is_some() {
-            let _ = TRIALS.remove(&cookie);
+            let _ = TRIALS.remove(cookie);
         }
         epoch
     };
