@@ -43,6 +43,8 @@ pub struct Lab {
     /// Where blackholed packets go: up, but owns no address and forwards nothing.
     pub void: Netns,
     pub cgroup: PathBuf,
+    /// A sibling cgroup the breaker is never attached to: the A/B baseline.
+    pub bare_cgroup: PathBuf,
     work: PathBuf,
     breaker_bin: PathBuf,
     lab_bin: PathBuf,
@@ -85,12 +87,14 @@ impl Lab {
         let upstream = Netns::create(&format!("brk-{id}-u"))?;
         let void = Netns::create(&format!("brk-{id}-v"))?;
         let cgroup = cgroup2_root()?.join(format!("breaker-lab-{id}"));
+        let bare_cgroup = cgroup2_root()?.join(format!("breaker-lab-{id}-bare"));
         let work = std::env::temp_dir().join(format!("breaker-lab-{id}"));
         let mut lab = Lab {
             client,
             upstream,
             void,
             cgroup,
+            bare_cgroup,
             work,
             breaker_bin: find_breaker_bin()?,
             lab_bin: lab_bin.to_path_buf(),
@@ -100,8 +104,10 @@ impl Lab {
         lab.wire().context("building the lab network")?;
         lab.wait_until_reachable()
             .context("waiting for the lab network")?;
-        std::fs::create_dir_all(&lab.cgroup)
-            .with_context(|| format!("creating cgroup {}", lab.cgroup.display()))?;
+        for cgroup in [&lab.cgroup, &lab.bare_cgroup] {
+            std::fs::create_dir_all(cgroup)
+                .with_context(|| format!("creating cgroup {}", cgroup.display()))?;
+        }
         std::fs::create_dir_all(&lab.work)?;
         Ok(lab)
     }
@@ -405,9 +411,32 @@ impl Lab {
 
     /// `breaker-lab ARGS` in the client namespace and the lab cgroup, not yet started.
     pub fn lab_command(&self, args: &[&str]) -> Command {
+        self.lab_command_in(&self.cgroup, args)
+    }
+
+    /// The client, as [`Lab::client`], but in the bare cgroup: no breaker sees it.
+    pub fn client_bare(&self, args: &[&str]) -> anyhow::Result<Vec<Attempt>> {
+        let mut full = vec!["connect"];
+        full.extend_from_slice(args);
+        let out = self
+            .lab_command_in(&self.bare_cgroup, &full)
+            .output()
+            .context("running the lab client")?;
+        if !out.status.success() {
+            bail!(
+                "lab client failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        parse_attempts(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// `breaker-lab ARGS` in the client namespace and in `cgroup`, not yet started.
+    pub fn lab_command_in(&self, cgroup: &Path, args: &[&str]) -> Command {
         let mut cmd = self.client.command(&self.lab_bin);
         cmd.args(args);
-        let procs = self.cgroup.join("cgroup.procs");
+        let procs = cgroup.join("cgroup.procs");
         let procs =
             std::ffi::CString::new(procs.as_os_str().as_encoded_bytes()).expect("path has no NUL");
         // SAFETY: between fork and exec only async-signal-safe calls (open, write, close).
@@ -436,11 +465,13 @@ impl Drop for Lab {
         let _ = self.stop_daemon();
         self.servers.clear();
         // The cgroup can only go once its processes are gone; clients are waited for.
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
-                break;
+        for cgroup in [&self.cgroup, &self.bare_cgroup] {
+            for _ in 0..50 {
+                if std::fs::remove_dir(cgroup).is_ok() || !cgroup.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
         let _ = std::fs::remove_dir_all(&self.work);
     }

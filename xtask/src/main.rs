@@ -76,7 +76,10 @@ fn clippy_kernel_programs() -> anyhow::Result<()> {
     // The outer cargo's CARGO/RUSTC would pin the stable toolchain; rustup picks nightly.
     let status = Command::new("cargo")
         .args(args)
-        .env("RUSTFLAGS", format!("--cfg bpf_target_arch=\"{}\"", std::env::consts::ARCH))
+        .env(
+            "RUSTFLAGS",
+            format!("--cfg bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+        )
         .env_remove("RUSTC")
         .env_remove("CARGO")
         .env_remove("RUSTUP_TOOLCHAIN")

@@ -46,8 +46,8 @@ impl Plan {
     pub fn full() -> Plan {
         Plan {
             quick: false,
-            healthy_rounds: 5,
-            healthy_per_round: 20_000,
+            healthy_rounds: 10,
+            healthy_per_round: 10_000,
             failfast: 10_000,
             blackhole_runs: 3,
             outage_requests: 10_000,

@@ -71,27 +71,29 @@ pub fn healthy(lab_bin: &Path, plan: &Plan) -> anyhow::Result<Healthy> {
         empty_programs: Vec::new(),
         stats_connects: plan.healthy_per_round,
     };
-    // Rounds alternate so that drift on a shared machine hits both sides alike.
+    // One daemon for the whole scenario; rounds alternate the client between a cgroup
+    // the breaker is attached to and a bare sibling, so drift on a shared machine,
+    // and the daemon's mere presence, hit both sides alike.
+    lab.start_daemon(&config)?;
     for _ in 0..plan.healthy_rounds {
-        let base = warm(latencies(&connect_loop(
-            &lab,
+        let base = warm(latencies(&lab.client_bare(&[
+            "--to",
             SINK,
-            plan.healthy_per_round,
-        )?));
+            "--count",
+            &plan.healthy_per_round.to_string(),
+            "--linger0",
+        ])?));
         h.round_medians_baseline.push(super::Summary::of(&base).p50);
         h.baseline.extend(base);
-        lab.start_daemon(&config)?;
         let with = warm(latencies(&connect_loop(
             &lab,
             SINK,
             plan.healthy_per_round,
         )?));
-        lab.stop_daemon()?;
         h.round_medians_breaker.push(super::Summary::of(&with).p50);
         h.breaker.extend(with);
     }
     // Scenario 4: the programs' own run time, in a run of its own (stats cost time too).
-    lab.start_daemon(&config)?;
     {
         let _stats = StatsEnabled::on()?;
         connect_loop(&lab, SINK, plan.healthy_per_round)?;
