@@ -49,18 +49,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(logger) = logger {
         tasks.spawn(forward_kernel_logs(logger));
     }
-    for (i, up) in config.upstreams.iter().enumerate() {
-        let (states, metrics, up, mark) = (
-            kernel.states(),
-            metrics.clone(),
-            up.clone(),
-            config.daemon.probe_mark,
-        );
-        tasks.spawn(async move {
-            crate::probe::run(upstream_id(i), up, mark, states, metrics).await;
-            Ok(())
-        });
-    }
+    let upstreams = config
+        .upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, up)| (upstream_id(i), up.clone()))
+        .collect();
+    let (states, prober_metrics, mark) =
+        (kernel.states(), metrics.clone(), config.daemon.probe_mark);
+    tasks.spawn(async move {
+        crate::probe::run(upstreams, mark, states, prober_metrics).await;
+        Ok(())
+    });
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

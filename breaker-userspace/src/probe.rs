@@ -89,74 +89,121 @@ pub async fn probe_once(
     }
 }
 
-/// Probes upstream `id` whenever its breaker is due, forever.
-pub async fn run(
+/// How often the scheduler reads every breaker word. A read of the mmapped map is a
+/// memory load, so one pass over thousands of upstreams costs microseconds.
+const SCAN_EVERY: Duration = Duration::from_millis(20);
+
+/// One configured upstream as the scheduler tracks it.
+struct Probed {
     id: u32,
-    upstream: Upstream,
+    upstream: Arc<Upstream>,
+    thresholds: breaker_common::machine::Thresholds,
+    last_probe: Option<Instant>,
+    /// A probe of this upstream is running: never two at once.
+    busy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Probes every upstream whose breaker is due, forever: not CLOSED, OPEN for at least
+/// `open_duration`, and `probe_interval` since its last probe. One task scans all the
+/// words; each probe runs in a task of its own.
+pub async fn run(
+    upstreams: Vec<(u32, Upstream)>,
     mark: u32,
     states: Arc<StateTable>,
     metrics: Arc<Metrics>,
 ) {
-    let policy = upstream.policy;
-    let thresholds = crate::kernel::policy_abi(&policy, &[]).thresholds();
-    // Checking the word is a memory read; a short tick keeps probes on time.
-    let tick = policy.probe_interval.min(Duration::from_millis(50));
-    let mut last_probe: Option<Instant> = None;
+    use std::sync::atomic::Ordering;
+    let mut probed: Vec<Probed> = upstreams
+        .into_iter()
+        .map(|(id, upstream)| Probed {
+            id,
+            thresholds: crate::kernel::policy_abi(&upstream.policy, &[]).thresholds(),
+            upstream: Arc::new(upstream),
+            last_probe: None,
+            busy: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        })
+        .collect();
+    let mut tick = tokio::time::interval(SCAN_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::time::sleep(tick).await;
-        let Some(word) = states.load(id) else { return };
-        let due = word.state() != State::Closed
-            && word.open_for_ms(now_ms()) >= thresholds.open_duration_ms
-            && last_probe.is_none_or(|t| t.elapsed() >= policy.probe_interval);
-        if !due {
-            if word.state() == State::Closed {
-                last_probe = None;
-            }
-            continue;
-        }
-        last_probe = Some(Instant::now());
-        let result = probe_once(
-            upstream.probe.address,
-            upstream.probe.http_path.as_deref(),
-            mark,
-            policy.probe_timeout,
-        )
-        .await;
-        let success = result.is_ok();
-        metrics.probe(id, success);
-        match &result {
-            Ok(()) => {
-                tracing::info!(upstream = upstream.name.as_str(), target = %upstream.probe.address, "probe passed")
-            }
-            Err(e) => tracing::info!(upstream = upstream.name.as_str(), error = %e, "probe failed"),
-        }
+        tick.tick().await;
         let now = now_ms();
-        let cause = if success {
-            CAUSE_PROBE_SUCCESS
-        } else {
-            CAUSE_PROBE_FAILURE
-        };
-        if let Some((prev, step)) =
-            states.update(id, |w| machine::probe(w, success, now, &thresholds))
-        {
-            // A probe that finds OPEN expired moves it to HALF_OPEN first.
-            let expired = machine::expire_open(prev, now, &thresholds);
-            for (from, to, why) in [
-                (prev.state(), expired.state(), "open_expired"),
-                (expired.state(), step.next.state(), cause_name(cause)),
-            ] {
-                if from != to {
-                    crate::events::record(
-                        &metrics,
-                        &Transition {
-                            upstream: id,
-                            from,
-                            to,
-                            cause: why,
-                            dest: None,
-                        },
-                    );
-                }
+        for p in &mut probed {
+            let Some(word) = states.load(p.id) else {
+                continue;
+            };
+            if word.state() == State::Closed {
+                p.last_probe = None;
+                continue;
+            }
+            let due = word.open_for_ms(now) >= p.thresholds.open_duration_ms
+                && p.last_probe
+                    .is_none_or(|t| t.elapsed() >= p.upstream.policy.probe_interval);
+            if !due || p.busy.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            p.last_probe = Some(Instant::now());
+            let (id, upstream, thresholds, busy) =
+                (p.id, p.upstream.clone(), p.thresholds, p.busy.clone());
+            let (states, metrics) = (states.clone(), metrics.clone());
+            tokio::spawn(async move {
+                probe_and_apply(id, &upstream, thresholds, mark, &states, &metrics).await;
+                busy.store(false, Ordering::Release);
+            });
+        }
+    }
+}
+
+/// One probe of `upstream`, its result applied to the kernel state.
+async fn probe_and_apply(
+    id: u32,
+    upstream: &Upstream,
+    thresholds: breaker_common::machine::Thresholds,
+    mark: u32,
+    states: &StateTable,
+    metrics: &Metrics,
+) {
+    let policy = upstream.policy;
+    let result = probe_once(
+        upstream.probe.address,
+        upstream.probe.http_path.as_deref(),
+        mark,
+        policy.probe_timeout,
+    )
+    .await;
+    let success = result.is_ok();
+    metrics.probe(id, success);
+    match &result {
+        Ok(()) => {
+            tracing::info!(upstream = upstream.name.as_str(), target = %upstream.probe.address, "probe passed")
+        }
+        Err(e) => tracing::info!(upstream = upstream.name.as_str(), error = %e, "probe failed"),
+    }
+    let now = now_ms();
+    let cause = if success {
+        CAUSE_PROBE_SUCCESS
+    } else {
+        CAUSE_PROBE_FAILURE
+    };
+    if let Some((prev, step)) = states.update(id, |w| machine::probe(w, success, now, &thresholds))
+    {
+        // A probe that finds OPEN expired moves it to HALF_OPEN first.
+        let expired = machine::expire_open(prev, now, &thresholds);
+        for (from, to, why) in [
+            (prev.state(), expired.state(), "open_expired"),
+            (expired.state(), step.next.state(), cause_name(cause)),
+        ] {
+            if from != to {
+                crate::events::record(
+                    metrics,
+                    &Transition {
+                        upstream: id,
+                        from,
+                        to,
+                        cause: why,
+                        dest: None,
+                    },
+                );
             }
         }
     }
