@@ -430,7 +430,7 @@ fn write_programs(o: &mut String, programs: &[ProgCost], empty: &[ProgCost], con
     if net_total >= 200.0 {
         let _ = writeln!(
             o,
-            "Where the time goes: sock_ops runs six times per watched connect, and four of those runs return at once. The other two are the connect callback, which decides whether to watch, and the outcome. Each of them resolves the destination to its breaker again, through the exact-endpoint hash. In an experiment, taking that resolution out of the connect callback saved 40–50 ns per connect. What would close the gap: resolve once per connect and carry the breaker in socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`) written by connect4, or have connect4 turn on the callbacks itself, so that sock_ops needs no lookup to decide what to watch.\n"
+            "Where the time goes: sock_ops runs six times per watched connect, and four of those runs return at once. The other two are the connect callback, which decides whether to watch, and the outcome. Each of them resolves the destination to its breaker again, through the exact-endpoint hash. In an experiment, taking that resolution out of the connect callback saved 40–50 ns per connect. Another variant was tried and dropped: connect4 turning the callbacks on itself with `bpf_setsockopt(TCP_BPF_SOCK_OPS_CB_FLAGS)` (kernel 6.12+). It cut sock_ops by about 100 ns, but the two sockopt helpers added about 90 ns to connect4, and an early STATE flag adds a seventh sock_ops run. There was no net gain. What would close the gap: resolve once per connect and carry the breaker in socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`), so that the outcome needs no second lookup.\n"
         );
     }
 }
