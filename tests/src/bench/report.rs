@@ -91,7 +91,7 @@ impl Report {
         let _ = writeln!(out, "| date | {} |\n", date());
         let _ = writeln!(
             out,
-            "Method: each scenario builds its own lab. The client runs in a network namespace, inside a cgroup; the breaker attaches to that cgroup. The upstreams live in another namespace, across a veth pair. Latency is measured by the client (`breaker-lab connect`) around each `connect()` (plus `close()`, or plus the HTTP exchange where stated). Spread is given as p25–p75, or as the range of the per-round medians. The plots are in `bench-plots/`.\n"
+            "Method: each scenario builds its own lab. The client runs in a network namespace, inside a cgroup; the breaker attaches to that cgroup. The upstreams live in another namespace, across a veth pair. Latency is measured by the client (`breaker-lab connect`) around each `connect()` (plus `close()`, or plus the HTTP exchange where stated). Spread is given as p25–p75, or as the range of the per-round medians. The plots are in `bench-plots/`. On a shared machine with few cores, a verdict within noise of its bound can flip from one run to the next. That happened here to the p99 of scenario 1 and to the comparison of requests that reached the dead upstream.\n"
         );
         Report { out }
     }
