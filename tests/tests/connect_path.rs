@@ -907,3 +907,51 @@ probe = { address = "[fd77::2]:82" }
         "other port not matched",
     );
 }
+
+#[test]
+fn sigterm_detaches_everything_and_exits_cleanly() {
+    let Some(mut lab) = lab("detach") else { return };
+    lab.start_daemon(
+        r#"
+[[upstream]]
+name = "api"
+endpoints = ["10.77.0.2:81"]
+failure_threshold = 1
+open_duration = "1h"
+"#,
+    )
+    .unwrap();
+    let trip = lab
+        .client(&["--to", "10.77.0.2:81", "--count", "1"])
+        .unwrap();
+    check(&lab, trip[0].outcome == "refused", "tripped");
+    // The upstream comes back, but the breaker stays open for an hour...
+    lab.serve("10.77.0.2:81", "back").unwrap();
+    let held = lab
+        .client(&["--to", "10.77.0.2:81", "--count", "2", "--http"])
+        .unwrap();
+    check(
+        &lab,
+        held.iter().all(|a| a.outcome == "refused"),
+        &format!("still held back: {held:?}"),
+    );
+    // ...until the daemon is stopped: then nothing of it is left in the kernel.
+    let status = lab.stop_daemon().unwrap().expect("the daemon was running");
+    assert!(
+        status.success(),
+        "clean exit on SIGTERM: {status}\n{}",
+        lab.daemon_log()
+    );
+    assert!(
+        lab.daemon_log().contains("breaker detached"),
+        "{}",
+        lab.daemon_log()
+    );
+    let after = lab
+        .client(&["--to", "10.77.0.2:81", "--count", "3", "--http"])
+        .unwrap();
+    assert!(
+        after.iter().all(|a| a.body.as_deref() == Some("back")),
+        "connects reach the upstream once the daemon is gone: {after:?}"
+    );
+}
