@@ -160,20 +160,6 @@ pub fn parse_attempts(stdout: &str) -> anyhow::Result<Vec<Attempt>> {
         .collect()
 }
 
-/// Median of `values` (0 for none).
-pub fn median(values: &mut [f64]) -> f64 {
-    percentile(values, 50.0)
-}
-
-pub fn percentile(values: &mut [f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    values.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((p / 100.0) * (values.len() - 1) as f64).round() as usize;
-    values[rank.min(values.len() - 1)]
-}
-
 /// Opens `count` connects to distinct destinations from `base` (a /16: 65 536
 /// addresses, then the next port) and closes each at once, without waiting. Fills the
 /// default policy's per-destination map the way a busy host would.

@@ -18,8 +18,9 @@ use std::{
 use anyhow::Context;
 
 use crate::{
-    client::{percentile, Attempt},
+    client::Attempt,
     lab::{Lab, UPSTREAM_V4},
+    stats::Summary,
 };
 
 const CONFIG: &str = r#"
@@ -56,10 +57,9 @@ struct Group {
 }
 
 impl Group {
-    fn print(&mut self) {
-        let n = self.latencies_us.len();
-        let p50 = percentile(&mut self.latencies_us, 50.0);
-        let max = percentile(&mut self.latencies_us, 100.0);
+    fn print(&self) {
+        let s = Summary::of(&self.latencies_us);
+        let (n, p50, max) = (s.n, s.p50, s.max);
         println!(
             "  {:>6.2}s – {:>6.2}s  {n:>3} × {:<19} connect{} p50 {}, max {}",
             self.from_s,
@@ -227,7 +227,7 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 fn flush(group: &mut Option<Group>) {
-    if let Some(mut g) = group.take() {
+    if let Some(g) = group.take() {
         g.print();
     }
 }
@@ -254,13 +254,13 @@ fn summarize(
             .filter(move |(s, _)| *s >= from && *s < to)
             .map(|(_, a)| a)
     };
-    let mut before: Vec<f64> = phase(0.0, dark).map(|a| a.latency_us).collect();
+    let before: Vec<f64> = phase(0.0, dark).map(|a| a.latency_us).collect();
     let reached_dead = phase(dark, back).filter(|a| a.outcome == "timeout").count();
-    let mut fast: Vec<f64> = phase(dark, f64::MAX)
+    let fast: Vec<f64> = phase(dark, f64::MAX)
         .filter(|a| class(a) == "failed fast")
         .map(|a| a.latency_us)
         .collect();
-    let mut after: Vec<f64> = phase(closed, f64::MAX)
+    let after: Vec<f64> = phase(closed, f64::MAX)
         .filter(|a| a.outcome == "ok")
         .map(|a| a.latency_us)
         .collect();
@@ -270,7 +270,7 @@ fn summarize(
     println!("\nsummary:");
     println!(
         "  healthy:     connect+request p50 {} over {} requests",
-        human_us(percentile(&mut before, 50.0)),
+        human_us(Summary::of(&before).p50),
         before.len()
     );
     println!(
@@ -279,9 +279,9 @@ fn summarize(
     println!(
         "  open:        {} connects failed fast with ECONNREFUSED: p50 {}, p99 {}, max {}",
         fast.len(),
-        human_us(percentile(&mut fast, 50.0)),
-        human_us(percentile(&mut fast, 99.0)),
-        human_us(percentile(&mut fast, 100.0))
+        human_us(Summary::of(&fast).p50),
+        human_us(Summary::of(&fast).p99),
+        human_us(Summary::of(&fast).max)
     );
     println!(
         "  recovery:    a probe closed the breaker {:.2}s after the upstream returned (open_duration 3s + probe every 500ms); first request served again after {}",
@@ -290,7 +290,7 @@ fn summarize(
     );
     println!(
         "  after:       connect+request p50 {}",
-        human_us(percentile(&mut after, 50.0))
+        human_us(Summary::of(&after).p50)
     );
     println!("\nmetrics excerpt (http://127.0.0.1:9464/metrics in the client netns):");
     let text = lab.metrics_text()?;

@@ -27,13 +27,9 @@ use crate::{
     server::Server,
 };
 
-pub const CLIENT_V4: &str = "10.77.0.1";
 pub const UPSTREAM_V4: &str = "10.77.0.2";
-pub const UPSTREAM_V4_ALT: &str = "10.77.0.3";
-/// Routed to the dummy device: SYNs vanish, nothing answers.
+/// Routed to the dark link: SYNs vanish, nothing answers.
 pub const BLACKHOLE_V4: &str = "10.77.9.1";
-pub const UPSTREAM_V6: &str = "fd77::2";
-pub const BLACKHOLE_V6: &str = "fd77:9::1";
 /// Where the daemon serves metrics, inside the client namespace.
 pub const METRICS: &str = "127.0.0.1:9464";
 
@@ -388,18 +384,7 @@ impl Lab {
     /// Runs `breaker-lab connect ARGS` as an unmodified client: in the client namespace
     /// and inside the lab cgroup, where the breaker is attached.
     pub fn client(&self, args: &[&str]) -> anyhow::Result<Vec<Attempt>> {
-        let out = self
-            .client_command(args)
-            .output()
-            .context("running the lab client")?;
-        if !out.status.success() {
-            bail!(
-                "lab client failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        parse_attempts(&String::from_utf8_lossy(&out.stdout))
+        self.run_client(&self.cgroup, args)
     }
 
     /// The client command, not yet started (for clients that run in the background).
@@ -416,10 +401,15 @@ impl Lab {
 
     /// The client, as [`Lab::client`], but in the bare cgroup: no breaker sees it.
     pub fn client_bare(&self, args: &[&str]) -> anyhow::Result<Vec<Attempt>> {
+        self.run_client(&self.bare_cgroup, args)
+    }
+
+    /// `breaker-lab connect ARGS` in `cgroup`, waited for and parsed.
+    fn run_client(&self, cgroup: &Path, args: &[&str]) -> anyhow::Result<Vec<Attempt>> {
         let mut full = vec!["connect"];
         full.extend_from_slice(args);
         let out = self
-            .lab_command_in(&self.bare_cgroup, &full)
+            .lab_command_in(cgroup, &full)
             .output()
             .context("running the lab client")?;
         if !out.status.success() {

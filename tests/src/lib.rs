@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod netns;
 pub mod privileges;
 pub mod server;
+pub mod stats;
 
 /// Runs a command, failing with its stderr if it does not succeed.
 pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {

@@ -7,7 +7,7 @@ use std::{
 };
 
 use breaker_lab::{
-    client::{median, Attempt},
+    client::Attempt,
     lab::{Lab, BLACKHOLE_V4, UPSTREAM_V4},
     privileges,
 };
@@ -92,8 +92,8 @@ open_duration = "60s"
         .unwrap();
     check(&lab, transitions == 1.0, "one closed->open transition");
     // The fast-fail path: median well under a millisecond.
-    let mut fast: Vec<f64> = attempts[3..].iter().map(|a| a.latency_us).collect();
-    let med = median(&mut fast);
+    let fast: Vec<f64> = attempts[3..].iter().map(|a| a.latency_us).collect();
+    let med = breaker_lab::stats::Summary::of(&fast).p50;
     check(
         &lab,
         med < 1000.0,

@@ -6,7 +6,7 @@ mod endpoint;
 
 use std::{
     collections::{HashMap, HashSet},
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -547,14 +547,6 @@ fn describe_policy(p: &Policy) -> String {
         humantime::format_duration(p.probe_interval),
         humantime::format_duration(p.probe_timeout),
     )
-}
-
-/// Whether `addr` is IPv4, looking through v4-mapped IPv6.
-pub fn is_v4(addr: IpAddr) -> bool {
-    match addr {
-        IpAddr::V4(_) => true,
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
-    }
 }
 
 #[cfg(test)]

@@ -8,14 +8,13 @@ mod kernel_stats;
 mod plot;
 mod report;
 mod scenarios;
-mod stats;
 
 use std::path::Path;
 
 use anyhow::Context;
 
+pub use crate::stats::Summary;
 pub use report::Report;
-pub use stats::Summary;
 
 /// How much each scenario does.
 #[derive(Clone, Debug)]

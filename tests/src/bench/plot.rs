@@ -4,10 +4,8 @@ use std::path::Path;
 use anyhow::Context;
 use plotters::prelude::*;
 
-use super::{
-    scenarios::{FailFast, Healthy, Outage, Proxy},
-    stats::sorted,
-};
+use super::scenarios::{FailFast, Healthy, Outage, Proxy};
+use crate::stats::sorted;
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 

@@ -2,10 +2,11 @@
 //! same run, the target, and whether it was met.
 use std::fmt::Write;
 
+use crate::stats::{fmt_us, Summary};
+
 use super::{
     kernel_stats::ProgCost,
     scenarios::{FailFast, Healthy, Outage, OutageVariant, Proxy, ScalePoint},
-    stats::{fmt_us, Summary},
     Plan,
 };
 

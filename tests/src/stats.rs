@@ -1,4 +1,4 @@
-//! Summaries of latency samples.
+//! Summaries of latency samples, for the tests, the demo and the benchmarks.
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Summary {
