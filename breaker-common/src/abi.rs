@@ -21,7 +21,7 @@ pub mod map_names {
     pub const POLICIES: &str = "POLICIES";
     pub const UPSTREAM_STATES: &str = "UPSTREAM_STATES";
     pub const DEFAULT_STATES: &str = "DEFAULT_STATES";
-    pub const TRIALS: &str = "TRIALS";
+    pub const SOCKET_RECORDS: &str = "SOCKET_RECORDS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const EVENTS: &str = "EVENTS";
 }
@@ -32,6 +32,10 @@ pub mod program_names {
     pub const CONNECT4: &str = "brk_connect4";
     pub const CONNECT6: &str = "brk_connect6";
     pub const SOCK_OPS: &str = "brk_sock_ops";
+    pub const SOCK_RELEASE: &str = "brk_sock_release";
+    /// Runs the destination lookup on a [`super::ResolveQuery`] under
+    /// BPF_PROG_TEST_RUN (tests and `breaker explain`); never attached.
+    pub const TEST_RESOLVE: &str = "brk_test_resolve";
     /// Empty programs of the same types, for `breaker calibrate` (benchmarks only).
     pub const NOP_CONNECT4: &str = "brk_nop_connect";
     pub const NOP_SOCK_OPS: &str = "brk_nop_sockops";
@@ -95,6 +99,15 @@ pub struct UpstreamPolicy {
     /// Network byte order, as in `bpf_sock_addr.user_ip4`.
     pub fallback_ip4: u32,
     pub fallback_ip6: [u32; 4],
+    /// HALF_OPEN with every trial slot taken for this long starts a new epoch.
+    pub trial_lease_ms: u32,
+    /// Initial SYN retransmission timeout of a trial socket, in jiffies (the
+    /// `BPF_SOCK_OPS_TIMEOUT_INIT` reply), so a trial into a blackhole fails within
+    /// `trial_connect_timeout`. 0 leaves the kernel's default.
+    pub trial_rto_jiffies: u32,
+    /// SYN retransmissions a trial socket makes (`TCP_SYNCNT`); 0 leaves the default.
+    pub trial_syn_retries: u32,
+    pub _pad: u32,
 }
 
 impl UpstreamPolicy {
@@ -105,6 +118,7 @@ impl UpstreamPolicy {
             success_threshold: self.success_threshold,
             half_open_max_connections: self.half_open_max_connections,
             open_duration_ms: self.open_duration_ms,
+            trial_lease_ms: self.trial_lease_ms,
         }
     }
 }
@@ -127,15 +141,52 @@ pub struct BreakerCell {
     pub word: u64,
 }
 
-/// A HALF_OPEN trial connect, keyed by socket cookie in `TRIALS`: written by
-/// connect4/6 when it admits the trial, removed by sock_ops at the trial's outcome.
+/// `SocketRecord.flags`: the connect is watched; sock_ops reports its outcome.
+pub const RECORD_WATCHED: u64 = 1 << 0;
+/// `SocketRecord.flags`: the connect is a HALF_OPEN trial of `SocketRecord.epoch`.
+pub const RECORD_TRIAL: u64 = 1 << 1;
+/// `SocketRecord.flags`: the connect has ended (outcome counted, or abandoned). Set
+/// once, by compare-and-swap, by whichever program sees the end first.
+pub const RECORD_DONE: u64 = 1 << 2;
+
+/// What connect4/6 decided for one socket, in the socket's own storage
+/// (`SOCKET_RECORDS`): written once by the connect hook, read by sock_ops and
+/// sock_release. The outcome goes to the breaker recorded here, whatever the
+/// destination looks like by then.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Trial {
-    /// The HALF_OPEN epoch that admitted it (the low 8 bits are used).
+pub struct SocketRecord {
+    /// `bpf_ktime_get_ns` when connect() was admitted.
+    pub started_ns: u64,
+    /// `RECORD_*` bits.
+    pub flags: u64,
+    /// The destination as connect() asked for it: the default-policy key.
+    pub dest: DestKey,
+    /// The breaker: a configured upstream id, or [`DEFAULT_UPSTREAM_ID`].
+    pub upstream: u32,
+    /// The HALF_OPEN epoch of a trial (low 8 bits).
     pub epoch: u32,
-    pub _pad: u32,
+    /// The sock_ops callback flags this program turned on (and only those it may
+    /// turn off again: another sock_ops program may use the others).
+    pub cb_flags_set: u32,
 }
+
+/// A destination to resolve, the packet data of a `brk_test_resolve` run after an
+/// Ethernet-header-sized gap. Same byte order as [`DestKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResolveQuery {
+    pub addr: [u32; 4],
+    /// Network byte order, in the low 16 bits.
+    pub port: u32,
+    pub family: u32,
+}
+
+/// Offset of the [`ResolveQuery`] in the test packet (skb test runs need at least an
+/// Ethernet header of data).
+pub const RESOLVE_QUERY_OFFSET: usize = 14;
+/// `brk_test_resolve` result for "no configured upstream".
+pub const RESOLVE_NONE: u32 = u32::MAX;
 
 /// Per-upstream counters, one slot per CPU in `COUNTERS`, summed by the daemon.
 #[repr(C)]
@@ -156,6 +207,8 @@ pub struct Counters {
     pub redirected: u64,
     /// Updates given up after `CAS_RETRIES` lost races (should stay 0).
     pub contention_misses: u64,
+    /// Watched connects the application closed before they reached an outcome.
+    pub abandoned: u64,
 }
 
 /// Why a transition happened.
@@ -166,6 +219,7 @@ pub const CAUSE_SUCCESS: u32 = 4;
 pub const CAUSE_OPEN_EXPIRED: u32 = 5;
 pub const CAUSE_PROBE_SUCCESS: u32 = 6;
 pub const CAUSE_PROBE_FAILURE: u32 = 7;
+pub const CAUSE_TRIALS_LOST: u32 = 8;
 
 pub const fn cause_name(cause: u32) -> &'static str {
     match cause {
@@ -176,6 +230,7 @@ pub const fn cause_name(cause: u32) -> &'static str {
         CAUSE_OPEN_EXPIRED => "open_expired",
         CAUSE_PROBE_SUCCESS => "probe_success",
         CAUSE_PROBE_FAILURE => "probe_failure",
+        CAUSE_TRIALS_LOST => "trials_lost",
         _ => "unknown",
     }
 }
@@ -194,18 +249,14 @@ pub struct TransitionEvent {
     pub _pad: u32,
 }
 
-/// The IPv4 address `a` (network order) as a v4-mapped IPv6 address, as `DestKey` keeps it.
-#[inline(always)]
-pub const fn v4_mapped(a: u32) -> [u32; 4] {
-    [0, 0, 0xffff_u32.to_be(), a]
-}
-
-/// If `addr` (network order) is v4-mapped, its IPv4 address in network order.
-#[inline(always)]
-pub const fn unmap_v4(addr: [u32; 4]) -> Option<u32> {
-    if addr[0] == 0 && addr[1] == 0 && addr[2] == 0xffff_u32.to_be() {
-        Some(addr[3])
-    } else {
-        None
-    }
-}
+// The kernel and the daemon must agree on every layout, byte for byte.
+const _: () = assert!(core::mem::size_of::<Settings>() == 16);
+const _: () = assert!(core::mem::size_of::<EndpointV4>() == 6);
+const _: () = assert!(core::mem::size_of::<EndpointV6>() == 18);
+const _: () = assert!(core::mem::size_of::<UpstreamPolicy>() == 64);
+const _: () = assert!(core::mem::size_of::<DestKey>() == 20);
+const _: () = assert!(core::mem::size_of::<BreakerCell>() == 8);
+const _: () = assert!(core::mem::size_of::<SocketRecord>() == 48);
+const _: () = assert!(core::mem::size_of::<ResolveQuery>() == 24);
+const _: () = assert!(core::mem::size_of::<Counters>() == 72);
+const _: () = assert!(core::mem::size_of::<TransitionEvent>() == 48);

@@ -6,9 +6,11 @@
 //!   can update the same state with one compare-and-swap.
 //! - [`abi`]: the `#[repr(C)]` map keys, values, counters and events that cross the
 //!   kernel boundary.
+//! - [`dest`]: the one encoder of destination and endpoint keys.
 #![cfg_attr(not(test), no_std)]
 
 pub mod abi;
+pub mod dest;
 pub mod machine;
 
 #[cfg(feature = "user")]

@@ -8,16 +8,44 @@
 //!
 //! | bits   | field                                                            |
 //! |--------|------------------------------------------------------------------|
-//! | 0..32  | `opened_at_ms`: monotonic milliseconds (wrapping) of the last trip |
+//! | 0..32  | `since_ms`: monotonic milliseconds (wrapping) of the last trip (OPEN) or of the entry to HALF_OPEN |
 //! | 32..34 | state: CLOSED, OPEN, HALF_OPEN                                    |
 //! | 34..48 | `count`: consecutive failures (CLOSED) or successes (HALF_OPEN)    |
 //! | 48..56 | `in_flight`: trial connects admitted and not yet finished (HALF_OPEN) |
-//! | 56..64 | `epoch`: bumped on every entry to HALF_OPEN, tags trial connects   |
+//! | 56..64 | `epoch`: bumped on every entry to HALF_OPEN, tags trial connects; only ever moves forward |
+
+/// Bit layout of the word, named so that the daemon, the programs and the docs agree.
+pub mod layout {
+    pub const SINCE_SHIFT: u32 = 0;
+    pub const SINCE_BITS: u32 = 32;
+    pub const STATE_SHIFT: u32 = 32;
+    pub const STATE_BITS: u32 = 2;
+    pub const COUNT_SHIFT: u32 = 34;
+    pub const COUNT_BITS: u32 = 14;
+    pub const IN_FLIGHT_SHIFT: u32 = 48;
+    pub const IN_FLIGHT_BITS: u32 = 8;
+    pub const EPOCH_SHIFT: u32 = 56;
+    pub const EPOCH_BITS: u32 = 8;
+
+    /// The mask of a field `bits` wide, in the low bits.
+    pub const fn mask(bits: u32) -> u64 {
+        (1u64 << bits) - 1
+    }
+
+    // The fields tile the word exactly: no gap, no overlap.
+    const _: () = assert!(SINCE_SHIFT + SINCE_BITS == STATE_SHIFT);
+    const _: () = assert!(STATE_SHIFT + STATE_BITS == COUNT_SHIFT);
+    const _: () = assert!(COUNT_SHIFT + COUNT_BITS == IN_FLIGHT_SHIFT);
+    const _: () = assert!(IN_FLIGHT_SHIFT + IN_FLIGHT_BITS == EPOCH_SHIFT);
+    const _: () = assert!(EPOCH_SHIFT + EPOCH_BITS == 64);
+}
+
+use layout::*;
 
 /// Largest `failure_threshold` / `success_threshold` the word can count to.
-pub const MAX_COUNT: u32 = (1 << 14) - 1;
+pub const MAX_COUNT: u32 = mask(COUNT_BITS) as u32;
 /// Largest `half_open_max_connections` the word can track.
-pub const MAX_IN_FLIGHT: u32 = (1 << 8) - 1;
+pub const MAX_IN_FLIGHT: u32 = mask(IN_FLIGHT_BITS) as u32;
 /// Compare-and-swap attempts before giving up on one update. Contention on one
 /// upstream word is short; the bound exists for the verifier.
 pub const CAS_RETRIES: usize = 8;
@@ -67,8 +95,13 @@ impl State {
 pub struct Thresholds {
     pub failure_threshold: u32,
     pub success_threshold: u32,
+    /// Application trials HALF_OPEN admits at once; 0 leaves recovery to probes.
     pub half_open_max_connections: u32,
     pub open_duration_ms: u32,
+    /// How long HALF_OPEN may hold every trial slot taken before it treats the
+    /// trials as lost and starts a new epoch: a trial whose end nobody saw must not
+    /// hold the breaker shut.
+    pub trial_lease_ms: u32,
 }
 
 /// The packed per-upstream state. See the module docs for the layout.
@@ -77,37 +110,33 @@ pub struct Thresholds {
 pub struct BreakerWord(pub u64);
 
 impl BreakerWord {
+    /// A fresh breaker: CLOSED, epoch 0.
     pub const CLOSED: BreakerWord = BreakerWord(0);
 
+    /// When the current OPEN or HALF_OPEN phase began (monotonic ms, wrapping).
     #[inline(always)]
-    pub const fn opened_at_ms(self) -> u32 {
-        self.0 as u32
+    pub const fn since_ms(self) -> u32 {
+        ((self.0 >> SINCE_SHIFT) & mask(SINCE_BITS)) as u32
     }
     #[inline(always)]
     pub const fn state(self) -> State {
-        State::from_u32(((self.0 >> 32) & 0x3) as u32)
+        State::from_u32(((self.0 >> STATE_SHIFT) & mask(STATE_BITS)) as u32)
     }
     #[inline(always)]
     pub const fn count(self) -> u32 {
-        ((self.0 >> 34) & MAX_COUNT as u64) as u32
+        ((self.0 >> COUNT_SHIFT) & mask(COUNT_BITS)) as u32
     }
     #[inline(always)]
     pub const fn in_flight(self) -> u32 {
-        ((self.0 >> 48) & 0xff) as u32
+        ((self.0 >> IN_FLIGHT_SHIFT) & mask(IN_FLIGHT_BITS)) as u32
     }
     #[inline(always)]
     pub const fn epoch(self) -> u8 {
-        (self.0 >> 56) as u8
+        ((self.0 >> EPOCH_SHIFT) & mask(EPOCH_BITS)) as u8
     }
 
     #[inline(always)]
-    pub const fn pack(
-        state: State,
-        opened_at_ms: u32,
-        count: u32,
-        in_flight: u32,
-        epoch: u8,
-    ) -> Self {
+    pub const fn pack(state: State, since_ms: u32, count: u32, in_flight: u32, epoch: u8) -> Self {
         let count = if count > MAX_COUNT { MAX_COUNT } else { count };
         let in_flight = if in_flight > MAX_IN_FLIGHT {
             MAX_IN_FLIGHT
@@ -115,11 +144,11 @@ impl BreakerWord {
             in_flight
         };
         BreakerWord(
-            opened_at_ms as u64
-                | (state.as_u32() as u64) << 32
-                | (count as u64) << 34
-                | (in_flight as u64) << 48
-                | (epoch as u64) << 56,
+            (since_ms as u64) << SINCE_SHIFT
+                | (state.as_u32() as u64) << STATE_SHIFT
+                | (count as u64) << COUNT_SHIFT
+                | (in_flight as u64) << IN_FLIGHT_SHIFT
+                | (epoch as u64) << EPOCH_SHIFT,
         )
     }
 
@@ -127,18 +156,36 @@ impl BreakerWord {
     fn with_count(self, count: u32) -> Self {
         Self::pack(
             self.state(),
-            self.opened_at_ms(),
+            self.since_ms(),
             count,
             self.in_flight(),
             self.epoch(),
         )
     }
 
-    /// Milliseconds spent OPEN at `now_ms` (wrapping clock, so an open time up to
-    /// 24 days is measured right).
     #[inline(always)]
-    pub const fn open_for_ms(self, now_ms: u32) -> u32 {
-        now_ms.wrapping_sub(self.opened_at_ms())
+    fn with_in_flight(self, in_flight: u32) -> Self {
+        Self::pack(
+            self.state(),
+            self.since_ms(),
+            self.count(),
+            in_flight,
+            self.epoch(),
+        )
+    }
+
+    /// Milliseconds since the current phase began, at `now_ms` (wrapping clock, so
+    /// up to 24 days is measured right).
+    #[inline(always)]
+    pub const fn phase_ms(self, now_ms: u32) -> u32 {
+        now_ms.wrapping_sub(self.since_ms())
+    }
+
+    /// CLOSED. Keeps the epoch: epochs only move forward, so a trial of an earlier
+    /// HALF_OPEN phase can never match a later one.
+    #[inline(always)]
+    fn closed(self) -> Self {
+        Self::pack(State::Closed, 0, 0, 0, self.epoch())
     }
 
     /// OPEN, tripped at `now_ms`. Keeps the epoch so stale trials stay stale.
@@ -147,16 +194,10 @@ impl BreakerWord {
         Self::pack(State::Open, now_ms, 0, 0, self.epoch())
     }
 
-    /// HALF_OPEN with no trials yet, in a new epoch.
+    /// HALF_OPEN from `now_ms`, with no trials yet, in a new epoch.
     #[inline(always)]
-    fn half_opened(self) -> Self {
-        Self::pack(
-            State::HalfOpen,
-            self.opened_at_ms(),
-            0,
-            0,
-            self.epoch().wrapping_add(1),
-        )
+    fn half_opened(self, now_ms: u32) -> Self {
+        Self::pack(State::HalfOpen, now_ms, 0, 0, self.epoch().wrapping_add(1))
     }
 }
 
@@ -202,8 +243,24 @@ impl<T> Step<T> {
 /// OPEN for at least `open_duration` moves to HALF_OPEN; anything else is unchanged.
 #[inline(always)]
 pub fn expire_open(w: BreakerWord, now_ms: u32, t: &Thresholds) -> BreakerWord {
-    if w.state() == State::Open && w.open_for_ms(now_ms) >= t.open_duration_ms {
-        w.half_opened()
+    if w.state() == State::Open && w.phase_ms(now_ms) >= t.open_duration_ms {
+        w.half_opened(now_ms)
+    } else {
+        w
+    }
+}
+
+/// HALF_OPEN whose trial slots have all been taken for longer than the lease starts
+/// a new epoch: those trials are lost (their socket was never closed, or their end
+/// was missed), and nothing else would ever free the slots.
+#[inline(always)]
+fn renew_lost_trials(w: BreakerWord, now_ms: u32, t: &Thresholds) -> BreakerWord {
+    if w.state() == State::HalfOpen
+        && t.half_open_max_connections > 0
+        && w.in_flight() >= t.half_open_max_connections
+        && w.phase_ms(now_ms) >= t.trial_lease_ms
+    {
+        w.half_opened(now_ms)
     } else {
         w
     }
@@ -213,7 +270,7 @@ pub fn expire_open(w: BreakerWord, now_ms: u32, t: &Thresholds) -> BreakerWord {
 /// CLOSED, so callers may skip the clock on that path.
 #[inline(always)]
 pub fn admit(w: BreakerWord, now_ms: u32, t: &Thresholds) -> Step<Admission> {
-    let w = expire_open(w, now_ms, t);
+    let w = renew_lost_trials(expire_open(w, now_ms, t), now_ms, t);
     match w.state() {
         State::Closed => Step {
             next: w,
@@ -225,15 +282,8 @@ pub fn admit(w: BreakerWord, now_ms: u32, t: &Thresholds) -> Step<Admission> {
         },
         State::HalfOpen => {
             if w.in_flight() < t.half_open_max_connections {
-                let next = BreakerWord::pack(
-                    State::HalfOpen,
-                    w.opened_at_ms(),
-                    w.count(),
-                    w.in_flight() + 1,
-                    w.epoch(),
-                );
                 Step {
-                    next,
+                    next: w.with_in_flight(w.in_flight() + 1),
                     result: Admission::Trial { epoch: w.epoch() },
                 }
             } else {
@@ -269,17 +319,17 @@ pub fn record(w: BreakerWord, outcome: Outcome, now_ms: u32, t: &Thresholds) -> 
         },
         State::HalfOpen => match outcome.trial_epoch {
             Some(epoch) if epoch == w.epoch() => {
-                let in_flight = w.in_flight().saturating_sub(1);
                 let next = if !outcome.success {
+                    // A failed application trial reopens for a full open_duration.
                     w.tripped(now_ms)
                 } else if w.count() + 1 >= t.success_threshold {
-                    BreakerWord::CLOSED
+                    w.closed()
                 } else {
                     BreakerWord::pack(
                         State::HalfOpen,
-                        w.opened_at_ms(),
+                        w.since_ms(),
                         w.count() + 1,
-                        in_flight,
+                        w.in_flight().saturating_sub(1),
                         w.epoch(),
                     )
                 };
@@ -293,17 +343,37 @@ pub fn record(w: BreakerWord, outcome: Outcome, now_ms: u32, t: &Thresholds) -> 
     }
 }
 
+/// A trial that ended without an outcome (its connect never reached the network,
+/// or the application closed it first) gives its HALF_OPEN slot back. Returns
+/// whether it still held one.
+#[inline(always)]
+pub fn abandon(w: BreakerWord, epoch: u8) -> Step<bool> {
+    if w.state() == State::HalfOpen && w.epoch() == epoch && w.in_flight() > 0 {
+        Step {
+            next: w.with_in_flight(w.in_flight() - 1),
+            result: true,
+        }
+    } else {
+        Step {
+            next: w,
+            result: false,
+        }
+    }
+}
+
 /// A daemon probe's result. A probe is only meaningful once the open time has passed:
-/// the word moves to HALF_OPEN first, then the probe counts like a trial.
+/// the word moves to HALF_OPEN first, then the probe counts toward closing. A failed
+/// probe keeps the breaker HALF_OPEN (probing goes on every `probe_interval`) rather
+/// than restarting `open_duration`; only a failed application trial reopens.
 #[inline(always)]
 pub fn probe(w: BreakerWord, success: bool, now_ms: u32, t: &Thresholds) -> Step<bool> {
     let w = expire_open(w, now_ms, t);
     match w.state() {
         State::HalfOpen => {
             let next = if !success {
-                w.tripped(now_ms)
+                w.with_count(0)
             } else if w.count() + 1 >= t.success_threshold {
-                BreakerWord::CLOSED
+                w.closed()
             } else {
                 w.with_count(w.count() + 1)
             };

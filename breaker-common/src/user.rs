@@ -9,6 +9,7 @@ unsafe impl aya::Pod for EndpointV6 {}
 unsafe impl aya::Pod for UpstreamPolicy {}
 unsafe impl aya::Pod for DestKey {}
 unsafe impl aya::Pod for BreakerCell {}
-unsafe impl aya::Pod for Trial {}
+unsafe impl aya::Pod for SocketRecord {}
+unsafe impl aya::Pod for ResolveQuery {}
 unsafe impl aya::Pod for Counters {}
 unsafe impl aya::Pod for TransitionEvent {}

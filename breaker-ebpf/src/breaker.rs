@@ -7,7 +7,10 @@ use breaker_common::{
     machine::{self, BreakerWord, State, Step, WordCell},
 };
 
-use crate::maps::{COUNTERS, DEFAULT_STATES, EVENTS, POLICIES, UPSTREAM_STATES};
+use crate::{
+    atomic::cas_u64,
+    maps::{COUNTERS, DEFAULT_STATES, EVENTS, POLICIES, UPSTREAM_STATES},
+};
 
 /// One breaker, resolved from the maps.
 pub struct Breaker {
@@ -24,24 +27,34 @@ struct KernelWord(*mut u64);
 impl WordCell for KernelWord {
     #[inline(always)]
     fn load(&self) -> u64 {
+        // SAFETY: the pointer came from a map lookup and stays valid for this run.
         unsafe { core::ptr::read_volatile(self.0) }
     }
     #[inline(always)]
     fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64> {
-        use core::intrinsics::{atomic_cxchg, AtomicOrdering::SeqCst};
-        let (found, ok) =
-            unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(self.0, current, new) };
-        if ok {
-            Ok(found)
-        } else {
-            Err(found)
-        }
+        // SAFETY: as in `load`; map values are 8-byte aligned.
+        unsafe { cas_u64(self.0, current, new) }
     }
 }
 
 #[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
 pub fn now_ms() -> u32 {
-    (unsafe { bpf_ktime_get_ns() } / 1_000_000) as u32
+    (now_ns() / 1_000_000) as u32
+}
+
+/// Bumps upstream `upstream`'s counters on this CPU.
+#[inline(always)]
+pub fn count(upstream: u32, f: impl FnOnce(&mut Counters)) {
+    if let Some(c) = COUNTERS.get_ptr_mut(upstream) {
+        // SAFETY: this CPU's slot; no other writer while this program runs.
+        f(unsafe { &mut *c });
+    }
 }
 
 impl Breaker {
@@ -58,7 +71,8 @@ impl Breaker {
         })
     }
 
-    /// The default-policy breaker of `dest`, created CLOSED if `create` and absent.
+    /// The default-policy breaker of `dest`; created CLOSED if `create` and absent
+    /// (only a failure creates one).
     #[inline(always)]
     pub fn for_destination(dest: &DestKey, create: bool) -> Option<Self> {
         let policy = POLICIES.get(DEFAULT_UPSTREAM_ID)?;
@@ -71,6 +85,7 @@ impl Breaker {
             }
             None => return None,
         };
+        // SAFETY: `cell` is a live map value; only the field's address is taken.
         let word = unsafe { core::ptr::addr_of_mut!((*cell).word) };
         Some(Breaker {
             upstream: DEFAULT_UPSTREAM_ID,
@@ -78,6 +93,17 @@ impl Breaker {
             policy,
             word,
         })
+    }
+
+    /// The breaker a socket record names: a configured upstream, or the default
+    /// policy's breaker of the record's destination.
+    #[inline(always)]
+    pub fn of_record(upstream: u32, dest: &DestKey, create: bool) -> Option<Self> {
+        if upstream == DEFAULT_UPSTREAM_ID {
+            Breaker::for_destination(dest, create)
+        } else {
+            Breaker::configured(upstream)
+        }
     }
 
     /// Applies one state-machine step with compare-and-swap and reports any transition.
@@ -111,24 +137,15 @@ impl Breaker {
         }
     }
 
-    /// The breaker's state right now (a plain read; decisions go through `update`).
-    #[inline(always)]
-    pub fn state(&self) -> State {
-        BreakerWord(KernelWord(self.word).load()).state()
-    }
-
     #[inline(always)]
     pub fn count(&self, f: impl FnOnce(&mut Counters)) {
-        if let Some(c) = COUNTERS.get_ptr_mut(self.upstream) {
-            // Per-CPU slot: no other writer while this program runs.
-            f(unsafe { &mut *c });
-        }
+        count(self.upstream, f)
     }
 
     #[inline(always)]
     fn emit(&self, from: State, to: State, cause: u32) {
         let event = TransitionEvent {
-            at_ns: unsafe { bpf_ktime_get_ns() },
+            at_ns: now_ns(),
             upstream: self.upstream,
             from: from.as_u32(),
             to: to.as_u32(),

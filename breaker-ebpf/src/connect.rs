@@ -1,27 +1,25 @@
 //! cgroup connect4/connect6: find the breaker of the destination, ask it whether the
 //! connect may go, and fail it fast or redirect it to the fallback when it may not.
 //!
-//! The common case (CLOSED) costs map lookups only: no clock, no write. A HALF_OPEN
-//! trial is the one admission that leaves a note for sock_ops (in `TRIALS`).
-use aya_ebpf::{
-    bindings::bpf_sock_addr,
-    helpers::{bpf_get_socket_cookie, bpf_set_retval},
-    programs::SockAddrContext,
-    EbpfContext,
-};
+//! The destination is resolved here, once per connect, and the answer kept in the
+//! socket's record for sock_ops and sock_release. The common case (CLOSED) costs map
+//! lookups and the record: no clock read, no write to any shared map.
+use aya_ebpf::{bindings::bpf_sock_addr, helpers::bpf_set_retval, programs::SockAddrContext};
 use breaker_common::{
     abi::{
-        v4_mapped, Settings, Trial, CAUSE_OPEN_EXPIRED, ECONNREFUSED, IPPROTO_TCP,
-        POLICY_FALLBACK_V4, POLICY_FALLBACK_V6,
+        DestKey, Settings, SocketRecord, CAUSE_OPEN_EXPIRED, DEFAULT_UPSTREAM_ID, ECONNREFUSED,
+        IPPROTO_TCP, POLICY_FALLBACK_V4, POLICY_FALLBACK_V6, RECORD_TRIAL, RECORD_WATCHED,
     },
-    machine::{admit, Admission, BreakerWord, State},
+    dest::v4_mapped,
+    machine::{abandon, admit, Admission, BreakerWord, State},
 };
 
 use crate::{
-    breaker::{now_ms, Breaker},
-    destination::Destination,
-    maps::{SETTINGS, TRIALS},
+    breaker::{count, now_ms, now_ns, Breaker},
+    destination,
+    maps::SETTINGS,
     probe_mark::is_probe_socket,
+    record,
 };
 
 /// What the hook decides for one connect.
@@ -33,40 +31,61 @@ pub enum Verdict {
     Deny,
 }
 
-pub fn try_connect4(ctx: &SockAddrContext) -> Result<Verdict, i32> {
+/// The settings, when this connect is one the breaker looks at: TCP, not a probe.
+#[inline(always)]
+fn applies(ctx: &SockAddrContext) -> Option<&'static Settings> {
+    // SAFETY: the kernel hands connect hooks a valid context.
     let sa = unsafe { &*ctx.sock_addr };
-    let Some(settings) = SETTINGS.get(0) else {
+    let settings = SETTINGS.get(0)?;
+    // SAFETY: `sk` is the connecting socket, or null (checked in is_probe_socket).
+    let sk = unsafe { sa.__bindgen_anon_1.sk };
+    (sa.protocol == IPPROTO_TCP && !is_probe_socket(sk, settings)).then_some(settings)
+}
+
+pub fn try_connect4(ctx: &SockAddrContext) -> Result<Verdict, i32> {
+    let Some(settings) = applies(ctx) else {
         return Ok(Verdict::Allow);
     };
-    if sa.protocol != IPPROTO_TCP || is_probe_socket(unsafe { sa.__bindgen_anon_1.sk }, settings) {
-        return Ok(Verdict::Allow);
-    }
-    let dest = Destination::V4 {
-        addr: sa.user_ip4,
-        port: sa.user_port as u16,
-    };
+    // SAFETY: as in `applies`.
+    let sa = unsafe { &*ctx.sock_addr };
+    let dest = DestKey::ipv4(sa.user_ip4, sa.user_port as u16);
     enforce::<false>(ctx, settings, dest)
 }
 
 pub fn try_connect6(ctx: &SockAddrContext) -> Result<Verdict, i32> {
-    let sa = unsafe { &*ctx.sock_addr };
-    let Some(settings) = SETTINGS.get(0) else {
+    let Some(settings) = applies(ctx) else {
         return Ok(Verdict::Allow);
     };
-    if sa.protocol != IPPROTO_TCP || is_probe_socket(unsafe { sa.__bindgen_anon_1.sk }, settings) {
-        return Ok(Verdict::Allow);
-    }
-    let dest = Destination::from_v6(sa.user_ip6, sa.user_port as u16);
+    // SAFETY: as in `applies`.
+    let sa = unsafe { &*ctx.sock_addr };
+    let dest = DestKey::ipv6(sa.user_ip6, sa.user_port as u16);
     enforce::<true>(ctx, settings, dest)
 }
 
 /// `V6_HOOK`: called from connect6, whose context has `user_ip6` (connect4's has not).
+#[inline(always)]
 fn enforce<const V6_HOOK: bool>(
     ctx: &SockAddrContext,
     settings: &Settings,
-    dest: Destination,
+    dest: DestKey,
 ) -> Result<Verdict, i32> {
-    let Some(breaker) = dest.breaker(settings, true) else {
+    let breaker = match destination::upstream(&dest, settings) {
+        Some(id) => Breaker::configured(id),
+        None if settings.default_policy_enabled != 0 => {
+            match Breaker::for_destination(&dest, false) {
+                Some(b) => Some(b),
+                // A destination without failures has no breaker yet: watch it, so
+                // its first failure creates one.
+                None => {
+                    count(DEFAULT_UPSTREAM_ID, |c| c.attempts += 1);
+                    let _ = record::write(ctx, watched(DEFAULT_UPSTREAM_ID, dest, 0, 0));
+                    return Ok(Verdict::Allow);
+                }
+            }
+        }
+        None => None,
+    };
+    let Some(breaker) = breaker else {
         return Ok(Verdict::Allow);
     };
     breaker.count(|c| c.attempts += 1);
@@ -84,62 +103,77 @@ fn enforce<const V6_HOOK: bool>(
         .update(ctx, CAUSE_OPEN_EXPIRED, |w| admit(w, clock(w), &thresholds))
         .unwrap_or(Admission::Pass);
     match admission {
-        Admission::Pass => Ok(Verdict::Allow),
+        Admission::Pass => {
+            // Without a record the connect goes unwatched: fail open.
+            let _ = record::write(ctx, watched(breaker.upstream, dest, 0, 0));
+            Ok(Verdict::Allow)
+        }
         Admission::Trial { epoch } => {
-            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-            let trial = Trial {
-                epoch: epoch as u32,
-                _pad: 0,
-            };
-            // Without the note the trial's outcome would not count and its slot would
-            // stay taken until the next reopen; fail it rather than leak the slot.
-            if TRIALS.insert(cookie, trial, 0).is_err() {
-                return Ok(reject::<V6_HOOK>(ctx, &breaker, dest));
+            let trial = watched(breaker.upstream, dest, RECORD_TRIAL, epoch);
+            if record::write(ctx, trial).is_none() {
+                // Nobody would see this trial end: give its slot back at once and
+                // let the connect go unwatched.
+                breaker.update(ctx, CAUSE_OPEN_EXPIRED, |w| abandon(w, epoch));
             }
             Ok(Verdict::Allow)
         }
-        Admission::Reject => Ok(reject::<V6_HOOK>(ctx, &breaker, dest)),
+        Admission::Reject => Ok(reject::<V6_HOOK>(ctx, &breaker, &dest)),
+    }
+}
+
+#[inline(always)]
+fn watched(upstream: u32, dest: DestKey, flags: u64, epoch: u8) -> SocketRecord {
+    SocketRecord {
+        started_ns: now_ns(),
+        flags: RECORD_WATCHED | flags,
+        dest,
+        upstream,
+        epoch: epoch as u32,
+        cb_flags_set: 0,
     }
 }
 
 /// Rewrites the destination to the fallback of the same family, or fails the connect
-/// with ECONNREFUSED before any SYN leaves.
+/// with ECONNREFUSED before any SYN leaves. Neither is watched: a redirected
+/// connect's outcome is the fallback's, not the upstream's.
 #[inline(always)]
 fn reject<const V6_HOOK: bool>(
     ctx: &SockAddrContext,
     breaker: &Breaker,
-    dest: Destination,
+    dest: &DestKey,
 ) -> Verdict {
     let p = breaker.policy;
+    // SAFETY: the kernel hands connect hooks a valid, writable context.
     let sa = unsafe { &mut *ctx.sock_addr };
-    match dest {
-        Destination::V4 { .. } if p.flags & POLICY_FALLBACK_V4 != 0 => {
-            if V6_HOOK {
-                set_user_ip6(sa, v4_mapped(p.fallback_ip4));
-            } else {
-                sa.user_ip4 = p.fallback_ip4;
-            }
-            sa.user_port = p.fallback_port_v4;
-            breaker.count(|c| c.redirected += 1);
-            Verdict::Allow
+    let v4 = dest.is_ipv4();
+    if v4 && p.flags & POLICY_FALLBACK_V4 != 0 {
+        if V6_HOOK {
+            set_user_ip6(sa, v4_mapped(p.fallback_ip4));
+        } else {
+            sa.user_ip4 = p.fallback_ip4;
         }
-        Destination::V6 { .. } if p.flags & POLICY_FALLBACK_V6 != 0 => {
-            set_user_ip6(sa, p.fallback_ip6);
-            sa.user_port = p.fallback_port_v6;
-            breaker.count(|c| c.redirected += 1);
-            Verdict::Allow
-        }
-        _ => {
-            breaker.count(|c| c.rejected += 1);
-            unsafe { bpf_set_retval(-ECONNREFUSED) };
-            Verdict::Deny
-        }
+        sa.user_port = p.fallback_port_v4;
+        breaker.count(|c| c.redirected += 1);
+        Verdict::Allow
+    } else if V6_HOOK && !v4 && p.flags & POLICY_FALLBACK_V6 != 0 {
+        // Only connect6 may write user_ip6 (the verifier refuses it in connect4).
+        // A connect4 destination is IPv4 anyway.
+        set_user_ip6(sa, p.fallback_ip6);
+        sa.user_port = p.fallback_port_v6;
+        breaker.count(|c| c.redirected += 1);
+        Verdict::Allow
+    } else {
+        breaker.count(|c| c.rejected += 1);
+        // SAFETY: a helper taking a plain integer; allowed in cgroup hooks (5.18+).
+        unsafe { bpf_set_retval(-ECONNREFUSED) };
+        Verdict::Deny
     }
 }
 
 /// The verifier takes context writes only as whole 32-bit stores, never a memcpy.
 #[inline(always)]
 fn set_user_ip6(sa: &mut bpf_sock_addr, addr: [u32; 4]) {
+    // SAFETY: in-bounds stores to the context's user_ip6 words.
     unsafe {
         core::ptr::write_volatile(&mut sa.user_ip6[0], addr[0]);
         core::ptr::write_volatile(&mut sa.user_ip6[1], addr[1]);

@@ -1,59 +1,66 @@
-//! sock_ops: the outcome of each watched connect, counted once.
+//! sock_ops: the outcome of each watched connect, counted once, for the breaker the
+//! connect hook recorded in the socket's storage (not for whatever the destination
+//! looks like by then).
 //!
-//! TCP_CONNECT_CB watches a connect whose destination has a breaker by turning on
-//! the STATE and RTO callbacks. Then ESTABLISHED is a success, SYN_SENT -> CLOSE a
-//! refused connect, and an RTO in SYN_SENT a timeout (about 1 s after the SYN, not
-//! after the 127 s of retries). The callback flags are the per-socket memory: the
-//! first outcome clears them, so each connect counts at most once and an
-//! established connection costs nothing more. A connect redirected to a fallback is
-//! not watched (its destination is the fallback's).
+//! - TCP_CONNECT_CB: a socket with a watched record gets the STATE and RTO
+//!   callbacks, only those this program needs, and only if not already on; a trial
+//!   also gets its SYN retry budget.
+//! - TIMEOUT_INIT: a trial's initial SYN RTO, so a trial into a blackhole fails
+//!   within `trial_connect_timeout`.
+//! - STATE_CB SYN_SENT -> ESTABLISHED is a success; SYN_SENT -> CLOSE refused (or
+//!   other, after a retransmission); RTO_CB in SYN_SENT a timeout, about one RTO
+//!   after the SYN rather than after the kernel's 127 s of retries.
+//!
+//! The record, not the callback flags, remembers that the outcome was counted:
+//! another sock_ops program may share the flags.
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
+        bpf_sock, BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TIMEOUT_INIT,
+        BPF_TCP_CLOSE, BPF_TCP_ESTABLISHED, BPF_TCP_SYN_SENT,
     },
-    helpers::bpf_get_socket_cookie,
+    helpers::generated::bpf_setsockopt,
     programs::SockOpsContext,
-    EbpfContext,
 };
 use breaker_common::{
     abi::{
-        AF_INET, CAUSE_FAILURE_OTHER, CAUSE_FAILURE_REFUSED, CAUSE_FAILURE_TIMEOUT, CAUSE_SUCCESS,
+        SocketRecord, CAUSE_FAILURE_OTHER, CAUSE_FAILURE_REFUSED, CAUSE_FAILURE_TIMEOUT,
+        CAUSE_SUCCESS,
     },
-    machine::{record, Outcome, State},
+    machine::{record as record_outcome, Outcome},
 };
 
 use crate::{
-    breaker::now_ms,
-    destination::Destination,
-    maps::{SETTINGS, TRIALS},
-    probe_mark::is_probe_socket,
+    breaker::{count, now_ms, Breaker},
+    maps::POLICIES,
+    record::{self, claim_done, is_watched, trial_epoch},
 };
 
 const WATCH_FLAGS: u32 = BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG;
+const SOL_TCP: i32 = 6;
+const TCP_SYNCNT: i32 = 7;
 
 pub fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i32> {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => watch(ctx),
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
-            // Fires for every active connection; only a watched one counts.
-            if ctx.cb_flags() & WATCH_FLAGS != 0 {
-                finish(ctx, CAUSE_SUCCESS)?;
+        BPF_SOCK_OPS_TIMEOUT_INIT => trial_rto(ctx),
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(0) == BPF_TCP_SYN_SENT => match ctx.arg(1) {
+            BPF_TCP_ESTABLISHED => finish(ctx, CAUSE_SUCCESS),
+            BPF_TCP_CLOSE => {
+                // SAFETY: the kernel hands sock_ops a valid context.
+                let retransmitted = unsafe { (*ctx.ops).total_retrans } > 0;
+                finish(
+                    ctx,
+                    if retransmitted {
+                        CAUSE_FAILURE_OTHER
+                    } else {
+                        CAUSE_FAILURE_REFUSED
+                    },
+                )
             }
-            Ok(())
-        }
-        BPF_SOCK_OPS_STATE_CB if ctx.arg(0) == BPF_TCP_SYN_SENT && ctx.arg(1) == BPF_TCP_CLOSE => {
-            let retransmitted = unsafe { (*ctx.ops).total_retrans } > 0;
-            finish(
-                ctx,
-                if retransmitted {
-                    CAUSE_FAILURE_OTHER
-                } else {
-                    CAUSE_FAILURE_REFUSED
-                },
-            )
-        }
+            _ => Ok(()),
+        },
+        // SAFETY: as above.
         BPF_SOCK_OPS_RTO_CB if unsafe { (*ctx.ops).state } == BPF_TCP_SYN_SENT => {
             finish(ctx, CAUSE_FAILURE_TIMEOUT)
         }
@@ -61,65 +68,116 @@ pub fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i32> {
     }
 }
 
+/// The socket of this callback.
 #[inline(always)]
-fn destination(ctx: &SockOpsContext) -> Destination {
-    // remote_port holds the network-order port in its upper 16 bits.
-    let port = (ctx.remote_port() >> 16) as u16;
-    if ctx.family() == AF_INET as u32 {
-        Destination::V4 {
-            addr: ctx.remote_ip4(),
-            port,
-        }
-    } else {
-        Destination::from_v6(ctx.remote_ip6(), port)
-    }
+fn socket(ctx: &SockOpsContext) -> Option<*mut bpf_sock> {
+    // SAFETY: the kernel hands sock_ops a valid context; `sk` may be null.
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    (!sk.is_null()).then_some(sk)
 }
 
-/// Watches this connect if a breaker guards its destination.
+/// The record of this callback's socket.
+#[inline(always)]
+fn record_of(ctx: &SockOpsContext) -> Option<&'static mut SocketRecord> {
+    // SAFETY: a non-null sock_ops socket, as bpf_sk_storage_get takes it.
+    unsafe { record::of_socket(socket(ctx)?) }
+}
+
+/// Turns on the callbacks a watched connect needs.
 #[inline(always)]
 fn watch(ctx: &SockOpsContext) -> Result<(), i32> {
-    let Some(settings) = SETTINGS.get(0) else {
+    let Some(r) = record_of(ctx) else {
         return Ok(());
     };
-    if is_probe_socket(unsafe { (*ctx.ops).__bindgen_anon_2.sk }, settings) {
+    if !is_watched(r) {
         return Ok(());
     }
-    let dest = destination(ctx);
-    if dest.upstream(settings).is_none() && settings.default_policy_enabled == 0 {
-        return Ok(());
+    let current = ctx.cb_flags();
+    let missing = WATCH_FLAGS & !current;
+    r.cb_flags_set = missing;
+    if missing != 0 {
+        ctx.set_cb_flags((current | missing) as i32)?;
     }
-    ctx.set_cb_flags((ctx.cb_flags() | WATCH_FLAGS) as i32)
+    if trial_epoch(r).is_some() {
+        let retries = POLICIES.get(r.upstream).map_or(0, |p| p.trial_syn_retries);
+        if retries > 0 {
+            let mut value = retries as i32;
+            // SAFETY: a sock_ops context and a pointer to an int of the given size.
+            unsafe {
+                bpf_setsockopt(
+                    ctx.ops.cast(),
+                    SOL_TCP,
+                    TCP_SYNCNT,
+                    core::ptr::from_mut(&mut value).cast(),
+                    core::mem::size_of::<i32>() as i32,
+                )
+            };
+        }
+    }
+    Ok(())
 }
 
-/// Counts the watched connect's outcome once and stops watching it.
+/// A trial's initial SYN RTO. Asked again at each SYN retransmission (to judge
+/// when the connect has timed out), so it answers for the whole life of a trial
+/// socket, not only before its outcome.
+#[inline(always)]
+fn trial_rto(ctx: &SockOpsContext) -> Result<(), i32> {
+    // Only sockets this program watches can be trials: skip the lookup otherwise.
+    if ctx.cb_flags() & BPF_SOCK_OPS_RTO_CB_FLAG == 0 {
+        return Ok(());
+    }
+    let Some(r) = record_of(ctx) else {
+        return Ok(());
+    };
+    if trial_epoch(r).is_none() {
+        return Ok(());
+    }
+    if let Some(p) = POLICIES.get(r.upstream) {
+        if p.trial_rto_jiffies > 0 {
+            ctx.set_reply(p.trial_rto_jiffies);
+        }
+    }
+    Ok(())
+}
+
+/// Turns off the callbacks this program turned on, and only those.
+#[inline(always)]
+fn stop_watching(ctx: &SockOpsContext, r: &SocketRecord) {
+    if r.cb_flags_set != 0 {
+        let _ = ctx.set_cb_flags((ctx.cb_flags() & !r.cb_flags_set) as i32);
+    }
+}
+
+/// Counts the watched connect's outcome once, on the breaker its record names.
 #[inline(always)]
 fn finish(ctx: &SockOpsContext, cause: u32) -> Result<(), i32> {
-    // Watching ends here, whatever follows: at most one outcome per connect.
-    ctx.set_cb_flags((ctx.cb_flags() & !WATCH_FLAGS) as i32)?;
-    let Some(settings) = SETTINGS.get(0) else {
+    let Some(r) = record_of(ctx) else {
         return Ok(());
     };
-    let Some(breaker) = destination(ctx).breaker(settings, false) else {
+    if !is_watched(r) {
         return Ok(());
-    };
+    }
     let success = cause == CAUSE_SUCCESS;
-    breaker.count(|c| match cause {
+    let trial_epoch = trial_epoch(r);
+    // A failed trial keeps its RTO callback: TIMEOUT_INIT must keep answering
+    // until the kernel gives up on the SYN (see `trial_rto`).
+    if success || trial_epoch.is_none() {
+        stop_watching(ctx, r);
+    }
+    if !claim_done(r) {
+        // Already ended: abandoned by the application, or counted before.
+        return Ok(());
+    }
+    count(r.upstream, |c| match cause {
         CAUSE_SUCCESS => c.successes += 1,
         CAUSE_FAILURE_TIMEOUT => c.failures_timeout += 1,
         CAUSE_FAILURE_REFUSED => c.failures_refused += 1,
         _ => c.failures_other += 1,
     });
-    // Trials exist only while the breaker is not CLOSED; skip the lookup otherwise.
-    let trial_epoch = if breaker.state() == State::Closed {
-        None
-    } else {
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        // Copied out at once: the entry is removed just below.
-        let epoch = TRIALS.get_ptr(cookie).map(|t| unsafe { (*t).epoch } as u8);
-        if epoch.is_some() {
-            let _ = TRIALS.remove(cookie);
-        }
-        epoch
+    // Only a failure creates a default-policy breaker: healthy destinations stay out
+    // of the LRU map.
+    let Some(breaker) = Breaker::of_record(r.upstream, &r.dest, !success) else {
+        return Ok(());
     };
     let outcome = Outcome {
         success,
@@ -128,6 +186,6 @@ fn finish(ctx: &SockOpsContext, cause: u32) -> Result<(), i32> {
     let thresholds = breaker.policy.thresholds();
     // Only a failure reads the clock (it may trip the breaker at `now`).
     let now = if success { 0 } else { now_ms() };
-    breaker.update(ctx, cause, |w| record(w, outcome, now, &thresholds));
+    breaker.update(ctx, cause, |w| record_outcome(w, outcome, now, &thresholds));
     Ok(())
 }

@@ -7,6 +7,8 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
+mod atomic;
+#[cfg(target_arch = "bpf")]
 mod breaker;
 #[cfg(target_arch = "bpf")]
 mod connect;
@@ -18,12 +20,18 @@ mod detect;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod probe_mark;
+#[cfg(target_arch = "bpf")]
+mod record;
+#[cfg(target_arch = "bpf")]
+mod release;
+#[cfg(target_arch = "bpf")]
+mod resolve_test;
 
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        macros::{cgroup_sock_addr, sock_ops},
-        programs::{SockAddrContext, SockOpsContext},
+        macros::{cgroup_sock, cgroup_sock_addr, classifier, sock_ops},
+        programs::{SockAddrContext, SockContext, SockOpsContext, TcContext},
     };
 
     use crate::connect::Verdict;
@@ -69,6 +77,24 @@ mod programs {
         // sock_ops ignores the return for these callbacks; 1 is "ok".
         let _ = crate::detect::try_sock_ops(&ctx);
         1
+    }
+
+    /// Cleanup: a watched connect closed before its outcome gives back what it held.
+    #[cgroup_sock(sock_release)]
+    pub fn brk_sock_release(ctx: SockContext) -> i32 {
+        // 1 lets the release go on; it is never ours to refuse.
+        let _ = crate::release::try_sock_release(&ctx);
+        1
+    }
+
+    /// The destination lookup under BPF_PROG_TEST_RUN; never attached.
+    #[classifier]
+    pub fn brk_test_resolve(ctx: TcContext) -> i32 {
+        match crate::resolve_test::try_resolve(&ctx) {
+            Ok(id) => id as i32,
+            // A query the program could not read: neither an id nor "none".
+            Err(_) => -2,
+        }
     }
 }
 

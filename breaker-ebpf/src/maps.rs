@@ -2,11 +2,12 @@
 //! placeholders: the daemon sets them from the config at load time.
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use breaker_common::abi::{
-    BreakerCell, Counters, DestKey, EndpointV4, EndpointV6, Settings, Trial, UpstreamPolicy,
+    BreakerCell, Counters, DestKey, EndpointV4, EndpointV6, Settings, SocketRecord, UpstreamPolicy,
 };
 
 /// Global settings (probe mark, default policy on/off). Written by the daemon.
@@ -37,16 +38,17 @@ pub static POLICIES: Array<UpstreamPolicy> = Array::with_max_entries(1, 0);
 #[map]
 pub static UPSTREAM_STATES: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
-/// Default policy: destination -> its own breaker word. Inserted by connect4/6,
-/// changed by compare-and-swap from connect4/6 and sock_ops; LRU bounds it.
+/// Default policy: destination -> its own breaker word. Inserted by sock_ops at a
+/// destination's first failure (healthy destinations never get one, so they cannot
+/// evict a tripped one), changed by compare-and-swap from every program; LRU bounds it.
 #[map]
 pub static DEFAULT_STATES: LruHashMap<DestKey, BreakerCell> = LruHashMap::with_max_entries(1, 0);
 
-/// Socket cookie -> HALF_OPEN trial. Inserted by connect4/6 when it admits a trial,
-/// removed by sock_ops at the trial's outcome. Only trials are noted: the common
-/// CLOSED path writes nothing per connect.
-#[map]
-pub static TRIALS: LruHashMap<u64, Trial> = LruHashMap::with_max_entries(65536, 0);
+/// Socket -> what connect4/6 decided for it: its breaker, trial epoch, start time.
+/// Created by connect4/6, read and marked done by sock_ops and sock_release; the
+/// kernel frees it with the socket.
+#[btf_map]
+pub static SOCKET_RECORDS: SkStorage<SocketRecord> = SkStorage::new();
 
 /// Upstream id -> counters, per CPU (written on every watched connect).
 #[map]

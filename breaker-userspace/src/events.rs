@@ -1,10 +1,10 @@
 //! Transition events: from the kernel's ring buffer and from the daemon's own probes,
 //! into logs and metrics.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use aya::maps::{MapData, RingBuf};
 use breaker_common::{
-    abi::{cause_name, unmap_v4, DestKey, TransitionEvent, AF_INET},
+    abi::{cause_name, DestKey, TransitionEvent},
     machine::State,
 };
 use tokio::io::unix::AsyncFd;
@@ -36,21 +36,7 @@ impl Transition {
 
 /// The socket address in a `DestKey`, or `None` for an empty key.
 pub fn dest_addr(d: &DestKey) -> Option<SocketAddr> {
-    if d.family == 0 {
-        return None;
-    }
-    let port = u16::from_be(d.port);
-    let ip = match (d.family, unmap_v4(d.addr)) {
-        (AF_INET, Some(v4)) => IpAddr::V4(Ipv4Addr::from(u32::from_be(v4))),
-        _ => {
-            let mut octets = [0u8; 16];
-            for (i, w) in d.addr.iter().enumerate() {
-                octets[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
-            }
-            IpAddr::V6(Ipv6Addr::from(octets))
-        }
-    };
-    Some(SocketAddr::new(ip, port))
+    (d.family != 0).then(|| d.to_socket_addr())
 }
 
 /// Logs and counts one transition.
@@ -94,27 +80,13 @@ pub async fn pump(ring: RingBuf<MapData>, metrics: std::sync::Arc<Metrics>) -> a
 #[cfg(test)]
 mod tests {
     use super::*;
-    use breaker_common::abi::{v4_mapped, AF_INET6};
 
     #[test]
     fn dest_keys_decode_to_socket_addresses() {
-        let v4 = DestKey {
-            addr: v4_mapped(u32::from_ne_bytes([10, 0, 0, 7])),
-            port: 8080u16.to_be(),
-            family: AF_INET,
-        };
-        assert_eq!(dest_addr(&v4), Some("10.0.0.7:8080".parse().unwrap()));
-        let o = "fd00::5".parse::<Ipv6Addr>().unwrap().octets();
-        let mut addr = [0u32; 4];
-        for (i, w) in addr.iter_mut().enumerate() {
-            *w = u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]]);
+        for text in ["10.0.0.7:8080", "[fd00::5]:443"] {
+            let addr: SocketAddr = text.parse().unwrap();
+            assert_eq!(dest_addr(&DestKey::from_socket_addr(addr)), Some(addr));
         }
-        let v6 = DestKey {
-            addr,
-            port: 443u16.to_be(),
-            family: AF_INET6,
-        };
-        assert_eq!(dest_addr(&v6), Some("[fd00::5]:443".parse().unwrap()));
         assert_eq!(dest_addr(&DestKey::default()), None);
     }
 }

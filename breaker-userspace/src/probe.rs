@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use breaker_common::{
-    abi::{cause_name, CAUSE_PROBE_FAILURE, CAUSE_PROBE_SUCCESS},
+    abi::{cause_name, CAUSE_OPEN_EXPIRED, CAUSE_PROBE_FAILURE, CAUSE_PROBE_SUCCESS},
     machine::{self, State},
 };
 use tokio::{net::TcpStream, time::Instant};
@@ -117,7 +117,7 @@ pub async fn run(
         .into_iter()
         .map(|(id, upstream)| Probed {
             id,
-            thresholds: crate::kernel::policy_abi(&upstream.policy, &[]).thresholds(),
+            thresholds: crate::kernel::thresholds(&upstream.policy),
             upstream: Arc::new(upstream),
             last_probe: None,
             busy: Arc::new(std::sync::atomic::AtomicBool::new(false)),
@@ -132,16 +132,25 @@ pub async fn run(
             let Some(word) = states.load(p.id) else {
                 continue;
             };
-            if word.state() == State::Closed {
-                p.last_probe = None;
-                continue;
-            }
-            let due = word.open_for_ms(now) >= p.thresholds.open_duration_ms
+            // HALF_OPEN is a breaker being probed: open_duration has passed, and a
+            // failed probe keeps it there, so probes go on every probe_interval.
+            let recovering = match word.state() {
+                State::Closed => {
+                    p.last_probe = None;
+                    continue;
+                }
+                State::Open => word.phase_ms(now) >= p.thresholds.open_duration_ms,
+                State::HalfOpen => true,
+            };
+            let due = recovering
                 && p.last_probe
                     .is_none_or(|t| t.elapsed() >= p.upstream.policy.probe_interval);
             if !due || p.busy.swap(true, Ordering::AcqRel) {
                 continue;
             }
+            // Show the probing as it happens: OPEN past its time is HALF_OPEN now,
+            // not when the probe's answer comes back.
+            expire(p.id, &p.thresholds, now, &states, &metrics);
             p.last_probe = Some(Instant::now());
             let (id, upstream, thresholds, busy) =
                 (p.id, p.upstream.clone(), p.thresholds, p.busy.clone());
@@ -150,6 +159,34 @@ pub async fn run(
                 probe_and_apply(id, &upstream, thresholds, mark, &states, &metrics).await;
                 busy.store(false, Ordering::Release);
             });
+        }
+    }
+}
+
+/// Moves an expired OPEN breaker to HALF_OPEN, as the kernel does on a connect.
+fn expire(
+    id: u32,
+    thresholds: &breaker_common::machine::Thresholds,
+    now: u32,
+    states: &StateTable,
+    metrics: &Metrics,
+) {
+    let expire = |w| machine::Step {
+        next: machine::expire_open(w, now, thresholds),
+        result: (),
+    };
+    if let Some((prev, step)) = states.update(id, expire) {
+        if let Some((from, to)) = step.transition(prev) {
+            crate::events::record(
+                metrics,
+                &Transition {
+                    upstream: id,
+                    from,
+                    to,
+                    cause: cause_name(CAUSE_OPEN_EXPIRED),
+                    dest: None,
+                },
+            );
         }
     }
 }

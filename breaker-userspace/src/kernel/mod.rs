@@ -1,21 +1,31 @@
 //! The kernel side as the daemon sees it: load the programs, size and fill the maps
 //! from the config, attach to a cgroup, and read state and counters back.
+//!
+//! - [`hz`]: the kernel's tick rate, which trial SYN timeouts are given in.
+//! - [`resolve`]: the kernel's own destination lookup, run under BPF_PROG_TEST_RUN.
+mod hz;
+mod resolve;
+
 use std::{
     fs::File,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
-    programs::{links::CgroupAttachMode, CgroupSockAddr, SockOps},
+    programs::{links::CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps},
     Ebpf, EbpfLoader,
 };
-use breaker_common::abi::{
-    map_names, program_names, v4_mapped, Counters, DestKey, EndpointV4, EndpointV6, Settings,
-    UpstreamPolicy, AF_INET, AF_INET6, DEFAULT_UPSTREAM_ID, POLICY_FALLBACK_V4, POLICY_FALLBACK_V6,
-    PORT_PREFIX_BITS, PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6,
+use breaker_common::{
+    abi::{
+        map_names, program_names, Counters, DestKey, EndpointV4, EndpointV6, Settings,
+        UpstreamPolicy, DEFAULT_UPSTREAM_ID, POLICY_FALLBACK_V4, POLICY_FALLBACK_V6,
+        PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6,
+    },
+    dest::{endpoint_prefix_len, port_ne},
+    machine::Thresholds,
 };
 use ipnet::IpNet;
 
@@ -55,6 +65,8 @@ pub enum KernelError {
     },
     #[error("cannot map the upstream state table: {0}")]
     Mmap(#[source] std::io::Error),
+    #[error("the destination lookup test run failed: {0}")]
+    TestRun(String),
 }
 
 /// Loaded (and, after [`Kernel::attach`], attached) programs and their maps.
@@ -83,6 +95,7 @@ impl CounterTable {
             sum.rejected += c.rejected;
             sum.redirected += c.redirected;
             sum.contention_misses += c.contention_misses;
+            sum.abandoned += c.abandoned;
             sum
         }))
     }
@@ -129,7 +142,8 @@ impl Kernel {
             .load(EBPF_OBJECT)
             .map_err(KernelError::Load)?;
 
-        write_config(&mut ebpf, config)?;
+        let hz = hz::kernel_hz();
+        write_config(&mut ebpf, config, hz)?;
 
         let states_map =
             ebpf.take_map(map_names::UPSTREAM_STATES)
@@ -157,6 +171,10 @@ impl Kernel {
         }
         let sock_ops: &mut SockOps = program(&mut ebpf, program_names::SOCK_OPS)?;
         sock_ops.load().map_err(prog_err(program_names::SOCK_OPS))?;
+        let release: &mut CgroupSock = program(&mut ebpf, program_names::SOCK_RELEASE)?;
+        release
+            .load()
+            .map_err(prog_err(program_names::SOCK_RELEASE))?;
 
         Ok(Kernel {
             ebpf,
@@ -165,7 +183,7 @@ impl Kernel {
         })
     }
 
-    /// Attaches connect4, connect6 and sock_ops to `cgroup` as BPF links. Links always
+    /// Attaches connect4, connect6, sock_ops and sock_release to `cgroup` as BPF links. Links always
     /// run beside other programs on the cgroup; `bpf_link_create` takes no multi flag
     /// (aya passes the mode as its flags, so `Single`, i.e. 0).
     pub fn attach(&mut self, cgroup: &Path) -> Result<(), KernelError> {
@@ -182,6 +200,11 @@ impl Kernel {
         sock_ops
             .attach(&file, CgroupAttachMode::Single)
             .map_err(prog_err(program_names::SOCK_OPS))?;
+        // Last: it only cleans up after records the others write.
+        let release: &mut CgroupSock = program(&mut self.ebpf, program_names::SOCK_RELEASE)?;
+        release
+            .attach(&file, CgroupAttachMode::Single)
+            .map_err(prog_err(program_names::SOCK_RELEASE))?;
         Ok(())
     }
 
@@ -245,16 +268,16 @@ where
     prog.try_into().map_err(prog_err(name))
 }
 
-fn write_config(ebpf: &mut Ebpf, config: &Config) -> Result<(), KernelError> {
+fn write_config(ebpf: &mut Ebpf, config: &Config, hz: u32) -> Result<(), KernelError> {
     let mut policies: Array<_, UpstreamPolicy> = typed_map(ebpf, map_names::POLICIES)?;
     if let Some(d) = &config.default_policy {
         policies
-            .set(DEFAULT_UPSTREAM_ID, policy_abi(&d.policy, &[]), 0)
+            .set(DEFAULT_UPSTREAM_ID, policy_abi(&d.policy, &[], hz), 0)
             .map_err(map_err(map_names::POLICIES))?;
     }
     for (i, up) in config.upstreams.iter().enumerate() {
         policies
-            .set(upstream_id(i), policy_abi(&up.policy, &up.fallback), 0)
+            .set(upstream_id(i), policy_abi(&up.policy, &up.fallback, hz), 0)
             .map_err(map_err(map_names::POLICIES))?;
     }
 
@@ -263,38 +286,40 @@ fn write_config(ebpf: &mut Ebpf, config: &Config) -> Result<(), KernelError> {
     for (i, up) in config.upstreams.iter().enumerate() {
         for addr in up.endpoints.iter().filter_map(Endpoint::single_address) {
             exact
-                .insert(dest_key(addr), upstream_id(i), 0)
+                .insert(DestKey::from_socket_addr(addr), upstream_id(i), 0)
                 .map_err(map_err(map_names::ENDPOINTS_EXACT))?;
         }
     }
+    let prefixed = || {
+        config.upstreams.iter().enumerate().flat_map(|(i, up)| {
+            up.endpoints
+                .iter()
+                .filter(|e| e.single_address().is_none())
+                .map(move |e| (upstream_id(i), e))
+        })
+    };
     let mut v4: LpmTrie<_, EndpointV4, u32> = typed_map(ebpf, map_names::ENDPOINTS_V4)?;
-    for (i, up) in config.upstreams.iter().enumerate() {
-        for ep in up.endpoints.iter().filter(|e| e.single_address().is_none()) {
-            if let IpNet::V4(net) = ep.net {
-                let data = EndpointV4 {
-                    port: port_bytes(ep),
-                    addr: net.addr().octets(),
-                };
-                let key = Key::new(PORT_PREFIX_BITS + net.prefix_len() as u32, data);
-                v4.insert(&key, upstream_id(i), 0)
-                    .map_err(map_err(map_names::ENDPOINTS_V4))?;
-                prefix_endpoints |= PREFIX_ENDPOINTS_V4;
-            }
+    for (id, ep) in prefixed() {
+        if let IpNet::V4(net) = ep.net {
+            let key = Key::new(
+                endpoint_prefix_len(net.prefix_len().into()),
+                EndpointV4::from_net(net.addr(), ep.port),
+            );
+            v4.insert(&key, id, 0)
+                .map_err(map_err(map_names::ENDPOINTS_V4))?;
+            prefix_endpoints |= PREFIX_ENDPOINTS_V4;
         }
     }
     let mut v6: LpmTrie<_, EndpointV6, u32> = typed_map(ebpf, map_names::ENDPOINTS_V6)?;
-    for (i, up) in config.upstreams.iter().enumerate() {
-        for ep in up.endpoints.iter().filter(|e| e.single_address().is_none()) {
-            if let IpNet::V6(net) = ep.net {
-                let data = EndpointV6 {
-                    port: port_bytes(ep),
-                    addr: net.addr().octets(),
-                };
-                let key = Key::new(PORT_PREFIX_BITS + net.prefix_len() as u32, data);
-                v6.insert(&key, upstream_id(i), 0)
-                    .map_err(map_err(map_names::ENDPOINTS_V6))?;
-                prefix_endpoints |= PREFIX_ENDPOINTS_V6;
-            }
+    for (id, ep) in prefixed() {
+        if let IpNet::V6(net) = ep.net {
+            let key = Key::new(
+                endpoint_prefix_len(net.prefix_len().into()),
+                EndpointV6::from_net(net.addr(), ep.port),
+            );
+            v6.insert(&key, id, 0)
+                .map_err(map_err(map_names::ENDPOINTS_V6))?;
+            prefix_endpoints |= PREFIX_ENDPOINTS_V6;
         }
     }
 
@@ -311,40 +336,6 @@ fn write_config(ebpf: &mut Ebpf, config: &Config) -> Result<(), KernelError> {
     Ok(())
 }
 
-/// The kernel's key for one destination: IPv4 as v4-mapped IPv6, network byte order
-/// (the layout the hooks build from `bpf_sock_addr` and `bpf_sock_ops`).
-pub fn dest_key(sock: SocketAddr) -> DestKey {
-    let v4 = match sock.ip() {
-        IpAddr::V4(ip) => Some(ip),
-        // The hooks see a v4-mapped destination as IPv4.
-        IpAddr::V6(ip) => ip.to_ipv4_mapped(),
-    };
-    let (addr, family) = match (v4, sock.ip()) {
-        (Some(ip), _) => (v4_mapped(u32::from_ne_bytes(ip.octets())), AF_INET),
-        (None, ip) => {
-            let o = match ip {
-                IpAddr::V6(ip) => ip.octets(),
-                IpAddr::V4(ip) => ip.to_ipv6_mapped().octets(),
-            };
-            let mut words = [0u32; 4];
-            for (i, w) in words.iter_mut().enumerate() {
-                *w = u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]]);
-            }
-            (words, AF_INET6)
-        }
-    };
-    DestKey {
-        addr,
-        port: u16::from_ne_bytes(sock.port().to_be_bytes()),
-        family,
-    }
-}
-
-/// Network-order port, or 0 for "any port" (real endpoints never have port 0).
-fn port_bytes(ep: &Endpoint) -> [u8; 2] {
-    ep.port.unwrap_or(0).to_be_bytes()
-}
-
 fn typed_map<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, KernelError>
 where
     T: TryFrom<&'a mut Map, Error = aya::maps::MapError>,
@@ -353,33 +344,56 @@ where
     T::try_from(map).map_err(map_err(name))
 }
 
-/// The kernel form of a policy. Ports and addresses in network byte order as the
-/// connect hooks read them from `bpf_sock_addr`.
-pub fn policy_abi(p: &Policy, fallback: &[SocketAddr]) -> UpstreamPolicy {
-    let mut abi = UpstreamPolicy {
+/// SYN retransmissions of a trial socket: with the initial RTO below, a blackholed
+/// trial fails after RTO + 2 RTO = 3 RTO.
+const TRIAL_SYN_RETRIES: u32 = 1;
+
+/// The state machine's view of a policy, as the kernel programs get it.
+pub fn thresholds(p: &Policy) -> Thresholds {
+    let ms = |d: std::time::Duration| d.as_millis().min(u32::MAX as u128) as u32;
+    Thresholds {
         failure_threshold: p.failure_threshold,
         success_threshold: p.success_threshold,
         half_open_max_connections: p.half_open_max_connections,
-        open_duration_ms: p.open_duration.as_millis().min(u32::MAX as u128) as u32,
+        open_duration_ms: ms(p.open_duration),
+        // A trial ends within trial_connect_timeout; twice that, and its slot is lost.
+        trial_lease_ms: ms(p.trial_connect_timeout).saturating_mul(2),
+    }
+}
+
+/// The initial SYN RTO, in jiffies at `hz`, that makes a trial fail within `timeout`
+/// (`TRIAL_SYN_RETRIES` retransmissions, each doubling the wait).
+pub fn trial_rto_jiffies(timeout: std::time::Duration, hz: u32) -> u32 {
+    let waits = (1u128 << (TRIAL_SYN_RETRIES + 1)) - 1;
+    let jiffies = timeout.as_millis() * hz as u128 / 1000 / waits;
+    jiffies.clamp(1, u32::MAX as u128) as u32
+}
+
+/// The kernel form of a policy. Ports and addresses in network byte order as the
+/// connect hooks read them from `bpf_sock_addr`.
+pub fn policy_abi(p: &Policy, fallback: &[SocketAddr], hz: u32) -> UpstreamPolicy {
+    let t = thresholds(p);
+    let mut abi = UpstreamPolicy {
+        failure_threshold: t.failure_threshold,
+        success_threshold: t.success_threshold,
+        half_open_max_connections: t.half_open_max_connections,
+        open_duration_ms: t.open_duration_ms,
+        trial_lease_ms: t.trial_lease_ms,
+        trial_rto_jiffies: trial_rto_jiffies(p.trial_connect_timeout, hz),
+        trial_syn_retries: TRIAL_SYN_RETRIES,
         ..Default::default()
     };
     for addr in fallback {
-        let port = u16::from_ne_bytes(addr.port().to_be_bytes()) as u32;
-        match addr.ip() {
-            IpAddr::V4(ip) => {
-                abi.flags |= POLICY_FALLBACK_V4;
-                abi.fallback_ip4 = u32::from_ne_bytes(ip.octets());
-                abi.fallback_port_v4 = port;
-            }
-            IpAddr::V6(ip) => {
-                abi.flags |= POLICY_FALLBACK_V6;
-                let o = ip.octets();
-                for (i, word) in abi.fallback_ip6.iter_mut().enumerate() {
-                    *word =
-                        u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]]);
-                }
-                abi.fallback_port_v6 = port;
-            }
+        let key = DestKey::from_socket_addr(*addr);
+        let port = port_ne(addr.port()) as u32;
+        if key.is_ipv4() {
+            abi.flags |= POLICY_FALLBACK_V4;
+            abi.fallback_ip4 = key.addr[3];
+            abi.fallback_port_v4 = port;
+        } else {
+            abi.flags |= POLICY_FALLBACK_V6;
+            abi.fallback_ip6 = key.addr;
+            abi.fallback_port_v6 = port;
         }
     }
     abi
@@ -402,16 +416,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dest_keys_match_what_the_hooks_build() {
-        // connect4 reads user_ip4/user_port as stored: network order in native words.
-        let k = dest_key("10.0.0.7:8080".parse().unwrap());
-        assert_eq!(k.family, AF_INET);
-        assert_eq!(k.addr[3], u32::from_ne_bytes([10, 0, 0, 7]));
-        assert_eq!(k.port.to_ne_bytes(), 8080u16.to_be_bytes());
-        // A v4-mapped IPv6 endpoint is the IPv4 destination the hooks see.
-        assert_eq!(dest_key("[::ffff:10.0.0.7]:8080".parse().unwrap()), k);
-        let k6 = dest_key("[fd00::1]:443".parse().unwrap());
-        assert_eq!(k6.family, AF_INET6);
-        assert_eq!(k6.addr[0].to_ne_bytes(), [0xfd, 0, 0, 0]);
+    fn a_blackholed_trial_fails_within_its_timeout() {
+        // 1 s at HZ 250: RTO 83 jiffies (332 ms); SYN, retry at 332 ms, give up at 996 ms.
+        let j = trial_rto_jiffies(std::time::Duration::from_secs(1), 250);
+        assert_eq!(j, 83);
+        assert!(j * 3 * 1000 / 250 <= 1000);
+        assert_eq!(
+            trial_rto_jiffies(std::time::Duration::from_secs(1), 1000),
+            333
+        );
+        // Never 0, which would mean "the kernel's default".
+        assert_eq!(
+            trial_rto_jiffies(std::time::Duration::from_millis(1), 100),
+            1
+        );
     }
 }
