@@ -39,6 +39,9 @@ pub struct ClientOptions {
     pub udp: bool,
     /// Close with SO_LINGER 0 (RST, no TIME_WAIT), for long connect loops.
     pub linger0: bool,
+    /// Keep a socket whose connect failed open this long before closing it, as an
+    /// application that leaks its sockets would (zero: close at once).
+    pub hold: Duration,
 }
 
 /// CLOCK_MONOTONIC in milliseconds.
@@ -80,7 +83,10 @@ fn one_udp(opts: &ClientOptions) -> (String, Option<i32>, Option<String>) {
     }
 }
 
-fn one(opts: &ClientOptions) -> (String, Option<i32>, Option<String>) {
+fn one(
+    opts: &ClientOptions,
+    keep: &mut Option<socket2::Socket>,
+) -> (String, Option<i32>, Option<String>) {
     if opts.udp {
         return one_udp(opts);
     }
@@ -94,6 +100,9 @@ fn one(opts: &ClientOptions) -> (String, Option<i32>, Option<String>) {
         let _ = socket.set_linger(Some(Duration::ZERO));
     }
     if let Err(e) = socket.connect_timeout(&opts.to.into(), opts.timeout) {
+        if !opts.hold.is_zero() {
+            *keep = Some(socket);
+        }
         return (classify(&e).into(), e.raw_os_error(), None);
     }
     if !opts.http {
@@ -127,10 +136,12 @@ pub fn run(opts: &ClientOptions, emit: impl Fn(&Attempt) + Send + Sync) {
             let (barrier, emit) = (barrier.clone(), &emit);
             scope.spawn(move || {
                 barrier.wait();
+                let mut held = Vec::new();
                 for seq in 0..opts.count {
                     let start = Instant::now();
                     let mono = mono_ms();
-                    let (outcome, errno, body) = one(opts);
+                    let mut keep = None;
+                    let (outcome, errno, body) = one(opts, &mut keep);
                     let attempt = Attempt {
                         client,
                         seq,
@@ -142,9 +153,14 @@ pub fn run(opts: &ClientOptions, emit: impl Fn(&Attempt) + Send + Sync) {
                         body,
                     };
                     emit(&attempt);
+                    held.extend(keep.map(|s| (Instant::now(), s)));
                     if !opts.interval.is_zero() {
                         std::thread::sleep(opts.interval);
                     }
+                }
+                for (since, socket) in held {
+                    std::thread::sleep(opts.hold.saturating_sub(since.elapsed()));
+                    drop(socket);
                 }
             });
         }

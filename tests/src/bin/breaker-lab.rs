@@ -40,6 +40,10 @@ struct ConnectArgs {
     /// Close with SO_LINGER 0 (an RST, no TIME_WAIT): for long connect loops.
     #[arg(long)]
     linger0: bool,
+    /// Keep a socket whose connect failed open this many milliseconds before
+    /// closing it (an application leaking its sockets).
+    #[arg(long, default_value_t = 0)]
+    hold_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -84,6 +88,7 @@ fn main() -> anyhow::Result<()> {
                 http: a.http,
                 udp: a.udp,
                 linger0: a.linger0,
+                hold: Duration::from_millis(a.hold_ms),
             };
             let stdout = std::sync::Mutex::new(std::io::BufWriter::new(std::io::stdout()));
             client::run(&opts, |a| {

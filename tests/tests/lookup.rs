@@ -1,0 +1,123 @@
+//! The kernel's destination lookup itself, run with BPF_PROG_TEST_RUN over the
+//! daemon's real maps: which configured upstream each destination belongs to, as
+//! connect4/6 decide it. Table-driven: endpoint sets, then destinations and the
+//! upstream each must resolve to. Needs root (loading BPF), not a lab.
+use std::path::Path;
+
+use breaker::{
+    config::Config,
+    kernel::{upstream_id, Kernel},
+};
+use breaker_lab::privileges;
+
+/// One endpoint set and what each destination resolves to (`None`: no upstream).
+struct Case {
+    what: &'static str,
+    upstreams: &'static [(&'static str, &'static [&'static str])],
+    expect: &'static [(&'static str, Option<&'static str>)],
+}
+
+const CASES: &[Case] = &[
+    Case {
+        what: "exact endpoints, both families, v4-mapped destinations",
+        upstreams: &[
+            ("a", &["10.0.0.1:80"]),
+            ("b", &["10.0.0.1:81", "[fd00::1]:80"]),
+        ],
+        expect: &[
+            ("10.0.0.1:80", Some("a")),
+            ("10.0.0.1:81", Some("b")),
+            ("[::ffff:10.0.0.1]:80", Some("a")),
+            ("[fd00::1]:80", Some("b")),
+            ("10.0.0.1:82", None),
+            ("10.0.0.2:80", None),
+            ("[fd00::2]:80", None),
+        ],
+    },
+    Case {
+        what: "overlapping prefixes: the longest wins",
+        upstreams: &[
+            ("wide", &["10.1.0.0/16:443", "[fd01::/32]:443"]),
+            ("narrow", &["10.1.2.0/24:443", "[fd01:0:0:2::/64]:443"]),
+            ("host", &["10.1.2.3/32:443"]),
+        ],
+        expect: &[
+            ("10.1.9.9:443", Some("wide")),
+            ("10.1.2.9:443", Some("narrow")),
+            ("10.1.2.3:443", Some("host")),
+            ("[fd01::9]:443", Some("wide")),
+            ("[fd01:0:0:2::9]:443", Some("narrow")),
+            ("10.2.0.1:443", None),
+            ("10.1.2.9:80", None),
+        ],
+    },
+    Case {
+        what: "an exact port beats any port, whatever the prefix lengths",
+        upstreams: &[
+            ("anyport", &["10.3.0.7", "fd03::/64"]),
+            ("port80", &["10.3.0.0/16:80", "[fd03::/48]:80"]),
+        ],
+        expect: &[
+            ("10.3.0.7:80", Some("port80")),
+            ("10.3.0.7:22", Some("anyport")),
+            ("10.3.1.1:80", Some("port80")),
+            ("10.3.1.1:22", None),
+            ("[fd03::7]:80", Some("port80")),
+            ("[fd03::7]:22", Some("anyport")),
+            ("[::ffff:10.3.0.7]:22", Some("anyport")),
+        ],
+    },
+    Case {
+        what: "v4-mapped endpoints in the config are their IPv4 twins",
+        upstreams: &[("mapped", &["[::ffff:10.4.0.0/120]:80", "[::ffff:10.4.1.1]:80"])],
+        expect: &[
+            ("10.4.0.9:80", Some("mapped")),
+            ("[::ffff:10.4.0.9]:80", Some("mapped")),
+            ("10.4.1.1:80", Some("mapped")),
+            ("10.4.2.1:80", None),
+        ],
+    },
+];
+
+fn config_text(case: &Case) -> String {
+    let mut text = String::new();
+    for (name, endpoints) in case.upstreams {
+        let eps: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
+        text.push_str(&format!(
+            "[[upstream]]\nname = {name:?}\nendpoints = [{}]\nprobe = {{ address = \"127.0.0.1:9\" }}\n",
+            eps.join(", ")
+        ));
+    }
+    text
+}
+
+#[test]
+fn kernel_lookup_resolves_each_destination_to_its_upstream() {
+    if !privileges::should_run("kernel_lookup") {
+        return;
+    }
+    let mut wrong = Vec::new();
+    for case in CASES {
+        let config = Config::parse(Path::new("lookup.toml"), &config_text(case))
+            .unwrap_or_else(|e| panic!("{}: {e}", case.what));
+        let mut kernel = Kernel::load(&config).expect("loading the programs");
+        let name_of = |id: u32| {
+            config
+                .upstreams
+                .iter()
+                .enumerate()
+                .find(|(i, _)| upstream_id(*i) == id)
+                .map(|(_, u)| u.name.clone())
+        };
+        for (dest, want) in case.expect {
+            let got = kernel
+                .resolve(dest.parse().expect("a destination"))
+                .unwrap_or_else(|e| panic!("{}: {dest}: {e}", case.what));
+            let got = got.map(|id| name_of(id).unwrap_or_else(|| format!("unknown id {id}")));
+            if got.as_deref() != *want {
+                wrong.push(format!("{}: {dest} -> {got:?}, want {want:?}", case.what));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
