@@ -16,6 +16,7 @@ pub mod netns;
 pub mod privileges;
 pub mod server;
 pub mod stats;
+pub mod testing;
 
 /// Runs a command, failing with its stderr if it does not succeed.
 pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
