@@ -14,7 +14,7 @@ use std::{
 use breaker_common::machine::{MAX_COUNT, MAX_IN_FLIGHT};
 use serde::Deserialize;
 
-pub use endpoint::{Endpoint, EndpointParseError};
+pub use endpoint::{unmap_v4_addr, Endpoint, EndpointParseError};
 
 /// Where a config went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -205,8 +205,8 @@ struct Check<'a> {
 #[derive(Default)]
 struct Seen {
     names: HashSet<String>,
-    /// Endpoint -> the upstream that has it.
-    endpoints: HashMap<Endpoint, String>,
+    /// Endpoint (v4-mapped ones as IPv4) -> the upstream that has it, and how it was written.
+    endpoints: HashMap<Endpoint, (String, String)>,
 }
 
 impl Check<'_> {
@@ -381,13 +381,19 @@ impl Check<'_> {
             let ep: Endpoint = text.parse().or_else(|e: EndpointParseError| {
                 self.fail(format!("{at}.endpoints[{j}]"), format!("{text:?}: {e}"))
             })?;
-            if let Some(other) = seen.endpoints.get(&ep) {
-                return self.fail(
-                    format!("{at}.endpoints[{j}]"),
-                    format!("{text:?} is already an endpoint of upstream {other:?}"),
-                );
+            if let Some((other, other_text)) = seen.endpoints.get(&ep) {
+                // Name both spellings: `[::ffff:10.0.0.7]:80` and `10.0.0.7:80` look different.
+                let reason = if other_text == text {
+                    format!("{text:?} is already an endpoint of upstream {other:?}")
+                } else {
+                    format!(
+                        "{text:?} is already an endpoint of upstream {other:?}, as {other_text:?} (both are {ep})"
+                    )
+                };
+                return self.fail(format!("{at}.endpoints[{j}]"), reason);
             }
-            seen.endpoints.insert(ep, upstream.to_string());
+            seen.endpoints
+                .insert(ep, (upstream.to_string(), text.clone()));
             endpoints.push(ep);
         }
         Ok(endpoints)
@@ -407,7 +413,7 @@ impl Check<'_> {
         let mut fallback: Vec<SocketAddr> = Vec::new();
         for (j, text) in texts.iter().enumerate() {
             let field = format!("{at}.fallback[{j}]");
-            let addr = text.parse::<SocketAddr>().or_else(|e| {
+            let addr = text.parse::<SocketAddr>().map(unmap_v4_addr).or_else(|e| {
                 self.fail(
                     field.as_str(),
                     format!("{text:?} is not an address:port ({e})"),
@@ -438,39 +444,39 @@ impl Check<'_> {
         endpoints: &[Endpoint],
     ) -> Result<Probe, ConfigError> {
         let first_single = || endpoints.iter().find_map(Endpoint::single_address);
-        let probe =
-            match raw {
-                Some(RawProbe { address, http_path }) => {
-                    let address = match address {
-                        Some(text) => text.parse::<SocketAddr>().or_else(|e| {
-                            self.fail(
-                                format!("{at}.probe.address"),
-                                format!("{text:?} is not an address:port ({e})"),
-                            )
-                        })?,
-                        None => match first_single() {
-                            Some(a) => a,
-                            None => {
-                                return self.fail(
-                                    format!("{at}.probe.address"),
-                                    "needed: no endpoint is a single address with a port",
-                                )
-                            }
-                        },
-                    };
-                    if let Some(path) = &http_path {
-                        if !path.starts_with('/')
-                            || path.chars().any(|c| c.is_whitespace() || c.is_control())
-                        {
+        let probe = match raw {
+            Some(RawProbe { address, http_path }) => {
+                let address = match address {
+                    Some(text) => text.parse::<SocketAddr>().map(unmap_v4_addr).or_else(|e| {
+                        self.fail(
+                            format!("{at}.probe.address"),
+                            format!("{text:?} is not an address:port ({e})"),
+                        )
+                    })?,
+                    None => match first_single() {
+                        Some(a) => a,
+                        None => {
                             return self.fail(
-                                format!("{at}.probe.http_path"),
-                                format!("{path:?} must start with '/' and have no spaces"),
-                            );
+                                format!("{at}.probe.address"),
+                                "needed: no endpoint is a single address with a port",
+                            )
                         }
+                    },
+                };
+                if let Some(path) = &http_path {
+                    if !path.starts_with('/')
+                        || path.chars().any(|c| c.is_whitespace() || c.is_control())
+                    {
+                        return self.fail(
+                            format!("{at}.probe.http_path"),
+                            format!("{path:?} must start with '/' and have no spaces"),
+                        );
                     }
-                    Probe { address, http_path }
                 }
-                None => match first_single() {
+                Probe { address, http_path }
+            }
+            None => {
+                match first_single() {
                     Some(address) => Probe {
                         address,
                         http_path: None,
@@ -479,8 +485,9 @@ impl Check<'_> {
                         format!("{at}.probe"),
                         "needed: no endpoint is a single address with a port, so set probe.address",
                     ),
-                },
-            };
+                }
+            }
+        };
         if probe.address.port() == 0 {
             return self.fail(format!("{at}.probe.address"), "needs a port");
         }

@@ -148,3 +148,95 @@ fn describe_mentions_every_upstream() {
     assert!(text.contains("10.1.2.3:8080"));
     assert!(text.contains("default policy: off"));
 }
+
+#[test]
+fn v4_mapped_endpoints_become_ipv4() {
+    for (text, want) in [
+        ("[::ffff:10.0.0.0/120]:80", "10.0.0.0/24:80"),
+        ("[::ffff:10.0.0.7]:80", "10.0.0.7:80"),
+        ("[::ffff:10.0.0.7/128]:*", "10.0.0.7:*"),
+        ("::ffff:10.0.0.9/120", "10.0.0.0/24:*"),
+        ("[::ffff:0.0.0.0/96]:443", "0.0.0.0/0:443"),
+    ] {
+        let ep: Endpoint = text.parse().unwrap();
+        assert_eq!(ep.to_string(), want, "{text}");
+        assert_eq!(ep, want.parse().unwrap(), "{text}");
+        assert!(matches!(ep.net, ipnet::IpNet::V4(_)), "{text}");
+    }
+    // Not v4-mapped: stays IPv6.
+    let ep: Endpoint = "[::a00:7]:80".parse().unwrap();
+    assert_eq!(ep.to_string(), "[::a00:7]:80");
+}
+
+#[test]
+fn v4_mapped_cidr_shorter_than_96_is_rejected() {
+    assert!(matches!(
+        "[::ffff:10.0.0.0/95]:80".parse::<Endpoint>(),
+        Err(EndpointParseError::MappedPrefix(_))
+    ));
+    let (field, reason) =
+        invalid_field("[[upstream]]\nname='a'\nendpoints=['[::ffff:10.0.0.0/88]:80']");
+    assert_eq!(field, "upstream[0] (\"a\").endpoints[0]");
+    assert!(
+        reason.contains("::ffff:10.0.0.0/88") && reason.contains("/96"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn v4_mapped_duplicate_in_the_same_upstream_is_rejected() {
+    let (field, reason) =
+        invalid_field("[[upstream]]\nname='a'\nendpoints=['10.0.0.7:80', '[::ffff:10.0.0.7]:80']");
+    assert_eq!(field, "upstream[0] (\"a\").endpoints[1]");
+    assert!(
+        reason.contains("already an endpoint of upstream \"a\"")
+            && reason.contains("\"[::ffff:10.0.0.7]:80\"")
+            && reason.contains("\"10.0.0.7:80\""),
+        "names both texts: {reason}"
+    );
+}
+
+#[test]
+fn v4_mapped_duplicate_across_upstreams_is_rejected() {
+    let (field, reason) = invalid_field(
+        "[[upstream]]\nname='a'\nendpoints=['[::ffff:10.0.0.0/120]:80']\nprobe={address='10.0.0.1:80'}\n[[upstream]]\nname='b'\nendpoints=['10.0.0.0/24:80']\nprobe={address='10.0.0.1:80'}",
+    );
+    assert_eq!(field, "upstream[1] (\"b\").endpoints[0]");
+    assert!(
+        reason.contains("already an endpoint of upstream \"a\"")
+            && reason.contains("\"[::ffff:10.0.0.0/120]:80\"")
+            && reason.contains("\"10.0.0.0/24:80\""),
+        "names both texts: {reason}"
+    );
+}
+
+#[test]
+fn v4_mapped_fallback_and_probe_become_ipv4() {
+    let c = parse(
+        "[[upstream]]\nname='a'\nendpoints=['10.0.0.7:80']\nfallback=['[::ffff:127.0.0.1]:9000', '[::1]:9000']\nprobe={address='[::ffff:10.0.0.8]:81'}",
+    )
+    .unwrap();
+    let up = &c.upstreams[0];
+    assert_eq!(
+        up.fallback,
+        vec![
+            "127.0.0.1:9000".parse::<SocketAddr>().unwrap(),
+            "[::1]:9000".parse().unwrap()
+        ]
+    );
+    assert_eq!(up.probe.address, "10.0.0.8:81".parse().unwrap());
+    // As IPv4, a mapped fallback takes the IPv4 slot.
+    let (field, reason) = invalid_field(
+        "[[upstream]]\nname='a'\nendpoints=['10.0.0.7:80']\nfallback=['127.0.0.1:9000', '[::ffff:127.0.0.2]:9000']",
+    );
+    assert_eq!(field, "upstream[0] (\"a\").fallback[1]");
+    assert!(
+        reason.contains("one fallback per address family"),
+        "{reason}"
+    );
+    // And a mapped fallback that is the upstream's own endpoint is caught.
+    let (field, _) = invalid_field(
+        "[[upstream]]\nname='a'\nendpoints=['10.0.0.7:80']\nfallback='[::ffff:10.0.0.7]:80'",
+    );
+    assert_eq!(field, "upstream[0] (\"a\").fallback[0]");
+}
