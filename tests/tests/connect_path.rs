@@ -767,6 +767,7 @@ name = "api"
 endpoints = ["10.77.0.2:8080"]
 failure_threshold = 2
 open_duration = "1s"
+half_open_max_connections = 1
 probe_interval = "60s"
 probe_timeout = "200ms"
 probe = {{ address = "{BLACKHOLE_V4}:80" }}
@@ -790,7 +791,7 @@ probe = {{ address = "{BLACKHOLE_V4}:80" }}
         &format!("{:?}", outcomes(&dark)),
     );
     lab.restore(UPSTREAM_V4).unwrap();
-    // Past open_duration, and past the one probe (which fails and reopens for 1 s).
+    // Well past open_duration: the breaker is half-open (the probe target stays dark).
     std::thread::sleep(Duration::from_millis(2600));
     let trial = lab
         .client(&["--to", "10.77.0.2:8080", "--count", "1", "--http"])

@@ -40,7 +40,12 @@ pub mod defaults {
     use std::time::Duration;
     pub const FAILURE_THRESHOLD: u32 = 5;
     pub const SUCCESS_THRESHOLD: u32 = 1;
-    pub const HALF_OPEN_MAX_CONNECTIONS: u32 = 1;
+    /// Every configured upstream has a probe, so by default its recovery is
+    /// probe-driven: application connects keep failing fast until a probe succeeds.
+    pub const UPSTREAM_HALF_OPEN_MAX_CONNECTIONS: u32 = 0;
+    /// The default policy has no probe: application trials are its only way back.
+    pub const DEFAULT_POLICY_HALF_OPEN_MAX_CONNECTIONS: u32 = 1;
+    pub const TRIAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
     pub const OPEN_DURATION: Duration = Duration::from_secs(30);
     pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
     pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -52,13 +57,20 @@ pub mod defaults {
 
 /// Largest open_duration: the kernel keeps trip times as wrapping milliseconds in 32 bits.
 const MAX_OPEN_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// Bounds of trial_connect_timeout: the kernel fits a trial socket's SYN
+/// retransmissions into it, which needs at least a few milliseconds.
+const MIN_TRIAL_CONNECT_TIMEOUT: Duration = Duration::from_millis(10);
+const MAX_TRIAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The thresholds and timings of one breaker, after defaults and overrides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {
     pub failure_threshold: u32,
     pub success_threshold: u32,
+    /// Application connects HALF_OPEN admits at once as trials; 0: probes only.
     pub half_open_max_connections: u32,
+    /// How long a HALF_OPEN trial connect may take before it counts as failed.
+    pub trial_connect_timeout: Duration,
     pub open_duration: Duration,
     pub probe_interval: Duration,
     pub probe_timeout: Duration,
@@ -131,6 +143,8 @@ struct RawPolicy {
     success_threshold: Option<u32>,
     half_open_max_connections: Option<u32>,
     #[serde(default, with = "humantime_serde")]
+    trial_connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
     open_duration: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     probe_interval: Option<Duration>,
@@ -189,6 +203,7 @@ impl RawPolicy {
             half_open_max_connections: self
                 .half_open_max_connections
                 .or(base.half_open_max_connections),
+            trial_connect_timeout: self.trial_connect_timeout.or(base.trial_connect_timeout),
             open_duration: self.open_duration.or(base.open_duration),
             probe_interval: self.probe_interval.or(base.probe_interval),
             probe_timeout: self.probe_timeout.or(base.probe_timeout),
@@ -222,13 +237,21 @@ impl Check<'_> {
         })
     }
 
-    fn policy(&self, at: &str, raw: RawPolicy) -> Result<Policy, ConfigError> {
+    /// `raw` with defaults filled in, validated. `half_open_default` differs between
+    /// upstreams and the default policy (see [`defaults`]).
+    fn policy(
+        &self,
+        at: &str,
+        raw: RawPolicy,
+        half_open_default: u32,
+    ) -> Result<Policy, ConfigError> {
         let p = Policy {
             failure_threshold: raw.failure_threshold.unwrap_or(defaults::FAILURE_THRESHOLD),
             success_threshold: raw.success_threshold.unwrap_or(defaults::SUCCESS_THRESHOLD),
-            half_open_max_connections: raw
-                .half_open_max_connections
-                .unwrap_or(defaults::HALF_OPEN_MAX_CONNECTIONS),
+            half_open_max_connections: raw.half_open_max_connections.unwrap_or(half_open_default),
+            trial_connect_timeout: raw
+                .trial_connect_timeout
+                .unwrap_or(defaults::TRIAL_CONNECT_TIMEOUT),
             open_duration: raw.open_duration.unwrap_or(defaults::OPEN_DURATION),
             probe_interval: raw.probe_interval.unwrap_or(defaults::PROBE_INTERVAL),
             probe_timeout: raw.probe_timeout.unwrap_or(defaults::PROBE_TIMEOUT),
@@ -252,12 +275,23 @@ impl Check<'_> {
                 ),
             );
         }
-        if !(1..=MAX_IN_FLIGHT).contains(&p.half_open_max_connections) {
+        if p.half_open_max_connections > MAX_IN_FLIGHT {
             return self.fail(
                 field("half_open_max_connections"),
                 format!(
-                    "must be between 1 and {MAX_IN_FLIGHT}, got {}",
+                    "must be between 0 and {MAX_IN_FLIGHT}, got {}",
                     p.half_open_max_connections
+                ),
+            );
+        }
+        if !(MIN_TRIAL_CONNECT_TIMEOUT..=MAX_TRIAL_CONNECT_TIMEOUT)
+            .contains(&p.trial_connect_timeout)
+        {
+            return self.fail(
+                field("trial_connect_timeout"),
+                format!(
+                    "must be between 10ms and 60s, got {:?}",
+                    p.trial_connect_timeout
                 ),
             );
         }
@@ -325,7 +359,11 @@ impl Check<'_> {
         self.upstream_name(i, &at, &up.name, seen)?;
         let endpoints = self.endpoints(&at, &up.name, &up.endpoints, seen)?;
         let fallback = self.fallback(&at, up.fallback, &endpoints)?;
-        let policy = self.policy(&format!("{at}."), up.policy.over(base))?;
+        let policy = self.policy(
+            &format!("{at}."),
+            up.policy.over(base),
+            defaults::UPSTREAM_HALF_OPEN_MAX_CONNECTIONS,
+        )?;
         let probe = self.probe(&at, up.probe, &endpoints)?;
         Ok(Upstream {
             name: up.name,
@@ -503,7 +541,21 @@ impl Check<'_> {
         let Some(d) = raw.filter(|d| d.enabled) else {
             return Ok(None);
         };
-        let policy = self.policy("default_policy.", d.policy.over(base))?;
+        let policy = self.policy(
+            "default_policy.",
+            d.policy.over(base),
+            defaults::DEFAULT_POLICY_HALF_OPEN_MAX_CONNECTIONS,
+        )?;
+        // Checked after merging: [defaults] may be where the 0 comes from.
+        if policy.half_open_max_connections == 0 {
+            let mut reason = format!(
+                "the default policy has no probe: application trials are its only way to recover; must be 1..={MAX_IN_FLIGHT}"
+            );
+            if d.policy.half_open_max_connections.is_none() {
+                reason.push_str(" (the 0 comes from [defaults]; set it here)");
+            }
+            return self.fail("default_policy.half_open_max_connections", reason);
+        }
         let max_destinations = d
             .max_destinations
             .unwrap_or(defaults::DEFAULT_POLICY_MAX_DESTINATIONS);
@@ -538,7 +590,11 @@ impl Config {
         check.cgroup(raw.cgroup.as_deref())?;
 
         // The [defaults] table must be valid on its own, even where every upstream overrides it.
-        check.policy("defaults.", raw.defaults)?;
+        check.policy(
+            "defaults.",
+            raw.defaults,
+            defaults::UPSTREAM_HALF_OPEN_MAX_CONNECTIONS,
+        )?;
         let base = raw.defaults;
 
         let mut seen = Seen::default();
@@ -615,11 +671,17 @@ impl Config {
 }
 
 fn describe_policy(p: &Policy) -> String {
+    let trials = match p.half_open_max_connections {
+        0 => "half-open admits no application connects (probes only)".to_string(),
+        n => format!(
+            "half-open admits {n} application trial(s) at a time, each given {}",
+            humantime::format_duration(p.trial_connect_timeout)
+        ),
+    };
     format!(
-        "opens after {} consecutive failures; open {}; half-open admits {} at a time, closes after {} successes; probe every {} (timeout {})",
+        "opens after {} consecutive failures; open {}; {trials}; closes after {} successes; probe every {} (timeout {})",
         p.failure_threshold,
         humantime::format_duration(p.open_duration),
-        p.half_open_max_connections,
         p.success_threshold,
         humantime::format_duration(p.probe_interval),
         humantime::format_duration(p.probe_timeout),
