@@ -240,19 +240,6 @@ impl Lab {
         Ok(path)
     }
 
-    /// `breaker ARGS` in the client namespace, waited for: (status, stdout, stderr).
-    pub fn breaker_cli(
-        &self,
-        args: &[&str],
-    ) -> anyhow::Result<(std::process::ExitStatus, String, String)> {
-        let out = self.client.command(&self.breaker_bin).args(args).output()?;
-        Ok((
-            out.status,
-            String::from_utf8_lossy(&out.stdout).into(),
-            String::from_utf8_lossy(&out.stderr).into(),
-        ))
-    }
-
     /// Starts the daemon with `config` (see [`Lab::write_config`]) and waits until it serves metrics.
     pub fn start_daemon(&mut self, config: &str) -> anyhow::Result<()> {
         let path = self.write_config(config)?;
