@@ -345,12 +345,14 @@ impl Lab {
         Ok(crate::metrics::parse(&self.metrics_text()?))
     }
 
-    /// One metric value (see [`crate::metrics::value`]).
+    /// One metric value (see [`crate::metrics::value`]); an error when the series is missing.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
-        Ok(crate::metrics::value(&self.metrics()?, name, labels))
+        Ok(crate::metrics::value(&self.metrics()?, name, labels)?)
     }
 
     /// Waits until `name{labels}` reaches `want` or `timeout` passes; returns the last value.
+    /// A series that appears on its first event (such as a transition) may be missing
+    /// while waiting; still missing at the deadline is an error.
     pub fn wait_metric(
         &self,
         name: &str,
@@ -360,11 +362,12 @@ impl Lab {
     ) -> anyhow::Result<f64> {
         let deadline = Instant::now() + timeout;
         loop {
-            let v = self.metric(name, labels)?;
-            if v == want || Instant::now() >= deadline {
-                return Ok(v);
+            let v = crate::metrics::value(&self.metrics()?, name, labels);
+            match v {
+                Ok(v) if v == want => return Ok(v),
+                _ if Instant::now() >= deadline => return Ok(v?),
+                _ => std::thread::sleep(Duration::from_millis(20)),
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -58,7 +58,7 @@ open_duration = "60s"
         ),
     );
     let m = lab.metrics().unwrap();
-    let v = |name, labels: &[(&str, &str)]| breaker_lab::metrics::value(&m, name, labels);
+    let v = |name, labels: &[(&str, &str)]| breaker_lab::metrics::value(&m, name, labels).unwrap();
     check(
         &lab,
         v(
@@ -162,7 +162,7 @@ open_duration = "60s"
         &format!("then they fail fast: {attempts:?}"),
     );
     let m = lab.metrics().unwrap();
-    let v = |name, labels: &[(&str, &str)]| breaker_lab::metrics::value(&m, name, labels);
+    let v = |name, labels: &[(&str, &str)]| breaker_lab::metrics::value(&m, name, labels).unwrap();
     check(
         &lab,
         v(
@@ -494,7 +494,7 @@ probe_timeout = "200ms"
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let m = lab.metrics().unwrap();
-    let v = |name, labels: &[(&str, &str)]| breaker_lab::metrics::value(&m, name, labels);
+    let v = |name, labels: &[(&str, &str)]| breaker_lab::metrics::value(&m, name, labels).unwrap();
     let admitted =
         v("breaker_connect_attempts_total", &dark) - v("breaker_connects_rejected_total", &dark);
     let half_opens = v(
