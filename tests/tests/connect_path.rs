@@ -775,8 +775,20 @@ fn cidr_and_any_port_endpoints_match_exact_port_first_then_longest_prefix() {
     let Some(mut lab) = lab("prefixes") else {
         return;
     };
+    // fd77:0:0:1::/64 is in fd77::/48 but not in the lab's fd77::/64: send it to the void.
+    lab.client
+        .ip(&["-6", "route", "add", "fd77:0:0:1::/64", "dev", "dark"])
+        .unwrap();
+    // "wide" overlaps "subnet" and "v6net" on the same ports with shorter prefixes.
     lab.start_daemon(
         r#"
+[[upstream]]
+name = "wide"
+endpoints = ["10.77.0.0/16:81", "[fd77::/48]:82"]
+failure_threshold = 100
+open_duration = "60s"
+probe = { address = "10.77.0.2:81" }
+
 [[upstream]]
 name = "subnet"
 endpoints = ["10.77.0.0/24:81"]
@@ -804,11 +816,17 @@ probe = { address = "[fd77::2]:82" }
         lab.metric("breaker_connect_attempts_total", &[("upstream", name)])
             .unwrap()
     };
-    // 10.77.0.2:81 is in the /24 with port 81: "subnet" opens after one refusal.
+    // 10.77.0.2:81 is in the /16 and the /24, both with port 81: the /24 wins, and
+    // "subnet" opens after one refusal.
     let a = lab
         .client(&["--to", "10.77.0.2:81", "--count", "2"])
         .unwrap();
     check(&lab, outcomes(&a) == ["refused", "refused"], "refused");
+    check(
+        &lab,
+        count("subnet") == 2.0 && count("wide") == 0.0,
+        "the /24 beats the /16",
+    );
     check(
         &lab,
         lab.metric("breaker_connects_rejected_total", &[("upstream", "subnet")])
@@ -816,13 +834,28 @@ probe = { address = "[fd77::2]:82" }
             == 1.0,
         "subnet opened",
     );
-    // 10.77.0.3:81 matches both; the endpoint with the exact port wins: "subnet".
+    // 10.77.0.3:81 matches all three IPv4 endpoints; the exact port wins, then the /24.
     lab.client(&["--to", "10.77.0.3:81", "--count", "1"])
         .unwrap();
     check(
         &lab,
-        count("subnet") == 3.0 && count("anyport") == 0.0,
-        "exact port beats any-port",
+        count("subnet") == 3.0 && count("anyport") == 0.0 && count("wide") == 0.0,
+        "exact port beats any-port, and the /24 beats the /16",
+    );
+    // A destination only in the /16 (routed to the void) belongs to "wide".
+    lab.client(&[
+        "--to",
+        &format!("{BLACKHOLE_V4}:81"),
+        "--count",
+        "1",
+        "--timeout-ms",
+        "300",
+    ])
+    .unwrap();
+    check(
+        &lab,
+        count("wide") == 1.0 && count("subnet") == 3.0,
+        "outside the /24, the /16 matches",
     );
     // 10.77.0.3:83 only matches the any-port endpoint.
     lab.client(&["--to", "10.77.0.3:83", "--count", "2"])
@@ -838,17 +871,36 @@ probe = { address = "[fd77::2]:82" }
             == 1.0,
         "anyport opened",
     );
-    // An IPv6 prefix with a port.
+    // IPv6: fd77::3 is in the /48 and the /64, both with port 82: the /64 wins.
     lab.client(&["--to", "[fd77::3]:82", "--count", "2"])
         .unwrap();
-    check(&lab, count("v6net") == 2.0, "IPv6 prefix matched");
-    // Same prefix, other port: nobody's.
+    check(
+        &lab,
+        count("v6net") == 2.0 && count("wide") == 1.0,
+        "the IPv6 /64 beats the /48",
+    );
+    // Only in the /48: "wide".
+    lab.client(&[
+        "--to",
+        "[fd77:0:0:1::1]:82",
+        "--count",
+        "1",
+        "--timeout-ms",
+        "300",
+    ])
+    .unwrap();
+    check(
+        &lab,
+        count("wide") == 2.0 && count("v6net") == 2.0,
+        "outside the /64, the /48 matches",
+    );
+    // Same prefixes, other port: nobody's.
     let other = lab
         .client(&["--to", "[fd77::3]:84", "--count", "1"])
         .unwrap();
     check(
         &lab,
-        other[0].outcome == "refused" && count("v6net") == 2.0,
+        other[0].outcome == "refused" && count("v6net") == 2.0 && count("wide") == 2.0,
         "other port not matched",
     );
 }
