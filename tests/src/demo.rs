@@ -235,7 +235,8 @@ fn flush(group: &mut Option<Group>) {
 fn current_state(lab: &Lab) -> anyhow::Result<String> {
     let m = lab.metrics()?;
     for s in ["closed", "open", "half_open"] {
-        if crate::metrics::value(&m, "breaker_state", &[("upstream", "api"), ("state", s)]) == 1.0 {
+        if crate::metrics::value(&m, "breaker_state", &[("upstream", "api"), ("state", s)])? == 1.0
+        {
             return Ok(s.to_string());
         }
     }

@@ -240,19 +240,6 @@ impl Lab {
         Ok(path)
     }
 
-    /// `breaker ARGS` in the client namespace, waited for: (status, stdout, stderr).
-    pub fn breaker_cli(
-        &self,
-        args: &[&str],
-    ) -> anyhow::Result<(std::process::ExitStatus, String, String)> {
-        let out = self.client.command(&self.breaker_bin).args(args).output()?;
-        Ok((
-            out.status,
-            String::from_utf8_lossy(&out.stdout).into(),
-            String::from_utf8_lossy(&out.stderr).into(),
-        ))
-    }
-
     /// Starts the daemon with `config` (see [`Lab::write_config`]) and waits until it serves metrics.
     pub fn start_daemon(&mut self, config: &str) -> anyhow::Result<()> {
         let path = self.write_config(config)?;
@@ -358,12 +345,14 @@ impl Lab {
         Ok(crate::metrics::parse(&self.metrics_text()?))
     }
 
-    /// One metric value (see [`crate::metrics::value`]).
+    /// One metric value (see [`crate::metrics::value`]); an error when the series is missing.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
-        Ok(crate::metrics::value(&self.metrics()?, name, labels))
+        Ok(crate::metrics::value(&self.metrics()?, name, labels)?)
     }
 
     /// Waits until `name{labels}` reaches `want` or `timeout` passes; returns the last value.
+    /// A series that appears on its first event (such as a transition) may be missing
+    /// while waiting; still missing at the deadline is an error.
     pub fn wait_metric(
         &self,
         name: &str,
@@ -373,11 +362,12 @@ impl Lab {
     ) -> anyhow::Result<f64> {
         let deadline = Instant::now() + timeout;
         loop {
-            let v = self.metric(name, labels)?;
-            if v == want || Instant::now() >= deadline {
-                return Ok(v);
+            let v = crate::metrics::value(&self.metrics()?, name, labels);
+            match v {
+                Ok(v) if v == want => return Ok(v),
+                _ if Instant::now() >= deadline => return Ok(v?),
+                _ => std::thread::sleep(Duration::from_millis(20)),
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -35,9 +35,18 @@ pub fn parse(text: &str) -> Vec<Sample> {
         .collect()
 }
 
+/// No series of that name carries those labels: a renamed metric or label, or a
+/// series the daemon has not created (yet).
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("no metric {name} with labels {labels:?}")]
+pub struct MissingSeries {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+}
+
 /// The value of `name` whose labels include all of `want`, summed if several match.
-pub fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
-    samples
+pub fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> Result<f64, MissingSeries> {
+    let mut matches = samples
         .iter()
         .filter(|s| {
             s.name == name
@@ -45,8 +54,17 @@ pub fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
                     .iter()
                     .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
         })
-        .map(|s| s.value)
-        .sum()
+        .peekable();
+    if matches.peek().is_none() {
+        return Err(MissingSeries {
+            name: name.to_string(),
+            labels: want
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        });
+    }
+    Ok(matches.map(|s| s.value).sum())
 }
 
 #[cfg(test)]
@@ -55,11 +73,11 @@ mod tests {
 
     #[test]
     fn parses_labels_and_sums_matches() {
-        let text = "# HELP x\nbreaker_connect_failures_total{reason=\"refused\",upstream=\"a\"} 3\nbreaker_connect_failures_total{reason=\"timeout\",upstream=\"a\"} 2\nup 1\n";
+        let text = "# HELP x\nbreaker_connect_failures_total{reason=\"refused\",upstream=\"a\"} 3\nbreaker_connect_failures_total{reason=\"timeout\",upstream=\"a\"} 2\nup 1\nzero 0\n";
         let s = parse(text);
         assert_eq!(
             value(&s, "breaker_connect_failures_total", &[("upstream", "a")]),
-            5.0
+            Ok(5.0)
         );
         assert_eq!(
             value(
@@ -67,9 +85,23 @@ mod tests {
                 "breaker_connect_failures_total",
                 &[("reason", "timeout")]
             ),
-            2.0
+            Ok(2.0)
         );
-        assert_eq!(value(&s, "up", &[]), 1.0);
-        assert_eq!(value(&s, "missing", &[]), 0.0);
+        assert_eq!(value(&s, "up", &[]), Ok(1.0));
+        assert_eq!(value(&s, "zero", &[]), Ok(0.0), "a 0 series is there");
+    }
+
+    #[test]
+    fn a_missing_series_is_an_error_not_zero() {
+        let s = parse("breaker_connect_failures_total{reason=\"refused\",upstream=\"a\"} 3\n");
+        let err = value(&s, "breaker_connect_failure_total", &[]).unwrap_err();
+        assert_eq!(err.name, "breaker_connect_failure_total");
+        assert!(
+            value(&s, "breaker_connect_failures_total", &[("upstream", "b")]).is_err(),
+            "the name exists, the label value does not"
+        );
+        let err = value(&s, "breaker_connect_failures_total", &[("upstrem", "a")]).unwrap_err();
+        assert_eq!(err.labels, vec![("upstrem".to_string(), "a".to_string())]);
+        assert!(err.to_string().contains("upstrem"), "{err}");
     }
 }

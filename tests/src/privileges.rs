@@ -1,5 +1,12 @@
 //! Privileged tests need root and BPF. Outside CI they skip with a reason; under
 //! `CI=true` a missing privilege is a failure, never a silent skip.
+//!
+//! A skipped test still reports "ok" to libtest, so each skip is also appended to the
+//! file named by [`SKIP_LOG_ENV`]: `cargo xtask test` counts those lines as skipped.
+use std::io::Write;
+
+/// Names the file each skip appends one line to (test name and reason).
+pub const SKIP_LOG_ENV: &str = "BREAKER_SKIP_LOG";
 
 /// `Ok(())` when the lab can run; otherwise the reason it cannot.
 pub fn check() -> Result<(), String> {
@@ -26,7 +33,40 @@ pub fn should_run(test: &str) -> bool {
         }
         Err(why) => {
             eprintln!("SKIPPED {test}: {why}");
+            if let Some(log) = std::env::var_os(SKIP_LOG_ENV) {
+                // libtest names each test's thread after the test; `test` is only a tag.
+                let current = std::thread::current();
+                let name = current.name().filter(|n| *n != "main").unwrap_or(test);
+                if let Err(e) = append_line(std::path::Path::new(&log), &format!("{name}: {why}")) {
+                    eprintln!("cannot record the skip in {}: {e}", log.to_string_lossy());
+                }
+            }
             false
         }
+    }
+}
+
+/// One line, appended in a single write so that tests skipping at once do not interleave.
+fn append_line(path: &std::path::Path, line: &str) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    file.write_all(format!("{}\n", line.replace('\n', " ")).as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skip_lines_are_appended_one_per_call() {
+        let path = std::env::temp_dir().join(format!("breaker-skip-test-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        append_line(&path, "a: needs root").unwrap();
+        append_line(&path, "b: two\nlines").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(text, "a: needs root\nb: two lines\n");
     }
 }

@@ -92,13 +92,32 @@ fn clippy_kernel_programs() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the privileged tests record their skips (see `breaker_lab::privileges`).
+const SKIP_LOG_ENV: &str = "BREAKER_SKIP_LOG";
+
+/// Test counts for the whole suite.
+struct Tally {
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+}
+
 /// Runs `cargo test ARGS`, passing its output through, and adds up its result lines.
-fn cargo_test(args: &[&str]) -> anyhow::Result<(u64, u64)> {
+/// A privileged test that skipped reports "ok" to libtest but leaves a line in
+/// `skip_log`; those count as skipped, not passed.
+fn cargo_test(args: &[&str], skip_log: &std::path::Path) -> anyhow::Result<Tally> {
     use std::io::{BufRead, BufReader};
+    match std::fs::remove_file(skip_log) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("clearing {}", skip_log.display()))
+        }
+        _ => {}
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("+ cargo {}", args.join(" "));
     let mut child = Command::new(cargo)
         .args(args)
+        .env(SKIP_LOG_ENV, skip_log)
         .current_dir(workspace_root())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -127,7 +146,16 @@ fn cargo_test(args: &[&str]) -> anyhow::Result<(u64, u64)> {
     if !status.success() && failed == 0 {
         bail!("cargo test failed ({status})");
     }
-    Ok((passed, failed))
+    let skipped = match std::fs::read_to_string(skip_log) {
+        Ok(text) => text.lines().filter(|l| !l.trim().is_empty()).count() as u64,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", skip_log.display())),
+    };
+    Ok(Tally {
+        passed: passed.saturating_sub(skipped),
+        failed,
+        skipped,
+    })
 }
 
 fn workspace_root() -> std::path::PathBuf {
@@ -217,9 +245,14 @@ fn main() -> anyhow::Result<()> {
             clippy_kernel_programs()?;
             // The integration tests start the daemon binary: build it first.
             cargo(&["build", "-p", "breaker-userspace", "-p", "breaker-tests"])?;
-            let (passed, failed) = cargo_test(&["test", "--workspace", "--all-targets"])?;
+            let skip_log = workspace_root().join("target/test-skips.log");
+            let Tally {
+                passed,
+                failed,
+                skipped,
+            } = cargo_test(&["test", "--workspace", "--all-targets"], &skip_log)?;
             // One closing line for the whole suite, whichever test binary ran last.
-            println!("{passed} passed, {failed} failed");
+            println!("{passed} passed, {failed} failed, {skipped} skipped");
             if failed > 0 {
                 bail!("{failed} tests failed");
             }

@@ -2,13 +2,17 @@
 //!
 //! `10.0.0.5:80`, `10.0.0.0/24:80`, `10.0.0.0/24:*`, `10.0.0.5` (any port),
 //! `[fd00::5]:80`, `[fd00::/64]:*`, `fd00::/64` (any port).
+//!
+//! The kernel matches a connect to `::ffff:a.b.c.d` as IPv4, so a v4-mapped endpoint
+//! is stored as the IPv4 endpoint it stands for: `[::ffff:10.0.0.0/120]:80` is
+//! `10.0.0.0/24:80`.
 use std::{
     fmt,
     net::{IpAddr, SocketAddr},
     str::FromStr,
 };
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Endpoint {
@@ -26,6 +30,11 @@ pub enum EndpointParseError {
     Port(String),
     #[error("an IPv6 endpoint with a port needs brackets, e.g. [fd00::1]:80")]
     Brackets,
+    #[error(
+        "{0} is a v4-mapped address with a prefix shorter than /96: it would cover more than \
+         IPv4, which the kernel matches as IPv4; write the IPv4 CIDR instead"
+    )]
+    MappedPrefix(String),
 }
 
 impl Endpoint {
@@ -52,12 +61,42 @@ fn parse_port(text: &str) -> Result<Option<u16>, EndpointParseError> {
 }
 
 fn parse_net(text: &str) -> Result<IpNet, EndpointParseError> {
-    if let Ok(net) = text.parse::<IpNet>() {
-        return Ok(net.trunc());
+    let net = match text.parse::<IpNet>() {
+        Ok(net) => net,
+        Err(_) => text
+            .parse::<IpAddr>()
+            .map(IpNet::from)
+            .map_err(|_| EndpointParseError::Address(text.to_string()))?,
+    };
+    Ok(unmap_v4_net(net, text)?.trunc())
+}
+
+/// `::ffff:a.b.c.d/N` (N >= 96) as the IPv4 `a.b.c.d/(N - 96)`; other nets unchanged.
+fn unmap_v4_net(net: IpNet, text: &str) -> Result<IpNet, EndpointParseError> {
+    let IpNet::V6(v6) = net else {
+        return Ok(net);
+    };
+    let Some(v4) = v6.addr().to_ipv4_mapped() else {
+        return Ok(net);
+    };
+    let prefix = v6
+        .prefix_len()
+        .checked_sub(96)
+        .ok_or_else(|| EndpointParseError::MappedPrefix(text.to_string()))?;
+    Ok(IpNet::V4(
+        Ipv4Net::new(v4, prefix).expect("a prefix of 0..=32 is valid for IPv4"),
+    ))
+}
+
+/// `[::ffff:a.b.c.d]:port` as `a.b.c.d:port`, which is how the kernel sees it.
+pub fn unmap_v4_addr(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
     }
-    text.parse::<IpAddr>()
-        .map(IpNet::from)
-        .map_err(|_| EndpointParseError::Address(text.to_string()))
 }
 
 impl FromStr for Endpoint {

@@ -14,7 +14,7 @@ use std::{
 use breaker_common::machine::{MAX_COUNT, MAX_IN_FLIGHT};
 use serde::Deserialize;
 
-pub use endpoint::{Endpoint, EndpointParseError};
+pub use endpoint::{unmap_v4_addr, Endpoint, EndpointParseError};
 
 /// Where a config went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +40,12 @@ pub mod defaults {
     use std::time::Duration;
     pub const FAILURE_THRESHOLD: u32 = 5;
     pub const SUCCESS_THRESHOLD: u32 = 1;
-    pub const HALF_OPEN_MAX_CONNECTIONS: u32 = 1;
+    /// Every configured upstream has a probe, so by default its recovery is
+    /// probe-driven: application connects keep failing fast until a probe succeeds.
+    pub const UPSTREAM_HALF_OPEN_MAX_CONNECTIONS: u32 = 0;
+    /// The default policy has no probe: application trials are its only way back.
+    pub const DEFAULT_POLICY_HALF_OPEN_MAX_CONNECTIONS: u32 = 1;
+    pub const TRIAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
     pub const OPEN_DURATION: Duration = Duration::from_secs(30);
     pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
     pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -52,13 +57,20 @@ pub mod defaults {
 
 /// Largest open_duration: the kernel keeps trip times as wrapping milliseconds in 32 bits.
 const MAX_OPEN_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// Bounds of trial_connect_timeout: the kernel fits a trial socket's SYN
+/// retransmissions into it, which needs at least a few milliseconds.
+const MIN_TRIAL_CONNECT_TIMEOUT: Duration = Duration::from_millis(10);
+const MAX_TRIAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The thresholds and timings of one breaker, after defaults and overrides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {
     pub failure_threshold: u32,
     pub success_threshold: u32,
+    /// Application connects HALF_OPEN admits at once as trials; 0: probes only.
     pub half_open_max_connections: u32,
+    /// How long a HALF_OPEN trial connect may take before it counts as failed.
+    pub trial_connect_timeout: Duration,
     pub open_duration: Duration,
     pub probe_interval: Duration,
     pub probe_timeout: Duration,
@@ -133,6 +145,8 @@ struct RawPolicy {
     success_threshold: Option<u32>,
     half_open_max_connections: Option<u32>,
     #[serde(default, with = "humantime_serde")]
+    trial_connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
     open_duration: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     probe_interval: Option<Duration>,
@@ -191,6 +205,7 @@ impl RawPolicy {
             half_open_max_connections: self
                 .half_open_max_connections
                 .or(base.half_open_max_connections),
+            trial_connect_timeout: self.trial_connect_timeout.or(base.trial_connect_timeout),
             open_duration: self.open_duration.or(base.open_duration),
             probe_interval: self.probe_interval.or(base.probe_interval),
             probe_timeout: self.probe_timeout.or(base.probe_timeout),
@@ -201,6 +216,14 @@ impl RawPolicy {
 /// Collects validation errors against one file.
 struct Check<'a> {
     file: &'a Path,
+}
+
+/// What earlier upstreams claimed: names and endpoints are unique across the file.
+#[derive(Default)]
+struct Seen {
+    names: HashSet<String>,
+    /// Endpoint (v4-mapped ones as IPv4) -> the upstream that has it, and how it was written.
+    endpoints: HashMap<Endpoint, (String, String)>,
 }
 
 impl Check<'_> {
@@ -216,13 +239,21 @@ impl Check<'_> {
         })
     }
 
-    fn policy(&self, at: &str, raw: RawPolicy) -> Result<Policy, ConfigError> {
+    /// `raw` with defaults filled in, validated. `half_open_default` differs between
+    /// upstreams and the default policy (see [`defaults`]).
+    fn policy(
+        &self,
+        at: &str,
+        raw: RawPolicy,
+        half_open_default: u32,
+    ) -> Result<Policy, ConfigError> {
         let p = Policy {
             failure_threshold: raw.failure_threshold.unwrap_or(defaults::FAILURE_THRESHOLD),
             success_threshold: raw.success_threshold.unwrap_or(defaults::SUCCESS_THRESHOLD),
-            half_open_max_connections: raw
-                .half_open_max_connections
-                .unwrap_or(defaults::HALF_OPEN_MAX_CONNECTIONS),
+            half_open_max_connections: raw.half_open_max_connections.unwrap_or(half_open_default),
+            trial_connect_timeout: raw
+                .trial_connect_timeout
+                .unwrap_or(defaults::TRIAL_CONNECT_TIMEOUT),
             open_duration: raw.open_duration.unwrap_or(defaults::OPEN_DURATION),
             probe_interval: raw.probe_interval.unwrap_or(defaults::PROBE_INTERVAL),
             probe_timeout: raw.probe_timeout.unwrap_or(defaults::PROBE_TIMEOUT),
@@ -247,12 +278,23 @@ impl Check<'_> {
                 ),
             );
         }
-        if !(1..=MAX_IN_FLIGHT).contains(&p.half_open_max_connections) {
+        if p.half_open_max_connections > MAX_IN_FLIGHT {
             return self.fail(
                 field("half_open_max_connections"),
                 format!(
-                    "must be between 1 and {MAX_IN_FLIGHT}, got {}",
+                    "must be between 0 and {MAX_IN_FLIGHT}, got {}",
                     p.half_open_max_connections
+                ),
+            );
+        }
+        if !(MIN_TRIAL_CONNECT_TIMEOUT..=MAX_TRIAL_CONNECT_TIMEOUT)
+            .contains(&p.trial_connect_timeout)
+        {
+            return self.fail(
+                field("trial_connect_timeout"),
+                format!(
+                    "must be between 10ms and 60s, got {:?}",
+                    p.trial_connect_timeout
                 ),
             );
         }
@@ -273,6 +315,261 @@ impl Check<'_> {
         }
         Ok(p)
     }
+
+    fn daemon(&self, raw: &RawDaemon) -> Result<Daemon, ConfigError> {
+        let metrics_listen = raw
+            .metrics_listen
+            .as_deref()
+            .unwrap_or(defaults::METRICS_LISTEN);
+        let metrics_listen = metrics_listen.parse::<SocketAddr>().or_else(|e| {
+            self.fail(
+                "daemon.metrics_listen",
+                format!("{metrics_listen:?} is not an address:port ({e})"),
+            )
+        })?;
+        let probe_mark = raw.probe_mark.unwrap_or(defaults::PROBE_MARK);
+        if probe_mark == 0 {
+            return self.fail(
+                "daemon.probe_mark",
+                "must not be 0: unmarked sockets would bypass the breaker",
+            );
+        }
+        Ok(Daemon {
+            metrics_listen,
+            probe_mark,
+        })
+    }
+
+    fn cgroup(&self, cgroup: Option<&Path>) -> Result<(), ConfigError> {
+        if cgroup.is_some_and(|c| c.as_os_str().is_empty()) {
+            return self.fail(
+                "cgroup",
+                "must not be empty (leave it out to attach to the cgroup2 root)",
+            );
+        }
+        Ok(())
+    }
+
+    /// Upstream `i`, with `base` (the [defaults] table) under its own policy.
+    fn upstream(
+        &self,
+        i: usize,
+        up: RawUpstream,
+        base: RawPolicy,
+        seen: &mut Seen,
+    ) -> Result<Upstream, ConfigError> {
+        let at = format!("upstream[{i}] ({:?})", up.name);
+        self.upstream_name(i, &at, &up.name, seen)?;
+        let endpoints = self.endpoints(&at, &up.name, &up.endpoints, seen)?;
+        let fallback = self.fallback(&at, up.fallback, &endpoints)?;
+        let policy = self.policy(
+            &format!("{at}."),
+            up.policy.over(base),
+            defaults::UPSTREAM_HALF_OPEN_MAX_CONNECTIONS,
+        )?;
+        let probe = self.probe(&at, up.probe, &endpoints)?;
+        Ok(Upstream {
+            name: up.name,
+            endpoints,
+            fallback,
+            policy,
+            probe,
+        })
+    }
+
+    fn upstream_name(
+        &self,
+        i: usize,
+        at: &str,
+        name: &str,
+        seen: &mut Seen,
+    ) -> Result<(), ConfigError> {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return self.fail(
+                format!("upstream[{i}].name"),
+                format!("{name:?} must be non-empty ASCII letters, digits, '-', '_' or '.'"),
+            );
+        }
+        if name == "default" {
+            return self.fail(
+                format!("{at}.name"),
+                "\"default\" is reserved for the default policy",
+            );
+        }
+        if !seen.names.insert(name.to_string()) {
+            return self.fail(format!("{at}.name"), "another upstream has the same name");
+        }
+        Ok(())
+    }
+
+    /// The upstream's endpoints; each may belong to one upstream only.
+    fn endpoints(
+        &self,
+        at: &str,
+        upstream: &str,
+        texts: &[String],
+        seen: &mut Seen,
+    ) -> Result<Vec<Endpoint>, ConfigError> {
+        if texts.is_empty() {
+            return self.fail(format!("{at}.endpoints"), "needs at least one endpoint");
+        }
+        let mut endpoints = Vec::with_capacity(texts.len());
+        for (j, text) in texts.iter().enumerate() {
+            let ep: Endpoint = text.parse().or_else(|e: EndpointParseError| {
+                self.fail(format!("{at}.endpoints[{j}]"), format!("{text:?}: {e}"))
+            })?;
+            if let Some((other, other_text)) = seen.endpoints.get(&ep) {
+                // Name both spellings: `[::ffff:10.0.0.7]:80` and `10.0.0.7:80` look different.
+                let reason = if other_text == text {
+                    format!("{text:?} is already an endpoint of upstream {other:?}")
+                } else {
+                    format!(
+                        "{text:?} is already an endpoint of upstream {other:?}, as {other_text:?} (both are {ep})"
+                    )
+                };
+                return self.fail(format!("{at}.endpoints[{j}]"), reason);
+            }
+            seen.endpoints
+                .insert(ep, (upstream.to_string(), text.clone()));
+            endpoints.push(ep);
+        }
+        Ok(endpoints)
+    }
+
+    fn fallback(
+        &self,
+        at: &str,
+        raw: OneOrMany,
+        endpoints: &[Endpoint],
+    ) -> Result<Vec<SocketAddr>, ConfigError> {
+        let texts = match raw {
+            OneOrMany::None => vec![],
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        };
+        let mut fallback: Vec<SocketAddr> = Vec::new();
+        for (j, text) in texts.iter().enumerate() {
+            let field = format!("{at}.fallback[{j}]");
+            let addr = text.parse::<SocketAddr>().map(unmap_v4_addr).or_else(|e| {
+                self.fail(
+                    field.as_str(),
+                    format!("{text:?} is not an address:port ({e})"),
+                )
+            })?;
+            if addr.port() == 0 {
+                return self.fail(field, format!("{text:?} needs a port"));
+            }
+            if fallback.iter().any(|f| f.is_ipv4() == addr.is_ipv4()) {
+                return self.fail(field, "at most one fallback per address family");
+            }
+            if endpoints.iter().any(|e| e.matches(addr)) {
+                return self.fail(
+                    field,
+                    format!("{text:?} is one of the upstream's own endpoints"),
+                );
+            }
+            fallback.push(addr);
+        }
+        Ok(fallback)
+    }
+
+    /// The probe as configured, or a TCP connect to the first single-address endpoint.
+    fn probe(
+        &self,
+        at: &str,
+        raw: Option<RawProbe>,
+        endpoints: &[Endpoint],
+    ) -> Result<Probe, ConfigError> {
+        let first_single = || endpoints.iter().find_map(Endpoint::single_address);
+        let probe = match raw {
+            Some(RawProbe { address, http_path }) => {
+                let address = match address {
+                    Some(text) => text.parse::<SocketAddr>().map(unmap_v4_addr).or_else(|e| {
+                        self.fail(
+                            format!("{at}.probe.address"),
+                            format!("{text:?} is not an address:port ({e})"),
+                        )
+                    })?,
+                    None => match first_single() {
+                        Some(a) => a,
+                        None => {
+                            return self.fail(
+                                format!("{at}.probe.address"),
+                                "needed: no endpoint is a single address with a port",
+                            )
+                        }
+                    },
+                };
+                if let Some(path) = &http_path {
+                    if !path.starts_with('/')
+                        || path.chars().any(|c| c.is_whitespace() || c.is_control())
+                    {
+                        return self.fail(
+                            format!("{at}.probe.http_path"),
+                            format!("{path:?} must start with '/' and have no spaces"),
+                        );
+                    }
+                }
+                Probe { address, http_path }
+            }
+            None => {
+                match first_single() {
+                    Some(address) => Probe {
+                        address,
+                        http_path: None,
+                    },
+                    None => return self.fail(
+                        format!("{at}.probe"),
+                        "needed: no endpoint is a single address with a port, so set probe.address",
+                    ),
+                }
+            }
+        };
+        if probe.address.port() == 0 {
+            return self.fail(format!("{at}.probe.address"), "needs a port");
+        }
+        Ok(probe)
+    }
+
+    /// `[default_policy]`, `None` when absent or disabled.
+    fn default_policy(
+        &self,
+        raw: Option<RawDefaultPolicy>,
+        base: RawPolicy,
+    ) -> Result<Option<DefaultPolicy>, ConfigError> {
+        let Some(d) = raw.filter(|d| d.enabled) else {
+            return Ok(None);
+        };
+        let policy = self.policy(
+            "default_policy.",
+            d.policy.over(base),
+            defaults::DEFAULT_POLICY_HALF_OPEN_MAX_CONNECTIONS,
+        )?;
+        // Checked after merging: [defaults] may be where the 0 comes from.
+        if policy.half_open_max_connections == 0 {
+            let mut reason = format!(
+                "the default policy has no probe: application trials are its only way to recover; must be 1..={MAX_IN_FLIGHT}"
+            );
+            if d.policy.half_open_max_connections.is_none() {
+                reason.push_str(" (the 0 comes from [defaults]; set it here)");
+            }
+            return self.fail("default_policy.half_open_max_connections", reason);
+        }
+        let max_destinations = d
+            .max_destinations
+            .unwrap_or(defaults::DEFAULT_POLICY_MAX_DESTINATIONS);
+        if max_destinations == 0 {
+            return self.fail("default_policy.max_destinations", "must be at least 1");
+        }
+        Ok(Some(DefaultPolicy {
+            policy,
+            max_destinations,
+        }))
+    }
 }
 
 impl Config {
@@ -292,186 +589,25 @@ impl Config {
         })?;
         let check = Check { file };
 
-        let metrics_listen = raw
-            .daemon
-            .metrics_listen
-            .as_deref()
-            .unwrap_or(defaults::METRICS_LISTEN);
-        let metrics_listen = metrics_listen.parse::<SocketAddr>().or_else(|e| {
-            check.fail(
-                "daemon.metrics_listen",
-                format!("{metrics_listen:?} is not an address:port ({e})"),
-            )
-        })?;
-        let probe_mark = raw.daemon.probe_mark.unwrap_or(defaults::PROBE_MARK);
-        if probe_mark == 0 {
-            return check.fail(
-                "daemon.probe_mark",
-                "must not be 0: unmarked sockets would bypass the breaker",
-            );
-        }
-        if let Some(cgroup) = &raw.cgroup {
-            if cgroup.as_os_str().is_empty() {
-                return check.fail(
-                    "cgroup",
-                    "must not be empty (leave it out to attach to the cgroup2 root)",
-                );
-            }
-        }
+        let daemon = check.daemon(&raw.daemon)?;
+        check.cgroup(raw.cgroup.as_deref())?;
 
         // The [defaults] table must be valid on its own, even where every upstream overrides it.
-        check.policy("defaults.", raw.defaults)?;
+        check.policy(
+            "defaults.",
+            raw.defaults,
+            defaults::UPSTREAM_HALF_OPEN_MAX_CONNECTIONS,
+        )?;
         let base = raw.defaults;
 
-        let mut names = HashSet::new();
-        let mut seen_endpoints: HashMap<Endpoint, String> = HashMap::new();
-        let mut upstreams = Vec::with_capacity(raw.upstream.len());
-        for (i, up) in raw.upstream.into_iter().enumerate() {
-            let at = format!("upstream[{i}] ({:?})", up.name);
-            if up.name.is_empty()
-                || !up
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
-                return check.fail(
-                    format!("upstream[{i}].name"),
-                    format!(
-                        "{:?} must be non-empty ASCII letters, digits, '-', '_' or '.'",
-                        up.name
-                    ),
-                );
-            }
-            if up.name == "default" {
-                return check.fail(
-                    format!("{at}.name"),
-                    "\"default\" is reserved for the default policy",
-                );
-            }
-            if !names.insert(up.name.clone()) {
-                return check.fail(format!("{at}.name"), "another upstream has the same name");
-            }
-            if up.endpoints.is_empty() {
-                return check.fail(format!("{at}.endpoints"), "needs at least one endpoint");
-            }
-            let mut endpoints = Vec::with_capacity(up.endpoints.len());
-            for (j, text) in up.endpoints.iter().enumerate() {
-                let ep: Endpoint = text.parse().or_else(|e: EndpointParseError| {
-                    check.fail(format!("{at}.endpoints[{j}]"), format!("{text:?}: {e}"))
-                })?;
-                if let Some(other) = seen_endpoints.get(&ep) {
-                    return check.fail(
-                        format!("{at}.endpoints[{j}]"),
-                        format!("{text:?} is already an endpoint of upstream {other:?}"),
-                    );
-                }
-                seen_endpoints.insert(ep, up.name.clone());
-                endpoints.push(ep);
-            }
-            let fallback_texts = match up.fallback {
-                OneOrMany::None => vec![],
-                OneOrMany::One(s) => vec![s],
-                OneOrMany::Many(v) => v,
-            };
-            let mut fallback: Vec<SocketAddr> = Vec::new();
-            for (j, text) in fallback_texts.iter().enumerate() {
-                let addr = text.parse::<SocketAddr>().or_else(|e| {
-                    check.fail(
-                        format!("{at}.fallback[{j}]"),
-                        format!("{text:?} is not an address:port ({e})"),
-                    )
-                })?;
-                if addr.port() == 0 {
-                    return check.fail(
-                        format!("{at}.fallback[{j}]"),
-                        format!("{text:?} needs a port"),
-                    );
-                }
-                if fallback.iter().any(|f| f.is_ipv4() == addr.is_ipv4()) {
-                    return check.fail(
-                        format!("{at}.fallback[{j}]"),
-                        "at most one fallback per address family",
-                    );
-                }
-                if endpoints.iter().any(|e| e.matches(addr)) {
-                    return check.fail(
-                        format!("{at}.fallback[{j}]"),
-                        format!("{text:?} is one of the upstream's own endpoints"),
-                    );
-                }
-                fallback.push(addr);
-            }
-            let policy = check.policy(&format!("{at}."), up.policy.over(base))?;
-            let probe = match up.probe {
-                Some(RawProbe { address, http_path }) => {
-                    let address = match address {
-                        Some(text) => text.parse::<SocketAddr>().or_else(|e| {
-                            check.fail(
-                                format!("{at}.probe.address"),
-                                format!("{text:?} is not an address:port ({e})"),
-                            )
-                        })?,
-                        None => match endpoints.iter().find_map(Endpoint::single_address) {
-                            Some(a) => a,
-                            None => {
-                                return check.fail(
-                                    format!("{at}.probe.address"),
-                                    "needed: no endpoint is a single address with a port",
-                                )
-                            }
-                        },
-                    };
-                    if let Some(path) = &http_path {
-                        if !path.starts_with('/')
-                            || path.chars().any(|c| c.is_whitespace() || c.is_control())
-                        {
-                            return check.fail(
-                                format!("{at}.probe.http_path"),
-                                format!("{path:?} must start with '/' and have no spaces"),
-                            );
-                        }
-                    }
-                    Probe { address, http_path }
-                }
-                None => match endpoints.iter().find_map(Endpoint::single_address) {
-                    Some(address) => Probe {
-                        address,
-                        http_path: None,
-                    },
-                    None => return check.fail(
-                        format!("{at}.probe"),
-                        "needed: no endpoint is a single address with a port, so set probe.address",
-                    ),
-                },
-            };
-            if probe.address.port() == 0 {
-                return check.fail(format!("{at}.probe.address"), "needs a port");
-            }
-            upstreams.push(Upstream {
-                name: up.name,
-                endpoints,
-                fallback,
-                policy,
-                probe,
-            });
-        }
-
-        let default_policy = match raw.default_policy {
-            Some(d) if d.enabled => {
-                let policy = check.policy("default_policy.", d.policy.over(base))?;
-                let max_destinations = d
-                    .max_destinations
-                    .unwrap_or(defaults::DEFAULT_POLICY_MAX_DESTINATIONS);
-                if max_destinations == 0 {
-                    return check.fail("default_policy.max_destinations", "must be at least 1");
-                }
-                Some(DefaultPolicy {
-                    policy,
-                    max_destinations,
-                })
-            }
-            _ => None,
-        };
+        let mut seen = Seen::default();
+        let upstreams = raw
+            .upstream
+            .into_iter()
+            .enumerate()
+            .map(|(i, up)| check.upstream(i, up, base, &mut seen))
+            .collect::<Result<Vec<_>, _>>()?;
+        let default_policy = check.default_policy(raw.default_policy, base)?;
         if upstreams.is_empty() && default_policy.is_none() {
             return check.fail(
                 "upstream",
@@ -480,10 +616,7 @@ impl Config {
         }
         Ok(Config {
             cgroup: raw.cgroup,
-            daemon: Daemon {
-                metrics_listen,
-                probe_mark,
-            },
+            daemon,
             upstreams,
             default_policy,
         })
@@ -541,11 +674,17 @@ impl Config {
 }
 
 fn describe_policy(p: &Policy) -> String {
+    let trials = match p.half_open_max_connections {
+        0 => "half-open admits no application connects (probes only)".to_string(),
+        n => format!(
+            "half-open admits {n} application trial(s) at a time, each given {}",
+            humantime::format_duration(p.trial_connect_timeout)
+        ),
+    };
     format!(
-        "opens after {} consecutive failures; open {}; half-open admits {} at a time, closes after {} successes; probe every {} (timeout {})",
+        "opens after {} consecutive failures; open {}; {trials}; closes after {} successes; probe every {} (timeout {})",
         p.failure_threshold,
         humantime::format_duration(p.open_duration),
-        p.half_open_max_connections,
         p.success_threshold,
         humantime::format_duration(p.probe_interval),
         humantime::format_duration(p.probe_timeout),

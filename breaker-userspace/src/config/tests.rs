@@ -25,7 +25,11 @@ fn minimal_config_gets_documented_defaults() {
     let up = &c.upstreams[0];
     assert_eq!(up.policy.failure_threshold, 5);
     assert_eq!(up.policy.success_threshold, 1);
-    assert_eq!(up.policy.half_open_max_connections, 1);
+    assert_eq!(
+        up.policy.half_open_max_connections, 0,
+        "a configured upstream recovers through its probe"
+    );
+    assert_eq!(up.policy.trial_connect_timeout, Duration::from_secs(1));
     assert_eq!(up.policy.open_duration, Duration::from_secs(30));
     assert_eq!(
         up.probe,
@@ -147,4 +151,198 @@ fn describe_mentions_every_upstream() {
     assert!(text.contains("upstream api"));
     assert!(text.contains("10.1.2.3:8080"));
     assert!(text.contains("default policy: off"));
+}
+
+#[test]
+fn v4_mapped_endpoints_become_ipv4() {
+    for (text, want) in [
+        ("[::ffff:10.0.0.0/120]:80", "10.0.0.0/24:80"),
+        ("[::ffff:10.0.0.7]:80", "10.0.0.7:80"),
+        ("[::ffff:10.0.0.7/128]:*", "10.0.0.7:*"),
+        ("::ffff:10.0.0.9/120", "10.0.0.0/24:*"),
+        ("[::ffff:0.0.0.0/96]:443", "0.0.0.0/0:443"),
+    ] {
+        let ep: Endpoint = text.parse().unwrap();
+        assert_eq!(ep.to_string(), want, "{text}");
+        assert_eq!(ep, want.parse().unwrap(), "{text}");
+        assert!(matches!(ep.net, ipnet::IpNet::V4(_)), "{text}");
+    }
+    // Not v4-mapped: stays IPv6.
+    let ep: Endpoint = "[::a00:7]:80".parse().unwrap();
+    assert_eq!(ep.to_string(), "[::a00:7]:80");
+}
+
+#[test]
+fn v4_mapped_cidr_shorter_than_96_is_rejected() {
+    assert!(matches!(
+        "[::ffff:10.0.0.0/95]:80".parse::<Endpoint>(),
+        Err(EndpointParseError::MappedPrefix(_))
+    ));
+    let (field, reason) =
+        invalid_field("[[upstream]]\nname='a'\nendpoints=['[::ffff:10.0.0.0/88]:80']");
+    assert_eq!(field, "upstream[0] (\"a\").endpoints[0]");
+    assert!(
+        reason.contains("::ffff:10.0.0.0/88") && reason.contains("/96"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn v4_mapped_duplicate_in_the_same_upstream_is_rejected() {
+    let (field, reason) =
+        invalid_field("[[upstream]]\nname='a'\nendpoints=['10.0.0.7:80', '[::ffff:10.0.0.7]:80']");
+    assert_eq!(field, "upstream[0] (\"a\").endpoints[1]");
+    assert!(
+        reason.contains("already an endpoint of upstream \"a\"")
+            && reason.contains("\"[::ffff:10.0.0.7]:80\"")
+            && reason.contains("\"10.0.0.7:80\""),
+        "names both texts: {reason}"
+    );
+}
+
+#[test]
+fn v4_mapped_duplicate_across_upstreams_is_rejected() {
+    let (field, reason) = invalid_field(
+        "[[upstream]]\nname='a'\nendpoints=['[::ffff:10.0.0.0/120]:80']\nprobe={address='10.0.0.1:80'}\n[[upstream]]\nname='b'\nendpoints=['10.0.0.0/24:80']\nprobe={address='10.0.0.1:80'}",
+    );
+    assert_eq!(field, "upstream[1] (\"b\").endpoints[0]");
+    assert!(
+        reason.contains("already an endpoint of upstream \"a\"")
+            && reason.contains("\"[::ffff:10.0.0.0/120]:80\"")
+            && reason.contains("\"10.0.0.0/24:80\""),
+        "names both texts: {reason}"
+    );
+}
+
+#[test]
+fn v4_mapped_fallback_and_probe_become_ipv4() {
+    let c = parse(
+        "[[upstream]]\nname='a'\nendpoints=['10.0.0.7:80']\nfallback=['[::ffff:127.0.0.1]:9000', '[::1]:9000']\nprobe={address='[::ffff:10.0.0.8]:81'}",
+    )
+    .unwrap();
+    let up = &c.upstreams[0];
+    assert_eq!(
+        up.fallback,
+        vec![
+            "127.0.0.1:9000".parse::<SocketAddr>().unwrap(),
+            "[::1]:9000".parse().unwrap()
+        ]
+    );
+    assert_eq!(up.probe.address, "10.0.0.8:81".parse().unwrap());
+    // As IPv4, a mapped fallback takes the IPv4 slot.
+    let (field, reason) = invalid_field(
+        "[[upstream]]\nname='a'\nendpoints=['10.0.0.7:80']\nfallback=['127.0.0.1:9000', '[::ffff:127.0.0.2]:9000']",
+    );
+    assert_eq!(field, "upstream[0] (\"a\").fallback[1]");
+    assert!(
+        reason.contains("one fallback per address family"),
+        "{reason}"
+    );
+    // And a mapped fallback that is the upstream's own endpoint is caught.
+    let (field, _) = invalid_field(
+        "[[upstream]]\nname='a'\nendpoints=['10.0.0.7:80']\nfallback='[::ffff:10.0.0.7]:80'",
+    );
+    assert_eq!(field, "upstream[0] (\"a\").fallback[0]");
+}
+
+const DEFAULT_POLICY_ONLY: &str = "[default_policy]\nfailure_threshold = 2\n";
+
+#[test]
+fn default_policy_admits_one_trial_by_default() {
+    let d = parse(DEFAULT_POLICY_ONLY).unwrap().default_policy.unwrap();
+    assert_eq!(d.policy.half_open_max_connections, 1);
+    assert_eq!(d.policy.trial_connect_timeout, Duration::from_secs(1));
+}
+
+#[test]
+fn default_policy_refuses_zero_trials_set_there_or_in_defaults() {
+    for text in [
+        "[default_policy]\nhalf_open_max_connections = 0\n",
+        "[defaults]\nhalf_open_max_connections = 0\n[default_policy]\n",
+    ] {
+        let (field, reason) = invalid_field(text);
+        assert_eq!(field, "default_policy.half_open_max_connections", "{text}");
+        assert!(
+            reason.contains("the default policy has no probe") && reason.contains("1..=255"),
+            "{reason}"
+        );
+    }
+    // [defaults] may say 0 for the upstreams as long as the default policy overrides it.
+    let c = parse(
+        "[defaults]\nhalf_open_max_connections = 0\n[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\n[default_policy]\nhalf_open_max_connections = 2\n",
+    )
+    .unwrap();
+    assert_eq!(c.upstreams[0].policy.half_open_max_connections, 0);
+    assert_eq!(
+        c.default_policy.unwrap().policy.half_open_max_connections,
+        2
+    );
+}
+
+#[test]
+fn half_open_and_trial_timeout_merge_from_defaults() {
+    let c = parse(
+        "[defaults]\nhalf_open_max_connections = 3\ntrial_connect_timeout = '250ms'\n[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\n[[upstream]]\nname='b'\nendpoints=['10.0.0.2:80']\nhalf_open_max_connections = 255\ntrial_connect_timeout = '60s'\n[default_policy]\n",
+    )
+    .unwrap();
+    let (a, b) = (&c.upstreams[0].policy, &c.upstreams[1].policy);
+    assert_eq!(
+        (a.half_open_max_connections, a.trial_connect_timeout),
+        (3, Duration::from_millis(250))
+    );
+    assert_eq!(
+        (b.half_open_max_connections, b.trial_connect_timeout),
+        (255, Duration::from_secs(60))
+    );
+    let d = c.default_policy.unwrap().policy;
+    assert_eq!(
+        (d.half_open_max_connections, d.trial_connect_timeout),
+        (3, Duration::from_millis(250))
+    );
+}
+
+#[test]
+fn out_of_range_trial_settings_are_refused() {
+    let up = "[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\n";
+    for (extra, field, why) in [
+        (
+            "half_open_max_connections = 256",
+            "upstream[0] (\"a\").half_open_max_connections",
+            "between 0 and 255",
+        ),
+        (
+            "trial_connect_timeout = '9ms'",
+            "upstream[0] (\"a\").trial_connect_timeout",
+            "between 10ms and 60s",
+        ),
+        (
+            "trial_connect_timeout = '61s'",
+            "upstream[0] (\"a\").trial_connect_timeout",
+            "between 10ms and 60s",
+        ),
+    ] {
+        let (got_field, reason) = invalid_field(&format!("{up}{extra}"));
+        assert_eq!(got_field, field, "{extra}");
+        assert!(reason.contains(why), "{reason}");
+    }
+    let (field, _) = invalid_field(&format!("[defaults]\ntrial_connect_timeout = '0s'\n{up}"));
+    assert_eq!(field, "defaults.trial_connect_timeout");
+    let ok = parse(&format!("{up}trial_connect_timeout = '10ms'")).unwrap();
+    assert_eq!(
+        ok.upstreams[0].policy.trial_connect_timeout,
+        Duration::from_millis(10)
+    );
+}
+
+#[test]
+fn describe_says_how_half_open_recovers() {
+    let probes_only = parse(MINIMAL).unwrap().describe();
+    assert!(probes_only.contains("probes only"), "{probes_only}");
+    let trials = parse("[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\nhalf_open_max_connections = 2\ntrial_connect_timeout = '300ms'\n")
+        .unwrap()
+        .describe();
+    assert!(
+        trials.contains("admits 2 application trial(s) at a time, each given 300ms"),
+        "{trials}"
+    );
 }
