@@ -1,32 +1,15 @@
 //! End-to-end tests of the connect path on a real kernel: the daemon attached to a
 //! lab cgroup, real servers in a namespace, an unmodified client in the cgroup.
 //! They need root; outside CI they skip with a reason, under CI=true they fail.
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use breaker_lab::{
-    client::Attempt,
     lab::{Lab, BLACKHOLE_V4, UPSTREAM_V4},
-    privileges,
+    testing::{check, outcomes},
 };
 
 fn lab(tag: &str) -> Option<Lab> {
-    if !privileges::should_run(tag) {
-        return None;
-    }
-    Some(Lab::new(tag, Path::new(env!("CARGO_BIN_EXE_breaker-lab"))).expect("building the lab"))
-}
-
-fn outcomes(attempts: &[Attempt]) -> Vec<&str> {
-    attempts.iter().map(|a| a.outcome.as_str()).collect()
-}
-
-/// Fails the test with the daemon's log attached, which is where the why usually is.
-#[track_caller]
-fn check(lab: &Lab, ok: bool, what: &str) {
-    assert!(ok, "{what}\n--- daemon log ---\n{}", lab.daemon_log());
+    breaker_lab::testing::lab(tag, env!("CARGO_BIN_EXE_breaker-lab"))
 }
 
 const UP: &[(&str, &str)] = &[("upstream", "api")];

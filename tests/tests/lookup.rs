@@ -69,7 +69,10 @@ const CASES: &[Case] = &[
     },
     Case {
         what: "v4-mapped endpoints in the config are their IPv4 twins",
-        upstreams: &[("mapped", &["[::ffff:10.4.0.0/120]:80", "[::ffff:10.4.1.1]:80"])],
+        upstreams: &[(
+            "mapped",
+            &["[::ffff:10.4.0.0/120]:80", "[::ffff:10.4.1.1]:80"],
+        )],
         expect: &[
             ("10.4.0.9:80", Some("mapped")),
             ("[::ffff:10.4.0.9]:80", Some("mapped")),

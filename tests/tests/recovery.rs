@@ -15,7 +15,14 @@ fn lab(tag: &str) -> Option<Lab> {
 /// Trips `to` with `n` blackholed connects (each counted at the first SYN RTO).
 fn trip_dark(lab: &Lab, to: &str, n: u32) {
     let dark = lab
-        .client(&["--to", to, "--count", &n.to_string(), "--timeout-ms", "1500"])
+        .client(&[
+            "--to",
+            to,
+            "--count",
+            &n.to_string(),
+            "--timeout-ms",
+            "1500",
+        ])
         .unwrap();
     check(
         lab,
@@ -49,7 +56,14 @@ probe = {{ address = "{BLACKHOLE_V4}:80" }}
     std::thread::sleep(Duration::from_millis(1200));
     // The application waits up to 10 s; the trial's SYN budget ends it first.
     let trial = lab
-        .client(&["--to", "10.77.0.2:8080", "--count", "1", "--timeout-ms", "10000"])
+        .client(&[
+            "--to",
+            "10.77.0.2:8080",
+            "--count",
+            "1",
+            "--timeout-ms",
+            "10000",
+        ])
         .unwrap();
     let took_ms = trial[0].latency_us / 1000.0;
     check(
@@ -65,7 +79,11 @@ probe = {{ address = "{BLACKHOLE_V4}:80" }}
             Duration::from_secs(2),
         )
         .unwrap();
-    check(&lab, reopened == 1.0, "the failed trial reopened the breaker");
+    check(
+        &lab,
+        reopened == 1.0,
+        "the failed trial reopened the breaker",
+    );
 }
 
 /// One outage of a probed upstream: application connects fail fast throughout,
@@ -135,8 +153,11 @@ probe_timeout = "300ms"
     );
     check(
         &lab,
-        lab.metric("breaker_state", &[("upstream", "api"), ("state", "half_open")])
-            .unwrap()
+        lab.metric(
+            "breaker_state",
+            &[("upstream", "api"), ("state", "half_open")],
+        )
+        .unwrap()
             == 1.0,
         "a probing breaker reports half_open",
     );
@@ -187,8 +208,10 @@ fn a_lost_default_policy_trial_never_wedges_its_destination() {
         return;
     };
     // The trial lease is twice trial_connect_timeout: 1 s.
-    lab.start_daemon(&format!("{DEFAULT_POLICY}trial_connect_timeout = \"500ms\"\n"))
-        .unwrap();
+    lab.start_daemon(&format!(
+        "{DEFAULT_POLICY}trial_connect_timeout = \"500ms\"\n"
+    ))
+    .unwrap();
     let trip = lab
         .client(&["--to", "10.77.0.2:82", "--count", "2"])
         .unwrap();
@@ -243,8 +266,10 @@ fn a_trial_that_never_reaches_the_network_gives_its_slot_back_at_close() {
         return;
     };
     // A 20 s lease: only the socket's release can free the slot in time.
-    lab.start_daemon(&format!("{DEFAULT_POLICY}trial_connect_timeout = \"10s\"\n"))
-        .unwrap();
+    lab.start_daemon(&format!(
+        "{DEFAULT_POLICY}trial_connect_timeout = \"10s\"\n"
+    ))
+    .unwrap();
     let trip = lab
         .client(&["--to", "10.77.0.2:82", "--count", "2"])
         .unwrap();
@@ -271,8 +296,11 @@ fn a_trial_that_never_reaches_the_network_gives_its_slot_back_at_close() {
     );
     check(
         &lab,
-        lab.metric("breaker_connects_abandoned_total", &[("upstream", "default")])
-            .unwrap()
+        lab.metric(
+            "breaker_connects_abandoned_total",
+            &[("upstream", "default")],
+        )
+        .unwrap()
             == 1.0,
         "the lost trial counted as abandoned",
     );
@@ -302,7 +330,13 @@ max_destinations = 2
     check(&lab, trip[0].outcome == "refused", "tripped");
     for port in ports {
         let ok = lab
-            .client(&["--to", &format!("10.77.0.2:{port}"), "--count", "3", "--http"])
+            .client(&[
+                "--to",
+                &format!("10.77.0.2:{port}"),
+                "--count",
+                "3",
+                "--http",
+            ])
             .unwrap();
         check(
             &lab,
@@ -398,7 +432,14 @@ open_duration = "60s"
     lab.blackhole(UPSTREAM_V4).unwrap();
     // Gives up long before the first SYN RTO: no answer from the network yet.
     let impatient = lab
-        .client(&["--to", "10.77.0.2:8080", "--count", "10", "--timeout-ms", "150"])
+        .client(&[
+            "--to",
+            "10.77.0.2:8080",
+            "--count",
+            "10",
+            "--timeout-ms",
+            "150",
+        ])
         .unwrap();
     check(
         &lab,

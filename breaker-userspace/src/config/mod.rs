@@ -74,8 +74,6 @@ pub struct Policy {
     pub open_duration: Duration,
     pub probe_interval: Duration,
     pub probe_timeout: Duration,
-    /// How long a HALF_OPEN trial connect may take before it fails.
-    pub trial_connect_timeout: Duration,
 }
 
 /// How the daemon checks an upstream while it is open.
@@ -257,7 +255,6 @@ impl Check<'_> {
             open_duration: raw.open_duration.unwrap_or(defaults::OPEN_DURATION),
             probe_interval: raw.probe_interval.unwrap_or(defaults::PROBE_INTERVAL),
             probe_timeout: raw.probe_timeout.unwrap_or(defaults::PROBE_TIMEOUT),
-            trial_connect_timeout: Duration::from_secs(1),
         };
         let field = |name: &str| format!("{at}{name}");
         if !(1..=MAX_COUNT).contains(&p.failure_threshold) {
