@@ -39,6 +39,7 @@ pub mod program_names {
     /// Empty programs of the same types, for `breaker calibrate` (benchmarks only).
     pub const NOP_CONNECT4: &str = "brk_nop_connect";
     pub const NOP_SOCK_OPS: &str = "brk_nop_sockops";
+    pub const NOP_SOCK_RELEASE: &str = "brk_nop_release";
 }
 
 /// Global settings, the single entry of `SETTINGS`.

@@ -71,6 +71,12 @@ mod programs {
         1
     }
 
+    /// Does nothing, as `brk_nop_connect`, for cgroup/sock_release.
+    #[cgroup_sock(sock_release)]
+    pub fn brk_nop_release(_ctx: SockContext) -> i32 {
+        1
+    }
+
     /// Detection: the outcome of each watched connect.
     #[sock_ops]
     pub fn brk_sock_ops(ctx: SockOpsContext) -> u32 {

@@ -255,6 +255,13 @@ pub fn attach_calibration(cgroup: &Path) -> Result<Ebpf, KernelError> {
     ops.load().map_err(prog_err(program_names::NOP_SOCK_OPS))?;
     ops.attach(&file, CgroupAttachMode::Single)
         .map_err(prog_err(program_names::NOP_SOCK_OPS))?;
+    let release: &mut CgroupSock = program(&mut ebpf, program_names::NOP_SOCK_RELEASE)?;
+    release
+        .load()
+        .map_err(prog_err(program_names::NOP_SOCK_RELEASE))?;
+    release
+        .attach(&file, CgroupAttachMode::Single)
+        .map_err(prog_err(program_names::NOP_SOCK_RELEASE))?;
     Ok(ebpf)
 }
 
