@@ -5,5 +5,6 @@ use breaker_common::abi::Settings;
 
 #[inline(always)]
 pub fn is_probe_socket(sk: *mut bpf_sock, settings: &Settings) -> bool {
+    // SAFETY: a non-null `sk` from the hook's context is the kernel's live socket.
     !sk.is_null() && settings.probe_mark != 0 && unsafe { (*sk).mark } == settings.probe_mark
 }

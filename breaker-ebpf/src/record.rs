@@ -70,6 +70,7 @@ pub fn claim_done(record: &mut SocketRecord) -> bool {
         if current & RECORD_DONE != 0 {
             return false;
         }
+        // SAFETY: as above; the record's fields are 8-byte aligned (repr(C), u64 first).
         match unsafe { cas_u64(flags, current, current | RECORD_DONE) } {
             Ok(_) => return true,
             Err(found) => current = found,

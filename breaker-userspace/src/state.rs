@@ -13,10 +13,6 @@ pub struct StateTable {
     slots: u32,
 }
 
-// SAFETY: the mapping is only accessed through `AtomicU64`s.
-unsafe impl Send for StateTable {}
-unsafe impl Sync for StateTable {}
-
 impl StateTable {
     pub(crate) fn map(map: MapData, slots: u32) -> std::io::Result<StateTable> {
         let fd = {
