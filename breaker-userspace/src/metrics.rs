@@ -9,7 +9,8 @@ use std::{
 use breaker_common::{abi::Counters, machine::State};
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::{events::Transition, kernel::CounterTable, state::StateTable};
+// Not `events`: events feed metrics, so the dependency goes one way only.
+use crate::{kernel::CounterTable, state::StateTable};
 
 const STATES: [State; 3] = [State::Closed, State::Open, State::HalfOpen];
 
@@ -98,20 +99,21 @@ impl Metrics {
             .unwrap_or("unknown")
     }
 
-    pub fn transition(&self, t: &Transition) {
-        let name = self.upstream_name(t.upstream);
+    /// Counts one transition; `dest` is set for default-policy breakers.
+    pub fn transition(&self, upstream: u32, from: State, to: State, dest: Option<SocketAddr>) {
+        let name = self.upstream_name(upstream);
         self.transitions
-            .with_label_values(&[name, t.from.name(), t.to.name()])
+            .with_label_values(&[name, from.name(), to.name()])
             .inc();
-        if let Some(dest) = t.dest {
+        if let Some(dest) = dest {
             let mut open = self
                 .open_destinations
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if t.to == State::Closed {
+            if to == State::Closed {
                 open.remove(&dest);
             } else {
-                open.insert(dest, t.to);
+                open.insert(dest, to);
             }
         }
     }
