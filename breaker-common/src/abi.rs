@@ -156,6 +156,7 @@ pub struct Counters {
     pub redirected: u64,
     /// Updates given up after `CAS_RETRIES` lost races (should stay 0).
     pub contention_misses: u64,
+    pub abandoned: u64,
 }
 
 /// Why a transition happened.

@@ -83,6 +83,7 @@ impl CounterTable {
             sum.rejected += c.rejected;
             sum.redirected += c.redirected;
             sum.contention_misses += c.contention_misses;
+            sum.abandoned += c.abandoned;
             sum
         }))
     }

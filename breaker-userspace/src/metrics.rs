@@ -26,6 +26,7 @@ pub struct Metrics {
     rejected: IntCounterVec,
     redirected: IntCounterVec,
     contention: IntCounterVec,
+    abandoned: IntCounterVec,
     probes: IntCounterVec,
     default_open: IntGaugeVec,
     /// Kernel counters as of the last scrape, to turn totals into increments.
@@ -64,6 +65,7 @@ impl Metrics {
             rejected: counter(&registry, "breaker_connects_rejected_total", "Connects failed fast with ECONNREFUSED while the breaker rejected.", &["upstream"]),
             redirected: counter(&registry, "breaker_connects_redirected_total", "Connects rewritten to the fallback while the breaker rejected.", &["upstream"]),
             contention: counter(&registry, "breaker_state_contention_total", "Kernel state updates given up after repeated compare-and-swap races.", &["upstream"]),
+            abandoned: counter(&registry, "breaker_connects_abandoned_total", "Watched connects the application closed before they reached an outcome; they count neither as a success nor as a failure.", &["upstream"]),
             probes: counter(&registry, "breaker_probes_total", "Half-open probes by the daemon, by result.", &["upstream", "result"]),
             default_open: gauge(&registry, "breaker_default_policy_destinations", "Default-policy destinations whose breaker is not closed, by state.", &["state"]),
             registry,
@@ -85,6 +87,7 @@ impl Metrics {
                 &m.rejected,
                 &m.redirected,
                 &m.contention,
+                &m.abandoned,
             ] {
                 c.with_label_values(&[name]);
             }
@@ -187,6 +190,7 @@ impl Metrics {
                 now.contention_misses,
                 prev.contention_misses,
             );
+            inc(&self.abandoned, &[name], now.abandoned, prev.abandoned);
         }
         let open = self
             .open_destinations
@@ -242,5 +246,45 @@ pub async fn serve(
                 tracing::debug!(error = %e, "metrics connection ended");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Series that exist before any scrape: dashboards and tests can rely on them.
+    #[test]
+    fn every_upstream_has_its_counters_from_the_start() {
+        let m = Metrics::new(&["api".to_string()]);
+        let families = m.registry.gather();
+        let has = |name: &str, upstream: &str| {
+            families.iter().any(|f| {
+                f.name() == name
+                    && f.get_metric().iter().any(|s| {
+                        s.get_label()
+                            .iter()
+                            .any(|l| l.name() == "upstream" && l.value() == upstream)
+                    })
+            })
+        };
+        for upstream in ["api", "default"] {
+            for name in [
+                "breaker_connect_attempts_total",
+                "breaker_connect_successes_total",
+                "breaker_connect_failures_total",
+                "breaker_connects_rejected_total",
+                "breaker_connects_redirected_total",
+                "breaker_state_contention_total",
+                "breaker_connects_abandoned_total",
+            ] {
+                assert!(has(name, upstream), "{name}{{upstream={upstream:?}}}");
+            }
+        }
+        assert!(has("breaker_probes_total", "api"));
+        assert!(
+            !has("breaker_probes_total", "default"),
+            "the default policy is never probed"
+        );
     }
 }
