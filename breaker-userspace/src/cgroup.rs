@@ -22,9 +22,40 @@ fn cgroup2_root_in(mounts: &str) -> Option<PathBuf> {
     mounts.lines().find_map(|line| {
         let mut fields = line.split_whitespace();
         let (_dev, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-        // /proc/self/mounts escapes spaces as \040.
-        (fstype == "cgroup2").then(|| PathBuf::from(dir.replace("\\040", " ")))
+        (fstype == "cgroup2").then(|| unescape_mount_path(dir))
     })
+}
+
+/// Undoes the octal escapes /proc/self/mounts writes for space, tab, newline and
+/// backslash in a path (`\040`, `\011`, `\012`, `\134`).
+fn unescape_mount_path(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'\\')
+            .then(|| bytes.get(i + 1..i + 4))
+            .flatten()
+            .filter(|octal| octal.iter().all(|b| (b'0'..=b'7').contains(b)))
+            .and_then(|octal| {
+                let value = octal
+                    .iter()
+                    .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+                u8::try_from(value).ok()
+            });
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 /// The configured cgroup (absolute, or relative to the cgroup2 root), or the root.
@@ -56,5 +87,16 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup"))
         );
         assert_eq!(cgroup2_root_in("proc /proc proc rw 0 0\n"), None);
+    }
+
+    #[test]
+    fn unescapes_octal_escapes_in_the_mount_point() {
+        let mounts = "proc /proc proc rw 0 0\ncgroup2 /mnt/my\\040cgroups\\011v2\\134x cgroup2 rw,nosuid 0 0\n";
+        assert_eq!(
+            cgroup2_root_in(mounts),
+            Some(PathBuf::from("/mnt/my cgroups\tv2\\x"))
+        );
+        // A backslash not followed by three octal digits is kept as it is.
+        assert_eq!(unescape_mount_path("/a\\09b\\"), PathBuf::from("/a\\09b\\"));
     }
 }

@@ -54,7 +54,7 @@ pub fn record(metrics: &Metrics, t: &Transition) {
             "breaker transition"
         ),
     }
-    metrics.transition(t);
+    metrics.transition(t.upstream, t.from, t.to, t.dest);
 }
 
 /// Reads kernel transitions until the task is cancelled.

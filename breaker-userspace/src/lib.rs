@@ -7,4 +7,5 @@ pub mod events;
 pub mod kernel;
 pub mod metrics;
 pub mod probe;
+pub mod requirements;
 pub mod state;

@@ -74,6 +74,11 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
 }
 
 fn run(config: Config) -> ExitCode {
+    // Before anything is loaded: an old kernel gets one line, not a verifier error.
+    if let Err(e) = breaker::requirements::check_running_kernel() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

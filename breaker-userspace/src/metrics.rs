@@ -9,7 +9,8 @@ use std::{
 use breaker_common::{abi::Counters, machine::State};
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::{events::Transition, kernel::CounterTable, state::StateTable};
+// Not `events`: events feed metrics, so the dependency goes one way only.
+use crate::{kernel::CounterTable, state::StateTable};
 
 const STATES: [State; 3] = [State::Closed, State::Open, State::HalfOpen];
 
@@ -25,6 +26,7 @@ pub struct Metrics {
     rejected: IntCounterVec,
     redirected: IntCounterVec,
     contention: IntCounterVec,
+    abandoned: IntCounterVec,
     probes: IntCounterVec,
     default_open: IntGaugeVec,
     /// Kernel counters as of the last scrape, to turn totals into increments.
@@ -63,6 +65,7 @@ impl Metrics {
             rejected: counter(&registry, "breaker_connects_rejected_total", "Connects failed fast with ECONNREFUSED while the breaker rejected.", &["upstream"]),
             redirected: counter(&registry, "breaker_connects_redirected_total", "Connects rewritten to the fallback while the breaker rejected.", &["upstream"]),
             contention: counter(&registry, "breaker_state_contention_total", "Kernel state updates given up after repeated compare-and-swap races.", &["upstream"]),
+            abandoned: counter(&registry, "breaker_connects_abandoned_total", "Watched connects the application closed before they reached an outcome; they count neither as a success nor as a failure.", &["upstream"]),
             probes: counter(&registry, "breaker_probes_total", "Half-open probes by the daemon, by result.", &["upstream", "result"]),
             default_open: gauge(&registry, "breaker_default_policy_destinations", "Default-policy destinations whose breaker is not closed, by state.", &["state"]),
             registry,
@@ -84,6 +87,7 @@ impl Metrics {
                 &m.rejected,
                 &m.redirected,
                 &m.contention,
+                &m.abandoned,
             ] {
                 c.with_label_values(&[name]);
             }
@@ -98,20 +102,21 @@ impl Metrics {
             .unwrap_or("unknown")
     }
 
-    pub fn transition(&self, t: &Transition) {
-        let name = self.upstream_name(t.upstream);
+    /// Counts one transition; `dest` is set for default-policy breakers.
+    pub fn transition(&self, upstream: u32, from: State, to: State, dest: Option<SocketAddr>) {
+        let name = self.upstream_name(upstream);
         self.transitions
-            .with_label_values(&[name, t.from.name(), t.to.name()])
+            .with_label_values(&[name, from.name(), to.name()])
             .inc();
-        if let Some(dest) = t.dest {
+        if let Some(dest) = dest {
             let mut open = self
                 .open_destinations
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if t.to == State::Closed {
+            if to == State::Closed {
                 open.remove(&dest);
             } else {
-                open.insert(dest, t.to);
+                open.insert(dest, to);
             }
         }
     }
@@ -185,6 +190,7 @@ impl Metrics {
                 now.contention_misses,
                 prev.contention_misses,
             );
+            inc(&self.abandoned, &[name], now.abandoned, prev.abandoned);
         }
         let open = self
             .open_destinations
@@ -240,5 +246,45 @@ pub async fn serve(
                 tracing::debug!(error = %e, "metrics connection ended");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Series that exist before any scrape: dashboards and tests can rely on them.
+    #[test]
+    fn every_upstream_has_its_counters_from_the_start() {
+        let m = Metrics::new(&["api".to_string()]);
+        let families = m.registry.gather();
+        let has = |name: &str, upstream: &str| {
+            families.iter().any(|f| {
+                f.name() == name
+                    && f.get_metric().iter().any(|s| {
+                        s.get_label()
+                            .iter()
+                            .any(|l| l.name() == "upstream" && l.value() == upstream)
+                    })
+            })
+        };
+        for upstream in ["api", "default"] {
+            for name in [
+                "breaker_connect_attempts_total",
+                "breaker_connect_successes_total",
+                "breaker_connect_failures_total",
+                "breaker_connects_rejected_total",
+                "breaker_connects_redirected_total",
+                "breaker_state_contention_total",
+                "breaker_connects_abandoned_total",
+            ] {
+                assert!(has(name, upstream), "{name}{{upstream={upstream:?}}}");
+            }
+        }
+        assert!(has("breaker_probes_total", "api"));
+        assert!(
+            !has("breaker_probes_total", "default"),
+            "the default policy is never probed"
+        );
     }
 }

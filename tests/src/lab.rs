@@ -48,18 +48,6 @@ pub struct Lab {
     servers: Vec<Server>,
 }
 
-/// The cgroup2 mount point, from /proc/self/mounts.
-pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
-        })
-        .context("no cgroup2 mount in /proc/self/mounts")
-}
-
 /// The `breaker` binary: $BREAKER_BIN, or next to (or one up from) the running executable.
 pub fn find_breaker_bin() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("BREAKER_BIN") {
@@ -82,8 +70,9 @@ impl Lab {
         let client = Netns::create(&format!("brk-{id}-c"))?;
         let upstream = Netns::create(&format!("brk-{id}-u"))?;
         let void = Netns::create(&format!("brk-{id}-v"))?;
-        let cgroup = cgroup2_root()?.join(format!("breaker-lab-{id}"));
-        let bare_cgroup = cgroup2_root()?.join(format!("breaker-lab-{id}-bare"));
+        let cgroup2 = breaker::cgroup::cgroup2_root()?;
+        let cgroup = cgroup2.join(format!("breaker-lab-{id}"));
+        let bare_cgroup = cgroup2.join(format!("breaker-lab-{id}-bare"));
         let work = std::env::temp_dir().join(format!("breaker-lab-{id}"));
         let mut lab = Lab {
             client,

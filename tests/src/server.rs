@@ -12,7 +12,6 @@ use std::{
 };
 
 pub struct Server {
-    pub addr: SocketAddr,
     pub name: String,
     accepted: Arc<AtomicU64>,
     /// The HTTP status it answers with (200 unless changed).
@@ -35,7 +34,6 @@ impl Server {
             std::thread::spawn(move || serve(listener, &name, &accepted, &status, &stop))
         };
         Ok(Server {
-            addr,
             name: name.to_string(),
             accepted,
             status,
@@ -65,7 +63,6 @@ impl Server {
             })
         };
         Ok(Server {
-            addr,
             name: "sink".into(),
             accepted,
             status: Arc::new(AtomicU16::new(200)),
