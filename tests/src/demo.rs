@@ -3,10 +3,9 @@
 //! An unmodified client (in the lab cgroup) calls an HTTP upstream ten times a second.
 //! The upstream goes dark (SYNs vanish), then comes back. The timeline shows the
 //! connects that hung before the breaker opened, the fail-fast connects while it was
-//! open, and the probe closing it after the upstream returned.
+//! open, and what closed it after the upstream returned, as the daemon logged it.
 use std::{
     io::{BufRead, BufReader},
-    path::PathBuf,
     process::Child,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -23,15 +22,23 @@ use crate::{
     stats::Summary,
 };
 
-const CONFIG: &str = r#"
+const FAILURE_THRESHOLD: u32 = 3;
+const OPEN_DURATION: &str = "3s";
+const PROBE_INTERVAL: &str = "500ms";
+
+fn config() -> String {
+    format!(
+        r#"
 [[upstream]]
 name = "api"
 endpoints = ["10.77.0.2:8080"]
-failure_threshold = 3
-open_duration = "3s"
-probe_interval = "500ms"
+failure_threshold = {FAILURE_THRESHOLD}
+open_duration = "{OPEN_DURATION}"
+probe_interval = "{PROBE_INTERVAL}"
 probe_timeout = "300ms"
-"#;
+"#
+    )
+}
 
 const HEALTHY_FOR: Duration = Duration::from_secs(2);
 const DARK_FOR: Duration = Duration::from_secs(8);
@@ -108,14 +115,14 @@ pub fn run() -> anyhow::Result<()> {
     );
     let mut lab = Lab::new("demo", &lab_bin)?;
     lab.serve("10.77.0.2:8080", "api")?;
-    lab.start_daemon(CONFIG)?;
+    lab.start_daemon(&config())?;
     println!(
         "lab:      client netns {} (cgroup {}), upstream 10.77.0.2:8080 in netns {}",
         lab.client.name,
         lab.cgroup.display(),
         lab.upstream.name
     );
-    println!("breaker:  failure_threshold 3, open_duration 3s, probe every 500ms; client timeout {CLIENT_TIMEOUT_MS} ms, 10 requests/s\n");
+    println!("breaker:  failure_threshold {FAILURE_THRESHOLD}, open_duration {OPEN_DURATION}, probe_interval {PROBE_INTERVAL}; client timeout {CLIENT_TIMEOUT_MS} ms, 10 requests/s\n");
 
     let mut child = lab
         .client_command(&[
@@ -148,6 +155,7 @@ pub fn run() -> anyhow::Result<()> {
     let mut went_dark: Option<f64> = None;
     let mut came_back: Option<f64> = None;
     let mut closed_at: Option<f64> = None;
+    let mut opened_at: Option<f64> = None;
     let mut state = String::from("closed");
     let mut group: Option<Group> = None;
     let mut all: Vec<(f64, Attempt)> = Vec::new();
@@ -199,6 +207,9 @@ pub fn run() -> anyhow::Result<()> {
             if current == "closed" && came_back.is_some() {
                 closed_at = Some(t);
             }
+            if current == "open" && went_dark.is_some() && opened_at.is_none() {
+                opened_at = Some(t);
+            }
             state = current;
         }
         if let Some(c) = closed_at {
@@ -219,9 +230,12 @@ pub fn run() -> anyhow::Result<()> {
     summarize(
         &lab,
         &all,
-        went_dark.unwrap_or(0.0),
-        came_back.unwrap_or(0.0),
-        closed_at.unwrap_or(0.0),
+        Phases {
+            dark: went_dark.unwrap_or(0.0),
+            opened: opened_at,
+            back: came_back.unwrap_or(0.0),
+            closed: closed_at.unwrap_or(0.0),
+        },
     )?;
     Ok(())
 }
@@ -243,20 +257,60 @@ fn current_state(lab: &Lab) -> anyhow::Result<String> {
     anyhow::bail!("no breaker_state for api")
 }
 
-fn summarize(
-    lab: &Lab,
-    all: &[(f64, Attempt)],
+/// `key=value` from a daemon log line, quotes removed.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .map(|v| v.trim_matches('"'))
+}
+
+/// The cause the daemon logged for the last transition of `api` to CLOSED.
+fn close_cause(log: &str) -> Option<String> {
+    log.lines()
+        .rev()
+        .filter(|l| l.contains("breaker transition"))
+        .filter(|l| field(l, "upstream") == Some("api") && field(l, "to") == Some("closed"))
+        .find_map(|l| field(l, "cause"))
+        .map(str::to_string)
+}
+
+/// What closed the breaker, in words, from the transition's cause.
+fn closer(cause: Option<&str>) -> String {
+    match cause {
+        Some("probe_success") => "a probe (transition cause probe_success)".into(),
+        Some("success") => "an application's trial connect (transition cause success)".into(),
+        Some(other) => format!("a transition with cause {other}"),
+        None => "a transition the daemon log gives no cause for".into(),
+    }
+}
+
+/// Seconds since the start at which each phase began, as the demo saw them.
+struct Phases {
     dark: f64,
+    /// First CLOSED -> OPEN seen after the upstream went dark.
+    opened: Option<f64>,
     back: f64,
     closed: f64,
-) -> anyhow::Result<()> {
+}
+
+fn summarize(lab: &Lab, all: &[(f64, Attempt)], at: Phases) -> anyhow::Result<()> {
+    let Phases {
+        dark,
+        opened,
+        back,
+        closed,
+    } = at;
     let phase = |from: f64, to: f64| {
         all.iter()
             .filter(move |(s, _)| *s >= from && *s < to)
             .map(|(_, a)| a)
     };
     let before: Vec<f64> = phase(0.0, dark).map(|a| a.latency_us).collect();
-    let reached_dead = phase(dark, back).filter(|a| a.outcome == "timeout").count();
+    let hung: Vec<(f64, &Attempt)> = all
+        .iter()
+        .filter(|(s, a)| *s >= dark && *s < back && a.outcome == "timeout")
+        .map(|(s, a)| (*s, a))
+        .collect();
     let fast: Vec<f64> = phase(dark, f64::MAX)
         .filter(|a| class(a) == "failed fast")
         .map(|a| a.latency_us)
@@ -274,8 +328,23 @@ fn summarize(
         human_us(Summary::of(&before).p50),
         before.len()
     );
+    let opened_line = match opened {
+        Some(o) => {
+            // Started before the trip and still waiting when it came.
+            let in_flight = hung
+                .iter()
+                .filter(|(s, a)| *s < o && s + a.latency_us / 1e6 > o)
+                .count();
+            format!(
+                "; the breaker opened {:.2}s after the upstream went dark, with {in_flight} of them still in flight",
+                o - dark
+            )
+        }
+        None => "; the breaker was not seen to open".into(),
+    };
     println!(
-        "  dark:        {reached_dead} connects reached the dead upstream and hung {CLIENT_TIMEOUT_MS} ms each (failure_threshold is 3); then the breaker opened"
+        "  dark:        {} connects reached the dead upstream and hung until the client's timeout ({CLIENT_TIMEOUT_MS} ms); failure_threshold is {FAILURE_THRESHOLD}{opened_line}",
+        hung.len()
     );
     println!(
         "  open:        {} connects failed fast with ECONNREFUSED: p50 {}, p99 {}, max {}",
@@ -284,9 +353,20 @@ fn summarize(
         human_us(Summary::of(&fast).p99),
         human_us(Summary::of(&fast).max)
     );
+    let metrics = lab.metrics()?;
+    let count = |name: &str, want: &[(&str, &str)]| {
+        let mut labels = vec![("upstream", "api")];
+        labels.extend_from_slice(want);
+        // A series not yet created (no probe ever passed, say) is a zero count.
+        crate::metrics::value(&metrics, name, &labels).unwrap_or(0.0)
+    };
+    let log = lab.daemon_log();
     println!(
-        "  recovery:    a probe closed the breaker {:.2}s after the upstream returned (open_duration 3s + probe every 500ms); first request served again after {}",
+        "  recovery:    {} closed the breaker {:.2}s after the upstream returned (open_duration {OPEN_DURATION}, probe_interval {PROBE_INTERVAL}); probes: {} passed, {} failed; first request served again after {}",
+        closer(close_cause(&log).as_deref()),
         closed - back,
+        count("breaker_probes_total", &[("result", "success")]),
+        count("breaker_probes_total", &[("result", "failure")]),
         first_served_after.map(|s| format!("{s:.2}s")).unwrap_or_else(|| "-".into())
     );
     println!(
@@ -301,10 +381,8 @@ fn summarize(
     {
         println!("  {line}");
     }
-    let log: PathBuf = lab.daemon_log_path();
     println!("\ndaemon log: (removed with the lab; transitions below)");
-    for line in std::fs::read_to_string(&log)
-        .unwrap_or_default()
+    for line in log
         .lines()
         .filter(|l| l.contains("transition") || l.contains("probe passed"))
     {
@@ -312,4 +390,21 @@ fn summarize(
     }
     println!("\ncleaning up the lab (namespaces, cgroup, daemon)");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_close_cause_comes_from_the_last_transition_to_closed() {
+        let log = "\
+2026-11-27T10:00:01Z  INFO breaker::events: breaker transition upstream=\"api\" from=\"closed\" to=\"open\" cause=\"timeout\"
+2026-11-27T10:00:04Z  INFO breaker::events: breaker transition upstream=\"api\" from=\"half_open\" to=\"closed\" cause=\"success\"
+2026-11-27T10:00:09Z  INFO breaker::events: breaker transition upstream=\"api\" from=\"half_open\" to=\"closed\" cause=\"probe_success\"
+";
+        assert_eq!(close_cause(log).as_deref(), Some("probe_success"));
+        assert_eq!(close_cause("nothing here"), None);
+        assert!(closer(Some("success")).contains("trial connect"));
+    }
 }

@@ -1,13 +1,35 @@
 //! The kernel's own BPF statistics (`kernel.bpf_stats_enabled`) and the daemon's
 //! memory: map memory from /proc/PID/fdinfo, RSS from /proc/PID/status.
-/// The names the daemon's programs carry in the kernel (see breaker-common's abi).
-pub const BREAKER_PROGRAMS: [&str; 3] = ["brk_connect4", "brk_connect6", "brk_sock_ops"];
+//!
+//! Programs and maps are those a given process holds (its fds, from
+//! /proc/PID/fdinfo), so that another daemon or test on the same machine, loading
+//! programs of the same names, never leaks into the figures.
+use std::collections::BTreeSet;
+
+use breaker_common::abi::{map_names, program_names, BreakerCell, DestKey};
+
+/// The cgroup/sock_release program, reported on its own line.
+pub const SOCK_RELEASE: &str = program_names::SOCK_RELEASE;
+
+/// The names the daemon's programs carry in the kernel.
+pub const BREAKER_PROGRAMS: [&str; 4] = [
+    program_names::CONNECT4,
+    program_names::CONNECT6,
+    program_names::SOCK_OPS,
+    SOCK_RELEASE,
+];
 /// The empty programs `breaker calibrate` attaches.
-pub const EMPTY_PROGRAMS: [&str; 2] = ["brk_nop_connect", "brk_nop_sockops"];
+pub const EMPTY_PROGRAMS: [&str; 3] = [
+    program_names::NOP_CONNECT4,
+    program_names::NOP_SOCK_OPS,
+    program_names::NOP_SOCK_RELEASE,
+];
 
 #[derive(Clone, Debug, Default)]
 pub struct ProgCost {
     pub name: String,
+    /// The kernel's program type (`bpf_prog_type`): empty programs are matched by it.
+    pub prog_type: u32,
     pub runs: u64,
     pub run_ns: u64,
 }
@@ -38,36 +60,90 @@ impl Drop for StatsEnabled {
     }
 }
 
-/// Run counts and times of the newest loaded breaker programs.
-pub fn breaker_programs() -> Vec<ProgCost> {
-    programs(&BREAKER_PROGRAMS)
+/// Every fdinfo of `pid` that carries `key:` (e.g. `prog_id`, `map_id`): its values.
+fn held_ids(pid: u32, key: &str) -> BTreeSet<u32> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return BTreeSet::new();
+    };
+    let prefix = format!("{key}:");
+    fds.filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines().find_map(|l| {
+                l.strip_prefix(prefix.as_str())
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+            })
+        })
+        .collect()
 }
 
-/// Run counts and times of the newest loaded programs with these names.
-pub fn programs(names: &[&str]) -> Vec<ProgCost> {
-    let mut newest: Vec<(u32, ProgCost)> = Vec::new();
-    for info in aya::programs::loaded_programs().filter_map(Result::ok) {
-        let Some(name) = info.name_as_str() else {
-            continue;
-        };
-        if !names.contains(&name) {
-            continue;
-        }
-        let cost = ProgCost {
-            name: name.to_string(),
-            runs: info.run_count(),
-            run_ns: info.run_time().as_nanos() as u64,
-        };
-        match newest.iter_mut().find(|(_, c)| c.name == name) {
-            Some((id, c)) if info.id() > *id => {
-                *id = info.id();
-                *c = cost;
+/// Run counts and times of the programs with these names that `pid` holds (program
+/// or link fds). Counters are cumulative: take differences around a measured run.
+pub fn programs_of(pid: u32, names: &[&str]) -> anyhow::Result<Vec<ProgCost>> {
+    let ids = held_ids(pid, "prog_id");
+    anyhow::ensure!(!ids.is_empty(), "process {pid} holds no BPF programs");
+    let mut found: Vec<ProgCost> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|info| ids.contains(&info.id()))
+        .filter_map(|info| {
+            let name = info.name_as_str()?;
+            names.contains(&name).then(|| ProgCost {
+                name: name.to_string(),
+                prog_type: info.program_type() as u32,
+                runs: info.run_count(),
+                run_ns: info.run_time().as_nanos() as u64,
+            })
+        })
+        .collect();
+    // In the order of `names`, so tables list programs the same way every run.
+    found.sort_by_key(|p| names.iter().position(|n| *n == p.name));
+    anyhow::ensure!(
+        !found.is_empty(),
+        "process {pid} holds none of the programs {names:?}"
+    );
+    Ok(found)
+}
+
+/// `after` minus `before`, program by program: what one measured run cost.
+pub fn delta(before: &[ProgCost], after: &[ProgCost]) -> Vec<ProgCost> {
+    after
+        .iter()
+        .map(|a| {
+            let b = before.iter().find(|b| b.name == a.name);
+            ProgCost {
+                runs: a.runs - b.map_or(0, |b| b.runs.min(a.runs)),
+                run_ns: a.run_ns - b.map_or(0, |b| b.run_ns.min(a.run_ns)),
+                ..a.clone()
             }
-            Some(_) => {}
-            None => newest.push((info.id(), cost)),
-        }
+        })
+        .collect()
+}
+
+/// Entries the default policy's per-destination LRU map of `pid` holds right now,
+/// counted by walking its keys.
+pub fn default_states_entries(pid: u32) -> anyhow::Result<u64> {
+    let ids = held_ids(pid, "map_id");
+    let id = ids
+        .iter()
+        .copied()
+        .find(|id| {
+            aya::maps::MapInfo::from_id(*id)
+                .is_ok_and(|m| m.name_as_str() == Some(map_names::DEFAULT_STATES))
+        })
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "process {pid} holds no map named {}",
+                map_names::DEFAULT_STATES
+            )
+        })?;
+    let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_id(id)?)?;
+    let states = aya::maps::HashMap::<_, DestKey, BreakerCell>::try_from(map)?;
+    let mut n = 0;
+    for key in states.keys() {
+        key?;
+        n += 1;
     }
-    newest.into_iter().map(|(_, c)| c).collect()
+    Ok(n)
 }
 
 /// Bytes of map memory the process holds (sum of `memlock` over its map fds).

@@ -3,6 +3,7 @@
 //!
 //! Figures live here, never in timed tests: the machines are shared and noisy, so
 //! each scenario compares ratios within one run and reports its spread.
+mod fill;
 mod haproxy;
 mod kernel_stats;
 mod plot;
@@ -20,9 +21,12 @@ pub use report::Report;
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub quick: bool,
-    /// Scenario 1: rounds per variant, connects per round.
+    /// Scenario 1: pairs of rounds (one per side, in ABBA order), connects per round.
     pub healthy_rounds: u32,
     pub healthy_per_round: u32,
+    /// Scenario 4: pairs of rounds (breaker programs, empty programs), connects per round.
+    pub kernel_rounds: u32,
+    pub kernel_per_round: u32,
     /// Scenario 2: connects per variant; blackhole timeouts measured.
     pub failfast: u32,
     pub blackhole_runs: u32,
@@ -37,7 +41,8 @@ pub struct Plan {
     pub scale_endpoints: Vec<u32>,
     pub scale_connects: u32,
     pub lru_destinations: u32,
-    /// Scenario 6: requests through each path.
+    /// Scenario 6: rounds, and requests through each path per round.
+    pub proxy_rounds: u32,
     pub proxy_requests: u32,
 }
 
@@ -47,6 +52,8 @@ impl Plan {
             quick: false,
             healthy_rounds: 10,
             healthy_per_round: 10_000,
+            kernel_rounds: 6,
+            kernel_per_round: 10_000,
             failfast: 10_000,
             blackhole_runs: 3,
             outage_requests: 10_000,
@@ -58,6 +65,7 @@ impl Plan {
             scale_endpoints: vec![10, 1_000, 100_000],
             scale_connects: 20_000,
             lru_destinations: 1_000_000,
+            proxy_rounds: 5,
             proxy_requests: 10_000,
         }
     }
@@ -67,6 +75,8 @@ impl Plan {
             quick: true,
             healthy_rounds: 2,
             healthy_per_round: 2_000,
+            kernel_rounds: 3,
+            kernel_per_round: 1_000,
             failfast: 1_000,
             blackhole_runs: 1,
             outage_requests: 3_200,
@@ -78,7 +88,8 @@ impl Plan {
             scale_endpoints: vec![10, 1_000, 10_000],
             scale_connects: 2_000,
             lru_destinations: 10_000,
-            proxy_requests: 1_000,
+            proxy_rounds: 3,
+            proxy_requests: 500,
         }
     }
 }
@@ -152,5 +163,49 @@ pub fn run(quick: bool, out: &Path, only: &[String]) -> anyhow::Result<()> {
         path.display(),
         plots.display()
     );
+    let table = report.headline_table();
+    eprintln!("bench: headline\n{table}");
+    // A full run of every scenario is the one the README quotes.
+    if !quick && only.is_empty() {
+        let readme = out.join("README.md");
+        if update_readme(&readme, &table)? {
+            eprintln!("bench: copied the headline table into {}", readme.display());
+        }
+    }
     Ok(())
+}
+
+const README_BEGIN: &str = "<!-- bench-headline: begin (written by cargo xtask bench) -->";
+const README_END: &str = "<!-- bench-headline: end -->";
+
+/// Replaces the README's text between the headline markers with `table`. False
+/// when there is no README there, or it has no markers.
+fn update_readme(readme: &Path, table: &str) -> anyhow::Result<bool> {
+    let Ok(text) = std::fs::read_to_string(readme) else {
+        return Ok(false);
+    };
+    let Some(updated) = replace_between(&text, README_BEGIN, README_END, table) else {
+        return Ok(false);
+    };
+    std::fs::write(readme, updated).with_context(|| format!("writing {}", readme.display()))?;
+    Ok(true)
+}
+
+fn replace_between(text: &str, begin: &str, end: &str, with: &str) -> Option<String> {
+    let start = text.find(begin)? + begin.len();
+    let stop = start + text[start..].find(end)?;
+    Some(format!("{}\n{with}{}", &text[..start], &text[stop..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headline_replaces_only_the_marked_block() {
+        let text = format!("a\n{README_BEGIN}\nold\n{README_END}\nb\n");
+        let new = replace_between(&text, README_BEGIN, README_END, "| x |\n").unwrap();
+        assert_eq!(new, format!("a\n{README_BEGIN}\n| x |\n{README_END}\nb\n"));
+        assert!(replace_between("no markers", README_BEGIN, README_END, "t").is_none());
+    }
 }

@@ -8,9 +8,10 @@ use std::{
 use anyhow::Context;
 
 use super::{
+    fill,
     haproxy::{self, Haproxy},
     kernel_stats::{self, ProgCost, StatsEnabled},
-    Plan,
+    Plan, Summary,
 };
 use crate::{
     client::{mono_ms, parse_attempts, Attempt},
@@ -46,68 +47,152 @@ fn api_config(endpoints: &[String], extra: &str) -> String {
 
 // ---------------------------------------------------------------- scenario 1 + 4
 
+/// One latency round on each side, back to back.
+pub struct HealthyPair {
+    pub breaker_first: bool,
+    pub bare: Summary,
+    pub breaker: Summary,
+}
+
+/// Scenario 4: one round through the breaker's programs and one through the empty
+/// programs, back to back, with BPF stats on. Costs are this round's differences.
+pub struct KernelPair {
+    pub breaker: Vec<ProgCost>,
+    pub empty: Vec<ProgCost>,
+    pub connects: u32,
+}
+
 pub struct Healthy {
+    /// Every sample of every round, for the plot.
     pub baseline: Vec<f64>,
     pub breaker: Vec<f64>,
-    pub round_medians_baseline: Vec<f64>,
-    pub round_medians_breaker: Vec<f64>,
-    /// Kernel cost over a separate run with BPF stats on.
-    pub programs: Vec<ProgCost>,
-    /// The same run with empty programs of the same types attached instead.
-    pub empty_programs: Vec<ProgCost>,
-    pub stats_connects: u32,
+    pub pairs: Vec<HealthyPair>,
+    pub per_round: u32,
+    pub kernel: Vec<KernelPair>,
+}
+
+/// ABBA order: pair 0 runs the breaker first, pair 1 the bare side first, and so
+/// on, so that a drift over the scenario falls on both sides alike.
+fn breaker_first(pair: u32) -> bool {
+    pair.is_multiple_of(2)
+}
+
+/// `breaker calibrate`: the empty programs attached to `cgroup` while it lives.
+struct Calibration(std::process::Child);
+
+impl Calibration {
+    fn start(cgroup: &Path) -> anyhow::Result<Calibration> {
+        let mut child = std::process::Command::new(crate::lab::find_breaker_bin()?)
+            .arg("calibrate")
+            .arg("--cgroup")
+            .arg(cgroup)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("starting breaker calibrate")?;
+        let stderr = child.stderr.take().context("calibrate stderr")?;
+        let calibration = Calibration(child);
+        // It says so on stderr once attached.
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stderr), &mut line)?;
+        anyhow::ensure!(
+            line.contains("attached"),
+            "breaker calibrate failed: {line}"
+        );
+        Ok(calibration)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Calibration {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `run` and returns what the programs of `pid` named `names` spent on it.
+fn cost_of(
+    pid: u32,
+    names: &[&str],
+    run: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<ProgCost>> {
+    let before = kernel_stats::programs_of(pid, names)?;
+    run()?;
+    Ok(kernel_stats::delta(
+        &before,
+        &kernel_stats::programs_of(pid, names)?,
+    ))
 }
 
 pub fn healthy(lab_bin: &Path, plan: &Plan) -> anyhow::Result<Healthy> {
     let mut lab = Lab::new("bh", lab_bin)?;
     lab.sink(SINK)?;
     let config = api_config(&[SINK.to_string()], "");
+    let per_round = plan.healthy_per_round.to_string();
+    let args = ["--to", SINK, "--count", &per_round, "--linger0"];
     let mut h = Healthy {
         baseline: Vec::new(),
         breaker: Vec::new(),
-        round_medians_baseline: Vec::new(),
-        round_medians_breaker: Vec::new(),
-        programs: Vec::new(),
-        empty_programs: Vec::new(),
-        stats_connects: plan.healthy_per_round,
+        pairs: Vec::new(),
+        per_round: plan.healthy_per_round,
+        kernel: Vec::new(),
     };
-    // One daemon for the whole scenario; rounds alternate the client between a cgroup
-    // the breaker is attached to and a bare sibling, so drift on a shared machine,
-    // and the daemon's mere presence, hit both sides alike.
+    // One daemon for the whole scenario; rounds move the client between the cgroup
+    // the breaker is attached to and a bare sibling, so the daemon's mere presence
+    // hits both sides alike.
     lab.start_daemon(&config)?;
-    for _ in 0..plan.healthy_rounds {
-        let base = warm(latencies(&lab.client_bare(&[
-            "--to",
-            SINK,
-            "--count",
-            &plan.healthy_per_round.to_string(),
-            "--linger0",
-        ])?));
-        h.round_medians_baseline.push(super::Summary::of(&base).p50);
-        h.baseline.extend(base);
-        let with = warm(latencies(&connect_loop(
-            &lab,
-            SINK,
-            plan.healthy_per_round,
-        )?));
-        h.round_medians_breaker.push(super::Summary::of(&with).p50);
+    for pair in 0..plan.healthy_rounds {
+        let mut bare = Vec::new();
+        let mut with = Vec::new();
+        for breaker_side in [breaker_first(pair), !breaker_first(pair)] {
+            if breaker_side {
+                with = warm(latencies(&lab.client(&args)?));
+            } else {
+                bare = warm(latencies(&lab.client_bare(&args)?));
+            }
+        }
+        h.pairs.push(HealthyPair {
+            breaker_first: breaker_first(pair),
+            bare: Summary::of(&bare),
+            breaker: Summary::of(&with),
+        });
+        h.baseline.extend(bare);
         h.breaker.extend(with);
     }
-    // Scenario 4: the programs' own run time, in a run of its own (stats cost time too).
-    {
-        let _stats = StatsEnabled::on()?;
-        connect_loop(&lab, SINK, plan.healthy_per_round)?;
-        h.programs = kernel_stats::breaker_programs();
-    }
-    lab.stop_daemon()?;
-    // What any program of these types costs under BPF stats, doing nothing.
-    let calibration = lab.start_calibration()?;
-    {
-        let _stats = StatsEnabled::on()?;
-        connect_loop(&lab, SINK, plan.healthy_per_round)?;
-        h.empty_programs = kernel_stats::programs(&kernel_stats::EMPTY_PROGRAMS);
+    // Scenario 4, after the latency rounds (stats and the empty programs cost time
+    // too): the empty programs go on the bare cgroup, so breaker rounds and empty
+    // rounds can alternate without restarting anything.
+    let daemon = lab.daemon_pid().context("daemon pid")?;
+    let calibration = Calibration::start(&lab.bare_cgroup)?;
+    let n = plan.kernel_per_round.to_string();
+    let args = ["--to", SINK, "--count", &n, "--linger0"];
+    let _stats = StatsEnabled::on()?;
+    for pair in 0..plan.kernel_rounds {
+        let (mut breaker, mut empty) = (Vec::new(), Vec::new());
+        for breaker_side in [breaker_first(pair), !breaker_first(pair)] {
+            if breaker_side {
+                breaker = cost_of(daemon, &kernel_stats::BREAKER_PROGRAMS, || {
+                    lab.client(&args).map(drop)
+                })?;
+            } else {
+                empty = cost_of(calibration.pid(), &kernel_stats::EMPTY_PROGRAMS, || {
+                    lab.client_bare(&args).map(drop)
+                })?;
+            }
+        }
+        h.kernel.push(KernelPair {
+            breaker,
+            empty,
+            connects: plan.kernel_per_round,
+        });
     }
     drop(calibration);
+    lab.stop_daemon()?;
     Ok(h)
 }
 
@@ -325,6 +410,8 @@ pub struct ScalePoint {
     pub map_bytes: u64,
     pub rss_bytes: u64,
     pub startup_ms: f64,
+    /// Default-policy row: how the fill went, and the entries the map held after it.
+    pub fill: Option<(fill::Filled, anyhow::Result<u64>)>,
 }
 
 /// `n` endpoints: the sink first, then distinct /32s that nothing ever connects to.
@@ -339,19 +426,26 @@ fn measure_point(
     label: String,
     config: &str,
     plan: &Plan,
-    before: impl FnOnce(&Lab) -> anyhow::Result<()>,
+    lru_fill: Option<u32>,
 ) -> anyhow::Result<ScalePoint> {
     let t = Instant::now();
     lab.start_daemon(config)?;
     let startup_ms = t.elapsed().as_secs_f64() * 1e3;
-    before(lab)?;
+    let pid = lab.daemon_pid().context("daemon pid")?;
+    let fill = match lru_fill {
+        Some(count) => {
+            let filled = fill::refused_destinations(lab, count)?;
+            Some((filled, kernel_stats::default_states_entries(pid)))
+        }
+        None => None,
+    };
     let connect = warm(latencies(&connect_loop(lab, SINK, plan.scale_connects)?));
     let programs = {
         let _stats = StatsEnabled::on()?;
-        connect_loop(lab, SINK, plan.scale_connects)?;
-        kernel_stats::breaker_programs()
+        cost_of(pid, &kernel_stats::BREAKER_PROGRAMS, || {
+            connect_loop(lab, SINK, plan.scale_connects).map(drop)
+        })?
     };
-    let pid = lab.daemon_pid().context("daemon pid")?;
     let (map_bytes, rss_bytes) = (kernel_stats::map_memory(pid), kernel_stats::rss(pid));
     lab.stop_daemon()?;
     Ok(ScalePoint {
@@ -362,6 +456,7 @@ fn measure_point(
         map_bytes,
         rss_bytes,
         startup_ms,
+        fill,
     })
 }
 
@@ -376,93 +471,130 @@ pub fn scale(lab_bin: &Path, plan: &Plan) -> anyhow::Result<Vec<ScalePoint>> {
             format!("{n} endpoints"),
             &config,
             plan,
-            |_| Ok(()),
+            None,
         )?);
     }
     let lru = plan.lru_destinations;
     let config = format!("[default_policy]\nmax_destinations = {lru}\nfailure_threshold = 5\n");
     points.push(measure_point(
         &mut lab,
-        format!("default policy, {lru} destinations held"),
+        format!("default policy, {lru} failing destinations"),
         &config,
         plan,
-        |lab| {
-            let out = lab
-                .lab_command(&["fill", "--base", "10.78.0.0", "--count", &lru.to_string()])
-                .output()?;
-            anyhow::ensure!(
-                out.status.success(),
-                "fill failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            Ok(())
-        },
+        Some(lru),
     )?);
     Ok(points)
 }
 
 // ---------------------------------------------------------------- scenario 6
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyPath {
+    Direct,
+    Breaker,
+    Haproxy,
+}
+
+/// One round: the same number of requests down each path, in a rotating order.
+pub struct ProxyRound {
+    pub direct: Summary,
+    pub breaker: Summary,
+    pub haproxy: Summary,
+    /// CPU per request, µs: the breaker's kernel programs (BPF stats) plus its
+    /// daemon; HAProxy's process.
+    pub breaker_cpu_us: f64,
+    pub haproxy_cpu_us: f64,
+}
+
 pub struct Proxy {
-    /// Request latency (connect + GET + response), µs.
+    /// Every request latency (connect + GET + response), µs, for the plot.
     pub direct: Vec<f64>,
     pub breaker: Vec<f64>,
     pub haproxy: Vec<f64>,
+    pub rounds: Vec<ProxyRound>,
     pub requests: u32,
-    /// CPU seconds spent per path over its run.
-    pub breaker_daemon_cpu_s: f64,
-    pub breaker_bpf_ns: u64,
-    pub haproxy_cpu_s: f64,
 }
 
 pub fn proxy(lab_bin: &Path, plan: &Plan) -> anyhow::Result<Proxy> {
     let mut lab = Lab::new("bp", lab_bin)?;
     lab.serve("10.77.0.2:8080", "api")?;
     let n = plan.proxy_requests.to_string();
-    let request = |lab: &Lab, to: &str| -> anyhow::Result<Vec<f64>> {
-        let a = lab.client(&["--to", to, "--http", "--count", &n])?;
+    // The breaker's path runs in the lab cgroup; the other two in the bare one, where
+    // no breaker program runs.
+    let request = |lab: &Lab, to: &str, with_breaker: bool| -> anyhow::Result<Vec<f64>> {
+        let args = ["--to", to, "--http", "--count", &n];
+        let a = if with_breaker {
+            lab.client(&args)?
+        } else {
+            lab.client_bare(&args)?
+        };
         anyhow::ensure!(
             a.iter().all(|a| a.outcome == "ok"),
             "requests through {to} failed"
         );
         Ok(warm(latencies(&a)))
     };
-    let direct = request(&lab, "10.77.0.2:8080")?;
-
+    // Daemon and proxy run through every round, so that each one's presence (timers,
+    // health checks) weighs on all three paths alike.
     lab.start_daemon(&api_config(&["10.77.0.2:8080".into()], ""))?;
-    let pid = lab.daemon_pid().context("daemon pid")?;
-    let cpu0 = kernel_stats::cpu_seconds(pid);
-    let (breaker, bpf) = {
-        let _stats = StatsEnabled::on()?;
-        let before: u64 = kernel_stats::breaker_programs()
-            .iter()
-            .map(|p| p.run_ns)
-            .sum();
-        let lat = request(&lab, "10.77.0.2:8080")?;
-        let after: u64 = kernel_stats::breaker_programs()
-            .iter()
-            .map(|p| p.run_ns)
-            .sum();
-        (lat, after.saturating_sub(before))
-    };
-    let breaker_daemon_cpu_s = kernel_stats::cpu_seconds(pid) - cpu0;
-    lab.stop_daemon()?;
-
+    let daemon = lab.daemon_pid().context("daemon pid")?;
     let path = lab.work_file(
         "haproxy.cfg",
         &haproxy::config("10.77.0.2:8080", THRESHOLD, plan.probe_interval_ms),
     )?;
     let proxy = Haproxy::start(&lab, &path)?;
-    let cpu0 = kernel_stats::cpu_seconds(proxy.pid());
-    let haproxy = request(&lab, haproxy::FRONTEND)?;
-    let haproxy_cpu_s = kernel_stats::cpu_seconds(proxy.pid()) - cpu0;
-    Ok(Proxy {
-        direct,
-        breaker,
-        haproxy,
+    let _stats = StatsEnabled::on()?;
+    let mut out = Proxy {
+        direct: Vec::new(),
+        breaker: Vec::new(),
+        haproxy: Vec::new(),
+        rounds: Vec::new(),
         requests: plan.proxy_requests,
-        breaker_daemon_cpu_s,
-        breaker_bpf_ns: bpf,
-        haproxy_cpu_s,
-    })
+    };
+    let requests = f64::from(plan.proxy_requests.max(1));
+    for round in 0..plan.proxy_rounds {
+        let mut order = [ProxyPath::Direct, ProxyPath::Breaker, ProxyPath::Haproxy];
+        order.rotate_left(round as usize % 3);
+        let mut r = ProxyRound {
+            direct: Summary::default(),
+            breaker: Summary::default(),
+            haproxy: Summary::default(),
+            breaker_cpu_us: 0.0,
+            haproxy_cpu_us: 0.0,
+        };
+        for p in order {
+            match p {
+                ProxyPath::Direct => {
+                    let lat = request(&lab, "10.77.0.2:8080", false)?;
+                    r.direct = Summary::of(&lat);
+                    out.direct.extend(lat);
+                }
+                ProxyPath::Breaker => {
+                    let cpu0 = kernel_stats::cpu_seconds(daemon);
+                    let mut lat = Vec::new();
+                    let bpf = cost_of(daemon, &kernel_stats::BREAKER_PROGRAMS, || {
+                        lat = request(&lab, "10.77.0.2:8080", true)?;
+                        Ok(())
+                    })?;
+                    let daemon_s = kernel_stats::cpu_seconds(daemon) - cpu0;
+                    let bpf_ns: u64 = bpf.iter().map(|p| p.run_ns).sum();
+                    r.breaker_cpu_us = (bpf_ns as f64 / 1e3 + daemon_s * 1e6) / requests;
+                    r.breaker = Summary::of(&lat);
+                    out.breaker.extend(lat);
+                }
+                ProxyPath::Haproxy => {
+                    let cpu0 = kernel_stats::cpu_seconds(proxy.pid());
+                    let lat = request(&lab, haproxy::FRONTEND, false)?;
+                    r.haproxy_cpu_us =
+                        (kernel_stats::cpu_seconds(proxy.pid()) - cpu0) * 1e6 / requests;
+                    r.haproxy = Summary::of(&lat);
+                    out.haproxy.extend(lat);
+                }
+            }
+        }
+        out.rounds.push(r);
+    }
+    drop(proxy);
+    lab.stop_daemon()?;
+    Ok(out)
 }
