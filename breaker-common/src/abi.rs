@@ -32,7 +32,7 @@ pub mod program_names {
     pub const CONNECT4: &str = "brk_connect4";
     pub const CONNECT6: &str = "brk_connect6";
     pub const SOCK_OPS: &str = "brk_sock_ops";
-    pub const SOCK_RELEASE: &str = "brk_sock_release";
+    pub const SOCK_RELEASE: &str = "brk_release";
     /// Runs the destination lookup on a [`super::ResolveQuery`] under
     /// BPF_PROG_TEST_RUN (tests and `breaker explain`); never attached.
     pub const TEST_RESOLVE: &str = "brk_test_resolve";

@@ -87,7 +87,7 @@ mod programs {
 
     /// Cleanup: a watched connect closed before its outcome gives back what it held.
     #[cgroup_sock(sock_release)]
-    pub fn brk_sock_release(ctx: SockContext) -> i32 {
+    pub fn brk_release(ctx: SockContext) -> i32 {
         // 1 lets the release go on; it is never ours to refuse.
         let _ = crate::release::try_sock_release(&ctx);
         1
