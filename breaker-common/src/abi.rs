@@ -53,7 +53,8 @@ pub struct Settings {
     /// `PREFIX_ENDPOINTS_V4` / `_V6`: the LPM tries hold endpoints of that family, so a
     /// miss in `ENDPOINTS_EXACT` must look there too.
     pub prefix_endpoints: u32,
-    pub _pad: u32,
+    /// `SOCKET_RECORDS` slots - 1 (a power of two minus one): cookie -> slot.
+    pub record_slots_mask: u32,
 }
 
 pub const PREFIX_ENDPOINTS_V4: u32 = 1 << 0;
@@ -142,6 +143,9 @@ pub struct BreakerCell {
     pub word: u64,
 }
 
+/// Slots of `SOCKET_RECORDS` a socket may take: its cookie's slot and the next.
+pub const RECORD_PROBES: u32 = 2;
+
 /// `SocketRecord.flags`: the connect is watched; sock_ops reports its outcome.
 pub const RECORD_WATCHED: u64 = 1 << 0;
 /// `SocketRecord.flags`: the connect is a HALF_OPEN trial of `SocketRecord.epoch`.
@@ -150,15 +154,19 @@ pub const RECORD_TRIAL: u64 = 1 << 1;
 /// once, by compare-and-swap, by whichever program sees the end first.
 pub const RECORD_DONE: u64 = 1 << 2;
 
-/// What connect4/6 decided for one socket, in the socket's own storage
-/// (`SOCKET_RECORDS`): written once by the connect hook, read by sock_ops and
-/// sock_release. The outcome goes to the breaker recorded here, whatever the
-/// destination looks like by then.
+/// What connect4/6 decided for one socket, in its slot of `SOCKET_RECORDS`:
+/// written once by the connect hook, read by sock_ops and sock_release. The outcome
+/// goes to the breaker recorded here, whatever the destination looks like by then.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SocketRecord {
-    /// `bpf_ktime_get_ns` when connect() was admitted.
-    pub started_ns: u64,
+    /// The socket cookie that owns the slot; 0 for a free slot. Taken and given
+    /// back by compare-and-swap; a reader whose cookie differs ignores the slot.
+    pub cookie: u64,
+    /// The kernel's jiffies when connect() was admitted (`bpf_jiffies64`, a memory
+    /// read, where a clock read costs about 100 ns on a paravirtualised guest): a
+    /// connect's duration at tick resolution, given the HZ the daemon measures.
+    pub started_jiffies: u64,
     /// `RECORD_*` bits.
     pub flags: u64,
     /// The destination as connect() asked for it: the default-policy key.
@@ -210,6 +218,9 @@ pub struct Counters {
     pub contention_misses: u64,
     /// Watched connects the application closed before they reached an outcome.
     pub abandoned: u64,
+    /// Connects that went unwatched because every record slot they could use was
+    /// taken (too many connects in flight at once): passed, not counted.
+    pub unwatched: u64,
 }
 
 /// Why a transition happened.
@@ -257,7 +268,7 @@ const _: () = assert!(core::mem::size_of::<EndpointV6>() == 18);
 const _: () = assert!(core::mem::size_of::<UpstreamPolicy>() == 64);
 const _: () = assert!(core::mem::size_of::<DestKey>() == 20);
 const _: () = assert!(core::mem::size_of::<BreakerCell>() == 8);
-const _: () = assert!(core::mem::size_of::<SocketRecord>() == 48);
+const _: () = assert!(core::mem::size_of::<SocketRecord>() == 56);
 const _: () = assert!(core::mem::size_of::<ResolveQuery>() == 24);
-const _: () = assert!(core::mem::size_of::<Counters>() == 72);
+const _: () = assert!(core::mem::size_of::<Counters>() == 80);
 const _: () = assert!(core::mem::size_of::<TransitionEvent>() == 48);

@@ -3,7 +3,7 @@
 //!
 //! The destination is resolved here, once per connect, and the answer kept in the
 //! socket's record for sock_ops and sock_release. The common case (CLOSED) costs map
-//! lookups and the record: no clock read, no write to any shared map.
+//! lookups and the record: no write to any breaker word.
 use aya_ebpf::{bindings::bpf_sock_addr, helpers::bpf_set_retval, programs::SockAddrContext};
 use breaker_common::{
     abi::{
@@ -15,7 +15,7 @@ use breaker_common::{
 };
 
 use crate::{
-    breaker::{count, now_ms, now_ns, Breaker},
+    breaker::{count, jiffies, now_ms, Breaker},
     destination,
     maps::SETTINGS,
     probe_mark::is_probe_socket,
@@ -78,7 +78,7 @@ fn enforce<const V6_HOOK: bool>(
                 // its first failure creates one.
                 None => {
                     count(DEFAULT_UPSTREAM_ID, |c| c.attempts += 1);
-                    let _ = record::write(ctx, watched(DEFAULT_UPSTREAM_ID, dest, 0, 0));
+                    watch(ctx, DEFAULT_UPSTREAM_ID, dest, 0, 0);
                     return Ok(Verdict::Allow);
                 }
             }
@@ -104,13 +104,11 @@ fn enforce<const V6_HOOK: bool>(
         .unwrap_or(Admission::Pass);
     match admission {
         Admission::Pass => {
-            // Without a record the connect goes unwatched: fail open.
-            let _ = record::write(ctx, watched(breaker.upstream, dest, 0, 0));
+            watch(ctx, breaker.upstream, dest, 0, 0);
             Ok(Verdict::Allow)
         }
         Admission::Trial { epoch } => {
-            let trial = watched(breaker.upstream, dest, RECORD_TRIAL, epoch);
-            if record::write(ctx, trial).is_none() {
+            if !watch(ctx, breaker.upstream, dest, RECORD_TRIAL, epoch) {
                 // Nobody would see this trial end: give its slot back at once and
                 // let the connect go unwatched.
                 breaker.update(ctx, CAUSE_OPEN_EXPIRED, |w| abandon(w, epoch));
@@ -121,16 +119,24 @@ fn enforce<const V6_HOOK: bool>(
     }
 }
 
+/// Writes this connect's record, so sock_ops reports its outcome. Without one
+/// (every slot it may use is taken) the connect passes unwatched: fail open.
 #[inline(always)]
-fn watched(upstream: u32, dest: DestKey, flags: u64, epoch: u8) -> SocketRecord {
-    SocketRecord {
-        started_ns: now_ns(),
+fn watch(ctx: &SockAddrContext, upstream: u32, dest: DestKey, flags: u64, epoch: u8) -> bool {
+    let record = SocketRecord {
+        cookie: record::cookie(ctx),
+        started_jiffies: jiffies(),
         flags: RECORD_WATCHED | flags,
         dest,
         upstream,
         epoch: epoch as u32,
         cb_flags_set: 0,
+    };
+    let written = record::write(&record).is_some();
+    if !written {
+        count(upstream, |c| c.unwatched += 1);
     }
+    written
 }
 
 /// Rewrites the destination to the fallback of the same family, or fails the connect

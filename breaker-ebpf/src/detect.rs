@@ -12,10 +12,10 @@
 //!   after the SYN rather than after the kernel's 127 s of retries.
 //!
 //! The record, not the callback flags, remembers that the outcome was counted:
-//! another sock_ops program may share the flags.
+//! another sock_ops program may share the flags. Once counted, the record goes.
 use aya_ebpf::{
     bindings::{
-        bpf_sock, BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB,
         BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TIMEOUT_INIT,
         BPF_TCP_CLOSE, BPF_TCP_ESTABLISHED, BPF_TCP_SYN_SENT,
     },
@@ -33,7 +33,7 @@ use breaker_common::{
 use crate::{
     breaker::{count, now_ms, Breaker},
     maps::POLICIES,
-    record::{self, claim_done, is_watched, trial_epoch},
+    record::{self, claim_done, is_open, trial_epoch},
 };
 
 const WATCH_FLAGS: u32 = BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG;
@@ -68,37 +68,23 @@ pub fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i32> {
     }
 }
 
-/// The socket of this callback.
-#[inline(always)]
-fn socket(ctx: &SockOpsContext) -> Option<*mut bpf_sock> {
-    // SAFETY: the kernel hands sock_ops a valid context; `sk` may be null.
-    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
-    (!sk.is_null()).then_some(sk)
-}
-
-/// The record of this callback's socket.
-#[inline(always)]
-fn record_of(ctx: &SockOpsContext) -> Option<&'static mut SocketRecord> {
-    // SAFETY: a non-null sock_ops socket, as bpf_sk_storage_get takes it.
-    unsafe { record::of_socket(socket(ctx)?) }
-}
-
 /// Turns on the callbacks a watched connect needs.
 #[inline(always)]
 fn watch(ctx: &SockOpsContext) -> Result<(), i32> {
-    let Some(r) = record_of(ctx) else {
+    let Some((r, p)) = record::read(record::cookie(ctx)) else {
         return Ok(());
     };
-    if !is_watched(r) {
+    if !is_open(&r) {
         return Ok(());
     }
     let current = ctx.cb_flags();
     let missing = WATCH_FLAGS & !current;
-    r.cb_flags_set = missing;
+    // SAFETY: `p` is this socket's live record; sock_ops runs under the socket lock.
+    unsafe { (*p).cb_flags_set = missing };
     if missing != 0 {
         ctx.set_cb_flags((current | missing) as i32)?;
     }
-    if trial_epoch(r).is_some() {
+    if trial_epoch(&r).is_some() {
         let retries = POLICIES.get(r.upstream).map_or(0, |p| p.trial_syn_retries);
         if retries > 0 {
             let mut value = retries as i32;
@@ -126,10 +112,10 @@ fn trial_rto(ctx: &SockOpsContext) -> Result<(), i32> {
     if ctx.cb_flags() & BPF_SOCK_OPS_RTO_CB_FLAG == 0 {
         return Ok(());
     }
-    let Some(r) = record_of(ctx) else {
+    let Some((r, _)) = record::read(record::cookie(ctx)) else {
         return Ok(());
     };
-    if trial_epoch(r).is_none() {
+    if trial_epoch(&r).is_none() {
         return Ok(());
     }
     if let Some(p) = POLICIES.get(r.upstream) {
@@ -151,22 +137,28 @@ fn stop_watching(ctx: &SockOpsContext, r: &SocketRecord) {
 /// Counts the watched connect's outcome once, on the breaker its record names.
 #[inline(always)]
 fn finish(ctx: &SockOpsContext, cause: u32) -> Result<(), i32> {
-    let Some(r) = record_of(ctx) else {
+    let cookie = record::cookie(ctx);
+    let Some((r, p)) = record::read(cookie) else {
         return Ok(());
     };
-    if !is_watched(r) {
+    if !is_open(&r) {
         return Ok(());
     }
     let success = cause == CAUSE_SUCCESS;
-    let trial_epoch = trial_epoch(r);
-    // A failed trial keeps its RTO callback: TIMEOUT_INIT must keep answering
-    // until the kernel gives up on the SYN (see `trial_rto`).
-    if success || trial_epoch.is_none() {
-        stop_watching(ctx, r);
+    let trial_epoch = trial_epoch(&r);
+    // A failed trial keeps its record and its RTO callback: TIMEOUT_INIT must keep
+    // answering until the kernel gives up on the SYN (see `trial_rto`);
+    // sock_release removes the record.
+    let keep = trial_epoch.is_some() && !success;
+    if !keep {
+        stop_watching(ctx, &r);
     }
-    if !claim_done(r) {
+    if !claim_done(p) {
         // Already ended: abandoned by the application, or counted before.
         return Ok(());
+    }
+    if !keep {
+        record::remove(cookie, p);
     }
     count(r.upstream, |c| match cause {
         CAUSE_SUCCESS => c.successes += 1,

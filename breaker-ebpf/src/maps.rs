@@ -2,8 +2,7 @@
 //! placeholders: the daemon sets them from the config at load time.
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
-    btf_maps::SkStorage,
-    macros::{btf_map, map},
+    macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use breaker_common::abi::{
@@ -44,11 +43,13 @@ pub static UPSTREAM_STATES: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPAB
 #[map]
 pub static DEFAULT_STATES: LruHashMap<DestKey, BreakerCell> = LruHashMap::with_max_entries(1, 0);
 
-/// Socket -> what connect4/6 decided for it: its breaker, trial epoch, start time.
-/// Created by connect4/6, read and marked done by sock_ops and sock_release; the
-/// kernel frees it with the socket.
-#[btf_map]
-pub static SOCKET_RECORDS: SkStorage<SocketRecord> = SkStorage::new();
+/// Slot (socket cookie, masked) -> what connect4/6 decided for that socket: its
+/// breaker, trial epoch, start time. Taken by connect4/6 with compare-and-swap on
+/// the owner cookie; read and marked done by sock_ops and sock_release; given back
+/// by whichever ends it (sock_release at the latest). Sized by the daemon (a power
+/// of two); a connect finding its slots taken goes unwatched.
+#[map]
+pub static SOCKET_RECORDS: Array<SocketRecord> = Array::with_max_entries(1, 0);
 
 /// Upstream id -> counters, per CPU (written on every watched connect).
 #[map]

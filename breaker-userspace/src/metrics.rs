@@ -27,6 +27,7 @@ pub struct Metrics {
     redirected: IntCounterVec,
     contention: IntCounterVec,
     abandoned: IntCounterVec,
+    unwatched: IntCounterVec,
     probes: IntCounterVec,
     default_open: IntGaugeVec,
     /// Kernel counters as of the last scrape, to turn totals into increments.
@@ -66,6 +67,7 @@ impl Metrics {
             redirected: counter(&registry, "breaker_connects_redirected_total", "Connects rewritten to the fallback while the breaker rejected.", &["upstream"]),
             contention: counter(&registry, "breaker_state_contention_total", "Kernel state updates given up after repeated compare-and-swap races.", &["upstream"]),
             abandoned: counter(&registry, "breaker_connects_abandoned_total", "Watched connects the application closed before they reached an outcome; they count neither as a success nor as a failure.", &["upstream"]),
+            unwatched: counter(&registry, "breaker_connects_unwatched_total", "Connects passed without watching their outcome, because too many connects were in flight at once to keep a record for each.", &["upstream"]),
             probes: counter(&registry, "breaker_probes_total", "Half-open probes by the daemon, by result.", &["upstream", "result"]),
             default_open: gauge(&registry, "breaker_default_policy_destinations", "Default-policy destinations whose breaker is not closed, by state.", &["state"]),
             registry,
@@ -88,6 +90,7 @@ impl Metrics {
                 &m.redirected,
                 &m.contention,
                 &m.abandoned,
+                &m.unwatched,
             ] {
                 c.with_label_values(&[name]);
             }
@@ -191,6 +194,7 @@ impl Metrics {
                 prev.contention_misses,
             );
             inc(&self.abandoned, &[name], now.abandoned, prev.abandoned);
+            inc(&self.unwatched, &[name], now.unwatched, prev.unwatched);
         }
         let open = self
             .open_destinations
@@ -277,6 +281,7 @@ mod tests {
                 "breaker_connects_redirected_total",
                 "breaker_state_contention_total",
                 "breaker_connects_abandoned_total",
+                "breaker_connects_unwatched_total",
             ] {
                 assert!(has(name, upstream), "{name}{{upstream={upstream:?}}}");
             }

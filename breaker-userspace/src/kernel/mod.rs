@@ -96,6 +96,7 @@ impl CounterTable {
             sum.redirected += c.redirected;
             sum.contention_misses += c.contention_misses;
             sum.abandoned += c.abandoned;
+            sum.unwatched += c.unwatched;
             sum
         }))
     }
@@ -108,6 +109,13 @@ fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> KernelErro
 fn prog_err(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> KernelError {
     move |source| KernelError::Program { name, source }
 }
+
+/// Slots for watched connects in flight at once (connect() until its outcome, or
+/// until the socket is closed); 56 bytes each. A power of two: the programs mask a
+/// socket's cookie to find its slot. A connect whose two slots are both taken goes
+/// unwatched: it passes, counted in `unwatched`.
+pub const SOCKET_RECORD_SLOTS: u32 = 1 << 16;
+const _: () = assert!(SOCKET_RECORD_SLOTS.is_power_of_two());
 
 /// Upstream ids: 0 is the default policy, configured upstreams follow in config order.
 pub fn upstream_id(index: usize) -> u32 {
@@ -139,6 +147,7 @@ impl Kernel {
             .map_max_entries(map_names::ENDPOINTS_V4, v4.max(1))
             .map_max_entries(map_names::ENDPOINTS_V6, v6.max(1))
             .map_max_entries(map_names::DEFAULT_STATES, destinations)
+            .map_max_entries(map_names::SOCKET_RECORDS, SOCKET_RECORD_SLOTS)
             .load(EBPF_OBJECT)
             .map_err(KernelError::Load)?;
 
@@ -335,7 +344,7 @@ fn write_config(ebpf: &mut Ebpf, config: &Config, hz: u32) -> Result<(), KernelE
         probe_mark: config.daemon.probe_mark,
         default_policy_enabled: config.default_policy.is_some() as u32,
         prefix_endpoints,
-        _pad: 0,
+        record_slots_mask: SOCKET_RECORD_SLOTS - 1,
     };
     let mut map: Array<_, Settings> = typed_map(ebpf, map_names::SETTINGS)?;
     map.set(0, settings, 0)
