@@ -55,6 +55,11 @@ pub struct Settings {
     pub prefix_endpoints: u32,
     /// `SOCKET_RECORDS` slots - 1 (a power of two minus one): cookie -> slot.
     pub record_slots_mask: u32,
+    /// A record this many jiffies old is stale, and its slot may be taken over: a
+    /// connect whose end nobody saw (another program turned off our callbacks, say)
+    /// must not keep its slot forever.
+    pub record_stale_jiffies: u32,
+    pub _pad: u32,
 }
 
 pub const PREFIX_ENDPOINTS_V4: u32 = 1 << 0;
@@ -262,7 +267,7 @@ pub struct TransitionEvent {
 }
 
 // The kernel and the daemon must agree on every layout, byte for byte.
-const _: () = assert!(core::mem::size_of::<Settings>() == 16);
+const _: () = assert!(core::mem::size_of::<Settings>() == 24);
 const _: () = assert!(core::mem::size_of::<EndpointV4>() == 6);
 const _: () = assert!(core::mem::size_of::<EndpointV6>() == 18);
 const _: () = assert!(core::mem::size_of::<UpstreamPolicy>() == 64);

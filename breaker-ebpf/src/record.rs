@@ -9,7 +9,9 @@
 //! connect4 alone. An array slot is taken and given back with compare-and-swap: no
 //! lock, no allocation.
 use aya_ebpf::{helpers::bpf_get_socket_cookie, EbpfContext};
-use breaker_common::abi::{SocketRecord, RECORD_DONE, RECORD_PROBES, RECORD_TRIAL, RECORD_WATCHED};
+use breaker_common::abi::{
+    Settings, SocketRecord, RECORD_DONE, RECORD_PROBES, RECORD_TRIAL, RECORD_WATCHED,
+};
 
 use crate::{
     atomic::cas_u64,
@@ -26,8 +28,8 @@ pub fn cookie<C: EbpfContext>(ctx: &C) -> u64 {
 /// The slots `cookie` may own, in probe order. Cookies grow by one per socket, so
 /// consecutive sockets take consecutive slots.
 #[inline(always)]
-fn slot(cookie: u64, probe: u32) -> Option<*mut SocketRecord> {
-    let mask = SETTINGS.get(0)?.record_slots_mask as u64;
+fn slot(settings: &Settings, cookie: u64, probe: u32) -> Option<*mut SocketRecord> {
+    let mask = settings.record_slots_mask as u64;
     SOCKET_RECORDS.get_ptr_mut(((cookie + probe as u64) & mask) as u32)
 }
 
@@ -38,17 +40,27 @@ fn owner(p: *mut SocketRecord) -> *mut u64 {
     unsafe { core::ptr::addr_of_mut!((*p).cookie) }
 }
 
-/// Takes a slot for `record.cookie` and writes `record` there. `None` when every
-/// slot it may use belongs to another socket: the connect then goes unwatched.
+/// Takes a slot for `record.cookie` and writes `record` there: a free one, this
+/// socket's own (from an earlier connect() on it), or a stale one. `None` when
+/// every slot it may use belongs to another live socket: the connect then goes
+/// unwatched.
 #[inline(always)]
 pub fn write(record: &SocketRecord) -> Option<()> {
+    let settings = SETTINGS.get(0)?;
     for probe in 0..RECORD_PROBES {
-        let p = slot(record.cookie, probe)?;
+        let p = slot(settings, record.cookie, probe)?;
         // SAFETY: array values are 8-byte aligned; the owner is the first u64.
         let taken = match unsafe { cas_u64(owner(p), 0, record.cookie) } {
             Ok(_) => true,
-            // An earlier connect() on this same socket left its record here.
-            Err(found) => found == record.cookie,
+            Err(found) if found == record.cookie => true,
+            Err(found) => {
+                // SAFETY: a live map value; a torn read only makes it look fresh.
+                let since = unsafe { core::ptr::read_volatile(p) }.started_jiffies;
+                let stale = record.started_jiffies.saturating_sub(since)
+                    >= settings.record_stale_jiffies as u64;
+                // SAFETY: as above.
+                stale && unsafe { cas_u64(owner(p), found, record.cookie) }.is_ok()
+            }
         };
         if taken {
             // SAFETY: the slot is ours now; nobody reads it before this connect
@@ -64,8 +76,9 @@ pub fn write(record: &SocketRecord) -> Option<()> {
 /// owner checked: a slot given back and taken again has another owner.
 #[inline(always)]
 pub fn read(cookie: u64) -> Option<(SocketRecord, *mut SocketRecord)> {
+    let settings = SETTINGS.get(0)?;
     for probe in 0..RECORD_PROBES {
-        let p = slot(cookie, probe)?;
+        let p = slot(settings, cookie, probe)?;
         // SAFETY: a live map value, read while this program runs.
         let copy = unsafe { core::ptr::read_volatile(p) };
         if copy.cookie == cookie {

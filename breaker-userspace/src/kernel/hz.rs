@@ -36,10 +36,22 @@ fn measure_from_timer_list() -> Option<u32> {
     Some(snap(dj as f64 * 1e9 / dns as f64))
 }
 
-/// (jiffies, now in ns) from /proc/timer_list.
+/// (jiffies, now in ns) from /proc/timer_list. Read line by line up to the first
+/// `jiffies:` (the end of CPU 0's part): the whole file grows with CPUs and timers.
 fn timer_list_sample() -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/timer_list").ok()?;
-    parse_timer_list(&text)
+    use std::io::{BufRead, BufReader};
+    let file = std::fs::File::open("/proc/timer_list").ok()?;
+    let mut head = String::new();
+    for line in BufReader::new(file).lines() {
+        let line = line.ok()?;
+        let last = line.trim_start().starts_with("jiffies: ");
+        head.push_str(&line);
+        head.push('\n');
+        if last {
+            break;
+        }
+    }
+    parse_timer_list(&head)
 }
 
 fn parse_timer_list(text: &str) -> Option<(u64, u64)> {

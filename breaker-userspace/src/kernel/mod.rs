@@ -117,6 +117,11 @@ fn prog_err(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> K
 pub const SOCKET_RECORD_SLOTS: u32 = 1 << 16;
 const _: () = assert!(SOCKET_RECORD_SLOTS.is_power_of_two());
 
+/// A watched connect ends within a few seconds (a blackholed one at its first SYN
+/// RTO); a record this old belongs to a connect whose end was never seen, and its
+/// slot may be taken over.
+const RECORD_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Upstream ids: 0 is the default policy, configured upstreams follow in config order.
 pub fn upstream_id(index: usize) -> u32 {
     index as u32 + 1
@@ -152,6 +157,7 @@ impl Kernel {
             .map_err(KernelError::Load)?;
 
         let hz = hz::kernel_hz();
+        tracing::debug!(hz, "kernel tick rate, for trial SYN timeouts");
         write_config(&mut ebpf, config, hz)?;
 
         let states_map =
@@ -345,6 +351,11 @@ fn write_config(ebpf: &mut Ebpf, config: &Config, hz: u32) -> Result<(), KernelE
         default_policy_enabled: config.default_policy.is_some() as u32,
         prefix_endpoints,
         record_slots_mask: SOCKET_RECORD_SLOTS - 1,
+        record_stale_jiffies: RECORD_STALE_AFTER
+            .as_secs()
+            .saturating_mul(hz as u64)
+            .min(u32::MAX as u64) as u32,
+        _pad: 0,
     };
     let mut map: Array<_, Settings> = typed_map(ebpf, map_names::SETTINGS)?;
     map.set(0, settings, 0)
