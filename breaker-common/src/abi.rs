@@ -36,6 +36,9 @@ pub mod program_names {
     /// Runs the destination lookup on a [`super::ResolveQuery`] under
     /// BPF_PROG_TEST_RUN (tests and `breaker explain`); never attached.
     pub const TEST_RESOLVE: &str = "brk_test_resolve";
+    /// Returns the kernel's jiffies under BPF_PROG_TEST_RUN (the daemon's HZ
+    /// measurement); never attached.
+    pub const JIFFIES: &str = "brk_jiffies";
     /// Empty programs of the same types, for `breaker calibrate` (benchmarks only).
     pub const NOP_CONNECT4: &str = "brk_nop_connect";
     pub const NOP_SOCK_OPS: &str = "brk_nop_sockops";
@@ -155,9 +158,11 @@ pub const RECORD_PROBES: u32 = 2;
 pub const RECORD_WATCHED: u64 = 1 << 0;
 /// `SocketRecord.flags`: the connect is a HALF_OPEN trial of `SocketRecord.epoch`.
 pub const RECORD_TRIAL: u64 = 1 << 1;
-/// `SocketRecord.flags`: the connect has ended (outcome counted, or abandoned). Set
-/// once, by compare-and-swap, by whichever program sees the end first.
-pub const RECORD_DONE: u64 = 1 << 2;
+/// In a slot's owner word (`SocketRecord.cookie`): the connect has ended (outcome
+/// counted, or abandoned). Set by compare-and-swap of the whole owner word, so the
+/// one program that sees the end first claims it, and only while the slot is
+/// still that socket's. Socket cookies count up from 1 and never reach bit 63.
+pub const RECORD_OWNER_DONE: u64 = 1 << 63;
 
 /// What connect4/6 decided for one socket, in its slot of `SOCKET_RECORDS`:
 /// written once by the connect hook, read by sock_ops and sock_release. The outcome
@@ -165,8 +170,9 @@ pub const RECORD_DONE: u64 = 1 << 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SocketRecord {
-    /// The socket cookie that owns the slot; 0 for a free slot. Taken and given
-    /// back by compare-and-swap; a reader whose cookie differs ignores the slot.
+    /// The socket cookie that owns the slot, with [`RECORD_OWNER_DONE`] once its
+    /// connect has ended; 0 for a free slot. Taken, marked and given back by
+    /// compare-and-swap; a reader whose cookie differs ignores the slot.
     pub cookie: u64,
     /// The kernel's jiffies when connect() was admitted (`bpf_jiffies64`, a memory
     /// read, where a clock read costs about 100 ns on a paravirtualised guest): a
@@ -213,8 +219,6 @@ pub struct Counters {
     pub failures_refused: u64,
     /// SYN retransmission timeout while in SYN_SENT.
     pub failures_timeout: u64,
-    /// Closed from SYN_SENT after the SYN was retransmitted without a counted timeout.
-    pub failures_other: u64,
     /// Failed fast with ECONNREFUSED.
     pub rejected: u64,
     /// Rewritten to the fallback.
@@ -231,7 +235,8 @@ pub struct Counters {
 /// Why a transition happened.
 pub const CAUSE_FAILURE_REFUSED: u32 = 1;
 pub const CAUSE_FAILURE_TIMEOUT: u32 = 2;
-pub const CAUSE_FAILURE_OTHER: u32 = 3;
+/// A trial ended without an outcome and gave its slot back (never a transition).
+pub const CAUSE_ABANDONED: u32 = 3;
 pub const CAUSE_SUCCESS: u32 = 4;
 pub const CAUSE_OPEN_EXPIRED: u32 = 5;
 pub const CAUSE_PROBE_SUCCESS: u32 = 6;
@@ -242,7 +247,7 @@ pub const fn cause_name(cause: u32) -> &'static str {
     match cause {
         CAUSE_FAILURE_REFUSED => "refused",
         CAUSE_FAILURE_TIMEOUT => "timeout",
-        CAUSE_FAILURE_OTHER => "other_failure",
+        CAUSE_ABANDONED => "abandoned",
         CAUSE_SUCCESS => "success",
         CAUSE_OPEN_EXPIRED => "open_expired",
         CAUSE_PROBE_SUCCESS => "probe_success",
@@ -275,5 +280,5 @@ const _: () = assert!(core::mem::size_of::<DestKey>() == 20);
 const _: () = assert!(core::mem::size_of::<BreakerCell>() == 8);
 const _: () = assert!(core::mem::size_of::<SocketRecord>() == 56);
 const _: () = assert!(core::mem::size_of::<ResolveQuery>() == 24);
-const _: () = assert!(core::mem::size_of::<Counters>() == 80);
+const _: () = assert!(core::mem::size_of::<Counters>() == 72);
 const _: () = assert!(core::mem::size_of::<TransitionEvent>() == 48);

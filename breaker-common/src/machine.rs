@@ -8,7 +8,7 @@
 //!
 //! | bits   | field                                                            |
 //! |--------|------------------------------------------------------------------|
-//! | 0..32  | `since_ms`: monotonic milliseconds (wrapping) of the last trip (OPEN) or of the entry to HALF_OPEN |
+//! | 0..32  | `since_ms`: monotonic milliseconds (wrapping) of the last trip (OPEN), or of the entry to HALF_OPEN or its newest trial |
 //! | 32..34 | state: CLOSED, OPEN, HALF_OPEN                                    |
 //! | 34..48 | `count`: consecutive failures (CLOSED) or successes (HALF_OPEN)    |
 //! | 48..56 | `in_flight`: trial connects admitted and not yet finished (HALF_OPEN) |
@@ -113,7 +113,8 @@ impl BreakerWord {
     /// A fresh breaker: CLOSED, epoch 0.
     pub const CLOSED: BreakerWord = BreakerWord(0);
 
-    /// When the current OPEN or HALF_OPEN phase began (monotonic ms, wrapping).
+    /// When the breaker tripped (OPEN), or entered HALF_OPEN or admitted its newest
+    /// trial (HALF_OPEN): monotonic ms, wrapping.
     #[inline(always)]
     pub const fn since_ms(self) -> u32 {
         ((self.0 >> SINCE_SHIFT) & mask(SINCE_BITS)) as u32
@@ -250,8 +251,8 @@ pub fn expire_open(w: BreakerWord, now_ms: u32, t: &Thresholds) -> BreakerWord {
     }
 }
 
-/// HALF_OPEN whose trial slots have all been taken for longer than the lease starts
-/// a new epoch: those trials are lost (their socket was never closed, or their end
+/// HALF_OPEN whose trial slots have all been taken, the newest longer ago than the
+/// lease, starts a new epoch: those trials are lost (their socket was never closed, or their end
 /// was missed), and nothing else would ever free the slots.
 #[inline(always)]
 fn renew_lost_trials(w: BreakerWord, now_ms: u32, t: &Thresholds) -> BreakerWord {
@@ -282,8 +283,16 @@ pub fn admit(w: BreakerWord, now_ms: u32, t: &Thresholds) -> Step<Admission> {
         },
         State::HalfOpen => {
             if w.in_flight() < t.half_open_max_connections {
+                // The phase clock restarts at each admission, so the lease counts
+                // from the newest trial, not from an idle HALF_OPEN's start.
                 Step {
-                    next: w.with_in_flight(w.in_flight() + 1),
+                    next: BreakerWord::pack(
+                        State::HalfOpen,
+                        now_ms,
+                        w.count(),
+                        w.in_flight() + 1,
+                        w.epoch(),
+                    ),
                     result: Admission::Trial { epoch: w.epoch() },
                 }
             } else {

@@ -108,12 +108,14 @@ fn enforce<const V6_HOOK: bool>(
             Ok(Verdict::Allow)
         }
         Admission::Trial { epoch } => {
-            if !watch(ctx, breaker.upstream, dest, RECORD_TRIAL, epoch) {
-                // Nobody would see this trial end: give its slot back at once and
-                // let the connect go unwatched.
-                breaker.update(ctx, CAUSE_OPEN_EXPIRED, |w| abandon(w, epoch));
+            if watch(ctx, breaker.upstream, dest, RECORD_TRIAL, epoch) {
+                return Ok(Verdict::Allow);
             }
-            Ok(Verdict::Allow)
+            // Nobody would see this trial end, and without its SYN budget it could
+            // hang on a blackhole: give its slot back and treat it as rejected,
+            // as the breaker is not closed.
+            breaker.update(ctx, CAUSE_OPEN_EXPIRED, |w| abandon(w, epoch));
+            Ok(reject::<V6_HOOK>(ctx, &breaker, &dest))
         }
         Admission::Reject => Ok(reject::<V6_HOOK>(ctx, &breaker, &dest)),
     }

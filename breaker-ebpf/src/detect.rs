@@ -1,15 +1,20 @@
 //! sock_ops: the outcome of each watched connect, counted once, for the breaker the
-//! connect hook recorded in the socket's storage (not for whatever the destination
-//! looks like by then).
+//! connect hook recorded for the socket (not for whatever the destination looks
+//! like by then).
 //!
 //! - TCP_CONNECT_CB: a socket with a watched record gets the STATE and RTO
 //!   callbacks, only those this program needs, and only if not already on; a trial
 //!   also gets its SYN retry budget.
 //! - TIMEOUT_INIT: a trial's initial SYN RTO, so a trial into a blackhole fails
 //!   within `trial_connect_timeout`.
-//! - STATE_CB SYN_SENT -> ESTABLISHED is a success; SYN_SENT -> CLOSE refused (or
-//!   other, after a retransmission); RTO_CB in SYN_SENT a timeout, about one RTO
-//!   after the SYN rather than after the kernel's 127 s of retries.
+//! - STATE_CB SYN_SENT -> ESTABLISHED is a success.
+//! - STATE_CB SYN_SENT -> CLOSE is a failure only when the kernel ended the connect
+//!   (an RST, a hard ICMP error, or its SYN retries ran out: it has purged the SYN,
+//!   `packets_out` is 0). With the SYN still outstanding the application cancelled
+//!   it (shutdown, connect(AF_UNSPEC)): abandoned, never a failure.
+//! - RTO_CB in SYN_SENT is a timeout, about one RTO after the SYN rather than after
+//!   the kernel's 127 s of retries. Not for a trial, which has a SYN budget of its
+//!   own and ends at ESTABLISHED or when the kernel gives up, within the budget.
 //!
 //! The record, not the callback flags, remembers that the outcome was counted:
 //! another sock_ops program may share the flags. Once counted, the record goes.
@@ -23,17 +28,15 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use breaker_common::{
-    abi::{
-        SocketRecord, CAUSE_FAILURE_OTHER, CAUSE_FAILURE_REFUSED, CAUSE_FAILURE_TIMEOUT,
-        CAUSE_SUCCESS,
-    },
+    abi::{SocketRecord, CAUSE_FAILURE_REFUSED, CAUSE_FAILURE_TIMEOUT, CAUSE_SUCCESS},
     machine::{record as record_outcome, Outcome},
 };
 
 use crate::{
     breaker::{count, now_ms, Breaker},
     maps::POLICIES,
-    record::{self, claim_done, is_open, trial_epoch},
+    record,
+    release::count_abandoned,
 };
 
 const WATCH_FLAGS: u32 = BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG;
@@ -45,47 +48,65 @@ pub fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i32> {
         BPF_SOCK_OPS_TCP_CONNECT_CB => watch(ctx),
         BPF_SOCK_OPS_TIMEOUT_INIT => trial_rto(ctx),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(0) == BPF_TCP_SYN_SENT => match ctx.arg(1) {
-            BPF_TCP_ESTABLISHED => finish(ctx, CAUSE_SUCCESS),
-            BPF_TCP_CLOSE => {
-                // SAFETY: the kernel hands sock_ops a valid context.
-                let retransmitted = unsafe { (*ctx.ops).total_retrans } > 0;
-                finish(
-                    ctx,
-                    if retransmitted {
-                        CAUSE_FAILURE_OTHER
-                    } else {
-                        CAUSE_FAILURE_REFUSED
-                    },
-                )
-            }
+            BPF_TCP_ESTABLISHED => finish(ctx, End::Outcome(CAUSE_SUCCESS)),
+            BPF_TCP_CLOSE => finish(ctx, closed_while_connecting(ctx)),
             _ => Ok(()),
         },
-        // SAFETY: as above.
+        // SAFETY: the kernel hands sock_ops a valid context.
         BPF_SOCK_OPS_RTO_CB if unsafe { (*ctx.ops).state } == BPF_TCP_SYN_SENT => {
-            finish(ctx, CAUSE_FAILURE_TIMEOUT)
+            finish(ctx, End::FirstTimeout)
         }
         _ => Ok(()),
+    }
+}
+
+/// How a watched connect ended, as this callback sees it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// A success or a failure (by cause).
+    Outcome(u32),
+    /// A SYN retransmission timed out: a failure, except for a trial, which waits
+    /// for the end of its own SYN budget.
+    FirstTimeout,
+    /// The application cancelled the connect.
+    Abandoned,
+}
+
+/// SYN_SENT -> CLOSE: who ended it.
+#[inline(always)]
+fn closed_while_connecting(ctx: &SockOpsContext) -> End {
+    // SAFETY: the kernel hands sock_ops a valid context.
+    let (packets_out, retrans) = unsafe { ((*ctx.ops).packets_out, (*ctx.ops).total_retrans) };
+    if packets_out > 0 {
+        End::Abandoned
+    } else if retrans > 0 {
+        // The SYN was retransmitted and the kernel gave up on it.
+        End::Outcome(CAUSE_FAILURE_TIMEOUT)
+    } else {
+        End::Outcome(CAUSE_FAILURE_REFUSED)
     }
 }
 
 /// Turns on the callbacks a watched connect needs.
 #[inline(always)]
 fn watch(ctx: &SockOpsContext) -> Result<(), i32> {
-    let Some((r, p)) = record::read(record::cookie(ctx)) else {
+    let Some(found) = record::read(record::cookie(ctx)) else {
         return Ok(());
     };
-    if !is_open(&r) {
+    if !found.is_open() {
         return Ok(());
     }
     let current = ctx.cb_flags();
     let missing = WATCH_FLAGS & !current;
-    // SAFETY: `p` is this socket's live record; sock_ops runs under the socket lock.
-    unsafe { (*p).cb_flags_set = missing };
+    // SAFETY: this socket's live record; sock_ops runs under the socket lock.
+    unsafe { (*found.slot).cb_flags_set = missing };
     if missing != 0 {
         ctx.set_cb_flags((current | missing) as i32)?;
     }
-    if trial_epoch(&r).is_some() {
-        let retries = POLICIES.get(r.upstream).map_or(0, |p| p.trial_syn_retries);
+    if found.trial_epoch().is_some() {
+        let retries = POLICIES
+            .get(found.record.upstream)
+            .map_or(0, |p| p.trial_syn_retries);
         if retries > 0 {
             let mut value = retries as i32;
             // SAFETY: a sock_ops context and a pointer to an int of the given size.
@@ -104,21 +125,20 @@ fn watch(ctx: &SockOpsContext) -> Result<(), i32> {
 }
 
 /// A trial's initial SYN RTO. Asked again at each SYN retransmission (to judge
-/// when the connect has timed out), so it answers for the whole life of a trial
-/// socket, not only before its outcome.
+/// when the connect has timed out), so it answers until the trial ends.
 #[inline(always)]
 fn trial_rto(ctx: &SockOpsContext) -> Result<(), i32> {
     // Only sockets this program watches can be trials: skip the lookup otherwise.
     if ctx.cb_flags() & BPF_SOCK_OPS_RTO_CB_FLAG == 0 {
         return Ok(());
     }
-    let Some((r, _)) = record::read(record::cookie(ctx)) else {
+    let Some(found) = record::read(record::cookie(ctx)) else {
         return Ok(());
     };
-    if trial_epoch(&r).is_none() {
+    if !found.is_open() || found.trial_epoch().is_none() {
         return Ok(());
     }
-    if let Some(p) = POLICIES.get(r.upstream) {
+    if let Some(p) = POLICIES.get(found.record.upstream) {
         if p.trial_rto_jiffies > 0 {
             ctx.set_reply(p.trial_rto_jiffies);
         }
@@ -134,38 +154,44 @@ fn stop_watching(ctx: &SockOpsContext, r: &SocketRecord) {
     }
 }
 
-/// Counts the watched connect's outcome once, on the breaker its record names.
+/// Counts the watched connect's end once, on the breaker its record names.
 #[inline(always)]
-fn finish(ctx: &SockOpsContext, cause: u32) -> Result<(), i32> {
-    let cookie = record::cookie(ctx);
-    let Some((r, p)) = record::read(cookie) else {
+fn finish(ctx: &SockOpsContext, end: End) -> Result<(), i32> {
+    let Some(found) = record::read(record::cookie(ctx)) else {
         return Ok(());
     };
-    if !is_open(&r) {
+    if !found.is_open() {
+        // Ended already (abandoned, or counted): only tidy up after it.
+        stop_watching(ctx, &found.record);
+        found.free();
         return Ok(());
     }
-    let success = cause == CAUSE_SUCCESS;
-    let trial_epoch = trial_epoch(&r);
-    // A failed trial keeps its record and its RTO callback: TIMEOUT_INIT must keep
-    // answering until the kernel gives up on the SYN (see `trial_rto`);
-    // sock_release removes the record.
-    let keep = trial_epoch.is_some() && !success;
-    if !keep {
-        stop_watching(ctx, &r);
-    }
-    if !claim_done(p) {
-        // Already ended: abandoned by the application, or counted before.
+    let trial_epoch = found.trial_epoch();
+    let cause = match end {
+        End::FirstTimeout if trial_epoch.is_some() => return Ok(()),
+        End::FirstTimeout => CAUSE_FAILURE_TIMEOUT,
+        End::Outcome(cause) => cause,
+        End::Abandoned => {
+            stop_watching(ctx, &found.record);
+            if found.claim_end() {
+                count_abandoned(ctx, &found);
+            }
+            found.free();
+            return Ok(());
+        }
+    };
+    stop_watching(ctx, &found.record);
+    if !found.claim_end() {
         return Ok(());
     }
-    if !keep {
-        record::remove(cookie, p);
-    }
+    found.free();
+    let r = &found.record;
     count(r.upstream, |c| match cause {
         CAUSE_SUCCESS => c.successes += 1,
         CAUSE_FAILURE_TIMEOUT => c.failures_timeout += 1,
-        CAUSE_FAILURE_REFUSED => c.failures_refused += 1,
-        _ => c.failures_other += 1,
+        _ => c.failures_refused += 1,
     });
+    let success = cause == CAUSE_SUCCESS;
     // Only a failure creates a default-policy breaker: healthy destinations stay out
     // of the LRU map.
     let Some(breaker) = Breaker::of_record(r.upstream, &r.dest, !success) else {

@@ -93,6 +93,13 @@ mod programs {
         1
     }
 
+    /// The kernel's jiffies (low 32 bits) under BPF_PROG_TEST_RUN, so the daemon can
+    /// measure HZ wherever it runs; never attached.
+    #[classifier]
+    pub fn brk_jiffies(_ctx: TcContext) -> i32 {
+        crate::breaker::jiffies() as i32
+    }
+
     /// The destination lookup under BPF_PROG_TEST_RUN; never attached.
     #[classifier]
     pub fn brk_test_resolve(ctx: TcContext) -> i32 {

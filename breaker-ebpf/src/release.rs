@@ -1,20 +1,22 @@
-//! cgroup/sock_release: the end of every socket's record. A watched connect whose
-//! socket is closed before sock_ops saw its outcome was abandoned (the application
-//! gave up, or the connect never reached the network: ENETUNREACH, EADDRNOTAVAIL,
-//! another program denying it). It counts neither way, and a trial gives its
-//! HALF_OPEN slot back at once.
+//! cgroup/sock_release, and abandonment wherever it is seen. A watched connect that
+//! ends without an answer from the network was abandoned: the application closed
+//! or cancelled it (close, shutdown, connect(AF_UNSPEC)), or it never reached the
+//! network (ENETUNREACH, EADDRNOTAVAIL, another program denying it). It counts
+//! neither way, so no local user can open a breaker by giving up on connects, and a
+//! trial gives its HALF_OPEN slot back at once.
 use aya_ebpf::{
     bindings::{BPF_TCP_CLOSE, BPF_TCP_SYN_SENT},
     programs::SockContext,
+    EbpfContext,
 };
 use breaker_common::{
-    abi::{CAUSE_FAILURE_OTHER, IPPROTO_TCP},
+    abi::{CAUSE_ABANDONED, IPPROTO_TCP},
     machine::abandon,
 };
 
 use crate::{
     breaker::{count, Breaker},
-    record::{self, claim_done, is_open, trial_epoch},
+    record::{self, Found},
 };
 
 pub fn try_sock_release(ctx: &SockContext) -> Result<(), i32> {
@@ -26,21 +28,26 @@ pub fn try_sock_release(ctx: &SockContext) -> Result<(), i32> {
     if protocol != IPPROTO_TCP || (state != BPF_TCP_SYN_SENT && state != BPF_TCP_CLOSE) {
         return Ok(());
     }
-    let cookie = record::cookie(ctx);
-    let Some((r, p)) = record::read(cookie) else {
+    let Some(found) = record::read(record::cookie(ctx)) else {
         return Ok(());
     };
-    let abandoned = is_open(&r) && claim_done(p);
-    record::remove(cookie, p);
-    if !abandoned {
-        return Ok(());
+    if found.is_open() && found.claim_end() {
+        count_abandoned(ctx, &found);
     }
+    found.free();
+    Ok(())
+}
+
+/// Counts an abandoned connect whose end the caller has claimed, and gives a
+/// trial's HALF_OPEN slot back.
+#[inline(always)]
+pub fn count_abandoned<C: EbpfContext>(ctx: &C, found: &Found) {
+    let r = &found.record;
     count(r.upstream, |c| c.abandoned += 1);
-    if let Some(epoch) = trial_epoch(&r) {
+    if let Some(epoch) = found.trial_epoch() {
         if let Some(breaker) = Breaker::of_record(r.upstream, &r.dest, false) {
             // Never a transition: the cause is only for the type.
-            breaker.update(ctx, CAUSE_FAILURE_OTHER, |w| abandon(w, epoch));
+            breaker.update(ctx, CAUSE_ABANDONED, |w| abandon(w, epoch));
         }
     }
-    Ok(())
 }

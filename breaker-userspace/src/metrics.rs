@@ -75,7 +75,7 @@ impl Metrics {
             open_destinations: Mutex::new(HashMap::new()),
         };
         for name in &m.names {
-            for reason in ["refused", "timeout", "other"] {
+            for reason in ["refused", "timeout"] {
                 m.failures.with_label_values(&[name, reason]);
             }
             if name != "default" {
@@ -178,12 +178,6 @@ impl Metrics {
                 &[name, "timeout"],
                 now.failures_timeout,
                 prev.failures_timeout,
-            );
-            inc(
-                &self.failures,
-                &[name, "other"],
-                now.failures_other,
-                prev.failures_other,
             );
             inc(&self.rejected, &[name], now.rejected, prev.rejected);
             inc(&self.redirected, &[name], now.redirected, prev.redirected);

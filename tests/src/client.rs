@@ -42,6 +42,9 @@ pub struct ClientOptions {
     /// Keep a socket whose connect failed open this long before closing it, as an
     /// application that leaks its sockets would (zero: close at once).
     pub hold: Duration,
+    /// Cancel a connect that timed out with shutdown() before closing it (which
+    /// the kernel turns into a disconnect of the connecting socket).
+    pub cancel_with_shutdown: bool,
 }
 
 /// CLOCK_MONOTONIC in milliseconds.
@@ -100,6 +103,9 @@ fn one(
         let _ = socket.set_linger(Some(Duration::ZERO));
     }
     if let Err(e) = socket.connect_timeout(&opts.to.into(), opts.timeout) {
+        if opts.cancel_with_shutdown {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
         if !opts.hold.is_zero() {
             *keep = Some(socket);
         }

@@ -307,6 +307,81 @@ fn a_trial_that_never_reaches_the_network_gives_its_slot_back_at_close() {
 }
 
 #[test]
+fn a_trial_answered_after_a_lost_syn_closes_the_breaker() {
+    let Some(mut lab) = lab("latetrial") else {
+        return;
+    };
+    lab.start_daemon(&format!("{DEFAULT_POLICY}trial_connect_timeout = \"1s\"\n"))
+        .unwrap();
+    let trip = lab
+        .client(&["--to", "10.77.0.2:82", "--count", "2"])
+        .unwrap();
+    check(&lab, outcomes(&trip) == ["refused", "refused"], "tripped");
+    lab.serve("10.77.0.2:82", "back").unwrap();
+    lab.blackhole(UPSTREAM_V4).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    // The trial's first SYN vanishes; its retransmission (at a third of the 1 s
+    // budget) is answered.
+    let trial = lab
+        .client_command(&[
+            "--to",
+            "10.77.0.2:82",
+            "--count",
+            "1",
+            "--http",
+            "--timeout-ms",
+            "3000",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    lab.restore(UPSTREAM_V4).unwrap();
+    let out = trial.wait_with_output().unwrap();
+    let attempts =
+        breaker_lab::client::parse_attempts(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    check(
+        &lab,
+        attempts.len() == 1 && attempts[0].body.as_deref() == Some("back"),
+        &format!("the trial is served within its budget: {attempts:?}"),
+    );
+    let d = [("upstream", "default")];
+    let closed = lab
+        .wait_metric(
+            "breaker_transitions_total",
+            &[
+                ("upstream", "default"),
+                ("from", "half_open"),
+                ("to", "closed"),
+            ],
+            1.0,
+            Duration::from_secs(2),
+        )
+        .unwrap();
+    check(
+        &lab,
+        closed == 1.0
+            && lab
+                .metric(
+                    "breaker_connect_failures_total",
+                    &[("upstream", "default"), ("reason", "timeout")],
+                )
+                .unwrap()
+                == 0.0,
+        "the late answer closed the breaker; the lost SYN was no failure",
+    );
+    let after = lab
+        .client(&["--to", "10.77.0.2:82", "--count", "3", "--http"])
+        .unwrap();
+    check(
+        &lab,
+        after.iter().all(|a| a.body.as_deref() == Some("back"))
+            && lab.metric("breaker_connects_rejected_total", &d).unwrap() == 0.0,
+        &format!("served from then on: {after:?}"),
+    );
+}
+
+#[test]
 fn healthy_destinations_never_evict_a_tripped_one() {
     let Some(mut lab) = lab("evict") else {
         return;
@@ -431,20 +506,26 @@ open_duration = "60s"
     .unwrap();
     lab.blackhole(UPSTREAM_V4).unwrap();
     // Gives up long before the first SYN RTO: no answer from the network yet.
-    let impatient = lab
-        .client(&[
+    // Five close the socket; five cancel the connect with shutdown() first, which
+    // the kernel reports as the connecting socket going to CLOSE.
+    let impatient = |extra: &[&str]| {
+        let mut args = vec![
             "--to",
             "10.77.0.2:8080",
             "--count",
-            "10",
+            "5",
             "--timeout-ms",
             "150",
-        ])
-        .unwrap();
+        ];
+        args.extend_from_slice(extra);
+        lab.client(&args).unwrap()
+    };
+    let mut attempts = impatient(&[]);
+    attempts.extend(impatient(&["--cancel-with-shutdown"]));
     check(
         &lab,
-        impatient.iter().all(|a| a.outcome == "timeout"),
-        &format!("{:?}", outcomes(&impatient)),
+        attempts.len() == 10 && attempts.iter().all(|a| a.outcome == "timeout"),
+        &format!("{:?}", outcomes(&attempts)),
     );
     let up = [("upstream", "api")];
     std::thread::sleep(Duration::from_millis(200));

@@ -427,3 +427,23 @@ fn the_race_test_catches_a_non_atomic_cell() {
     });
     assert!(caught, "a non-atomic cell went unnoticed in 20 races");
 }
+
+#[test]
+fn the_lease_counts_from_the_newest_trial_not_from_an_idle_half_open() {
+    let t = Thresholds {
+        half_open_max_connections: 1,
+        ..T
+    };
+    // HALF_OPEN long idle: open_duration passed at 1000, nothing came until later.
+    let half = expire_open(trip(0), 1000, &t);
+    let late = 1000 + t.trial_lease_ms + 500;
+    let first = admit(half, late, &t);
+    assert!(matches!(first.result, Admission::Trial { .. }));
+    // The very next connect must not renew the epoch under the fresh trial.
+    let second = admit(first.next, late + 1, &t);
+    assert_eq!(second.result, Admission::Reject);
+    assert_eq!(second.next.epoch(), first.next.epoch());
+    // Only a lease after the newest trial.
+    let renewed = admit(first.next, late + t.trial_lease_ms, &t);
+    assert!(matches!(renewed.result, Admission::Trial { .. }));
+}

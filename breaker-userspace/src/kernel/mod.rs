@@ -1,7 +1,8 @@
 //! The kernel side as the daemon sees it: load the programs, size and fill the maps
 //! from the config, attach to a cgroup, and read state and counters back.
 //!
-//! - [`hz`]: the kernel's tick rate, which trial SYN timeouts are given in.
+//! - [`hz`]: the kernel's tick rate, which trial SYN timeouts are given in,
+//!   measured with a BPF program.
 //! - [`resolve`]: the kernel's own destination lookup, run under BPF_PROG_TEST_RUN.
 mod hz;
 mod resolve;
@@ -91,7 +92,6 @@ impl CounterTable {
             sum.successes += c.successes;
             sum.failures_refused += c.failures_refused;
             sum.failures_timeout += c.failures_timeout;
-            sum.failures_other += c.failures_other;
             sum.rejected += c.rejected;
             sum.redirected += c.redirected;
             sum.contention_misses += c.contention_misses;
@@ -156,7 +156,7 @@ impl Kernel {
             .load(EBPF_OBJECT)
             .map_err(KernelError::Load)?;
 
-        let hz = hz::kernel_hz();
+        let hz = hz::kernel_hz(&mut ebpf);
         tracing::debug!(hz, "kernel tick rate, for trial SYN timeouts");
         write_config(&mut ebpf, config, hz)?;
 

@@ -44,6 +44,9 @@ struct ConnectArgs {
     /// closing it (an application leaking its sockets).
     #[arg(long, default_value_t = 0)]
     hold_ms: u64,
+    /// Cancel a timed-out connect with shutdown() before closing the socket.
+    #[arg(long)]
+    cancel_with_shutdown: bool,
 }
 
 #[derive(Subcommand)]
@@ -89,6 +92,7 @@ fn main() -> anyhow::Result<()> {
                 udp: a.udp,
                 linger0: a.linger0,
                 hold: Duration::from_millis(a.hold_ms),
+                cancel_with_shutdown: a.cancel_with_shutdown,
             };
             let stdout = std::sync::Mutex::new(std::io::BufWriter::new(std::io::stdout()));
             client::run(&opts, |a| {
