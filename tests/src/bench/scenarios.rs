@@ -285,7 +285,10 @@ pub struct Outage {
     pub threshold: u32,
 }
 
-const CLIENT_TIMEOUT_MS: u64 = 1000;
+/// Longer than the first SYN retransmission timeout (about 1 s), at which the
+/// breaker counts a blackholed connect as failed: a client that gives up sooner
+/// abandons its connect, and an abandoned connect is never a failure (README).
+pub const CLIENT_TIMEOUT_MS: u64 = 1500;
 const CLIENTS: u32 = 32;
 const THRESHOLD: u32 = 5;
 
