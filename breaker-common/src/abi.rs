@@ -241,7 +241,6 @@ pub const CAUSE_SUCCESS: u32 = 4;
 pub const CAUSE_OPEN_EXPIRED: u32 = 5;
 pub const CAUSE_PROBE_SUCCESS: u32 = 6;
 pub const CAUSE_PROBE_FAILURE: u32 = 7;
-pub const CAUSE_TRIALS_LOST: u32 = 8;
 
 pub const fn cause_name(cause: u32) -> &'static str {
     match cause {
@@ -252,7 +251,6 @@ pub const fn cause_name(cause: u32) -> &'static str {
         CAUSE_OPEN_EXPIRED => "open_expired",
         CAUSE_PROBE_SUCCESS => "probe_success",
         CAUSE_PROBE_FAILURE => "probe_failure",
-        CAUSE_TRIALS_LOST => "trials_lost",
         _ => "unknown",
     }
 }
