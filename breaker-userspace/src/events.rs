@@ -39,12 +39,15 @@ pub fn dest_addr(d: &DestKey) -> Option<SocketAddr> {
     (d.family != 0).then(|| d.to_socket_addr())
 }
 
-/// Logs and counts one transition.
+/// Logs and counts one transition. A default-policy destination's transitions are
+/// logged at debug, with an info summary at most every [`SUMMARY_EVERY`]: a flood
+/// of failing destinations must not flood the log.
 pub fn record(metrics: &Metrics, t: &Transition) {
     let name = metrics.upstream_name(t.upstream);
     match t.dest {
         Some(dest) => {
-            tracing::info!(upstream = name, %dest, from = t.from.name(), to = t.to.name(), cause = t.cause, "breaker transition")
+            tracing::debug!(upstream = name, %dest, from = t.from.name(), to = t.to.name(), cause = t.cause, "breaker transition");
+            DESTINATION_SUMMARY.note(t);
         }
         None => tracing::info!(
             upstream = name,
@@ -55,6 +58,41 @@ pub fn record(metrics: &Metrics, t: &Transition) {
         ),
     }
     metrics.transition(t.upstream, t.from, t.to, t.dest);
+}
+
+/// How often default-policy transitions are summed up in the log.
+pub const SUMMARY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Default-policy transitions since the last summary line.
+struct Summary {
+    window: std::sync::Mutex<(Option<std::time::Instant>, u64, u64)>,
+}
+
+static DESTINATION_SUMMARY: Summary = Summary {
+    window: std::sync::Mutex::new((None, 0, 0)),
+};
+
+impl Summary {
+    fn note(&self, t: &Transition) {
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let (start, opened, closed) = &mut *w;
+        match t.to {
+            State::Open => *opened += 1,
+            State::Closed => *closed += 1,
+            State::HalfOpen => {}
+        }
+        let now = std::time::Instant::now();
+        let since = *start.get_or_insert(now);
+        if now.duration_since(since) >= SUMMARY_EVERY {
+            tracing::info!(
+                opened = *opened,
+                closed = *closed,
+                seconds = now.duration_since(since).as_secs(),
+                "default-policy destinations opened and closed since the last summary (each at debug)"
+            );
+            *w = (Some(now), 0, 0);
+        }
+    }
 }
 
 /// Reads kernel transitions until the task is cancelled.

@@ -319,8 +319,14 @@ impl Lab {
 
     /// The daemon's /metrics, fetched from inside the client namespace.
     pub fn metrics_text(&self) -> anyhow::Result<String> {
-        self.client.within(|| -> anyhow::Result<String> {
-            let mut s = TcpStream::connect_timeout(&METRICS.parse()?, Duration::from_secs(2))?;
+        self.metrics_text_at(METRICS)
+    }
+
+    /// The metrics text of a daemon listening on `addr` in the client namespace.
+    pub fn metrics_text_at(&self, addr: &str) -> anyhow::Result<String> {
+        let addr: SocketAddr = addr.parse()?;
+        self.client.within(move || -> anyhow::Result<String> {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
             s.set_read_timeout(Some(Duration::from_secs(5)))?;
             s.write_all(b"GET /metrics HTTP/1.0\r\nHost: breaker\r\n\r\n")?;
             let mut out = String::new();
@@ -384,7 +390,7 @@ impl Lab {
     }
 
     /// `breaker-lab connect ARGS` in `cgroup`, waited for and parsed.
-    fn run_client(&self, cgroup: &Path, args: &[&str]) -> anyhow::Result<Vec<Attempt>> {
+    pub fn run_client(&self, cgroup: &Path, args: &[&str]) -> anyhow::Result<Vec<Attempt>> {
         let mut full = vec!["connect"];
         full.extend_from_slice(args);
         let out = self
@@ -443,6 +449,81 @@ impl Drop for Lab {
             }
         }
         let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+/// Another breaker daemon beside the lab's own (a second instance on overlapping
+/// cgroups), stopped when dropped.
+pub struct OtherDaemon {
+    child: Child,
+    pub log: PathBuf,
+    pub metrics: String,
+}
+
+impl Lab {
+    /// Starts another daemon in the client namespace, attached to `cgroup`, with its
+    /// metrics on `metrics`; waits until it serves them.
+    pub fn start_other_daemon(
+        &self,
+        name: &str,
+        cgroup: &Path,
+        metrics: &str,
+        body: &str,
+    ) -> anyhow::Result<OtherDaemon> {
+        let path = self.work.join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "cgroup = {:?}\n[daemon]\nmetrics_listen = {metrics:?}\n{body}",
+                cgroup.display().to_string()
+            ),
+        )?;
+        let log = self.work.join(format!("{name}.log"));
+        let child = self
+            .client
+            .command(&self.breaker_bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting another breaker daemon")?;
+        let other = OtherDaemon {
+            child,
+            log,
+            metrics: metrics.to_string(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if self.metrics_text_at(metrics).is_ok() {
+                return Ok(other);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "the other daemon did not serve metrics within 15 s:\n{}",
+            std::fs::read_to_string(&other.log).unwrap_or_default()
+        )
+    }
+
+    /// One metric of another daemon (see [`crate::metrics::value`]).
+    pub fn other_metric(
+        &self,
+        other: &OtherDaemon,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<f64> {
+        let samples = crate::metrics::parse(&self.metrics_text_at(&other.metrics)?);
+        Ok(crate::metrics::value(&samples, name, labels)?)
+    }
+}
+
+impl Drop for OtherDaemon {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
     }
 }
 

@@ -4,8 +4,10 @@
 //! - [`hz`]: the kernel's tick rate, which trial SYN timeouts are given in,
 //!   measured with a BPF program.
 //! - [`resolve`]: the kernel's own destination lookup, run under BPF_PROG_TEST_RUN.
+//! - [`watch`]: the attached cgroup, watched for a removal and a new cgroup.
 mod hz;
 mod resolve;
+pub mod watch;
 
 use std::{
     fs::File,
@@ -21,12 +23,12 @@ use aya::{
 };
 use breaker_common::{
     abi::{
-        map_names, program_names, Counters, DestKey, EndpointV4, EndpointV6, Settings,
+        map_names, program_names, BreakerCell, Counters, DestKey, EndpointV4, EndpointV6, Settings,
         UpstreamPolicy, DEFAULT_UPSTREAM_ID, POLICY_FALLBACK_V4, POLICY_FALLBACK_V6,
         PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6,
     },
     dest::{endpoint_prefix_len, port_ne},
-    machine::Thresholds,
+    machine::{BreakerWord, State, Thresholds},
 };
 use ipnet::IpNet;
 
@@ -76,6 +78,43 @@ pub struct Kernel {
     ebpf: Ebpf,
     states: Arc<StateTable>,
     counters: Arc<CounterTable>,
+    destinations: Arc<DefaultDestinations>,
+}
+
+/// The default policy's per-destination breakers, as the kernel holds them: what
+/// the metrics show is read from here, so it stays right after LRU evictions and
+/// costs the daemon no memory of its own.
+pub struct DefaultDestinations {
+    map: HashMap<MapData, DestKey, BreakerCell>,
+}
+
+/// How many default-policy destinations are in each state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DestinationCounts {
+    /// Destinations with failures and a CLOSED breaker.
+    pub closed: u64,
+    pub open: u64,
+    pub half_open: u64,
+}
+
+impl DefaultDestinations {
+    /// Counts the map's entries by state: one pass over at most `max_destinations`
+    /// entries.
+    pub fn counts(&self) -> DestinationCounts {
+        let mut counts = DestinationCounts::default();
+        for entry in self.map.iter() {
+            let Ok((_, cell)) = entry else {
+                // An entry evicted during the walk.
+                continue;
+            };
+            match BreakerWord(cell.word).state() {
+                State::Closed => counts.closed += 1,
+                State::Open => counts.open += 1,
+                State::HalfOpen => counts.half_open += 1,
+            }
+        }
+        counts
+    }
 }
 
 /// The per-CPU counters of every upstream.
@@ -179,6 +218,14 @@ impl Kernel {
                 name: map_names::COUNTERS,
             })?;
         let counters = PerCpuArray::try_from(counters).map_err(map_err(map_names::COUNTERS))?;
+        let destinations =
+            ebpf.take_map(map_names::DEFAULT_STATES)
+                .ok_or(KernelError::MissingMap {
+                    name: map_names::DEFAULT_STATES,
+                })?;
+        let destinations = DefaultDestinations {
+            map: HashMap::try_from(destinations).map_err(map_err(map_names::DEFAULT_STATES))?,
+        };
 
         for name in [program_names::CONNECT4, program_names::CONNECT6] {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
@@ -195,7 +242,13 @@ impl Kernel {
             ebpf,
             states: Arc::new(states),
             counters: Arc::new(CounterTable { map: counters }),
+            destinations: Arc::new(destinations),
         })
+    }
+
+    /// The default policy's destinations, read from the kernel.
+    pub fn destinations(&self) -> Arc<DefaultDestinations> {
+        self.destinations.clone()
     }
 
     /// Attaches connect4, connect6, sock_ops and sock_release to `cgroup` as BPF links. Links always

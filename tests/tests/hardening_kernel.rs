@@ -1,0 +1,264 @@
+//! The breaker under conditions a host really has: only answers from the network
+//! count as failures (an RST, a SYN timeout, the kernel giving up; not an
+//! application giving up), two breaker instances share sockets, and the protected cgroup
+//! is removed and created again by a service restart.
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use breaker_lab::{
+    lab::Lab,
+    testing::{check, outcomes},
+};
+
+fn lab(tag: &str) -> Option<Lab> {
+    breaker_lab::testing::lab(tag, env!("CARGO_BIN_EXE_breaker-lab"))
+}
+
+/// `name{upstream=up, extra...}` on the lab's daemon.
+fn metric(lab: &Lab, name: &str, up: &str, extra: &[(&str, &str)]) -> f64 {
+    let mut labels = vec![("upstream", up)];
+    labels.extend_from_slice(extra);
+    lab.metric(name, &labels).unwrap()
+}
+
+#[test]
+fn only_answers_from_the_network_count_as_failures() {
+    let Some(mut lab) = lab("answers") else {
+        return;
+    };
+    // Every failure kind on a breaker of its own, none near its threshold.
+    let upstream = |name: &str, ep: &str| {
+        format!(
+            "[[upstream]]\nname = {name:?}\nendpoints = [{ep:?}]\nfailure_threshold = 100\nopen_duration = \"60s\"\n"
+        )
+    };
+    lab.start_daemon(
+        &[
+            upstream("rst", "10.77.0.2:81"),
+            upstream("patient", "10.77.9.1:80"),
+            upstream("impatient", "10.77.9.2:80"),
+            upstream("gaveup", "10.77.9.3:80"),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let failures = |up: &str, reason: &str| {
+        metric(
+            &lab,
+            "breaker_connect_failures_total",
+            up,
+            &[("reason", reason)],
+        )
+    };
+    let abandoned = |up: &str| metric(&lab, "breaker_connects_abandoned_total", up, &[]);
+
+    // An RST: refused.
+    let rst = lab
+        .client(&["--to", "10.77.0.2:81", "--count", "2"])
+        .unwrap();
+    check(
+        &lab,
+        outcomes(&rst) == ["refused", "refused"],
+        &format!("{rst:?}"),
+    );
+    // A blackhole, the client waiting past the first SYN RTO: one timeout.
+    lab.client(&[
+        "--to",
+        "10.77.9.1:80",
+        "--count",
+        "1",
+        "--timeout-ms",
+        "1500",
+    ])
+    .unwrap();
+    // A blackhole, the client giving up before any answer: abandoned, no failure.
+    lab.client(&[
+        "--to",
+        "10.77.9.2:80",
+        "--count",
+        "3",
+        "--timeout-ms",
+        "150",
+    ])
+    .unwrap();
+    // A blackhole until the kernel gives up (one SYN retry): one timeout, not two.
+    lab.client_sysctl("net/ipv4/tcp_syn_retries", "1").unwrap();
+    let gaveup = lab
+        .client(&[
+            "--to",
+            "10.77.9.3:80",
+            "--count",
+            "1",
+            "--timeout-ms",
+            "10000",
+        ])
+        .unwrap();
+    check(
+        &lab,
+        gaveup[0].errno == Some(libc::ETIMEDOUT),
+        &format!("the kernel gave up: {gaveup:?}"),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let table = [
+        ("rst", failures("rst", "refused"), 2.0),
+        ("patient", failures("patient", "timeout"), 1.0),
+        ("impatient", failures("impatient", "timeout"), 0.0),
+        ("impatient", failures("impatient", "refused"), 0.0),
+        ("impatient abandoned", abandoned("impatient"), 3.0),
+        ("gaveup", failures("gaveup", "timeout"), 1.0),
+        ("gaveup", failures("gaveup", "refused"), 0.0),
+        ("gaveup abandoned", abandoned("gaveup"), 0.0),
+        ("patient abandoned", abandoned("patient"), 0.0),
+        ("rst abandoned", abandoned("rst"), 0.0),
+    ];
+    let wrong: Vec<String> = table
+        .iter()
+        .filter(|(_, got, want)| got != want)
+        .map(|(what, got, want)| format!("{what}: {got}, want {want}"))
+        .collect();
+    check(&lab, wrong.is_empty(), &wrong.join("\n"));
+}
+
+/// A cgroup nested in the lab's, removed on drop (before the lab's own).
+struct Nested(PathBuf);
+
+impl Drop for Nested {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn two_breaker_instances_on_overlapping_cgroups_each_count_correctly() {
+    let Some(mut lab) = lab("twoinst") else {
+        return;
+    };
+    lab.serve("10.77.0.2:8080", "api").unwrap();
+    let body = r#"
+[[upstream]]
+name = "api"
+endpoints = ["10.77.0.2:8080"]
+
+[[upstream]]
+name = "dead"
+endpoints = ["10.77.0.2:81"]
+failure_threshold = 3
+open_duration = "60s"
+"#;
+    // One daemon on the lab cgroup, another on a cgroup inside it, where the
+    // clients run: both see every connect.
+    let inner = Nested(lab.cgroup.join("inner"));
+    std::fs::create_dir_all(&inner.0).unwrap();
+    lab.start_daemon(body).unwrap();
+    let other = lab
+        .start_other_daemon("second", &inner.0, "127.0.0.1:9465", body)
+        .unwrap();
+    let healthy = lab
+        .run_client(
+            &inner.0,
+            &["--to", "10.77.0.2:8080", "--count", "10", "--http"],
+        )
+        .unwrap();
+    check(
+        &lab,
+        healthy.iter().all(|a| a.body.as_deref() == Some("api")),
+        &format!("{healthy:?}"),
+    );
+    let dead = lab
+        .run_client(&inner.0, &["--to", "10.77.0.2:81", "--count", "5"])
+        .unwrap();
+    check(
+        &lab,
+        dead.iter().all(|a| a.errno == Some(libc::ECONNREFUSED)),
+        &format!("{dead:?}"),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    for (who, get) in [
+        (
+            "first",
+            Box::new(|n: &str, l: &[(&str, &str)]| lab.metric(n, l).unwrap())
+                as Box<dyn Fn(&str, &[(&str, &str)]) -> f64>,
+        ),
+        (
+            "second",
+            Box::new(|n: &str, l: &[(&str, &str)]| lab.other_metric(&other, n, l).unwrap()),
+        ),
+    ] {
+        let successes = get("breaker_connect_successes_total", &[("upstream", "api")]);
+        let failures = get("breaker_connect_failures_total", &[("upstream", "dead")]);
+        let open = get("breaker_state", &[("upstream", "dead"), ("state", "open")]);
+        check(
+            &lab,
+            successes == 10.0 && failures == 3.0 && open == 1.0,
+            &format!(
+                "the {who} instance counted its own: successes {successes} (want 10), failures {failures} (want 3), open {open}\n--- second daemon log ---\n{}",
+                std::fs::read_to_string(&other.log).unwrap_or_default()
+            ),
+        );
+    }
+    drop(other);
+}
+
+#[test]
+fn a_recreated_cgroup_is_protected_again() {
+    let Some(mut lab) = lab("recreate") else {
+        return;
+    };
+    lab.start_daemon(
+        r#"
+[[upstream]]
+name = "dead"
+endpoints = ["10.77.0.2:81"]
+failure_threshold = 2
+open_duration = "60s"
+"#,
+    )
+    .unwrap();
+    let trip = lab
+        .client(&["--to", "10.77.0.2:81", "--count", "3"])
+        .unwrap();
+    check(
+        &lab,
+        outcomes(&trip) == ["refused"; 3],
+        &format!("{trip:?}"),
+    );
+    let rejected = || metric(&lab, "breaker_connects_rejected_total", "dead", &[]);
+    check(&lab, rejected() == 1.0, "tripped: the third was rejected");
+    // A service restart: systemd removes the service's cgroup and makes a new one.
+    std::fs::remove_dir(&lab.cgroup).unwrap();
+    let gone = lab
+        .wait_metric("breaker_cgroup_attached", &[], 0.0, Duration::from_secs(2))
+        .unwrap();
+    check(&lab, gone == 0.0, "the missing cgroup shows in the metrics");
+    std::fs::create_dir(&lab.cgroup).unwrap();
+    let recreated = Instant::now();
+    let back = lab
+        .wait_metric("breaker_cgroup_attached", &[], 1.0, Duration::from_secs(2))
+        .unwrap();
+    check(
+        &lab,
+        back == 1.0 && recreated.elapsed() < Duration::from_secs(1),
+        &format!("re-attached within a second ({:?})", recreated.elapsed()),
+    );
+    // The breaker kept its state: the dead upstream is still rejected in the kernel.
+    let after = lab
+        .client(&["--to", "10.77.0.2:81", "--count", "2"])
+        .unwrap();
+    check(
+        &lab,
+        after.iter().all(|a| a.errno == Some(libc::ECONNREFUSED)) && rejected() == 3.0,
+        &format!("still OPEN for the new cgroup's processes: {after:?}"),
+    );
+    check(
+        &lab,
+        lab.daemon_log().contains("re-attached"),
+        "the daemon says it re-attached",
+    );
+}
