@@ -21,6 +21,7 @@ pub mod map_names {
     pub const POLICIES: &str = "POLICIES";
     pub const UPSTREAM_STATES: &str = "UPSTREAM_STATES";
     pub const DEFAULT_STATES: &str = "DEFAULT_STATES";
+    pub const DEFAULT_TRIPPED: &str = "DEFAULT_TRIPPED";
     pub const SOCKET_RECORDS: &str = "SOCKET_RECORDS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const EVENTS: &str = "EVENTS";

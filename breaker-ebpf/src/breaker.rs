@@ -13,7 +13,7 @@ use breaker_common::{
 
 use crate::{
     atomic::cas_u64,
-    maps::{COUNTERS, DEFAULT_STATES, EVENTS, POLICIES, UPSTREAM_STATES},
+    maps::{COUNTERS, DEFAULT_STATES, DEFAULT_TRIPPED, EVENTS, POLICIES, UPSTREAM_STATES},
 };
 
 /// One breaker, resolved from the maps.
@@ -21,6 +21,8 @@ pub struct Breaker {
     pub upstream: u32,
     /// Set for default-policy breakers: the destination they guard.
     pub dest: Option<DestKey>,
+    /// A default-policy breaker kept in `DEFAULT_TRIPPED` (safe from eviction).
+    tripped: bool,
     pub policy: &'static UpstreamPolicy,
     word: *mut u64,
 }
@@ -79,6 +81,7 @@ impl Breaker {
         Some(Breaker {
             upstream,
             dest: None,
+            tripped: false,
             policy,
             word,
         })
@@ -89,6 +92,24 @@ impl Breaker {
     #[inline(always)]
     pub fn for_destination(dest: &DestKey, create: bool) -> Option<Self> {
         let policy = POLICIES.get(DEFAULT_UPSTREAM_ID)?;
+        let (cell, tripped) = match DEFAULT_TRIPPED.get_ptr_mut(dest) {
+            Some(cell) => (cell, true),
+            None => (Self::untripped_cell(dest, create)?, false),
+        };
+        // SAFETY: `cell` is a live map value; only the field's address is taken.
+        let word = unsafe { core::ptr::addr_of_mut!((*cell).word) };
+        Some(Breaker {
+            upstream: DEFAULT_UPSTREAM_ID,
+            dest: Some(*dest),
+            tripped,
+            policy,
+            word,
+        })
+    }
+
+    /// `dest`'s cell in `DEFAULT_STATES`, created CLOSED if `create` and absent.
+    #[inline(always)]
+    fn untripped_cell(dest: &DestKey, create: bool) -> Option<*mut BreakerCell> {
         let cell = match DEFAULT_STATES.get_ptr_mut(dest) {
             Some(cell) => cell,
             None if create => {
@@ -98,14 +119,28 @@ impl Breaker {
             }
             None => return None,
         };
-        // SAFETY: `cell` is a live map value; only the field's address is taken.
-        let word = unsafe { core::ptr::addr_of_mut!((*cell).word) };
-        Some(Breaker {
-            upstream: DEFAULT_UPSTREAM_ID,
-            dest: Some(*dest),
-            policy,
-            word,
-        })
+        Some(cell)
+    }
+
+    /// A default-policy breaker that just tripped moves to `DEFAULT_TRIPPED`, out of
+    /// the LRU's reach; one that just closed leaves it. When `DEFAULT_TRIPPED` is
+    /// full, a trip stays in the LRU map (and may be evicted).
+    #[inline(always)]
+    fn relocate(&self, to: State, word: BreakerWord) {
+        let Some(dest) = &self.dest else {
+            return;
+        };
+        if to == State::Open && !self.tripped {
+            let cell = BreakerCell { word: word.0 };
+            if DEFAULT_TRIPPED
+                .insert(dest, cell, BPF_NOEXIST as u64)
+                .is_ok()
+            {
+                let _ = DEFAULT_STATES.remove(dest);
+            }
+        } else if to == State::Closed && self.tripped {
+            let _ = DEFAULT_TRIPPED.remove(dest);
+        }
     }
 
     /// The breaker a socket record names: a configured upstream, or the default
@@ -130,6 +165,7 @@ impl Breaker {
         match machine::update(&KernelWord(self.word), f) {
             Some((prev, step)) => {
                 if let Some((from, to)) = step.transition(prev) {
+                    self.relocate(to, step.next);
                     self.emit(from, to, cause);
                     // Transitions are rare: cheap enough to log from the kernel.
                     debug!(

@@ -1,7 +1,7 @@
 //! Every map the programs share with each other and with the daemon. Sizes here are
 //! placeholders: the daemon sets them from the config at load time.
 use aya_ebpf::{
-    bindings::BPF_F_MMAPABLE,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -42,6 +42,15 @@ pub static UPSTREAM_STATES: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPAB
 /// evict a tripped one), changed by compare-and-swap from every program; LRU bounds it.
 #[map]
 pub static DEFAULT_STATES: LruHashMap<DestKey, BreakerCell> = LruHashMap::with_max_entries(1, 0);
+
+/// Default policy: destination -> breaker word, for destinations whose breaker is
+/// OPEN or HALF_OPEN. A plain hash, not an LRU, so no flood of failing or healthy
+/// destinations can evict a tripped one; moved here from `DEFAULT_STATES` at the
+/// trip (when there is room) and removed when the breaker closes. Elements are
+/// freed through RCU (no preallocation), so a program still holding one is safe.
+#[map]
+pub static DEFAULT_TRIPPED: HashMap<DestKey, BreakerCell> =
+    HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
 /// Slot (socket cookie, masked) -> what connect4/6 decided for that socket: its
 /// breaker, trial epoch, start time. Taken by connect4/6 with compare-and-swap on

@@ -262,3 +262,66 @@ open_duration = "60s"
         "the daemon says it re-attached",
     );
 }
+
+#[test]
+fn a_flood_of_failing_destinations_never_evicts_an_open_one() {
+    let Some(mut lab) = lab("flood") else {
+        return;
+    };
+    lab.start_daemon(
+        r#"
+[default_policy]
+failure_threshold = 2
+open_duration = "60s"
+max_destinations = 64
+"#,
+    )
+    .unwrap();
+    // The dead destination trips first ...
+    let trip = lab
+        .client(&["--to", "10.77.0.2:82", "--count", "3"])
+        .unwrap();
+    check(
+        &lab,
+        outcomes(&trip) == ["refused"; 3],
+        &format!("{trip:?}"),
+    );
+    let d = [("upstream", "default")];
+    check(
+        &lab,
+        lab.metric("breaker_connects_rejected_total", &d).unwrap() == 1.0,
+        "tripped",
+    );
+    // ... then 400 other destinations fail (closed ports: RSTs), six times the
+    // LRU map's size, one failure each: none of them trips.
+    for port in (2000..2400).step_by(50) {
+        let mut args = Vec::new();
+        for p in port..port + 50 {
+            args.push(p);
+        }
+        for p in args {
+            lab.client(&["--to", &format!("10.77.0.2:{p}"), "--count", "1"])
+                .unwrap();
+        }
+    }
+    // The dead destination is still rejected in the kernel, not let through.
+    let again = lab
+        .client(&["--to", "10.77.0.2:82", "--count", "2"])
+        .unwrap();
+    check(
+        &lab,
+        again.iter().all(|a| a.errno == Some(libc::ECONNREFUSED))
+            && lab.metric("breaker_connects_rejected_total", &d).unwrap() == 3.0,
+        &format!(
+            "the OPEN destination survived the flood: {again:?}, rejected {}",
+            lab.metric("breaker_connects_rejected_total", &d).unwrap()
+        ),
+    );
+    check(
+        &lab,
+        lab.metric("breaker_default_policy_destinations", &[("state", "open")])
+            .unwrap()
+            == 1.0,
+        "one destination open",
+    );
+}

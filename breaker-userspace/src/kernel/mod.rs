@@ -85,7 +85,10 @@ pub struct Kernel {
 /// the metrics show is read from here, so it stays right after LRU evictions and
 /// costs the daemon no memory of its own.
 pub struct DefaultDestinations {
-    map: HashMap<MapData, DestKey, BreakerCell>,
+    /// Destinations with failures (LRU).
+    failing: HashMap<MapData, DestKey, BreakerCell>,
+    /// Tripped destinations, safe from eviction.
+    tripped: HashMap<MapData, DestKey, BreakerCell>,
 }
 
 /// How many default-policy destinations are in each state.
@@ -102,7 +105,7 @@ impl DefaultDestinations {
     /// entries.
     pub fn counts(&self) -> DestinationCounts {
         let mut counts = DestinationCounts::default();
-        for entry in self.map.iter() {
+        for entry in self.failing.iter().chain(self.tripped.iter()) {
             let Ok((_, cell)) = entry else {
                 // An entry evicted during the walk.
                 continue;
@@ -191,6 +194,7 @@ impl Kernel {
             .map_max_entries(map_names::ENDPOINTS_V4, v4.max(1))
             .map_max_entries(map_names::ENDPOINTS_V6, v6.max(1))
             .map_max_entries(map_names::DEFAULT_STATES, destinations)
+            .map_max_entries(map_names::DEFAULT_TRIPPED, destinations)
             .map_max_entries(map_names::SOCKET_RECORDS, SOCKET_RECORD_SLOTS)
             .load(EBPF_OBJECT)
             .map_err(KernelError::Load)?;
@@ -223,8 +227,14 @@ impl Kernel {
                 .ok_or(KernelError::MissingMap {
                     name: map_names::DEFAULT_STATES,
                 })?;
+        let tripped = ebpf
+            .take_map(map_names::DEFAULT_TRIPPED)
+            .ok_or(KernelError::MissingMap {
+                name: map_names::DEFAULT_TRIPPED,
+            })?;
         let destinations = DefaultDestinations {
-            map: HashMap::try_from(destinations).map_err(map_err(map_names::DEFAULT_STATES))?,
+            failing: HashMap::try_from(destinations).map_err(map_err(map_names::DEFAULT_STATES))?,
+            tripped: HashMap::try_from(tripped).map_err(map_err(map_names::DEFAULT_TRIPPED))?,
         };
 
         for name in [program_names::CONNECT4, program_names::CONNECT6] {
