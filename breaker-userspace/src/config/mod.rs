@@ -919,4 +919,6 @@ fn describe_policy(p: &Policy) -> String {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
