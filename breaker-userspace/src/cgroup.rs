@@ -7,9 +7,16 @@ pub enum CgroupError {
     Mounts(#[source] std::io::Error),
     #[error("no cgroup2 filesystem is mounted (see /proc/self/mounts); breaker needs cgroup v2")]
     NoCgroup2,
-    #[error("cgroup {path} does not exist or is not a cgroup2 directory")]
+    #[error("cgroup: {path} does not exist")]
     Missing { path: PathBuf },
+    #[error("cgroup: {path} is not inside the cgroup2 mount {root}")]
+    Outside { path: PathBuf, root: PathBuf },
+    #[error("cgroup: {path} is not a cgroup v2 directory (a cgroup v1 hierarchy, or a plain directory?)")]
+    NotCgroup2 { path: PathBuf },
 }
+
+/// statfs(2)'s f_type of a cgroup2 filesystem.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 /// The mount point of the cgroup2 hierarchy: `/sys/fs/cgroup` on most hosts,
 /// `/sys/fs/cgroup/unified` on hybrid ones.
@@ -58,17 +65,41 @@ fn unescape_mount_path(field: &str) -> PathBuf {
     PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
-/// The configured cgroup (absolute, or relative to the cgroup2 root), or the root.
+/// The configured cgroup (absolute, or relative to the cgroup2 root), or the root,
+/// as a real path (`.`, `..` and symlinks resolved) that is a cgroup v2 directory
+/// inside the cgroup2 mount. Attaching anywhere else fails late, in bpf_link_create.
 pub fn resolve(configured: Option<&Path>) -> Result<PathBuf, CgroupError> {
-    let path = match configured {
-        Some(p) if p.is_absolute() => p.to_path_buf(),
-        Some(p) => cgroup2_root()?.join(p),
-        None => cgroup2_root()?,
-    };
-    if !path.join("cgroup.procs").exists() {
-        return Err(CgroupError::Missing { path });
+    let root = cgroup2_root()?;
+    // join() with an absolute path is that path.
+    let path = configured.map_or_else(|| root.clone(), |p| root.join(p));
+    let real =
+        std::fs::canonicalize(&path).map_err(|_| CgroupError::Missing { path: path.clone() })?;
+    let real_root = std::fs::canonicalize(&root).unwrap_or(root);
+    if !real.starts_with(&real_root) {
+        return Err(CgroupError::Outside {
+            path: real,
+            root: real_root,
+        });
     }
-    Ok(path)
+    if !is_cgroup2_fs(&real) || !real.join("cgroup.procs").exists() {
+        return Err(CgroupError::NotCgroup2 { path: real });
+    }
+    Ok(real)
+}
+
+fn is_cgroup2_fs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we own, and reads a NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between architectures
+    let f_type = st.f_type as i64;
+    f_type == CGROUP2_SUPER_MAGIC
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ pub mod cgroup;
 pub mod config;
 pub mod daemon;
 pub mod events;
+pub mod explain;
 pub mod kernel;
 pub mod metrics;
 pub mod probe;

@@ -53,12 +53,8 @@ fn main() -> ExitCode {
             Ok(config) => run(config),
             Err(code) => code,
         },
-        Command::CheckConfig { config } => match load(&config) {
-            Ok(config) => {
-                print!("{}", config.describe());
-                println!("config OK");
-                ExitCode::SUCCESS
-            }
+        Command::CheckConfig { config: path } => match load(&path) {
+            Ok(config) => check_config(&path, &config),
             Err(code) => code,
         },
         Command::Calibrate { cgroup } => calibrate(&cgroup),
@@ -71,6 +67,31 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
         eprintln!("error: {e}");
         ExitCode::from(EXIT_BAD_CONFIG)
     })
+}
+
+/// `breaker check-config`: what the config means, where it attaches, what it costs.
+fn check_config(path: &std::path::Path, config: &Config) -> ExitCode {
+    // The cgroup as `run` will resolve it: a typo'd service name fails here, not at start.
+    let cgroup = match breaker::cgroup::resolve(config.cgroup.as_deref()) {
+        Ok(cgroup) => cgroup,
+        Err(e) => {
+            eprintln!("error: config {}: {e}", path.display());
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    for warning in config.warnings() {
+        eprintln!("warning: config {}: {warning}", path.display());
+    }
+    print!("{}", config.describe());
+    println!("cgroup:    {}", cgroup.display());
+    let cpus = breaker::config::possible_cpus();
+    let bytes = config.kernel_memory_estimate(cpus);
+    println!(
+        "kernel memory: about {:.1} MiB pinned by the maps (an estimate, for {cpus} possible CPUs)",
+        bytes as f64 / f64::from(1 << 20)
+    );
+    println!("config OK");
+    ExitCode::SUCCESS
 }
 
 fn run(config: Config) -> ExitCode {
@@ -90,9 +111,23 @@ fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let explain_with = config.clone();
     match runtime.block_on(breaker::daemon::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // A kernel error the operator can act on: the field, or the capability.
+            let explained = e
+                .chain()
+                .find_map(|c| c.downcast_ref::<breaker::kernel::KernelError>())
+                .and_then(|k| breaker::explain::explain(k, &explain_with));
+            if let Some(explained) = explained {
+                eprintln!("error: {}", explained.message);
+                return if explained.config_fault {
+                    ExitCode::from(EXIT_BAD_CONFIG)
+                } else {
+                    ExitCode::FAILURE
+                };
+            }
             eprintln!("error: {e:#}");
             // A cgroup that is not there is the config's fault: nothing was attached.
             let bad_config = e

@@ -440,11 +440,12 @@ max_destinations = 2
 }
 
 #[test]
-fn a_connect_redirected_to_the_fallback_never_counts_for_another_upstream() {
+fn a_connect_redirected_to_the_fallback_never_counts_for_another_breaker() {
     let Some(mut lab) = lab("redirect") else {
         return;
     };
-    // B's endpoint is A's fallback, and nothing listens there.
+    // Nothing listens on the fallback, which the default policy would guard if it
+    // were the destination of a connect.
     lab.start_daemon(
         r#"
 [[upstream]]
@@ -454,9 +455,7 @@ fallback = "10.77.0.3:9000"
 failure_threshold = 1
 open_duration = "60s"
 
-[[upstream]]
-name = "b"
-endpoints = ["10.77.0.3:9000"]
+[default_policy]
 failure_threshold = 1
 open_duration = "60s"
 "#,
@@ -477,15 +476,23 @@ open_duration = "60s"
             == 3.0,
         "three redirected",
     );
-    let b = [("upstream", "b")];
+    let d = [("upstream", "default")];
     check(
         &lab,
-        lab.metric("breaker_connect_failures_total", &b).unwrap() == 0.0
-            && lab
-                .metric("breaker_state", &[("upstream", "b"), ("state", "closed")])
-                .unwrap()
-                == 1.0,
-        "the redirected connects' failures went to nobody's breaker, not to b's",
+        lab.metric("breaker_connect_attempts_total", &d).unwrap() == 0.0
+            && lab.metric("breaker_connect_failures_total", &d).unwrap() == 0.0,
+        "the redirected connects' failures went to no breaker: not to the default policy's breaker of the fallback",
+    );
+    // The fallback's own destination was never tripped: a direct connect to it is
+    // not rejected in the kernel.
+    let direct = lab
+        .client(&["--to", "10.77.0.3:9000", "--count", "1"])
+        .unwrap();
+    check(
+        &lab,
+        direct[0].outcome == "refused"
+            && lab.metric("breaker_connects_rejected_total", &d).unwrap() == 0.0,
+        &format!("{direct:?}"),
     );
 }
 

@@ -1,7 +1,11 @@
 //! Endpoint syntax: an address or CIDR, with a port or any port.
 //!
 //! `10.0.0.5:80`, `10.0.0.0/24:80`, `10.0.0.0/24:*`, `10.0.0.5` (any port),
-//! `[fd00::5]:80`, `[fd00::/64]:*`, `fd00::/64` (any port).
+//! `[fd00::5]:80`, `[fd00::/64]:*`, `[fd00::5]` (any port), `fd00::/64` (any port).
+//!
+//! A bare IPv6 address is refused: `fd00::1:80` could be the address `fd00::1:80`
+//! or `fd00::1` port 80. Brackets say which; only a bare CIDR (`fd00::/64`) is
+//! unambiguous.
 //!
 //! The kernel matches a connect to `::ffff:a.b.c.d` as IPv4, so a v4-mapped endpoint
 //! is stored as the IPv4 endpoint it stands for: `[::ffff:10.0.0.0/120]:80` is
@@ -30,6 +34,8 @@ pub enum EndpointParseError {
     Port(String),
     #[error("an IPv6 endpoint with a port needs brackets, e.g. [fd00::1]:80")]
     Brackets,
+    #[error("an IPv6 address must be in brackets: [{0}] for that address and any port{1}")]
+    BareIpv6(String, String),
     #[error(
         "{0} is a v4-mapped address with a prefix shorter than /96: it would cover more than \
          IPv4, which the kernel matches as IPv4; write the IPv4 CIDR instead"
@@ -121,6 +127,9 @@ impl FromStr for Endpoint {
         }
         // Bare: the whole thing is an address/CIDR (any port) ...
         if let Ok(net) = parse_net(s) {
+            if net.addr().is_ipv6() && !s.contains('/') && s.contains(':') {
+                return Err(bare_ipv6(s));
+            }
             return Ok(Endpoint { net, port: None });
         }
         // ... or IPv4[/len]:port. A bare IPv6 with a port is ambiguous.
@@ -133,6 +142,16 @@ impl FromStr for Endpoint {
             None => Err(EndpointParseError::Address(s.to_string())),
         }
     }
+}
+
+/// The refusal of a bare IPv6 address, with the other reading when there is one.
+fn bare_ipv6(s: &str) -> EndpointParseError {
+    let port_reading = s.rsplit_once(':').and_then(|(addr, port)| {
+        let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+        let addr = addr.parse::<std::net::Ipv6Addr>().ok()?;
+        Some(format!(", or [{addr}]:{port} for port {port}"))
+    });
+    EndpointParseError::BareIpv6(s.to_string(), port_reading.unwrap_or_default())
 }
 
 impl fmt::Display for Endpoint {

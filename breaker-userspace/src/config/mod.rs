@@ -3,18 +3,22 @@
 //! Errors name the file, the field and why (see [`ConfigError`]); nothing is loaded
 //! or attached until a config has passed [`Config::from_file`].
 mod endpoint;
+mod memory;
 
 use std::{
     collections::{HashMap, HashSet},
+    io::Read,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use breaker_common::machine::{MAX_COUNT, MAX_IN_FLIGHT};
+use ipnet::IpNet;
 use serde::Deserialize;
 
 pub use endpoint::{unmap_v4_addr, Endpoint, EndpointParseError};
+pub use memory::possible_cpus;
 
 /// Where a config went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -25,8 +29,18 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("config {file} is not valid TOML for breaker: {message}")]
-    Parse { file: PathBuf, message: String },
+    #[error(
+        "config {file} is larger than {limit} bytes: a breaker config is a few KiB, is it the right file?"
+    )]
+    TooLarge { file: PathBuf, limit: u64 },
+    /// A TOML syntax error, or a value of the wrong type or an unknown key. `at` is
+    /// where: the line and column, and the field's path when the parser knows it.
+    #[error("config {file}: {at}: {message}")]
+    Parse {
+        file: PathBuf,
+        at: String,
+        message: String,
+    },
     #[error("config {file}: {field}: {reason}")]
     Invalid {
         file: PathBuf,
@@ -54,6 +68,18 @@ pub mod defaults {
     pub const PROBE_MARK: u32 = 0x0062_726b;
     pub const DEFAULT_POLICY_MAX_DESTINATIONS: u32 = 65_536;
 }
+
+/// Largest config file read: real configs are a few KiB (100 000 endpoints are about
+/// 2 MiB); anything bigger is the wrong file, or `/dev/zero`.
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+/// Largest `default_policy.max_destinations`: about 384 MiB of kernel memory (see
+/// [`Config::kernel_memory_estimate`]), which no RSS shows; more is a typo, not a plan.
+pub const MAX_DESTINATIONS: u32 = 1 << 22;
+/// Longest probe_interval: beyond an hour an open breaker effectively never recovers.
+const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(3600);
+const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(10);
+/// Longest probe_timeout: a probe is one TCP connect or HTTP GET.
+const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Largest open_duration: the kernel keeps trip times as wrapping milliseconds in 32 bits.
 const MAX_OPEN_DURATION: Duration = Duration::from_secs(24 * 3600);
@@ -152,6 +178,23 @@ struct RawPolicy {
     probe_timeout: Option<Duration>,
 }
 
+// The policy keys are spelled out in RawUpstream and RawDefaultPolicy rather than
+// `#[serde(flatten)]`ed: flatten loses the position of a bad value, and an error
+// would point at the table header instead of the key.
+macro_rules! raw_policy_of {
+    ($raw:expr) => {
+        RawPolicy {
+            failure_threshold: $raw.failure_threshold,
+            success_threshold: $raw.success_threshold,
+            half_open_max_connections: $raw.half_open_max_connections,
+            trial_connect_timeout: $raw.trial_connect_timeout,
+            open_duration: $raw.open_duration,
+            probe_interval: $raw.probe_interval,
+            probe_timeout: $raw.probe_timeout,
+        }
+    };
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
@@ -160,12 +203,25 @@ struct RawUpstream {
     #[serde(default)]
     fallback: OneOrMany,
     probe: Option<RawProbe>,
-    #[serde(flatten)]
-    policy: RawPolicy,
+    #[serde(default)]
+    allow_catch_all: bool,
+    #[serde(default)]
+    allow_loopback: bool,
+    failure_threshold: Option<u32>,
+    success_threshold: Option<u32>,
+    half_open_max_connections: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    trial_connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    open_duration: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    probe_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    probe_timeout: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "an address:port, or a list of them")]
 enum OneOrMany {
     #[default]
     None,
@@ -186,8 +242,17 @@ struct RawDefaultPolicy {
     #[serde(default = "yes")]
     enabled: bool,
     max_destinations: Option<u32>,
-    #[serde(flatten)]
-    policy: RawPolicy,
+    failure_threshold: Option<u32>,
+    success_threshold: Option<u32>,
+    half_open_max_connections: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    trial_connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    open_duration: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    probe_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    probe_timeout: Option<Duration>,
 }
 
 fn yes() -> bool {
@@ -301,14 +366,20 @@ impl Check<'_> {
                 format!("must be between 1ms and 24h, got {:?}", p.open_duration),
             );
         }
-        if p.probe_interval < Duration::from_millis(10) {
+        if !(MIN_PROBE_INTERVAL..=MAX_PROBE_INTERVAL).contains(&p.probe_interval) {
             return self.fail(
                 field("probe_interval"),
-                format!("must be at least 10ms, got {:?}", p.probe_interval),
+                format!("must be between 10ms and 1h, got {:?}", p.probe_interval),
             );
         }
-        if p.probe_timeout.is_zero() {
-            return self.fail(field("probe_timeout"), "must be more than 0");
+        if p.probe_timeout.is_zero() || p.probe_timeout > MAX_PROBE_TIMEOUT {
+            return self.fail(
+                field("probe_timeout"),
+                format!(
+                    "must be more than 0 and at most 1m, got {:?}",
+                    p.probe_timeout
+                ),
+            );
         }
         Ok(p)
     }
@@ -324,6 +395,14 @@ impl Check<'_> {
                 format!("{metrics_listen:?} is not an address:port ({e})"),
             )
         })?;
+        if metrics_listen.port() == 0 {
+            return self.fail(
+                "daemon.metrics_listen",
+                format!(
+                    "{metrics_listen} has port 0: the listener would get a random port nobody knows to scrape"
+                ),
+            );
+        }
         let probe_mark = raw.probe_mark.unwrap_or(defaults::PROBE_MARK);
         if probe_mark == 0 {
             return self.fail(
@@ -357,11 +436,11 @@ impl Check<'_> {
     ) -> Result<Upstream, ConfigError> {
         let at = format!("upstream[{i}] ({:?})", up.name);
         self.upstream_name(i, &at, &up.name, seen)?;
-        let endpoints = self.endpoints(&at, &up.name, &up.endpoints, seen)?;
+        let endpoints = self.endpoints(&at, &up, seen)?;
         let fallback = self.fallback(&at, up.fallback, &endpoints)?;
         let policy = self.policy(
             &format!("{at}."),
-            up.policy.over(base),
+            raw_policy_of!(up).over(base),
             defaults::UPSTREAM_HALF_OPEN_MAX_CONNECTIONS,
         )?;
         let probe = self.probe(&at, up.probe, &endpoints)?;
@@ -407,10 +486,10 @@ impl Check<'_> {
     fn endpoints(
         &self,
         at: &str,
-        upstream: &str,
-        texts: &[String],
+        up: &RawUpstream,
         seen: &mut Seen,
     ) -> Result<Vec<Endpoint>, ConfigError> {
+        let (upstream, texts) = (&up.name, &up.endpoints);
         if texts.is_empty() {
             return self.fail(format!("{at}.endpoints"), "needs at least one endpoint");
         }
@@ -419,6 +498,25 @@ impl Check<'_> {
             let ep: Endpoint = text.parse().or_else(|e: EndpointParseError| {
                 self.fail(format!("{at}.endpoints[{j}]"), format!("{text:?}: {e}"))
             })?;
+            // Checked on the parsed form, so `[::ffff:0.0.0.0/96]` is caught as `0.0.0.0/0`.
+            if ep.net.prefix_len() == 0 && !up.allow_catch_all {
+                return self.fail(
+                    format!("{at}.endpoints[{j}]"),
+                    format!(
+                        "{text:?} covers every address: a few failures would block all TCP of the cgroup; \
+                         set allow_catch_all = true on this upstream if that is meant"
+                    ),
+                );
+            }
+            if covers_loopback(&ep.net) && !up.allow_loopback {
+                return self.fail(
+                    format!("{at}.endpoints[{j}]"),
+                    format!(
+                        "{text:?} covers loopback addresses: a breaker on local services must be deliberate; \
+                         set allow_loopback = true on this upstream if that is meant"
+                    ),
+                );
+            }
             if let Some((other, other_text)) = seen.endpoints.get(&ep) {
                 // Name both spellings: `[::ffff:10.0.0.7]:80` and `10.0.0.7:80` look different.
                 let reason = if other_text == text {
@@ -472,6 +570,38 @@ impl Check<'_> {
             fallback.push(addr);
         }
         Ok(fallback)
+    }
+
+    /// A fallback inside another upstream's endpoints would let connects redirected
+    /// there bypass that upstream's breaker (a redirected connect is not matched
+    /// again). Runs after every upstream is known, since the other may come later.
+    fn fallbacks_outside_other_upstreams(
+        &self,
+        upstreams: &[Upstream],
+        seen: &Seen,
+    ) -> Result<(), ConfigError> {
+        for (i, up) in upstreams.iter().enumerate() {
+            for (j, addr) in up.fallback.iter().enumerate() {
+                let Some((owner, owner_text)) = endpoint_owner(seen, *addr) else {
+                    continue;
+                };
+                if *owner == up.name {
+                    // fallback() has refused these already; kept for completeness.
+                    return self.fail(
+                        format!("upstream[{i}] ({:?}).fallback[{j}]", up.name),
+                        format!("{addr} is one of the upstream's own endpoints ({owner_text:?})"),
+                    );
+                }
+                return self.fail(
+                    format!("upstream[{i}] ({:?}).fallback[{j}]", up.name),
+                    format!(
+                        "{addr} is inside endpoint {owner_text:?} of upstream {owner:?}: connects \
+                         redirected there would bypass {owner:?}'s breaker"
+                    ),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The probe as configured, or a TCP connect to the first single-address endpoint.
@@ -543,7 +673,7 @@ impl Check<'_> {
         };
         let policy = self.policy(
             "default_policy.",
-            d.policy.over(base),
+            raw_policy_of!(d).over(base),
             defaults::DEFAULT_POLICY_HALF_OPEN_MAX_CONNECTIONS,
         )?;
         // Checked after merging: [defaults] may be where the 0 comes from.
@@ -551,7 +681,7 @@ impl Check<'_> {
             let mut reason = format!(
                 "the default policy has no probe: application trials are its only way to recover; must be 1..={MAX_IN_FLIGHT}"
             );
-            if d.policy.half_open_max_connections.is_none() {
+            if d.half_open_max_connections.is_none() {
                 reason.push_str(" (the 0 comes from [defaults]; set it here)");
             }
             return self.fail("default_policy.half_open_max_connections", reason);
@@ -559,8 +689,14 @@ impl Check<'_> {
         let max_destinations = d
             .max_destinations
             .unwrap_or(defaults::DEFAULT_POLICY_MAX_DESTINATIONS);
-        if max_destinations == 0 {
-            return self.fail("default_policy.max_destinations", "must be at least 1");
+        if !(1..=MAX_DESTINATIONS).contains(&max_destinations) {
+            return self.fail(
+                "default_policy.max_destinations",
+                format!(
+                    "must be between 1 and {MAX_DESTINATIONS}, got {max_destinations} \
+                     (each destination pins about 100 bytes of kernel memory)"
+                ),
+            );
         }
         Ok(Some(DefaultPolicy {
             policy,
@@ -570,20 +706,36 @@ impl Check<'_> {
 }
 
 impl Config {
+    /// Reads at most [`MAX_CONFIG_BYTES`], so a wrong path (`/dev/zero`, a log file)
+    /// fails at once instead of filling memory.
     pub fn from_file(file: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        let read_err = |source| ConfigError::Read {
             file: file.to_path_buf(),
             source,
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(file)
+            .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
+            .map_err(read_err)?;
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                file: file.to_path_buf(),
+                limit: MAX_CONFIG_BYTES,
+            });
+        }
+        let text = String::from_utf8(bytes).map_err(|e| {
+            read_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not UTF-8 text ({e})"),
+            ))
         })?;
         Config::parse(file, &text)
     }
 
     /// Parses and validates `text`; `file` only names it in errors.
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            file: file.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| parse_error(file, text, e))?;
         let check = Check { file };
 
         let daemon = check.daemon(&raw.daemon)?;
@@ -604,6 +756,7 @@ impl Config {
             .enumerate()
             .map(|(i, up)| check.upstream(i, up, base, &mut seen))
             .collect::<Result<Vec<_>, _>>()?;
+        check.fallbacks_outside_other_upstreams(&upstreams, &seen)?;
         let default_policy = check.default_policy(raw.default_policy, base)?;
         if upstreams.is_empty() && default_policy.is_none() {
             return check.fail(
@@ -617,6 +770,20 @@ impl Config {
             upstreams,
             default_policy,
         })
+    }
+
+    /// What is legal but probably unwise, one line each, for `breaker check-config`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.daemon.metrics_listen.ip().is_loopback() {
+            out.push(format!(
+                "daemon.metrics_listen = \"{}\" is not a loopback address: whoever can reach it \
+                 can read every upstream's state and load the daemon; keep it on 127.0.0.1, \
+                 or firewall it to the scrapers",
+                self.daemon.metrics_listen
+            ));
+        }
+        out
     }
 
     /// A human-readable account of what was understood, for `breaker check-config`.
@@ -670,6 +837,69 @@ impl Config {
     }
 }
 
+/// The upstream, and its endpoint as written, that `addr` (v4-mapped already as
+/// IPv4) belongs to: every prefix of `addr`, with its port and with any port, looked
+/// up among the configured endpoints (at most 258 lookups, whatever the config's size).
+fn endpoint_owner(seen: &Seen, addr: SocketAddr) -> Option<&(String, String)> {
+    let ip = addr.ip();
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    (0..=max).rev().find_map(|len| {
+        let net = IpNet::new(ip, len).ok()?.trunc();
+        [Some(addr.port()), None]
+            .into_iter()
+            .find_map(|port| seen.endpoints.get(&Endpoint { net, port }))
+    })
+}
+
+/// Whether `net` shares an address with 127.0.0.0/8 or ::1 (v4-mapped loopback is
+/// IPv4 by now).
+fn covers_loopback(net: &IpNet) -> bool {
+    match net {
+        IpNet::V4(n) => {
+            let lo = ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(127, 0, 0, 0), 8)
+                .expect("8 is a valid IPv4 prefix");
+            // Two prefixes overlap exactly when one holds the other's first address.
+            n.contains(&lo.network()) || lo.contains(&n.network())
+        }
+        IpNet::V6(n) => n.contains(&std::net::Ipv6Addr::LOCALHOST),
+    }
+}
+
+/// One line: where (line, column, and the field's path when known), and what.
+fn parse_error(
+    file: &Path,
+    text: &str,
+    e: serde_path_to_error::Error<toml::de::Error>,
+) -> ConfigError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let mut at = Vec::new();
+    if let Some(span) = inner.span() {
+        let (line, column) = line_column(text, span.start);
+        at.push(format!("line {line}, column {column}"));
+    }
+    // "." is serde_path_to_error's empty path.
+    if path != "." && !path.is_empty() {
+        at.push(path);
+    }
+    if at.is_empty() {
+        at.push("line ?".into());
+    }
+    ConfigError::Parse {
+        file: file.to_path_buf(),
+        at: at.join(", "),
+        message: inner.message().replace('\n', " ").trim().to_string(),
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
 fn describe_policy(p: &Policy) -> String {
     let trials = match p.half_open_max_connections {
         0 => "half-open admits no application connects (probes only)".to_string(),
@@ -688,5 +918,7 @@ fn describe_policy(p: &Policy) -> String {
     )
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

@@ -80,14 +80,10 @@ fn endpoint_syntax() {
         "[fd00::/64]:*"
     );
     assert_eq!(
-        "fd00::1".parse::<Endpoint>().unwrap().single_address(),
+        "[fd00::1]".parse::<Endpoint>().unwrap().single_address(),
         None
     );
-    assert_eq!(
-        "fd00::1:80".parse::<Endpoint>().unwrap().port,
-        None,
-        "bare IPv6 is an address, any port"
-    );
+    assert_eq!("fd00::/64".parse::<Endpoint>().unwrap().port, None);
     assert_eq!(
         "10.0.0.1:0".parse::<Endpoint>(),
         Err(EndpointParseError::Port("0".into()))
@@ -345,4 +341,242 @@ fn describe_says_how_half_open_recovers() {
         trials.contains("admits 2 application trial(s) at a time, each given 300ms"),
         "{trials}"
     );
+}
+
+#[test]
+fn bare_ipv6_addresses_need_brackets() {
+    // `::1:80` could be ::1 port 80 or the address ::1:80: brackets say which.
+    for text in ["::1:80", "fd00::1", "fd00::1:80"] {
+        let e = text.parse::<Endpoint>().unwrap_err();
+        assert!(matches!(e, EndpointParseError::BareIpv6(..)), "{text}: {e}");
+        assert!(e.to_string().contains(&format!("[{text}]")), "{e}");
+    }
+    assert!("::1:80"
+        .parse::<Endpoint>()
+        .unwrap_err()
+        .to_string()
+        .contains("[::1]:80"));
+    let e: Endpoint = "[::1:80]".parse().unwrap();
+    assert_eq!((e.net.to_string(), e.port), ("::1:80/128".into(), None));
+    let e: Endpoint = "[fd00::1]:80".parse().unwrap();
+    assert_eq!(e.port, Some(80));
+    // A CIDR is unambiguous without brackets.
+    assert!("fd00::/64".parse::<Endpoint>().is_ok());
+}
+
+fn upstream_with(endpoint: &str, extra: &str) -> String {
+    format!(
+        "[[upstream]]\nname='a'\nendpoints=['{endpoint}']\nprobe={{address='10.9.9.9:80'}}\n{extra}\n"
+    )
+}
+
+#[test]
+fn catch_all_endpoints_need_allow_catch_all() {
+    for ep in [
+        "0.0.0.0/0",
+        "0.0.0.0/0:*",
+        "0.0.0.0/0:443",
+        "::/0",
+        "[::/0]:443",
+        "[::ffff:0.0.0.0/96]:80",
+        "10.0.0.0/0:80",
+    ] {
+        let (field, reason) = invalid_field(&upstream_with(ep, ""));
+        assert_eq!(field, "upstream[0] (\"a\").endpoints[0]", "{ep}");
+        assert!(reason.contains("allow_catch_all = true"), "{ep}: {reason}");
+        // A catch-all covers loopback too: both opt-ins.
+        let (_, reason) = invalid_field(&upstream_with(ep, "allow_catch_all = true"));
+        assert!(reason.contains("allow_loopback = true"), "{ep}: {reason}");
+        parse(&upstream_with(
+            ep,
+            "allow_catch_all = true\nallow_loopback = true",
+        ))
+        .unwrap();
+    }
+}
+
+#[test]
+fn loopback_endpoints_need_allow_loopback() {
+    for ep in [
+        "127.0.0.1:80",
+        "127.5.0.0/16:*",
+        "[::1]:80",
+        "[::1]",
+        "[::ffff:127.0.0.1]:80",
+        "[::ffff:127.0.0.0/104]:*",
+        "96.0.0.0/3:80",
+    ] {
+        let (field, reason) = invalid_field(&upstream_with(ep, ""));
+        assert_eq!(field, "upstream[0] (\"a\").endpoints[0]", "{ep}");
+        assert!(reason.contains("allow_loopback = true"), "{ep}: {reason}");
+        parse(&upstream_with(ep, "allow_loopback = true")).unwrap();
+    }
+    // Next to loopback, not on it.
+    parse(&upstream_with("128.0.0.0/8:80", "")).unwrap();
+    parse(&upstream_with("[::2]:80", "")).unwrap();
+}
+
+#[test]
+fn a_fallback_inside_another_upstream_is_refused() {
+    for (fallback, other) in [
+        ("10.0.0.9:1", "10.0.0.9:1"),
+        ("10.0.0.9:1", "10.0.0.0/28:*"),
+        ("10.0.0.9:1", "10.0.0.9"),
+        ("[::ffff:10.0.0.9]:1", "10.0.0.0/24:1"),
+        ("10.0.0.9:1", "[::ffff:10.0.0.9]:1"),
+        ("[fd00::9]:1", "[fd00::/64]:*"),
+    ] {
+        // The other upstream comes later in the file.
+        let text = format!(
+            "[[upstream]]\nname='a'\nendpoints=['10.1.0.1:80']\nfallback='{fallback}'\n\
+             [[upstream]]\nname='b'\nendpoints=['{other}']\nprobe={{address='10.2.0.1:80'}}\n"
+        );
+        let (field, reason) = invalid_field(&text);
+        assert_eq!(
+            field, "upstream[0] (\"a\").fallback[0]",
+            "{fallback} in {other}"
+        );
+        assert!(reason.contains("bypass \"b\""), "{reason}");
+    }
+    // Next to the other upstream's endpoints is fine.
+    parse(
+        "[[upstream]]\nname='a'\nendpoints=['10.1.0.1:80']\nfallback='10.0.0.9:2'\n\
+         [[upstream]]\nname='b'\nendpoints=['10.0.0.9:1']\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_fallback_that_is_an_own_endpoint_is_refused_in_any_notation() {
+    for (fallback, own) in [
+        ("[::ffff:10.0.0.1]:80", "10.0.0.1:80"),
+        ("10.0.0.1:80", "[::ffff:10.0.0.1]:80"),
+        ("10.0.0.1:80", "10.0.0.0/24:*"),
+        ("[fd00::1]:80", "[fd00::/64]:80"),
+    ] {
+        let text = format!(
+            "[[upstream]]\nname='a'\nendpoints=['{own}']\nfallback='{fallback}'\nprobe={{address='10.2.0.1:80'}}\n"
+        );
+        let (field, reason) = invalid_field(&text);
+        assert_eq!(field, "upstream[0] (\"a\").fallback[0]", "{fallback}");
+        assert!(reason.contains("own endpoints"), "{reason}");
+    }
+}
+
+#[test]
+fn timings_beyond_their_maxima_are_refused() {
+    for (key, value, field) in [
+        ("probe_interval", "'2h'", "probe_interval"),
+        ("probe_interval", "'5ms'", "probe_interval"),
+        ("probe_timeout", "'61s'", "probe_timeout"),
+        ("probe_timeout", "'0s'", "probe_timeout"),
+        ("open_duration", "'1000000h'", "open_duration"),
+    ] {
+        let (got, _) = invalid_field(&format!("{MINIMAL}{key} = {value}\n"));
+        assert_eq!(got, format!("upstream[0] (\"api\").{field}"));
+        let (got, _) = invalid_field(&format!("[default_policy]\n{key} = {value}\n"));
+        assert_eq!(got, format!("default_policy.{field}"));
+    }
+    parse(&format!(
+        "{MINIMAL}probe_interval = '1h'\nprobe_timeout = '1m'\n"
+    ))
+    .unwrap();
+}
+
+#[test]
+fn max_destinations_has_a_maximum() {
+    let (field, reason) = invalid_field("[default_policy]\nmax_destinations = 4194305\n");
+    assert_eq!(field, "default_policy.max_destinations");
+    assert!(reason.contains("4194304"), "{reason}");
+    parse("[default_policy]\nmax_destinations = 4194304\n").unwrap();
+}
+
+#[test]
+fn metrics_listen_port_0_is_refused_and_non_loopback_warned() {
+    let (field, _) = invalid_field(&format!(
+        "[daemon]\nmetrics_listen = '127.0.0.1:0'\n{MINIMAL}"
+    ));
+    assert_eq!(field, "daemon.metrics_listen");
+    assert!(parse(MINIMAL).unwrap().warnings().is_empty());
+    let c = parse(&format!(
+        "[daemon]\nmetrics_listen = '0.0.0.0:9464'\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert!(c.warnings()[0].contains("daemon.metrics_listen"));
+}
+
+#[test]
+fn parse_errors_name_the_line_and_the_field() {
+    for (text, line, field) in [
+        (
+            format!("{MINIMAL}failure_threshold = 'x'\n"),
+            "line 5",
+            "upstream[0].failure_threshold",
+        ),
+        (
+            format!("{MINIMAL}failure_treshold = 3\n"),
+            "line 5",
+            "failure_treshold",
+        ),
+        (
+            format!("{MINIMAL}open_duration = 'soon'\n"),
+            "line 5",
+            "upstream[0].open_duration",
+        ),
+        (
+            format!("{MINIMAL}fallback = 5\n"),
+            "line 5",
+            "upstream[0].fallback",
+        ),
+        (
+            format!("{MINIMAL}probe = {{ address = 1 }}\n"),
+            "line 5",
+            "upstream[0].probe.address",
+        ),
+        (
+            "[default_policy]\nmax_destinations = -1\n".to_string(),
+            "line 2",
+            "default_policy.max_destinations",
+        ),
+        (
+            "[default_policy]\n\nprobe_timeout = 3\n".to_string(),
+            "line 3",
+            "default_policy.probe_timeout",
+        ),
+        (
+            "[defaults]\nopen_duration = 5\n".to_string(),
+            "line 2",
+            "defaults.open_duration",
+        ),
+        (
+            "[[upstream]]\nname = 'a'\nendpoints = ['10.0.0.1:80']\n[x\n".to_string(),
+            "line 4",
+            "",
+        ),
+    ] {
+        let e = parse(&text).unwrap_err();
+        let shown = e.to_string();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{shown}");
+        assert!(
+            shown.contains(line) && shown.contains(field),
+            "{text:?}: {shown}"
+        );
+        assert!(!shown.contains('\n'), "one line: {shown}");
+    }
+}
+
+#[test]
+fn a_config_file_is_read_up_to_a_limit() {
+    let e = Config::from_file(Path::new("/dev/zero")).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ConfigError::TooLarge {
+                limit: MAX_CONFIG_BYTES,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("/dev/zero") && e.to_string().contains("4194304"));
 }

@@ -1,0 +1,155 @@
+//! An estimate of the kernel memory a config's BPF maps pin. It shows in no
+//! process's RSS, so `check-config` prints it.
+//!
+//! Each map is sized as the kernel allocates it (6.x): elements rounded to 8 bytes,
+//! hash maps preallocated with a per-element header and a bucket array, LPM trie
+//! nodes as kmalloc'd (counted twice: a trie of n prefixes has up to n - 1
+//! intermediate nodes), per-CPU values once per possible CPU, and about a page per
+//! map for the map itself. It is an estimate, within some percent of what the
+//! kernel reports as the maps' `memlock`.
+use std::mem::size_of;
+
+use breaker_common::abi::{
+    BreakerCell, Counters, DestKey, EndpointV4, EndpointV6, Settings, SocketRecord, UpstreamPolicy,
+};
+use ipnet::IpNet;
+
+use super::Config;
+use crate::kernel::SOCKET_RECORD_SLOTS;
+
+const PAGE: u64 = 4096;
+/// `struct bpf_map` and friends, for each map.
+const MAP_OVERHEAD: u64 = PAGE;
+/// `struct htab_elem` before the key: hash node, LRU node, hash.
+const HTAB_ELEM_HEADER: u64 = 48;
+/// `struct bucket`: list head and lock, one per power-of-two slot.
+const HTAB_BUCKET: u64 = 16;
+/// `struct lpm_trie_node` before its key data: rcu head, two children, prefix length, flags.
+const LPM_NODE_HEADER: u64 = 40;
+/// The EVENTS ring buffer's data size (breaker-ebpf's maps.rs), plus its two header pages.
+const EVENTS_BYTES: u64 = 256 * 1024 + 2 * PAGE;
+
+fn round8(n: usize) -> u64 {
+    (n as u64).div_ceil(8) * 8
+}
+
+fn hash_map(entries: u32, key: usize, value: usize) -> u64 {
+    let entries = u64::from(entries.max(1));
+    MAP_OVERHEAD
+        + entries * (HTAB_ELEM_HEADER + round8(key) + round8(value))
+        + entries.next_power_of_two() * HTAB_BUCKET
+}
+
+fn array(entries: u32, value: usize) -> u64 {
+    MAP_OVERHEAD + u64::from(entries.max(1)) * round8(value)
+}
+
+fn per_cpu_array(entries: u32, value: usize, cpus: u32) -> u64 {
+    // A pointer per entry, then the value on every possible CPU.
+    let entries = u64::from(entries.max(1));
+    MAP_OVERHEAD + entries * 8 + entries * round8(value) * u64::from(cpus.max(1))
+}
+
+/// kmalloc's size classes, which an LPM trie node is rounded up to.
+fn kmalloc_size(n: u64) -> u64 {
+    [8, 16, 32, 64, 96, 128, 192, 256]
+        .into_iter()
+        .find(|&class| class >= n)
+        .unwrap_or_else(|| n.next_power_of_two())
+}
+
+fn lpm_trie(entries: u32, data: usize, value: usize) -> u64 {
+    let node = kmalloc_size(LPM_NODE_HEADER + data as u64 + value as u64);
+    MAP_OVERHEAD + u64::from(entries) * 2 * node
+}
+
+impl Config {
+    /// Bytes of kernel memory the maps of this config pin, estimated (see the
+    /// module's doc), with `possible_cpus` for the per-CPU counters. Pure: the
+    /// daemon passes [`possible_cpus`].
+    pub fn kernel_memory_estimate(&self, possible_cpus: u32) -> u64 {
+        // The same sizes as Kernel::load gives the maps.
+        let slots = self.upstreams.len() as u32 + 1;
+        let (mut exact, mut v4, mut v6) = (0u32, 0u32, 0u32);
+        for ep in self.upstreams.iter().flat_map(|u| &u.endpoints) {
+            match (ep.single_address(), ep.net) {
+                (Some(_), _) => exact += 1,
+                (None, IpNet::V4(_)) => v4 += 1,
+                (None, IpNet::V6(_)) => v6 += 1,
+            }
+        }
+        let destinations = self
+            .default_policy
+            .as_ref()
+            .map_or(1, |d| d.max_destinations);
+        let u32_size = size_of::<u32>();
+        [
+            array(1, size_of::<Settings>()),
+            hash_map(exact, size_of::<DestKey>(), u32_size),
+            lpm_trie(v4, size_of::<EndpointV4>(), u32_size),
+            lpm_trie(v6, size_of::<EndpointV6>(), u32_size),
+            array(slots, size_of::<UpstreamPolicy>()),
+            // Mmapable: whole pages.
+            array(slots, size_of::<u64>()).next_multiple_of(PAGE),
+            hash_map(destinations, size_of::<DestKey>(), size_of::<BreakerCell>()),
+            // DEFAULT_TRIPPED: not preallocated, so this is its most, with as many
+            // destinations tripped at once.
+            hash_map(destinations, size_of::<DestKey>(), size_of::<BreakerCell>()),
+            array(SOCKET_RECORD_SLOTS, size_of::<SocketRecord>()),
+            per_cpu_array(slots, size_of::<Counters>(), possible_cpus),
+            MAP_OVERHEAD + EVENTS_BYTES,
+        ]
+        .into_iter()
+        .sum()
+    }
+}
+
+/// The number of possible CPUs (per-CPU maps allocate for each), or 1 if unknown.
+pub fn possible_cpus() -> u32 {
+    aya::util::nr_cpus()
+        .ok()
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .map_or(1, |n| n as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::parse(Path::new("t.toml"), text).expect("a valid config")
+    }
+
+    #[test]
+    fn the_socket_records_and_events_are_the_floor() {
+        let c = config("[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\n");
+        let bytes = c.kernel_memory_estimate(2);
+        // 65 536 records of 56 bytes, and the 256 KiB ring.
+        assert_eq!(size_of::<SocketRecord>(), 56);
+        let floor = u64::from(SOCKET_RECORD_SLOTS) * 56 + 256 * 1024;
+        assert!(bytes > floor && bytes < floor + 200 * 1024, "{bytes}");
+    }
+
+    #[test]
+    fn the_largest_default_policy_is_about_384_mib_per_map() {
+        let c = config(&format!(
+            "[default_policy]\nmax_destinations = {}\n",
+            super::super::MAX_DESTINATIONS
+        ));
+        let mib = c.kernel_memory_estimate(2) >> 20;
+        // Measured on 6.18: 4 M destinations pin about 387 MB in the LRU map; the
+        // map of tripped destinations can hold as many again at most.
+        assert!((760..800).contains(&mib), "{mib} MiB");
+    }
+
+    #[test]
+    fn per_cpu_counters_grow_with_cpus() {
+        let c = config("[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\n");
+        assert_eq!(
+            c.kernel_memory_estimate(3) - c.kernel_memory_estimate(2),
+            2 * round8(size_of::<Counters>())
+        );
+    }
+}
