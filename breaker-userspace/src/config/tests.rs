@@ -580,3 +580,17 @@ fn a_config_file_is_read_up_to_a_limit() {
     );
     assert!(e.to_string().contains("/dev/zero") && e.to_string().contains("4194304"));
 }
+
+/// The README's configuration example stays a valid config.
+#[test]
+fn the_readme_example_is_valid() {
+    let readme = include_str!("../../../README.md");
+    let start = readme.find("```toml\n").expect("a toml block in the README") + 8;
+    let block = &readme[start..];
+    let block = &block[..block.find("```").expect("the block's end")];
+    // Its cgroup is an example path that need not exist here; parse checks no paths.
+    let config = Config::parse(std::path::Path::new("README.md"), block)
+        .unwrap_or_else(|e| panic!("the README's example: {e}"));
+    assert_eq!(config.upstreams.len(), 1);
+    assert!(config.default_policy.is_some());
+}
