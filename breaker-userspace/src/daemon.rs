@@ -1,28 +1,38 @@
 //! `breaker run`: load, attach, then serve probes, events and metrics until a signal.
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::{
     cgroup,
-    config::Config,
+    config::{Config, Upstream},
     kernel::{upstream_id, Kernel},
     metrics::Metrics,
 };
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    raise_fd_limit();
     let cgroup =
         cgroup::resolve(config.cgroup.as_deref()).context("choosing the cgroup to attach to")?;
+    // Before attaching: from then on no signal a daemon is expected to get kills it with
+    // the default action, and a failure here leaves nothing attached.
+    let mut signals = Signals::register().context("installing the signal handlers")?;
     // Bind before attaching, so a busy port leaves nothing attached.
-    let listener = tokio::net::TcpListener::bind(config.daemon.metrics_listen)
+    let listen = config.daemon.metrics_listen;
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| {
-            format!(
-                "binding the metrics listener on {}",
-                config.daemon.metrics_listen
-            )
-        })?;
+        .with_context(|| format!("binding the metrics listener on {listen}"))?;
+    if !listen.ip().to_canonical().is_loopback() {
+        tracing::warn!(
+            metrics_listen = %listen,
+            "the metrics listener is not on loopback: anyone who can reach it can read upstream names and states (see README, Security model)"
+        );
+    }
+    let listener = Arc::new(listener);
 
     let mut kernel = Kernel::load(&config)?;
     let logger = kernel.take_logger();
@@ -32,24 +42,39 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         cgroup = %cgroup.display(),
         upstreams = config.upstreams.len(),
         default_policy = config.default_policy.is_some(),
-        metrics = %format!("http://{}/metrics", config.daemon.metrics_listen),
+        metrics = %format!("http://{listen}/metrics"),
         "breaker attached"
     );
 
+    // What happens when each task ends (ARCHITECTURE.md, "What ends the daemon").
     let names: Vec<String> = config.upstreams.iter().map(|u| u.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(&names));
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(crate::events::pump(events, metrics.clone()));
-    tasks.spawn(crate::metrics::serve(
-        listener,
-        metrics.clone(),
-        kernel.counters(),
-        kernel.states(),
+    tasks.spawn(optional(
+        "transition events",
+        crate::events::pump(events, metrics.clone()),
     ));
     if let Some(logger) = logger {
-        tasks.spawn(forward_kernel_logs(logger));
+        tasks.spawn(optional(
+            "kernel log forwarding",
+            forward_kernel_logs(logger),
+        ));
     }
-    let upstreams = config
+    let (counters, states) = (kernel.counters(), kernel.states());
+    let server_metrics = metrics.clone();
+    tasks.spawn(restarting("metrics server", None, move || {
+        let serve = crate::metrics::serve(
+            listener.clone(),
+            server_metrics.clone(),
+            counters.clone(),
+            states.clone(),
+        );
+        async move {
+            serve.await;
+            Ok(())
+        }
+    }));
+    let upstreams: Vec<(u32, Upstream)> = config
         .upstreams
         .iter()
         .enumerate()
@@ -57,26 +82,187 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .collect();
     let (states, prober_metrics, mark) =
         (kernel.states(), metrics.clone(), config.daemon.probe_mark);
-    tasks.spawn(async move {
-        crate::probe::run(upstreams, mark, states, prober_metrics).await;
-        Ok(())
-    });
-
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let outcome = tokio::select! {
-        _ = term.recv() => { tracing::info!("SIGTERM: detaching"); Ok(()) }
-        _ = int.recv() => { tracing::info!("SIGINT: detaching"); Ok(()) }
-        Some(done) = tasks.join_next() => match done {
-            Ok(Err(e)) => Err(e.context("a daemon task failed")),
-            Ok(Ok(())) => Err(anyhow::anyhow!("a daemon task ended unexpectedly")),
-            Err(e) => Err(anyhow::Error::new(e).context("a daemon task panicked")),
+    // Without probes an OPEN upstream never closes again: past the restart budget,
+    // detaching (fail open) is better than holding healthy upstreams shut.
+    tasks.spawn(restarting(
+        "probe scheduler",
+        Some(PROBE_RESTARTS),
+        move || {
+            let probe = crate::probe::run(
+                upstreams.clone(),
+                mark,
+                states.clone(),
+                prober_metrics.clone(),
+            );
+            async move {
+                probe.await;
+                Ok(())
+            }
         },
+    ));
+
+    let outcome = loop {
+        tokio::select! {
+            why = signals.stop() => {
+                tracing::info!("{why}: detaching");
+                break Ok(());
+            }
+            Some(done) = tasks.join_next() => match done {
+                // An optional task ended; it said so where it ended.
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => break Err(e),
+                Err(e) => break Err(anyhow::Error::new(e).context("a daemon task's supervisor failed")),
+            },
+        }
     };
     tasks.abort_all();
     drop(kernel);
     tracing::info!("breaker detached");
     outcome
+}
+
+/// The probe scheduler may fail this many times within this long before the daemon
+/// gives up and detaches.
+const PROBE_RESTARTS: (u32, Duration) = (5, Duration::from_secs(600));
+/// Back-off before a task's first restart; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Runs the task `make` builds, and builds and runs it again with a growing back-off
+/// each time it ends, fails or panics. With `budget = Some((n, window))`, the `n + 1`th
+/// end within `window` is an error: the daemon exits and says why.
+async fn restarting<F, Fut>(
+    name: &'static str,
+    budget: Option<(u32, Duration)>,
+    mut make: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let mut ends: std::collections::VecDeque<Instant> = Default::default();
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let started = Instant::now();
+        // A task of its own, so that a panic ends only this run of it.
+        let why = match tokio::spawn(make()).await {
+            Ok(Ok(())) => "ended".to_string(),
+            Ok(Err(e)) => format!("failed: {e:#}"),
+            Err(e) => format!("panicked: {e}"),
+        };
+        let now = Instant::now();
+        if let Some((n, window)) = budget {
+            ends.retain(|t| now.duration_since(*t) < window);
+            ends.push_back(now);
+            if ends.len() > n as usize {
+                anyhow::bail!(
+                    "the {name} {why}; that is {} times within {}, so it is not restarted: detaching (fail open)",
+                    ends.len(),
+                    humantime::format_duration(window)
+                );
+            }
+        }
+        // A run that lasted a while starts the back-off over.
+        if now.duration_since(started) > MAX_BACKOFF * 2 {
+            backoff = FIRST_BACKOFF;
+        }
+        tracing::error!(task = name, "the {name} {why}; restarting in {backoff:?}");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Runs a task the daemon can do without: when it ends, fails or panics, that is
+/// logged and the daemon goes on enforcing and probing.
+async fn optional(
+    name: &'static str,
+    task: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+) -> anyhow::Result<()> {
+    match tokio::spawn(task).await {
+        Ok(Ok(())) => tracing::error!(task = name, "the {name} ended; going on without it"),
+        Ok(Err(e)) => {
+            tracing::error!(task = name, "the {name} failed: {e:#}; going on without it")
+        }
+        Err(e) => tracing::error!(task = name, "the {name} panicked: {e}; going on without it"),
+    }
+    Ok(())
+}
+
+/// Every signal a daemon is expected to get. Once a stream is registered, tokio's
+/// handler replaces the default action (termination) for good.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    quit: Signal,
+    hup: Signal,
+    usr1: Signal,
+    usr2: Signal,
+}
+
+impl Signals {
+    fn register() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            quit: signal(SignalKind::quit())?,
+            hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
+        })
+    }
+
+    /// Waits for a signal that stops the daemon, and says which; logs the others.
+    /// Cancel-safe: no signal is lost when the future is dropped.
+    async fn stop(&mut self) -> &'static str {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return "SIGTERM",
+                _ = self.int.recv() => return "SIGINT",
+                _ = self.quit.recv() => return "SIGQUIT (handled as SIGTERM)",
+                _ = self.hup.recv() => tracing::info!(
+                    "SIGHUP: reload is not implemented yet; configuration unchanged"
+                ),
+                _ = self.usr1.recv() => tracing::info!("SIGUSR1: no action assigned; ignored"),
+                _ = self.usr2.recv() => tracing::info!("SIGUSR2: no action assigned; ignored"),
+            }
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, so that a burst of
+/// connections (metrics clients, probes) does not run the daemon out of descriptors.
+/// Best effort: the daemon works without it.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit to a valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "reading RLIMIT_NOFILE failed");
+        return;
+    }
+    if lim.rlim_cur >= lim.rlim_max {
+        tracing::debug!(
+            nofile = lim.rlim_cur,
+            "RLIMIT_NOFILE already at its hard limit"
+        );
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: setrlimit reads one rlimit from a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "raising RLIMIT_NOFILE failed");
+        return;
+    }
+    tracing::debug!(
+        from = lim.rlim_cur,
+        to = raised.rlim_cur,
+        "RLIMIT_NOFILE soft limit raised"
+    );
 }
 
 /// aya-log records from the kernel programs, through `log` into tracing.
@@ -90,5 +276,49 @@ async fn forward_kernel_logs(
         let mut guard = fd.readable_mut().await?;
         guard.get_inner_mut().flush();
         guard.clear_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_past_its_restart_budget_ends_the_daemon_with_the_reason() {
+        let mut runs = 0;
+        let err = restarting("test task", Some((1, Duration::from_secs(60))), || {
+            runs += 1;
+            async { anyhow::bail!("broken") }
+        })
+        .await
+        .expect_err("gives up");
+        assert_eq!(runs, 2, "restarted once, then given up");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("the test task failed: broken") && msg.contains("2 times within 1m"),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_is_restarted() {
+        let runs = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = runs.clone();
+        let err = restarting("test task", Some((1, Duration::from_secs(60))), move || {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    panic!("first run panics");
+                }
+                Ok(())
+            }
+        })
+        .await
+        .expect_err("gives up after the second end");
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert!(
+            format!("{err:#}").contains("the test task ended"),
+            "{err:#}"
+        );
     }
 }

@@ -1,16 +1,15 @@
 //! Prometheus metrics: kernel counters (read at scrape time), breaker states,
 //! transitions and probes; served over HTTP.
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
+use std::{collections::HashMap, net::SocketAddr, sync::Mutex};
 
 use breaker_common::{abi::Counters, machine::State};
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 // Not `events`: events feed metrics, so the dependency goes one way only.
 use crate::{kernel::CounterTable, state::StateTable};
+
+pub mod server;
+pub use server::serve;
 
 const STATES: [State; 3] = [State::Closed, State::Open, State::HalfOpen];
 
@@ -199,51 +198,6 @@ impl Metrics {
                 .with_label_values(&[s.name()])
                 .set(open.values().filter(|v| **v == s).count() as i64);
         }
-    }
-}
-
-/// Serves `/metrics` on `listener` until the task is cancelled.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    counters: Arc<CounterTable>,
-    states: Arc<StateTable>,
-) -> anyhow::Result<()> {
-    use http_body_util::Full;
-    use hyper::{body::Bytes, service::service_fn, Response, StatusCode};
-
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let (metrics, counters, states) = (metrics.clone(), counters.clone(), states.clone());
-        tokio::spawn(async move {
-            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let (metrics, counters, states) =
-                    (metrics.clone(), counters.clone(), states.clone());
-                async move {
-                    let response = if req.uri().path() == "/metrics" {
-                        let body =
-                            tokio::task::spawn_blocking(move || metrics.render(&counters, &states))
-                                .await
-                                .unwrap_or_default();
-                        Response::builder()
-                            .header("content-type", "text/plain; version=0.0.4")
-                            .body(Full::new(Bytes::from(body)))
-                    } else {
-                        Response::builder()
-                            .status(StatusCode::NOT_FOUND)
-                            .body(Full::new(Bytes::from_static(b"not found: try /metrics\n")))
-                    };
-                    response
-                }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await
-            {
-                tracing::debug!(error = %e, "metrics connection ended");
-            }
-        });
     }
 }
 

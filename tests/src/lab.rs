@@ -182,6 +182,14 @@ impl Lab {
         self.daemon.as_ref().map(Child::id)
     }
 
+    /// The daemon's exit status once it has exited (it stays known); `None` while it runs.
+    pub fn daemon_exit(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        match self.daemon.as_mut() {
+            Some(child) => Ok(child.try_wait()?),
+            None => bail!("no daemon was started"),
+        }
+    }
+
     /// Sets a per-namespace sysctl (e.g. `net/ipv4/tcp_syn_retries`) in the client namespace.
     pub fn client_sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
         let (path, value) = (format!("/proc/sys/{key}"), value.to_string());
