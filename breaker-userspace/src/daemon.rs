@@ -10,7 +10,11 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use crate::{
     cgroup,
     config::{Config, Upstream},
-    kernel::{upstream_id, Kernel},
+    kernel::{
+        upstream_id,
+        watch::{watch, CgroupChange, Identity},
+        Kernel,
+    },
     metrics::Metrics,
 };
 
@@ -49,7 +53,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // What happens when each task ends (ARCHITECTURE.md, "What ends the daemon").
     let names: Vec<String> = config.upstreams.iter().map(|u| u.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(&names));
+    metrics.count_destinations_in(kernel.destinations());
     let mut tasks = tokio::task::JoinSet::new();
+    // A service restart removes the cgroup and makes a new one: attach again.
+    let (cgroup_changes, mut cgroup_changed) = tokio::sync::mpsc::channel(4);
+    match Identity::of(&cgroup) {
+        Some(attached) => {
+            let path = cgroup.clone();
+            tasks.spawn(optional("cgroup watch", async move {
+                watch(path, attached, cgroup_changes).await;
+                Ok(())
+            }));
+        }
+        None => {
+            tracing::warn!(cgroup = %cgroup.display(), "the cgroup vanished as it was attached to: a new one will not be noticed")
+        }
+    }
     tasks.spawn(optional(
         "transition events",
         crate::events::pump(events, metrics.clone()),
@@ -107,6 +126,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 tracing::info!("{why}: detaching");
                 break Ok(());
             }
+            Some(change) = cgroup_changed.recv() => match change {
+                CgroupChange::Gone => {
+                    metrics.set_cgroup_attached(false);
+                    tracing::warn!(cgroup = %cgroup.display(), "the cgroup is gone (a service stopped or restarting?): nothing to protect until it is created again");
+                }
+                CgroupChange::Recreated(_) => match kernel.attach(&cgroup) {
+                    Ok(()) => {
+                        metrics.set_cgroup_attached(true);
+                        tracing::info!(cgroup = %cgroup.display(), "the cgroup was created again: re-attached, every breaker's state kept");
+                    }
+                    Err(e) => tracing::error!(cgroup = %cgroup.display(), error = %e, "the cgroup was created again, but attaching to it failed: it is not protected"),
+                },
+            },
             Some(done) = tasks.join_next() => match done {
                 // An optional task ended; it said so where it ended.
                 Ok(Ok(())) => {}

@@ -57,7 +57,7 @@ pub fn record(metrics: &Metrics, t: &Transition) {
             "breaker transition"
         ),
     }
-    metrics.transition(t.upstream, t.from, t.to, t.dest);
+    metrics.transition(t.upstream, t.from, t.to);
 }
 
 /// How often default-policy transitions are summed up in the log.

@@ -1,12 +1,15 @@
 //! Prometheus metrics: kernel counters (read at scrape time), breaker states,
 //! transitions and probes; served over HTTP.
-use std::{collections::HashMap, net::SocketAddr, sync::Mutex};
+use std::{collections::HashMap, sync::Mutex};
 
 use breaker_common::{abi::Counters, machine::State};
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 // Not `events`: events feed metrics, so the dependency goes one way only.
-use crate::{kernel::CounterTable, state::StateTable};
+use crate::{
+    kernel::{CounterTable, DefaultDestinations},
+    state::StateTable,
+};
 
 pub mod server;
 pub use server::serve;
@@ -32,7 +35,9 @@ pub struct Metrics {
     /// Kernel counters as of the last scrape, to turn totals into increments.
     last: Mutex<HashMap<u32, Counters>>,
     /// Default-policy destinations currently not CLOSED, from transition events.
-    open_destinations: Mutex<HashMap<SocketAddr, State>>,
+    /// The default policy's destinations in the kernel, counted at each scrape.
+    destinations: std::sync::OnceLock<std::sync::Arc<DefaultDestinations>>,
+    cgroup_attached: prometheus::IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -68,10 +73,17 @@ impl Metrics {
             abandoned: counter(&registry, "breaker_connects_abandoned_total", "Watched connects the application closed before they reached an outcome; they count neither as a success nor as a failure.", &["upstream"]),
             unwatched: counter(&registry, "breaker_connects_unwatched_total", "Connects passed without watching their outcome, because too many connects were in flight at once to keep a record for each.", &["upstream"]),
             probes: counter(&registry, "breaker_probes_total", "Half-open probes by the daemon, by result.", &["upstream", "result"]),
-            default_open: gauge(&registry, "breaker_default_policy_destinations", "Default-policy destinations whose breaker is not closed, by state.", &["state"]),
+            default_open: gauge(&registry, "breaker_default_policy_destinations", "Default-policy destinations in the kernel's maps, by state: closed (with failures), open, half_open.", &["state"]),
+            cgroup_attached: {
+                let g = prometheus::IntGauge::new("breaker_cgroup_attached", "1 while the programs are attached to the configured cgroup, 0 while that cgroup does not exist.")
+                    .expect("a valid metric");
+                registry.register(Box::new(g.clone())).expect("metric registered once");
+                g.set(1);
+                g
+            },
             registry,
             last: Mutex::new(HashMap::new()),
-            open_destinations: Mutex::new(HashMap::new()),
+            destinations: std::sync::OnceLock::new(),
         };
         for name in &m.names {
             for reason in ["refused", "timeout"] {
@@ -105,21 +117,29 @@ impl Metrics {
     }
 
     /// Counts one transition; `dest` is set for default-policy breakers.
-    pub fn transition(&self, upstream: u32, from: State, to: State, dest: Option<SocketAddr>) {
+    pub fn transition(&self, upstream: u32, from: State, to: State) {
         let name = self.upstream_name(upstream);
         self.transitions
             .with_label_values(&[name, from.name(), to.name()])
             .inc();
-        if let Some(dest) = dest {
-            let mut open = self
-                .open_destinations
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if to == State::Closed {
-                open.remove(&dest);
-            } else {
-                open.insert(dest, to);
-            }
+    }
+
+    /// Where the default policy's destinations are counted from (once, at start).
+    pub fn count_destinations_in(&self, destinations: std::sync::Arc<DefaultDestinations>) {
+        let _ = self.destinations.set(destinations);
+    }
+
+    /// Whether the programs are attached to the configured cgroup right now.
+    pub fn set_cgroup_attached(&self, attached: bool) {
+        self.cgroup_attached.set(attached as i64);
+    }
+
+    /// `/healthz`: the daemon protects what it was told to, or why not.
+    pub fn health(&self) -> Result<(), &'static str> {
+        if self.cgroup_attached.get() == 1 {
+            Ok(())
+        } else {
+            Err("the configured cgroup does not exist: nothing is protected until it is created again")
         }
     }
 
@@ -189,14 +209,17 @@ impl Metrics {
             inc(&self.abandoned, &[name], now.abandoned, prev.abandoned);
             inc(&self.unwatched, &[name], now.unwatched, prev.unwatched);
         }
-        let open = self
-            .open_destinations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for s in [State::Open, State::HalfOpen] {
-            self.default_open
-                .with_label_values(&[s.name()])
-                .set(open.values().filter(|v| **v == s).count() as i64);
+        if let Some(destinations) = self.destinations.get() {
+            let counts = destinations.counts();
+            for (state, n) in [
+                (State::Closed, counts.closed),
+                (State::Open, counts.open),
+                (State::HalfOpen, counts.half_open),
+            ] {
+                self.default_open
+                    .with_label_values(&[state.name()])
+                    .set(n as i64);
+            }
         }
     }
 }

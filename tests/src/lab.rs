@@ -330,6 +330,20 @@ impl Lab {
         self.metrics_text_at(METRICS)
     }
 
+    /// The whole HTTP response (status line, headers, body) of the lab daemon's
+    /// listener to a GET of `path`.
+    pub fn http_get(&self, path: &str) -> anyhow::Result<String> {
+        let request = format!("GET {path} HTTP/1.0\r\nHost: breaker\r\n\r\n");
+        self.client.within(move || -> anyhow::Result<String> {
+            let mut s = TcpStream::connect_timeout(&METRICS.parse()?, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(request.as_bytes())?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })?
+    }
+
     /// The metrics text of a daemon listening on `addr` in the client namespace.
     pub fn metrics_text_at(&self, addr: &str) -> anyhow::Result<String> {
         let addr: SocketAddr = addr.parse()?;

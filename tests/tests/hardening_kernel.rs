@@ -237,6 +237,12 @@ open_duration = "60s"
         .wait_metric("breaker_cgroup_attached", &[], 0.0, Duration::from_secs(2))
         .unwrap();
     check(&lab, gone == 0.0, "the missing cgroup shows in the metrics");
+    let health = lab.http_get("/healthz").unwrap();
+    check(
+        &lab,
+        health.contains(" 503 ") && health.contains("cgroup does not exist"),
+        &format!("/healthz says so: {health}"),
+    );
     std::fs::create_dir(&lab.cgroup).unwrap();
     let recreated = Instant::now();
     let back = lab
@@ -260,6 +266,12 @@ open_duration = "60s"
         &lab,
         lab.daemon_log().contains("re-attached"),
         "the daemon says it re-attached",
+    );
+    let health = lab.http_get("/healthz").unwrap();
+    check(
+        &lab,
+        health.contains(" 200 "),
+        &format!("/healthz is ok again: {health}"),
     );
 }
 

@@ -585,7 +585,10 @@ fn a_config_file_is_read_up_to_a_limit() {
 #[test]
 fn the_readme_example_is_valid() {
     let readme = include_str!("../../../README.md");
-    let start = readme.find("```toml\n").expect("a toml block in the README") + 8;
+    let start = readme
+        .find("```toml\n")
+        .expect("a toml block in the README")
+        + 8;
     let block = &readme[start..];
     let block = &block[..block.find("```").expect("the block's end")];
     // Its cgroup is an example path that need not exist here; parse checks no paths.

@@ -112,10 +112,22 @@ fn connection(
         let (renderer, slots) = (renderer.clone(), slots.clone());
         async move {
             let _busy = Busy::new(slots, id);
+            if req.uri().path() == "/healthz" {
+                // Not healthy while the protected cgroup does not exist: nothing
+                // is protected then, whatever the breaker states say.
+                return match renderer.metrics.health() {
+                    Ok(()) => Response::builder().body(Full::new(Bytes::from_static(b"ok\n"))),
+                    Err(why) => Response::builder()
+                        .status(StatusCode::SERVICE_UNAVAILABLE)
+                        .body(Full::new(Bytes::from(format!("{why}\n")))),
+                };
+            }
             if req.uri().path() != "/metrics" {
                 return Response::builder()
                     .status(StatusCode::NOT_FOUND)
-                    .body(Full::new(Bytes::from_static(b"not found: try /metrics\n")));
+                    .body(Full::new(Bytes::from_static(
+                        b"not found: try /metrics or /healthz\n",
+                    )));
             }
             match renderer.body().await {
                 Some(body) => Response::builder()
