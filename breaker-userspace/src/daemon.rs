@@ -54,6 +54,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let names: Vec<String> = config.upstreams.iter().map(|u| u.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(&names));
     metrics.count_destinations_in(kernel.destinations());
+    metrics
+        .set_kernel_memory_estimate(config.kernel_memory_estimate(crate::config::possible_cpus()));
     let mut tasks = tokio::task::JoinSet::new();
     // A service restart removes the cgroup and makes a new one: attach again.
     let (cgroup_changes, mut cgroup_changed) = tokio::sync::mpsc::channel(4);

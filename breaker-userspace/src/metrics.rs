@@ -38,6 +38,7 @@ pub struct Metrics {
     /// The default policy's destinations in the kernel, counted at each scrape.
     destinations: std::sync::OnceLock<std::sync::Arc<DefaultDestinations>>,
     cgroup_attached: prometheus::IntGauge,
+    kernel_memory: prometheus::IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -79,6 +80,12 @@ impl Metrics {
                     .expect("a valid metric");
                 registry.register(Box::new(g.clone())).expect("metric registered once");
                 g.set(1);
+                g
+            },
+            kernel_memory: {
+                let g = prometheus::IntGauge::new("breaker_kernel_memory_estimate_bytes", "Kernel memory the config's BPF maps pin, estimated as check-config prints it; no process's RSS shows it.")
+                    .expect("a valid metric");
+                registry.register(Box::new(g.clone())).expect("metric registered once");
                 g
             },
             registry,
@@ -132,6 +139,11 @@ impl Metrics {
     /// Whether the programs are attached to the configured cgroup right now.
     pub fn set_cgroup_attached(&self, attached: bool) {
         self.cgroup_attached.set(attached as i64);
+    }
+
+    /// The kernel memory the config's maps pin, estimated (set once, at start).
+    pub fn set_kernel_memory_estimate(&self, bytes: u64) {
+        self.kernel_memory.set(bytes.min(i64::MAX as u64) as i64);
     }
 
     /// `/healthz`: the daemon protects what it was told to, or why not.

@@ -265,7 +265,8 @@ fn check_config_shows_the_cgroup_and_the_kernel_memory_and_warns_on_open_metrics
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{memory}"));
-    assert!((380.0..420.0).contains(&mib), "4 M destinations: {memory}");
+    // About 384 MiB for the LRU map, and as much again at most for tripped ones.
+    assert!((760.0..800.0).contains(&mib), "4 M destinations: {memory}");
     assert!(
         err.starts_with("warning: ") && err.contains("daemon.metrics_listen"),
         "{err}"

@@ -72,7 +72,7 @@ pub mod defaults {
 /// Largest config file read: real configs are a few KiB (100 000 endpoints are about
 /// 2 MiB); anything bigger is the wrong file, or `/dev/zero`.
 pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
-/// Largest `default_policy.max_destinations`: about 384 MiB of kernel memory (see
+/// Largest `default_policy.max_destinations`: about 384 MiB of kernel memory per map (see
 /// [`Config::kernel_memory_estimate`]), which no RSS shows; more is a typo, not a plan.
 pub const MAX_DESTINATIONS: u32 = 1 << 22;
 /// Longest probe_interval: beyond an hour an open breaker effectively never recovers.
