@@ -250,7 +250,10 @@ fn main() -> anyhow::Result<()> {
                 passed,
                 failed,
                 skipped,
-            } = cargo_test(&["test", "--workspace", "--all-targets"], &skip_log)?;
+            } = cargo_test(
+                &["test", "--workspace", "--all-targets", "--no-fail-fast"],
+                &skip_log,
+            )?;
             // One closing line for the whole suite, whichever test binary ran last.
             println!("{passed} passed, {failed} failed, {skipped} skipped");
             if failed > 0 {
