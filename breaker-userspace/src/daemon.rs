@@ -59,7 +59,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     // A service restart removes the cgroup and makes a new one: attach again.
     let (cgroup_changes, mut cgroup_changed) = tokio::sync::mpsc::channel(4);
-    match Identity::of(&cgroup) {
+    // The cgroup our links are on, and a new one we still have to attach to (an
+    // attach that failed is tried again every RETRY_ATTACH until it works).
+    let mut attached_to = Identity::of(&cgroup);
+    let mut to_attach: Option<Identity> = None;
+    let mut retry = tokio::time::interval(RETRY_ATTACH);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    match attached_to {
         Some(attached) => {
             let path = cgroup.clone();
             tasks.spawn(optional("cgroup watch", async move {
@@ -131,16 +137,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Some(change) = cgroup_changed.recv() => match change {
                 CgroupChange::Gone => {
                     metrics.set_cgroup_attached(false);
+                    to_attach = None;
                     tracing::warn!(cgroup = %cgroup.display(), "the cgroup is gone (a service stopped or restarting?): nothing to protect until it is created again");
                 }
-                CgroupChange::Recreated(_) => match kernel.attach(&cgroup) {
-                    Ok(()) => {
-                        metrics.set_cgroup_attached(true);
-                        tracing::info!(cgroup = %cgroup.display(), "the cgroup was created again: re-attached, every breaker's state kept");
-                    }
-                    Err(e) => tracing::error!(cgroup = %cgroup.display(), error = %e, "the cgroup was created again, but attaching to it failed: it is not protected"),
-                },
+                // Back to the cgroup our links are on: nothing to do.
+                CgroupChange::Recreated(id) if Some(id) == attached_to => {
+                    metrics.set_cgroup_attached(true);
+                    to_attach = None;
+                }
+                CgroupChange::Recreated(id) => {
+                    to_attach = Some(id);
+                    reattach(&mut kernel, &cgroup, &metrics, &mut to_attach, &mut attached_to);
+                }
             },
+            _ = retry.tick(), if to_attach.is_some() => {
+                // Only if the path still names the cgroup the attach was for.
+                if Identity::of(&cgroup) == to_attach {
+                    reattach(&mut kernel, &cgroup, &metrics, &mut to_attach, &mut attached_to);
+                } else {
+                    to_attach = None;
+                }
+            }
             Some(done) = tasks.join_next() => match done {
                 // An optional task ended; it said so where it ended.
                 Ok(Ok(())) => {}
@@ -153,6 +170,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drop(kernel);
     tracing::info!("breaker detached");
     outcome
+}
+
+/// How often an attach to a recreated cgroup that failed is tried again.
+const RETRY_ATTACH: Duration = Duration::from_secs(1);
+
+/// Attaches to the cgroup that `to_attach` names, now at `cgroup`. On failure
+/// nothing is protected, and the metrics and `/healthz` say so until a retry works.
+fn reattach(
+    kernel: &mut Kernel,
+    cgroup: &std::path::Path,
+    metrics: &Metrics,
+    to_attach: &mut Option<Identity>,
+    attached_to: &mut Option<Identity>,
+) {
+    match kernel.attach(cgroup) {
+        Ok(()) => {
+            metrics.set_cgroup_attached(true);
+            *attached_to = to_attach.take();
+            tracing::info!(cgroup = %cgroup.display(), "the cgroup was created again: re-attached, every breaker's state kept");
+        }
+        Err(e) => {
+            metrics.set_cgroup_attached(false);
+            tracing::error!(cgroup = %cgroup.display(), error = %e, "the cgroup was created again, but attaching to it failed: it is not protected; trying again every {RETRY_ATTACH:?}");
+        }
+    }
 }
 
 /// The probe scheduler may fail this many times within this long before the daemon

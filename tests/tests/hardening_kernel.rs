@@ -273,6 +273,37 @@ open_duration = "60s"
         health.contains(" 200 "),
         &format!("/healthz is ok again: {health}"),
     );
+    // A crash-looping service recreates its cgroup again and again: each re-attach
+    // replaces the previous links, so the daemon's descriptors do not grow.
+    let pid = lab.daemon_pid().expect("the daemon runs");
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    for _ in 0..5 {
+        std::fs::remove_dir(&lab.cgroup).unwrap();
+        lab.wait_metric("breaker_cgroup_attached", &[], 0.0, Duration::from_secs(2))
+            .unwrap();
+        std::fs::create_dir(&lab.cgroup).unwrap();
+        lab.wait_metric("breaker_cgroup_attached", &[], 1.0, Duration::from_secs(2))
+            .unwrap();
+    }
+    let after = fds();
+    check(
+        &lab,
+        after <= before + 1,
+        &format!("descriptors after 5 more recreations: {before} -> {after}"),
+    );
+    let still = lab
+        .client(&["--to", "10.77.0.2:81", "--count", "1"])
+        .unwrap();
+    check(
+        &lab,
+        still[0].errno == Some(libc::ECONNREFUSED) && rejected() == 4.0,
+        &format!("still rejected in the kernel after the recreations: {still:?}"),
+    );
 }
 
 #[test]

@@ -18,7 +18,10 @@ use std::{
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
-    programs::{links::CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps},
+    programs::{
+        cgroup_sock::CgroupSockLinkId, cgroup_sock_addr::CgroupSockAddrLinkId,
+        links::CgroupAttachMode, sock_ops::SockOpsLinkId, CgroupSock, CgroupSockAddr, SockOps,
+    },
     Ebpf, EbpfLoader,
 };
 use breaker_common::{
@@ -76,6 +79,8 @@ pub enum KernelError {
 /// Dropping it detaches everything.
 pub struct Kernel {
     ebpf: Ebpf,
+    /// The links of the current attachment, detached before the next one.
+    links: Option<Links>,
     states: Arc<StateTable>,
     counters: Arc<CounterTable>,
     destinations: Arc<DefaultDestinations>,
@@ -250,6 +255,7 @@ impl Kernel {
 
         Ok(Kernel {
             ebpf,
+            links: None,
             states: Arc::new(states),
             counters: Arc::new(CounterTable { map: counters }),
             destinations: Arc::new(destinations),
@@ -261,28 +267,27 @@ impl Kernel {
         self.destinations.clone()
     }
 
-    /// Attaches connect4, connect6, sock_ops and sock_release to `cgroup` as BPF links. Links always
+    /// Attaches connect4, connect6, sock_ops and sock_release to `cgroup` as BPF links,
+    /// all or none: a failure part way detaches what this call attached. Links always
     /// run beside other programs on the cgroup; `bpf_link_create` takes no multi flag
-    /// (aya passes the mode as its flags, so `Single`, i.e. 0).
+    /// (aya passes the mode as its flags, so `Single`, i.e. 0). Attaching again (to a
+    /// recreated cgroup) first detaches the previous links, so nothing leaks and no
+    /// cgroup runs our programs twice.
     pub fn attach(&mut self, cgroup: &Path) -> Result<(), KernelError> {
         let file = File::open(cgroup).map_err(|source| KernelError::Cgroup {
             path: cgroup.to_path_buf(),
             source,
         })?;
-        for name in [program_names::CONNECT4, program_names::CONNECT6] {
-            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            prog.attach(&file, CgroupAttachMode::Single)
-                .map_err(prog_err(name))?;
+        if let Some(old) = self.links.take() {
+            old.detach(&mut self.ebpf);
         }
-        let sock_ops: &mut SockOps = program(&mut self.ebpf, program_names::SOCK_OPS)?;
-        sock_ops
-            .attach(&file, CgroupAttachMode::Single)
-            .map_err(prog_err(program_names::SOCK_OPS))?;
-        // Last: it only cleans up after records the others write.
-        let release: &mut CgroupSock = program(&mut self.ebpf, program_names::SOCK_RELEASE)?;
-        release
-            .attach(&file, CgroupAttachMode::Single)
-            .map_err(prog_err(program_names::SOCK_RELEASE))?;
+        let mut links = Links::default();
+        let attached = links.attach_all(&mut self.ebpf, &file);
+        if attached.is_err() {
+            links.detach(&mut self.ebpf);
+            return attached;
+        }
+        self.links = Some(links);
         Ok(())
     }
 
@@ -308,6 +313,69 @@ impl Kernel {
     /// The aya-log reader, if the programs log.
     pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
         aya_log::EbpfLogger::init(&mut self.ebpf).ok()
+    }
+}
+
+/// The links of one attachment to a cgroup, each as it got attached.
+#[derive(Default)]
+struct Links {
+    connect4: Option<CgroupSockAddrLinkId>,
+    connect6: Option<CgroupSockAddrLinkId>,
+    sock_ops: Option<SockOpsLinkId>,
+    release: Option<CgroupSockLinkId>,
+}
+
+impl Links {
+    fn attach_all(&mut self, ebpf: &mut Ebpf, cgroup: &File) -> Result<(), KernelError> {
+        for (name, slot) in [
+            (program_names::CONNECT4, &mut self.connect4),
+            (program_names::CONNECT6, &mut self.connect6),
+        ] {
+            let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+            *slot = Some(
+                prog.attach(cgroup, CgroupAttachMode::Single)
+                    .map_err(prog_err(name))?,
+            );
+        }
+        let sock_ops: &mut SockOps = program(ebpf, program_names::SOCK_OPS)?;
+        self.sock_ops = Some(
+            sock_ops
+                .attach(cgroup, CgroupAttachMode::Single)
+                .map_err(prog_err(program_names::SOCK_OPS))?,
+        );
+        // Last: it only cleans up after records the others write.
+        let release: &mut CgroupSock = program(ebpf, program_names::SOCK_RELEASE)?;
+        self.release = Some(
+            release
+                .attach(cgroup, CgroupAttachMode::Single)
+                .map_err(prog_err(program_names::SOCK_RELEASE))?,
+        );
+        Ok(())
+    }
+
+    /// Detaches every link of this attachment; a link the kernel already dropped
+    /// (its cgroup is gone) is fine.
+    fn detach(self, ebpf: &mut Ebpf) {
+        for (name, link) in [
+            (program_names::CONNECT4, self.connect4),
+            (program_names::CONNECT6, self.connect6),
+        ] {
+            if let (Some(link), Ok(prog)) = (link, program::<CgroupSockAddr>(ebpf, name)) {
+                let _ = prog.detach(link);
+            }
+        }
+        if let (Some(link), Ok(prog)) = (
+            self.sock_ops,
+            program::<SockOps>(ebpf, program_names::SOCK_OPS),
+        ) {
+            let _ = prog.detach(link);
+        }
+        if let (Some(link), Ok(prog)) = (
+            self.release,
+            program::<CgroupSock>(ebpf, program_names::SOCK_RELEASE),
+        ) {
+            let _ = prog.detach(link);
+        }
     }
 }
 

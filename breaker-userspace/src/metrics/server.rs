@@ -53,7 +53,7 @@ pub async fn serve(
         metrics,
         counters,
         states,
-        last: tokio::sync::Mutex::new(None),
+        last: Arc::new(tokio::sync::Mutex::new(None)),
     });
     let slots = Arc::new(Slots::default());
     let mut accept_errors = RateLimited::new(LOG_EVERY);
@@ -300,32 +300,40 @@ struct Renderer {
     counters: Arc<CounterTable>,
     states: Arc<StateTable>,
     /// When the last render started, and its body.
-    last: tokio::sync::Mutex<Option<(Instant, Bytes)>>,
+    last: Arc<tokio::sync::Mutex<Option<(Instant, Bytes)>>>,
 }
 
 impl Renderer {
     /// A body rendered after this call began; `None` if rendering panicked.
     async fn body(&self) -> Option<Bytes> {
         let asked = Instant::now();
-        let mut last = self.last.lock().await;
+        let mut last = self.last.clone().lock_owned().await;
         if let Some((started, body)) = last.as_ref() {
             if *started >= asked {
                 return Some(body.clone());
             }
         }
-        let started = Instant::now();
         let (metrics, counters, states) = (
             self.metrics.clone(),
             self.counters.clone(),
             self.states.clone(),
         );
-        // Rendering reads every counter and encodes every series: off the async workers.
-        let body = tokio::task::spawn_blocking(move || metrics.render(&counters, &states))
-            .await
-            .ok()?;
-        let body = Bytes::from(body);
-        *last = Some((started, body.clone()));
-        Some(body)
+        // The render keeps the lock to its end, even when the scraper that asked for
+        // it goes away: renders never pile up, whatever scrapers do.
+        let render = tokio::spawn(async move {
+            let started = Instant::now();
+            // Rendering reads every counter and map and encodes every series: off the
+            // async workers.
+            let body = tokio::task::spawn_blocking(move || metrics.render(&counters, &states))
+                .await
+                .ok()
+                .map(Bytes::from);
+            if let Some(body) = &body {
+                *last = Some((started, body.clone()));
+            }
+            body
+        });
+        render.await.ok().flatten()
     }
 }
 
