@@ -177,18 +177,23 @@ fn expire(
     };
     if let Some((prev, step)) = states.update(id, expire) {
         if let Some((from, to)) = step.transition(prev) {
-            crate::events::record(
-                metrics,
-                &Transition {
-                    upstream: id,
-                    from,
-                    to,
-                    cause: cause_name(CAUSE_OPEN_EXPIRED),
-                    dest: None,
-                },
-            );
+            transition(metrics, id, from, to, cause_name(CAUSE_OPEN_EXPIRED));
         }
     }
+}
+
+/// Logs and counts a transition the daemon made.
+fn transition(metrics: &Metrics, upstream: u32, from: State, to: State, cause: &'static str) {
+    crate::events::record(
+        metrics,
+        &Transition {
+            upstream,
+            from,
+            to,
+            cause,
+            dest: None,
+        },
+    );
 }
 
 /// One probe of `upstream`, its result applied to the kernel state.
@@ -227,20 +232,15 @@ async fn probe_and_apply(
         // A probe that finds OPEN expired moves it to HALF_OPEN first.
         let expired = machine::expire_open(prev, now, &thresholds);
         for (from, to, why) in [
-            (prev.state(), expired.state(), "open_expired"),
+            (
+                prev.state(),
+                expired.state(),
+                cause_name(CAUSE_OPEN_EXPIRED),
+            ),
             (expired.state(), step.next.state(), cause_name(cause)),
         ] {
             if from != to {
-                crate::events::record(
-                    metrics,
-                    &Transition {
-                        upstream: id,
-                        from,
-                        to,
-                        cause: why,
-                        dest: None,
-                    },
-                );
+                transition(metrics, id, from, to, why);
             }
         }
     }

@@ -181,28 +181,3 @@ pub fn parse_attempts(stdout: &str) -> anyhow::Result<Vec<Attempt>> {
         .map(|l| serde_json::from_str(l).map_err(|e| anyhow::anyhow!("bad client line {l:?}: {e}")))
         .collect()
 }
-
-/// Opens `count` connects to distinct destinations from `base` (a /16: 65 536
-/// addresses, then the next port) and closes each at once, without waiting. Fills the
-/// default policy's per-destination map the way a busy host would.
-pub fn fill(base: std::net::Ipv4Addr, count: u32) -> std::io::Result<u32> {
-    let base = u32::from(base);
-    let mut opened = 0;
-    for i in 0..count {
-        let addr = std::net::Ipv4Addr::from(base + (i % 65_536));
-        let port = 1000 + (i / 65_536) as u16;
-        let socket = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
-        socket.set_nonblocking(true)?;
-        let _ = socket.set_linger(Some(Duration::ZERO));
-        match socket.connect(&SocketAddr::new(addr.into(), port).into()) {
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => opened += 1,
-            Ok(()) => opened += 1,
-            Err(_) => {}
-        }
-    }
-    Ok(opened)
-}

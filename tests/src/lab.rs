@@ -240,22 +240,7 @@ impl Lab {
     /// Starts the daemon with `config` (see [`Lab::write_config`]) and waits until it serves metrics.
     pub fn start_daemon(&mut self, config: &str) -> anyhow::Result<()> {
         let path = self.write_config(config)?;
-        let log = std::fs::File::create(self.daemon_log_path())?;
-        let child = self
-            .client
-            .command(&self.breaker_bin)
-            .arg("run")
-            .arg("--config")
-            .arg(&path)
-            .env(
-                "RUST_LOG",
-                // breaker::breaker is the kernel programs' aya-log output.
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,breaker::breaker=debug".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting the breaker daemon")?;
+        let child = self.spawn_breaker_run(&path, &self.daemon_log_path())?;
         self.daemon = Some(child);
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
@@ -276,6 +261,24 @@ impl Lab {
             "breaker daemon did not serve metrics within 15 s:\n{}",
             self.daemon_log()
         )
+    }
+
+    /// `breaker run --config CONFIG` in the client namespace, logging to `log`.
+    fn spawn_breaker_run(&self, config: &Path, log: &Path) -> anyhow::Result<Child> {
+        self.client
+            .command(&self.breaker_bin)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env(
+                "RUST_LOG",
+                // breaker::breaker is the kernel programs' aya-log output.
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,breaker::breaker=debug".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log)?)
+            .spawn()
+            .context("starting a breaker daemon")
     }
 
     /// `breaker calibrate`: empty programs on the lab cgroup while the guard lives.
@@ -501,16 +504,7 @@ impl Lab {
             ),
         )?;
         let log = self.work.join(format!("{name}.log"));
-        let child = self
-            .client
-            .command(&self.breaker_bin)
-            .arg("run")
-            .arg("--config")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .context("starting another breaker daemon")?;
+        let child = self.spawn_breaker_run(&path, &log)?;
         let other = OtherDaemon {
             child,
             log,

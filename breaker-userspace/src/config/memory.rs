@@ -63,13 +63,23 @@ fn lpm_trie(entries: u32, data: usize, value: usize) -> u64 {
     MAP_OVERHEAD + u64::from(entries) * 2 * node
 }
 
+/// The entries each config-sized map gets: what `Kernel::load` sizes the maps
+/// with, and what the memory estimate counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Upstream ids: the default policy's 0 and one per configured upstream.
+    pub slots: u32,
+    /// Single-address endpoints (ENDPOINTS_EXACT), at least 1.
+    pub exact: u32,
+    /// Prefix or any-port endpoints per family (ENDPOINTS_V4 / _V6), at least 1.
+    pub v4: u32,
+    pub v6: u32,
+    /// DEFAULT_STATES and DEFAULT_TRIPPED.
+    pub destinations: u32,
+}
+
 impl Config {
-    /// Bytes of kernel memory the maps of this config pin, estimated (see the
-    /// module's doc), with `possible_cpus` for the per-CPU counters. Pure: the
-    /// daemon passes [`possible_cpus`].
-    pub fn kernel_memory_estimate(&self, possible_cpus: u32) -> u64 {
-        // The same sizes as Kernel::load gives the maps.
-        let slots = self.upstreams.len() as u32 + 1;
+    pub fn map_sizes(&self) -> MapSizes {
         let (mut exact, mut v4, mut v6) = (0u32, 0u32, 0u32);
         for ep in self.upstreams.iter().flat_map(|u| &u.endpoints) {
             match (ep.single_address(), ep.net) {
@@ -78,10 +88,30 @@ impl Config {
                 (None, IpNet::V6(_)) => v6 += 1,
             }
         }
-        let destinations = self
-            .default_policy
-            .as_ref()
-            .map_or(1, |d| d.max_destinations);
+        // A map needs at least one entry, even when the config leaves it empty.
+        MapSizes {
+            slots: self.upstreams.len() as u32 + 1,
+            exact: exact.max(1),
+            v4: v4.max(1),
+            v6: v6.max(1),
+            destinations: self
+                .default_policy
+                .as_ref()
+                .map_or(1, |d| d.max_destinations),
+        }
+    }
+
+    /// Bytes of kernel memory the maps of this config pin, estimated (see the
+    /// module's doc), with `possible_cpus` for the per-CPU counters. Pure: the
+    /// daemon passes [`possible_cpus`].
+    pub fn kernel_memory_estimate(&self, possible_cpus: u32) -> u64 {
+        let MapSizes {
+            slots,
+            exact,
+            v4,
+            v6,
+            destinations,
+        } = self.map_sizes();
         let u32_size = size_of::<u32>();
         [
             array(1, size_of::<Settings>()),

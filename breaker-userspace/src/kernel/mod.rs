@@ -178,28 +178,17 @@ impl Kernel {
     /// Loads the programs with maps sized for `config` and writes the config into them.
     pub fn load(config: &Config) -> Result<Kernel, KernelError> {
         raise_memlock_limit();
-        let slots = config.upstreams.len() as u32 + 1;
-        let (mut exact, mut v4, mut v6) = (0u32, 0u32, 0u32);
-        for ep in config.upstreams.iter().flat_map(|u| &u.endpoints) {
-            match (ep.single_address(), ep.net) {
-                (Some(_), _) => exact += 1,
-                (None, IpNet::V4(_)) => v4 += 1,
-                (None, IpNet::V6(_)) => v6 += 1,
-            }
-        }
-        let destinations = config
-            .default_policy
-            .as_ref()
-            .map_or(1, |d| d.max_destinations);
+        let sizes = config.map_sizes();
+        let slots = sizes.slots;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::POLICIES, slots)
             .map_max_entries(map_names::UPSTREAM_STATES, slots)
             .map_max_entries(map_names::COUNTERS, slots)
-            .map_max_entries(map_names::ENDPOINTS_EXACT, exact.max(1))
-            .map_max_entries(map_names::ENDPOINTS_V4, v4.max(1))
-            .map_max_entries(map_names::ENDPOINTS_V6, v6.max(1))
-            .map_max_entries(map_names::DEFAULT_STATES, destinations)
-            .map_max_entries(map_names::DEFAULT_TRIPPED, destinations)
+            .map_max_entries(map_names::ENDPOINTS_EXACT, sizes.exact)
+            .map_max_entries(map_names::ENDPOINTS_V4, sizes.v4)
+            .map_max_entries(map_names::ENDPOINTS_V6, sizes.v6)
+            .map_max_entries(map_names::DEFAULT_STATES, sizes.destinations)
+            .map_max_entries(map_names::DEFAULT_TRIPPED, sizes.destinations)
             .map_max_entries(map_names::SOCKET_RECORDS, SOCKET_RECORD_SLOTS)
             .load(EBPF_OBJECT)
             .map_err(KernelError::Load)?;

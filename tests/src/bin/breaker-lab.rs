@@ -53,13 +53,6 @@ struct ConnectArgs {
 enum Cmd {
     /// Connect to an address repeatedly, printing one JSON line per attempt.
     Connect(ConnectArgs),
-    /// Start (and at once abandon) connects to COUNT distinct destinations in BASE/16.
-    Fill {
-        #[arg(long)]
-        base: std::net::Ipv4Addr,
-        #[arg(long)]
-        count: u32,
-    },
     /// Run the self-contained demo (needs root).
     Demo,
     /// Run the benchmarks and write BENCHMARKS.md and plots (needs root).
@@ -106,11 +99,6 @@ fn main() -> anyhow::Result<()> {
                 }
             });
             let _ = stdout.lock().unwrap_or_else(|e| e.into_inner()).flush();
-            Ok(())
-        }
-        Cmd::Fill { base, count } => {
-            let opened = client::fill(base, count)?;
-            println!("{opened}");
             Ok(())
         }
         Cmd::Demo => breaker_lab::demo::run(),
