@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod client;
 pub mod demo;
+pub mod icmp_router;
 pub mod lab;
 pub mod metrics;
 pub mod netns;

@@ -1,13 +1,16 @@
 //! The breaker under conditions a host really has: only answers from the network
-//! count as failures (an RST, a SYN timeout, the kernel giving up; not an
-//! application giving up), two breaker instances share sockets, and the protected cgroup
+//! count as failures (an RST, an ICMP error, a SYN timeout, the kernel giving up;
+//! not an application giving up), two breaker instances share sockets, and the protected cgroup
 //! is removed and created again by a service restart.
 use std::{
     path::PathBuf,
     time::{Duration, Instant},
 };
 
+use etherparse::icmpv4::DestUnreachableHeader;
+
 use breaker_lab::{
+    icmp_router,
     lab::Lab,
     testing::{check, outcomes},
 };
@@ -40,6 +43,8 @@ fn only_answers_from_the_network_count_as_failures() {
             upstream("patient", "10.77.9.1:80"),
             upstream("impatient", "10.77.9.2:80"),
             upstream("gaveup", "10.77.9.3:80"),
+            upstream("icmp-host", "10.77.8.1:80"),
+            upstream("icmp-port", "10.77.8.129:80"),
         ]
         .concat(),
     )
@@ -83,6 +88,38 @@ fn only_answers_from_the_network_count_as_failures() {
         "150",
     ])
     .unwrap();
+    // Routers an RTT away answering with ICMP errors: one failure each, never
+    // abandoned, although the client sees the error at once and closes.
+    let rtt = Duration::from_millis(2);
+    icmp_router::start(
+        &lab.client,
+        "brkhost",
+        "10.77.8.0/25",
+        DestUnreachableHeader::Host,
+        rtt,
+    )
+    .unwrap();
+    icmp_router::start(
+        &lab.client,
+        "brkport",
+        "10.77.8.128/25",
+        DestUnreachableHeader::Port,
+        rtt,
+    )
+    .unwrap();
+    for (to, errno) in [
+        ("10.77.8.1:80", libc::EHOSTUNREACH),
+        ("10.77.8.129:80", libc::ECONNREFUSED),
+    ] {
+        let got = lab
+            .client(&["--to", to, "--count", "1", "--timeout-ms", "3000"])
+            .unwrap();
+        check(
+            &lab,
+            got[0].errno == Some(errno) && got[0].latency_us < 500_000.0,
+            &format!("ICMP error from a router: {got:?}"),
+        );
+    }
     // A blackhole until the kernel gives up (one SYN retry): one timeout, not two.
     lab.client_sysctl("net/ipv4/tcp_syn_retries", "1").unwrap();
     let gaveup = lab
@@ -112,6 +149,10 @@ fn only_answers_from_the_network_count_as_failures() {
         ("gaveup abandoned", abandoned("gaveup"), 0.0),
         ("patient abandoned", abandoned("patient"), 0.0),
         ("rst abandoned", abandoned("rst"), 0.0),
+        ("icmp-host", failures("icmp-host", "refused"), 1.0),
+        ("icmp-host abandoned", abandoned("icmp-host"), 0.0),
+        ("icmp-port", failures("icmp-port", "refused"), 1.0),
+        ("icmp-port abandoned", abandoned("icmp-port"), 0.0),
     ];
     let wrong: Vec<String> = table
         .iter()
