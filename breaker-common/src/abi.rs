@@ -25,6 +25,81 @@ pub mod map_names {
     pub const SOCKET_RECORDS: &str = "SOCKET_RECORDS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const EVENTS: &str = "EVENTS";
+    pub const UPSTREAM_NAMES: &str = "UPSTREAM_NAMES";
+    pub const PIN_METADATA: &str = "PIN_METADATA";
+    pub const DAEMON_HEARTBEAT: &str = "DAEMON_HEARTBEAT";
+}
+
+/// The layout of every map that outlives a daemon (pinned and adopted by the next
+/// one: states, counters, destinations, socket records, names, metadata,
+/// heartbeat). Bump it when any of their key or value types changes: a daemon
+/// refuses pins of another ABI rather than misread them.
+pub const ABI_VERSION: u32 = 1;
+
+/// Longest upstream name (the config refuses longer ones), so a name fits in
+/// [`UpstreamName`].
+pub const UPSTREAM_NAME_MAX: usize = 120;
+
+/// `UPSTREAM_NAMES` value: the name an upstream id belongs to, so that a restarted
+/// or reloaded daemon gives each upstream back its id, and with it its state word
+/// and counters. `len` 0: the id is free.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpstreamName {
+    pub len: u32,
+    pub _pad: u32,
+    pub bytes: [u8; UPSTREAM_NAME_MAX],
+}
+
+impl Default for UpstreamName {
+    fn default() -> Self {
+        UpstreamName {
+            len: 0,
+            _pad: 0,
+            bytes: [0; UPSTREAM_NAME_MAX],
+        }
+    }
+}
+
+impl UpstreamName {
+    /// `None` when `name` is longer than [`UPSTREAM_NAME_MAX`].
+    pub fn new(name: &str) -> Option<UpstreamName> {
+        let src = name.as_bytes();
+        if src.len() > UPSTREAM_NAME_MAX {
+            return None;
+        }
+        let mut out = UpstreamName {
+            len: src.len() as u32,
+            ..Default::default()
+        };
+        out.bytes[..src.len()].copy_from_slice(src);
+        Some(out)
+    }
+
+    /// The name's bytes (empty for a free id).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..(self.len as usize).min(UPSTREAM_NAME_MAX)]
+    }
+}
+
+/// `PIN_METADATA`'s single entry: who made the pinned maps and links, and for
+/// which cgroup. Written by the daemon at each load; `bpftool map dump` shows it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PinMetadata {
+    /// [`ABI_VERSION`] of the binary that created the maps.
+    pub abi_version: u32,
+    /// Pid of the daemon that last loaded programs onto these maps.
+    pub pid: u32,
+    /// When that was, in seconds since the Unix epoch.
+    pub loaded_at_unix: u64,
+    /// Identity (device, inode) of the cgroup the pinned links are attached to.
+    pub cgroup_dev: u64,
+    pub cgroup_ino: u64,
+    /// First 16 bytes of the SHA-256 of the config file it loaded.
+    pub config_digest: [u8; 16],
+    /// The binary's version, NUL-padded ASCII.
+    pub binary_version: [u8; 32],
 }
 
 /// Program names as the eBPF object exports them; short enough for the kernel's

@@ -104,6 +104,31 @@ pub struct Thresholds {
     pub trial_lease_ms: u32,
 }
 
+/// The daemon counts as gone when its heartbeat is older than this: it beats
+/// every probe-scheduler pass (20 ms), so only a dead or stuck daemon misses it.
+pub const DAEMON_AWAY_MS: u32 = 3_000;
+
+/// Whether the daemon is gone: its newest heartbeat (`beat_ms`, 0 before the first)
+/// is older than [`DAEMON_AWAY_MS`] at `now_ms`. Both wrap, like `since_ms`.
+#[inline(always)]
+pub const fn daemon_away(beat_ms: u32, now_ms: u32) -> bool {
+    beat_ms == 0 || now_ms.wrapping_sub(beat_ms) > DAEMON_AWAY_MS
+}
+
+impl Thresholds {
+    /// The thresholds to use while no daemon probes: HALF_OPEN admits at least one
+    /// application trial, so a breaker whose recovery is probe-driven can still
+    /// close (and is never held shut by a daemon that is not there).
+    #[inline(always)]
+    pub const fn without_daemon(self) -> Thresholds {
+        let mut t = self;
+        if t.half_open_max_connections == 0 {
+            t.half_open_max_connections = 1;
+        }
+        t
+    }
+}
+
 /// The packed per-upstream state. See the module docs for the layout.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(transparent)]

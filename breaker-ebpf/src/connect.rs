@@ -11,13 +11,13 @@ use breaker_common::{
         IPPROTO_TCP, POLICY_FALLBACK_V4, POLICY_FALLBACK_V6, RECORD_TRIAL, RECORD_WATCHED,
     },
     dest::v4_mapped,
-    machine::{abandon, admit, Admission, BreakerWord, State},
+    machine::{self, abandon, admit, Admission, State},
 };
 
 use crate::{
     breaker::{count, jiffies, now_ms, Breaker},
     destination,
-    maps::SETTINGS,
+    maps::{DAEMON_HEARTBEAT, SETTINGS},
     probe_mark::is_probe_socket,
     record,
 };
@@ -90,17 +90,20 @@ fn enforce<const V6_HOOK: bool>(
     };
     breaker.count(|c| c.attempts += 1);
     let thresholds = breaker.policy.thresholds();
-    // CLOSED, the common case, needs no clock: admit reads it only when not CLOSED.
-    let clock = |w: BreakerWord| {
-        if w.state() == State::Closed {
-            0
-        } else {
-            now_ms()
-        }
-    };
     // Contention beyond the retry bound: fail open.
     let admission = breaker
-        .update(ctx, CAUSE_OPEN_EXPIRED, |w| admit(w, clock(w), &thresholds))
+        .update(ctx, CAUSE_OPEN_EXPIRED, |w| {
+            // CLOSED, the common case, needs neither the clock nor the heartbeat.
+            if w.state() == State::Closed {
+                return admit(w, 0, &thresholds);
+            }
+            let now = now_ms();
+            if daemon_away(now) {
+                admit(w, now, &thresholds.without_daemon())
+            } else {
+                admit(w, now, &thresholds)
+            }
+        })
         .unwrap_or(Admission::Pass);
     match admission {
         Admission::Pass => {
@@ -119,6 +122,14 @@ fn enforce<const V6_HOOK: bool>(
         }
         Admission::Reject => Ok(reject::<V6_HOOK>(ctx, &breaker, &dest)),
     }
+}
+
+/// Whether the daemon's heartbeat is stale (or the map unreadable: then no daemon
+/// can be relied on to probe either).
+#[inline(always)]
+fn daemon_away(now: u32) -> bool {
+    let beat = DAEMON_HEARTBEAT.get(0).map_or(0, |b| *b as u32);
+    machine::daemon_away(beat, now)
 }
 
 /// Writes this connect's record, so sock_ops reports its outcome. Without one

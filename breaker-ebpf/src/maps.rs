@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use breaker_common::abi::{
-    BreakerCell, Counters, DestKey, EndpointV4, EndpointV6, Settings, SocketRecord, UpstreamPolicy,
+    BreakerCell, Counters, DestKey, EndpointV4, EndpointV6, PinMetadata, Settings, SocketRecord,
+    UpstreamName, UpstreamPolicy,
 };
 
 /// Global settings (probe mark, default policy on/off). Written by the daemon.
@@ -67,3 +68,21 @@ pub static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0)
 /// State transitions, to the daemon.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// When the daemon last showed it is alive (monotonic ms, wrapping; 0 never).
+/// Written by the daemon's probe scheduler through an mmap (hence MMAPABLE); read
+/// by the connect hooks, which let application trials through HALF_OPEN while no
+/// daemon probes.
+#[map]
+pub static DAEMON_HEARTBEAT: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Upstream id -> the upstream's name, so a restarted or reloaded daemon gives
+/// each upstream its id (and state and counters) back. Written and read by the
+/// daemon only; lives here so that it is created, pinned and sized with the rest.
+#[map]
+pub static UPSTREAM_NAMES: Array<UpstreamName> = Array::with_max_entries(1, 0);
+
+/// Who made the pinned maps and links (ABI version, binary, config digest,
+/// cgroup). Written and read by the daemon only.
+#[map]
+pub static PIN_METADATA: Array<PinMetadata> = Array::with_max_entries(1, 0);

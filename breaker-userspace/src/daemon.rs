@@ -9,11 +9,10 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::{
     cgroup,
-    config::{Config, Upstream},
+    config::Config,
     kernel::{
-        upstream_id,
         watch::{watch, CgroupChange, Identity},
-        Kernel,
+        Kernel, PinFolder,
     },
     metrics::Metrics,
 };
@@ -25,6 +24,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Before attaching: from then on no signal a daemon is expected to get kills it with
     // the default action, and a failure here leaves nothing attached.
     let mut signals = Signals::register().context("installing the signal handlers")?;
+    // One daemon per pin folder: a second one fails here, naming the first.
+    let pins = PinFolder::new(&config.daemon.pin_path);
+    let _lock = pins.prepare_and_lock()?;
     // Bind before attaching, so a busy port leaves nothing attached.
     let listen = config.daemon.metrics_listen;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -38,7 +40,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let listener = Arc::new(listener);
 
-    let mut kernel = Kernel::load(&config)?;
+    let mut kernel = Kernel::load(&config, &pins)?;
     let logger = kernel.take_logger();
     let events = kernel.take_events()?;
     kernel.attach(&cgroup)?;
@@ -47,11 +49,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         upstreams = config.upstreams.len(),
         default_policy = config.default_policy.is_some(),
         metrics = %format!("http://{listen}/metrics"),
+        pins = %pins.root().display(),
         "breaker attached"
     );
 
     // What happens when each task ends (ARCHITECTURE.md, "What ends the daemon").
-    let names: Vec<String> = config.upstreams.iter().map(|u| u.name.clone()).collect();
+    let upstreams = kernel.upstreams(&config);
+    let names: Vec<(u32, String)> = upstreams
+        .iter()
+        .map(|(id, u)| (*id, u.name.clone()))
+        .collect();
     let metrics = Arc::new(Metrics::new(&names));
     metrics.count_destinations_in(kernel.destinations());
     metrics
@@ -101,16 +108,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Ok(())
         }
     }));
-    let upstreams: Vec<(u32, Upstream)> = config
-        .upstreams
-        .iter()
-        .enumerate()
-        .map(|(i, up)| (upstream_id(i), up.clone()))
-        .collect();
-    let (states, prober_metrics, mark) =
-        (kernel.states(), metrics.clone(), config.daemon.probe_mark);
-    // Without probes an OPEN upstream never closes again: past the restart budget,
-    // detaching (fail open) is better than holding healthy upstreams shut.
+    let (states, prober_metrics, mark, heartbeat) = (
+        kernel.states(),
+        metrics.clone(),
+        config.daemon.probe_mark,
+        kernel.heartbeat(),
+    );
+    // Past the restart budget the daemon exits: its heartbeat stops, and the
+    // kernel lets application trials close the breakers instead of probes.
     tasks.spawn(restarting(
         "probe scheduler",
         Some(PROBE_RESTARTS),
@@ -120,6 +125,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 mark,
                 states.clone(),
                 prober_metrics.clone(),
+                heartbeat.clone(),
             );
             async move {
                 probe.await;
@@ -131,7 +137,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let outcome = loop {
         tokio::select! {
             why = signals.stop() => {
-                tracing::info!("{why}: detaching");
+                tracing::info!("{why}: stopping");
                 break Ok(());
             }
             Some(change) = cgroup_changed.recv() => match change {
@@ -168,7 +174,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     tasks.abort_all();
     drop(kernel);
-    tracing::info!("breaker detached");
+    tracing::info!(pins = %pins.root().display(), "daemon stopped; the programs stay attached and keep enforcing (pinned): `breaker uninstall` removes them");
     outcome
 }
 
@@ -232,7 +238,7 @@ where
             ends.push_back(now);
             if ends.len() > n as usize {
                 anyhow::bail!(
-                    "the {name} {why}; that is {} times within {}, so it is not restarted: detaching (fail open)",
+                    "the {name} {why}; that is {} times within {}, so it is not restarted: exiting (while no daemon runs, application connects are let through as trials: fail open)",
                     ends.len(),
                     humantime::format_duration(window)
                 );

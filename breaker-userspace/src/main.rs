@@ -35,6 +35,13 @@ enum Command {
         /// The TOML configuration file.
         config: PathBuf,
     },
+    /// Remove every program, link, map and pin a daemon left attached (stop the
+    /// daemon first): afterwards nothing of breaker runs in the kernel.
+    Uninstall {
+        /// The pin folder (the config's `daemon.pin_path`).
+        #[arg(long, env = "BREAKER_PIN_PATH", default_value = breaker::config::defaults::PIN_PATH)]
+        pin_path: PathBuf,
+    },
 }
 
 /// Exit status for a configuration the daemon refuses.
@@ -58,6 +65,41 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Calibrate { cgroup } => calibrate(&cgroup),
+        Command::Uninstall { pin_path } => uninstall(&pin_path),
+    }
+}
+
+/// `breaker uninstall`: removes the pins, which detaches and frees everything.
+fn uninstall(pin_path: &std::path::Path) -> ExitCode {
+    let bpffs = std::path::Path::new(breaker::config::defaults::BPFFS);
+    if !pin_path.starts_with(bpffs) || pin_path == bpffs {
+        eprintln!(
+            "error: --pin-path {} must be a folder inside {}",
+            pin_path.display(),
+            bpffs.display()
+        );
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    }
+    match breaker::kernel::PinFolder::new(pin_path).uninstall() {
+        Ok(removed) if removed.is_empty() => {
+            println!("nothing to remove at {}", pin_path.display());
+            ExitCode::SUCCESS
+        }
+        Ok(removed) => {
+            for path in &removed {
+                println!("removed {}", path.display());
+            }
+            println!(
+                "removed {} pins at {}: no breaker program is attached from there any more",
+                removed.len(),
+                pin_path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -18,8 +18,8 @@ const STATES: [State; 3] = [State::Closed, State::Open, State::HalfOpen];
 
 pub struct Metrics {
     registry: Registry,
-    /// Upstream id -> name; id 0 is "default".
-    names: Vec<String>,
+    /// Upstream id -> name, by id; id 0 is "default".
+    names: Vec<(u32, String)>,
     state: IntGaugeVec,
     transitions: IntCounterVec,
     attempts: IntCounterVec,
@@ -58,11 +58,15 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGau
 }
 
 impl Metrics {
-    /// `names[i]` is the name of upstream id `i + 1`.
-    pub fn new(names: &[String]) -> Metrics {
+    /// `names`: each configured upstream's id and name.
+    pub fn new(names: &[(u32, String)]) -> Metrics {
         let registry = Registry::new();
+        let mut names: Vec<(u32, String)> = std::iter::once((0, "default".to_string()))
+            .chain(names.iter().cloned())
+            .collect();
+        names.sort_unstable_by_key(|(id, _)| *id);
         let m = Metrics {
-            names: std::iter::once("default".to_string()).chain(names.iter().cloned()).collect(),
+            names,
             state: gauge(&registry, "breaker_state", "1 for the state each configured upstream's breaker is in, 0 for the others.", &["upstream", "state"]),
             transitions: counter(&registry, "breaker_transitions_total", "Breaker state transitions.", &["upstream", "from", "to"]),
             attempts: counter(&registry, "breaker_connect_attempts_total", "TCP connects to the upstream seen by the connect hooks.", &["upstream"]),
@@ -92,7 +96,7 @@ impl Metrics {
             last: Mutex::new(HashMap::new()),
             destinations: std::sync::OnceLock::new(),
         };
-        for name in &m.names {
+        for (_, name) in &m.names {
             for reason in ["refused", "timeout"] {
                 m.failures.with_label_values(&[name, reason]);
             }
@@ -118,9 +122,8 @@ impl Metrics {
 
     pub fn upstream_name(&self, id: u32) -> &str {
         self.names
-            .get(id as usize)
-            .map(String::as_str)
-            .unwrap_or("unknown")
+            .binary_search_by_key(&id, |(id, _)| *id)
+            .map_or("unknown", |i| self.names[i].1.as_str())
     }
 
     /// Counts one transition; `dest` is set for default-policy breakers.
@@ -174,8 +177,8 @@ impl Metrics {
 
     fn refresh(&self, counters: &CounterTable, states: &StateTable) {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        for (id, name) in self.names.iter().enumerate() {
-            let id = id as u32;
+        for (id, name) in &self.names {
+            let id = *id;
             if id != 0 {
                 if let Some(word) = states.load(id) {
                     for s in STATES {
@@ -243,7 +246,7 @@ mod tests {
     /// Series that exist before any scrape: dashboards and tests can rely on them.
     #[test]
     fn every_upstream_has_its_counters_from_the_start() {
-        let m = Metrics::new(&["api".to_string()]);
+        let m = Metrics::new(&[(1, "api".to_string())]);
         let families = m.registry.gather();
         let has = |name: &str, upstream: &str| {
             families.iter().any(|f| {

@@ -111,6 +111,7 @@ pub async fn run(
     mark: u32,
     states: Arc<StateTable>,
     metrics: Arc<Metrics>,
+    heartbeat: Arc<crate::state::Heartbeat>,
 ) {
     use std::sync::atomic::Ordering;
     let mut probed: Vec<Probed> = upstreams
@@ -127,6 +128,9 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        // Each pass tells the kernel a daemon is probing: while this is fresh,
+        // HALF_OPEN waits for probes rather than letting applications try.
+        heartbeat.beat();
         let now = now_ms();
         for p in &mut probed {
             let Some(word) = states.load(p.id) else {

@@ -41,6 +41,13 @@ impl StateTable {
             .map(|c| BreakerWord(c.load(std::sync::atomic::Ordering::Acquire)))
     }
 
+    /// Frees upstream `id`'s word: CLOSED, epoch 0 (its upstream left the config).
+    pub fn reset(&self, id: u32) {
+        if let Some(cell) = self.cell(id) {
+            cell.store(0, std::sync::atomic::Ordering::Release);
+        }
+    }
+
     /// Applies one state-machine step to upstream `id`, as the kernel programs do.
     pub fn update<T: Copy>(
         &self,
@@ -48,6 +55,28 @@ impl StateTable {
         f: impl FnMut(BreakerWord) -> Step<T>,
     ) -> Option<(BreakerWord, Step<T>)> {
         machine::update(self.cell(id)?, f)
+    }
+}
+
+/// The daemon's heartbeat in `DAEMON_HEARTBEAT`, mmapped: while it is fresh the
+/// connect hooks leave HALF_OPEN to the daemon's probes; once stale they let
+/// application trials through (`machine::daemon_away`).
+pub struct Heartbeat {
+    table: StateTable,
+}
+
+impl Heartbeat {
+    pub(crate) fn map(map: MapData) -> std::io::Result<Heartbeat> {
+        Ok(Heartbeat {
+            table: StateTable::map(map, 1)?,
+        })
+    }
+
+    /// Now, as the kernel's clock reads it.
+    pub fn beat(&self) {
+        if let Some(cell) = self.table.cell(0) {
+            cell.store(u64::from(now_ms()), std::sync::atomic::Ordering::Release);
+        }
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Lab {
     pub cgroup: PathBuf,
     /// A sibling cgroup the breaker is never attached to: the A/B baseline.
     pub bare_cgroup: PathBuf,
+    /// The daemon's pin folder (bpffs), removed with the lab.
+    pub pins: PathBuf,
     work: PathBuf,
     breaker_bin: PathBuf,
     lab_bin: PathBuf,
@@ -74,12 +76,14 @@ impl Lab {
         let cgroup = cgroup2.join(format!("breaker-lab-{id}"));
         let bare_cgroup = cgroup2.join(format!("breaker-lab-{id}-bare"));
         let work = std::env::temp_dir().join(format!("breaker-lab-{id}"));
+        let pins = PathBuf::from(format!("/sys/fs/bpf/breaker-lab-{id}"));
         let mut lab = Lab {
             client,
             upstream,
             void,
             cgroup,
             bare_cgroup,
+            pins,
             work,
             breaker_bin: find_breaker_bin()?,
             lab_bin: lab_bin.to_path_buf(),
@@ -220,12 +224,16 @@ impl Lab {
     /// Writes `body` as a config attached to the lab cgroup, with metrics on [`METRICS`].
     pub fn write_config(&self, body: &str) -> anyhow::Result<PathBuf> {
         let path = self.work.join("breaker.toml");
-        let has_daemon = body.contains("[daemon]");
+        let pin_path = format!("pin_path = {:?}\n", self.pins.display().to_string());
         let mut text = format!("cgroup = {:?}\n", self.cgroup.display().to_string());
-        if !has_daemon {
-            text.push_str(&format!("[daemon]\nmetrics_listen = {METRICS:?}\n"));
+        if body.contains("[daemon]\n") {
+            text.push_str(&body.replacen("[daemon]\n", &format!("[daemon]\n{pin_path}"), 1));
+        } else {
+            text.push_str(&format!(
+                "[daemon]\nmetrics_listen = {METRICS:?}\n{pin_path}"
+            ));
+            text.push_str(body);
         }
-        text.push_str(body);
         std::fs::write(&path, text)?;
         Ok(path)
     }
@@ -310,13 +318,66 @@ impl Lab {
         std::fs::read_to_string(self.daemon_log_path()).unwrap_or_default()
     }
 
-    /// Stops the daemon with SIGTERM; returns its exit status.
+    /// Stops the daemon with SIGTERM and removes its pins, so nothing of it stays
+    /// attached (as before a test's next daemon); returns its exit status.
     pub fn stop_daemon(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let status = self.signal_daemon(nix::sys::signal::Signal::SIGTERM)?;
+        let _ = breaker::kernel::PinFolder::new(&self.pins).uninstall();
+        Ok(status)
+    }
+
+    /// Runs `breaker ARGS` in the client namespace until it exits (killed after
+    /// `within`, which then is an error): for a command expected to end, such as a
+    /// daemon that must refuse to start.
+    pub fn breaker_output(
+        &self,
+        args: &[&str],
+        within: Duration,
+    ) -> anyhow::Result<std::process::Output> {
+        let mut child = self
+            .client
+            .command(&self.breaker_bin)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting breaker")?;
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if child.try_wait()?.is_some() {
+                return Ok(child.wait_with_output()?);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output()?;
+        bail!(
+            "breaker {args:?} was still running after {within:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// `breaker uninstall` on the lab's pins, through the real binary.
+    pub fn uninstall(&self) -> anyhow::Result<std::process::Output> {
+        Command::new(&self.breaker_bin)
+            .arg("uninstall")
+            .arg("--pin-path")
+            .arg(&self.pins)
+            .output()
+            .context("running breaker uninstall")
+    }
+
+    /// Sends the daemon `signal` and waits for it to exit (SIGKILL after 5 s); its
+    /// pins, and so its programs, stay. Returns its exit status.
+    pub fn signal_daemon(
+        &mut self,
+        signal: nix::sys::signal::Signal,
+    ) -> anyhow::Result<Option<std::process::ExitStatus>> {
         let Some(mut child) = self.daemon.take() else {
             return Ok(None);
         };
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(pid, signal);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Some(status) = child.try_wait()? {
@@ -483,6 +544,7 @@ pub struct OtherDaemon {
     child: Child,
     pub log: PathBuf,
     pub metrics: String,
+    pins: PathBuf,
 }
 
 impl Lab {
@@ -496,11 +558,13 @@ impl Lab {
         body: &str,
     ) -> anyhow::Result<OtherDaemon> {
         let path = self.work.join(format!("{name}.toml"));
+        let pins = PathBuf::from(format!("{}-{name}", self.pins.display()));
         std::fs::write(
             &path,
             format!(
-                "cgroup = {:?}\n[daemon]\nmetrics_listen = {metrics:?}\n{body}",
-                cgroup.display().to_string()
+                "cgroup = {:?}\n[daemon]\nmetrics_listen = {metrics:?}\npin_path = {:?}\n{body}",
+                cgroup.display().to_string(),
+                pins.display().to_string()
             ),
         )?;
         let log = self.work.join(format!("{name}.log"));
@@ -509,6 +573,7 @@ impl Lab {
             child,
             log,
             metrics: metrics.to_string(),
+            pins,
         };
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
@@ -540,6 +605,7 @@ impl Drop for OtherDaemon {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let _ = self.child.wait();
+        let _ = breaker::kernel::PinFolder::new(&self.pins).uninstall();
     }
 }
 

@@ -891,7 +891,7 @@ probe = { address = "[fd77::2]:82" }
 }
 
 #[test]
-fn sigterm_detaches_everything_and_exits_cleanly() {
+fn sigterm_leaves_protection_in_place_until_uninstall() {
     let Some(mut lab) = lab("detach") else { return };
     lab.start_daemon(
         r#"
@@ -917,23 +917,52 @@ open_duration = "1h"
         held.iter().all(|a| a.outcome == "refused"),
         &format!("still held back: {held:?}"),
     );
-    // ...until the daemon is stopped: then nothing of it is left in the kernel.
-    let status = lab.stop_daemon().unwrap().expect("the daemon was running");
+    // ...also once the daemon is stopped: the pinned programs keep enforcing.
+    let status = lab
+        .signal_daemon(nix::sys::signal::Signal::SIGTERM)
+        .unwrap()
+        .expect("the daemon was running");
     assert!(
         status.success(),
         "clean exit on SIGTERM: {status}\n{}",
         lab.daemon_log()
     );
     assert!(
-        lab.daemon_log().contains("breaker detached"),
+        lab.daemon_log().contains("the programs stay attached"),
         "{}",
         lab.daemon_log()
     );
+    let stopped = lab
+        .client(&["--to", "10.77.0.2:81", "--count", "2", "--http"])
+        .unwrap();
+    check(
+        &lab,
+        stopped.iter().all(|a| a.outcome == "refused"),
+        &format!("still held back with no daemon: {stopped:?}"),
+    );
+    // `breaker uninstall` removes every pin, and with them the programs.
+    let out = lab.uninstall().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for pin in [
+        "links/brk_connect4",
+        "links/brk_sock_ops",
+        "maps/UPSTREAM_STATES",
+    ] {
+        assert!(stdout.contains(pin), "uninstall names {pin}: {stdout}");
+    }
+    assert!(!lab.pins.exists(), "the pin folder is gone");
     let after = lab
         .client(&["--to", "10.77.0.2:81", "--count", "3", "--http"])
         .unwrap();
     assert!(
         after.iter().all(|a| a.body.as_deref() == Some("back")),
-        "connects reach the upstream once the daemon is gone: {after:?}"
+        "connects reach the upstream once breaker is uninstalled: {after:?}"
+    );
+    let again = lab.uninstall().unwrap();
+    assert!(
+        again.status.success()
+            && String::from_utf8_lossy(&again.stdout).contains("nothing to remove"),
+        "{again:?}"
     );
 }

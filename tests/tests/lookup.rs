@@ -6,7 +6,7 @@ use std::path::Path;
 
 use breaker::{
     config::Config,
-    kernel::{upstream_id, Kernel},
+    kernel::{Kernel, PinFolder},
 };
 use breaker_lab::privileges;
 
@@ -94,6 +94,15 @@ fn config_text(case: &Case) -> String {
     text
 }
 
+/// Removes its pin folder when dropped.
+struct Pins(PinFolder);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = self.0.uninstall();
+    }
+}
+
 #[test]
 fn kernel_lookup_resolves_each_destination_to_its_upstream() {
     if !privileges::should_run("kernel_lookup") {
@@ -103,13 +112,19 @@ fn kernel_lookup_resolves_each_destination_to_its_upstream() {
     for case in CASES {
         let config = Config::parse(Path::new("lookup.toml"), &config_text(case))
             .unwrap_or_else(|e| panic!("{}: {e}", case.what));
-        let mut kernel = Kernel::load(&config).expect("loading the programs");
+        // Pins of its own, removed at the end of the case.
+        let pins = Pins(PinFolder::new(format!(
+            "/sys/fs/bpf/breaker-lookup-{}",
+            std::process::id()
+        )));
+        let lock = pins.0.prepare_and_lock().expect("a pin folder");
+        let mut kernel = Kernel::load(&config, &pins.0).expect("loading the programs");
+        drop(lock);
+        let upstreams = kernel.upstreams(&config);
         let name_of = |id: u32| {
-            config
-                .upstreams
+            upstreams
                 .iter()
-                .enumerate()
-                .find(|(i, _)| upstream_id(*i) == id)
+                .find(|(i, _)| *i == id)
                 .map(|(_, u)| u.name.clone())
         };
         for (dest, want) in case.expect {

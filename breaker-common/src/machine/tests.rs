@@ -447,3 +447,51 @@ fn the_lease_counts_from_the_newest_trial_not_from_an_idle_half_open() {
     let renewed = admit(first.next, late + t.trial_lease_ms, &t);
     assert!(matches!(renewed.result, Admission::Trial { .. }));
 }
+
+#[test]
+fn a_probe_driven_breaker_admits_one_trial_once_the_daemon_is_gone() {
+    let probe_driven = Thresholds {
+        half_open_max_connections: 0,
+        ..T
+    };
+    let half_open = expire_open(trip(1_000), 1_000 + T.open_duration_ms, &T);
+    assert_eq!(half_open.state(), State::HalfOpen);
+    let now = 1_000 + T.open_duration_ms + 1;
+    // With a daemon: probes decide, applications are rejected.
+    assert_eq!(
+        admit(half_open, now, &probe_driven).result,
+        Admission::Reject
+    );
+    // Without one: trials go through, one at a time, and their successes close it.
+    let alone = probe_driven.without_daemon();
+    let mut w = half_open;
+    for _ in 0..alone.success_threshold {
+        let step = admit(w, now, &alone);
+        let Admission::Trial { epoch } = step.result else {
+            panic!("no trial without a daemon: {:?}", step.result)
+        };
+        assert_eq!(admit(step.next, now, &alone).result, Admission::Reject);
+        let success = Outcome {
+            success: true,
+            trial_epoch: Some(epoch),
+        };
+        w = record(step.next, success, now, &alone).next;
+    }
+    assert_eq!(w.state(), State::Closed);
+    // A configured trial budget is kept as it is.
+    let two = Thresholds {
+        half_open_max_connections: 2,
+        ..T
+    };
+    assert_eq!(two.without_daemon(), two);
+}
+
+#[test]
+fn the_daemon_is_away_after_its_heartbeat_goes_stale_across_the_wrap() {
+    assert!(daemon_away(0, 5), "never beat");
+    assert!(!daemon_away(1_000, 1_000 + DAEMON_AWAY_MS));
+    assert!(daemon_away(1_000, 1_000 + DAEMON_AWAY_MS + 1));
+    let beat = u32::MAX - 10;
+    assert!(!daemon_away(beat, beat.wrapping_add(DAEMON_AWAY_MS)));
+    assert!(daemon_away(beat, beat.wrapping_add(DAEMON_AWAY_MS + 1)));
+}

@@ -10,7 +10,8 @@
 use std::mem::size_of;
 
 use breaker_common::abi::{
-    BreakerCell, Counters, DestKey, EndpointV4, EndpointV6, Settings, SocketRecord, UpstreamPolicy,
+    BreakerCell, Counters, DestKey, EndpointV4, EndpointV6, PinMetadata, Settings, SocketRecord,
+    UpstreamName, UpstreamPolicy,
 };
 use ipnet::IpNet;
 
@@ -67,7 +68,9 @@ fn lpm_trie(entries: u32, data: usize, value: usize) -> u64 {
 /// with, and what the memory estimate counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapSizes {
-    /// Upstream ids: the default policy's 0 and one per configured upstream.
+    /// Upstream ids: the default policy's 0 and one per configured upstream, with
+    /// room to spare (a power of two, at least [`MIN_UPSTREAM_SLOTS`]), so that a
+    /// reload or restart can add upstreams to the pinned maps.
     pub slots: u32,
     /// Single-address endpoints (ENDPOINTS_EXACT), at least 1.
     pub exact: u32,
@@ -76,6 +79,17 @@ pub struct MapSizes {
     pub v6: u32,
     /// DEFAULT_STATES and DEFAULT_TRIPPED.
     pub destinations: u32,
+}
+
+/// The fewest upstream ids the maps are made with.
+pub const MIN_UPSTREAM_SLOTS: u32 = 64;
+
+/// Upstream ids for `upstreams` configured upstreams and the default policy.
+pub fn upstream_slots(upstreams: usize) -> u32 {
+    (upstreams as u32 + 1)
+        .checked_next_power_of_two()
+        .unwrap_or(u32::MAX)
+        .max(MIN_UPSTREAM_SLOTS)
 }
 
 impl Config {
@@ -90,7 +104,7 @@ impl Config {
         }
         // A map needs at least one entry, even when the config leaves it empty.
         MapSizes {
-            slots: self.upstreams.len() as u32 + 1,
+            slots: upstream_slots(self.upstreams.len()),
             exact: exact.max(1),
             v4: v4.max(1),
             v6: v6.max(1),
@@ -127,6 +141,9 @@ impl Config {
             hash_map(destinations, size_of::<DestKey>(), size_of::<BreakerCell>()),
             array(SOCKET_RECORD_SLOTS, size_of::<SocketRecord>()),
             per_cpu_array(slots, size_of::<Counters>(), possible_cpus),
+            array(slots, size_of::<UpstreamName>()),
+            array(1, size_of::<PinMetadata>()),
+            array(1, size_of::<u64>()).next_multiple_of(PAGE),
             MAP_OVERHEAD + EVENTS_BYTES,
         ]
         .into_iter()
@@ -179,7 +196,7 @@ mod tests {
         let c = config("[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\n");
         assert_eq!(
             c.kernel_memory_estimate(3) - c.kernel_memory_estimate(2),
-            2 * round8(size_of::<Counters>())
+            u64::from(c.map_sizes().slots) * round8(size_of::<Counters>())
         );
     }
 }

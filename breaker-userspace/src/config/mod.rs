@@ -18,7 +18,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 pub use endpoint::{unmap_v4_addr, Endpoint, EndpointParseError};
-pub use memory::possible_cpus;
+pub use memory::{possible_cpus, MapSizes};
 
 /// Where a config went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +64,9 @@ pub mod defaults {
     pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
     pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
     pub const METRICS_LISTEN: &str = "127.0.0.1:9464";
+    /// Where bpffs is mounted; pin folders live inside it.
+    pub const BPFFS: &str = "/sys/fs/bpf";
+    pub const PIN_PATH: &str = "/sys/fs/bpf/breaker";
     /// "brk" in ASCII.
     pub const PROBE_MARK: u32 = 0x0062_726b;
     pub const DEFAULT_POLICY_MAX_DESTINATIONS: u32 = 65_536;
@@ -130,6 +133,8 @@ pub struct DefaultPolicy {
 pub struct Daemon {
     pub metrics_listen: SocketAddr,
     pub probe_mark: u32,
+    /// The bpffs folder that holds every pinned map and link.
+    pub pin_path: PathBuf,
 }
 
 /// A validated configuration.
@@ -160,6 +165,7 @@ struct RawConfig {
 struct RawDaemon {
     metrics_listen: Option<String>,
     probe_mark: Option<u32>,
+    pin_path: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
@@ -410,9 +416,40 @@ impl Check<'_> {
                 "must not be 0: unmarked sockets would bypass the breaker",
             );
         }
+        let pin_path = raw
+            .pin_path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(defaults::PIN_PATH));
+        if !pin_path.is_absolute() || !pin_path.starts_with(defaults::BPFFS) {
+            return self.fail(
+                "daemon.pin_path",
+                format!(
+                    "{} must be an absolute path under {}, the bpf filesystem",
+                    pin_path.display(),
+                    defaults::BPFFS
+                ),
+            );
+        }
+        if pin_path.components().any(|c| {
+            matches!(
+                c,
+                std::path::Component::ParentDir | std::path::Component::CurDir
+            )
+        }) || pin_path == Path::new(defaults::BPFFS)
+        {
+            return self.fail(
+                "daemon.pin_path",
+                format!(
+                    "{} must name a folder of its own inside {} (no '.' or '..'): uninstall removes all of it",
+                    pin_path.display(),
+                    defaults::BPFFS
+                ),
+            );
+        }
         Ok(Daemon {
             metrics_listen,
             probe_mark,
+            pin_path,
         })
     }
 
@@ -461,13 +498,17 @@ impl Check<'_> {
         seen: &mut Seen,
     ) -> Result<(), ConfigError> {
         if name.is_empty()
+            || name.len() > breaker_common::abi::UPSTREAM_NAME_MAX
             || !name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
             return self.fail(
                 format!("upstream[{i}].name"),
-                format!("{name:?} must be non-empty ASCII letters, digits, '-', '_' or '.'"),
+                format!(
+                    "{name:?} must be 1 to {} ASCII letters, digits, '-', '_' or '.'",
+                    breaker_common::abi::UPSTREAM_NAME_MAX
+                ),
             );
         }
         if name == "default" {

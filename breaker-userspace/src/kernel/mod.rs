@@ -5,7 +5,14 @@
 //!   measured with a BPF program.
 //! - [`resolve`]: the kernel's own destination lookup, run under BPF_PROG_TEST_RUN.
 //! - [`watch`]: the attached cgroup, watched for a removal and a new cgroup.
+//! - [`pins`]: the bpffs folder where maps and links outlive the daemon.
+//! - [`links`]: attaching through pinned links, or swapping the programs under
+//!   them.
+//! - [`ids`]: upstream ids by name, kept across restarts and reloads.
 mod hz;
+mod ids;
+mod links;
+pub mod pins;
 mod resolve;
 pub mod watch;
 
@@ -17,18 +24,15 @@ use std::{
 };
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
-    programs::{
-        cgroup_sock::CgroupSockLinkId, cgroup_sock_addr::CgroupSockAddrLinkId,
-        links::CgroupAttachMode, sock_ops::SockOpsLinkId, CgroupSock, CgroupSockAddr, SockOps,
-    },
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray, RingBuf},
+    programs::{links::CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps},
     Ebpf, EbpfLoader,
 };
 use breaker_common::{
     abi::{
-        map_names, program_names, BreakerCell, Counters, DestKey, EndpointV4, EndpointV6, Settings,
-        UpstreamPolicy, DEFAULT_UPSTREAM_ID, POLICY_FALLBACK_V4, POLICY_FALLBACK_V6,
-        PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6,
+        map_names, program_names, BreakerCell, Counters, DestKey, EndpointV4, EndpointV6,
+        PinMetadata, Settings, UpstreamPolicy, ABI_VERSION, DEFAULT_UPSTREAM_ID,
+        POLICY_FALLBACK_V4, POLICY_FALLBACK_V6, PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6,
     },
     dest::{endpoint_prefix_len, port_ne},
     machine::{BreakerWord, State, Thresholds},
@@ -36,9 +40,10 @@ use breaker_common::{
 use ipnet::IpNet;
 
 use crate::{
-    config::{Config, Endpoint, Policy},
-    state::StateTable,
+    config::{Config, Endpoint, Policy, Upstream},
+    state::{Heartbeat, StateTable},
 };
+pub use pins::{PinError, PinFolder};
 
 /// The compiled kernel programs, embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/breaker"));
@@ -73,17 +78,33 @@ pub enum KernelError {
     Mmap(#[source] std::io::Error),
     #[error("the destination lookup test run failed: {0}")]
     TestRun(String),
+    #[error(transparent)]
+    Pins(#[from] PinError),
+    #[error("pinning {what} at {path}: {source}")]
+    Pin {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("upstream ids: {0}")]
+    Ids(String),
 }
 
-/// Loaded (and, after [`Kernel::attach`], attached) programs and their maps.
-/// Dropping it detaches everything.
+/// Loaded (and, after [`Kernel::attach`], attached) programs and their maps, all
+/// pinned. Dropping it detaches nothing: the pinned links keep the programs
+/// attached until `breaker uninstall`.
 pub struct Kernel {
     ebpf: Ebpf,
-    /// The links of the current attachment, detached before the next one.
-    links: Option<Links>,
+    pins: PinFolder,
+    /// Config upstream `i` has id `ids[i]`.
+    ids: Vec<u32>,
+    /// Ids whose upstream left the config: cleared once the new programs run.
+    freed: Vec<u32>,
     states: Arc<StateTable>,
     counters: Arc<CounterTable>,
     destinations: Arc<DefaultDestinations>,
+    heartbeat: Arc<Heartbeat>,
 }
 
 /// The default policy's per-destination breakers, as the kernel holds them: what
@@ -169,33 +190,83 @@ const _: () = assert!(SOCKET_RECORD_SLOTS.is_power_of_two());
 /// slot may be taken over.
 const RECORD_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// Upstream ids: 0 is the default policy, configured upstreams follow in config order.
-pub fn upstream_id(index: usize) -> u32 {
-    index as u32 + 1
-}
+/// Maps that outlive a daemon: pinned, and adopted by the next one, which finds
+/// each upstream's state word and counters where it left them.
+const KEPT_MAPS: [&str; 8] = [
+    map_names::UPSTREAM_STATES,
+    map_names::COUNTERS,
+    map_names::UPSTREAM_NAMES,
+    map_names::DEFAULT_STATES,
+    map_names::DEFAULT_TRIPPED,
+    map_names::SOCKET_RECORDS,
+    map_names::PIN_METADATA,
+    map_names::DAEMON_HEARTBEAT,
+];
+
+/// Maps made anew from the config at each load, so the programs swapped in see a
+/// complete config from their first run; pinned too, for a person to inspect.
+const FRESH_MAPS: [&str; 6] = [
+    map_names::SETTINGS,
+    map_names::ENDPOINTS_EXACT,
+    map_names::ENDPOINTS_V4,
+    map_names::ENDPOINTS_V6,
+    map_names::POLICIES,
+    map_names::EVENTS,
+];
 
 impl Kernel {
-    /// Loads the programs with maps sized for `config` and writes the config into them.
-    pub fn load(config: &Config) -> Result<Kernel, KernelError> {
+    /// Loads the programs with maps sized for `config`, adopting the maps pinned in
+    /// `pins` (state, counters, names) when a daemon left them, and writes the
+    /// config into fresh maps. Nothing is attached yet.
+    pub fn load(config: &Config, pins: &PinFolder) -> Result<Kernel, KernelError> {
         raise_memlock_limit();
-        let sizes = config.map_sizes();
+        let mut sizes = config.map_sizes();
+        let adopted = check_pins(pins, &mut sizes)?;
         let slots = sizes.slots;
-        let mut ebpf = EbpfLoader::new()
+        let kept_sizes = [
+            (map_names::UPSTREAM_STATES, slots),
+            (map_names::COUNTERS, slots),
+            (map_names::UPSTREAM_NAMES, slots),
+            (map_names::DEFAULT_STATES, sizes.destinations),
+            (map_names::DEFAULT_TRIPPED, sizes.destinations),
+            (map_names::SOCKET_RECORDS, SOCKET_RECORD_SLOTS),
+        ];
+        let kept_paths: Vec<(&str, PathBuf)> = KEPT_MAPS
+            .iter()
+            .map(|name| (*name, pins.map(name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(map_names::POLICIES, slots)
-            .map_max_entries(map_names::UPSTREAM_STATES, slots)
-            .map_max_entries(map_names::COUNTERS, slots)
             .map_max_entries(map_names::ENDPOINTS_EXACT, sizes.exact)
             .map_max_entries(map_names::ENDPOINTS_V4, sizes.v4)
-            .map_max_entries(map_names::ENDPOINTS_V6, sizes.v6)
-            .map_max_entries(map_names::DEFAULT_STATES, sizes.destinations)
-            .map_max_entries(map_names::DEFAULT_TRIPPED, sizes.destinations)
-            .map_max_entries(map_names::SOCKET_RECORDS, SOCKET_RECORD_SLOTS)
-            .load(EBPF_OBJECT)
-            .map_err(KernelError::Load)?;
+            .map_max_entries(map_names::ENDPOINTS_V6, sizes.v6);
+        for (name, size) in kept_sizes {
+            loader.map_max_entries(name, size);
+        }
+        for (name, path) in &kept_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(KernelError::Load)?;
+        if adopted {
+            tracing::info!(pins = %pins.root().display(), "adopted the pinned maps: every breaker's state and counters carry on");
+        }
 
         let hz = hz::kernel_hz(&mut ebpf);
         tracing::debug!(hz, "kernel tick rate, for trial SYN timeouts");
-        write_config(&mut ebpf, config, hz)?;
+        let (ids, freed) = ids::assign(&mut ebpf, config, slots)?;
+        write_config(&mut ebpf, config, hz, &ids)?;
+        write_metadata(&mut ebpf, config)?;
+        for name in FRESH_MAPS {
+            let path = pins.map(name);
+            let _ = std::fs::remove_file(&path);
+            let map = ebpf.map(name).ok_or(KernelError::MissingMap { name })?;
+            map.pin(&path).map_err(|source| KernelError::Pin {
+                what: name,
+                path,
+                source,
+            })?;
+        }
 
         let states_map =
             ebpf.take_map(map_names::UPSTREAM_STATES)
@@ -242,13 +313,40 @@ impl Kernel {
             .load()
             .map_err(prog_err(program_names::SOCK_RELEASE))?;
 
+        let heartbeat = match ebpf.take_map(map_names::DAEMON_HEARTBEAT) {
+            Some(Map::Array(data)) => Heartbeat::map(data).map_err(KernelError::Mmap)?,
+            _ => {
+                return Err(KernelError::MissingMap {
+                    name: map_names::DAEMON_HEARTBEAT,
+                })
+            }
+        };
+        heartbeat.beat();
+
         Ok(Kernel {
             ebpf,
-            links: None,
+            pins: pins.clone(),
+            ids,
+            freed,
             states: Arc::new(states),
             counters: Arc::new(CounterTable { map: counters }),
             destinations: Arc::new(destinations),
+            heartbeat: Arc::new(heartbeat),
         })
+    }
+
+    /// The configured upstreams with their ids, in config order.
+    pub fn upstreams(&self, config: &Config) -> Vec<(u32, Upstream)> {
+        self.ids
+            .iter()
+            .copied()
+            .zip(config.upstreams.iter().cloned())
+            .collect()
+    }
+
+    /// Where the daemon shows the programs it is alive.
+    pub fn heartbeat(&self) -> Arc<Heartbeat> {
+        self.heartbeat.clone()
     }
 
     /// The default policy's destinations, read from the kernel.
@@ -256,27 +354,39 @@ impl Kernel {
         self.destinations.clone()
     }
 
-    /// Attaches connect4, connect6, sock_ops and sock_release to `cgroup` as BPF links,
-    /// all or none: a failure part way detaches what this call attached. Links always
-    /// run beside other programs on the cgroup; `bpf_link_create` takes no multi flag
-    /// (aya passes the mode as its flags, so `Single`, i.e. 0). Attaching again (to a
-    /// recreated cgroup) first detaches the previous links, so nothing leaks and no
-    /// cgroup runs our programs twice.
+    /// Makes connect4, connect6, sock_ops and sock_release run on `cgroup` through
+    /// the pinned links: when the pins hold links on this very cgroup, the programs
+    /// under them are swapped for these (no moment without a program); otherwise
+    /// new links are made, all or none, and pinned in place of the old ones (which
+    /// detach as their pins go). Then the ids of removed upstreams are cleared.
     pub fn attach(&mut self, cgroup: &Path) -> Result<(), KernelError> {
         let file = File::open(cgroup).map_err(|source| KernelError::Cgroup {
             path: cgroup.to_path_buf(),
             source,
         })?;
-        if let Some(old) = self.links.take() {
-            old.detach(&mut self.ebpf);
+        let identity = std::fs::metadata(cgroup)
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                (m.dev(), m.ino())
+            })
+            .map_err(|source| KernelError::Cgroup {
+                path: cgroup.to_path_buf(),
+                source,
+            })?;
+        let mut meta = read_metadata(&mut self.ebpf)?;
+        let same_cgroup = (meta.cgroup_dev, meta.cgroup_ino) == identity;
+        let swapped = same_cgroup && links::swap(&mut self.ebpf, &self.pins).is_ok();
+        if !swapped {
+            links::attach_and_pin(&mut self.ebpf, &self.pins, &file)?;
         }
-        let mut links = Links::default();
-        let attached = links.attach_all(&mut self.ebpf, &file);
-        if attached.is_err() {
-            links.detach(&mut self.ebpf);
-            return attached;
+        meta.cgroup_dev = identity.0;
+        meta.cgroup_ino = identity.1;
+        let mut map: Array<_, PinMetadata> = typed_map(&mut self.ebpf, map_names::PIN_METADATA)?;
+        map.set(0, meta, 0)
+            .map_err(map_err(map_names::PIN_METADATA))?;
+        for id in std::mem::take(&mut self.freed) {
+            ids::clear(&mut self.ebpf, &self.states, id)?;
         }
-        self.links = Some(links);
         Ok(())
     }
 
@@ -302,69 +412,6 @@ impl Kernel {
     /// The aya-log reader, if the programs log.
     pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
         aya_log::EbpfLogger::init(&mut self.ebpf).ok()
-    }
-}
-
-/// The links of one attachment to a cgroup, each as it got attached.
-#[derive(Default)]
-struct Links {
-    connect4: Option<CgroupSockAddrLinkId>,
-    connect6: Option<CgroupSockAddrLinkId>,
-    sock_ops: Option<SockOpsLinkId>,
-    release: Option<CgroupSockLinkId>,
-}
-
-impl Links {
-    fn attach_all(&mut self, ebpf: &mut Ebpf, cgroup: &File) -> Result<(), KernelError> {
-        for (name, slot) in [
-            (program_names::CONNECT4, &mut self.connect4),
-            (program_names::CONNECT6, &mut self.connect6),
-        ] {
-            let prog: &mut CgroupSockAddr = program(ebpf, name)?;
-            *slot = Some(
-                prog.attach(cgroup, CgroupAttachMode::Single)
-                    .map_err(prog_err(name))?,
-            );
-        }
-        let sock_ops: &mut SockOps = program(ebpf, program_names::SOCK_OPS)?;
-        self.sock_ops = Some(
-            sock_ops
-                .attach(cgroup, CgroupAttachMode::Single)
-                .map_err(prog_err(program_names::SOCK_OPS))?,
-        );
-        // Last: it only cleans up after records the others write.
-        let release: &mut CgroupSock = program(ebpf, program_names::SOCK_RELEASE)?;
-        self.release = Some(
-            release
-                .attach(cgroup, CgroupAttachMode::Single)
-                .map_err(prog_err(program_names::SOCK_RELEASE))?,
-        );
-        Ok(())
-    }
-
-    /// Detaches every link of this attachment; a link the kernel already dropped
-    /// (its cgroup is gone) is fine.
-    fn detach(self, ebpf: &mut Ebpf) {
-        for (name, link) in [
-            (program_names::CONNECT4, self.connect4),
-            (program_names::CONNECT6, self.connect6),
-        ] {
-            if let (Some(link), Ok(prog)) = (link, program::<CgroupSockAddr>(ebpf, name)) {
-                let _ = prog.detach(link);
-            }
-        }
-        if let (Some(link), Ok(prog)) = (
-            self.sock_ops,
-            program::<SockOps>(ebpf, program_names::SOCK_OPS),
-        ) {
-            let _ = prog.detach(link);
-        }
-        if let (Some(link), Ok(prog)) = (
-            self.release,
-            program::<CgroupSock>(ebpf, program_names::SOCK_RELEASE),
-        ) {
-            let _ = prog.detach(link);
-        }
     }
 }
 
@@ -410,7 +457,8 @@ where
     prog.try_into().map_err(prog_err(name))
 }
 
-fn write_config(ebpf: &mut Ebpf, config: &Config, hz: u32) -> Result<(), KernelError> {
+fn write_config(ebpf: &mut Ebpf, config: &Config, hz: u32, ids: &[u32]) -> Result<(), KernelError> {
+    let upstream_id = |i: usize| ids[i];
     let mut policies: Array<_, UpstreamPolicy> = typed_map(ebpf, map_names::POLICIES)?;
     if let Some(d) = &config.default_policy {
         policies
@@ -481,6 +529,96 @@ fn write_config(ebpf: &mut Ebpf, config: &Config, hz: u32) -> Result<(), KernelE
     map.set(0, settings, 0)
         .map_err(map_err(map_names::SETTINGS))?;
     Ok(())
+}
+
+/// Checks what a previous daemon pinned before anything is loaded onto it: its ABI,
+/// and that the kept maps fit this config. Returns whether there is anything to
+/// adopt. Upstream slots adopt the pinned size (it has room for more upstreams);
+/// default-policy maps of another size are dropped and made anew (their
+/// destinations trip again on their next failures: fail open).
+fn check_pins(pins: &PinFolder, sizes: &mut crate::config::MapSizes) -> Result<bool, KernelError> {
+    let meta_path = pins.map(map_names::PIN_METADATA);
+    if !meta_path.exists() {
+        // Nothing, or the leftovers of a first start that died before it finished.
+        for name in KEPT_MAPS {
+            let _ = std::fs::remove_file(pins.map(name));
+        }
+        return Ok(false);
+    }
+    let meta = MapData::from_pin(&meta_path)
+        .ok()
+        .and_then(|data| Array::<MapData, PinMetadata>::try_from(Map::Array(data)).ok())
+        .and_then(|array| array.get(&0, 0).ok())
+        .unwrap_or_default();
+    if meta.abi_version != ABI_VERSION {
+        return Err(PinError::Abi {
+            path: pins.root().to_path_buf(),
+            found: meta.abi_version,
+            ours: ABI_VERSION,
+            version: binary_version(&meta),
+        }
+        .into());
+    }
+    let pinned = |name: &str| {
+        MapInfo::from_pin(pins.map(name))
+            .ok()
+            .map(|i| i.max_entries())
+    };
+    if let Some(slots) = pinned(map_names::UPSTREAM_STATES) {
+        if slots < sizes.slots {
+            return Err(PinError::TooSmall {
+                path: pins.root().to_path_buf(),
+                name: map_names::UPSTREAM_STATES,
+                pinned: slots,
+                wanted: sizes.slots,
+            }
+            .into());
+        }
+        sizes.slots = slots;
+    }
+    for name in [map_names::DEFAULT_STATES, map_names::DEFAULT_TRIPPED] {
+        if pinned(name).is_some_and(|n| n != sizes.destinations) {
+            tracing::warn!(map = name, "default_policy.max_destinations changed: the default policy's destinations start over");
+            let _ = std::fs::remove_file(pins.map(name));
+        }
+    }
+    Ok(true)
+}
+
+/// The binary version a metadata record names.
+fn binary_version(meta: &PinMetadata) -> String {
+    let end = meta
+        .binary_version
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(meta.binary_version.len());
+    String::from_utf8_lossy(&meta.binary_version[..end]).into_owned()
+}
+
+fn read_metadata(ebpf: &mut Ebpf) -> Result<PinMetadata, KernelError> {
+    let map: Array<_, PinMetadata> = typed_map(ebpf, map_names::PIN_METADATA)?;
+    map.get(&0, 0).map_err(map_err(map_names::PIN_METADATA))
+}
+
+/// Who loaded what: this binary, its ABI, a digest of the config, now. The cgroup
+/// is the one already there until [`Kernel::attach`] writes its own.
+fn write_metadata(ebpf: &mut Ebpf, config: &Config) -> Result<(), KernelError> {
+    use sha2::Digest;
+    let mut meta = read_metadata(ebpf)?;
+    meta.abi_version = ABI_VERSION;
+    meta.pid = std::process::id();
+    meta.loaded_at_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let digest = sha2::Sha256::digest(format!("{config:?}").as_bytes());
+    meta.config_digest.copy_from_slice(&digest[..16]);
+    let version = env!("CARGO_PKG_VERSION").as_bytes();
+    meta.binary_version = [0; 32];
+    let n = version.len().min(meta.binary_version.len());
+    meta.binary_version[..n].copy_from_slice(&version[..n]);
+    let mut map: Array<_, PinMetadata> = typed_map(ebpf, map_names::PIN_METADATA)?;
+    map.set(0, meta, 0)
+        .map_err(map_err(map_names::PIN_METADATA))
 }
 
 fn typed_map<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, KernelError>

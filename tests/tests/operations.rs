@@ -1,0 +1,279 @@
+//! Operating breaker: protection outlives the daemon (pinned maps and links), a new
+//! daemon adopts what the last one left, breakers recover with no daemon at all,
+//! and one pin folder has one daemon.
+use std::time::{Duration, Instant};
+
+use breaker_lab::{
+    lab::{Lab, BLACKHOLE_V4, UPSTREAM_V4},
+    testing::{check, outcomes},
+};
+use nix::sys::signal::Signal;
+
+fn lab(tag: &str) -> Option<Lab> {
+    breaker_lab::testing::lab(tag, env!("CARGO_BIN_EXE_breaker-lab"))
+}
+
+fn metric(lab: &Lab, name: &str, labels: &[(&str, &str)]) -> f64 {
+    lab.metric(name, labels).unwrap()
+}
+
+/// Waits until `f` holds, for at most `within`.
+fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+const API: &str = r#"
+[[upstream]]
+name = "api"
+endpoints = ["10.77.0.2:8080"]
+failure_threshold = 2
+open_duration = "4s"
+probe_interval = "200ms"
+probe_timeout = "300ms"
+"#;
+
+#[test]
+fn sigkill_while_open_keeps_rejecting_and_a_new_daemon_adopts_the_state() {
+    let Some(mut lab) = lab("adopt") else {
+        return;
+    };
+    lab.serve("10.77.0.2:8080", "api").unwrap();
+    lab.start_daemon(API).unwrap();
+    lab.blackhole(UPSTREAM_V4).unwrap();
+    let dark = lab
+        .client(&[
+            "--to",
+            "10.77.0.2:8080",
+            "--count",
+            "3",
+            "--timeout-ms",
+            "1500",
+        ])
+        .unwrap();
+    check(
+        &lab,
+        outcomes(&dark) == ["timeout", "timeout", "refused"],
+        &format!("tripped: {:?}", outcomes(&dark)),
+    );
+    let labels = [("upstream", "api")];
+    let rejected_before = metric(&lab, "breaker_connects_rejected_total", &labels);
+    let attempts_before = metric(&lab, "breaker_connect_attempts_total", &labels);
+
+    // The daemon dies. The kernel goes on rejecting: 64 clients, none of them
+    // reaching the dead upstream (they would hang in the blackhole).
+    lab.signal_daemon(Signal::SIGKILL).unwrap();
+    let gap = lab
+        .client(&[
+            "--to",
+            "10.77.0.2:8080",
+            "--count",
+            "2",
+            "--concurrency",
+            "64",
+            "--timeout-ms",
+            "1500",
+        ])
+        .unwrap();
+    check(
+        &lab,
+        gap.len() == 128
+            && gap
+                .iter()
+                .all(|a| a.errno == Some(libc::ECONNREFUSED) && a.latency_us < 100_000.0),
+        &format!(
+            "every connect in the gap fails fast: {:?}",
+            gap.iter()
+                .filter(|a| a.errno != Some(libc::ECONNREFUSED))
+                .collect::<Vec<_>>()
+        ),
+    );
+
+    // A new daemon adopts the pins: still OPEN, and the counters went on counting.
+    lab.start_daemon(API).unwrap();
+    check(
+        &lab,
+        lab.daemon_log().contains("adopted the pinned maps"),
+        "the new daemon says it adopted the pins",
+    );
+    check(
+        &lab,
+        metric(
+            &lab,
+            "breaker_state",
+            &[("upstream", "api"), ("state", "open")],
+        ) == 1.0,
+        "still open after the restart",
+    );
+    let rejected = metric(&lab, "breaker_connects_rejected_total", &labels);
+    let attempts = metric(&lab, "breaker_connect_attempts_total", &labels);
+    check(
+        &lab,
+        rejected == rejected_before + 128.0 && attempts == attempts_before + 128.0,
+        &format!("counters carry on: rejected {rejected_before} -> {rejected}, attempts {attempts_before} -> {attempts}"),
+    );
+    // Probing resumes: the upstream comes back and the breaker closes.
+    lab.restore(UPSTREAM_V4).unwrap();
+    let closed = eventually(Duration::from_secs(10), || {
+        metric(
+            &lab,
+            "breaker_state",
+            &[("upstream", "api"), ("state", "closed")],
+        ) == 1.0
+    });
+    check(&lab, closed, "probes close the breaker after the restart");
+    let healthy = lab
+        .client(&["--to", "10.77.0.2:8080", "--count", "3", "--http"])
+        .unwrap();
+    check(
+        &lab,
+        healthy.iter().all(|a| a.body.as_deref() == Some("api")),
+        &format!("healthy again: {healthy:?}"),
+    );
+}
+
+#[test]
+fn with_no_daemon_application_trials_close_a_recovered_breaker() {
+    let Some(mut lab) = lab("nodaemon") else {
+        return;
+    };
+    // Probe-driven (half_open_max_connections 0): with a daemon, applications wait
+    // for probes (here of a port that stays closed, so they keep failing). Without
+    // a daemon, applications must not be held back for good.
+    lab.start_daemon(
+        r#"
+[[upstream]]
+name = "api"
+endpoints = ["10.77.0.2:81"]
+failure_threshold = 1
+open_duration = "500ms"
+probe_interval = "200ms"
+probe = { address = "10.77.0.2:82" }
+"#,
+    )
+    .unwrap();
+    let trip = lab
+        .client(&["--to", "10.77.0.2:81", "--count", "1"])
+        .unwrap();
+    check(&lab, outcomes(&trip) == ["refused"], "tripped");
+    lab.serve("10.77.0.2:81", "back").unwrap();
+    // With the daemon alive, past open_duration, HALF_OPEN waits for its probes.
+    std::thread::sleep(Duration::from_millis(800));
+    let waiting = lab
+        .client(&["--to", "10.77.0.2:81", "--count", "2", "--http"])
+        .unwrap();
+    check(
+        &lab,
+        waiting.iter().all(|a| a.outcome == "refused"),
+        &format!("probe-driven while the daemon runs: {waiting:?}"),
+    );
+
+    lab.signal_daemon(Signal::SIGKILL).unwrap();
+    // Once its heartbeat is stale (3 s), the kernel lets a trial through; its
+    // success closes the breaker, and everything passes.
+    let recovered = eventually(Duration::from_secs(8), || {
+        lab.client(&["--to", "10.77.0.2:81", "--count", "1", "--http"])
+            .is_ok_and(|a| a[0].body.as_deref() == Some("back"))
+    });
+    check(
+        &lab,
+        recovered,
+        "an application trial goes through with no daemon",
+    );
+    let after = lab
+        .client(&["--to", "10.77.0.2:81", "--count", "5", "--http"])
+        .unwrap();
+    check(
+        &lab,
+        after.iter().all(|a| a.body.as_deref() == Some("back")),
+        &format!("closed by the trial: {after:?}"),
+    );
+}
+
+#[test]
+fn a_second_daemon_on_the_same_pins_is_refused_naming_the_first() {
+    let Some(mut lab) = lab("second") else {
+        return;
+    };
+    let dark = format!(
+        "[[upstream]]\nname = \"dark\"\nendpoints = [\"{BLACKHOLE_V4}:80\"]\nfailure_threshold = 1\nopen_duration = \"1h\"\n"
+    );
+    lab.start_daemon(&dark).unwrap();
+    let first = lab.daemon_pid().expect("running");
+    let config = lab.write_config(&dark).unwrap();
+    let config = config.display().to_string();
+    let out = lab
+        .breaker_output(&["run", "--config", &config], Duration::from_secs(10))
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error_lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    check(
+        &lab,
+        !out.status.success()
+            && error_lines.len() == 1
+            && error_lines[0].contains(&format!("another breaker daemon (pid {first}")),
+        &format!("one line naming the running daemon: {stderr}"),
+    );
+    // The first daemon is untouched.
+    let exited = lab.daemon_exit().unwrap();
+    check(&lab, exited.is_none(), "the first daemon runs on");
+    lab.client(&[
+        "--to",
+        &format!("{BLACKHOLE_V4}:80"),
+        "--count",
+        "1",
+        "--timeout-ms",
+        "1500",
+    ])
+    .unwrap();
+    let held = lab
+        .client(&["--to", &format!("{BLACKHOLE_V4}:80"), "--count", "2"])
+        .unwrap();
+    check(
+        &lab,
+        outcomes(&held) == ["refused", "refused"],
+        &format!("and enforces: {held:?}"),
+    );
+}
+
+#[test]
+fn pins_of_another_abi_are_refused_with_the_command_to_run() {
+    use aya::maps::{Array, Map, MapData};
+    use breaker_common::abi::{map_names, PinMetadata};
+    let Some(mut lab) = lab("abi") else {
+        return;
+    };
+    lab.start_daemon(API).unwrap();
+    lab.signal_daemon(Signal::SIGKILL).unwrap();
+    // What an older or newer binary would have left.
+    let path = lab.pins.join("maps").join(map_names::PIN_METADATA);
+    let mut meta: Array<MapData, PinMetadata> =
+        Array::try_from(Map::Array(MapData::from_pin(&path).unwrap())).unwrap();
+    let mut old = meta.get(&0, 0).unwrap();
+    old.abi_version = 999;
+    meta.set(0, old, 0).unwrap();
+
+    let config = lab.write_config(API).unwrap().display().to_string();
+    let out = lab
+        .breaker_output(&["run", "--config", &config], Duration::from_secs(10))
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check(
+        &lab,
+        !out.status.success()
+            && stderr.contains("ABI 999")
+            && stderr.contains("breaker uninstall --pin-path"),
+        &format!("refused, naming the command to run: {stderr}"),
+    );
+    check(
+        &lab,
+        lab.pins.join("links").join("brk_connect4").exists(),
+        "the old pins are left as they were",
+    );
+}
