@@ -1,5 +1,6 @@
 //! `breaker run`: load, attach, then serve probes, events and metrics until a signal.
 use std::{
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -17,7 +18,7 @@ use crate::{
     metrics::Metrics,
 };
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     raise_fd_limit();
     let cgroup =
         cgroup::resolve(config.cgroup.as_deref()).context("choosing the cgroup to attach to")?;
@@ -41,8 +42,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = Arc::new(listener);
 
     let mut kernel = Kernel::load(&config, &pins)?;
-    let logger = kernel.take_logger();
-    let events = kernel.take_events()?;
     kernel.attach(&cgroup)?;
     tracing::info!(
         cgroup = %cgroup.display(),
@@ -54,15 +53,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     // What happens when each task ends (ARCHITECTURE.md, "What ends the daemon").
-    let upstreams = kernel.upstreams(&config);
-    let names: Vec<(u32, String)> = upstreams
-        .iter()
-        .map(|(id, u)| (*id, u.name.clone()))
-        .collect();
-    let metrics = Arc::new(Metrics::new(&names));
-    metrics.count_destinations_in(kernel.destinations());
-    metrics
-        .set_kernel_memory_estimate(config.kernel_memory_estimate(crate::config::possible_cpus()));
+    let metrics = Arc::new(Metrics::new(&names_of(&kernel, &config)));
     let mut tasks = tokio::task::JoinSet::new();
     // A service restart removes the cgroup and makes a new one: attach again.
     let (cgroup_changes, mut cgroup_changed) = tokio::sync::mpsc::channel(4);
@@ -84,16 +75,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::warn!(cgroup = %cgroup.display(), "the cgroup vanished as it was attached to: a new one will not be noticed")
         }
     }
-    tasks.spawn(optional(
-        "transition events",
-        crate::events::pump(events, metrics.clone()),
-    ));
-    if let Some(logger) = logger {
-        tasks.spawn(optional(
-            "kernel log forwarding",
-            forward_kernel_logs(logger),
-        ));
-    }
+    // The kept maps (states, counters) are the same kernel objects whatever
+    // reloads happen, so the server reads them through these handles for good.
     let (counters, states) = (kernel.counters(), kernel.states());
     let server_metrics = metrics.clone();
     tasks.spawn(restarting("metrics server", None, move || {
@@ -108,38 +91,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Ok(())
         }
     }));
-    let (states, prober_metrics, mark, heartbeat) = (
-        kernel.states(),
-        metrics.clone(),
-        config.daemon.probe_mark,
-        kernel.heartbeat(),
-    );
-    // Past the restart budget the daemon exits: its heartbeat stops, and the
-    // kernel lets application trials close the breakers instead of probes.
-    tasks.spawn(restarting(
-        "probe scheduler",
-        Some(PROBE_RESTARTS),
-        move || {
-            let probe = crate::probe::run(
-                upstreams.clone(),
-                mark,
-                states.clone(),
-                prober_metrics.clone(),
-                heartbeat.clone(),
-            );
-            async move {
-                probe.await;
-                Ok(())
-            }
-        },
-    ));
+    let mut current = Generation::start(kernel, config, &metrics, &mut tasks)?;
 
     let outcome = loop {
         tokio::select! {
-            why = signals.stop() => {
-                tracing::info!("{why}: stopping");
-                break Ok(());
-            }
+            signal = signals.next() => match signal {
+                Received::Stop(why) => {
+                    tracing::info!("{why}: stopping");
+                    break Ok(());
+                }
+                Received::Reload => match reload(&path, &current.config, &pins, &cgroup) {
+                    Ok((kernel, config)) => {
+                        current.stop();
+                        let names = names_of(&kernel, &config);
+                        metrics.set_upstreams(&names);
+                        match Generation::start(kernel, config, &metrics, &mut tasks) {
+                            Ok(next) => current = next,
+                            Err(e) => break Err(e.context("starting the reloaded config's tasks")),
+                        }
+                        metrics.reloaded();
+                        tracing::info!(config = %path.display(), upstreams = names.len(), "config reloaded: every kept upstream keeps its state and counters");
+                    }
+                    Err(e) => {
+                        metrics.reload_failed();
+                        tracing::error!("reload failed, the running config stays: {e:#}");
+                    }
+                },
+            },
             Some(change) = cgroup_changed.recv() => match change {
                 CgroupChange::Gone => {
                     metrics.set_cgroup_attached(false);
@@ -153,13 +131,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
                 CgroupChange::Recreated(id) => {
                     to_attach = Some(id);
-                    reattach(&mut kernel, &cgroup, &metrics, &mut to_attach, &mut attached_to);
+                    reattach(&mut current.kernel, &cgroup, &metrics, &mut to_attach, &mut attached_to);
                 }
             },
             _ = retry.tick(), if to_attach.is_some() => {
                 // Only if the path still names the cgroup the attach was for.
                 if Identity::of(&cgroup) == to_attach {
-                    reattach(&mut kernel, &cgroup, &metrics, &mut to_attach, &mut attached_to);
+                    reattach(&mut current.kernel, &cgroup, &metrics, &mut to_attach, &mut attached_to);
                 } else {
                     to_attach = None;
                 }
@@ -168,14 +146,138 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 // An optional task ended; it said so where it ended.
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => break Err(e),
+                // A task of a replaced config, stopped on purpose.
+                Err(e) if e.is_cancelled() => {}
                 Err(e) => break Err(anyhow::Error::new(e).context("a daemon task's supervisor failed")),
             },
         }
     };
     tasks.abort_all();
-    drop(kernel);
+    drop(current);
     tracing::info!(pins = %pins.root().display(), "daemon stopped; the programs stay attached and keep enforcing (pinned): `breaker uninstall` removes them");
     outcome
+}
+
+/// Each configured upstream's id and name.
+fn names_of(kernel: &Kernel, config: &Config) -> Vec<(u32, String)> {
+    kernel
+        .upstreams(config)
+        .into_iter()
+        .map(|(id, u)| (id, u.name))
+        .collect()
+}
+
+/// One loaded config: its kernel objects, and the tasks that work from them
+/// (transition events, kernel logs, probes), replaced as a whole at a reload.
+struct Generation {
+    kernel: Kernel,
+    config: Config,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Generation {
+    fn start(
+        mut kernel: Kernel,
+        config: Config,
+        metrics: &Arc<Metrics>,
+        tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    ) -> anyhow::Result<Generation> {
+        metrics.count_destinations_in(kernel.destinations());
+        metrics.set_kernel_memory_estimate(
+            config.kernel_memory_estimate(crate::config::possible_cpus()),
+        );
+        let mut handles = Vec::new();
+        let events = kernel.take_events()?;
+        handles.push(tasks.spawn(optional(
+            "transition events",
+            crate::events::pump(events, metrics.clone()),
+        )));
+        if let Some(logger) = kernel.take_logger() {
+            handles.push(tasks.spawn(optional(
+                "kernel log forwarding",
+                forward_kernel_logs(logger),
+            )));
+        }
+        let upstreams = kernel.upstreams(&config);
+        let (states, prober_metrics, mark, heartbeat) = (
+            kernel.states(),
+            metrics.clone(),
+            config.daemon.probe_mark,
+            kernel.heartbeat(),
+        );
+        // Past the restart budget the daemon exits: its heartbeat stops, and the
+        // kernel lets application trials close the breakers instead of probes.
+        handles.push(tasks.spawn(restarting(
+            "probe scheduler",
+            Some(PROBE_RESTARTS),
+            move || {
+                let probe = crate::probe::run(
+                    upstreams.clone(),
+                    mark,
+                    states.clone(),
+                    prober_metrics.clone(),
+                    heartbeat.clone(),
+                );
+                async move {
+                    probe.await;
+                    Ok(())
+                }
+            },
+        )));
+        Ok(Generation {
+            kernel,
+            config,
+            tasks: handles,
+        })
+    }
+
+    fn stop(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Re-reads the config at `path` and, when it is valid and changes nothing a
+/// reload cannot change, loads it beside the running one and swaps its programs
+/// in under the pinned links. Any error leaves the running config as it is.
+fn reload(
+    path: &std::path::Path,
+    running: &Config,
+    pins: &PinFolder,
+    cgroup: &std::path::Path,
+) -> anyhow::Result<(Kernel, Config)> {
+    let config = Config::from_file(path)?;
+    if config.cgroup != running.cgroup {
+        anyhow::bail!(
+            "config {}: cgroup changed; a reload keeps the cgroup it runs on: restart the daemon to move it",
+            path.display()
+        );
+    }
+    for (field, changed) in [
+        (
+            "daemon.metrics_listen",
+            config.daemon.metrics_listen != running.daemon.metrics_listen,
+        ),
+        (
+            "daemon.pin_path",
+            config.daemon.pin_path != running.daemon.pin_path,
+        ),
+        (
+            "daemon.probe_mark",
+            config.daemon.probe_mark != running.daemon.probe_mark,
+        ),
+    ] {
+        if changed {
+            anyhow::bail!(
+                "config {}: {field} changed; a reload cannot apply that: restart the daemon",
+                path.display()
+            );
+        }
+    }
+    let mut kernel = Kernel::load(&config, pins)?;
+    kernel.attach(cgroup)?;
+    Ok((kernel, config))
 }
 
 /// How often an attach to a recreated cgroup that failed is tried again.
@@ -293,22 +395,30 @@ impl Signals {
         })
     }
 
-    /// Waits for a signal that stops the daemon, and says which; logs the others.
-    /// Cancel-safe: no signal is lost when the future is dropped.
-    async fn stop(&mut self) -> &'static str {
+    /// Waits for a signal that stops the daemon (and says which) or reloads the
+    /// config; logs the others. Cancel-safe: no signal is lost when the future is
+    /// dropped.
+    async fn next(&mut self) -> Received {
         loop {
             tokio::select! {
-                _ = self.term.recv() => return "SIGTERM",
-                _ = self.int.recv() => return "SIGINT",
-                _ = self.quit.recv() => return "SIGQUIT (handled as SIGTERM)",
-                _ = self.hup.recv() => tracing::info!(
-                    "SIGHUP: reload is not implemented yet; configuration unchanged"
-                ),
+                _ = self.term.recv() => return Received::Stop("SIGTERM"),
+                _ = self.int.recv() => return Received::Stop("SIGINT"),
+                _ = self.quit.recv() => return Received::Stop("SIGQUIT (handled as SIGTERM)"),
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    return Received::Reload;
+                }
                 _ = self.usr1.recv() => tracing::info!("SIGUSR1: no action assigned; ignored"),
                 _ = self.usr2.recv() => tracing::info!("SIGUSR2: no action assigned; ignored"),
             }
         }
     }
+}
+
+/// What a signal asks of the daemon.
+enum Received {
+    Stop(&'static str),
+    Reload,
 }
 
 /// Raises the soft limit on open files to the hard limit, so that a burst of

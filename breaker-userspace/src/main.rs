@@ -56,8 +56,8 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
-        Command::Run { config } => match load(&config) {
-            Ok(config) => run(config),
+        Command::Run { config: path } => match load(&path) {
+            Ok(config) => run(path, config),
             Err(code) => code,
         },
         Command::CheckConfig { config: path } => match load(&path) {
@@ -136,7 +136,7 @@ fn check_config(path: &std::path::Path, config: &Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run(config: Config) -> ExitCode {
+fn run(path: PathBuf, config: Config) -> ExitCode {
     // Before anything is loaded: an old kernel gets one line, not a verifier error.
     if let Err(e) = breaker::requirements::check_running_kernel() {
         eprintln!("error: {e}");
@@ -154,7 +154,7 @@ fn run(config: Config) -> ExitCode {
         }
     };
     let explain_with = config.clone();
-    match runtime.block_on(breaker::daemon::run(config)) {
+    match runtime.block_on(breaker::daemon::run(path, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // A kernel error the operator can act on: the field, or the capability.

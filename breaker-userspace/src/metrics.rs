@@ -1,6 +1,9 @@
 //! Prometheus metrics: kernel counters (read at scrape time), breaker states,
 //! transitions and probes; served over HTTP.
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, RwLock},
+};
 
 use breaker_common::{abi::Counters, machine::State};
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
@@ -18,8 +21,8 @@ const STATES: [State; 3] = [State::Closed, State::Open, State::HalfOpen];
 
 pub struct Metrics {
     registry: Registry,
-    /// Upstream id -> name, by id; id 0 is "default".
-    names: Vec<(u32, String)>,
+    /// Upstream id -> name, sorted by id; id 0 is "default". Replaced at a reload.
+    names: RwLock<Vec<(u32, String)>>,
     state: IntGaugeVec,
     transitions: IntCounterVec,
     attempts: IntCounterVec,
@@ -36,8 +39,10 @@ pub struct Metrics {
     last: Mutex<HashMap<u32, Counters>>,
     /// Default-policy destinations currently not CLOSED, from transition events.
     /// The default policy's destinations in the kernel, counted at each scrape.
-    destinations: std::sync::OnceLock<std::sync::Arc<DefaultDestinations>>,
+    destinations: Mutex<Option<Arc<DefaultDestinations>>>,
     cgroup_attached: prometheus::IntGauge,
+    reloads: IntCounterVec,
+    last_reload: prometheus::Gauge,
     kernel_memory: prometheus::IntGauge,
 }
 
@@ -66,7 +71,14 @@ impl Metrics {
             .collect();
         names.sort_unstable_by_key(|(id, _)| *id);
         let m = Metrics {
-            names,
+            names: RwLock::new(Vec::new()),
+            reloads: counter(&registry, "breaker_config_reloads_total", "Config reloads (SIGHUP), by result: success, or failure (the running config stays).", &["result"]),
+            last_reload: {
+                let g = prometheus::Gauge::new("breaker_config_last_reload_success_timestamp_seconds", "When the config was last loaded successfully (start or reload), in seconds since the Unix epoch.")
+                    .expect("a valid metric");
+                registry.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
             state: gauge(&registry, "breaker_state", "1 for the state each configured upstream's breaker is in, 0 for the others.", &["upstream", "state"]),
             transitions: counter(&registry, "breaker_transitions_total", "Breaker state transitions.", &["upstream", "from", "to"]),
             attempts: counter(&registry, "breaker_connect_attempts_total", "TCP connects to the upstream seen by the connect hooks.", &["upstream"]),
@@ -94,49 +106,121 @@ impl Metrics {
             },
             registry,
             last: Mutex::new(HashMap::new()),
-            destinations: std::sync::OnceLock::new(),
+            destinations: Mutex::new(None),
         };
-        for (_, name) in &m.names {
-            for reason in ["refused", "timeout"] {
-                m.failures.with_label_values(&[name, reason]);
-            }
-            if name != "default" {
-                for result in ["success", "failure"] {
-                    m.probes.with_label_values(&[name, result]);
-                }
-            }
-            for c in [
-                &m.attempts,
-                &m.successes,
-                &m.rejected,
-                &m.redirected,
-                &m.contention,
-                &m.abandoned,
-                &m.unwatched,
-            ] {
-                c.with_label_values(&[name]);
-            }
+        for result in ["success", "failure"] {
+            m.reloads.with_label_values(&[result]);
         }
+        m.loaded();
+        for (_, name) in &names {
+            m.precreate(name);
+        }
+        *m.names.write().unwrap_or_else(|e| e.into_inner()) = names;
         m
     }
 
-    pub fn upstream_name(&self, id: u32) -> &str {
-        self.names
+    /// Series that exist before anything happens, so dashboards and alerts see zeros.
+    fn precreate(&self, name: &str) {
+        for reason in ["refused", "timeout"] {
+            self.failures.with_label_values(&[name, reason]);
+        }
+        if name != "default" {
+            for result in ["success", "failure"] {
+                self.probes.with_label_values(&[name, result]);
+            }
+        }
+        for c in self.per_upstream() {
+            c.with_label_values(&[name]);
+        }
+    }
+
+    fn per_upstream(&self) -> [&IntCounterVec; 7] {
+        [
+            &self.attempts,
+            &self.successes,
+            &self.rejected,
+            &self.redirected,
+            &self.contention,
+            &self.abandoned,
+            &self.unwatched,
+        ]
+    }
+
+    /// A reload's upstreams (id and name): series of upstreams that left go, new
+    /// ones start at zero, and an id that changed hands counts from its new owner.
+    pub fn set_upstreams(&self, upstreams: &[(u32, String)]) {
+        let mut names = self.names.write().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, name) in names.iter().filter(|(id, _)| *id != 0) {
+            if upstreams.contains(&(*id, name.clone())) {
+                continue;
+            }
+            last.remove(id);
+            for c in self.per_upstream() {
+                let _ = c.remove_label_values(&[name]);
+            }
+            for reason in ["refused", "timeout"] {
+                let _ = self.failures.remove_label_values(&[name, reason]);
+            }
+            for result in ["success", "failure"] {
+                let _ = self.probes.remove_label_values(&[name, result]);
+            }
+            for from in STATES {
+                let _ = self.state.remove_label_values(&[name, from.name()]);
+                for to in STATES {
+                    let _ = self
+                        .transitions
+                        .remove_label_values(&[name, from.name(), to.name()]);
+                }
+            }
+        }
+        let mut next: Vec<(u32, String)> = std::iter::once((0, "default".to_string()))
+            .chain(upstreams.iter().cloned())
+            .collect();
+        next.sort_unstable_by_key(|(id, _)| *id);
+        for (_, name) in &next {
+            self.precreate(name);
+        }
+        *names = next;
+    }
+
+    /// Counts a reload that failed (the running config stays).
+    pub fn reload_failed(&self) {
+        self.reloads.with_label_values(&["failure"]).inc();
+    }
+
+    /// Counts a reload that took effect.
+    pub fn reloaded(&self) {
+        self.reloads.with_label_values(&["success"]).inc();
+        self.loaded();
+    }
+
+    fn loaded(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.last_reload.set(now);
+    }
+
+    pub fn upstream_name(&self, id: u32) -> String {
+        let names = self.names.read().unwrap_or_else(|e| e.into_inner());
+        names
             .binary_search_by_key(&id, |(id, _)| *id)
-            .map_or("unknown", |i| self.names[i].1.as_str())
+            .map_or_else(|_| "unknown".to_string(), |i| names[i].1.clone())
     }
 
     /// Counts one transition; `dest` is set for default-policy breakers.
     pub fn transition(&self, upstream: u32, from: State, to: State) {
         let name = self.upstream_name(upstream);
         self.transitions
-            .with_label_values(&[name, from.name(), to.name()])
+            .with_label_values(&[&name, from.name(), to.name()])
             .inc();
     }
 
-    /// Where the default policy's destinations are counted from (once, at start).
-    pub fn count_destinations_in(&self, destinations: std::sync::Arc<DefaultDestinations>) {
-        let _ = self.destinations.set(destinations);
+    /// Where the default policy's destinations are counted from (at start, and
+    /// again after a reload).
+    pub fn count_destinations_in(&self, destinations: Arc<DefaultDestinations>) {
+        *self.destinations.lock().unwrap_or_else(|e| e.into_inner()) = Some(destinations);
     }
 
     /// Whether the programs are attached to the configured cgroup right now.
@@ -161,7 +245,7 @@ impl Metrics {
     pub fn probe(&self, upstream: u32, success: bool) {
         let result = if success { "success" } else { "failure" };
         self.probes
-            .with_label_values(&[self.upstream_name(upstream), result])
+            .with_label_values(&[&self.upstream_name(upstream), result])
             .inc();
     }
 
@@ -176,8 +260,9 @@ impl Metrics {
     }
 
     fn refresh(&self, counters: &CounterTable, states: &StateTable) {
+        let names = self.names.read().unwrap_or_else(|e| e.into_inner());
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        for (id, name) in &self.names {
+        for (id, name) in names.iter() {
             let id = *id;
             if id != 0 {
                 if let Some(word) = states.load(id) {
@@ -224,7 +309,12 @@ impl Metrics {
             inc(&self.abandoned, &[name], now.abandoned, prev.abandoned);
             inc(&self.unwatched, &[name], now.unwatched, prev.unwatched);
         }
-        if let Some(destinations) = self.destinations.get() {
+        let destinations = self
+            .destinations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(destinations) = destinations {
             let counts = destinations.counts();
             for (state, n) in [
                 (State::Closed, counts.closed),

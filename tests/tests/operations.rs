@@ -277,3 +277,214 @@ fn pins_of_another_abi_are_refused_with_the_command_to_run() {
         "the old pins are left as they were",
     );
 }
+
+fn dark(name: &str) -> String {
+    format!(
+        "[[upstream]]\nname = {name:?}\nendpoints = [\"{BLACKHOLE_V4}:80\"]\nfailure_threshold = 1\nopen_duration = \"1h\"\n"
+    )
+}
+
+/// Sends SIGHUP and waits until the log shows the reload's `n`th outcome.
+fn reload(lab: &Lab, n: usize) -> String {
+    let pid = nix::unistd::Pid::from_raw(lab.daemon_pid().expect("daemon running") as i32);
+    nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
+    let outcomes =
+        |log: &str| log.matches("config reloaded").count() + log.matches("reload failed").count();
+    let done = eventually(Duration::from_secs(10), || outcomes(&lab.daemon_log()) >= n);
+    assert!(done, "reload {n} did not finish:\n{}", lab.daemon_log());
+    lab.daemon_log()
+}
+
+/// Upstream names in the pinned UPSTREAM_NAMES map.
+fn pinned_names(lab: &Lab) -> Vec<String> {
+    use aya::maps::{Array, Map, MapData};
+    use breaker_common::abi::{map_names, UpstreamName};
+    let path = lab.pins.join("maps").join(map_names::UPSTREAM_NAMES);
+    let names: Array<MapData, UpstreamName> =
+        Array::try_from(Map::Array(MapData::from_pin(&path).unwrap())).unwrap();
+    names
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|n| n.len > 0)
+        .map(|n| String::from_utf8_lossy(n.as_bytes()).into_owned())
+        .collect()
+}
+
+#[test]
+fn reload_keeps_state_adds_and_removes_upstreams_and_refuses_a_bad_config() {
+    let Some(mut lab) = lab("reload") else {
+        return;
+    };
+    lab.serve("10.77.0.2:8080", "old").unwrap();
+    lab.serve("10.77.0.3:8080", "new").unwrap();
+    let old = "[[upstream]]\nname = \"old\"\nendpoints = [\"10.77.0.2:8080\"]\n";
+    let new = "[[upstream]]\nname = \"new\"\nendpoints = [\"10.77.0.3:8080\"]\n";
+    lab.start_daemon(&format!("{}{old}", dark("dark"))).unwrap();
+    let dark_addr = format!("{BLACKHOLE_V4}:80");
+    lab.client(&["--to", &dark_addr, "--count", "1", "--timeout-ms", "1500"])
+        .unwrap();
+    lab.client(&["--to", "10.77.0.2:8080", "--count", "2", "--http"])
+        .unwrap();
+    let fast_fail = |lab: &Lab, when: &str| {
+        let a = lab
+            .client(&["--to", &dark_addr, "--count", "3", "--timeout-ms", "1500"])
+            .unwrap();
+        check(
+            lab,
+            a.iter()
+                .all(|a| a.errno == Some(libc::ECONNREFUSED) && a.latency_us < 100_000.0),
+            &format!("{when}: the tripped upstream still fails fast: {a:?}"),
+        );
+    };
+    fast_fail(&lab, "before the reload");
+
+    // "old" goes, "new" comes, "dark" stays as it is.
+    lab.write_config(&format!("{}{new}", dark("dark"))).unwrap();
+    let log = reload(&lab, 1);
+    check(
+        &lab,
+        log.contains("config reloaded"),
+        "the reload took effect",
+    );
+    fast_fail(&lab, "after the reload");
+    let text = lab.metrics_text().unwrap();
+    check(
+        &lab,
+        !text.contains("upstream=\"old\"")
+            && text.contains("breaker_connect_attempts_total{upstream=\"new\"} 0")
+            && text.contains("breaker_config_reloads_total{result=\"success\"} 1"),
+        &format!("metrics follow the config:\n{text}"),
+    );
+    let mut names = pinned_names(&lab);
+    names.sort();
+    check(
+        &lab,
+        names == ["dark", "new"],
+        &format!("nothing of \"old\" is left in the maps: {names:?}"),
+    );
+    let to_new = lab
+        .client(&["--to", "10.77.0.3:8080", "--count", "2", "--http"])
+        .unwrap();
+    check(
+        &lab,
+        to_new.iter().all(|a| a.body.as_deref() == Some("new")),
+        &format!("the added upstream is watched and passes: {to_new:?}"),
+    );
+    check(
+        &lab,
+        metric(
+            &lab,
+            "breaker_connect_attempts_total",
+            &[("upstream", "new")],
+        ) == 2.0,
+        "the added upstream counts its connects",
+    );
+
+    // A config with a mistake changes nothing, and says what is wrong.
+    lab.write_config(&format!(
+        "{}{new}[[upstream]]\nname = \"bad\"\nendpoints = [\"10.77.0.4:80\"]\nfailure_threshold = 0\n",
+        dark("dark")
+    ))
+    .unwrap();
+    let log = reload(&lab, 2);
+    check(
+        &lab,
+        log.contains("reload failed") && log.contains("failure_threshold"),
+        "a bad config is refused, naming the field",
+    );
+    // So does one that changes what only a restart can.
+    lab.write_config(&format!(
+        "[daemon]\nmetrics_listen = \"127.0.0.1:9465\"\n{}{new}",
+        dark("dark")
+    ))
+    .unwrap();
+    let log = reload(&lab, 3);
+    check(
+        &lab,
+        log.contains("daemon.metrics_listen changed"),
+        "a restart-only change is refused",
+    );
+    check(
+        &lab,
+        metric(
+            &lab,
+            "breaker_config_reloads_total",
+            &[("result", "failure")],
+        ) == 2.0,
+        "failed reloads are counted",
+    );
+    let exited = lab.daemon_exit().unwrap();
+    check(&lab, exited.is_none(), "the daemon runs on");
+    fast_fail(&lab, "after the failed reloads");
+    let mut names = pinned_names(&lab);
+    names.sort();
+    check(&lab, names == ["dark", "new"], &format!("{names:?}"));
+}
+
+#[test]
+fn reload_under_load_lets_no_connect_through_to_an_open_upstream() {
+    let Some(mut lab) = lab("reloadload") else {
+        return;
+    };
+    lab.start_daemon(&dark("dark")).unwrap();
+    let dark_addr = format!("{BLACKHOLE_V4}:80");
+    lab.client(&["--to", &dark_addr, "--count", "1", "--timeout-ms", "1500"])
+        .unwrap();
+    // 64 clients connect to the OPEN upstream without a pause while the config is
+    // reloaded over and over (an unrelated upstream comes and goes).
+    let load = lab
+        .client_command(&[
+            "--to",
+            &dark_addr,
+            "--count",
+            "250",
+            "--concurrency",
+            "64",
+            "--interval-ms",
+            "40",
+            "--timeout-ms",
+            "1500",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Each reload loads and verifies the programs (2 to 3 s here): the load
+    // lasts about 10 s, so every reload lands within it.
+    for n in 1..=3 {
+        let other = if n % 2 == 1 {
+            "[[upstream]]\nname = \"other\"\nendpoints = [\"10.77.0.3:8080\"]\n"
+        } else {
+            ""
+        };
+        lab.write_config(&format!("{}{other}", dark("dark")))
+            .unwrap();
+        let log = reload(&lab, n);
+        assert!(
+            log.matches("config reloaded").count() == n,
+            "reload {n}:\n{log}"
+        );
+    }
+    let mut load = load;
+    check(
+        &lab,
+        load.try_wait().unwrap().is_none(),
+        "the clients were still connecting when the last reload finished",
+    );
+    let out = load.wait_with_output().unwrap();
+    let attempts =
+        breaker_lab::client::parse_attempts(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let through: Vec<_> = attempts
+        .iter()
+        .filter(|a| a.errno != Some(libc::ECONNREFUSED) || a.latency_us >= 100_000.0)
+        .collect();
+    check(
+        &lab,
+        attempts.len() == 64 * 250 && through.is_empty(),
+        &format!(
+            "{} attempts, {} not failed fast: {:?}",
+            attempts.len(),
+            through.len(),
+            through.iter().take(5).collect::<Vec<_>>()
+        ),
+    );
+}

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use aya::{
-    maps::{Array, PerCpuArray, PerCpuValues},
+    maps::{Array, Map, MapData, PerCpuArray, PerCpuValues},
     Ebpf,
 };
 use breaker_common::abi::{map_names, Counters, UpstreamName};
@@ -56,14 +56,22 @@ pub fn assign(
     Ok((ids, freed))
 }
 
-/// Frees `id`: no name, a CLOSED word, zero counters.
-pub fn clear(ebpf: &mut Ebpf, states: &StateTable, id: u32) -> Result<(), KernelError> {
+/// Frees `id`: no name, a CLOSED word, zero counters. `counters` is the pinned
+/// COUNTERS map (the loaded one is held by the daemon's counter table).
+pub fn clear(
+    ebpf: &mut Ebpf,
+    states: &StateTable,
+    counters: &std::path::Path,
+    id: u32,
+) -> Result<(), KernelError> {
     let mut names: Array<_, UpstreamName> = typed_map(ebpf, map_names::UPSTREAM_NAMES)?;
     names
         .set(id, UpstreamName::default(), 0)
         .map_err(map_err(map_names::UPSTREAM_NAMES))?;
     states.reset(id);
-    let mut counters: PerCpuArray<_, Counters> = typed_map(ebpf, map_names::COUNTERS)?;
+    let data = MapData::from_pin(counters).map_err(map_err(map_names::COUNTERS))?;
+    let mut counters: PerCpuArray<_, Counters> =
+        PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(map_err(map_names::COUNTERS))?;
     let cpus =
         aya::util::nr_cpus().map_err(|(_, e)| KernelError::Ids(format!("counting CPUs: {e}")))?;
     let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus])

@@ -385,7 +385,8 @@ impl Kernel {
         map.set(0, meta, 0)
             .map_err(map_err(map_names::PIN_METADATA))?;
         for id in std::mem::take(&mut self.freed) {
-            ids::clear(&mut self.ebpf, &self.states, id)?;
+            let counters = self.pins.map(map_names::COUNTERS);
+            ids::clear(&mut self.ebpf, &self.states, &counters, id)?;
         }
         Ok(())
     }
