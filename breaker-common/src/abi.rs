@@ -169,6 +169,9 @@ pub const PORT_PREFIX_BITS: u32 = 16;
 pub const POLICY_FALLBACK_V4: u32 = 1 << 0;
 /// `UpstreamPolicy.flags`: a fallback is set for IPv6 connects.
 pub const POLICY_FALLBACK_V6: u32 = 1 << 1;
+/// Dry run: the state machine runs and reports, but nothing is rejected or
+/// redirected; what would have been is counted in `would_reject`.
+pub const POLICY_DRY_RUN: u32 = 1 << 2;
 
 /// Per-upstream configuration, written by the daemon, read by the connect hooks.
 #[repr(C)]
@@ -306,6 +309,9 @@ pub struct Counters {
     /// Connects that went unwatched because every record slot they could use was
     /// taken (too many connects in flight at once): passed, not counted.
     pub unwatched: u64,
+    /// Connects the breaker would have rejected or redirected, let through
+    /// because the upstream is in dry-run mode.
+    pub would_reject: u64,
 }
 
 /// Why a transition happened.
@@ -354,5 +360,5 @@ const _: () = assert!(core::mem::size_of::<DestKey>() == 20);
 const _: () = assert!(core::mem::size_of::<BreakerCell>() == 8);
 const _: () = assert!(core::mem::size_of::<SocketRecord>() == 56);
 const _: () = assert!(core::mem::size_of::<ResolveQuery>() == 24);
-const _: () = assert!(core::mem::size_of::<Counters>() == 72);
+const _: () = assert!(core::mem::size_of::<Counters>() == 80);
 const _: () = assert!(core::mem::size_of::<TransitionEvent>() == 48);

@@ -10,7 +10,8 @@
 //! |--------|------------------------------------------------------------------|
 //! | 0..32  | `since_ms`: monotonic milliseconds (wrapping) of the last trip (OPEN), or of the entry to HALF_OPEN or its newest trial |
 //! | 32..34 | state: CLOSED, OPEN, HALF_OPEN                                    |
-//! | 34..48 | `count`: consecutive failures (CLOSED) or successes (HALF_OPEN)    |
+//! | 34..46 | `count`: consecutive failures (CLOSED) or successes (HALF_OPEN)    |
+//! | 46..48 | `mode`: automatic, or an operator's override: forced open, forced closed, disabled |
 //! | 48..56 | `in_flight`: trial connects admitted and not yet finished (HALF_OPEN) |
 //! | 56..64 | `epoch`: bumped on every entry to HALF_OPEN, tags trial connects; only ever moves forward |
 
@@ -21,7 +22,9 @@ pub mod layout {
     pub const STATE_SHIFT: u32 = 32;
     pub const STATE_BITS: u32 = 2;
     pub const COUNT_SHIFT: u32 = 34;
-    pub const COUNT_BITS: u32 = 14;
+    pub const COUNT_BITS: u32 = 12;
+    pub const MODE_SHIFT: u32 = 46;
+    pub const MODE_BITS: u32 = 2;
     pub const IN_FLIGHT_SHIFT: u32 = 48;
     pub const IN_FLIGHT_BITS: u32 = 8;
     pub const EPOCH_SHIFT: u32 = 56;
@@ -35,7 +38,8 @@ pub mod layout {
     // The fields tile the word exactly: no gap, no overlap.
     const _: () = assert!(SINCE_SHIFT + SINCE_BITS == STATE_SHIFT);
     const _: () = assert!(STATE_SHIFT + STATE_BITS == COUNT_SHIFT);
-    const _: () = assert!(COUNT_SHIFT + COUNT_BITS == IN_FLIGHT_SHIFT);
+    const _: () = assert!(COUNT_SHIFT + COUNT_BITS == MODE_SHIFT);
+    const _: () = assert!(MODE_SHIFT + MODE_BITS == IN_FLIGHT_SHIFT);
     const _: () = assert!(IN_FLIGHT_SHIFT + IN_FLIGHT_BITS == EPOCH_SHIFT);
     const _: () = assert!(EPOCH_SHIFT + EPOCH_BITS == 64);
 }
@@ -129,6 +133,59 @@ impl Thresholds {
     }
 }
 
+/// Who decides for a breaker: its state machine, or an operator's override. An
+/// override holds until reset, whatever happens, and lives in the word itself, so
+/// it survives reloads and restarts and changes with the same compare-and-swap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The state machine decides (the default).
+    Auto,
+    /// Reject (or redirect) every connect; no probing, no trials.
+    ForceOpen,
+    /// Let every connect through; outcomes are still counted and reported.
+    ForceClosed,
+    /// Neither enforce nor count: connects pass as if breaker were not there.
+    Disabled,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 4] = [
+        Mode::Auto,
+        Mode::ForceOpen,
+        Mode::ForceClosed,
+        Mode::Disabled,
+    ];
+
+    #[inline(always)]
+    pub const fn as_u32(self) -> u32 {
+        match self {
+            Mode::Auto => 0,
+            Mode::ForceOpen => 1,
+            Mode::ForceClosed => 2,
+            Mode::Disabled => 3,
+        }
+    }
+
+    #[inline(always)]
+    pub const fn from_u32(v: u32) -> Mode {
+        match v & 3 {
+            1 => Mode::ForceOpen,
+            2 => Mode::ForceClosed,
+            3 => Mode::Disabled,
+            _ => Mode::Auto,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::ForceOpen => "force_open",
+            Mode::ForceClosed => "force_closed",
+            Mode::Disabled => "disabled",
+        }
+    }
+}
+
 /// The packed per-upstream state. See the module docs for the layout.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(transparent)]
@@ -151,6 +208,10 @@ impl BreakerWord {
     #[inline(always)]
     pub const fn count(self) -> u32 {
         ((self.0 >> COUNT_SHIFT) & mask(COUNT_BITS)) as u32
+    }
+    #[inline(always)]
+    pub const fn mode(self) -> Mode {
+        Mode::from_u32(((self.0 >> MODE_SHIFT) & mask(MODE_BITS)) as u32)
     }
     #[inline(always)]
     pub const fn in_flight(self) -> u32 {
@@ -227,6 +288,29 @@ impl BreakerWord {
     }
 }
 
+/// An operator's override: `mode` from now on, the rest of the word as it is (so
+/// forcing and releasing keep the state the machine was in)...
+#[inline(always)]
+pub fn set_mode(w: BreakerWord, mode: Mode) -> Step<bool> {
+    let next = BreakerWord(
+        (w.0 & !(mask(MODE_BITS) << MODE_SHIFT)) | (mode.as_u32() as u64) << MODE_SHIFT,
+    );
+    Step {
+        next,
+        result: next != w,
+    }
+}
+
+/// ...or back to automatic: CLOSED, the current streak's counts zeroed, and a new
+/// epoch, so no trial admitted before the reset can count after it.
+#[inline(always)]
+pub fn reset(w: BreakerWord) -> Step<bool> {
+    Step {
+        next: BreakerWord::pack(State::Closed, 0, 0, 0, w.epoch().wrapping_add(1)),
+        result: true,
+    }
+}
+
 /// What a connect hook does with a new connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admission {
@@ -236,6 +320,8 @@ pub enum Admission {
     Trial { epoch: u8 },
     /// OPEN, or HALF_OPEN with every trial slot taken: fail it fast or send it to the fallback.
     Reject,
+    /// Disabled: let it through, unwatched and uncounted.
+    Ignore,
 }
 
 /// How one watched connect ended.
@@ -269,7 +355,10 @@ impl<T> Step<T> {
 /// OPEN for at least `open_duration` moves to HALF_OPEN; anything else is unchanged.
 #[inline(always)]
 pub fn expire_open(w: BreakerWord, now_ms: u32, t: &Thresholds) -> BreakerWord {
-    if w.state() == State::Open && w.phase_ms(now_ms) >= t.open_duration_ms {
+    if w.mode() == Mode::Auto
+        && w.state() == State::Open
+        && w.phase_ms(now_ms) >= t.open_duration_ms
+    {
         w.half_opened(now_ms)
     } else {
         w
@@ -296,6 +385,15 @@ fn renew_lost_trials(w: BreakerWord, now_ms: u32, t: &Thresholds) -> BreakerWord
 /// CLOSED, so callers may skip the clock on that path.
 #[inline(always)]
 pub fn admit(w: BreakerWord, now_ms: u32, t: &Thresholds) -> Step<Admission> {
+    let forced = match w.mode() {
+        Mode::Auto => None,
+        Mode::ForceOpen => Some(Admission::Reject),
+        Mode::ForceClosed => Some(Admission::Pass),
+        Mode::Disabled => Some(Admission::Ignore),
+    };
+    if let Some(result) = forced {
+        return Step { next: w, result };
+    }
     let w = renew_lost_trials(expire_open(w, now_ms, t), now_ms, t);
     match w.state() {
         State::Closed => Step {
@@ -335,6 +433,16 @@ pub fn admit(w: BreakerWord, now_ms: u32, t: &Thresholds) -> Step<Admission> {
 /// `now_ms` is read only for a failure, which may trip the breaker at that time.
 #[inline(always)]
 pub fn record(w: BreakerWord, outcome: Outcome, now_ms: u32, t: &Thresholds) -> Step<bool> {
+    // Forced closed still reports every outcome; no override lets one move the state.
+    match w.mode() {
+        Mode::Auto => {}
+        mode => {
+            return Step {
+                next: w,
+                result: mode == Mode::ForceClosed,
+            }
+        }
+    }
     match w.state() {
         State::Closed => {
             let next = if outcome.success {
@@ -382,7 +490,11 @@ pub fn record(w: BreakerWord, outcome: Outcome, now_ms: u32, t: &Thresholds) -> 
 /// whether it still held one.
 #[inline(always)]
 pub fn abandon(w: BreakerWord, epoch: u8) -> Step<bool> {
-    if w.state() == State::HalfOpen && w.epoch() == epoch && w.in_flight() > 0 {
+    if w.mode() == Mode::Auto
+        && w.state() == State::HalfOpen
+        && w.epoch() == epoch
+        && w.in_flight() > 0
+    {
         Step {
             next: w.with_in_flight(w.in_flight() - 1),
             result: true,
@@ -401,6 +513,12 @@ pub fn abandon(w: BreakerWord, epoch: u8) -> Step<bool> {
 /// than restarting `open_duration`; only a failed application trial reopens.
 #[inline(always)]
 pub fn probe(w: BreakerWord, success: bool, now_ms: u32, t: &Thresholds) -> Step<bool> {
+    if w.mode() != Mode::Auto {
+        return Step {
+            next: w,
+            result: false,
+        };
+    }
     let w = expire_open(w, now_ms, t);
     match w.state() {
         State::HalfOpen => {

@@ -8,7 +8,8 @@ use aya_ebpf::{bindings::bpf_sock_addr, helpers::bpf_set_retval, programs::SockA
 use breaker_common::{
     abi::{
         DestKey, Settings, SocketRecord, CAUSE_OPEN_EXPIRED, DEFAULT_UPSTREAM_ID, ECONNREFUSED,
-        IPPROTO_TCP, POLICY_FALLBACK_V4, POLICY_FALLBACK_V6, RECORD_TRIAL, RECORD_WATCHED,
+        IPPROTO_TCP, POLICY_DRY_RUN, POLICY_FALLBACK_V4, POLICY_FALLBACK_V6, RECORD_TRIAL,
+        RECORD_WATCHED,
     },
     dest::v4_mapped,
     machine::{self, abandon, admit, Admission, State},
@@ -88,7 +89,6 @@ fn enforce<const V6_HOOK: bool>(
     let Some(breaker) = breaker else {
         return Ok(Verdict::Allow);
     };
-    breaker.count(|c| c.attempts += 1);
     let thresholds = breaker.policy.thresholds();
     // Contention beyond the retry bound: fail open.
     let admission = breaker
@@ -105,6 +105,11 @@ fn enforce<const V6_HOOK: bool>(
             }
         })
         .unwrap_or(Admission::Pass);
+    if admission == Admission::Ignore {
+        // Disabled by the operator: as if breaker were not there.
+        return Ok(Verdict::Allow);
+    }
+    breaker.count(|c| c.attempts += 1);
     match admission {
         Admission::Pass => {
             watch(ctx, breaker.upstream, dest, 0, 0);
@@ -118,9 +123,20 @@ fn enforce<const V6_HOOK: bool>(
             // hang on a blackhole: give its slot back and treat it as rejected,
             // as the breaker is not closed.
             breaker.update(ctx, CAUSE_OPEN_EXPIRED, |w| abandon(w, epoch));
+            if breaker.policy.flags & POLICY_DRY_RUN != 0 {
+                breaker.count(|c| c.would_reject += 1);
+                return Ok(Verdict::Allow);
+            }
             Ok(reject::<V6_HOOK>(ctx, &breaker, &dest))
         }
+        Admission::Reject if breaker.policy.flags & POLICY_DRY_RUN != 0 => {
+            // Dry run: count what would have happened, and let it go as usual.
+            breaker.count(|c| c.would_reject += 1);
+            watch(ctx, breaker.upstream, dest, 0, 0);
+            Ok(Verdict::Allow)
+        }
         Admission::Reject => Ok(reject::<V6_HOOK>(ctx, &breaker, &dest)),
+        Admission::Ignore => Ok(Verdict::Allow),
     }
 }
 

@@ -11,6 +11,10 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use crate::{
     cgroup,
     config::Config,
+    control::{
+        protocol::{Request, Response},
+        View,
+    },
     kernel::{
         watch::{watch, CgroupChange, Identity},
         Kernel, PinFolder,
@@ -40,6 +44,8 @@ pub async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         );
     }
     let listener = Arc::new(listener);
+    let control_path = config.daemon.control_socket.clone();
+    let control = crate::control::server::bind(&control_path)?;
 
     let mut kernel = Kernel::load(&config, &pins)?;
     kernel.attach(&cgroup)?;
@@ -76,8 +82,10 @@ pub async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         }
     }
     // The kept maps (states, counters) are the same kernel objects whatever
-    // reloads happen, so the server reads them through these handles for good.
+    // reloads happen, so the server and the control verbs read them through these
+    // handles for good.
     let (counters, states) = (kernel.counters(), kernel.states());
+    let (counters_view, states_view) = (counters.clone(), states.clone());
     let server_metrics = metrics.clone();
     tasks.spawn(restarting("metrics server", None, move || {
         let serve = crate::metrics::serve(
@@ -91,6 +99,11 @@ pub async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
     }));
+    let (calls, mut requests) = tokio::sync::mpsc::channel(16);
+    tasks.spawn(optional("control socket", async move {
+        crate::control::server::serve(control, calls).await;
+        Ok(())
+    }));
     let mut current = Generation::start(kernel, config, &metrics, &mut tasks)?;
 
     let outcome = loop {
@@ -100,24 +113,38 @@ pub async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
                     tracing::info!("{why}: stopping");
                     break Ok(());
                 }
-                Received::Reload => match reload(&path, &current.config, &pins, &cgroup) {
-                    Ok((kernel, config)) => {
-                        current.stop();
-                        let names = names_of(&kernel, &config);
-                        metrics.set_upstreams(&names);
-                        match Generation::start(kernel, config, &metrics, &mut tasks) {
-                            Ok(next) => current = next,
-                            Err(e) => break Err(e.context("starting the reloaded config's tasks")),
-                        }
-                        metrics.reloaded();
-                        tracing::info!(config = %path.display(), upstreams = names.len(), "config reloaded: every kept upstream keeps its state and counters");
+                Received::Reload => {
+                    match apply_reload(&path, &mut current, &pins, &cgroup, &metrics, &mut tasks) {
+                        Ok(()) => {}
+                        Err(e) if e.is::<GenerationFailed>() => break Err(e),
+                        Err(_) => {}
                     }
-                    Err(e) => {
-                        metrics.reload_failed();
-                        tracing::error!("reload failed, the running config stays: {e:#}");
-                    }
-                },
+                }
             },
+            Some((request, reply)) = requests.recv() => {
+                let answer = match request {
+                    Request::Reload => {
+                        match apply_reload(&path, &mut current, &pins, &cgroup, &metrics, &mut tasks) {
+                            Ok(()) => Response::done(format!("config {} reloaded", path.display())),
+                            Err(e) if e.is::<GenerationFailed>() => {
+                                let _ = reply.send(Response::error(format!("{e:#}")));
+                                break Err(e);
+                            }
+                            Err(e) => Response::error(format!("reload failed, the running config stays: {e:#}")),
+                        }
+                    }
+                    other => View {
+                        upstreams: &current.upstreams,
+                        states: &states_view,
+                        counters: &counters_view,
+                        metrics: &metrics,
+                        dry_run_all: current.config.daemon.dry_run,
+                        default_policy: current.config.default_policy.is_some(),
+                    }
+                    .answer(&other),
+                };
+                let _ = reply.send(answer);
+            }
             Some(change) = cgroup_changed.recv() => match change {
                 CgroupChange::Gone => {
                     metrics.set_cgroup_attached(false);
@@ -154,6 +181,7 @@ pub async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     };
     tasks.abort_all();
     drop(current);
+    let _ = std::fs::remove_file(&control_path);
     tracing::info!(pins = %pins.root().display(), "daemon stopped; the programs stay attached and keep enforcing (pinned): `breaker uninstall` removes them");
     outcome
 }
@@ -172,6 +200,8 @@ fn names_of(kernel: &Kernel, config: &Config) -> Vec<(u32, String)> {
 struct Generation {
     kernel: Kernel,
     config: Config,
+    /// The config's upstreams with their ids.
+    upstreams: Vec<(u32, crate::config::Upstream)>,
     tasks: Vec<tokio::task::AbortHandle>,
 }
 
@@ -199,6 +229,22 @@ impl Generation {
             )));
         }
         let upstreams = kernel.upstreams(&config);
+        let kept = upstreams.clone();
+        let ids: Vec<u32> = upstreams.iter().map(|(id, _)| *id).collect();
+        metrics.history().retain(&ids);
+        let (counters, sampled) = (kernel.counters(), metrics.clone());
+        handles.push(tasks.spawn(optional("counter sampling", async move {
+            let mut tick = tokio::time::interval(crate::control::SAMPLE_EVERY);
+            loop {
+                tick.tick().await;
+                let now = Instant::now();
+                let snapshot = ids
+                    .iter()
+                    .filter_map(|id| counters.get(*id).ok().map(|c| (*id, c)))
+                    .collect();
+                sampled.history().sample(now, snapshot);
+            }
+        })));
         let (states, prober_metrics, mark, heartbeat) = (
             kernel.states(),
             metrics.clone(),
@@ -227,6 +273,7 @@ impl Generation {
         Ok(Generation {
             kernel,
             config,
+            upstreams: kept,
             tasks: handles,
         })
     }
@@ -236,6 +283,40 @@ impl Generation {
             task.abort();
         }
     }
+}
+
+/// The reloaded config was swapped in, but its tasks could not start: the
+/// daemon cannot go on (it exits; the pinned programs stay).
+#[derive(Debug, thiserror::Error)]
+#[error("starting the reloaded config's tasks: {0:#}")]
+struct GenerationFailed(anyhow::Error);
+
+/// SIGHUP or `breaker reload`: the new config in place of the running one, or
+/// an error (logged and counted) with the running one untouched.
+fn apply_reload(
+    path: &std::path::Path,
+    current: &mut Generation,
+    pins: &PinFolder,
+    cgroup: &std::path::Path,
+    metrics: &Arc<Metrics>,
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let (kernel, config) = match reload(path, &current.config, pins, cgroup) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            metrics.reload_failed();
+            tracing::error!("reload failed, the running config stays: {e:#}");
+            return Err(e);
+        }
+    };
+    current.stop();
+    let names = names_of(&kernel, &config);
+    metrics.set_upstreams(&names);
+    *current = Generation::start(kernel, config, metrics, tasks)
+        .map_err(|e| anyhow::Error::new(GenerationFailed(e)))?;
+    metrics.reloaded();
+    tracing::info!(config = %path.display(), upstreams = names.len(), "config reloaded: every kept upstream keeps its state and counters");
+    Ok(())
 }
 
 /// Re-reads the config at `path` and, when it is valid and changes nothing a
@@ -266,6 +347,10 @@ fn reload(
         (
             "daemon.probe_mark",
             config.daemon.probe_mark != running.daemon.probe_mark,
+        ),
+        (
+            "daemon.control_socket",
+            config.daemon.control_socket != running.daemon.control_socket,
         ),
     ] {
         if changed {

@@ -58,6 +58,11 @@ pub fn record(metrics: &Metrics, t: &Transition) {
         ),
     }
     metrics.transition(t.upstream, t.from, t.to);
+    if t.dest.is_none() {
+        metrics
+            .history()
+            .transition(t.upstream, t.from.name(), t.to.name(), t.cause);
+    }
 }
 
 /// How often default-policy transitions are summed up in the log.

@@ -2,6 +2,7 @@
 //! transition events and Prometheus metrics.
 pub mod cgroup;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod events;
 pub mod explain;

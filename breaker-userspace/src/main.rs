@@ -1,7 +1,7 @@
 //! The `breaker` command.
 use std::{path::PathBuf, process::ExitCode};
 
-use breaker::config::Config;
+use breaker::{config::Config, control::protocol::Request};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -35,6 +35,46 @@ enum Command {
         /// The TOML configuration file.
         config: PathBuf,
     },
+    /// Show every upstream's breaker (or one's, with its endpoints, policy and last
+    /// transitions), from the running daemon.
+    Status {
+        /// One upstream, in detail.
+        upstream: Option<String>,
+        /// The daemon's answer as JSON (see `breaker::control::protocol`).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Reject (or redirect) every connect to UPSTREAM, with no probing, until reset.
+    ForceOpen {
+        upstream: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Let every connect to UPSTREAM through (still counted and reported), until reset.
+    ForceClose {
+        upstream: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Neither count nor enforce for UPSTREAM, until reset.
+    Disable {
+        upstream: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Back to automatic: CLOSED, the current streak's counts zeroed.
+    Reset {
+        upstream: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Re-read the daemon's config file (as SIGHUP does); non-zero if it was refused.
+    Reload {
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Remove every program, link, map and pin a daemon left attached (stop the
     /// daemon first): afterwards nothing of breaker runs in the kernel.
     Uninstall {
@@ -42,6 +82,13 @@ enum Command {
         #[arg(long, env = "BREAKER_PIN_PATH", default_value = breaker::config::defaults::PIN_PATH)]
         pin_path: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct SocketArg {
+    /// The daemon's control socket (the config's `daemon.control_socket`).
+    #[arg(long = "socket", env = "BREAKER_SOCKET", default_value = breaker::config::defaults::CONTROL_SOCKET)]
+    path: PathBuf,
 }
 
 /// Exit status for a configuration the daemon refuses.
@@ -66,7 +113,61 @@ fn main() -> ExitCode {
         },
         Command::Calibrate { cgroup } => calibrate(&cgroup),
         Command::Uninstall { pin_path } => uninstall(&pin_path),
+        Command::Status {
+            upstream,
+            json,
+            socket,
+        } => control(&socket.path, &Request::Status { upstream }, json),
+        Command::ForceOpen { upstream, socket } => {
+            control(&socket.path, &Request::ForceOpen { upstream }, false)
+        }
+        Command::ForceClose { upstream, socket } => {
+            control(&socket.path, &Request::ForceClose { upstream }, false)
+        }
+        Command::Disable { upstream, socket } => {
+            control(&socket.path, &Request::Disable { upstream }, false)
+        }
+        Command::Reset { upstream, socket } => {
+            control(&socket.path, &Request::Reset { upstream }, false)
+        }
+        Command::Reload { socket } => control(&socket.path, &Request::Reload, false),
     }
+}
+
+/// A verb for the running daemon: one line of error and exit 1 when it cannot
+/// be done, the answer (or the status table, or its JSON) otherwise.
+fn control(socket: &std::path::Path, request: &Request, json: bool) -> ExitCode {
+    let answer = match breaker::control::client::call(socket, request) {
+        Ok(answer) => answer,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !answer.ok {
+        eprintln!(
+            "error: {}",
+            answer.error.as_deref().unwrap_or("the daemon refused")
+        );
+        return ExitCode::FAILURE;
+    }
+    if let Some(status) = &answer.status {
+        if json {
+            match serde_json::to_string_pretty(status) {
+                Ok(text) => println!("{text}"),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            print!("{}", breaker::control::render_status(status));
+        }
+    }
+    if let Some(message) = &answer.message {
+        println!("{message}");
+    }
+    ExitCode::SUCCESS
 }
 
 /// `breaker uninstall`: removes the pins, which detaches and frees everything.

@@ -5,7 +5,10 @@ use std::{
     sync::{Arc, Mutex, RwLock},
 };
 
-use breaker_common::{abi::Counters, machine::State};
+use breaker_common::{
+    abi::Counters,
+    machine::{Mode, State},
+};
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 // Not `events`: events feed metrics, so the dependency goes one way only.
@@ -33,6 +36,8 @@ pub struct Metrics {
     contention: IntCounterVec,
     abandoned: IntCounterVec,
     unwatched: IntCounterVec,
+    would_reject: IntCounterVec,
+    mode: IntGaugeVec,
     probes: IntCounterVec,
     default_open: IntGaugeVec,
     /// Kernel counters as of the last scrape, to turn totals into increments.
@@ -43,6 +48,7 @@ pub struct Metrics {
     cgroup_attached: prometheus::IntGauge,
     reloads: IntCounterVec,
     last_reload: prometheus::Gauge,
+    history: crate::control::History,
     kernel_memory: prometheus::IntGauge,
 }
 
@@ -89,6 +95,8 @@ impl Metrics {
             contention: counter(&registry, "breaker_state_contention_total", "Kernel state updates given up after repeated compare-and-swap races.", &["upstream"]),
             abandoned: counter(&registry, "breaker_connects_abandoned_total", "Watched connects the application closed before they reached an outcome; they count neither as a success nor as a failure.", &["upstream"]),
             unwatched: counter(&registry, "breaker_connects_unwatched_total", "Connects passed without watching their outcome, because too many connects were in flight at once to keep a record for each.", &["upstream"]),
+            would_reject: counter(&registry, "breaker_connects_would_reject_total", "Connects a dry-run breaker would have rejected or redirected, and let through.", &["upstream"]),
+            mode: gauge(&registry, "breaker_mode", "1 for the mode each configured upstream's breaker is in (auto, force_open, force_closed, disabled), 0 for the others.", &["upstream", "mode"]),
             probes: counter(&registry, "breaker_probes_total", "Half-open probes by the daemon, by result.", &["upstream", "result"]),
             default_open: gauge(&registry, "breaker_default_policy_destinations", "Default-policy destinations in the kernel's maps, by state: closed (with failures), open, half_open.", &["state"]),
             cgroup_attached: {
@@ -107,6 +115,7 @@ impl Metrics {
             registry,
             last: Mutex::new(HashMap::new()),
             destinations: Mutex::new(None),
+            history: Default::default(),
         };
         for result in ["success", "failure"] {
             m.reloads.with_label_values(&[result]);
@@ -134,8 +143,9 @@ impl Metrics {
         }
     }
 
-    fn per_upstream(&self) -> [&IntCounterVec; 7] {
+    fn per_upstream(&self) -> [&IntCounterVec; 8] {
         [
+            &self.would_reject,
             &self.attempts,
             &self.successes,
             &self.rejected,
@@ -165,6 +175,9 @@ impl Metrics {
             for result in ["success", "failure"] {
                 let _ = self.probes.remove_label_values(&[name, result]);
             }
+            for mode in Mode::ALL {
+                let _ = self.mode.remove_label_values(&[name, mode.name()]);
+            }
             for from in STATES {
                 let _ = self.state.remove_label_values(&[name, from.name()]);
                 for to in STATES {
@@ -182,6 +195,21 @@ impl Metrics {
             self.precreate(name);
         }
         *names = next;
+    }
+
+    /// Recent transitions and counter snapshots, for `breaker status`.
+    pub fn history(&self) -> &crate::control::History {
+        &self.history
+    }
+
+    /// The default policy's destinations by state, when it is on.
+    pub fn destination_counts(&self) -> Option<crate::kernel::DestinationCounts> {
+        let destinations = self
+            .destinations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        destinations.map(|d| d.counts())
     }
 
     /// Counts a reload that failed (the running config stays).
@@ -271,6 +299,11 @@ impl Metrics {
                             .with_label_values(&[name, s.name()])
                             .set((word.state() == s) as i64);
                     }
+                    for m in Mode::ALL {
+                        self.mode
+                            .with_label_values(&[name, m.name()])
+                            .set((word.mode() == m) as i64);
+                    }
                 }
             }
             let now = match counters.get(id) {
@@ -308,6 +341,12 @@ impl Metrics {
             );
             inc(&self.abandoned, &[name], now.abandoned, prev.abandoned);
             inc(&self.unwatched, &[name], now.unwatched, prev.unwatched);
+            inc(
+                &self.would_reject,
+                &[name],
+                now.would_reject,
+                prev.would_reject,
+            );
         }
         let destinations = self
             .destinations

@@ -136,6 +136,11 @@ pub async fn run(
             let Some(word) = states.load(p.id) else {
                 continue;
             };
+            // An operator's override decides, not probes.
+            if word.mode() != breaker_common::machine::Mode::Auto {
+                p.last_probe = None;
+                continue;
+            }
             // HALF_OPEN is a breaker being probed: open_duration has passed, and a
             // failed probe keeps it there, so probes go on every probe_interval.
             let recovering = match word.state() {

@@ -224,7 +224,11 @@ impl Lab {
     /// Writes `body` as a config attached to the lab cgroup, with metrics on [`METRICS`].
     pub fn write_config(&self, body: &str) -> anyhow::Result<PathBuf> {
         let path = self.work.join("breaker.toml");
-        let pin_path = format!("pin_path = {:?}\n", self.pins.display().to_string());
+        let pin_path = format!(
+            "pin_path = {:?}\ncontrol_socket = {:?}\n",
+            self.pins.display().to_string(),
+            self.control_socket().display().to_string()
+        );
         let mut text = format!("cgroup = {:?}\n", self.cgroup.display().to_string());
         if body.contains("[daemon]\n") {
             text.push_str(&body.replacen("[daemon]\n", &format!("[daemon]\n{pin_path}"), 1));
@@ -355,6 +359,29 @@ impl Lab {
             "breaker {args:?} was still running after {within:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         )
+    }
+
+    /// The lab daemon's control socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.work.join("control.sock")
+    }
+
+    /// `breaker ARGS --socket SOCKET`: a CLI verb for the lab's daemon.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        self.cli_as(args, None)
+    }
+
+    /// [`Lab::cli`] as user `uid` (root when `None`).
+    pub fn cli_as(&self, args: &[&str], uid: Option<u32>) -> anyhow::Result<std::process::Output> {
+        let mut command = Command::new(&self.breaker_bin);
+        command
+            .args(args)
+            .arg("--socket")
+            .arg(self.control_socket());
+        if let Some(uid) = uid {
+            command.uid(uid);
+        }
+        command.output().context("running the breaker CLI")
     }
 
     /// `breaker uninstall` on the lab's pins, through the real binary.
@@ -562,9 +589,10 @@ impl Lab {
         std::fs::write(
             &path,
             format!(
-                "cgroup = {:?}\n[daemon]\nmetrics_listen = {metrics:?}\npin_path = {:?}\n{body}",
+                "cgroup = {:?}\n[daemon]\nmetrics_listen = {metrics:?}\npin_path = {:?}\ncontrol_socket = {:?}\n{body}",
                 cgroup.display().to_string(),
-                pins.display().to_string()
+                pins.display().to_string(),
+                self.work.join(format!("{name}.sock")).display().to_string()
             ),
         )?;
         let log = self.work.join(format!("{name}.log"));

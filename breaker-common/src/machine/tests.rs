@@ -495,3 +495,54 @@ fn the_daemon_is_away_after_its_heartbeat_goes_stale_across_the_wrap() {
     assert!(!daemon_away(beat, beat.wrapping_add(DAEMON_AWAY_MS)));
     assert!(daemon_away(beat, beat.wrapping_add(DAEMON_AWAY_MS + 1)));
 }
+
+#[test]
+fn an_override_holds_whatever_happens_until_reset() {
+    let open = trip(1_000);
+    let later = 1_000 + T.open_duration_ms * 10;
+    let failure = Outcome {
+        success: false,
+        trial_epoch: None,
+    };
+    for (mode, admission) in [
+        (Mode::ForceOpen, Admission::Reject),
+        (Mode::ForceClosed, Admission::Pass),
+        (Mode::Disabled, Admission::Ignore),
+    ] {
+        for w in [BreakerWord::CLOSED, open] {
+            let forced = set_mode(w, mode).next;
+            assert_eq!(forced.mode(), mode);
+            assert_eq!(forced.state(), w.state(), "forcing keeps the state");
+            assert_eq!(admit(forced, later, &T), Step { next: forced, result: admission });
+            assert_eq!(record(forced, failure, later, &T).next, forced);
+            assert_eq!(probe(forced, true, later, &T).next, forced);
+            assert_eq!(expire_open(forced, later, &T), forced);
+            // Forced closed still reports outcomes; the others do not.
+            assert_eq!(
+                record(forced, failure, later, &T).result,
+                mode == Mode::ForceClosed
+            );
+        }
+    }
+}
+
+#[test]
+fn reset_closes_in_a_new_epoch_so_earlier_trials_never_count() {
+    let half_open = expire_open(trip(1_000), 1_000 + T.open_duration_ms, &T);
+    let step = admit(half_open, 1_000 + T.open_duration_ms, &T);
+    let Admission::Trial { epoch } = step.result else {
+        panic!("{:?}", step.result)
+    };
+    let forced = set_mode(step.next, Mode::ForceOpen).next;
+    let reset = reset(forced).next;
+    assert_eq!(reset.state(), State::Closed);
+    assert_eq!(reset.mode(), Mode::Auto);
+    assert_eq!(reset.count(), 0);
+    assert_ne!(reset.epoch(), epoch);
+    // The stale trial's failure counts as an ordinary CLOSED failure, not a trial.
+    let stale = Outcome {
+        success: false,
+        trial_epoch: Some(epoch),
+    };
+    assert_eq!(record(reset, stale, 5_000, &T).next.count(), 1);
+}

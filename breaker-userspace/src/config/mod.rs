@@ -67,6 +67,7 @@ pub mod defaults {
     /// Where bpffs is mounted; pin folders live inside it.
     pub const BPFFS: &str = "/sys/fs/bpf";
     pub const PIN_PATH: &str = "/sys/fs/bpf/breaker";
+    pub const CONTROL_SOCKET: &str = "/run/breaker/control.sock";
     /// "brk" in ASCII.
     pub const PROBE_MARK: u32 = 0x0062_726b;
     pub const DEFAULT_POLICY_MAX_DESTINATIONS: u32 = 65_536;
@@ -121,6 +122,8 @@ pub struct Upstream {
     pub fallback: Vec<SocketAddr>,
     pub policy: Policy,
     pub probe: Probe,
+    /// `mode = "dry_run"`: the breaker runs and reports, but never rejects.
+    pub dry_run: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,6 +138,10 @@ pub struct Daemon {
     pub probe_mark: u32,
     /// The bpffs folder that holds every pinned map and link.
     pub pin_path: PathBuf,
+    /// Every breaker in dry run (see [`Upstream::dry_run`]).
+    pub dry_run: bool,
+    /// The control socket (Unix, root only) the CLI talks to.
+    pub control_socket: PathBuf,
 }
 
 /// A validated configuration.
@@ -166,6 +173,9 @@ struct RawDaemon {
     metrics_listen: Option<String>,
     probe_mark: Option<u32>,
     pin_path: Option<PathBuf>,
+    #[serde(default)]
+    dry_run: bool,
+    control_socket: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
@@ -213,6 +223,7 @@ struct RawUpstream {
     allow_catch_all: bool,
     #[serde(default)]
     allow_loopback: bool,
+    mode: Option<String>,
     failure_threshold: Option<u32>,
     success_threshold: Option<u32>,
     half_open_max_connections: Option<u32>,
@@ -446,10 +457,22 @@ impl Check<'_> {
                 ),
             );
         }
+        let control_socket = raw
+            .control_socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(defaults::CONTROL_SOCKET));
+        if !control_socket.is_absolute() {
+            return self.fail(
+                "daemon.control_socket",
+                format!("{} must be an absolute path", control_socket.display()),
+            );
+        }
         Ok(Daemon {
             metrics_listen,
             probe_mark,
             pin_path,
+            dry_run: raw.dry_run,
+            control_socket,
         })
     }
 
@@ -481,12 +504,23 @@ impl Check<'_> {
             defaults::UPSTREAM_HALF_OPEN_MAX_CONNECTIONS,
         )?;
         let probe = self.probe(&at, up.probe, &endpoints)?;
+        let dry_run = match up.mode.as_deref() {
+            None | Some("enforce") => false,
+            Some("dry_run") => true,
+            Some(other) => {
+                return self.fail(
+                    format!("{at}.mode"),
+                    format!("{other:?} is not a mode: \"enforce\" (the default) or \"dry_run\""),
+                )
+            }
+        };
         Ok(Upstream {
             name: up.name,
             endpoints,
             fallback,
             policy,
             probe,
+            dry_run,
         })
     }
 

@@ -31,7 +31,7 @@ use aya::{
 use breaker_common::{
     abi::{
         map_names, program_names, BreakerCell, Counters, DestKey, EndpointV4, EndpointV6,
-        PinMetadata, Settings, UpstreamPolicy, ABI_VERSION, DEFAULT_UPSTREAM_ID,
+        PinMetadata, Settings, UpstreamPolicy, ABI_VERSION, DEFAULT_UPSTREAM_ID, POLICY_DRY_RUN,
         POLICY_FALLBACK_V4, POLICY_FALLBACK_V6, PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6,
     },
     dest::{endpoint_prefix_len, port_ne},
@@ -165,6 +165,7 @@ impl CounterTable {
             sum.contention_misses += c.contention_misses;
             sum.abandoned += c.abandoned;
             sum.unwatched += c.unwatched;
+            sum.would_reject += c.would_reject;
             sum
         }))
     }
@@ -463,12 +464,23 @@ fn write_config(ebpf: &mut Ebpf, config: &Config, hz: u32, ids: &[u32]) -> Resul
     let mut policies: Array<_, UpstreamPolicy> = typed_map(ebpf, map_names::POLICIES)?;
     if let Some(d) = &config.default_policy {
         policies
-            .set(DEFAULT_UPSTREAM_ID, policy_abi(&d.policy, &[], hz), 0)
+            .set(
+                DEFAULT_UPSTREAM_ID,
+                dry_run(policy_abi(&d.policy, &[], hz), config.daemon.dry_run),
+                0,
+            )
             .map_err(map_err(map_names::POLICIES))?;
     }
     for (i, up) in config.upstreams.iter().enumerate() {
         policies
-            .set(upstream_id(i), policy_abi(&up.policy, &up.fallback, hz), 0)
+            .set(
+                upstream_id(i),
+                dry_run(
+                    policy_abi(&up.policy, &up.fallback, hz),
+                    up.dry_run || config.daemon.dry_run,
+                ),
+                0,
+            )
             .map_err(map_err(map_names::POLICIES))?;
     }
 
@@ -653,6 +665,14 @@ pub fn trial_rto_jiffies(timeout: std::time::Duration, hz: u32) -> u32 {
     let waits = (1u128 << (TRIAL_SYN_RETRIES + 1)) - 1;
     let jiffies = timeout.as_millis() * hz as u128 / 1000 / waits;
     jiffies.clamp(1, u32::MAX as u128) as u32
+}
+
+/// `policy`, in dry run when `on`.
+fn dry_run(mut policy: UpstreamPolicy, on: bool) -> UpstreamPolicy {
+    if on {
+        policy.flags |= POLICY_DRY_RUN;
+    }
+    policy
 }
 
 /// The kernel form of a policy. Ports and addresses in network byte order as the

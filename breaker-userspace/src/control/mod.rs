@@ -1,0 +1,289 @@
+//! Control: the socket the CLI talks to, and what each verb does.
+//!
+//! - [`protocol`]: the requests and answers (and the JSON of `status --json`).
+//! - [`server`]: the root-only Unix socket in the daemon.
+//! - [`client`]: the CLI side.
+//! - [`history`]: recent transitions and counter snapshots for `status`.
+pub mod client;
+mod history;
+pub mod protocol;
+pub mod server;
+
+use std::time::Instant;
+
+use breaker_common::machine::{self, Mode, State};
+pub use history::{History, SAMPLE_EVERY};
+use protocol::{DestinationCounts, Detail, PolicyView, Request, Response, Status, UpstreamStatus};
+
+use crate::{
+    config::Upstream,
+    events::Transition,
+    kernel::CounterTable,
+    metrics::Metrics,
+    state::{now_ms, StateTable},
+};
+
+/// What the verbs read and change: the running config's upstreams and the
+/// kernel's words and counters.
+pub struct View<'a> {
+    pub upstreams: &'a [(u32, Upstream)],
+    pub states: &'a StateTable,
+    pub counters: &'a CounterTable,
+    pub metrics: &'a Metrics,
+    /// `[daemon] dry_run`.
+    pub dry_run_all: bool,
+    /// Whether the config has a `[default_policy]`.
+    pub default_policy: bool,
+}
+
+impl View<'_> {
+    /// Answers a verb that reads or changes breakers (not `reload`, which the
+    /// daemon's main loop does itself).
+    pub fn answer(&self, request: &Request) -> Response {
+        match request {
+            Request::Status { upstream } => self.status(upstream.as_deref()),
+            Request::ForceOpen { upstream } => self.set_mode(upstream, Some(Mode::ForceOpen)),
+            Request::ForceClose { upstream } => self.set_mode(upstream, Some(Mode::ForceClosed)),
+            Request::Disable { upstream } => self.set_mode(upstream, Some(Mode::Disabled)),
+            Request::Reset { upstream } => self.set_mode(upstream, None),
+            Request::Reload => Response::error("reload is answered by the daemon"),
+        }
+    }
+
+    fn find(&self, name: &str) -> Result<&(u32, Upstream), Response> {
+        self.upstreams
+            .iter()
+            .find(|(_, u)| u.name == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self
+                    .upstreams
+                    .iter()
+                    .map(|(_, u)| u.name.as_str())
+                    .collect();
+                Response::error(format!(
+                    "no upstream named {name:?} (configured: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ))
+            })
+    }
+
+    fn status(&self, name: Option<&str>) -> Response {
+        let chosen: Vec<&(u32, Upstream)> = match name {
+            Some(name) => match self.find(name) {
+                Ok(found) => vec![found],
+                Err(e) => return e,
+            },
+            None => self.upstreams.iter().collect(),
+        };
+        let now = Instant::now();
+        let upstreams = chosen
+            .into_iter()
+            .filter_map(|(id, up)| {
+                let word = self.states.load(*id)?;
+                let counters = self.counters.get(*id).unwrap_or_default();
+                let history = self.metrics.history();
+                let phase = u64::from(word.phase_ms(now_ms()));
+                let since_ms = match word.state() {
+                    State::Closed => history
+                        .since_last_transition(*id)
+                        .map(|d| d.as_millis() as u64),
+                    _ => Some(phase),
+                };
+                let open_ms = up.policy.open_duration.as_millis() as u64;
+                let next_probe_ms = match (word.mode(), word.state()) {
+                    (Mode::Auto, State::Open) => Some(open_ms.saturating_sub(phase)),
+                    (Mode::Auto, State::HalfOpen) => {
+                        Some(up.policy.probe_interval.as_millis() as u64)
+                    }
+                    _ => None,
+                };
+                let detail = name.map(|_| Detail {
+                    endpoints: up.endpoints.iter().map(|e| e.to_string()).collect(),
+                    fallback: up.fallback.iter().map(|a| a.to_string()).collect(),
+                    policy: PolicyView {
+                        failure_threshold: up.policy.failure_threshold,
+                        success_threshold: up.policy.success_threshold,
+                        half_open_max_connections: up.policy.half_open_max_connections,
+                        open_duration_ms: open_ms,
+                        trial_connect_timeout_ms: up.policy.trial_connect_timeout.as_millis()
+                            as u64,
+                        probe_interval_ms: up.policy.probe_interval.as_millis() as u64,
+                        probe_timeout_ms: up.policy.probe_timeout.as_millis() as u64,
+                    },
+                    transitions: history.transitions(*id),
+                });
+                Some(UpstreamStatus {
+                    name: up.name.clone(),
+                    state: word.state().name().to_string(),
+                    mode: word.mode().name().to_string(),
+                    dry_run: up.dry_run || self.dry_run_all,
+                    since_ms,
+                    count: word.count(),
+                    last_minute: history.window(now, *id, &counters),
+                    next_probe_ms,
+                    detail,
+                })
+            })
+            .collect();
+        let counts = self
+            .default_policy
+            .then(|| self.metrics.destination_counts())
+            .flatten();
+        let default_policy = counts.map(|c| DestinationCounts {
+            closed: c.closed,
+            open: c.open,
+            half_open: c.half_open,
+        });
+        Response {
+            ok: true,
+            status: Some(Status {
+                upstreams,
+                default_policy,
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// An override (`Some`) or a reset to automatic (`None`), with the same
+    /// compare-and-swap the kernel uses.
+    fn set_mode(&self, name: &str, mode: Option<Mode>) -> Response {
+        let (id, _) = match self.find(name) {
+            Ok(found) => found,
+            Err(e) => return e,
+        };
+        let step = self.states.update(*id, |w| match mode {
+            Some(mode) => machine::set_mode(w, mode),
+            None => machine::reset(w),
+        });
+        let Some((prev, step)) = step else {
+            return Response::error(format!(
+                "upstream {name:?}: its breaker word could not be changed (contention); try again"
+            ));
+        };
+        let now = step.next.mode();
+        tracing::info!(
+            upstream = name,
+            from = prev.mode().name(),
+            to = now.name(),
+            state = step.next.state().name(),
+            "operator set the breaker's mode"
+        );
+        if let Some((from, to)) = step.transition(prev) {
+            crate::events::record(
+                self.metrics,
+                &Transition {
+                    upstream: *id,
+                    from,
+                    to,
+                    cause: "operator_reset",
+                    dest: None,
+                },
+            );
+        }
+        Response::done(match mode {
+            Some(mode) => format!(
+                "{name}: mode {} (until `breaker reset {name}`)",
+                mode.name()
+            ),
+            None => format!("{name}: back to auto, {}", step.next.state().name()),
+        })
+    }
+}
+
+/// `status` as a table: one line per upstream, and with one upstream its
+/// endpoints, policy and last transitions.
+pub fn render_status(status: &Status) -> String {
+    // Exact below a minute, whole seconds above.
+    let ms = |v: Option<u64>| {
+        v.map_or("-".to_string(), |ms| {
+            let ms = if ms < 60_000 { ms } else { ms / 1000 * 1000 };
+            humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()
+        })
+    };
+    let mut rows = vec![[
+        "UPSTREAM".to_string(),
+        "STATE".into(),
+        "MODE".into(),
+        "SINCE".into(),
+        "COUNT".into(),
+        "CONNECTS/1m".into(),
+        "FAILURES/1m".into(),
+        "REJECTED/1m".into(),
+        "NEXT PROBE".into(),
+    ]];
+    for u in &status.upstreams {
+        let mode = if u.dry_run && u.mode == "auto" {
+            "dry_run".to_string()
+        } else {
+            u.mode.clone()
+        };
+        rows.push([
+            u.name.clone(),
+            u.state.clone(),
+            mode,
+            ms(u.since_ms),
+            u.count.to_string(),
+            u.last_minute.connects.to_string(),
+            u.last_minute.failures.to_string(),
+            u.last_minute.rejected.to_string(),
+            ms(u.next_probe_ms),
+        ]);
+    }
+    let mut widths = [0usize; 9];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    if let Some(d) = &status.default_policy {
+        out.push_str(&format!(
+            "default policy: {} open, {} half_open, {} closed with failures\n",
+            d.open, d.half_open, d.closed
+        ));
+    }
+    for u in &status.upstreams {
+        let Some(detail) = &u.detail else { continue };
+        let p = &detail.policy;
+        out.push_str(&format!(
+            "\n{}\n  endpoints: {}\n  fallback:  {}\n  policy:    failure_threshold {}, success_threshold {}, half_open_max_connections {}, open_duration {}, trial_connect_timeout {}, probe every {} (timeout {})\n  transitions:\n",
+            u.name,
+            detail.endpoints.join(", "),
+            if detail.fallback.is_empty() { "none".to_string() } else { detail.fallback.join(", ") },
+            p.failure_threshold,
+            p.success_threshold,
+            p.half_open_max_connections,
+            ms(Some(p.open_duration_ms)),
+            ms(Some(p.trial_connect_timeout_ms)),
+            ms(Some(p.probe_interval_ms)),
+            ms(Some(p.probe_timeout_ms)),
+        ));
+        if detail.transitions.is_empty() {
+            out.push_str("    none since the daemon started\n");
+        }
+        for t in &detail.transitions {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(t.at_unix_ms);
+            out.push_str(&format!(
+                "    {}  {} -> {}  ({})\n",
+                humantime::format_rfc3339_seconds(at),
+                t.from,
+                t.to,
+                t.cause
+            ));
+        }
+    }
+    out
+}

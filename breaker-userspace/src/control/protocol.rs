@@ -1,0 +1,132 @@
+//! The control protocol: one JSON request per line from the CLI, one JSON
+//! response per line from the daemon. `--json` prints the response's `status`
+//! as it comes, so these types are the documented, stable JSON of `status`.
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verb", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// Every upstream, or one (with its endpoints, policy and last transitions).
+    Status {
+        #[serde(default)]
+        upstream: Option<String>,
+    },
+    /// Reject (or redirect) every connect to the upstream, no probing.
+    ForceOpen { upstream: String },
+    /// Let every connect through; still count and report.
+    ForceClose { upstream: String },
+    /// Neither count nor enforce.
+    Disable { upstream: String },
+    /// Back to automatic: CLOSED, the current streak zeroed.
+    Reset { upstream: String },
+    /// Re-read the config file (as SIGHUP does).
+    Reload,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    /// What went wrong, in one line, when not `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What was done, for verbs that change something.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+impl Response {
+    pub fn error(e: impl std::fmt::Display) -> Response {
+        Response {
+            ok: false,
+            error: Some(e.to_string()),
+            ..Default::default()
+        }
+    }
+
+    pub fn done(message: impl Into<String>) -> Response {
+        Response {
+            ok: true,
+            message: Some(message.into()),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub upstreams: Vec<UpstreamStatus>,
+    /// Default-policy destinations by state, when the default policy is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_policy: Option<DestinationCounts>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamStatus {
+    pub name: String,
+    /// `closed`, `open` or `half_open`.
+    pub state: String,
+    /// `auto`, `force_open`, `force_closed` or `disabled`.
+    pub mode: String,
+    /// `true` when the upstream (or the whole daemon) is in dry run.
+    pub dry_run: bool,
+    /// Milliseconds in the current state (OPEN: since the trip; HALF_OPEN: since
+    /// it began or admitted its newest trial), or since the last transition the
+    /// daemon saw; `null` when unknown.
+    pub since_ms: Option<u64>,
+    /// Consecutive failures (CLOSED) or successes (HALF_OPEN).
+    pub count: u32,
+    pub last_minute: Window,
+    /// Milliseconds until the next probe can start: OPEN, until `open_duration`
+    /// has passed; HALF_OPEN, at most `probe_interval`; `null` when none is due.
+    pub next_probe_ms: Option<u64>,
+    /// With `status NAME` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Detail>,
+}
+
+/// Counts over the last minute (or since the daemon started, if less).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Window {
+    pub seconds: u64,
+    pub connects: u64,
+    pub failures: u64,
+    pub rejected: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Detail {
+    pub endpoints: Vec<String>,
+    pub fallback: Vec<String>,
+    pub policy: PolicyView,
+    /// Newest last.
+    pub transitions: Vec<TransitionView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyView {
+    pub failure_threshold: u32,
+    pub success_threshold: u32,
+    pub half_open_max_connections: u32,
+    pub open_duration_ms: u64,
+    pub trial_connect_timeout_ms: u64,
+    pub probe_interval_ms: u64,
+    pub probe_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitionView {
+    /// Unix time in milliseconds.
+    pub at_unix_ms: u64,
+    pub from: String,
+    pub to: String,
+    pub cause: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationCounts {
+    pub closed: u64,
+    pub open: u64,
+    pub half_open: u64,
+}
