@@ -100,8 +100,9 @@ pub async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         }
     }));
     let (calls, mut requests) = tokio::sync::mpsc::channel(16);
+    let live = metrics.history().follow();
     tasks.spawn(optional("control socket", async move {
-        crate::control::server::serve(control, calls).await;
+        crate::control::server::serve(control, calls, live).await;
         Ok(())
     }));
     let mut current = Generation::start(kernel, config, &metrics, &mut tasks)?;

@@ -58,6 +58,18 @@ pub fn record(metrics: &Metrics, t: &Transition) {
         ),
     }
     metrics.transition(t.upstream, t.from, t.to);
+    metrics
+        .history()
+        .publish(crate::control::protocol::EventView {
+            at_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            upstream: name.clone(),
+            destination: t.dest.map(|d| d.to_string()),
+            from: t.from.name().to_string(),
+            to: t.to.name().to_string(),
+            cause: t.cause.to_string(),
+        });
     if t.dest.is_none() {
         metrics
             .history()

@@ -70,6 +70,17 @@ enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Show breaker transitions: the recent ones, or with --follow each new one as
+    /// it happens, one line each (or JSON lines).
+    Events {
+        #[arg(long, short)]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Re-read the daemon's config file (as SIGHUP does); non-zero if it was refused.
     Reload {
         #[command(flatten)]
@@ -131,6 +142,16 @@ fn main() -> ExitCode {
             control(&socket.path, &Request::Reset { upstream }, false)
         }
         Command::Reload { socket } => control(&socket.path, &Request::Reload, false),
+        Command::Events {
+            follow: true,
+            json,
+            socket,
+        } => follow_events(&socket.path, json),
+        Command::Events {
+            follow: false,
+            json,
+            socket,
+        } => control(&socket.path, &Request::Events { follow: false }, json),
     }
 }
 
@@ -164,10 +185,42 @@ fn control(socket: &std::path::Path, request: &Request, json: bool) -> ExitCode 
             print!("{}", breaker::control::render_status(status));
         }
     }
+    for event in answer.events.iter().flatten() {
+        if json {
+            println!("{}", serde_json::to_string(event).unwrap_or_default());
+        } else {
+            println!("{event}");
+        }
+    }
     if let Some(message) = &answer.message {
         println!("{message}");
     }
     ExitCode::SUCCESS
+}
+
+/// `breaker events --follow`: each transition as the daemon sends it, until
+/// the daemon stops (exit 0) or the CLI is interrupted.
+fn follow_events(socket: &std::path::Path, json: bool) -> ExitCode {
+    use std::io::Write;
+    let shown = breaker::control::client::follow(socket, |line| {
+        let text = if json {
+            line.to_string()
+        } else {
+            match serde_json::from_str::<breaker::control::protocol::EventView>(line) {
+                Ok(event) => event.to_string(),
+                Err(_) => line.to_string(),
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{text}").is_ok() && out.flush().is_ok()
+    });
+    match shown {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `breaker uninstall`: removes the pins, which detaches and frees everything.

@@ -371,6 +371,18 @@ impl Lab {
         self.cli_as(args, None)
     }
 
+    /// `breaker ARGS --socket SOCKET` started, not waited for (`events --follow`).
+    pub fn cli_spawn(&self, args: &[&str]) -> anyhow::Result<Child> {
+        Command::new(&self.breaker_bin)
+            .args(args)
+            .arg("--socket")
+            .arg(self.control_socket())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the breaker CLI")
+    }
+
     /// [`Lab::cli`] as user `uid` (root when `None`).
     pub fn cli_as(&self, args: &[&str], uid: Option<u32>) -> anyhow::Result<std::process::Output> {
         let mut command = Command::new(&self.breaker_bin);

@@ -280,3 +280,57 @@ fn bad_requests_get_one_clear_line_and_change_nothing() {
     lab.signal_daemon(Signal::SIGTERM).unwrap();
     refused(&lab, &["status"], None, "no breaker daemon is running");
 }
+
+#[test]
+fn events_follow_streams_each_transition_as_it_happens() {
+    let Some(mut lab) = lab("events") else {
+        return;
+    };
+    lab.start_daemon(&format!(
+        "[[upstream]]\nname = \"dark\"\nendpoints = [\"{BLACKHOLE_V4}:80\"]\nfailure_threshold = 1\nopen_duration = \"1h\"\n"
+    ))
+    .unwrap();
+    let mut follower = lab.cli_spawn(&["events", "--follow", "--json"]).unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    // Lines arrive on a thread of their own, so the test can time out.
+    let (lines, arrived) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The follower is connected before the transition happens.
+    std::thread::sleep(Duration::from_millis(300));
+    lab.client(&[
+        "--to",
+        &format!("{BLACKHOLE_V4}:80"),
+        "--count",
+        "1",
+        "--timeout-ms",
+        "1500",
+    ])
+    .unwrap();
+    let line = arrived.recv_timeout(Duration::from_secs(5));
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let event: serde_json::Value = match &line {
+        Ok(line) => serde_json::from_str(line).unwrap_or_default(),
+        Err(_) => serde_json::Value::Null,
+    };
+    check(
+        &lab,
+        event["upstream"] == "dark"
+            && event["from"] == "closed"
+            && event["to"] == "open"
+            && event["cause"] == "timeout",
+        &format!("the trip arrives as it happens: {line:?}"),
+    );
+    let recent = ok(&lab, &["events"]);
+    check(
+        &lab,
+        recent.contains("dark  closed -> open  (timeout)"),
+        &format!("and is in the recent events: {recent}"),
+    );
+}

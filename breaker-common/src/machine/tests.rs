@@ -513,7 +513,13 @@ fn an_override_holds_whatever_happens_until_reset() {
             let forced = set_mode(w, mode).next;
             assert_eq!(forced.mode(), mode);
             assert_eq!(forced.state(), w.state(), "forcing keeps the state");
-            assert_eq!(admit(forced, later, &T), Step { next: forced, result: admission });
+            assert_eq!(
+                admit(forced, later, &T),
+                Step {
+                    next: forced,
+                    result: admission
+                }
+            );
             assert_eq!(record(forced, failure, later, &T).next, forced);
             assert_eq!(probe(forced, true, later, &T).next, forced);
             assert_eq!(expire_open(forced, later, &T), forced);

@@ -9,7 +9,7 @@ use std::{
 
 use breaker_common::abi::Counters;
 
-use super::protocol::{TransitionView, Window};
+use super::protocol::{EventView, TransitionView, Window};
 
 /// Transitions kept per upstream.
 const TRANSITIONS_KEPT: usize = 20;
@@ -17,13 +17,64 @@ const TRANSITIONS_KEPT: usize = 20;
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 const WINDOW: Duration = Duration::from_secs(60);
 
-#[derive(Default)]
+/// Transitions a slow `events --follow` reader may fall behind by before it
+/// misses some (and is told how many).
+const FOLLOW_BACKLOG: usize = 1024;
+
 pub struct History {
     transitions: Mutex<HashMap<u32, VecDeque<(Instant, TransitionView)>>>,
     samples: Mutex<VecDeque<(Instant, HashMap<u32, Counters>)>>,
+    /// Every transition as it happens, for `events --follow`.
+    live: tokio::sync::broadcast::Sender<EventView>,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History {
+            transitions: Default::default(),
+            samples: Default::default(),
+            live: tokio::sync::broadcast::channel(FOLLOW_BACKLOG).0,
+        }
+    }
 }
 
 impl History {
+    /// Sends `event` to every `events --follow` (dropped when nobody follows).
+    pub fn publish(&self, event: EventView) {
+        let _ = self.live.send(event);
+    }
+
+    /// Where `events --follow` reads from.
+    pub fn follow(&self) -> tokio::sync::broadcast::Sender<EventView> {
+        self.live.clone()
+    }
+
+    /// Every upstream's kept transitions, oldest first, named by `name_of`.
+    pub fn recent(&self, name_of: impl Fn(u32) -> String) -> Vec<EventView> {
+        let all = self.transitions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut events: Vec<(Instant, EventView)> = all
+            .iter()
+            .flat_map(|(id, kept)| {
+                let name = name_of(*id);
+                kept.iter().map(move |(at, t)| {
+                    (
+                        *at,
+                        EventView {
+                            at_unix_ms: t.at_unix_ms,
+                            upstream: name.clone(),
+                            destination: None,
+                            from: t.from.clone(),
+                            to: t.to.clone(),
+                            cause: t.cause.clone(),
+                        },
+                    )
+                })
+            })
+            .collect();
+        events.sort_by_key(|(at, _)| *at);
+        events.into_iter().map(|(_, e)| e).collect()
+    }
+
     /// Notes a transition of configured upstream `id`.
     pub fn transition(&self, id: u32, from: &str, to: &str, cause: &str) {
         let at_unix_ms = SystemTime::now()

@@ -47,6 +47,18 @@ impl View<'_> {
             Request::Disable { upstream } => self.set_mode(upstream, Some(Mode::Disabled)),
             Request::Reset { upstream } => self.set_mode(upstream, None),
             Request::Reload => Response::error("reload is answered by the daemon"),
+            Request::Events { follow: true } => {
+                Response::error("events --follow is answered by the socket")
+            }
+            Request::Events { follow: false } => Response {
+                ok: true,
+                events: Some(
+                    self.metrics
+                        .history()
+                        .recent(|id| self.metrics.upstream_name(id)),
+                ),
+                ..Default::default()
+            },
         }
     }
 

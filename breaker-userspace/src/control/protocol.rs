@@ -21,6 +21,13 @@ pub enum Request {
     Reset { upstream: String },
     /// Re-read the config file (as SIGHUP does).
     Reload,
+    /// Transitions: the recent ones, or (`follow`) every new one as it happens,
+    /// one [`EventView`] per line after the first answer line, until the caller
+    /// hangs up.
+    Events {
+        #[serde(default)]
+        follow: bool,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +41,9 @@ pub struct Response {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    /// Recent transitions, oldest first (`events` without `follow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<EventView>>,
 }
 
 impl Response {
@@ -129,4 +139,34 @@ pub struct DestinationCounts {
     pub closed: u64,
     pub open: u64,
     pub half_open: u64,
+}
+
+/// One transition, as `breaker events` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventView {
+    /// Unix time in milliseconds.
+    pub at_unix_ms: u64,
+    pub upstream: String,
+    /// The destination, for a default-policy breaker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    pub from: String,
+    pub to: String,
+    pub cause: String,
+}
+
+impl std::fmt::Display for EventView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.at_unix_ms);
+        write!(
+            f,
+            "{}  {}",
+            humantime::format_rfc3339_millis(at),
+            self.upstream
+        )?;
+        if let Some(dest) = &self.destination {
+            write!(f, " {dest}")?;
+        }
+        write!(f, "  {} -> {}  ({})", self.from, self.to, self.cause)
+    }
 }

@@ -11,10 +11,10 @@ use std::{
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
-    sync::{mpsc, oneshot, Semaphore},
+    sync::{broadcast, mpsc, oneshot, Semaphore},
 };
 
-use super::protocol::{Request, Response};
+use super::protocol::{EventView, Request, Response};
 
 /// A request and where its answer goes.
 pub type Call = (Request, oneshot::Sender<Response>);
@@ -60,10 +60,18 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     Ok(listener)
 }
 
+/// `events --follow` connections at once; they hold no turn of their own.
+const FOLLOWERS: usize = 16;
+
 /// Serves the socket until the daemon ends; never returns an error (one
 /// connection's trouble is that connection's).
-pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) {
+pub async fn serve(
+    listener: UnixListener,
+    calls: mpsc::Sender<Call>,
+    live: broadcast::Sender<EventView>,
+) {
     let turns = Arc::new(Semaphore::new(CONCURRENT));
+    let followers = Arc::new(Semaphore::new(FOLLOWERS));
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -76,30 +84,46 @@ pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) {
         let Ok(turn) = turns.clone().acquire_owned().await else {
             return;
         };
-        let calls = calls.clone();
+        let (calls, live, followers) = (calls.clone(), live.clone(), followers.clone());
         tokio::spawn(async move {
-            let _turn = turn;
             let mut stream = stream;
-            let answer = answer(&mut stream, &calls).await;
-            let mut line = serde_json::to_vec(&answer).unwrap_or_default();
-            line.push(b'\n');
-            let _ = stream.write_all(&line).await;
+            let request = match read_request(&mut stream).await {
+                Ok(request) => request,
+                Err(refusal) => {
+                    write_line(&mut stream, &refusal).await;
+                    return;
+                }
+            };
+            if request == (Request::Events { follow: true }) {
+                drop(turn);
+                follow(stream, live, followers).await;
+                return;
+            }
+            let answer = forward(request, &calls).await;
+            write_line(&mut stream, &answer).await;
         });
     }
 }
 
-async fn answer(stream: &mut UnixStream, calls: &mpsc::Sender<Call>) -> Response {
+async fn write_line<T: serde::Serialize>(stream: &mut UnixStream, value: &T) -> bool {
+    let mut line = serde_json::to_vec(value).unwrap_or_default();
+    line.push(b'\n');
+    stream.write_all(&line).await.is_ok()
+}
+
+/// The caller's request, or the answer refusing it.
+async fn read_request(stream: &mut UnixStream) -> Result<Request, Response> {
     // The socket is 0600 already; the peer's uid is checked too, in case its
     // folder or mode were changed.
     match stream.peer_cred() {
         Ok(cred) if cred.uid() == 0 => {}
         Ok(cred) => {
-            return Response::error(format!(
+            return Err(Response::error(format!(
                 "permission denied: the control socket answers root only (uid {})",
                 cred.uid()
-            ))
+            )))
         }
-        Err(e) => return Response::error(format!("cannot tell who is asking: {e}")),
+        Err(e) => return Err(Response::error(format!("cannot tell who is asking: {e}"))),
     }
     let mut line = String::new();
     let read = {
@@ -108,14 +132,16 @@ async fn answer(stream: &mut UnixStream, calls: &mpsc::Sender<Call>) -> Response
         tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await
     };
     match read {
-        Err(_) => return Response::error("no request within 5 s"),
-        Ok(Err(e)) => return Response::error(format!("reading the request: {e}")),
+        Err(_) => return Err(Response::error("no request within 5 s")),
+        Ok(Err(e)) => return Err(Response::error(format!("reading the request: {e}"))),
         Ok(Ok(_)) => {}
     }
-    let request: Request = match serde_json::from_str(line.trim_end()) {
-        Ok(r) => r,
-        Err(e) => return Response::error(format!("malformed request: {e}")),
-    };
+    serde_json::from_str(line.trim_end())
+        .map_err(|e| Response::error(format!("malformed request: {e}")))
+}
+
+/// Hands `request` to the daemon's main loop and waits for its answer.
+async fn forward(request: Request, calls: &mpsc::Sender<Call>) -> Response {
     let (reply, answer) = oneshot::channel();
     if calls.send((request, reply)).await.is_err() {
         return Response::error("the daemon is stopping");
@@ -123,4 +149,46 @@ async fn answer(stream: &mut UnixStream, calls: &mpsc::Sender<Call>) -> Response
     answer
         .await
         .unwrap_or_else(|_| Response::error("the daemon dropped the request"))
+}
+
+/// `events --follow`: one answer line, then each transition as it happens,
+/// until the caller hangs up. A caller too slow to keep up is told how many it
+/// missed.
+async fn follow(mut stream: UnixStream, live: broadcast::Sender<EventView>, slots: Arc<Semaphore>) {
+    let Ok(_slot) = slots.try_acquire_owned() else {
+        write_line(
+            &mut stream,
+            &Response::error(format!(
+                "{FOLLOWERS} callers already follow events; try again later"
+            )),
+        )
+        .await;
+        return;
+    };
+    let mut events = live.subscribe();
+    if !write_line(&mut stream, &Response::done("following transitions")).await {
+        return;
+    }
+    let (mut reader, mut writer) = stream.into_split();
+    let mut scratch = [0u8; 64];
+    loop {
+        tokio::select! {
+            // The caller hung up (or sent something: it has no say here).
+            _ = tokio::io::AsyncReadExt::read(&mut reader, &mut scratch) => return,
+            event = events.recv() => {
+                let line = match event {
+                    Ok(event) => serde_json::to_vec(&event),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        serde_json::to_vec(&serde_json::json!({ "missed": n }))
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let mut line = line.unwrap_or_default();
+                line.push(b'\n');
+                if writer.write_all(&line).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
