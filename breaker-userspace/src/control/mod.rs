@@ -62,7 +62,8 @@ impl View<'_> {
         }
     }
 
-    fn find(&self, name: &str) -> Result<&(u32, Upstream), Response> {
+    /// The upstream called `name`, or the error line naming the ones there are.
+    fn find(&self, name: &str) -> Result<&(u32, Upstream), String> {
         self.upstreams
             .iter()
             .find(|(_, u)| u.name == name)
@@ -72,14 +73,14 @@ impl View<'_> {
                     .iter()
                     .map(|(_, u)| u.name.as_str())
                     .collect();
-                Response::error(format!(
+                format!(
                     "no upstream named {name:?} (configured: {})",
                     if known.is_empty() {
                         "none".to_string()
                     } else {
                         known.join(", ")
                     }
-                ))
+                )
             })
     }
 
@@ -87,7 +88,7 @@ impl View<'_> {
         let chosen: Vec<&(u32, Upstream)> = match name {
             Some(name) => match self.find(name) {
                 Ok(found) => vec![found],
-                Err(e) => return e,
+                Err(e) => return Response::error(e),
             },
             None => self.upstreams.iter().collect(),
         };
@@ -165,7 +166,7 @@ impl View<'_> {
     fn set_mode(&self, name: &str, mode: Option<Mode>) -> Response {
         let (id, _) = match self.find(name) {
             Ok(found) => found,
-            Err(e) => return e,
+            Err(e) => return Response::error(e),
         };
         let step = self.states.update(*id, |w| match mode {
             Some(mode) => machine::set_mode(w, mode),
