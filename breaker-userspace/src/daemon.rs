@@ -214,10 +214,52 @@ impl Generation {
         tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
     ) -> anyhow::Result<Generation> {
         metrics.count_destinations_in(kernel.destinations());
+        metrics.set_programs(&kernel.program_ids());
+        let sizes = config.map_sizes();
+        let mut capacities = kernel.map_capacities();
+        capacities.extend(
+            ["DEFAULT_STATES", "DEFAULT_TRIPPED"].map(|m| (m.to_string(), sizes.destinations)),
+        );
+        let endpoints = |single: bool, v4: bool| {
+            config
+                .upstreams
+                .iter()
+                .flat_map(|u| &u.endpoints)
+                .filter(|e| match (e.single_address(), e.net) {
+                    (Some(_), _) => single,
+                    (None, ipnet::IpNet::V4(_)) => !single && v4,
+                    (None, ipnet::IpNet::V6(_)) => !single && !v4,
+                })
+                .count() as u64
+        };
+        metrics.set_maps(
+            &capacities,
+            &[
+                ("ENDPOINTS_EXACT", endpoints(true, false)),
+                ("ENDPOINTS_V4", endpoints(false, true)),
+                ("ENDPOINTS_V6", endpoints(false, false)),
+                ("UPSTREAM_NAMES", config.upstreams.len() as u64),
+            ],
+        );
         metrics.set_kernel_memory_estimate(
             config.kernel_memory_estimate(crate::config::possible_cpus()),
         );
         let mut handles = Vec::new();
+        metrics.set_alerts(
+            &config
+                .alerts
+                .iter()
+                .map(|a| a.name.clone())
+                .collect::<Vec<_>>(),
+        );
+        for alert in &config.alerts {
+            let live = metrics.history().follow().subscribe();
+            let (alert, alerted) = (alert.clone(), metrics.clone());
+            handles.push(tasks.spawn(optional("webhook alerts", async move {
+                crate::alerts::deliver(alert, live, alerted).await;
+                Ok(())
+            })));
+        }
         let events = kernel.take_events()?;
         handles.push(tasks.spawn(optional(
             "transition events",

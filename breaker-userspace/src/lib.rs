@@ -1,5 +1,6 @@
 //! The breaker daemon: configuration, the kernel programs' loader, half-open probing,
 //! transition events and Prometheus metrics.
+pub mod alerts;
 pub mod cgroup;
 pub mod config;
 pub mod control;

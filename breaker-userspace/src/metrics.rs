@@ -49,6 +49,14 @@ pub struct Metrics {
     reloads: IntCounterVec,
     last_reload: prometheus::Gauge,
     history: crate::control::History,
+    map_entries: IntGaugeVec,
+    map_capacity: IntGaugeVec,
+    alerts: IntCounterVec,
+    program_runs: IntCounterVec,
+    program_seconds: prometheus::CounterVec,
+    /// The attached programs' ids, by name, and their stats at the last scrape.
+    programs: Mutex<Vec<(String, u32)>>,
+    program_last: Mutex<HashMap<u32, (u64, std::time::Duration)>>,
     kernel_memory: prometheus::IntGauge,
 }
 
@@ -112,11 +120,40 @@ impl Metrics {
                 registry.register(Box::new(g.clone())).expect("metric registered once");
                 g
             },
-            registry,
             last: Mutex::new(HashMap::new()),
             destinations: Mutex::new(None),
             history: Default::default(),
+            map_entries: gauge(&registry, "breaker_map_entries", "Entries in each kernel map whose fill varies (endpoint maps, default-policy destinations, upstream names).", &["map"]),
+            alerts: counter(&registry, "breaker_alerts_total", "Webhook alerts by result: sent (a 2xx answer), failed (after retries), dropped (the receiver fell too far behind).", &["alert", "result"]),
+            map_capacity: gauge(&registry, "breaker_map_capacity", "Each kernel map's capacity (max entries).", &["map"]),
+            program_runs: counter(&registry, "breaker_program_runs_total", "Runs of each attached program, while the kernel's BPF stats are on (sysctl kernel.bpf_stats_enabled=1).", &["program"]),
+            program_seconds: {
+                let c = prometheus::CounterVec::new(Opts::new("breaker_program_run_seconds_total", "Time spent in each attached program, while the kernel's BPF stats are on."), &["program"]).expect("static metric definition");
+                registry.register(Box::new(c.clone())).expect("metric registered once");
+                c
+            },
+            programs: Mutex::new(Vec::new()),
+            program_last: Mutex::new(HashMap::new()),
+            registry,
         };
+        {
+            let info = IntGaugeVec::new(
+                Opts::new(
+                    "breaker_build_info",
+                    "1, labelled with the binary's version and the ABI of its maps.",
+                ),
+                &["version", "abi"],
+            )
+            .expect("static metric definition");
+            m.registry
+                .register(Box::new(info.clone()))
+                .expect("metric registered once");
+            info.with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                &breaker_common::abi::ABI_VERSION.to_string(),
+            ])
+            .set(1);
+        }
         for result in ["success", "failure"] {
             m.reloads.with_label_values(&[result]);
         }
@@ -197,9 +234,110 @@ impl Metrics {
         *names = next;
     }
 
+    /// A loaded config's maps: each one's capacity, and the entries of those
+    /// whose fill the config decides.
+    pub fn set_maps(&self, capacities: &[(String, u32)], entries: &[(&str, u64)]) {
+        self.map_capacity.reset();
+        for (name, capacity) in capacities {
+            self.map_capacity
+                .with_label_values(&[name])
+                .set(i64::from(*capacity));
+        }
+        for (name, n) in entries {
+            self.map_entries.with_label_values(&[name]).set(*n as i64);
+        }
+    }
+
+    /// Counts `n` alerts of `alert` with `result` (sent, failed, dropped).
+    pub fn alert(&self, alert: &str, result: &str, n: u64) {
+        self.alerts.with_label_values(&[alert, result]).inc_by(n);
+    }
+
+    /// A loaded config's alerts: their series start at zero.
+    pub fn set_alerts(&self, names: &[String]) {
+        self.alerts.reset();
+        for name in names {
+            for result in ["sent", "failed", "dropped"] {
+                self.alerts.with_label_values(&[name, result]);
+            }
+        }
+    }
+
+    /// The attached programs (after a start or a reload), for their run stats.
+    pub fn set_programs(&self, ids: &[(&str, u32)]) {
+        *self.programs.lock().unwrap_or_else(|e| e.into_inner()) =
+            ids.iter().map(|(n, id)| (n.to_string(), *id)).collect();
+    }
+
+    /// Adds what each attached program ran since the last scrape, when the
+    /// kernel's BPF stats are on (they cost a clock read per run, so they are off
+    /// unless an operator turns them on).
+    fn refresh_programs(&self) {
+        let on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .is_ok_and(|v| v.trim() == "1");
+        if !on {
+            return;
+        }
+        let programs = self
+            .programs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut last = self.program_last.lock().unwrap_or_else(|e| e.into_inner());
+        for info in aya::programs::loaded_programs().filter_map(Result::ok) {
+            let Some((name, _)) = programs.iter().find(|(_, id)| *id == info.id()) else {
+                continue;
+            };
+            let (runs, time) = (info.run_count(), info.run_time());
+            let (runs0, time0) = last.insert(info.id(), (runs, time)).unwrap_or_default();
+            self.program_runs
+                .with_label_values(&[name])
+                .inc_by(runs.saturating_sub(runs0));
+            self.program_seconds
+                .with_label_values(&[name])
+                .inc_by(time.saturating_sub(time0).as_secs_f64());
+        }
+    }
+
     /// Recent transitions and counter snapshots, for `breaker status`.
     pub fn history(&self) -> &crate::control::History {
         &self.history
+    }
+
+    /// `/status`: each configured upstream's state and mode, and overall
+    /// `healthy` (all closed), `degraded` (some not closed) or `critical` (every
+    /// configured upstream open). A forced-open upstream counts as open.
+    pub fn status_json(&self, states: &StateTable) -> String {
+        let names = self.names.read().unwrap_or_else(|e| e.into_inner());
+        let mut upstreams = Vec::new();
+        let (mut open, mut not_closed) = (0usize, 0usize);
+        for (id, name) in names.iter().filter(|(id, _)| *id != 0) {
+            let Some(word) = states.load(*id) else {
+                continue;
+            };
+            let state = match word.mode() {
+                Mode::ForceOpen => State::Open,
+                Mode::ForceClosed | Mode::Disabled => State::Closed,
+                Mode::Auto => word.state(),
+            };
+            open += usize::from(state == State::Open);
+            not_closed += usize::from(state != State::Closed);
+            upstreams.push(serde_json::json!({
+                "name": name,
+                "state": word.state().name(),
+                "mode": word.mode().name(),
+            }));
+        }
+        let overall = if !upstreams.is_empty() && open == upstreams.len() {
+            "critical"
+        } else if not_closed > 0 {
+            "degraded"
+        } else {
+            "healthy"
+        };
+        let mut text = serde_json::json!({ "status": overall, "upstreams": upstreams }).to_string();
+        text.push('\n');
+        text
     }
 
     /// The default policy's destinations by state, when it is on.
@@ -353,8 +491,17 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        drop(names);
+        drop(last);
+        self.refresh_programs();
         if let Some(destinations) = destinations {
             let counts = destinations.counts();
+            self.map_entries
+                .with_label_values(&["DEFAULT_STATES"])
+                .set(counts.failing_entries as i64);
+            self.map_entries
+                .with_label_values(&["DEFAULT_TRIPPED"])
+                .set(counts.tripped_entries as i64);
             for (state, n) in [
                 (State::Closed, counts.closed),
                 (State::Open, counts.open),

@@ -27,6 +27,11 @@ impl StateTable {
         })
     }
 
+    /// Upstream ids the table holds.
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
     fn cell(&self, id: u32) -> Option<&AtomicU64> {
         if id >= self.slots {
             return None;

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use breaker_common::machine::{MAX_COUNT, MAX_IN_FLIGHT};
+use breaker_common::machine::{State, MAX_COUNT, MAX_IN_FLIGHT};
 use ipnet::IpNet;
 use serde::Deserialize;
 
@@ -50,6 +50,9 @@ pub enum ConfigError {
 }
 
 /// Defaults, as documented in the README's configuration reference.
+/// Longest an alert delivery may wait for its receiver.
+pub const MAX_ALERT_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub mod defaults {
     use std::time::Duration;
     pub const FAILURE_THRESHOLD: u32 = 5;
@@ -68,6 +71,7 @@ pub mod defaults {
     pub const BPFFS: &str = "/sys/fs/bpf";
     pub const PIN_PATH: &str = "/sys/fs/bpf/breaker";
     pub const CONTROL_SOCKET: &str = "/run/breaker/control.sock";
+    pub const ALERT_TIMEOUT: Duration = Duration::from_secs(5);
     /// "brk" in ASCII.
     pub const PROBE_MARK: u32 = 0x0062_726b;
     pub const DEFAULT_POLICY_MAX_DESTINATIONS: u32 = 65_536;
@@ -144,6 +148,30 @@ pub struct Daemon {
     pub control_socket: PathBuf,
 }
 
+/// How an alert's body is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlertFormat {
+    /// The transition as `breaker events --json` prints it.
+    Json,
+    /// `{"text": "..."}`, what Slack's incoming webhooks (and many chat tools) take.
+    Slack,
+}
+
+/// An `[[alert]]`: a webhook told of breaker transitions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alert {
+    /// `alert[i]`, for metrics and logs.
+    pub name: String,
+    pub url: String,
+    pub format: AlertFormat,
+    /// Only these upstreams (empty: every configured upstream).
+    pub upstreams: Vec<String>,
+    /// Only transitions into these states (empty: all).
+    pub to: Vec<State>,
+    /// For one delivery attempt.
+    pub timeout: Duration,
+}
+
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -152,6 +180,7 @@ pub struct Config {
     pub daemon: Daemon,
     pub upstreams: Vec<Upstream>,
     pub default_policy: Option<DefaultPolicy>,
+    pub alerts: Vec<Alert>,
 }
 
 #[derive(Deserialize, Default)]
@@ -165,6 +194,19 @@ struct RawConfig {
     #[serde(default)]
     upstream: Vec<RawUpstream>,
     default_policy: Option<RawDefaultPolicy>,
+    #[serde(default)]
+    alert: Vec<RawAlert>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlert {
+    url: String,
+    format: Option<String>,
+    upstreams: Option<Vec<String>>,
+    transitions: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -473,6 +515,73 @@ impl Check<'_> {
             pin_path,
             dry_run: raw.dry_run,
             control_socket,
+        })
+    }
+
+    fn alert(&self, i: usize, raw: RawAlert, upstreams: &[Upstream]) -> Result<Alert, ConfigError> {
+        let at = format!("alert[{i}]");
+        let host = raw
+            .url
+            .strip_prefix("http://")
+            .or_else(|| raw.url.strip_prefix("https://"))
+            .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or(""));
+        if host.is_none_or(str::is_empty) || raw.url.chars().any(char::is_whitespace) {
+            return self.fail(
+                format!("{at}.url"),
+                format!("{:?} is not an http:// or https:// URL", raw.url),
+            );
+        }
+        let format = match raw.format.as_deref() {
+            None | Some("json") => AlertFormat::Json,
+            Some("slack") => AlertFormat::Slack,
+            Some(other) => {
+                return self.fail(
+                    format!("{at}.format"),
+                    format!("{other:?} is not a format: \"json\" (the default) or \"slack\""),
+                )
+            }
+        };
+        let names = raw.upstreams.unwrap_or_default();
+        if let Some(unknown) = names
+            .iter()
+            .find(|n| !upstreams.iter().any(|u| &u.name == *n))
+        {
+            return self.fail(
+                format!("{at}.upstreams"),
+                format!("no [[upstream]] is named {unknown:?}"),
+            );
+        }
+        let mut to = Vec::new();
+        for t in raw.transitions.unwrap_or_default() {
+            to.push(match t.as_str() {
+                "open" => State::Open,
+                "half_open" => State::HalfOpen,
+                "closed" => State::Closed,
+                other => {
+                    return self.fail(
+                        format!("{at}.transitions"),
+                        format!("{other:?} is not a state: \"open\", \"half_open\" or \"closed\" (the state a transition goes to)"),
+                    )
+                }
+            });
+        }
+        let timeout = raw.timeout.unwrap_or(defaults::ALERT_TIMEOUT);
+        if timeout.is_zero() || timeout > MAX_ALERT_TIMEOUT {
+            return self.fail(
+                format!("{at}.timeout"),
+                format!(
+                    "must be between 1ms and {}",
+                    humantime::format_duration(MAX_ALERT_TIMEOUT)
+                ),
+            );
+        }
+        Ok(Alert {
+            name: at,
+            url: raw.url,
+            format,
+            upstreams: names,
+            to,
+            timeout,
         })
     }
 
@@ -839,11 +948,18 @@ impl Config {
                 "no [[upstream]] and no [default_policy]: there is nothing to protect",
             );
         }
+        let alerts = raw
+            .alert
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| check.alert(i, a, &upstreams))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Config {
             cgroup: raw.cgroup,
             daemon,
             upstreams,
             default_policy,
+            alerts,
         })
     }
 

@@ -124,6 +124,9 @@ pub struct DestinationCounts {
     pub closed: u64,
     pub open: u64,
     pub half_open: u64,
+    /// Entries of each map (`DEFAULT_STATES`, `DEFAULT_TRIPPED`).
+    pub failing_entries: u64,
+    pub tripped_entries: u64,
 }
 
 impl DefaultDestinations {
@@ -131,15 +134,22 @@ impl DefaultDestinations {
     /// entries.
     pub fn counts(&self) -> DestinationCounts {
         let mut counts = DestinationCounts::default();
-        for entry in self.failing.iter().chain(self.tripped.iter()) {
-            let Ok((_, cell)) = entry else {
-                // An entry evicted during the walk.
-                continue;
-            };
-            match BreakerWord(cell.word).state() {
-                State::Closed => counts.closed += 1,
-                State::Open => counts.open += 1,
-                State::HalfOpen => counts.half_open += 1,
+        for (tripped, map) in [(false, &self.failing), (true, &self.tripped)] {
+            for entry in map.iter() {
+                let Ok((_, cell)) = entry else {
+                    // An entry evicted during the walk.
+                    continue;
+                };
+                match BreakerWord(cell.word).state() {
+                    State::Closed => counts.closed += 1,
+                    State::Open => counts.open += 1,
+                    State::HalfOpen => counts.half_open += 1,
+                }
+                if tripped {
+                    counts.tripped_entries += 1;
+                } else {
+                    counts.failing_entries += 1;
+                }
             }
         }
         counts
@@ -342,6 +352,51 @@ impl Kernel {
             .iter()
             .copied()
             .zip(config.upstreams.iter().cloned())
+            .collect()
+    }
+
+    /// The attached programs' kernel ids, by name (for their run-time stats).
+    pub fn program_ids(&self) -> Vec<(&'static str, u32)> {
+        [
+            program_names::CONNECT4,
+            program_names::CONNECT6,
+            program_names::SOCK_OPS,
+            program_names::SOCK_RELEASE,
+        ]
+        .into_iter()
+        .filter_map(|name| {
+            let id = self.ebpf.program(name)?.info().ok()?.id();
+            Some((name, id))
+        })
+        .collect()
+    }
+
+    /// Every map's capacity (max entries), read back from the kernel.
+    pub fn map_capacities(&self) -> Vec<(String, u32)> {
+        self.ebpf
+            .maps()
+            // Not the compiler's sections (.rodata): only maps with a purpose.
+            .filter(|(name, _)| !name.starts_with('.'))
+            .filter_map(|(name, map)| {
+                let data = match map {
+                    Map::Array(d)
+                    | Map::HashMap(d)
+                    | Map::LruHashMap(d)
+                    | Map::LpmTrie(d)
+                    | Map::PerCpuArray(d)
+                    | Map::RingBuf(d) => d,
+                    _ => return None,
+                };
+                let info = data.info().ok()?;
+                Some((name.to_string(), info.max_entries()))
+            })
+            .chain(
+                [
+                    (map_names::UPSTREAM_STATES, self.states.slots()),
+                    (map_names::COUNTERS, self.states.slots()),
+                ]
+                .map(|(n, c)| (n.to_string(), c)),
+            )
             .collect()
     }
 

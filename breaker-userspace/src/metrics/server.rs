@@ -122,11 +122,17 @@ fn connection(
                         .body(Full::new(Bytes::from(format!("{why}\n")))),
                 };
             }
+            if req.uri().path() == "/status" {
+                let body = renderer.metrics.status_json(&renderer.states);
+                return Response::builder()
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body)));
+            }
             if req.uri().path() != "/metrics" {
                 return Response::builder()
                     .status(StatusCode::NOT_FOUND)
                     .body(Full::new(Bytes::from_static(
-                        b"not found: try /metrics or /healthz\n",
+                        b"not found: try /metrics, /healthz or /status\n",
                     )));
             }
             match renderer.body().await {
