@@ -44,6 +44,8 @@ pub struct Plan {
     /// Scenario 6: rounds, and requests through each path per round.
     pub proxy_rounds: u32,
     pub proxy_requests: u32,
+    /// Scenario 7: endpoint counts restarted (the last one also reloaded).
+    pub restart_endpoints: Vec<u32>,
 }
 
 impl Plan {
@@ -67,6 +69,7 @@ impl Plan {
             lru_destinations: 1_000_000,
             proxy_rounds: 5,
             proxy_requests: 10_000,
+            restart_endpoints: vec![10, 100_000],
         }
     }
 
@@ -90,12 +93,20 @@ impl Plan {
             lru_destinations: 10_000,
             proxy_rounds: 3,
             proxy_requests: 500,
+            restart_endpoints: vec![10, 10_000],
         }
     }
 }
 
 /// The scenarios by name, for `--only`.
-pub const SCENARIOS: [&str; 5] = ["healthy", "failfast", "outage", "scale", "proxy"];
+pub const SCENARIOS: [&str; 6] = [
+    "healthy",
+    "failfast",
+    "outage",
+    "scale",
+    "proxy",
+    "operations",
+];
 
 pub fn run(quick: bool, out: &Path, only: &[String]) -> anyhow::Result<()> {
     for name in only {
@@ -155,6 +166,11 @@ pub fn run(quick: bool, out: &Path, only: &[String]) -> anyhow::Result<()> {
         if let Some(p) = &proxy {
             plot::proxy(&plots.join("proxy-request-cdf.png"), p)?;
         }
+    }
+    if wanted("operations") {
+        eprintln!("bench: scenario 7 (restart and reload)");
+        let ops = scenarios::operations(&lab_bin, &plan)?;
+        report.operations(&ops, &plan);
     }
     let path = out.join("BENCHMARKS.md");
     std::fs::write(&path, report.render())?;

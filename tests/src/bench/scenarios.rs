@@ -601,3 +601,157 @@ pub fn proxy(lab_bin: &Path, plan: &Plan) -> anyhow::Result<Proxy> {
     lab.stop_daemon()?;
     Ok(out)
 }
+
+// ---------------------------------------------------------------- scenario 7
+
+/// Restarts and reloads (the operations issue).
+pub struct Operations {
+    /// Per endpoint count: each restart's time from a new daemon's start to its
+    /// metrics answering (after load, adoption and attach; probing starts then), ms.
+    pub restart_ms: Vec<(u32, Vec<f64>)>,
+    /// SIGKILL and restart under 32 clients connecting to an OPEN, blackholed
+    /// upstream: their attempts, and how many were not failed fast (reached it).
+    pub kill_attempts: usize,
+    pub kill_reached: usize,
+    /// How long the daemon was down (kill to the new one answering), ms.
+    pub kill_gap_ms: f64,
+    /// Reloads of `reload_endpoints` endpoints with one changed: SIGHUP to the
+    /// log's "config reloaded", ms each.
+    pub reload_endpoints: u32,
+    pub reload_ms: Vec<f64>,
+    /// connect()+close() p99 to a CLOSED upstream, µs: rounds during a reload and
+    /// rounds without one, in ABBA order.
+    pub p99_during: Vec<f64>,
+    pub p99_without: Vec<f64>,
+}
+
+/// Waits until the daemon's log holds `n` lines with `what`; returns when.
+fn wait_log(lab: &Lab, what: &str, n: usize, within: Duration) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if lab.daemon_log().matches(what).count() >= n {
+            return Ok(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    anyhow::bail!("no {n}th {what:?} within {within:?}:\n{}", lab.daemon_log())
+}
+
+pub fn operations(lab_bin: &Path, plan: &Plan) -> anyhow::Result<Operations> {
+    let mut lab = Lab::new("bops", lab_bin)?;
+    lab.sink(SINK)?;
+    let runs = if plan.quick { 1 } else { 3 };
+
+    // Restart: the pins are there (a first daemon made them); each run kills the
+    // daemon and times a new one's start.
+    let mut restart_ms = Vec::new();
+    for &n in &plan.restart_endpoints {
+        let config = api_config(&endpoints(n), "");
+        lab.start_daemon(&config)?;
+        let mut times = Vec::new();
+        for _ in 0..runs {
+            lab.signal_daemon(nix::sys::signal::Signal::SIGKILL)?;
+            let t = Instant::now();
+            lab.start_daemon(&config)?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        lab.stop_daemon()?;
+        restart_ms.push((n, times));
+    }
+
+    // SIGKILL and restart while 32 clients connect to an OPEN upstream.
+    lab.blackhole(UPSTREAM_V4)?;
+    let config = api_config(
+        &[SINK.to_string()],
+        "failure_threshold = 1\nopen_duration = \"1h\"",
+    );
+    lab.start_daemon(&config)?;
+    lab.client(&["--to", SINK, "--count", "1", "--timeout-ms", "1500"])?;
+    let load = lab
+        .client_command(&[
+            "--to",
+            SINK,
+            "--count",
+            "400",
+            "--concurrency",
+            "32",
+            "--interval-ms",
+            "10",
+            "--timeout-ms",
+            "1500",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    lab.signal_daemon(nix::sys::signal::Signal::SIGKILL)?;
+    lab.start_daemon(&config)?;
+    let kill_gap_ms = t.elapsed().as_secs_f64() * 1e3;
+    let out = load.wait_with_output()?;
+    let attempts = parse_attempts(&String::from_utf8_lossy(&out.stdout))?;
+    let kill_reached = attempts
+        .iter()
+        .filter(|a| a.errno != Some(libc::ECONNREFUSED) || a.latency_us >= 100_000.0)
+        .count();
+    lab.stop_daemon()?;
+    lab.restore(UPSTREAM_V4)?;
+
+    // Reloads of a large config with one endpoint changed, and a CLOSED
+    // upstream's connect p99 during a reload against without.
+    let n = *plan
+        .restart_endpoints
+        .last()
+        .context("restart endpoint counts")?;
+    let mut eps = endpoints(n);
+    lab.start_daemon(&api_config(&eps, ""))?;
+    let mut reload_ms = Vec::new();
+    let (mut p99_during, mut p99_without) = (Vec::new(), Vec::new());
+    let pid = nix::unistd::Pid::from_raw(lab.daemon_pid().context("daemon pid")? as i32);
+    let per_round = if plan.quick { "1000" } else { "3000" };
+    let round = |lab: &Lab| -> anyhow::Result<std::process::Child> {
+        Ok(lab
+            .client_command(&["--to", SINK, "--count", per_round, "--linger0"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?)
+    };
+    let p99 = |child: std::process::Child| -> anyhow::Result<f64> {
+        let out = child.wait_with_output()?;
+        let a = parse_attempts(&String::from_utf8_lossy(&out.stdout))?;
+        Ok(Summary::of(&warm(latencies(&a))).p99)
+    };
+    for i in 0..runs.max(2) {
+        // ABBA: without, during, during, without, ...
+        let during_first = i % 2 == 1;
+        for during in [during_first, !during_first] {
+            if during {
+                let last = eps.len() - 1;
+                eps[last] = format!("10.99.{}.{}:80", i / 250, i % 250 + 1);
+                lab.write_config(&api_config(&eps, ""))?;
+                let client = round(&lab)?;
+                let t = Instant::now();
+                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP)?;
+                let done = wait_log(
+                    &lab,
+                    "config reloaded",
+                    reload_ms.len() + 1,
+                    Duration::from_secs(60),
+                )?;
+                reload_ms.push(done.duration_since(t).as_secs_f64() * 1e3);
+                p99_during.push(p99(client)?);
+            } else {
+                p99_without.push(p99(round(&lab)?)?);
+            }
+        }
+    }
+    lab.stop_daemon()?;
+    Ok(Operations {
+        restart_ms,
+        kill_attempts: attempts.len(),
+        kill_reached,
+        kill_gap_ms,
+        reload_endpoints: n,
+        reload_ms,
+        p99_during,
+        p99_without,
+    })
+}

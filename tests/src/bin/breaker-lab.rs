@@ -63,7 +63,7 @@ enum Cmd {
         /// Where BENCHMARKS.md and the plots go.
         #[arg(long, default_value = ".")]
         out: PathBuf,
-        /// Run only these scenarios (healthy, failfast, outage, scale, proxy).
+        /// Run only these scenarios (healthy, failfast, outage, scale, proxy, operations).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
