@@ -154,6 +154,13 @@ impl Breaker {
         }
     }
 
+    /// The word as it is now, for a decision made before [`Breaker::update`]
+    /// (which may see a newer one).
+    #[inline(always)]
+    pub fn peek(&self) -> BreakerWord {
+        BreakerWord(KernelWord(self.word).load())
+    }
+
     /// Applies one state-machine step with compare-and-swap and reports any transition.
     #[inline(always)]
     pub fn update<C: EbpfContext, T: Copy>(

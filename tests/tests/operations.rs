@@ -448,8 +448,8 @@ fn reload_under_load_lets_no_connect_through_to_an_open_upstream() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Each reload loads and verifies the programs (2 to 3 s here): the load
-    // lasts about 10 s, so every reload lands within it.
+    // Each reload loads and verifies the programs (about a second here): the
+    // load lasts about 10 s, so every reload lands within it.
     for n in 1..=3 {
         let other = if n % 2 == 1 {
             "[[upstream]]\nname = \"other\"\nendpoints = [\"10.77.0.3:8080\"]\n"
