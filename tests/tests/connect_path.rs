@@ -940,6 +940,23 @@ open_duration = "1h"
         stopped.iter().all(|a| a.outcome == "refused"),
         &format!("still held back with no daemon: {stopped:?}"),
     );
+    // What the kernel has attached to the cgroup, as bpftool shows it.
+    let attached = |lab: &breaker_lab::lab::Lab| {
+        let out = std::process::Command::new("bpftool")
+            .args(["cgroup", "show"])
+            .arg(&lab.cgroup)
+            .output()
+            .expect("bpftool (cargo xtask setup installs it)");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("brk_"))
+            .count()
+    };
+    check(
+        &lab,
+        attached(&lab) == 4,
+        "the four programs stay attached with no daemon",
+    );
     // `breaker uninstall` removes every pin, and with them the programs.
     let out = lab.uninstall().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -952,6 +969,7 @@ open_duration = "1h"
         assert!(stdout.contains(pin), "uninstall names {pin}: {stdout}");
     }
     assert!(!lab.pins.exists(), "the pin folder is gone");
+    check(&lab, attached(&lab) == 0, "nothing is attached after uninstall");
     let after = lab
         .client(&["--to", "10.77.0.2:81", "--count", "3", "--http"])
         .unwrap();

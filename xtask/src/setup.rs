@@ -23,7 +23,11 @@ pub enum Probe {
 }
 
 /// Debian packages the lab and the tests use.
-pub const TEST_PACKAGES: &[(Probe, &str)] = &[(Probe::Program("ip"), "iproute2")];
+pub const TEST_PACKAGES: &[(Probe, &str)] = &[
+    (Probe::Program("ip"), "iproute2"),
+    // The uninstall test asks the kernel, through bpftool, what is attached.
+    (Probe::Program("bpftool"), "bpftool"),
+];
 
 /// What the benchmarks add: the proxy they compare against, and a font for the plots.
 pub const BENCH_PACKAGES: &[(Probe, &str)] = &[
