@@ -340,6 +340,19 @@ impl Metrics {
         text
     }
 
+    /// The default policy's tripped destinations, most recent first (`status`).
+    pub fn tripped_destinations(
+        &self,
+        limit: usize,
+    ) -> Vec<(std::net::SocketAddr, breaker_common::machine::BreakerWord)> {
+        let destinations = self
+            .destinations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        destinations.map_or_else(Vec::new, |d| d.tripped(limit, crate::state::now_ms()))
+    }
+
     /// The default policy's destinations by state, when it is on.
     pub fn destination_counts(&self) -> Option<crate::kernel::DestinationCounts> {
         let destinations = self

@@ -969,7 +969,11 @@ open_duration = "1h"
         assert!(stdout.contains(pin), "uninstall names {pin}: {stdout}");
     }
     assert!(!lab.pins.exists(), "the pin folder is gone");
-    check(&lab, attached(&lab) == 0, "nothing is attached after uninstall");
+    check(
+        &lab,
+        attached(&lab) == 0,
+        "nothing is attached after uninstall",
+    );
     let after = lab
         .client(&["--to", "10.77.0.2:81", "--count", "3", "--http"])
         .unwrap();

@@ -334,3 +334,28 @@ fn events_follow_streams_each_transition_as_it_happens() {
         &format!("and is in the recent events: {recent}"),
     );
 }
+
+#[test]
+fn status_lists_tripped_default_policy_destinations() {
+    let Some(mut lab) = lab("ctldefault") else {
+        return;
+    };
+    lab.start_daemon("[default_policy]\nfailure_threshold = 1\nopen_duration = \"1h\"\n")
+        .unwrap();
+    // Nothing listens on port 81: each refused connect trips its destination.
+    lab.client(&["--to", "10.77.0.2:81", "--count", "2"])
+        .unwrap();
+    lab.client(&["--to", "10.77.0.3:81", "--count", "1"])
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&ok(&lab, &["status", "--json"])).unwrap();
+    let d = &json["default_policy"];
+    let listed: Vec<&str> = d["tripped"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|t| t["destination"].as_str()).collect())
+        .unwrap_or_default();
+    check(
+        &lab,
+        d["open"] == 2 && listed.len() == 2 && listed[0] == "10.77.0.3:81",
+        &format!("both tripped destinations, the newest first: {d}"),
+    );
+}

@@ -13,7 +13,13 @@ use std::time::Instant;
 
 use breaker_common::machine::{self, Mode, State};
 pub use history::{History, SAMPLE_EVERY};
-use protocol::{DestinationCounts, Detail, PolicyView, Request, Response, Status, UpstreamStatus};
+use protocol::{
+    DestinationCounts, Detail, PolicyView, Request, Response, Status, TrippedDestination,
+    UpstreamStatus,
+};
+
+/// Tripped default-policy destinations `status` lists.
+const TRIPPED_SHOWN: usize = 10;
 
 use crate::{
     config::Upstream,
@@ -146,10 +152,21 @@ impl View<'_> {
             .default_policy
             .then(|| self.metrics.destination_counts())
             .flatten();
+        let now = now_ms();
         let default_policy = counts.map(|c| DestinationCounts {
             closed: c.closed,
             open: c.open,
             half_open: c.half_open,
+            tripped: self
+                .metrics
+                .tripped_destinations(TRIPPED_SHOWN)
+                .into_iter()
+                .map(|(dest, w)| TrippedDestination {
+                    destination: dest.to_string(),
+                    state: w.state().name().to_string(),
+                    since_ms: u64::from(w.phase_ms(now)),
+                })
+                .collect(),
         });
         Response {
             ok: true,
@@ -267,6 +284,14 @@ pub fn render_status(status: &Status) -> String {
             "default policy: {} open, {} half_open, {} closed with failures\n",
             d.open, d.half_open, d.closed
         ));
+        for t in &d.tripped {
+            out.push_str(&format!(
+                "  {}  {} for {}\n",
+                t.destination,
+                t.state,
+                ms(Some(t.since_ms))
+            ));
+        }
     }
     for u in &status.upstreams {
         let Some(detail) = &u.detail else { continue };

@@ -134,11 +134,23 @@ pub struct TransitionView {
     pub cause: String,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DestinationCounts {
     pub closed: u64,
     pub open: u64,
     pub half_open: u64,
+    /// Up to 10 tripped destinations, the most recently changed first.
+    #[serde(default)]
+    pub tripped: Vec<TrippedDestination>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrippedDestination {
+    pub destination: String,
+    /// `open` or `half_open`.
+    pub state: String,
+    /// Milliseconds in that state.
+    pub since_ms: u64,
 }
 
 /// One transition, as `breaker events` shows it.

@@ -117,6 +117,23 @@ pub struct DefaultDestinations {
     tripped: HashMap<MapData, DestKey, BreakerCell>,
 }
 
+impl DefaultDestinations {
+    /// Up to `limit` tripped (OPEN or HALF_OPEN) destinations, the most recently
+    /// changed first, with their words.
+    pub fn tripped(&self, limit: usize, now_ms: u32) -> Vec<(std::net::SocketAddr, BreakerWord)> {
+        let mut all: Vec<(std::net::SocketAddr, BreakerWord)> = self
+            .tripped
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, cell)| (key.to_socket_addr(), BreakerWord(cell.word)))
+            .filter(|(_, w)| w.state() != State::Closed)
+            .collect();
+        all.sort_by_key(|(_, w)| w.phase_ms(now_ms));
+        all.truncate(limit);
+        all
+    }
+}
+
 /// How many default-policy destinations are in each state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DestinationCounts {
