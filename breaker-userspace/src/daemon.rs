@@ -69,6 +69,9 @@ pub async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let mut to_attach: Option<Identity> = None;
     let mut retry = tokio::time::interval(RETRY_ATTACH);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Pins removed by hand detach the programs: notice it, and attach again.
+    let mut pin_check = tokio::time::interval(RETRY_ATTACH);
+    pin_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     match attached_to {
         Some(attached) => {
             let path = cgroup.clone();
@@ -162,6 +165,15 @@ pub async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
                     reattach(&mut current.kernel, &cgroup, &metrics, &mut to_attach, &mut attached_to);
                 }
             },
+            _ = pin_check.tick(), if to_attach.is_none() && attached_to.is_some() => {
+                if !current.kernel.links_pinned() && Identity::of(&cgroup) == attached_to {
+                    tracing::error!(pins = %pins.root().display(), "the pinned links are gone (removed by hand?), and with them the programs: attaching again");
+                    match current.kernel.attach(&cgroup) {
+                        Ok(()) => tracing::info!(cgroup = %cgroup.display(), "attached again, every breaker's state kept"),
+                        Err(e) => tracing::error!(cgroup = %cgroup.display(), error = %e, "attaching again failed: nothing is protected; trying again every {RETRY_ATTACH:?}"),
+                    }
+                }
+            }
             _ = retry.tick(), if to_attach.is_some() => {
                 // Only if the path still names the cgroup the attach was for.
                 if Identity::of(&cgroup) == to_attach {

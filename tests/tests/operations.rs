@@ -488,3 +488,32 @@ fn reload_under_load_lets_no_connect_through_to_an_open_upstream() {
         ),
     );
 }
+
+#[test]
+fn pins_removed_by_hand_are_noticed_and_protection_restored() {
+    let Some(mut lab) = lab("unpinned") else {
+        return;
+    };
+    lab.start_daemon(&dark("dark")).unwrap();
+    let dark_addr = format!("{BLACKHOLE_V4}:80");
+    lab.client(&["--to", &dark_addr, "--count", "1", "--timeout-ms", "1500"])
+        .unwrap();
+    // A careless operator removes the links: the programs detach with them.
+    for entry in std::fs::read_dir(lab.pins.join("links")).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    let restored = eventually(Duration::from_secs(5), || {
+        lab.client(&["--to", &dark_addr, "--count", "1", "--timeout-ms", "300"])
+            .is_ok_and(|a| a[0].errno == Some(libc::ECONNREFUSED))
+    });
+    check(
+        &lab,
+        restored && lab.daemon_log().contains("the pinned links are gone"),
+        "the daemon notices, says so, and enforces again with the state it had",
+    );
+    check(
+        &lab,
+        lab.pins.join("links").join("brk_connect4").exists(),
+        "pinned again",
+    );
+}

@@ -22,10 +22,15 @@ const LINKED: [&str; 4] = [
     program_names::SOCK_RELEASE,
 ];
 
+/// Whether all four links are pinned.
+pub fn all_pinned(pins: &PinFolder) -> bool {
+    LINKED.iter().all(|name| pins.link(name).exists())
+}
+
 /// Swaps the loaded programs in under the pinned links (`BPF_LINK_UPDATE`). Fails
 /// when any pinned link is missing (nothing is swapped then) or an update fails.
 pub fn swap(ebpf: &mut Ebpf, pins: &PinFolder) -> Result<(), KernelError> {
-    if !LINKED.iter().all(|name| pins.link(name).exists()) {
+    if !all_pinned(pins) {
         return Err(KernelError::MissingProgram {
             name: "a pinned link",
         });

@@ -372,6 +372,12 @@ impl Kernel {
             .collect()
     }
 
+    /// Whether every link is still pinned: removing a pin by hand detaches its
+    /// program (nothing else holds the link).
+    pub fn links_pinned(&self) -> bool {
+        links::all_pinned(&self.pins)
+    }
+
     /// The attached programs' kernel ids, by name (for their run-time stats).
     pub fn program_ids(&self) -> Vec<(&'static str, u32)> {
         [
