@@ -581,19 +581,25 @@ fn a_config_file_is_read_up_to_a_limit() {
     assert!(e.to_string().contains("/dev/zero") && e.to_string().contains("4194304"));
 }
 
-/// The README's configuration example stays a valid config.
+/// The README's configuration example stays a valid config, and so does its
+/// alert example added to it.
 #[test]
-fn the_readme_example_is_valid() {
+fn the_readme_examples_are_valid() {
     let readme = include_str!("../../../README.md");
-    let start = readme
-        .find("```toml\n")
-        .expect("a toml block in the README")
-        + 8;
-    let block = &readme[start..];
-    let block = &block[..block.find("```").expect("the block's end")];
+    let block_after = |heading: &str| {
+        let from = readme.find(heading).expect("the README's section") + heading.len();
+        let start = readme[from..].find("```toml\n").expect("a toml block") + from + 8;
+        let block = &readme[start..];
+        &block[..block.find("```").expect("the block's end")]
+    };
+    let example = block_after("## Configuration reference");
     // Its cgroup is an example path that need not exist here; parse checks no paths.
-    let config = Config::parse(std::path::Path::new("README.md"), block)
+    let config = Config::parse(std::path::Path::new("README.md"), example)
         .unwrap_or_else(|e| panic!("the README's example: {e}"));
     assert_eq!(config.upstreams.len(), 1);
     assert!(config.default_policy.is_some());
+    let with_alert = format!("{example}{}", block_after("**Alerts.**"));
+    let config = Config::parse(std::path::Path::new("README.md"), &with_alert)
+        .unwrap_or_else(|e| panic!("the README's alert example: {e}"));
+    assert_eq!(config.alerts.len(), 1);
 }
