@@ -283,25 +283,33 @@ fn print_table(rows: &[Row]) {
 }
 
 /// Builds `breaker`, `breaker-lab` and the breaker-tests test binaries (the ones
-/// `cargo xtask test` runs with the lab) and returns their paths, as cargo reports them.
+/// with the lab) and returns their paths, as cargo reports them. Built by the same
+/// commands as the host suite's (features are unified over what one command
+/// builds), so that after it nothing is built again.
 fn build_binaries() -> anyhow::Result<initramfs::Binaries> {
-    let daemon = cargo_executables(&["build", "-p", "breaker-userspace", "--bin", "breaker"])?;
-    let breaker = daemon
-        .into_iter()
-        .find(|e| e.name == "breaker" && !e.test)
-        .context("cargo built no breaker binary")?
-        .path;
-    let all = cargo_executables(&["test", "-p", "breaker-tests", "--no-run"])?;
-    let lab = all
+    let root = crate::workspace_root();
+    let in_package =
+        |e: &Executable, package: &str| e.manifest == root.join(package).join("Cargo.toml");
+    let bins = cargo_executables(&["build", "-p", "breaker-userspace", "-p", "breaker-tests"])?;
+    let find = |package: &str, name: &str| {
+        bins.iter()
+            .find(|e| in_package(e, package) && e.name == name && !e.test)
+            .map(|e| e.path.clone())
+            .with_context(|| format!("cargo built no {name} binary"))
+    };
+    let breaker = find("breaker-userspace", "breaker")?;
+    let lab = find("tests", "breaker-lab")?;
+    let built = cargo_executables(&["test", "--workspace", "--all-targets", "--no-run"])?;
+    let mut tests: Vec<PathBuf> = built
         .iter()
-        .find(|e| e.name == "breaker-lab" && !e.test)
-        .context("cargo built no breaker-lab binary")?
-        .path
-        .clone();
-    let tests: Vec<PathBuf> = all.into_iter().filter(|e| e.test).map(|e| e.path).collect();
+        .filter(|e| e.test && in_package(e, "tests"))
+        .map(|e| e.path.clone())
+        .collect();
     if tests.is_empty() {
         bail!("cargo built no test binary for breaker-tests");
     }
+    // Cargo reports them in the order they finish; the guest runs them in a fixed one.
+    tests.sort();
     Ok(initramfs::Binaries {
         breaker,
         lab,
@@ -311,6 +319,8 @@ fn build_binaries() -> anyhow::Result<initramfs::Binaries> {
 
 struct Executable {
     name: String,
+    /// Its package's Cargo.toml.
+    manifest: PathBuf,
     test: bool,
     path: PathBuf,
 }
@@ -345,6 +355,7 @@ fn cargo_executables(args: &[&str]) -> anyhow::Result<Vec<Executable>> {
                 .as_str()
                 .unwrap_or_default()
                 .to_string(),
+            manifest: PathBuf::from(msg["manifest_path"].as_str().unwrap_or_default()),
             test: msg["profile"]["test"].as_bool().unwrap_or(false),
             path: PathBuf::from(path),
         });
