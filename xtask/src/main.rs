@@ -38,8 +38,9 @@ enum Cmd {
         /// Only this kernel of the matrix (repeatable).
         #[arg(long, value_name = "NAME")]
         kernel: Vec<String>,
-        /// Seconds a guest may run, boot to power-off, before it is killed and failed.
-        #[arg(long, value_name = "SECONDS", default_value_t = 1800)]
+        /// Seconds a guest may run, boot to power-off, before it is killed and failed
+        /// (the suite takes about 4 minutes under emulation on 2 cores).
+        #[arg(long, value_name = "SECONDS", default_value_t = 900)]
         timeout: u64,
     },
     /// The benchmarks: BENCHMARKS.md and bench-plots/ at the workspace root (root).

@@ -178,9 +178,9 @@ fn run_kernel(
                 console.line(line);
             },
         )?;
-        // A KVM that cannot run a stock kernel (a paravirtual one) hangs it early:
-        // emulate from then on.
-        if matches!(ended, Ended::NoStart) && *accel == Accel::Kvm {
+        // A KVM that cannot run a stock kernel (a paravirtual one) hangs it early, or
+        // qemu gives up on the CPU model: emulate from then on.
+        if *accel == Accel::Kvm && console.release.is_none() {
             eprintln!("vm: {}: no init under KVM; emulating (TCG)", kernel.name);
             *accel = Accel::Tcg;
             continue;
