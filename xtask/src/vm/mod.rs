@@ -92,18 +92,20 @@ pub fn test(names: &[String], timeout: Duration) -> anyhow::Result<()> {
                 name: kernel.name,
                 release: String::new(),
                 accel: None,
-                tally: Tally::default(),
+                tally: Tally {
+                    failed: 1,
+                    ..Tally::default()
+                },
                 verdict: Err(format!("{e:#}")),
                 took: start.elapsed(),
             },
         };
-        // A plain closing line per kernel, as the host suite prints its own.
-        println!(
-            "{}: {} ({})",
-            row.name,
-            row.tally,
-            verdict_text(&row.verdict)
-        );
+        match &row.verdict {
+            Ok(what) => eprintln!("vm: {}: {what}", row.name),
+            Err(why) => eprintln!("vm: {}: FAILED: {why}", row.name),
+        }
+        // A plain count line per kernel, as the host suite closes with its own.
+        println!("{}: {}", row.name, row.tally);
         rows.push(row);
     }
     print_table(&rows);
@@ -116,12 +118,6 @@ pub fn test(names: &[String], timeout: Duration) -> anyhow::Result<()> {
         bail!("kernels failed: {}", failed.join(", "));
     }
     Ok(())
-}
-
-fn verdict_text(v: &Result<String, String>) -> &str {
-    match v {
-        Ok(s) | Err(s) => s,
-    }
 }
 
 fn run_kernel(
@@ -205,7 +201,9 @@ fn run_kernel(
     };
     let (tally, verdict) = match kernel.role {
         Role::Suite => {
-            let tally = console.suite();
+            let mut tally = console.suite();
+            // A guest that hung or died is one failure more, whatever ran before.
+            tally.failed += ended_badly.is_some() as u64;
             let verdict = if let Some(why) = ended_badly {
                 Err(why)
             } else if tally.failed > 0 || tally.skipped > 0 {
