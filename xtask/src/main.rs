@@ -1,10 +1,13 @@
 //! `cargo xtask`: make a machine ready, build, run the demo, run every test.
 mod setup;
+mod tally;
+mod vm;
 
 use std::process::Command;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use tally::Tally;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -26,7 +29,20 @@ enum Cmd {
     /// The self-contained demo: a breaker tripping and recovering in a lab (root).
     Demo,
     /// Everything: fmt check, clippy, unit tests, privileged integration tests.
-    Test,
+    /// With --kernels or --kernel, instead: the privileged integration tests in qemu
+    /// on other kernels (root; see the README's "Supported kernels").
+    Test {
+        /// Every kernel of the matrix: 6.1, 6.12 (the suite) and 5.10 (refused).
+        #[arg(long, conflicts_with = "kernel")]
+        kernels: bool,
+        /// Only this kernel of the matrix (repeatable).
+        #[arg(long, value_name = "NAME")]
+        kernel: Vec<String>,
+        /// Seconds a guest may run, boot to power-off, before it is killed and failed
+        /// (the suite takes about 4 minutes under emulation on 2 cores).
+        #[arg(long, value_name = "SECONDS", default_value_t = 900)]
+        timeout: u64,
+    },
     /// The benchmarks: BENCHMARKS.md and bench-plots/ at the workspace root (root).
     Bench {
         /// Each scenario briefly, written under target/bench-quick: keeps the harness
@@ -95,16 +111,8 @@ fn clippy_kernel_programs() -> anyhow::Result<()> {
 /// Where the privileged tests record their skips (see `breaker_lab::privileges`).
 const SKIP_LOG_ENV: &str = "BREAKER_SKIP_LOG";
 
-/// Test counts for the whole suite.
-struct Tally {
-    passed: u64,
-    failed: u64,
-    skipped: u64,
-}
-
 /// Runs `cargo test ARGS`, passing its output through, and adds up its result lines.
-/// A privileged test that skipped reports "ok" to libtest but leaves a line in
-/// `skip_log`; those count as skipped, not passed.
+/// Privileged tests that skipped are counted from `skip_log` (see [`Tally::with_skips`]).
 fn cargo_test(args: &[&str], skip_log: &std::path::Path) -> anyhow::Result<Tally> {
     use std::io::{BufRead, BufReader};
     match std::fs::remove_file(skip_log) {
@@ -122,28 +130,14 @@ fn cargo_test(args: &[&str], skip_log: &std::path::Path) -> anyhow::Result<Tally
         .stdout(std::process::Stdio::piped())
         .spawn()
         .context("running cargo test")?;
-    let (mut passed, mut failed) = (0, 0);
+    let mut tally = Tally::default();
     for line in BufReader::new(child.stdout.take().context("cargo test stdout")?).lines() {
         let line = line?;
         println!("{line}");
-        // "test result: ok. 9 passed; 0 failed; 0 ignored; ..."
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            for part in rest.split(';') {
-                let mut words = part.split_whitespace().rev();
-                let (Some(what), Some(n)) = (words.next(), words.next()) else {
-                    continue;
-                };
-                let n: u64 = n.parse().unwrap_or(0);
-                match what {
-                    "passed" => passed += n,
-                    "failed" => failed += n,
-                    _ => {}
-                }
-            }
-        }
+        tally.add_result_line(&line);
     }
     let status = child.wait()?;
-    if !status.success() && failed == 0 {
+    if !status.success() && tally.failed == 0 {
         bail!("cargo test failed ({status})");
     }
     let skipped = match std::fs::read_to_string(skip_log) {
@@ -151,14 +145,10 @@ fn cargo_test(args: &[&str], skip_log: &std::path::Path) -> anyhow::Result<Tally
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
         Err(e) => return Err(e).with_context(|| format!("reading {}", skip_log.display())),
     };
-    Ok(Tally {
-        passed: passed.saturating_sub(skipped),
-        failed,
-        skipped,
-    })
+    Ok(tally.with_skips(skipped))
 }
 
-fn workspace_root() -> std::path::PathBuf {
+pub fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
@@ -167,7 +157,15 @@ fn workspace_root() -> std::path::PathBuf {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Setup => setup::run(setup::Verbosity::Report),
+        Cmd::Setup => {
+            // Everything but the benchmarks' extras: the tests, on this kernel and in qemu.
+            let packages: Vec<_> = setup::TEST_PACKAGES
+                .iter()
+                .chain(vm::PACKAGES)
+                .copied()
+                .collect();
+            setup::run_with(setup::Verbosity::Report, &packages)
+        }
         Cmd::Build { release } => {
             setup::run(setup::Verbosity::Quiet)?;
             let mut args = vec!["build", "--workspace"];
@@ -231,7 +229,20 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Test => {
+        Cmd::Test {
+            kernels,
+            kernel,
+            timeout,
+        } if kernels || !kernel.is_empty() => {
+            let packages: Vec<_> = setup::TEST_PACKAGES
+                .iter()
+                .chain(vm::PACKAGES)
+                .copied()
+                .collect();
+            setup::run_with(setup::Verbosity::Quiet, &packages)?;
+            vm::test(&kernel, std::time::Duration::from_secs(timeout))
+        }
+        Cmd::Test { .. } => {
             setup::run(setup::Verbosity::Quiet)?;
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&[
@@ -246,18 +257,14 @@ fn main() -> anyhow::Result<()> {
             // The integration tests start the daemon binary: build it first.
             cargo(&["build", "-p", "breaker-userspace", "-p", "breaker-tests"])?;
             let skip_log = workspace_root().join("target/test-skips.log");
-            let Tally {
-                passed,
-                failed,
-                skipped,
-            } = cargo_test(
+            let tally = cargo_test(
                 &["test", "--workspace", "--all-targets", "--no-fail-fast"],
                 &skip_log,
             )?;
             // One closing line for the whole suite, whichever test binary ran last.
-            println!("{passed} passed, {failed} failed, {skipped} skipped");
-            if failed > 0 {
-                bail!("{failed} tests failed");
+            println!("{tally}");
+            if tally.failed > 0 {
+                bail!("{} tests failed", tally.failed);
             }
             Ok(())
         }

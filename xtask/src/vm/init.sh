@@ -1,0 +1,67 @@
+#!/bin/sh
+# The guest's init (busybox sh). Mounts what the lab needs, then either runs the
+# privileged test binaries under CI=true (breaker.mode=suite) or checks that the
+# daemon refuses this kernel (breaker.mode=refused). Everything the host reads is a
+# line starting with "breaker-vm: " on the serial console. Then powers off.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/shm /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t bpf bpf /sys/fs/bpf
+# Not used by the daemon today; mounted as on a usual host, in case a test reads them.
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+ip link set lo up
+
+for m in /lib/modules/breaker/*.ko; do
+    [ -e "$m" ] || continue
+    insmod "$m" || echo "breaker-vm: cannot load $m"
+done
+
+. /etc/breaker-vm/env
+echo "breaker-vm: kernel $(uname -r)"
+
+mode=suite
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+    breaker.mode=*) mode="${arg#breaker.mode=}" ;;
+    esac
+done
+
+cd /tmp
+case "$mode" in
+suite)
+    # As CI runs it: a test that cannot run fails instead of skipping.
+    export CI=true BREAKER_SKIP_LOG=/tmp/skips.log BREAKER_BIN
+    : >"$BREAKER_SKIP_LOG"
+    for t in $(cat /etc/breaker-vm/tests); do
+        echo "breaker-vm: run $t"
+        "$t" </dev/null
+        echo "breaker-vm: exit $t $?"
+    done
+    echo "breaker-vm: skipped $(grep -c . "$BREAKER_SKIP_LOG")"
+    ;;
+refused)
+    "$BREAKER_BIN" run --config /etc/breaker-vm/refused.toml </dev/null >/dev/null 2>/tmp/refused.err
+    echo "breaker-vm: refused-status $?"
+    while IFS= read -r line; do
+        echo "breaker-vm: refused-stderr $line"
+    done </tmp/refused.err
+    ;;
+*)
+    echo "breaker-vm: unknown mode $mode"
+    ;;
+esac
+
+echo "breaker-vm: done"
+poweroff -f
+# qemu runs with -no-reboot: a reboot ends it too, should power-off not work.
+sleep 5
+reboot -f
