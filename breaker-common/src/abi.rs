@@ -200,6 +200,14 @@ pub struct UpstreamPolicy {
 }
 
 impl UpstreamPolicy {
+    /// Whether an upstream is configured at this id: the config never allows a
+    /// `failure_threshold` of 0, so an all-zero entry is an id nobody has (a
+    /// removed upstream's, whose connects still in flight must count for no one).
+    #[inline(always)]
+    pub const fn is_configured(&self) -> bool {
+        self.failure_threshold != 0
+    }
+
     #[inline(always)]
     pub fn thresholds(&self) -> crate::machine::Thresholds {
         crate::machine::Thresholds {

@@ -76,7 +76,7 @@ impl Breaker {
     /// The breaker of configured upstream `upstream`.
     #[inline(always)]
     pub fn configured(upstream: u32) -> Option<Self> {
-        let policy = POLICIES.get(upstream)?;
+        let policy = POLICIES.get(upstream).filter(|p| p.is_configured())?;
         let word = UPSTREAM_STATES.get_ptr_mut(upstream)?;
         Some(Breaker {
             upstream,
@@ -91,7 +91,9 @@ impl Breaker {
     /// (only a failure creates one).
     #[inline(always)]
     pub fn for_destination(dest: &DestKey, create: bool) -> Option<Self> {
-        let policy = POLICIES.get(DEFAULT_UPSTREAM_ID)?;
+        let policy = POLICIES
+            .get(DEFAULT_UPSTREAM_ID)
+            .filter(|p| p.is_configured())?;
         let (cell, tripped) = match DEFAULT_TRIPPED.get_ptr_mut(dest) {
             Some(cell) => (cell, true),
             None => (Self::untripped_cell(dest, create)?, false),

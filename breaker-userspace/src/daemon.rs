@@ -108,7 +108,7 @@ pub async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         crate::control::server::serve(control, calls, live).await;
         Ok(())
     }));
-    let mut current = Generation::start(kernel, config, &metrics, &mut tasks)?;
+    let mut current = Generation::start(kernel, config, &metrics, &mut tasks, None)?;
 
     let outcome = loop {
         tokio::select! {
@@ -167,9 +167,13 @@ pub async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
             },
             _ = pin_check.tick(), if to_attach.is_none() && attached_to.is_some() => {
                 if !current.kernel.links_pinned() && Identity::of(&cgroup) == attached_to {
+                    metrics.set_links_pinned(false);
                     tracing::error!(pins = %pins.root().display(), "the pinned links are gone (removed by hand?), and with them the programs: attaching again");
                     match current.kernel.attach(&cgroup) {
-                        Ok(()) => tracing::info!(cgroup = %cgroup.display(), "attached again, every breaker's state kept"),
+                        Ok(()) => {
+                            metrics.set_links_pinned(true);
+                            tracing::info!(cgroup = %cgroup.display(), "attached again, every breaker's state kept");
+                        }
                         Err(e) => tracing::error!(cgroup = %cgroup.display(), error = %e, "attaching again failed: nothing is protected; trying again every {RETRY_ATTACH:?}"),
                     }
                 }
@@ -216,6 +220,9 @@ struct Generation {
     /// The config's upstreams with their ids.
     upstreams: Vec<(u32, crate::config::Upstream)>,
     tasks: Vec<tokio::task::AbortHandle>,
+    /// The transition pump, stopped a moment after the others (see `stop`).
+    events: Option<tokio::task::AbortHandle>,
+    alerts: Vec<tokio::task::AbortHandle>,
 }
 
 impl Generation {
@@ -224,6 +231,7 @@ impl Generation {
         config: Config,
         metrics: &Arc<Metrics>,
         tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+        kept_alerts: Option<Vec<tokio::task::AbortHandle>>,
     ) -> anyhow::Result<Generation> {
         metrics.count_destinations_in(kernel.destinations());
         metrics.set_programs(&kernel.program_ids());
@@ -257,26 +265,37 @@ impl Generation {
             config.kernel_memory_estimate(crate::config::possible_cpus()),
         );
         let mut handles = Vec::new();
-        metrics.set_alerts(
-            &config
-                .alerts
-                .iter()
-                .map(|a| a.name.clone())
-                .collect::<Vec<_>>(),
-        );
-        for alert in &config.alerts {
-            let live = metrics.history().follow().subscribe();
-            let (alert, alerted) = (alert.clone(), metrics.clone());
-            handles.push(tasks.spawn(optional("webhook alerts", async move {
-                crate::alerts::deliver(alert, live, alerted).await;
-                Ok(())
-            })));
-        }
+        // Alerts whose config did not change keep their task, backlog and any
+        // delivery in flight.
+        let alerts = match kept_alerts {
+            Some(alerts) => alerts,
+            None => {
+                metrics.set_alerts(
+                    &config
+                        .alerts
+                        .iter()
+                        .map(|a| a.name.clone())
+                        .collect::<Vec<_>>(),
+                );
+                config
+                    .alerts
+                    .iter()
+                    .map(|alert| {
+                        let live = metrics.history().follow().subscribe();
+                        let (alert, alerted) = (alert.clone(), metrics.clone());
+                        tasks.spawn(optional("webhook alerts", async move {
+                            crate::alerts::deliver(alert, live, alerted).await;
+                            Ok(())
+                        }))
+                    })
+                    .collect()
+            }
+        };
         let events = kernel.take_events()?;
-        handles.push(tasks.spawn(optional(
+        let events = tasks.spawn(optional(
             "transition events",
             crate::events::pump(events, metrics.clone()),
-        )));
+        ));
         if let Some(logger) = kernel.take_logger() {
             handles.push(tasks.spawn(optional(
                 "kernel log forwarding",
@@ -330,15 +349,28 @@ impl Generation {
             config,
             upstreams: kept,
             tasks: handles,
+            events: Some(events),
+            alerts,
         })
     }
 
-    fn stop(&self) {
-        for task in &self.tasks {
+    fn stop(&mut self) {
+        for task in self.tasks.iter().chain(&self.alerts) {
             task.abort();
+        }
+        // Transitions the old programs made just before the swap are still in
+        // their ring: read on a little before stopping.
+        if let Some(events) = self.events.take() {
+            tokio::spawn(async move {
+                tokio::time::sleep(EVENTS_DRAIN).await;
+                events.abort();
+            });
         }
     }
 }
+
+/// How long the replaced config's transition pump reads on after a reload.
+const EVENTS_DRAIN: Duration = Duration::from_secs(1);
 
 /// The reloaded config was swapped in, but its tasks could not start: the
 /// daemon cannot go on (it exits; the pinned programs stay).
@@ -364,10 +396,12 @@ fn apply_reload(
             return Err(e);
         }
     };
+    let kept_alerts =
+        (config.alerts == current.config.alerts).then(|| std::mem::take(&mut current.alerts));
     current.stop();
     let names = names_of(&kernel, &config);
     metrics.set_upstreams(&names);
-    *current = Generation::start(kernel, config, metrics, tasks)
+    *current = Generation::start(kernel, config, metrics, tasks, kept_alerts)
         .map_err(|e| anyhow::Error::new(GenerationFailed(e)))?;
     metrics.reloaded();
     tracing::info!(config = %path.display(), upstreams = names.len(), "config reloaded: every kept upstream keeps its state and counters");

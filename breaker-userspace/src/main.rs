@@ -237,6 +237,21 @@ fn uninstall(pin_path: &std::path::Path) -> ExitCode {
     match breaker::kernel::PinFolder::new(pin_path).uninstall() {
         Ok(removed) if removed.is_empty() => {
             println!("nothing to remove at {}", pin_path.display());
+            // A daemon configured with another pin_path pins elsewhere.
+            let others: Vec<String> = std::fs::read_dir(bpffs)
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.join("maps").join("PIN_METADATA").exists())
+                .map(|p| p.display().to_string())
+                .collect();
+            if !others.is_empty() {
+                println!(
+                    "breaker pins elsewhere: {} (remove them with --pin-path)",
+                    others.join(", ")
+                );
+            }
             ExitCode::SUCCESS
         }
         Ok(removed) => {

@@ -49,6 +49,8 @@ pub struct Metrics {
     reloads: IntCounterVec,
     last_reload: prometheus::Gauge,
     history: crate::control::History,
+    /// Whether every program's link is pinned (attached), as last checked.
+    links_pinned: std::sync::atomic::AtomicBool,
     map_entries: IntGaugeVec,
     map_capacity: IntGaugeVec,
     alerts: IntCounterVec,
@@ -123,6 +125,7 @@ impl Metrics {
             last: Mutex::new(HashMap::new()),
             destinations: Mutex::new(None),
             history: Default::default(),
+            links_pinned: std::sync::atomic::AtomicBool::new(true),
             map_entries: gauge(&registry, "breaker_map_entries", "Entries in each kernel map whose fill varies (endpoint maps, default-policy destinations, upstream names).", &["map"]),
             alerts: counter(&registry, "breaker_alerts_total", "Webhook alerts by result: sent (a 2xx answer), failed (after retries), dropped (the receiver fell too far behind).", &["alert", "result"]),
             map_capacity: gauge(&registry, "breaker_map_capacity", "Each kernel map's capacity (max entries).", &["map"]),
@@ -253,9 +256,9 @@ impl Metrics {
         self.alerts.with_label_values(&[alert, result]).inc_by(n);
     }
 
-    /// A loaded config's alerts: their series start at zero.
+    /// A loaded config's alerts: their series exist from the start (counts of
+    /// an alert kept by a reload carry on).
     pub fn set_alerts(&self, names: &[String]) {
-        self.alerts.reset();
         for name in names {
             for result in ["sent", "failed", "dropped"] {
                 self.alerts.with_label_values(&[name, result]);
@@ -414,11 +417,19 @@ impl Metrics {
 
     /// `/healthz`: the daemon protects what it was told to, or why not.
     pub fn health(&self) -> Result<(), &'static str> {
-        if self.cgroup_attached.get() == 1 {
-            Ok(())
-        } else {
-            Err("the configured cgroup does not exist: nothing is protected until it is created again")
+        if self.cgroup_attached.get() != 1 {
+            return Err("the configured cgroup does not exist: nothing is protected until it is created again");
         }
+        if !self.links_pinned.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("the programs' pinned links are gone: nothing is protected until they are attached again");
+        }
+        Ok(())
+    }
+
+    /// Whether every program's link is pinned (and so attached) right now.
+    pub fn set_links_pinned(&self, pinned: bool) {
+        self.links_pinned
+            .store(pinned, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn probe(&self, upstream: u32, success: bool) {

@@ -259,6 +259,16 @@ fn bad_requests_get_one_clear_line_and_change_nothing() {
         "no upstream named \"nope\" (configured: api)",
     );
     refused(&lab, &["status"], Some(65534), "root only");
+    // The daemon checks the caller itself, whatever the socket's mode says.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(lab.control_socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    refused(
+        &lab,
+        &["force-open", "api"],
+        Some(65534),
+        "permission denied: the control socket answers root only (uid 65534)",
+    );
+    std::fs::set_permissions(lab.control_socket(), std::fs::Permissions::from_mode(0o600)).unwrap();
     // A malformed request, straight to the socket.
     let mut raw = UnixStream::connect(lab.control_socket()).unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -517,3 +517,113 @@ fn pins_removed_by_hand_are_noticed_and_protection_restored() {
         "pinned again",
     );
 }
+
+/// A connect to a removed upstream that was in flight at the reload ends after
+/// its id was cleared: it must count for nobody (no policy at that id), and the
+/// next upstream given that id must start CLOSED, not held shut.
+#[test]
+fn an_upstream_given_a_freed_id_starts_closed() {
+    let Some(mut lab) = lab("freedid") else {
+        return;
+    };
+    lab.serve("10.77.0.3:8080", "fresh").unwrap();
+    let keep = "[[upstream]]\nname = \"keep\"\nendpoints = [\"10.77.0.9:9\"]\n";
+    // Never trips on its own (threshold far above what the test sends).
+    let gone = format!(
+        "[[upstream]]\nname = \"gone\"\nendpoints = [\"{BLACKHOLE_V4}:80\"]\nfailure_threshold = 4000\n"
+    );
+    let fresh = "[[upstream]]\nname = \"fresh\"\nendpoints = [\"10.77.0.3:8080\"]\nopen_duration = \"1h\"\n";
+    lab.start_daemon(&format!("{keep}{gone}")).unwrap();
+    // Connects to "gone" in flight all the time (each fails at its first SYN RTO,
+    // about 1 s after its SYN): three staggered clients.
+    let mut loads = Vec::new();
+    for _ in 0..3 {
+        loads.push(
+            lab.client_command(&[
+                "--to",
+                &format!("{BLACKHOLE_V4}:80"),
+                "--count",
+                "6",
+                "--concurrency",
+                "4",
+                "--interval-ms",
+                "100",
+                "--timeout-ms",
+                "1500",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+        );
+        std::thread::sleep(Duration::from_millis(530));
+    }
+    // "gone" leaves while its connects are in flight.
+    lab.write_config(keep).unwrap();
+    let log = reload(&lab, 1);
+    assert!(log.contains("config reloaded"), "{log}");
+    // Let every connect in flight at the reload end on its own.
+    for mut l in loads {
+        let _ = l.wait();
+    }
+    // "fresh" comes, and takes the lowest free id: the one "gone" had.
+    lab.write_config(&format!("{keep}{fresh}")).unwrap();
+    let log = reload(&lab, 2);
+    assert!(log.contains("config reloaded"), "{log}");
+    let state = |s: &str| {
+        lab.metric("breaker_state", &[("upstream", "fresh"), ("state", s)])
+            .unwrap()
+    };
+    let to_fresh = lab
+        .client(&["--to", "10.77.0.3:8080", "--count", "2", "--http"])
+        .unwrap();
+    check(
+        &lab,
+        state("closed") == 1.0 && to_fresh.iter().all(|a| a.body.as_deref() == Some("fresh")),
+        &format!(
+            "a newly added, healthy upstream starts CLOSED (open={}): {to_fresh:?}",
+            state("open")
+        ),
+    );
+}
+
+/// 63 upstreams: renaming one needs an id the old name does not hold yet; the
+/// maps have room to spare for it, by a reload and by a restart alike.
+#[test]
+fn renaming_an_upstream_at_the_pinned_maps_capacity_is_applied() {
+    let Some(mut lab) = lab("idsfull") else {
+        return;
+    };
+    let config = |renamed: &str| {
+        (0..63)
+            .map(|i| {
+                let name = if i == 0 {
+                    renamed.to_string()
+                } else {
+                    format!("u{i}")
+                };
+                format!(
+                    "[[upstream]]\nname = {name:?}\nendpoints = [\"10.77.1.{}:80\"]\n",
+                    i + 1
+                )
+            })
+            .collect::<String>()
+    };
+    lab.start_daemon(&config("u0")).unwrap();
+    lab.write_config(&config("renamed")).unwrap();
+    let log = reload(&lab, 1);
+    check(
+        &lab,
+        log.contains("config reloaded"),
+        "a reload applies the rename",
+    );
+    // And a restart applies the next one.
+    lab.signal_daemon(Signal::SIGTERM).unwrap();
+    lab.start_daemon(&config("renamed-again")).unwrap();
+    let mut names = pinned_names(&lab);
+    names.sort();
+    check(
+        &lab,
+        names.len() == 63 && names.contains(&"renamed-again".to_string()),
+        &format!("63 upstreams, the newest name among them: {names:?}"),
+    );
+}

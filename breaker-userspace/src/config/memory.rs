@@ -84,9 +84,12 @@ pub struct MapSizes {
 /// The fewest upstream ids the maps are made with.
 pub const MIN_UPSTREAM_SLOTS: u32 = 64;
 
-/// Upstream ids for `upstreams` configured upstreams and the default policy.
+/// Upstream ids for `upstreams` configured upstreams and the default policy, and
+/// as many again: a rename or an added upstream needs an id no upstream of the
+/// running config holds.
 pub fn upstream_slots(upstreams: usize) -> u32 {
     (upstreams as u32 + 1)
+        .saturating_mul(2)
         .checked_next_power_of_two()
         .unwrap_or(u32::MAX)
         .max(MIN_UPSTREAM_SLOTS)

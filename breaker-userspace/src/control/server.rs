@@ -81,11 +81,18 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(turn) = turns.clone().acquire_owned().await else {
-            return;
-        };
-        let (calls, live, followers) = (calls.clone(), live.clone(), followers.clone());
+        let (calls, live, followers, turns) = (
+            calls.clone(),
+            live.clone(),
+            followers.clone(),
+            turns.clone(),
+        );
+        // The turn is waited for here, not in the accept loop: callers that never
+        // read their answers can hold every turn, never the socket.
         tokio::spawn(async move {
+            let Ok(turn) = turns.acquire_owned().await else {
+                return;
+            };
             let mut stream = stream;
             let request = match read_request(&mut stream).await {
                 Ok(request) => request,
@@ -105,10 +112,15 @@ pub async fn serve(
     }
 }
 
+/// Writes one answer line; a caller that does not read it within
+/// [`READ_TIMEOUT`] is given up on.
 async fn write_line<T: serde::Serialize>(stream: &mut UnixStream, value: &T) -> bool {
     let mut line = serde_json::to_vec(value).unwrap_or_default();
     line.push(b'\n');
-    stream.write_all(&line).await.is_ok()
+    matches!(
+        tokio::time::timeout(READ_TIMEOUT, stream.write_all(&line)).await,
+        Ok(Ok(()))
+    )
 }
 
 /// The caller's request, or the answer refusing it.
@@ -185,7 +197,8 @@ async fn follow(mut stream: UnixStream, live: broadcast::Sender<EventView>, slot
                 };
                 let mut line = line.unwrap_or_default();
                 line.push(b'\n');
-                if writer.write_all(&line).await.is_err() {
+                let written = tokio::time::timeout(READ_TIMEOUT, writer.write_all(&line)).await;
+                if !matches!(written, Ok(Ok(()))) {
                     return;
                 }
             }

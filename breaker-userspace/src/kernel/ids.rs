@@ -35,15 +35,20 @@ pub fn assign(
     let taken: std::collections::HashSet<u32> = had.values().copied().collect();
     let mut free = (1..slots).filter(|id| !taken.contains(id));
     let mut ids = Vec::with_capacity(config.upstreams.len());
+    let mut fresh = Vec::new();
     for up in &config.upstreams {
         let id = match had.remove(up.name.as_bytes()) {
             Some(id) => id,
-            None => free.next().ok_or_else(|| {
-                KernelError::Ids(format!(
-                    "no free id for upstream {:?}: {} ids, and ids of upstreams removed by this load are reused only by the next one",
-                    up.name, slots
-                ))
-            })?,
+            None => {
+                let id = free.next().ok_or_else(|| {
+                    KernelError::Ids(format!(
+                        "no free id for upstream {:?} among {} (an id a removed upstream had is given out again only by the next load): remove upstreams in one reload and add new ones in the next",
+                        up.name, slots
+                    ))
+                })?;
+                fresh.push(id);
+                id
+            }
         };
         let name = UpstreamName::new(&up.name)
             .ok_or_else(|| KernelError::Ids(format!("upstream name {:?} is too long", up.name)))?;
@@ -52,8 +57,28 @@ pub fn assign(
             .map_err(map_err(map_names::UPSTREAM_NAMES))?;
         ids.push(id);
     }
+    // A new upstream starts CLOSED with zero counters, whatever its id held
+    // before (a stale outcome of an upstream removed long ago, say).
+    drop(names);
+    for id in fresh {
+        let mut states: Array<_, u64> = typed_map(ebpf, map_names::UPSTREAM_STATES)?;
+        states
+            .set(id, 0, 0)
+            .map_err(map_err(map_names::UPSTREAM_STATES))?;
+        let mut counters: PerCpuArray<_, Counters> = typed_map(ebpf, map_names::COUNTERS)?;
+        counters
+            .set(id, zero_counters()?, 0)
+            .map_err(map_err(map_names::COUNTERS))?;
+    }
     let freed = had.into_values().collect();
     Ok((ids, freed))
+}
+
+fn zero_counters() -> Result<PerCpuValues<Counters>, KernelError> {
+    let cpus =
+        aya::util::nr_cpus().map_err(|(_, e)| KernelError::Ids(format!("counting CPUs: {e}")))?;
+    PerCpuValues::try_from(vec![Counters::default(); cpus])
+        .map_err(|e| KernelError::Ids(format!("zero counters: {e}")))
 }
 
 /// Frees `id`: no name, a CLOSED word, zero counters. `counters` is the pinned

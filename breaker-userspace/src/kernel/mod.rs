@@ -101,6 +101,10 @@ pub struct Kernel {
     ids: Vec<u32>,
     /// Ids whose upstream left the config: cleared once the new programs run.
     freed: Vec<u32>,
+    /// Digest of the config loaded, for the pin metadata.
+    config_digest: [u8; 16],
+    /// Whether this load's fresh maps are pinned yet (at its first attach).
+    fresh_pinned: bool,
     states: Arc<StateTable>,
     counters: Arc<CounterTable>,
     destinations: Arc<DefaultDestinations>,
@@ -284,17 +288,6 @@ impl Kernel {
         tracing::debug!(hz, "kernel tick rate, for trial SYN timeouts");
         let (ids, freed) = ids::assign(&mut ebpf, config, slots)?;
         write_config(&mut ebpf, config, hz, &ids)?;
-        write_metadata(&mut ebpf, config)?;
-        for name in FRESH_MAPS {
-            let path = pins.map(name);
-            let _ = std::fs::remove_file(&path);
-            let map = ebpf.map(name).ok_or(KernelError::MissingMap { name })?;
-            map.pin(&path).map_err(|source| KernelError::Pin {
-                what: name,
-                path,
-                source,
-            })?;
-        }
 
         let states_map =
             ebpf.take_map(map_names::UPSTREAM_STATES)
@@ -356,6 +349,8 @@ impl Kernel {
             pins: pins.clone(),
             ids,
             freed,
+            config_digest: config_digest(config),
+            fresh_pinned: false,
             states: Arc::new(states),
             counters: Arc::new(CounterTable { map: counters }),
             destinations: Arc::new(destinations),
@@ -452,17 +447,41 @@ impl Kernel {
                 path: cgroup.to_path_buf(),
                 source,
             })?;
-        let mut meta = read_metadata(&mut self.ebpf)?;
+        let meta = read_metadata(&mut self.ebpf)?;
         let same_cgroup = (meta.cgroup_dev, meta.cgroup_ino) == identity;
         let swapped = same_cgroup && links::swap(&mut self.ebpf, &self.pins).is_ok();
         if !swapped {
             links::attach_and_pin(&mut self.ebpf, &self.pins, &file)?;
         }
-        meta.cgroup_dev = identity.0;
-        meta.cgroup_ino = identity.1;
-        let mut map: Array<_, PinMetadata> = typed_map(&mut self.ebpf, map_names::PIN_METADATA)?;
-        map.set(0, meta, 0)
-            .map_err(map_err(map_names::PIN_METADATA))?;
+        // The programs run: this load is committed. What follows only records it,
+        // so a failure is logged, never taken for a load that did not happen.
+        if let Err(e) = self.record_commit(identity) {
+            tracing::warn!(error = %e, pins = %self.pins.root().display(), "the programs are attached, but recording it in the pins failed");
+        }
+        Ok(())
+    }
+
+    /// After a commit: the metadata (who, when, which cgroup), the fresh maps'
+    /// pins in place of the last load's, and the ids of removed upstreams
+    /// cleared, now that no program of the old config can count into them.
+    fn record_commit(&mut self, cgroup: (u64, u64)) -> Result<(), KernelError> {
+        write_metadata(&mut self.ebpf, self.config_digest, cgroup)?;
+        if !self.fresh_pinned {
+            for name in FRESH_MAPS {
+                let path = self.pins.map(name);
+                let _ = std::fs::remove_file(&path);
+                let map = self
+                    .ebpf
+                    .map(name)
+                    .ok_or(KernelError::MissingMap { name })?;
+                map.pin(&path).map_err(|source| KernelError::Pin {
+                    what: name,
+                    path,
+                    source,
+                })?;
+            }
+            self.fresh_pinned = true;
+        }
         for id in std::mem::take(&mut self.freed) {
             let counters = self.pins.map(map_names::COUNTERS);
             ids::clear(&mut self.ebpf, &self.states, &counters, id)?;
@@ -641,6 +660,14 @@ fn check_pins(pins: &PinFolder, sizes: &mut crate::config::MapSizes) -> Result<b
         .and_then(|data| Array::<MapData, PinMetadata>::try_from(Map::Array(data)).ok())
         .and_then(|array| array.get(&0, 0).ok())
         .unwrap_or_default();
+    if meta.abi_version == 0 && !links::all_pinned(pins) {
+        // Made by a start that died before it attached anything: leftovers.
+        tracing::info!(pins = %pins.root().display(), "removing the maps a start that never attached left behind");
+        for name in KEPT_MAPS {
+            let _ = std::fs::remove_file(pins.map(name));
+        }
+        return Ok(false);
+    }
     if meta.abi_version != ABI_VERSION {
         return Err(PinError::Abi {
             path: pins.root().to_path_buf(),
@@ -691,20 +718,34 @@ fn read_metadata(ebpf: &mut Ebpf) -> Result<PinMetadata, KernelError> {
     map.get(&0, 0).map_err(map_err(map_names::PIN_METADATA))
 }
 
-/// Who loaded what: this binary, its ABI, a digest of the config, now. The cgroup
-/// is the one already there until [`Kernel::attach`] writes its own.
-fn write_metadata(ebpf: &mut Ebpf, config: &Config) -> Result<(), KernelError> {
+/// The first 16 bytes of the SHA-256 of the effective config.
+fn config_digest(config: &Config) -> [u8; 16] {
     use sha2::Digest;
-    let mut meta = read_metadata(ebpf)?;
-    meta.abi_version = ABI_VERSION;
-    meta.pid = std::process::id();
-    meta.loaded_at_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     let digest = sha2::Sha256::digest(format!("{config:?}").as_bytes());
-    meta.config_digest.copy_from_slice(&digest[..16]);
+    let mut out = [0; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
+}
+
+/// Who loaded what: this binary, its ABI, the config's digest, now, and the
+/// cgroup (device, inode) the links are on.
+fn write_metadata(
+    ebpf: &mut Ebpf,
+    config_digest: [u8; 16],
+    cgroup: (u64, u64),
+) -> Result<(), KernelError> {
+    let mut meta = PinMetadata {
+        abi_version: ABI_VERSION,
+        pid: std::process::id(),
+        loaded_at_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        cgroup_dev: cgroup.0,
+        cgroup_ino: cgroup.1,
+        config_digest,
+        ..Default::default()
+    };
     let version = env!("CARGO_PKG_VERSION").as_bytes();
-    meta.binary_version = [0; 32];
     let n = version.len().min(meta.binary_version.len());
     meta.binary_version[..n].copy_from_slice(&version[..n]);
     let mut map: Array<_, PinMetadata> = typed_map(ebpf, map_names::PIN_METADATA)?;
