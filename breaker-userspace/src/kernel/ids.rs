@@ -59,7 +59,6 @@ pub fn assign(
     }
     // A new upstream starts CLOSED with zero counters, whatever its id held
     // before (a stale outcome of an upstream removed long ago, say).
-    drop(names);
     for id in fresh {
         let mut states: Array<_, u64> = typed_map(ebpf, map_names::UPSTREAM_STATES)?;
         states
