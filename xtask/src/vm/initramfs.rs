@@ -26,7 +26,12 @@ const APPLETS: &[&str] = &[
 
 /// Host programs the lab runs, and where they go in the guest. config_cli looks for
 /// setpriv at this very path.
-const HOST_PROGRAMS: &[(&str, &str)] = &[("ip", "/usr/bin/ip"), ("setpriv", "/usr/bin/setpriv")];
+const HOST_PROGRAMS: &[(&str, &str)] = &[
+    ("ip", "/usr/bin/ip"),
+    ("setpriv", "/usr/bin/setpriv"),
+    // The uninstall test asks the kernel what is attached.
+    ("bpftool", "/usr/sbin/bpftool"),
+];
 
 /// Our binaries, as cargo built them.
 pub struct Binaries {

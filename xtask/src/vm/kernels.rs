@@ -54,7 +54,8 @@ pub const KERNELS: &[Kernel] = &[
 /// The cloud kernels build cgroup2, BPF, BTF, IPv6 and the serial console in, but
 /// not veth, which the lab's links are. Paths under lib/modules/RELEASE/; veth
 /// depends on no other module.
-const LAB_MODULES: &[&str] = &["kernel/drivers/net/veth.ko"];
+/// The ICMP test's router is a TUN device (tun depends on no other module).
+const LAB_MODULES: &[&str] = &["kernel/drivers/net/veth.ko", "kernel/drivers/net/tun.ko"];
 
 /// Debian's archive; BREAKER_DEBIAN_MIRROR points elsewhere (same layout).
 const DEFAULT_MIRROR: &str = "http://deb.debian.org";
@@ -100,7 +101,8 @@ pub fn fetch(kernel: &Kernel, root: &Path) -> anyhow::Result<Image> {
 
 fn cached(dir: &Path) -> anyhow::Result<Option<Image>> {
     match std::fs::read_to_string(dir.join("package")) {
-        Ok(package) => read_unpacked(dir, package.trim()).map(Some),
+        // A cache made before a module joined LAB_MODULES is fetched again.
+        Ok(package) => Ok(read_unpacked(dir, package.trim()).ok()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", dir.join("package").display())),
     }
