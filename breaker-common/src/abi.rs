@@ -115,6 +115,9 @@ pub mod program_names {
     /// Returns the kernel's jiffies under BPF_PROG_TEST_RUN (the daemon's HZ
     /// measurement); never attached.
     pub const JIFFIES: &str = "brk_jiffies";
+    /// Never attached: loaded on kernels older than 5.18 to name a missing feature.
+    pub const NEED_ATOMICS: &str = "brk_need_atomics";
+    pub const NEED_RETVAL: &str = "brk_need_retval";
     /// Empty programs of the same types, for `breaker calibrate` (benchmarks only).
     pub const NOP_CONNECT4: &str = "brk_nop_connect";
     pub const NOP_SOCK_OPS: &str = "brk_nop_sockops";

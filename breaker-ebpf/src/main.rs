@@ -17,6 +17,8 @@ mod destination;
 #[cfg(target_arch = "bpf")]
 mod detect;
 #[cfg(target_arch = "bpf")]
+mod features;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod probe_mark;
@@ -98,6 +100,20 @@ mod programs {
     #[classifier]
     pub fn brk_jiffies(_ctx: TcContext) -> i32 {
         crate::breaker::jiffies() as i32
+    }
+
+    /// Never run nor attached: the daemon loads it on a kernel older than 5.18 to
+    /// tell whether it has BPF atomics (compare-and-swap on a map value, 5.12).
+    #[classifier]
+    pub fn brk_need_atomics(_ctx: TcContext) -> i32 {
+        crate::features::compare_and_swap()
+    }
+
+    /// Never run nor attached: as `brk_need_atomics`, for `bpf_set_retval` in a
+    /// cgroup connect hook (5.18).
+    #[cgroup_sock_addr(connect4)]
+    pub fn brk_need_retval(_ctx: SockAddrContext) -> i32 {
+        crate::features::set_retval()
     }
 
     /// The destination lookup under BPF_PROG_TEST_RUN; never attached.

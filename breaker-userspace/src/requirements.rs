@@ -1,5 +1,7 @@
-//! The oldest kernel the daemon runs on. Checked at `breaker run` start, so an old
-//! kernel gets one clear line instead of a verifier or attach error halfway through.
+//! What the daemon needs of the kernel. Checked at `breaker run` start, so an old
+//! kernel gets one clear line naming what it lacks, not a verifier or attach error
+//! halfway through: a release from 5.18 on has it all; an older one is asked
+//! feature by feature (a backported kernel runs).
 
 /// Linux 5.18 brought `bpf_set_retval` to cgroup hooks, which the connect hooks use
 /// to fail a connect with ECONNREFUSED; every other feature the daemon uses is older
@@ -9,6 +11,14 @@ const MIN_KERNEL_REASON: &str = "bpf_set_retval in cgroup connect hooks";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KernelVersionError {
+    #[error(
+        "kernel {release} lacks {feature}, which came in Linux {since}: breaker cannot run on it"
+    )]
+    Missing {
+        release: String,
+        feature: &'static str,
+        since: &'static str,
+    },
     #[error(
         "kernel {release} is too old: breaker needs Linux {}.{} or newer ({MIN_KERNEL_REASON})",
         MIN_KERNEL.0,
@@ -46,9 +56,54 @@ pub fn check_release(release: &str) -> Result<(), KernelVersionError> {
     }
 }
 
-/// Checks the running kernel's release.
+/// Checks the running kernel: a release from 5.18 on has everything; an older
+/// one is asked, feature by feature, and the first it lacks is named (a kernel
+/// with the features backported runs).
 pub fn check_running_kernel() -> Result<(), KernelVersionError> {
-    check_release(&running_release()?)
+    let release = running_release()?;
+    match check_release(&release) {
+        Ok(()) => Ok(()),
+        Err(KernelVersionError::TooOld { release }) => probe(&release),
+        Err(e) => Err(e),
+    }
+}
+
+/// Loads the object (its maps need the ring buffer, 5.8, and mmapable arrays,
+/// 5.5), then a program per later feature, without attaching anything.
+fn probe(release: &str) -> Result<(), KernelVersionError> {
+    use aya::programs::{CgroupSockAddr, SchedClassifier};
+    use breaker_common::abi::program_names;
+    crate::kernel::raise_memlock_limit();
+    let missing = |feature, since| KernelVersionError::Missing {
+        release: release.to_string(),
+        feature,
+        since,
+    };
+    let mut ebpf = aya::EbpfLoader::new()
+        .load(crate::kernel::EBPF_OBJECT)
+        .map_err(|_| missing("the BPF ring buffer map", "5.8"))?;
+    let atomics = ebpf
+        .program_mut(program_names::NEED_ATOMICS)
+        .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+        .is_some_and(|p| p.load().is_ok());
+    if !atomics {
+        return Err(missing(
+            "BPF atomics (compare-and-swap on a map value)",
+            "5.12",
+        ));
+    }
+    let retval = ebpf
+        .program_mut(program_names::NEED_RETVAL)
+        .and_then(|p| <&mut CgroupSockAddr>::try_from(p).ok())
+        .is_some_and(|p| p.load().is_ok());
+    if !retval {
+        return Err(missing("bpf_set_retval in cgroup connect hooks", "5.18"));
+    }
+    tracing::warn!(
+        release,
+        "an older kernel than 5.18, but with every feature breaker needs (backported?)"
+    );
+    Ok(())
 }
 
 fn running_release() -> Result<String, KernelVersionError> {

@@ -67,10 +67,7 @@ impl Console {
     /// one line on stderr, breaker-userspace's requirements error for this release.
     pub fn refusal(&self) -> Result<(), String> {
         let release = self.release.as_deref().ok_or("the guest never ran init")?;
-        // requirements.rs: KernelVersionError::TooOld, printed by main.rs as "error: {e}".
-        let want = format!(
-            "error: kernel {release} is too old: breaker needs Linux 5.18 or newer (bpf_set_retval in cgroup connect hooks)"
-        );
+        let want = refusal_line(release);
         match (self.refused_status, self.refused_stderr.as_slice()) {
             (Some(1), [line]) if *line == want => Ok(()),
             (status, lines) => Err(format!(
@@ -78,6 +75,14 @@ impl Console {
             )),
         }
     }
+}
+
+/// What `breaker run` prints on 5.10: requirements.rs's `KernelVersionError::Missing`
+/// for the first feature 5.10 lacks (BPF atomics), as main.rs prints errors.
+fn refusal_line(release: &str) -> String {
+    format!(
+        "error: kernel {release} lacks BPF atomics (compare-and-swap on a map value), which came in Linux 5.12: breaker cannot run on it"
+    )
 }
 
 #[cfg(test)]
@@ -116,7 +121,7 @@ mod tests {
     #[test]
     fn a_refusal_must_be_the_one_line_and_status_1() {
         let release = "5.10.0-46-cloud-amd64";
-        let line = format!("error: kernel {release} is too old: breaker needs Linux 5.18 or newer (bpf_set_retval in cgroup connect hooks)");
+        let line = refusal_line(release);
         let ok = console(&[
             &format!("breaker-vm: kernel {release}"),
             "breaker-vm: refused-status 1",
