@@ -123,8 +123,16 @@ async fn write_line<T: serde::Serialize>(stream: &mut UnixStream, value: &T) -> 
     )
 }
 
-/// The caller's request, or the answer refusing it.
+/// The caller's request, or the answer refusing it. The request is read before
+/// the caller is checked, so a refused caller still reads its answer (rather than
+/// finding the socket closed under its write).
 async fn read_request(stream: &mut UnixStream) -> Result<Request, Response> {
+    let mut line = String::new();
+    let read = {
+        use tokio::io::AsyncReadExt;
+        let mut reader = BufReader::new((&mut *stream).take(MAX_REQUEST));
+        tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await
+    };
     // The socket is 0600 already; the peer's uid is checked too, in case its
     // folder or mode were changed.
     match stream.peer_cred() {
@@ -137,12 +145,6 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request, Response> {
         }
         Err(e) => return Err(Response::error(format!("cannot tell who is asking: {e}"))),
     }
-    let mut line = String::new();
-    let read = {
-        use tokio::io::AsyncReadExt;
-        let mut reader = BufReader::new(stream.take(MAX_REQUEST));
-        tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await
-    };
     match read {
         Err(_) => return Err(Response::error("no request within 5 s")),
         Ok(Err(e)) => return Err(Response::error(format!("reading the request: {e}"))),
