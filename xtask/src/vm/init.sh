@@ -11,8 +11,10 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/shm /dev/pts
 mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
+# /tmp and /run stay folders of the root filesystem (already in memory): a tmpfs
+# mounted there would hide the test binaries when the checkout lives under it.
+mkdir -p /tmp /run
+chmod 1777 /tmp
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 # Not used by the daemon today; mounted as on a usual host, in case a test reads them.
