@@ -304,7 +304,9 @@ fn concurrent_scrapes_of_many_upstreams_keep_memory_bounded() {
         answered > 0,
         &format!("scrapes were answered during the flood ({answered} answered, {failed} turned away or failed)"),
     );
-    let after = scrape_within(&lab, Duration::from_secs(5));
+    // Renders queued by the flood finish first: seconds under emulation, where
+    // rendering 2 000 upstreams is slow; a wedged server never answers.
+    let after = scrape_within(&lab, Duration::from_secs(30));
     check(
         &lab,
         after.is_ok_and(|t| t.contains("breaker_state")),
