@@ -32,6 +32,9 @@ pub async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     // One daemon per pin folder: a second one fails here, naming the first.
     let pins = PinFolder::new(&config.daemon.pin_path);
     let _lock = pins.prepare_and_lock()?;
+    // Whatever ends the daemon, an empty pin folder (a start that failed before
+    // pinning anything) is not left behind; one in use is kept.
+    let _tidy = TidyPins(pins.clone());
     // Bind before attaching, so a busy port leaves nothing attached.
     let listen = config.daemon.metrics_listen;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -201,6 +204,15 @@ pub async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&control_path);
     tracing::info!(pins = %pins.root().display(), "daemon stopped; the programs stay attached and keep enforcing (pinned): `breaker uninstall` removes them");
     outcome
+}
+
+/// Removes the pin folder when dropped, if nothing is pinned in it.
+struct TidyPins(PinFolder);
+
+impl Drop for TidyPins {
+    fn drop(&mut self) {
+        self.0.remove_if_empty();
+    }
 }
 
 /// Each configured upstream's id and name.

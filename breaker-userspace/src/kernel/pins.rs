@@ -137,6 +137,15 @@ impl PinFolder {
         Ok(PinLock { _dir: dir })
     }
 
+    /// Removes the folder if nothing was pinned in it (a start that failed before
+    /// loading anything, e.g. without privileges); a folder in use is kept.
+    pub fn remove_if_empty(&self) {
+        for sub in ["links", "maps"] {
+            let _ = std::fs::remove_dir(self.root.join(sub));
+        }
+        let _ = std::fs::remove_dir(&self.root);
+    }
+
     /// Whether a daemon left maps here to adopt.
     pub fn has_maps(&self) -> bool {
         self.root
