@@ -120,6 +120,7 @@ pub mod program_names {
     pub const NEED_RETVAL: &str = "brk_need_retval";
     /// Empty programs of the same types, for `breaker calibrate` (benchmarks only).
     pub const NOP_CONNECT4: &str = "brk_nop_connect";
+    pub const NOP_CONNECT6: &str = "brk_nop_connect6";
     pub const NOP_SOCK_OPS: &str = "brk_nop_sockops";
     pub const NOP_SOCK_RELEASE: &str = "brk_nop_release";
 }

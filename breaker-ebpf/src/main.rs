@@ -67,6 +67,12 @@ mod programs {
         1
     }
 
+    /// Does nothing, as `brk_nop_connect`, for connect6.
+    #[cgroup_sock_addr(connect6)]
+    pub fn brk_nop_connect6(_ctx: SockAddrContext) -> i32 {
+        1
+    }
+
     /// Does nothing, as `brk_nop_connect`, for sock_ops.
     #[sock_ops]
     pub fn brk_nop_sockops(_ctx: SockOpsContext) -> u32 {

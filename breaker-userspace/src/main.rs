@@ -23,8 +23,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Attach empty programs to a cgroup until SIGINT/SIGTERM (benchmarks only: the
-    /// cost of a program that does nothing).
+    /// Attach empty programs to a cgroup until SIGINT/SIGTERM (benchmarks: the cost
+    /// of a program that does nothing; kernel-matrix guests: static keys held on).
     #[command(hide = true)]
     Calibrate {
         #[arg(long)]

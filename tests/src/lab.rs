@@ -148,7 +148,7 @@ impl Lab {
     /// until a closed port on the upstream answers RST, for both families.
     fn wait_until_reachable(&self) -> anyhow::Result<()> {
         let ready = self.client.within(|| {
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + crate::testing::patience(Duration::from_secs(10));
             ["10.77.0.2:9", "[fd77::2]:9"].iter().all(|target| {
                 let target: SocketAddr = target.parse().expect("static address");
                 while Instant::now() < deadline {
@@ -258,7 +258,7 @@ impl Lab {
         let path = self.write_config(config)?;
         let child = self.spawn_breaker_run(&path, &self.daemon_log_path())?;
         self.daemon = Some(child);
-        let deadline = Instant::now() + DAEMON_READY_WITHIN;
+        let deadline = Instant::now() + crate::testing::patience(DAEMON_READY_WITHIN);
         while Instant::now() < deadline {
             if let Some(child) = self.daemon.as_mut() {
                 if let Some(status) = child.try_wait()? {
@@ -351,7 +351,7 @@ impl Lab {
             .stderr(Stdio::piped())
             .spawn()
             .context("starting breaker")?;
-        let deadline = Instant::now() + within;
+        let deadline = Instant::now() + crate::testing::patience(within);
         while Instant::now() < deadline {
             if child.try_wait()?.is_some() {
                 return Ok(child.wait_with_output()?);
@@ -422,7 +422,7 @@ impl Lab {
         };
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, signal);
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + crate::testing::patience(Duration::from_secs(5));
         while Instant::now() < deadline {
             if let Some(status) = child.try_wait()? {
                 return Ok(Some(status));
@@ -485,7 +485,7 @@ impl Lab {
         want: f64,
         timeout: Duration,
     ) -> anyhow::Result<f64> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + crate::testing::patience(timeout);
         loop {
             let v = crate::metrics::value(&self.metrics()?, name, labels);
             match v {
@@ -620,7 +620,7 @@ impl Lab {
             metrics: metrics.to_string(),
             pins,
         };
-        let deadline = Instant::now() + DAEMON_READY_WITHIN;
+        let deadline = Instant::now() + crate::testing::patience(DAEMON_READY_WITHIN);
         while Instant::now() < deadline {
             if self.metrics_text_at(metrics).is_ok() {
                 return Ok(other);

@@ -1,6 +1,10 @@
 //! What every privileged integration test does first and last: get a lab (or skip),
 //! and fail with the daemon's log attached, which is where the why usually is.
-use std::path::Path;
+use std::{
+    path::Path,
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
 
 use crate::{client::Attempt, lab::Lab, privileges};
 
@@ -21,4 +25,31 @@ pub fn check(lab: &Lab, ok: bool, what: &str) {
 /// The outcome of each attempt, in order.
 pub fn outcomes(attempts: &[Attempt]) -> Vec<&str> {
     attempts.iter().map(|a| a.outcome.as_str()).collect()
+}
+
+/// A wait for something to happen, stretched by `BREAKER_TEST_PATIENCE` (a whole
+/// number; the kernel matrix's emulated guests set it, the host leaves it at 1).
+/// Only waits: a bound the test asserts on (a latency, a "within 1 s") stays as is.
+pub fn patience(wait: Duration) -> Duration {
+    static FACTOR: OnceLock<u32> = OnceLock::new();
+    let factor = *FACTOR.get_or_init(|| {
+        std::env::var("BREAKER_TEST_PATIENCE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&f| f >= 1)
+            .unwrap_or(1)
+    });
+    wait * factor
+}
+
+/// Waits until `f` holds, for at most [`patience`]`(within)`.
+pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + patience(within);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
 }

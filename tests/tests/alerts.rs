@@ -10,7 +10,7 @@ use std::{
 
 use breaker_lab::{
     lab::{Lab, BLACKHOLE_V4},
-    testing::{check, outcomes},
+    testing::{check, eventually, outcomes},
 };
 
 fn lab(tag: &str) -> Option<Lab> {
@@ -64,17 +64,6 @@ fn receiver(lab: &Lab, delay: Duration) -> (String, Received) {
         }
     });
     (url, received)
-}
-
-fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
 }
 
 fn dark(name: &str) -> String {

@@ -90,7 +90,7 @@ fn open_connections(lab: &Lab, n: usize, send: &'static [u8]) -> Vec<TcpStream> 
 
 /// Waits until /metrics answers, up to `timeout`.
 fn scrape_within(lab: &Lab, timeout: Duration) -> anyhow::Result<String> {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + breaker_lab::testing::patience(timeout);
     loop {
         match lab.metrics_text() {
             Ok(text) => return Ok(text),

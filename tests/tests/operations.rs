@@ -1,11 +1,11 @@
 //! Operating breaker: protection outlives the daemon (pinned maps and links), a new
 //! daemon adopts what the last one left, breakers recover with no daemon at all,
 //! and one pin folder has one daemon.
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use breaker_lab::{
     lab::{Lab, BLACKHOLE_V4, UPSTREAM_V4},
-    testing::{check, outcomes},
+    testing::{check, eventually, outcomes},
 };
 use nix::sys::signal::Signal;
 
@@ -15,18 +15,6 @@ fn lab(tag: &str) -> Option<Lab> {
 
 fn metric(lab: &Lab, name: &str, labels: &[(&str, &str)]) -> f64 {
     lab.metric(name, labels).unwrap()
-}
-
-/// Waits until `f` holds, for at most `within`.
-fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
 }
 
 const API: &str = r#"

@@ -515,7 +515,9 @@ impl Kernel {
 }
 
 /// Loads and attaches only the empty programs, for the benchmarks' measurement of
-/// what a program of each type costs before it does anything. Detach by dropping.
+/// what a program of each type costs before it does anything, and for the kernel
+/// matrix's guests, which hold the cgroup hooks' static keys on with them (see
+/// xtask/src/vm/init.sh). Detach by dropping.
 pub fn attach_calibration(cgroup: &Path) -> Result<Ebpf, KernelError> {
     raise_memlock_limit();
     let mut ebpf = EbpfLoader::new()
@@ -532,6 +534,13 @@ pub fn attach_calibration(cgroup: &Path) -> Result<Ebpf, KernelError> {
     connect
         .attach(&file, CgroupAttachMode::Single)
         .map_err(prog_err(program_names::NOP_CONNECT4))?;
+    let connect6: &mut CgroupSockAddr = program(&mut ebpf, program_names::NOP_CONNECT6)?;
+    connect6
+        .load()
+        .map_err(prog_err(program_names::NOP_CONNECT6))?;
+    connect6
+        .attach(&file, CgroupAttachMode::Single)
+        .map_err(prog_err(program_names::NOP_CONNECT6))?;
     let ops: &mut SockOps = program(&mut ebpf, program_names::NOP_SOCK_OPS)?;
     ops.load().map_err(prog_err(program_names::NOP_SOCK_OPS))?;
     ops.attach(&file, CgroupAttachMode::Single)

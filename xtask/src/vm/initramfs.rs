@@ -22,6 +22,7 @@ const REFUSED_CONFIG: &str = "[[upstream]]\nname = \"api\"\nendpoints = [\"10.77
 /// Busybox applets init.sh uses; `ip` is iproute2's, which the lab needs in full.
 const APPLETS: &[&str] = &[
     "sh", "mount", "mkdir", "cat", "grep", "insmod", "uname", "poweroff", "reboot", "sleep",
+    "chmod", "seq",
 ];
 
 /// Host programs the lab runs, and where they go in the guest. config_cli looks for

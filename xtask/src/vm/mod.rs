@@ -151,6 +151,10 @@ fn run_kernel(
             .with_context(|| format!("creating {}", log_path.display()))?,
     );
     let start = Instant::now();
+    // A guest kernel that oopses is given one more boot: under multi-threaded TCG
+    // the kernel's live patching of its own code can fault (see init.sh). The
+    // verdict names the oops either way.
+    let mut oopsed_before: Option<String> = None;
     let (console, ended) = loop {
         let mut console = report::Console::default();
         eprintln!(
@@ -179,6 +183,14 @@ fn run_kernel(
         if *accel == Accel::Kvm && console.release.is_none() {
             eprintln!("vm: {}: no init under KVM; emulating (TCG)", kernel.name);
             *accel = Accel::Tcg;
+            continue;
+        }
+        if let (None, Some(oops)) = (&oopsed_before, &console.oops) {
+            eprintln!(
+                "vm: {}: the guest kernel oopsed ({oops}); booting it once more",
+                kernel.name
+            );
+            oopsed_before = Some(oops.clone());
             continue;
         }
         break (console, ended);
@@ -233,12 +245,22 @@ fn run_kernel(
         }
     };
     let verdict = verdict.map_err(|why| {
+        let why = match &console.oops {
+            Some(oops) => format!("{why}; the guest kernel oopsed: {oops}"),
+            None => why,
+        };
         if console.notes.is_empty() {
             why
         } else {
             format!("{why}; guest: {}", console.notes.join("; "))
         }
     });
+    let verdict = match oopsed_before {
+        Some(oops) => verdict.map(|what| {
+            format!("{what}, on a second boot: the first one's kernel oopsed ({oops})")
+        }),
+        None => verdict,
+    };
     if release.is_empty() || release == image.release {
         Ok(Row {
             name: kernel.name,

@@ -20,10 +20,15 @@ pub struct Console {
     refused_stderr: Vec<String>,
     pub notes: Vec<String>,
     pub done: bool,
+    /// The guest kernel's first oops or panic line, if it had one.
+    pub oops: Option<String>,
 }
 
 impl Console {
     pub fn line(&mut self, line: &str) {
+        if self.oops.is_none() && is_oops(line) {
+            self.oops = Some(line.trim().to_string());
+        }
         if let Some((_, failed)) = self.tally.add_result_line(line) {
             if let Some((_, f)) = self.current.as_mut() {
                 *f += failed;
@@ -77,6 +82,22 @@ impl Console {
     }
 }
 
+/// A kernel line that says the kernel itself broke: an oops (`Oops:`, or the trap's
+/// name and code as in `int3: 0000 [#1] PREEMPT SMP`), a BUG or a panic.
+fn is_oops(line: &str) -> bool {
+    let text = match line.strip_prefix('[') {
+        // The kernel's timestamp, when the console has one.
+        Some(rest) => rest.split_once("] ").map_or(line, |(_, t)| t),
+        None => line,
+    };
+    text.starts_with("Oops:")
+        || text.starts_with("BUG: ")
+        || text.starts_with("Kernel panic - not syncing")
+        || text
+            .split_once(": ")
+            .is_some_and(|(trap, rest)| !trap.contains(' ') && rest.contains(" [#"))
+}
+
 /// What `breaker run` prints on 5.10: requirements.rs's `KernelVersionError::Missing`
 /// for the first feature 5.10 lacks (BPF atomics), as main.rs prints errors.
 fn refusal_line(release: &str) -> String {
@@ -95,6 +116,26 @@ mod tests {
             c.line(l);
         }
         c
+    }
+
+    #[test]
+    fn a_guest_kernel_oops_is_noticed_and_test_output_is_not() {
+        for oops in [
+            "[  212.081532] int3: 0000 [#1] PREEMPT SMP NOPTI",
+            "[    3.1] Oops: general protection fault, probably for non-canonical address",
+            "BUG: kernel NULL pointer dereference, address: 0000000000000008",
+            "[   9.9] Kernel panic - not syncing: Attempted to kill init!",
+        ] {
+            assert_eq!(console(&[oops]).oops.as_deref(), Some(oops), "{oops}");
+        }
+        for quiet in [
+            "test a_bug_is_not_an_oops ... ok",
+            "error: kernel 5.10.0-46-cloud-amd64 lacks BPF atomics",
+            "breaker-vm: run /t/a",
+            "thread 'x' panicked at tests/tests/a.rs:1:1: [#1]",
+        ] {
+            assert_eq!(console(&[quiet]).oops, None, "{quiet}");
+        }
     }
 
     #[test]
