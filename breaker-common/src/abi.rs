@@ -34,7 +34,7 @@ pub mod map_names {
 /// one: states, counters, destinations, socket records, names, metadata,
 /// heartbeat). Bump it when any of their key or value types changes: a daemon
 /// refuses pins of another ABI rather than misread them.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Longest upstream name (the config refuses longer ones), so a name fits in
 /// [`UpstreamName`].
@@ -100,6 +100,12 @@ pub struct PinMetadata {
     pub config_digest: [u8; 16],
     /// The binary's version, NUL-padded ASCII.
     pub binary_version: [u8; 32],
+    /// First 16 bytes of the SHA-256 of the eBPF object whose programs the links
+    /// run: a restart with the same object and config resumes them unverified.
+    pub object_digest: [u8; 16],
+    /// The kernel's tick rate, measured once per boot (bpffs does not outlive one).
+    pub hz: u32,
+    pub _pad: u32,
 }
 
 /// Program names as the eBPF object exports them; short enough for the kernel's
@@ -374,3 +380,4 @@ const _: () = assert!(core::mem::size_of::<SocketRecord>() == 56);
 const _: () = assert!(core::mem::size_of::<ResolveQuery>() == 24);
 const _: () = assert!(core::mem::size_of::<Counters>() == 80);
 const _: () = assert!(core::mem::size_of::<TransitionEvent>() == 48);
+const _: () = assert!(core::mem::size_of::<PinMetadata>() == 104);

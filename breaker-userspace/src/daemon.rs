@@ -50,7 +50,12 @@ pub async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let control_path = config.daemon.control_socket.clone();
     let control = crate::control::server::bind(&control_path)?;
 
-    let mut kernel = Kernel::load(&config, &pins)?;
+    // A restart with the same binary and config resumes what is pinned as it is;
+    // anything else loads (and the kernel verifies) the programs anew.
+    let mut kernel = match Kernel::resume(&config, &pins, &cgroup)? {
+        Some(kernel) => kernel,
+        None => Kernel::load(&config, &pins)?,
+    };
     kernel.attach(&cgroup)?;
     tracing::info!(
         cgroup = %cgroup.display(),

@@ -401,6 +401,27 @@ impl Lab {
         command.output().context("running the breaker CLI")
     }
 
+    /// The breaker programs attached to the lab cgroup, as bpftool shows them: (id,
+    /// name), sorted by name.
+    pub fn attached_programs(&self) -> anyhow::Result<Vec<(u32, String)>> {
+        let out = Command::new("bpftool")
+            .args(["cgroup", "show"])
+            .arg(&self.cgroup)
+            .output()
+            .context("running bpftool (cargo xtask setup installs it)")?;
+        let mut found: Vec<(u32, String)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                let id = words.next()?.parse().ok()?;
+                let name = words.last()?;
+                name.starts_with("brk_").then(|| (id, name.to_string()))
+            })
+            .collect();
+        found.sort_by(|a, b| a.1.cmp(&b.1));
+        Ok(found)
+    }
+
     /// `breaker uninstall` on the lab's pins, through the real binary.
     pub fn uninstall(&self) -> anyhow::Result<std::process::Output> {
         Command::new(&self.breaker_bin)

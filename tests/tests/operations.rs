@@ -87,8 +87,9 @@ fn sigkill_while_open_keeps_rejecting_and_a_new_daemon_adopts_the_state() {
     lab.start_daemon(API).unwrap();
     check(
         &lab,
-        lab.daemon_log().contains("adopted the pinned maps"),
-        "the new daemon says it adopted the pins",
+        lab.daemon_log()
+            .contains("resumed the pinned links and maps"),
+        "the new daemon (same binary, same config) says it resumed the pins",
     );
     // Still tripped: OPEN, or HALF_OPEN if open_duration ran out meanwhile (a
     // slow machine), never CLOSED as a fresh breaker would be.
@@ -505,6 +506,118 @@ fn pins_removed_by_hand_are_noticed_and_protection_restored() {
         &lab,
         lab.pins.join("links").join("brk_connect4").exists(),
         "pinned again",
+    );
+}
+
+/// A restart with the same binary and config resumes the pinned links as they are
+/// (no program loaded, so no verifier time), and only then: a config that changed
+/// or a config map's pin replaced by hand means loading anew. A resumed daemon that
+/// must attach again (link pins removed) loads its programs then.
+#[test]
+fn a_restart_resumes_the_pinned_programs_only_when_it_can_vouch_for_them() {
+    let Some(mut lab) = lab("resume") else {
+        return;
+    };
+    let config = dark("dark");
+    let dark_addr = format!("{BLACKHOLE_V4}:80");
+    let refused = |lab: &Lab| {
+        lab.client(&["--to", &dark_addr, "--count", "1", "--timeout-ms", "300"])
+            .is_ok_and(|a| a[0].errno == Some(libc::ECONNREFUSED))
+    };
+    lab.start_daemon(&config).unwrap();
+    let first = lab.attached_programs().unwrap();
+    assert_eq!(first.len(), 4, "{first:?}");
+
+    lab.signal_daemon(Signal::SIGKILL).unwrap();
+    lab.start_daemon(&config).unwrap();
+    check(
+        &lab,
+        lab.daemon_log()
+            .contains("resumed the pinned links and maps"),
+        "same binary, same config: resumed",
+    );
+    check(
+        &lab,
+        lab.attached_programs().unwrap() == first,
+        "the very programs stay attached",
+    );
+    // The resumed daemon's breaker works: one blackholed connect trips it.
+    let tripped = lab
+        .client(&["--to", &dark_addr, "--count", "2", "--timeout-ms", "1500"])
+        .unwrap();
+    check(
+        &lab,
+        outcomes(&tripped) == ["timeout", "refused"],
+        &format!("trips after a resume: {:?}", outcomes(&tripped)),
+    );
+
+    // A config map's pin replaced by hand, by a map of the same name and shape,
+    // while no daemon runs: the programs do not use it.
+    lab.signal_daemon(Signal::SIGKILL).unwrap();
+    let policies = lab.pins.join("maps").join("POLICIES");
+    std::fs::remove_file(&policies).unwrap();
+    let made = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&policies)
+        .args(["type", "array", "key", "4", "value", "64", "entries", "64"])
+        .args(["name", "POLICIES"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    lab.start_daemon(&config).unwrap();
+    check(
+        &lab,
+        lab.daemon_log().contains(
+            "loading the programs anew: the attached programs use a map POLICIES that is not the pinned one",
+        ),
+        "a replaced config map pin: loaded anew",
+    );
+    let second = lab.attached_programs().unwrap();
+    check(
+        &lab,
+        second.len() == 4 && second.iter().zip(&first).all(|(a, b)| a.0 != b.0),
+        &format!("new programs: {first:?} then {second:?}"),
+    );
+    check(&lab, refused(&lab), "still OPEN after loading anew");
+
+    // A changed config.
+    lab.signal_daemon(Signal::SIGKILL).unwrap();
+    let changed =
+        format!("{config}\n[[upstream]]\nname = \"other\"\nendpoints = [\"10.77.0.2:81\"]\n");
+    lab.start_daemon(&changed).unwrap();
+    check(
+        &lab,
+        lab.daemon_log()
+            .contains("loading the programs anew: the config changed"),
+        "a changed config: loaded anew",
+    );
+    let third = lab.attached_programs().unwrap();
+    check(
+        &lab,
+        third.len() == 4 && third.iter().zip(&second).all(|(a, b)| a.0 != b.0),
+        &format!("new programs: {second:?} then {third:?}"),
+    );
+
+    // Resumed, then its link pins go: it loads programs and attaches again.
+    lab.signal_daemon(Signal::SIGKILL).unwrap();
+    lab.start_daemon(&changed).unwrap();
+    check(
+        &lab,
+        lab.attached_programs().unwrap() == third,
+        "resumed the changed config's programs",
+    );
+    for entry in std::fs::read_dir(lab.pins.join("links")).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    let restored = eventually(Duration::from_secs(5), || refused(&lab));
+    let fourth = lab.attached_programs().unwrap();
+    check(
+        &lab,
+        restored
+            && lab.daemon_log().contains("attached again")
+            && fourth.len() == 4
+            && fourth.iter().zip(&third).all(|(a, b)| a.0 != b.0),
+        &format!("attached again with programs of its own: {third:?} then {fourth:?}"),
     );
 }
 

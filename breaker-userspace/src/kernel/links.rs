@@ -4,8 +4,8 @@ use std::{fs::File, os::fd::AsFd};
 
 use aya::{
     programs::{
-        links::{CgroupAttachMode, FdLink},
-        CgroupSock, CgroupSockAddr, SockOps,
+        links::{CgroupAttachMode, FdLink, PinnedLink},
+        loaded_programs, CgroupSock, CgroupSockAddr, ProgramInfo, SockOps,
     },
     Ebpf,
 };
@@ -25,6 +25,50 @@ const LINKED: [&str; 4] = [
 /// Whether all four links are pinned.
 pub fn all_pinned(pins: &PinFolder) -> bool {
     LINKED.iter().all(|name| pins.link(name).exists())
+}
+
+/// The program each pinned link runs, by our name for it; links whose pin is
+/// missing or unreadable are left out.
+pub fn program_ids(pins: &PinFolder) -> Vec<(&'static str, u32)> {
+    LINKED
+        .iter()
+        .filter_map(|name| {
+            let link = FdLink::from(PinnedLink::from_pin(pins.link(name)).ok()?);
+            Some((*name, link.info().ok()?.program_id()))
+        })
+        .collect()
+}
+
+/// Every map the programs under the pinned links use, by kernel id; an error
+/// names a link that is missing or runs a program that is not ours by name.
+pub fn used_map_ids(pins: &PinFolder) -> Result<std::collections::HashSet<u32>, String> {
+    let ids = program_ids(pins);
+    if ids.len() != LINKED.len() {
+        return Err("a link pin is missing".into());
+    }
+    let mut programs: std::collections::HashMap<u32, ProgramInfo> = loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| ids.iter().any(|(_, id)| *id == p.id()))
+        .map(|p| (p.id(), p))
+        .collect();
+    let mut used = std::collections::HashSet::new();
+    for (name, id) in ids {
+        let info = programs
+            .remove(&id)
+            .ok_or_else(|| format!("link {name}: its program {id} is gone"))?;
+        if info.name_as_str() != Some(name) {
+            return Err(format!(
+                "link {name} runs program {:?}",
+                info.name_as_str().unwrap_or_default()
+            ));
+        }
+        let maps = info
+            .map_ids()
+            .map_err(|e| format!("program {name}: {e}"))?
+            .ok_or("the kernel does not list a program's maps")?;
+        used.extend(maps);
+    }
+    Ok(used)
 }
 
 /// Swaps the loaded programs in under the pinned links (`BPF_LINK_UPDATE`). Fails

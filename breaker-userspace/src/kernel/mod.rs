@@ -105,6 +105,14 @@ pub struct Kernel {
     config_digest: [u8; 16],
     /// Whether this load's fresh maps are pinned yet (at its first attach).
     fresh_pinned: bool,
+    /// The kernel's tick rate, recorded in the pin metadata.
+    hz: u32,
+    /// Whether our programs are loaded (verified) in `ebpf`. A resumed start does
+    /// without until it has to attach anew.
+    programs_loaded: bool,
+    /// Set by [`Kernel::resume`]: the cgroup whose pinned links already run these
+    /// very programs on these very maps, so that its first attach has nothing to do.
+    resumed_on: Option<(u64, u64)>,
     states: Arc<StateTable>,
     counters: Arc<CounterTable>,
     destinations: Arc<DefaultDestinations>,
@@ -254,41 +262,74 @@ impl Kernel {
         raise_memlock_limit();
         let mut sizes = config.map_sizes();
         let adopted = check_pins(pins, &mut sizes)?;
-        let slots = sizes.slots;
-        let kept_sizes = [
-            (map_names::UPSTREAM_STATES, slots),
-            (map_names::COUNTERS, slots),
-            (map_names::UPSTREAM_NAMES, slots),
-            (map_names::DEFAULT_STATES, sizes.destinations),
-            (map_names::DEFAULT_TRIPPED, sizes.destinations),
-            (map_names::SOCKET_RECORDS, SOCKET_RECORD_SLOTS),
-        ];
-        let kept_paths: Vec<(&str, PathBuf)> = KEPT_MAPS
-            .iter()
-            .map(|name| (*name, pins.map(name)))
-            .collect();
-        let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(map_names::POLICIES, slots)
-            .map_max_entries(map_names::ENDPOINTS_EXACT, sizes.exact)
-            .map_max_entries(map_names::ENDPOINTS_V4, sizes.v4)
-            .map_max_entries(map_names::ENDPOINTS_V6, sizes.v6);
-        for (name, size) in kept_sizes {
-            loader.map_max_entries(name, size);
-        }
+        let mut loader = loader_for(&sizes);
+        let kept_paths = pin_paths(pins, &KEPT_MAPS);
         for (name, path) in &kept_paths {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(KernelError::Load)?;
-        if adopted {
+        if adopted.is_some() {
             tracing::info!(pins = %pins.root().display(), "adopted the pinned maps: every breaker's state and counters carry on");
         }
-
-        let hz = hz::kernel_hz(&mut ebpf);
+        // Pins never outlive a boot (bpffs is in memory), nor does the tick rate.
+        let hz = match adopted {
+            Some(meta) if meta.hz > 0 => meta.hz,
+            _ => hz::kernel_hz(&mut ebpf),
+        };
         tracing::debug!(hz, "kernel tick rate, for trial SYN timeouts");
-        let (ids, freed) = ids::assign(&mut ebpf, config, slots)?;
+        let (ids, freed) = ids::assign(&mut ebpf, config, sizes.slots)?;
         write_config(&mut ebpf, config, hz, &ids)?;
+        let mut kernel = Kernel::assemble(ebpf, pins, config, sizes.slots, hz, (ids, freed))?;
+        kernel.load_programs()?;
+        Ok(kernel)
+    }
 
+    /// A restart's short way: when the pins hold links on `cgroup` that run this
+    /// binary's very programs (same eBPF object) on the pinned maps, and the pinned
+    /// config maps were written from this very config, the daemon opens every map
+    /// from its pin and loads no program, so the verifier's second or so is not
+    /// spent again. `Ok(None)` (with the reason logged) means: load in full.
+    pub fn resume(
+        config: &Config,
+        pins: &PinFolder,
+        cgroup: &Path,
+    ) -> Result<Option<Kernel>, KernelError> {
+        raise_memlock_limit();
+        let mut sizes = config.map_sizes();
+        let Some(meta) = check_pins(pins, &mut sizes)? else {
+            return Ok(None);
+        };
+        let identity = cgroup_identity(cgroup)?;
+        if let Err(why) = resumable(pins, &meta, config_digest(config), identity) {
+            tracing::info!(pins = %pins.root().display(), "loading the programs anew: {why}");
+            return Ok(None);
+        }
+        let mut loader = loader_for(&sizes);
+        let all = pin_paths(pins, &KEPT_MAPS)
+            .into_iter()
+            .chain(pin_paths(pins, &FRESH_MAPS))
+            .collect::<Vec<_>>();
+        for (name, path) in &all {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(KernelError::Load)?;
+        let (ids, freed) = ids::assign(&mut ebpf, config, sizes.slots)?;
+        let mut kernel = Kernel::assemble(ebpf, pins, config, sizes.slots, meta.hz, (ids, freed))?;
+        kernel.fresh_pinned = true;
+        kernel.resumed_on = Some(identity);
+        tracing::info!(pins = %pins.root().display(), "resumed the pinned links and maps as they are: same programs, same config, every breaker's state and counters carry on");
+        Ok(Some(kernel))
+    }
+
+    /// The maps the daemon keeps handles to, taken out of `ebpf`.
+    fn assemble(
+        mut ebpf: Ebpf,
+        pins: &PinFolder,
+        config: &Config,
+        slots: u32,
+        hz: u32,
+        (ids, freed): (Vec<u32>, Vec<u32>),
+    ) -> Result<Kernel, KernelError> {
         let states_map =
             ebpf.take_map(map_names::UPSTREAM_STATES)
                 .ok_or(KernelError::MissingMap {
@@ -322,18 +363,6 @@ impl Kernel {
             failing: HashMap::try_from(destinations).map_err(map_err(map_names::DEFAULT_STATES))?,
             tripped: HashMap::try_from(tripped).map_err(map_err(map_names::DEFAULT_TRIPPED))?,
         };
-
-        for name in [program_names::CONNECT4, program_names::CONNECT6] {
-            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            prog.load().map_err(prog_err(name))?;
-        }
-        let sock_ops: &mut SockOps = program(&mut ebpf, program_names::SOCK_OPS)?;
-        sock_ops.load().map_err(prog_err(program_names::SOCK_OPS))?;
-        let release: &mut CgroupSock = program(&mut ebpf, program_names::SOCK_RELEASE)?;
-        release
-            .load()
-            .map_err(prog_err(program_names::SOCK_RELEASE))?;
-
         let heartbeat = match ebpf.take_map(map_names::DAEMON_HEARTBEAT) {
             Some(Map::Array(data)) => Heartbeat::map(data).map_err(KernelError::Mmap)?,
             _ => {
@@ -351,11 +380,33 @@ impl Kernel {
             freed,
             config_digest: config_digest(config),
             fresh_pinned: false,
+            hz,
+            programs_loaded: false,
+            resumed_on: None,
             states: Arc::new(states),
             counters: Arc::new(CounterTable { map: counters }),
             destinations: Arc::new(destinations),
             heartbeat: Arc::new(heartbeat),
         })
+    }
+
+    /// Loads (and so verifies) the four programs onto this kernel's maps.
+    fn load_programs(&mut self) -> Result<(), KernelError> {
+        if self.programs_loaded {
+            return Ok(());
+        }
+        for name in [program_names::CONNECT4, program_names::CONNECT6] {
+            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            prog.load().map_err(prog_err(name))?;
+        }
+        let sock_ops: &mut SockOps = program(&mut self.ebpf, program_names::SOCK_OPS)?;
+        sock_ops.load().map_err(prog_err(program_names::SOCK_OPS))?;
+        let release: &mut CgroupSock = program(&mut self.ebpf, program_names::SOCK_RELEASE)?;
+        release
+            .load()
+            .map_err(prog_err(program_names::SOCK_RELEASE))?;
+        self.programs_loaded = true;
+        Ok(())
     }
 
     /// The configured upstreams with their ids, in config order.
@@ -373,20 +424,10 @@ impl Kernel {
         links::all_pinned(&self.pins)
     }
 
-    /// The attached programs' kernel ids, by name (for their run-time stats).
+    /// The attached programs' kernel ids, by name (for their run-time stats), as
+    /// the pinned links name them.
     pub fn program_ids(&self) -> Vec<(&'static str, u32)> {
-        [
-            program_names::CONNECT4,
-            program_names::CONNECT6,
-            program_names::SOCK_OPS,
-            program_names::SOCK_RELEASE,
-        ]
-        .into_iter()
-        .filter_map(|name| {
-            let id = self.ebpf.program(name)?.info().ok()?.id();
-            Some((name, id))
-        })
-        .collect()
+        links::program_ids(&self.pins)
     }
 
     /// Every map's capacity (max entries), read back from the kernel.
@@ -438,15 +479,17 @@ impl Kernel {
             path: cgroup.to_path_buf(),
             source,
         })?;
-        let identity = std::fs::metadata(cgroup)
-            .map(|m| {
-                use std::os::unix::fs::MetadataExt;
-                (m.dev(), m.ino())
-            })
-            .map_err(|source| KernelError::Cgroup {
-                path: cgroup.to_path_buf(),
-                source,
-            })?;
+        let identity = cgroup_identity(cgroup)?;
+        if self.resumed_on.take() == Some(identity) && links::all_pinned(&self.pins) {
+            // Resumed: the links already run our programs on these maps.
+            if let Err(e) = self.record_commit(identity) {
+                tracing::warn!(error = %e, pins = %self.pins.root().display(), "the programs are attached, but recording it in the pins failed");
+            }
+            return Ok(());
+        }
+        // Any other attach needs programs of our own (a resumed start meets this
+        // when the cgroup is made anew or a link pin is removed).
+        self.load_programs()?;
         let meta = read_metadata(&mut self.ebpf)?;
         let same_cgroup = (meta.cgroup_dev, meta.cgroup_ino) == identity;
         let swapped = same_cgroup && links::swap(&mut self.ebpf, &self.pins).is_ok();
@@ -465,7 +508,6 @@ impl Kernel {
     /// pins in place of the last load's, and the ids of removed upstreams
     /// cleared, now that no program of the old config can count into them.
     fn record_commit(&mut self, cgroup: (u64, u64)) -> Result<(), KernelError> {
-        write_metadata(&mut self.ebpf, self.config_digest, cgroup)?;
         if !self.fresh_pinned {
             for name in FRESH_MAPS {
                 let path = self.pins.map(name);
@@ -482,6 +524,9 @@ impl Kernel {
             }
             self.fresh_pinned = true;
         }
+        // Last: the metadata vouches for the links and fresh maps now pinned (see
+        // `resumable`).
+        write_metadata(&mut self.ebpf, self.config_digest, self.hz, cgroup)?;
         for id in std::mem::take(&mut self.freed) {
             let counters = self.pins.map(map_names::COUNTERS);
             ids::clear(&mut self.ebpf, &self.states, &counters, id)?;
@@ -655,14 +700,17 @@ fn write_config(ebpf: &mut Ebpf, config: &Config, hz: u32, ids: &[u32]) -> Resul
 /// adopt. Upstream slots adopt the pinned size (it has room for more upstreams);
 /// default-policy maps of another size are dropped and made anew (their
 /// destinations trip again on their next failures: fail open).
-fn check_pins(pins: &PinFolder, sizes: &mut crate::config::MapSizes) -> Result<bool, KernelError> {
+fn check_pins(
+    pins: &PinFolder,
+    sizes: &mut crate::config::MapSizes,
+) -> Result<Option<PinMetadata>, KernelError> {
     let meta_path = pins.map(map_names::PIN_METADATA);
     if !meta_path.exists() {
         // Nothing, or the leftovers of a first start that died before it finished.
         for name in KEPT_MAPS {
             let _ = std::fs::remove_file(pins.map(name));
         }
-        return Ok(false);
+        return Ok(None);
     }
     let meta = MapData::from_pin(&meta_path)
         .ok()
@@ -675,7 +723,7 @@ fn check_pins(pins: &PinFolder, sizes: &mut crate::config::MapSizes) -> Result<b
         for name in KEPT_MAPS {
             let _ = std::fs::remove_file(pins.map(name));
         }
-        return Ok(false);
+        return Ok(None);
     }
     if meta.abi_version != ABI_VERSION {
         return Err(PinError::Abi {
@@ -709,7 +757,94 @@ fn check_pins(pins: &PinFolder, sizes: &mut crate::config::MapSizes) -> Result<b
             let _ = std::fs::remove_file(pins.map(name));
         }
     }
-    Ok(true)
+    Ok(Some(meta))
+}
+
+/// A loader with the maps sized as `sizes` says.
+fn loader_for(sizes: &crate::config::MapSizes) -> EbpfLoader<'static> {
+    let slots = sizes.slots;
+    let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries(map_names::POLICIES, slots)
+        .map_max_entries(map_names::ENDPOINTS_EXACT, sizes.exact)
+        .map_max_entries(map_names::ENDPOINTS_V4, sizes.v4)
+        .map_max_entries(map_names::ENDPOINTS_V6, sizes.v6)
+        .map_max_entries(map_names::UPSTREAM_STATES, slots)
+        .map_max_entries(map_names::COUNTERS, slots)
+        .map_max_entries(map_names::UPSTREAM_NAMES, slots)
+        .map_max_entries(map_names::DEFAULT_STATES, sizes.destinations)
+        .map_max_entries(map_names::DEFAULT_TRIPPED, sizes.destinations)
+        .map_max_entries(map_names::SOCKET_RECORDS, SOCKET_RECORD_SLOTS);
+    loader
+}
+
+fn pin_paths(pins: &PinFolder, names: &[&'static str]) -> Vec<(&'static str, PathBuf)> {
+    names.iter().map(|name| (*name, pins.map(name))).collect()
+}
+
+/// The (device, inode) that tells a cgroup from one made anew at the same path.
+fn cgroup_identity(cgroup: &Path) -> Result<(u64, u64), KernelError> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(cgroup)
+        .map(|m| (m.dev(), m.ino()))
+        .map_err(|source| KernelError::Cgroup {
+            path: cgroup.to_path_buf(),
+            source,
+        })
+}
+
+/// Whether the pins can be resumed as they are, by this binary with `config` on
+/// `cgroup`, or why not. The metadata, written last at each commit, must name this
+/// eBPF object, this config and this cgroup; and the kernel itself must show that
+/// each pinned link runs a program that uses the pinned maps, and no other maps of
+/// ours, and that every pinned config map is in use. So a start that died midway,
+/// a half-applied reload or a pin replaced by hand all mean a full load.
+fn resumable(
+    pins: &PinFolder,
+    meta: &PinMetadata,
+    config_digest: [u8; 16],
+    cgroup: (u64, u64),
+) -> Result<(), String> {
+    if meta.object_digest != object_digest() {
+        return Err("the pinned programs are another build's".into());
+    }
+    if meta.config_digest != config_digest {
+        return Err("the config changed".into());
+    }
+    if (meta.cgroup_dev, meta.cgroup_ino) != cgroup {
+        return Err("the pinned links are on another cgroup".into());
+    }
+    if meta.hz == 0 {
+        return Err("the pins record no tick rate".into());
+    }
+    let mut pinned = std::collections::HashMap::new();
+    for name in KEPT_MAPS.iter().chain(FRESH_MAPS.iter()) {
+        let info = MapInfo::from_pin(pins.map(name)).map_err(|e| format!("map pin {name}: {e}"))?;
+        pinned.insert(kernel_name(name), info.id());
+    }
+    let used = links::used_map_ids(pins)?;
+    for id in &used {
+        let Ok(info) = MapInfo::from_id(*id) else {
+            continue;
+        };
+        let name = info.name_as_str().unwrap_or_default().to_string();
+        if pinned.get(name.as_str()).is_some_and(|pin| pin != id) {
+            return Err(format!(
+                "the attached programs use a map {name} that is not the pinned one"
+            ));
+        }
+    }
+    for name in FRESH_MAPS {
+        if !used.contains(&pinned[kernel_name(name)]) {
+            return Err(format!("no attached program uses the pinned {name}"));
+        }
+    }
+    Ok(())
+}
+
+/// A map's name as the kernel keeps it (BPF_OBJ_NAME_LEN: 15 bytes and a NUL).
+fn kernel_name(name: &str) -> &str {
+    &name[..name.len().min(15)]
 }
 
 /// The binary version a metadata record names.
@@ -727,6 +862,18 @@ fn read_metadata(ebpf: &mut Ebpf) -> Result<PinMetadata, KernelError> {
     map.get(&0, 0).map_err(map_err(map_names::PIN_METADATA))
 }
 
+/// The first 16 bytes of the SHA-256 of [`EBPF_OBJECT`].
+fn object_digest() -> [u8; 16] {
+    use sha2::Digest;
+    static DIGEST: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
+    *DIGEST.get_or_init(|| {
+        let digest = sha2::Sha256::digest(EBPF_OBJECT);
+        let mut out = [0; 16];
+        out.copy_from_slice(&digest[..16]);
+        out
+    })
+}
+
 /// The first 16 bytes of the SHA-256 of the effective config.
 fn config_digest(config: &Config) -> [u8; 16] {
     use sha2::Digest;
@@ -741,6 +888,7 @@ fn config_digest(config: &Config) -> [u8; 16] {
 fn write_metadata(
     ebpf: &mut Ebpf,
     config_digest: [u8; 16],
+    hz: u32,
     cgroup: (u64, u64),
 ) -> Result<(), KernelError> {
     let mut meta = PinMetadata {
@@ -752,6 +900,8 @@ fn write_metadata(
         cgroup_dev: cgroup.0,
         cgroup_ino: cgroup.1,
         config_digest,
+        object_digest: object_digest(),
+        hz,
         ..Default::default()
     };
     let version = env!("CARGO_PKG_VERSION").as_bytes();
