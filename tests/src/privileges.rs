@@ -26,7 +26,24 @@ pub fn check() -> Result<(), String> {
 /// Whether to run a privileged test: panics under CI when it cannot, prints why and
 /// returns false elsewhere.
 pub fn should_run(test: &str) -> bool {
-    match check() {
+    run_or_skip(test, check())
+}
+
+/// As [`should_run`], for a test that also needs a tool: `found` is its path, or
+/// why it is missing.
+pub fn should_run_with<T>(test: &str, found: Result<T, String>) -> Option<T> {
+    let found = check().and(found);
+    match found {
+        Ok(tool) => Some(tool),
+        Err(why) => {
+            run_or_skip(test, Err(why));
+            None
+        }
+    }
+}
+
+fn run_or_skip(test: &str, check: Result<(), String>) -> bool {
+    match check {
         Ok(()) => true,
         Err(why) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
             panic!("{test}: {why}; under CI=true privileged tests must run, not skip")

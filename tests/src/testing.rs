@@ -53,3 +53,19 @@ pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// promtool: `$PROMTOOL`, else where `cargo xtask setup` unpacks it
+/// (target/tools/bin), else on PATH (the kernel matrix's guests).
+pub fn promtool() -> Result<std::path::PathBuf, String> {
+    if let Some(p) = std::env::var_os("PROMTOOL") {
+        return Ok(p.into());
+    }
+    let unpacked = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/bin/promtool");
+    if unpacked.exists() {
+        return Ok(unpacked);
+    }
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("promtool"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| "needs promtool (cargo xtask setup unpacks it into target/tools/bin)".into())
+}

@@ -730,3 +730,66 @@ fn renaming_an_upstream_at_the_pinned_maps_capacity_is_applied() {
         &format!("63 upstreams, the newest name among them: {names:?}"),
     );
 }
+
+/// Every metric the daemon exports passes `promtool check metrics` (Prometheus'
+/// naming and format rules): with upstreams, the default policy, an alert that
+/// fails, a trip and a reload, so that each family has series.
+#[test]
+fn the_metrics_pass_promtool_check_metrics() {
+    let Some(promtool) =
+        breaker_lab::privileges::should_run_with("promtool", breaker_lab::testing::promtool())
+    else {
+        return;
+    };
+    let Some(mut lab) = lab("promtool") else {
+        return;
+    };
+    let config = format!(
+        "{}[[upstream]]\nname = \"api\"\nendpoints = [\"{UPSTREAM_V4}:8080\"]\n[default_policy]\nfailure_threshold = 1\n[[alert]]\nurl = \"http://127.0.0.1:9/\"\ntimeout = \"200ms\"\n",
+        dark("dark")
+    );
+    lab.start_daemon(&config).unwrap();
+    let dark_addr = format!("{BLACKHOLE_V4}:80");
+    lab.client(&["--to", &dark_addr, "--count", "2", "--timeout-ms", "1500"])
+        .unwrap();
+    // A destination of the default policy, refused by nobody listening.
+    lab.client(&["--to", "10.77.0.2:9", "--count", "2", "--timeout-ms", "500"])
+        .unwrap();
+    reload(&lab, 1);
+    let text = lab.metrics_text().unwrap();
+    for family in [
+        "breaker_build_info",
+        "breaker_mode",
+        "breaker_connects_would_reject_total",
+        "breaker_config_reloads_total",
+        "breaker_map_entries",
+        "breaker_map_capacity",
+        "breaker_transitions_total",
+    ] {
+        assert!(text.contains(family), "{family} is exported:\n{text}");
+    }
+    let mut child = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {said}\n--- metrics ---\n{text}"
+    );
+}

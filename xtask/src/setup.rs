@@ -46,10 +46,11 @@ pub fn run(verbosity: Verbosity) -> anyhow::Result<()> {
 }
 
 pub fn run_with(verbosity: Verbosity, packages: &[(Probe, &'static str)]) -> anyhow::Result<()> {
-    let steps: [(&str, Step); 3] = [
+    let steps: [(&str, Step); 4] = [
         ("rust-src for the nightly toolchain", nightly_rust_src),
         ("bpf-linker built against the nightly's LLVM", bpf_linker),
         ("bpffs at /sys/fs/bpf", bpffs),
+        ("promtool from Debian's prometheus package", promtool),
     ];
     let mut did = 0;
     for (what, step) in steps {
@@ -217,6 +218,60 @@ fn bpffs() -> anyhow::Result<Option<String>> {
     std::fs::create_dir_all("/sys/fs/bpf").ok();
     must("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"], &[])?;
     Ok(Some("mounted".into()))
+}
+
+/// Where setup puts promtool, which the metrics test runs (`promtool check metrics`).
+pub fn promtool_path() -> PathBuf {
+    crate::workspace_root().join("target/tools/bin/promtool")
+}
+
+/// promtool, unpacked from Debian's `prometheus` package into target/tools/ rather
+/// than installed: installing it would also install (and start) a Prometheus
+/// server on the machine.
+fn promtool() -> anyhow::Result<Option<String>> {
+    let dest = promtool_path();
+    if dest.exists() {
+        return Ok(None);
+    }
+    let work = crate::workspace_root().join("target/tools/download");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let download = || {
+        Command::new("apt-get")
+            .args(["download", "-q", "prometheus"])
+            .current_dir(&work)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // A fresh machine's package lists may not be there yet.
+    if !download() {
+        must("apt-get", &["update", "-q"], &[])?;
+        if !download() {
+            bail!("apt-get download prometheus failed");
+        }
+    }
+    let deb = std::fs::read_dir(&work)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    let unpacked = work.join("x");
+    let status = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&unpacked)
+        .status()
+        .context("running dpkg-deb")?;
+    if !status.success() {
+        bail!("dpkg-deb -x {} failed ({status})", deb.display());
+    }
+    std::fs::create_dir_all(dest.parent().context("promtool's folder")?)?;
+    std::fs::copy(unpacked.join("usr/bin/promtool"), &dest)
+        .context("the prometheus package holds no usr/bin/promtool")?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(Some(format!("unpacked into {}", dest.display())))
 }
 
 fn debian_packages(packages: &[(Probe, &'static str)]) -> anyhow::Result<Option<String>> {

@@ -793,21 +793,21 @@ impl Report {
         let _ = writeln!(o, "## 7. Restart and reload\n");
         let _ = writeln!(
             o,
-            "Restart: a daemon makes the pins, then each run SIGKILLs it and times a new one from its start until its metrics answer, which is after it has adopted the pinned maps, loaded and verified the programs, swapped them in under the pinned links and started probing. {} run(s) per endpoint count; the endpoints are /32s with a port in one upstream. Kill: 32 clients connect every 10 ms to an OPEN upstream whose address is blackholed, while the daemon is SIGKILLed and started again; an attempt that did not fail fast with ECONNREFUSED reached the dead upstream. Reload: {} endpoints, one changed per reload, SIGHUP to the log's `config reloaded`; meanwhile a client makes connect()+close() to a CLOSED upstream of the same config, against rounds with no reload (ABBA). Targets: restart under 1 s at 100 000 endpoints; 0 connects reaching the dead upstream; reload under 2 s at 100 000 endpoints; p99 during a reload within the noise of p99 without.\n",
+            "Restart: a daemon makes the pins, then each run SIGKILLs it and times a new one from its start until its metrics answer, which is after it has started probing. With the same binary and config (the runs check that each one did) the new daemon resumes the pinned links and maps as they are; with a config changed between runs, as after an upgrade, it loads and verifies the programs, writes the config maps and swaps the programs in under the pinned links. {} run(s) per endpoint count and case; the endpoints are /32s with a port in one upstream. Kill: 32 clients connect every 10 ms to an OPEN upstream whose address is blackholed, while the daemon is SIGKILLed and started again; an attempt that did not fail fast with ECONNREFUSED reached the dead upstream. Reload: {} endpoints, one changed per reload, SIGHUP to the log's `config reloaded`; meanwhile a client makes connect()+close() to a CLOSED upstream of the same config, against rounds with no reload (ABBA). Targets: restart under 1 s at 100 000 endpoints; 0 connects reaching the dead upstream; reload under 2 s at 100 000 endpoints; p99 during a reload within the noise of p99 without.\n",
             if plan.quick { 1 } else { 3 },
             ops.reload_endpoints
         );
         let _ = writeln!(
             o,
-            "| endpoints | restart, median | min – max |\n|---|---|---|"
+            "| endpoints | restart (resumed), median | min – max | config changed (loaded anew), median | min – max |\n|---|---|---|---|---|"
         );
-        for (n, times) in &ops.restart_ms {
-            let s = Summary::of(times);
-            let spread = Spread::of(times);
+        for ((n, times), (_, anew)) in ops.restart_ms.iter().zip(&ops.restart_anew_ms) {
+            let (s, spread) = (Summary::of(times), Spread::of(times));
+            let (a, a_spread) = (Summary::of(anew), Spread::of(anew));
             let _ = writeln!(
                 o,
-                "| {n} | {:.0} ms | {:.0} – {:.0} ms |",
-                s.p50, spread.min, spread.max
+                "| {n} | {:.0} ms | {:.0} – {:.0} ms | {:.0} ms | {:.0} – {:.0} ms |",
+                s.p50, spread.min, spread.max, a.p50, a_spread.min, a_spread.max
             );
         }
         let reload = Summary::of(&ops.reload_ms);

@@ -607,8 +607,11 @@ pub fn proxy(lab_bin: &Path, plan: &Plan) -> anyhow::Result<Proxy> {
 /// Restarts and reloads (the operations issue).
 pub struct Operations {
     /// Per endpoint count: each restart's time from a new daemon's start to its
-    /// metrics answering (after load, adoption and attach; probing starts then), ms.
+    /// metrics answering (after it resumed the pins; probing starts then), ms.
     pub restart_ms: Vec<(u32, Vec<f64>)>,
+    /// The same with a config changed between restarts (as after an upgrade: the
+    /// programs are loaded and verified anew, the config maps written), ms.
+    pub restart_anew_ms: Vec<(u32, Vec<f64>)>,
     /// SIGKILL and restart under 32 clients connecting to an OPEN, blackholed
     /// upstream: their attempts, and how many were not failed fast (reached it).
     pub kill_attempts: usize,
@@ -644,9 +647,10 @@ pub fn operations(lab_bin: &Path, plan: &Plan) -> anyhow::Result<Operations> {
 
     // Restart: the pins are there (a first daemon made them); each run kills the
     // daemon and times a new one's start.
-    let mut restart_ms = Vec::new();
+    let (mut restart_ms, mut restart_anew_ms) = (Vec::new(), Vec::new());
     for &n in &plan.restart_endpoints {
-        let config = api_config(&endpoints(n), "");
+        let eps = endpoints(n);
+        let config = api_config(&eps, "");
         lab.start_daemon(&config)?;
         let mut times = Vec::new();
         for _ in 0..runs {
@@ -654,9 +658,32 @@ pub fn operations(lab_bin: &Path, plan: &Plan) -> anyhow::Result<Operations> {
             let t = Instant::now();
             lab.start_daemon(&config)?;
             times.push(t.elapsed().as_secs_f64() * 1e3);
+            // Each start writes a log of its own.
+            anyhow::ensure!(
+                lab.daemon_log().contains("resumed the pinned links"),
+                "a restart with the same config did not resume the pins:\n{}",
+                lab.daemon_log()
+            );
+        }
+        restart_ms.push((n, times));
+        let mut times = Vec::new();
+        for i in 0..runs {
+            // Each run's config differs from the last one's.
+            let changed = api_config(&eps, &format!("failure_threshold = {}", 10 + i));
+            lab.signal_daemon(nix::sys::signal::Signal::SIGKILL)?;
+            lab.write_config(&changed)?;
+            let t = Instant::now();
+            lab.start_daemon(&changed)?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            anyhow::ensure!(
+                lab.daemon_log()
+                    .contains("loading the programs anew: the config changed"),
+                "a restart with a changed config did not load anew:\n{}",
+                lab.daemon_log()
+            );
         }
         lab.stop_daemon()?;
-        restart_ms.push((n, times));
+        restart_anew_ms.push((n, times));
     }
 
     // SIGKILL and restart while 32 clients connect to an OPEN upstream.
@@ -746,6 +773,7 @@ pub fn operations(lab_bin: &Path, plan: &Plan) -> anyhow::Result<Operations> {
     lab.stop_daemon()?;
     Ok(Operations {
         restart_ms,
+        restart_anew_ms,
         kill_attempts: attempts.len(),
         kill_reached,
         kill_gap_ms,

@@ -1,4 +1,5 @@
-//! The guest's initramfs: busybox for the init script, `ip` and `setpriv` from the
+//! The guest's initramfs: busybox for the init script, `ip`, `setpriv`, `bpftool` and
+//! `promtool` from the
 //! host, the test binaries, `breaker` and `breaker-lab` with the shared libraries
 //! they load (as `ldd` finds them), and the kernel's lab modules.
 //!
@@ -83,6 +84,11 @@ pub fn build(bins: &Binaries, image: &Image, scratch: &Path, out: &Path) -> anyh
         a.copy(guest_path, 0o755, &host_path)?;
         libs.extend(shared_libraries(&host_path)?);
     }
+    // The metrics test's promtool, where setup unpacked it (found on PATH in the guest).
+    let promtool = crate::setup::promtool_path();
+    a.copy("/usr/bin/promtool", 0o755, &promtool)
+        .with_context(|| format!("{} (cargo xtask setup unpacks it)", promtool.display()))?;
+    libs.extend(shared_libraries(&promtool)?);
 
     std::fs::create_dir_all(scratch)?;
     let ours = [&bins.breaker, &bins.lab].into_iter().chain(&bins.tests);
