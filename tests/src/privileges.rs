@@ -42,6 +42,18 @@ pub fn should_run_with<T>(test: &str, found: Result<T, String>) -> Option<T> {
     }
 }
 
+/// For a test that needs no privileges, only a tool: `found` is its path, or why
+/// it is missing (a skip outside CI, a failure under `CI=true`).
+pub fn needs_tool<T>(test: &str, found: Result<T, String>) -> Option<T> {
+    match found {
+        Ok(tool) => Some(tool),
+        Err(why) => {
+            run_or_skip(test, Err(why));
+            None
+        }
+    }
+}
+
 fn run_or_skip(test: &str, check: Result<(), String>) -> bool {
     match check {
         Ok(()) => true,

@@ -1,7 +1,7 @@
-//! The guest's initramfs: busybox for the init script, `ip`, `setpriv`, `bpftool` and
-//! `promtool` from the
-//! host, the test binaries, `breaker` and `breaker-lab` with the shared libraries
-//! they load (as `ldd` finds them), and the kernel's lab modules.
+//! The guest's initramfs: busybox for the init script, `ip`, `setpriv`, `bpftool`
+//! and `promtool` from the host, the test binaries, `breaker` and `breaker-lab`
+//! with the shared libraries they load (as `ldd` finds them), and the kernel's lab
+//! modules.
 //!
 //! Our binaries keep their host paths inside the guest: the tests find `breaker-lab`
 //! by the absolute path cargo compiled into them, and `breaker` next to themselves.
