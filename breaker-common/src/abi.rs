@@ -206,7 +206,10 @@ pub struct UpstreamPolicy {
     pub trial_rto_jiffies: u32,
     /// SYN retransmissions a trial socket makes (`TCP_SYNCNT`); 0 leaves the default.
     pub trial_syn_retries: u32,
-    pub _pad: u32,
+    /// Initial SYN retransmission timeout of every other watched connect, in jiffies
+    /// (`connect_timeout`): its first retransmission, and with it the `timeout`
+    /// outcome, comes this long after the SYN. 0 leaves the kernel's (1 s).
+    pub connect_rto_jiffies: u32,
 }
 
 impl UpstreamPolicy {

@@ -6,7 +6,8 @@
 //!   callbacks, only those this program needs, and only if not already on; a trial
 //!   also gets its SYN retry budget.
 //! - TIMEOUT_INIT: a trial's initial SYN RTO, so a trial into a blackhole fails
-//!   within `trial_connect_timeout`.
+//!   within `trial_connect_timeout`; for any other watched connect, the upstream's
+//!   `connect_timeout`, so its `timeout` outcome comes that long after the SYN.
 //! - STATE_CB SYN_SENT -> ESTABLISHED is a success.
 //! - STATE_CB SYN_SENT -> CLOSE is a failure only when the kernel ended the connect
 //!   (an RST, a hard ICMP error, or its SYN retries ran out: it has purged the SYN,
@@ -46,7 +47,7 @@ const TCP_SYNCNT: i32 = 7;
 pub fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i32> {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => watch(ctx),
-        BPF_SOCK_OPS_TIMEOUT_INIT => trial_rto(ctx),
+        BPF_SOCK_OPS_TIMEOUT_INIT => initial_rto(ctx),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(0) == BPF_TCP_SYN_SENT => match ctx.arg(1) {
             BPF_TCP_ESTABLISHED => finish(ctx, End::Outcome(CAUSE_SUCCESS)),
             BPF_TCP_CLOSE => finish(ctx, closed_while_connecting(ctx)),
@@ -124,23 +125,30 @@ fn watch(ctx: &SockOpsContext) -> Result<(), i32> {
     Ok(())
 }
 
-/// A trial's initial SYN RTO. Asked again at each SYN retransmission (to judge
-/// when the connect has timed out), so it answers until the trial ends.
+/// A watched connect's initial SYN RTO: a trial's, or the upstream's
+/// `connect_timeout`. Asked again at each SYN retransmission (to judge when the
+/// connect has timed out), so it answers until the outcome is counted; after that
+/// (no record) the kernel's own judgement applies to the SYNs left.
 #[inline(always)]
-fn trial_rto(ctx: &SockOpsContext) -> Result<(), i32> {
-    // Only sockets this program watches can be trials: skip the lookup otherwise.
+fn initial_rto(ctx: &SockOpsContext) -> Result<(), i32> {
+    // Only sockets this program watches: skip the lookup otherwise.
     if ctx.cb_flags() & BPF_SOCK_OPS_RTO_CB_FLAG == 0 {
         return Ok(());
     }
     let Some(found) = record::read(record::cookie(ctx)) else {
         return Ok(());
     };
-    if !found.is_open() || found.trial_epoch().is_none() {
+    if !found.is_open() {
         return Ok(());
     }
     if let Some(p) = POLICIES.get(found.record.upstream) {
-        if p.trial_rto_jiffies > 0 {
-            ctx.set_reply(p.trial_rto_jiffies);
+        let jiffies = if found.trial_epoch().is_some() {
+            p.trial_rto_jiffies
+        } else {
+            p.connect_rto_jiffies
+        };
+        if jiffies > 0 {
+            ctx.set_reply(jiffies);
         }
     }
     Ok(())

@@ -988,3 +988,66 @@ open_duration = "1h"
         "{again:?}"
     );
 }
+
+/// `connect_timeout` brings the `timeout` outcome forward to that long after the
+/// SYN: a client that gives up after 600 ms trips a 200 ms breaker on a blackhole
+/// after three connects, while one on the kernel's 1 s RTO has closed each of them
+/// before it could count (abandoned, never a failure) and never trips.
+#[test]
+fn connect_timeout_counts_a_blackholed_connect_sooner() {
+    let Some(mut lab) = lab("conntimeout") else {
+        return;
+    };
+    lab.start_daemon(&format!(
+        "[[upstream]]\nname = \"quick\"\nendpoints = [\"{BLACKHOLE_V4}:80\"]\nfailure_threshold = 3\nopen_duration = \"1h\"\nconnect_timeout = \"200ms\"\n[[upstream]]\nname = \"kernel\"\nendpoints = [\"{BLACKHOLE_V4}:81\"]\nfailure_threshold = 3\nopen_duration = \"1h\"\n"
+    ))
+    .unwrap();
+    let run = |port: u16| {
+        let started = Instant::now();
+        let to = format!("{BLACKHOLE_V4}:{port}");
+        let a = lab
+            .client(&["--to", &to, "--count", "4", "--timeout-ms", "600"])
+            .unwrap();
+        (a, started.elapsed())
+    };
+    let (quick, took) = run(80);
+    check(
+        &lab,
+        outcomes(&quick) == ["timeout", "timeout", "timeout", "refused"],
+        &format!("three blackholed connects trip it: {:?}", outcomes(&quick)),
+    );
+    let (kernel, _) = run(81);
+    check(
+        &lab,
+        outcomes(&kernel) == ["timeout"; 4],
+        &format!(
+            "on the kernel's RTO it never trips: {:?}",
+            outcomes(&kernel)
+        ),
+    );
+    let m = lab.metrics().unwrap();
+    let v = |name, up: &str, reason: Option<&str>| {
+        let mut labels = vec![("upstream", up)];
+        labels.extend(reason.map(|r| ("reason", r)));
+        breaker_lab::metrics::value(&m, name, &labels).unwrap()
+    };
+    check(
+        &lab,
+        v("breaker_connect_failures_total", "quick", Some("timeout")) == 3.0
+            && v("breaker_connects_abandoned_total", "quick", None) == 0.0,
+        "each of quick's connects counted as a timeout, none abandoned",
+    );
+    check(
+        &lab,
+        v("breaker_connect_failures_total", "kernel", Some("timeout")) == 0.0
+            && v("breaker_connects_abandoned_total", "kernel", None) == 4.0,
+        "the client closed each of kernel's connects before its 1 s RTO",
+    );
+    // Three client timeouts and a fail-fast: the breaker was open well before the
+    // kernel's first RTO would have counted even one.
+    check(
+        &lab,
+        took < Duration::from_secs(3),
+        &format!("took {took:?}"),
+    );
+}

@@ -95,6 +95,10 @@ const MAX_OPEN_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// retransmissions into it, which needs at least a few milliseconds.
 const MIN_TRIAL_CONNECT_TIMEOUT: Duration = Duration::from_millis(10);
 const MAX_TRIAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bounds of connect_timeout, the initial SYN RTO of watched connects: a jiffy or
+/// two at least, and at most the kernel's TCP_RTO_MAX.
+const MIN_CONNECT_TIMEOUT: Duration = Duration::from_millis(10);
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The thresholds and timings of one breaker, after defaults and overrides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +109,9 @@ pub struct Policy {
     pub half_open_max_connections: u32,
     /// How long a HALF_OPEN trial connect may take before it counts as failed.
     pub trial_connect_timeout: Duration,
+    /// How long after its SYN an unanswered connect counts as a `timeout` (its
+    /// initial SYN RTO); `None` leaves the kernel's 1 s.
+    pub connect_timeout: Option<Duration>,
     pub open_duration: Duration,
     pub probe_interval: Duration,
     pub probe_timeout: Duration,
@@ -229,6 +236,8 @@ struct RawPolicy {
     #[serde(default, with = "humantime_serde")]
     trial_connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
     open_duration: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     probe_interval: Option<Duration>,
@@ -246,6 +255,7 @@ macro_rules! raw_policy_of {
             success_threshold: $raw.success_threshold,
             half_open_max_connections: $raw.half_open_max_connections,
             trial_connect_timeout: $raw.trial_connect_timeout,
+            connect_timeout: $raw.connect_timeout,
             open_duration: $raw.open_duration,
             probe_interval: $raw.probe_interval,
             probe_timeout: $raw.probe_timeout,
@@ -271,6 +281,8 @@ struct RawUpstream {
     half_open_max_connections: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     trial_connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     open_duration: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -307,6 +319,8 @@ struct RawDefaultPolicy {
     #[serde(default, with = "humantime_serde")]
     trial_connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
     open_duration: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     probe_interval: Option<Duration>,
@@ -328,6 +342,7 @@ impl RawPolicy {
                 .half_open_max_connections
                 .or(base.half_open_max_connections),
             trial_connect_timeout: self.trial_connect_timeout.or(base.trial_connect_timeout),
+            connect_timeout: self.connect_timeout.or(base.connect_timeout),
             open_duration: self.open_duration.or(base.open_duration),
             probe_interval: self.probe_interval.or(base.probe_interval),
             probe_timeout: self.probe_timeout.or(base.probe_timeout),
@@ -376,6 +391,7 @@ impl Check<'_> {
             trial_connect_timeout: raw
                 .trial_connect_timeout
                 .unwrap_or(defaults::TRIAL_CONNECT_TIMEOUT),
+            connect_timeout: raw.connect_timeout,
             open_duration: raw.open_duration.unwrap_or(defaults::OPEN_DURATION),
             probe_interval: raw.probe_interval.unwrap_or(defaults::PROBE_INTERVAL),
             probe_timeout: raw.probe_timeout.unwrap_or(defaults::PROBE_TIMEOUT),
@@ -418,6 +434,14 @@ impl Check<'_> {
                     p.trial_connect_timeout
                 ),
             );
+        }
+        if let Some(t) = p.connect_timeout {
+            if !(MIN_CONNECT_TIMEOUT..=MAX_CONNECT_TIMEOUT).contains(&t) {
+                return self.fail(
+                    field("connect_timeout"),
+                    format!("must be between 10ms and 2m, got {t:?}"),
+                );
+            }
         }
         if p.open_duration < Duration::from_millis(1) || p.open_duration > MAX_OPEN_DURATION {
             return self.fail(
@@ -1099,8 +1123,15 @@ fn describe_policy(p: &Policy) -> String {
             humantime::format_duration(p.trial_connect_timeout)
         ),
     };
+    let timeout = match p.connect_timeout {
+        Some(t) => format!(
+            "a connect unanswered for {} counts as a timeout",
+            humantime::format_duration(t)
+        ),
+        None => "a connect unanswered for the kernel's 1s counts as a timeout".to_string(),
+    };
     format!(
-        "opens after {} consecutive failures; open {}; {trials}; closes after {} successes; probe every {} (timeout {})",
+        "opens after {} consecutive failures ({timeout}); open {}; {trials}; closes after {} successes; probe every {} (timeout {})",
         p.failure_threshold,
         humantime::format_duration(p.open_duration),
         p.success_threshold,

@@ -603,3 +603,32 @@ fn the_readme_examples_are_valid() {
         .unwrap_or_else(|e| panic!("the README's alert example: {e}"));
     assert_eq!(config.alerts.len(), 1);
 }
+
+#[test]
+fn connect_timeout_is_the_kernels_unless_set_and_kept_in_bounds() {
+    let up = "[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\n";
+    assert_eq!(parse(up).unwrap().upstreams[0].policy.connect_timeout, None);
+    let c = parse(&format!(
+        "[defaults]\nconnect_timeout = '200ms'\n{up}[[upstream]]\nname='b'\nendpoints=['10.0.0.2:80']\nconnect_timeout = '3s'\n[default_policy]\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.upstreams[0].policy.connect_timeout,
+        Some(Duration::from_millis(200))
+    );
+    assert_eq!(
+        c.upstreams[1].policy.connect_timeout,
+        Some(Duration::from_secs(3))
+    );
+    assert_eq!(
+        c.default_policy.unwrap().policy.connect_timeout,
+        Some(Duration::from_millis(200))
+    );
+    for bad in ["'9ms'", "'121s'"] {
+        let (field, reason) = invalid_field(&format!("{up}connect_timeout = {bad}"));
+        assert_eq!(field, "upstream[0] (\"a\").connect_timeout");
+        assert!(reason.contains("between 10ms and 2m"), "{reason}");
+    }
+    let (field, _) = invalid_field(&format!("[default_policy]\nconnect_timeout = '1ms'\n{up}"));
+    assert_eq!(field, "default_policy.connect_timeout");
+}

@@ -945,6 +945,11 @@ pub fn trial_rto_jiffies(timeout: std::time::Duration, hz: u32) -> u32 {
     jiffies.clamp(1, u32::MAX as u128) as u32
 }
 
+/// `timeout` in the kernel's ticks, at least one.
+fn duration_jiffies(timeout: std::time::Duration, hz: u32) -> u32 {
+    (timeout.as_millis() * hz as u128 / 1000).clamp(1, u32::MAX as u128) as u32
+}
+
 /// `policy`, in dry run when `on`.
 fn dry_run(mut policy: UpstreamPolicy, on: bool) -> UpstreamPolicy {
     if on {
@@ -965,6 +970,7 @@ pub fn policy_abi(p: &Policy, fallback: &[SocketAddr], hz: u32) -> UpstreamPolic
         trial_lease_ms: t.trial_lease_ms,
         trial_rto_jiffies: trial_rto_jiffies(p.trial_connect_timeout, hz),
         trial_syn_retries: TRIAL_SYN_RETRIES,
+        connect_rto_jiffies: p.connect_timeout.map_or(0, |t| duration_jiffies(t, hz)),
         ..Default::default()
     };
     for addr in fallback {
@@ -1014,5 +1020,18 @@ mod tests {
             trial_rto_jiffies(std::time::Duration::from_millis(1), 100),
             1
         );
+    }
+
+    #[test]
+    fn connect_timeout_is_the_initial_rto_in_jiffies_or_the_kernels() {
+        let config = crate::config::Config::parse(
+            std::path::Path::new("t.toml"),
+            "[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\nconnect_timeout='200ms'\n[[upstream]]\nname='b'\nendpoints=['10.0.0.2:80']\n",
+        )
+        .unwrap();
+        let abi = |i: usize, hz| policy_abi(&config.upstreams[i].policy, &[], hz);
+        assert_eq!(abi(0, 250).connect_rto_jiffies, 50);
+        assert_eq!(abi(0, 1000).connect_rto_jiffies, 200);
+        assert_eq!(abi(1, 250).connect_rto_jiffies, 0, "unset: the kernel's");
     }
 }
