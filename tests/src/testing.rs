@@ -64,8 +64,14 @@ pub fn promtool() -> Result<std::path::PathBuf, String> {
     if unpacked.exists() {
         return Ok(unpacked);
     }
+    on_path("promtool")
+        .map_err(|_| "needs promtool (cargo xtask setup unpacks it into target/tools/bin)".into())
+}
+
+/// `program` as found on PATH, or why not.
+pub fn on_path(program: &str) -> Result<std::path::PathBuf, String> {
     std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|dir| dir.join("promtool"))
+        .map(|dir| dir.join(program))
         .find(|p| p.is_file())
-        .ok_or_else(|| "needs promtool (cargo xtask setup unpacks it into target/tools/bin)".into())
+        .ok_or_else(|| format!("needs {program} on PATH"))
 }

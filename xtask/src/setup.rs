@@ -27,6 +27,8 @@ pub const TEST_PACKAGES: &[(Probe, &str)] = &[
     (Probe::Program("ip"), "iproute2"),
     // The uninstall test asks the kernel, through bpftool, what is attached.
     (Probe::Program("bpftool"), "bpftool"),
+    // deploy.rs checks the systemd unit with systemd-analyze.
+    (Probe::Program("systemd-analyze"), "systemd"),
 ];
 
 /// What the benchmarks add: the proxy they compare against, and a font for the plots.
