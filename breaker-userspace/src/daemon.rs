@@ -458,6 +458,10 @@ fn reload(
             "daemon.control_socket",
             config.daemon.control_socket != running.daemon.control_socket,
         ),
+        (
+            "daemon.log_format",
+            config.daemon.log_format != running.daemon.log_format,
+        ),
     ] {
         if changed {
             anyhow::bail!(

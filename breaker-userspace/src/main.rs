@@ -1,7 +1,10 @@
 //! The `breaker` command.
 use std::{path::PathBuf, process::ExitCode};
 
-use breaker::{config::Config, control::protocol::Request};
+use breaker::{
+    config::{Config, LogFormat},
+    control::protocol::Request,
+};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -11,6 +14,10 @@ use clap::{Parser, Subcommand};
     about = "Host-level eBPF circuit breaker for TCP upstreams"
 )]
 struct Cli {
+    /// Log lines as text or as JSON objects (for log shippers); the default is
+    /// the config's daemon.log_format, else text.
+    #[arg(long, global = true, value_enum, env = "BREAKER_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -105,19 +112,44 @@ struct SocketArg {
 /// Exit status for a configuration the daemon refuses.
 const EXIT_BAD_CONFIG: u8 = 2;
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+/// Logs to stderr, as text or JSON lines, at `RUST_LOG`'s level (info by default).
+fn init_logging(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match Cli::parse().command {
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let flag = cli.log_format;
+    match cli.command {
         Command::Run { config: path } => match load(&path) {
-            Ok(config) => run(path, config),
+            Ok(config) => {
+                // The flag wins over the config; the config's errors above are
+                // plain lines either way.
+                init_logging(flag.unwrap_or(config.daemon.log_format));
+                run(path, config)
+            }
             Err(code) => code,
         },
+        command => {
+            init_logging(flag.unwrap_or_default());
+            other(command)
+        }
+    }
+}
+
+fn other(command: Command) -> ExitCode {
+    match command {
+        Command::Run { .. } => unreachable!("handled in main"),
         Command::CheckConfig { config: path } => match load(&path) {
             Ok(config) => check_config(&path, &config),
             Err(code) => code,

@@ -71,6 +71,10 @@ fn bad_configs_are_refused_with_exit_status_2() {
             "[default_policy]\nhalf_open_max_connections = 0\n",
             "default_policy.half_open_max_connections",
         ),
+        (
+            "[daemon]\nlog_format = \"xml\"\n[[upstream]]\nname = \"api\"\nendpoints = [\"10.77.0.2:81\"]\n",
+            "log_format",
+        ),
     ];
     for (body, field) in cases {
         let path = scratch.write("breaker.toml", body);
@@ -318,5 +322,25 @@ fn run_without_privileges_names_the_capabilities() {
     assert!(
         err.contains("CAP_BPF") && err.contains("CAP_NET_ADMIN") && err.lines().count() == 1,
         "{err}"
+    );
+}
+
+/// `--log-format` takes text or json; anything else is one clear line and exit 2
+/// (clap's usage error), before anything runs.
+#[test]
+fn log_format_is_text_or_json() {
+    let scratch = Scratch::new("logformat");
+    let path = scratch.write(
+        "breaker.toml",
+        "[daemon]\nlog_format = \"json\"\n[[upstream]]\nname = \"api\"\nendpoints = [\"10.77.0.2:81\"]\n",
+    );
+    let out = breaker(&["--log-format", "json", "check-config"], &path);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = breaker(&["--log-format", "xml", "check-config"], &path);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("invalid value 'xml' for '--log-format"),
+        "{}",
+        stderr(&out)
     );
 }

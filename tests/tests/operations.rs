@@ -793,3 +793,41 @@ fn the_metrics_pass_promtool_check_metrics() {
         "promtool check metrics: {said}\n--- metrics ---\n{text}"
     );
 }
+
+/// `daemon.log_format = "json"`: every line the daemon logs is one JSON object
+/// with a level and a message; a reload cannot switch the format (restart-only).
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let Some(mut lab) = lab("jsonlog") else {
+        return;
+    };
+    let config = format!("[daemon]\nlog_format = \"json\"\n{}", dark("dark"));
+    lab.start_daemon(&config).unwrap();
+    let dark_addr = format!("{BLACKHOLE_V4}:80");
+    lab.client(&["--to", &dark_addr, "--count", "1", "--timeout-ms", "1500"])
+        .unwrap();
+    lab.write_config(&dark("dark")).unwrap();
+    let log = reload(&lab, 1);
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    check(
+        &lab,
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["message"].is_string()),
+        "each line has a level and a message",
+    );
+    let said = |what: &str| {
+        lines
+            .iter()
+            .any(|l| l["message"].as_str().is_some_and(|m| m.contains(what)))
+    };
+    check(&lab, said("breaker attached"), "the start is logged");
+    check(
+        &lab,
+        said("daemon.log_format changed; a reload cannot apply that"),
+        "switching the format needs a restart",
+    );
+}

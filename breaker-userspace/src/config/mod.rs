@@ -153,6 +153,19 @@ pub struct Daemon {
     pub dry_run: bool,
     /// The control socket (Unix, root only) the CLI talks to.
     pub control_socket: PathBuf,
+    /// How the daemon writes its log lines.
+    pub log_format: LogFormat,
+}
+
+/// `daemon.log_format` (and `breaker --log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One human-readable line per event (the default).
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
 /// How an alert's body is written.
@@ -225,6 +238,8 @@ struct RawDaemon {
     #[serde(default)]
     dry_run: bool,
     control_socket: Option<PathBuf>,
+    #[serde(default)]
+    log_format: LogFormat,
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
@@ -539,6 +554,7 @@ impl Check<'_> {
             pin_path,
             dry_run: raw.dry_run,
             control_socket,
+            log_format: raw.log_format,
         })
     }
 
