@@ -100,6 +100,19 @@ enum Command {
         #[arg(long, env = "BREAKER_PIN_PATH", default_value = breaker::config::defaults::PIN_PATH)]
         pin_path: PathBuf,
     },
+    /// Print a shell completion script: `breaker completions bash >
+    /// /etc/bash_completion.d/breaker` (zsh, fish, elvish and powershell too).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (breaker.1 and one per subcommand) into a folder
+    /// (packaging).
+    #[command(hide = true)]
+    Man {
+        /// The folder, created if missing.
+        dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -156,6 +169,17 @@ fn other(command: Command) -> ExitCode {
         },
         Command::Calibrate { cgroup } => calibrate(&cgroup),
         Command::Uninstall { pin_path } => uninstall(&pin_path),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "breaker",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Man { dir } => man_pages(&dir),
         Command::Status {
             upstream,
             json,
@@ -381,6 +405,40 @@ fn run(path: PathBuf, config: Config) -> ExitCode {
             } else {
                 ExitCode::FAILURE
             }
+        }
+    }
+}
+
+/// breaker.1 and breaker-SUBCOMMAND.1 for each visible subcommand, in `dir`.
+fn man_pages(dir: &std::path::Path) -> ExitCode {
+    use clap::CommandFactory;
+    let write = || -> std::io::Result<usize> {
+        std::fs::create_dir_all(dir)?;
+        let top = Cli::command().name("breaker");
+        let mut pages = vec![("breaker".to_string(), top.clone())];
+        for sub in top.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let name = format!("breaker-{}", sub.get_name());
+            let page = sub
+                .clone()
+                .name(name.clone())
+                .version(env!("CARGO_PKG_VERSION"));
+            pages.push((name, page));
+        }
+        for (name, command) in &pages {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(command.clone()).render(&mut out)?;
+            std::fs::write(dir.join(format!("{name}.1")), out)?;
+        }
+        Ok(pages.len())
+    };
+    match write() {
+        Ok(n) => {
+            eprintln!("wrote {n} man pages in {}", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: writing man pages in {}: {e}", dir.display());
+            ExitCode::FAILURE
         }
     }
 }

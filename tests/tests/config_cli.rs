@@ -344,3 +344,73 @@ fn log_format_is_text_or_json() {
         stderr(&out)
     );
 }
+
+/// Shell completions name every verb; man pages come one per visible subcommand.
+#[test]
+fn completions_and_man_pages_cover_every_verb() {
+    let bin = find_breaker_bin().expect("the breaker binary");
+    let verbs = [
+        "run",
+        "check-config",
+        "status",
+        "force-open",
+        "force-close",
+        "disable",
+        "reset",
+        "reload",
+        "events",
+        "uninstall",
+    ];
+    for (shell, marker) in [
+        ("bash", "complete -F _breaker"),
+        ("zsh", "#compdef breaker"),
+        ("fish", "complete -c breaker"),
+    ] {
+        let out = Command::new(&bin)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && script.contains(marker),
+            "{shell}: {script}"
+        );
+        for verb in verbs {
+            assert!(script.contains(verb), "{shell} completes {verb}");
+        }
+    }
+    let out = Command::new(&bin)
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+
+    let scratch = Scratch::new("man");
+    let dir = scratch.0.join("man1");
+    let out = Command::new(&bin).arg("man").arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut pages: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    pages.sort();
+    let mut want: Vec<String> = verbs
+        .iter()
+        .chain(&["completions"])
+        .map(|v| format!("breaker-{v}.1"))
+        .chain(["breaker.1".to_string()])
+        .collect();
+    want.sort();
+    assert_eq!(pages, want);
+    let status = std::fs::read_to_string(dir.join("breaker-status.1")).unwrap();
+    assert!(
+        status.contains(".TH breaker-status 1")
+            && status.contains(".SH NAME")
+            && status.contains(env!("CARGO_PKG_VERSION")),
+        "{status}"
+    );
+}
