@@ -65,6 +65,9 @@ pub async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         pins = %pins.root().display(),
         "breaker attached"
     );
+    if config.upstreams.is_empty() && config.default_policy.is_none() {
+        tracing::warn!(config = %path.display(), "no [[upstream]] and no [default_policy]: nothing to protect; the programs pass every connect until one is added and the config reloaded");
+    }
 
     // What happens when each task ends (ARCHITECTURE.md, "What ends the daemon").
     let metrics = Arc::new(Metrics::new(&names_of(&kernel, &config)));

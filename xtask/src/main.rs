@@ -1,4 +1,5 @@
 //! `cargo xtask`: make a machine ready, build, run the demo, run every test.
+mod package;
 mod setup;
 mod tally;
 mod vm;
@@ -42,6 +43,12 @@ enum Cmd {
         /// (the suite takes about 4 minutes under emulation on 2 cores).
         #[arg(long, value_name = "SECONDS", default_value_t = 900)]
         timeout: u64,
+    },
+    /// The Debian package (cargo-deb, installed if missing): target/debian/*.deb.
+    Package {
+        /// Then install it, check it and purge it, as `cargo xtask test` does (root).
+        #[arg(long)]
+        test: bool,
     },
     /// The benchmarks: BENCHMARKS.md and bench-plots/ at the workspace root (root).
     Bench {
@@ -194,6 +201,18 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Package { test: false } => {
+            package::build()?;
+            Ok(())
+        }
+        Cmd::Package { test: true } => {
+            let tally = package::test();
+            println!("{tally}");
+            if tally.failed > 0 {
+                bail!("the package test failed");
+            }
+            Ok(())
+        }
         Cmd::Bench { quick, only } => {
             let packages: Vec<_> = setup::TEST_PACKAGES
                 .iter()
@@ -261,6 +280,13 @@ fn main() -> anyhow::Result<()> {
                 &["test", "--workspace", "--all-targets", "--no-fail-fast"],
                 &skip_log,
             )?;
+            // The Debian package: built, installed, checked and purged.
+            let package = package::test();
+            let tally = Tally {
+                passed: tally.passed + package.passed,
+                failed: tally.failed + package.failed,
+                skipped: tally.skipped + package.skipped,
+            };
             // One closing line for the whole suite, whichever test binary ran last.
             println!("{tally}");
             if tally.failed > 0 {

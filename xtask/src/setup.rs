@@ -202,7 +202,7 @@ fn bpf_linker() -> anyhow::Result<Option<String>> {
     )))
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     output("id", &["-u"]).is_some_and(|u| u.trim() == "0")
 }
 

@@ -982,12 +982,6 @@ impl Config {
             .collect::<Result<Vec<_>, _>>()?;
         check.fallbacks_outside_other_upstreams(&upstreams, &seen)?;
         let default_policy = check.default_policy(raw.default_policy, base)?;
-        if upstreams.is_empty() && default_policy.is_none() {
-            return check.fail(
-                "upstream",
-                "no [[upstream]] and no [default_policy]: there is nothing to protect",
-            );
-        }
         let alerts = raw
             .alert
             .into_iter()
@@ -1006,6 +1000,13 @@ impl Config {
     /// What is legal but probably unwise, one line each, for `breaker check-config`.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if self.upstreams.is_empty() && self.default_policy.is_none() {
+            out.push(
+                "no [[upstream]] and no [default_policy]: nothing to protect; the programs \
+                 pass every connect until you add one and reload"
+                    .to_string(),
+            );
+        }
         if !self.daemon.metrics_listen.ip().is_loopback() {
             out.push(format!(
                 "daemon.metrics_listen = \"{}\" is not a loopback address: whoever can reach it \

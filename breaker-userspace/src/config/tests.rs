@@ -114,7 +114,6 @@ fn bad_configs_name_the_field_and_why() {
         ("[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\nhalf_open_max_connections=1000", "upstream[0] (\"a\").half_open_max_connections", "255"),
         ("[daemon]\nmetrics_listen='localhost'\n[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']", "daemon.metrics_listen", "address:port"),
         ("[daemon]\nprobe_mark=0\n[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']", "daemon.probe_mark", "0"),
-        ("", "upstream", "nothing to protect"),
         ("[[upstream]]\nname='default'\nendpoints=['10.0.0.1:80']", "upstream[0] (\"default\").name", "reserved"),
     ];
     for (text, field, why) in cases {
@@ -631,4 +630,61 @@ fn connect_timeout_is_the_kernels_unless_set_and_kept_in_bounds() {
     }
     let (field, _) = invalid_field(&format!("[default_policy]\nconnect_timeout = '1ms'\n{up}"));
     assert_eq!(field, "default_policy.connect_timeout");
+}
+
+/// A config that protects nothing (what a package ships: no upstream, the default
+/// policy off) is valid, with a warning that says so.
+#[test]
+fn a_config_that_protects_nothing_is_accepted_with_a_warning() {
+    for text in [
+        "",
+        "# all commented\n",
+        "[default_policy]\nenabled = false\n",
+    ] {
+        let c = parse(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        assert!(c.upstreams.is_empty() && c.default_policy.is_none());
+        assert!(
+            c.warnings()
+                .iter()
+                .any(|w| w.contains("nothing to protect")),
+            "{:?}",
+            c.warnings()
+        );
+    }
+    assert!(parse(MINIMAL)
+        .unwrap()
+        .warnings()
+        .iter()
+        .all(|w| !w.contains("nothing to protect")));
+}
+
+/// The config the package ships protects nothing, and each example in it, once
+/// uncommented, is a valid config.
+#[test]
+fn the_shipped_config_is_valid_and_so_are_its_examples() {
+    let shipped = include_str!("../../../deploy/debian/breaker.toml");
+    let c = parse(shipped).unwrap();
+    assert!(c.upstreams.is_empty() && c.default_policy.is_none());
+    let is_toml = |l: &str| {
+        l.starts_with('[')
+            || l.split_once(" = ").is_some_and(|(k, _)| {
+                !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            })
+    };
+    let uncommented: String = shipped
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest) if is_toml(rest) => format!("{rest}\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    let c = parse(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+    assert_eq!(c.upstreams.len(), 1);
+    assert_eq!(c.upstreams[0].policy.failure_threshold, 3);
+    assert_eq!(c.upstreams[0].policy.open_duration, Duration::from_secs(30));
+    assert!(c.default_policy.is_some());
+    assert_eq!(
+        c.cgroup.as_deref(),
+        Some(std::path::Path::new("system.slice/legacy-app.service"))
+    );
 }
