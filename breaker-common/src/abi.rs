@@ -101,7 +101,8 @@ pub struct PinMetadata {
     /// The binary's version, NUL-padded ASCII.
     pub binary_version: [u8; 32],
     /// First 16 bytes of the SHA-256 of the eBPF object whose programs the links
-    /// run: a restart with the same object and config resumes them unverified.
+    /// run and of the daemon binary's file identity: a restart of the same binary
+    /// with the same config resumes them unverified.
     pub object_digest: [u8; 16],
     /// The kernel's tick rate, measured once per boot (bpffs does not outlive one).
     pub hz: u32,
@@ -126,7 +127,7 @@ pub mod program_names {
     pub const NEED_RETVAL: &str = "brk_need_retval";
     /// Empty programs of the same types, for `breaker calibrate` (benchmarks only).
     pub const NOP_CONNECT4: &str = "brk_nop_connect";
-    pub const NOP_CONNECT6: &str = "brk_nop_connect6";
+    pub const NOP_CONNECT6: &str = "brk_nop_conn6";
     pub const NOP_SOCK_OPS: &str = "brk_nop_sockops";
     pub const NOP_SOCK_RELEASE: &str = "brk_nop_release";
 }

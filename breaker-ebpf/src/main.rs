@@ -69,7 +69,7 @@ mod programs {
 
     /// Does nothing, as `brk_nop_connect`, for connect6.
     #[cgroup_sock_addr(connect6)]
-    pub fn brk_nop_connect6(_ctx: SockAddrContext) -> i32 {
+    pub fn brk_nop_conn6(_ctx: SockAddrContext) -> i32 {
         1
     }
 

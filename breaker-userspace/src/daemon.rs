@@ -179,10 +179,11 @@ pub async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
             _ = pin_check.tick(), if to_attach.is_none() && attached_to.is_some() => {
                 if !current.kernel.links_pinned() && Identity::of(&cgroup) == attached_to {
                     metrics.set_links_pinned(false);
-                    tracing::error!(pins = %pins.root().display(), "the pinned links are gone (removed by hand?), and with them the programs: attaching again");
+                    tracing::error!(pins = %pins.root().display(), "the pinned links are gone or detached (by hand?), and with them the programs: attaching again");
                     match current.kernel.attach(&cgroup) {
                         Ok(()) => {
                             metrics.set_links_pinned(true);
+                            metrics.set_programs(&current.kernel.program_ids());
                             tracing::info!(cgroup = %cgroup.display(), "attached again, every breaker's state kept");
                         }
                         Err(e) => tracing::error!(cgroup = %cgroup.display(), error = %e, "attaching again failed: nothing is protected; trying again every {RETRY_ATTACH:?}"),
@@ -493,6 +494,7 @@ fn reattach(
     match kernel.attach(cgroup) {
         Ok(()) => {
             metrics.set_cgroup_attached(true);
+            metrics.set_programs(&kernel.program_ids());
             *attached_to = to_attach.take();
             tracing::info!(cgroup = %cgroup.display(), "the cgroup was created again: re-attached, every breaker's state kept");
         }

@@ -16,7 +16,13 @@ use clap::{Parser, Subcommand};
 struct Cli {
     /// Log lines as text or as JSON objects (for log shippers); the default is
     /// the config's daemon.log_format, else text.
-    #[arg(long, global = true, value_enum, env = "BREAKER_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        ignore_case = true,
+        env = "BREAKER_LOG_FORMAT"
+    )]
     log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,

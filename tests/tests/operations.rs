@@ -621,6 +621,57 @@ fn a_restart_resumes_the_pinned_programs_only_when_it_can_vouch_for_them() {
     );
 }
 
+/// `bpftool link detach` keeps the pin but detaches the program: a restart does
+/// not resume such a link, and a running daemon notices it and attaches again.
+#[test]
+fn a_link_detached_by_hand_is_never_taken_for_protection() {
+    let Some(mut lab) = lab("detached") else {
+        return;
+    };
+    let config = dark("dark");
+    let dark_addr = format!("{BLACKHOLE_V4}:80");
+    let refused = |lab: &Lab| {
+        lab.client(&["--to", &dark_addr, "--count", "1", "--timeout-ms", "300"])
+            .is_ok_and(|a| a[0].errno == Some(libc::ECONNREFUSED))
+    };
+    let detach = |lab: &Lab| {
+        let out = std::process::Command::new("bpftool")
+            .args(["link", "detach", "pinned"])
+            .arg(lab.pins.join("links").join("brk_connect4"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    lab.start_daemon(&config).unwrap();
+    lab.client(&["--to", &dark_addr, "--count", "1", "--timeout-ms", "1500"])
+        .unwrap();
+    check(&lab, refused(&lab), "tripped");
+
+    lab.signal_daemon(Signal::SIGKILL).unwrap();
+    detach(&lab);
+    lab.start_daemon(&config).unwrap();
+    check(
+        &lab,
+        lab.daemon_log()
+            .contains("loading the programs anew: link brk_connect4 is detached"),
+        "a restart does not resume a detached link",
+    );
+    check(
+        &lab,
+        refused(&lab),
+        "enforcing again after the restart, state kept",
+    );
+
+    // While the daemon runs.
+    detach(&lab);
+    let restored = eventually(Duration::from_secs(5), || refused(&lab));
+    check(
+        &lab,
+        restored && lab.daemon_log().contains("gone or detached"),
+        "the running daemon notices and attaches again",
+    );
+}
+
 /// A connect to a removed upstream that was in flight at the reload ends after
 /// its id was cleared: it must count for nobody (no policy at that id), and the
 /// next upstream given that id must start CLOSED, not held shut.

@@ -95,9 +95,11 @@ const MAX_OPEN_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// retransmissions into it, which needs at least a few milliseconds.
 const MIN_TRIAL_CONNECT_TIMEOUT: Duration = Duration::from_millis(10);
 const MAX_TRIAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
-/// Bounds of connect_timeout, the initial SYN RTO of watched connects: a jiffy or
-/// two at least, and at most the kernel's TCP_RTO_MAX.
-const MIN_CONNECT_TIMEOUT: Duration = Duration::from_millis(10);
+/// Bounds of connect_timeout, the initial SYN RTO of watched connects: at least
+/// the kernel's TCP_RTO_MIN (a shorter one would count slow but healthy connects
+/// as timeouts, and the retransmitted SYNs start connections with a cwnd of 1),
+/// and at most its TCP_RTO_MAX.
+const MIN_CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The thresholds and timings of one breaker, after defaults and overrides.
@@ -454,7 +456,7 @@ impl Check<'_> {
             if !(MIN_CONNECT_TIMEOUT..=MAX_CONNECT_TIMEOUT).contains(&t) {
                 return self.fail(
                     field("connect_timeout"),
-                    format!("must be between 10ms and 2m, got {t:?}"),
+                    format!("must be between 200ms and 2m, got {t:?}"),
                 );
             }
         }
@@ -897,7 +899,13 @@ impl Check<'_> {
         };
         let policy = self.policy(
             "default_policy.",
-            raw_policy_of!(d).over(base),
+            // Not [defaults].connect_timeout: the default policy covers every
+            // destination on the host, so a shorter SYN RTO there is opted into
+            // in [default_policy] itself.
+            raw_policy_of!(d).over(RawPolicy {
+                connect_timeout: None,
+                ..base
+            }),
             defaults::DEFAULT_POLICY_HALF_OPEN_MAX_CONNECTIONS,
         )?;
         // Checked after merging: [defaults] may be where the 0 comes from.

@@ -611,6 +611,20 @@ fn connect_timeout_is_the_kernels_unless_set_and_kept_in_bounds() {
         "[defaults]\nconnect_timeout = '200ms'\n{up}[[upstream]]\nname='b'\nendpoints=['10.0.0.2:80']\nconnect_timeout = '3s'\n[default_policy]\n"
     ))
     .unwrap();
+    // [defaults] reaches the upstreams, never the default policy, which covers
+    // every destination: it takes its own.
+    assert_eq!(
+        c.default_policy.as_ref().unwrap().policy.connect_timeout,
+        None
+    );
+    let own = parse(&format!(
+        "{up}[default_policy]\nconnect_timeout = '200ms'\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        own.default_policy.unwrap().policy.connect_timeout,
+        Some(Duration::from_millis(200))
+    );
     assert_eq!(
         c.upstreams[0].policy.connect_timeout,
         Some(Duration::from_millis(200))
@@ -619,14 +633,10 @@ fn connect_timeout_is_the_kernels_unless_set_and_kept_in_bounds() {
         c.upstreams[1].policy.connect_timeout,
         Some(Duration::from_secs(3))
     );
-    assert_eq!(
-        c.default_policy.unwrap().policy.connect_timeout,
-        Some(Duration::from_millis(200))
-    );
-    for bad in ["'9ms'", "'121s'"] {
+    for bad in ["'199ms'", "'121s'"] {
         let (field, reason) = invalid_field(&format!("{up}connect_timeout = {bad}"));
         assert_eq!(field, "upstream[0] (\"a\").connect_timeout");
-        assert!(reason.contains("between 10ms and 2m"), "{reason}");
+        assert!(reason.contains("between 200ms and 2m"), "{reason}");
     }
     let (field, _) = invalid_field(&format!("[default_policy]\nconnect_timeout = '1ms'\n{up}"));
     assert_eq!(field, "default_policy.connect_timeout");

@@ -27,6 +27,20 @@ pub fn all_pinned(pins: &PinFolder) -> bool {
     LINKED.iter().all(|name| pins.link(name).exists())
 }
 
+/// Whether every pinned link is attached to the cgroup whose inode is
+/// `cgroup_ino`, or which one is not (missing, detached by hand, elsewhere).
+pub fn attached_to(pins: &PinFolder, cgroup_ino: u64) -> Result<(), String> {
+    for name in LINKED {
+        match pins::link_cgroup_id(&pins.link(name)) {
+            Ok(id) if id == cgroup_ino => {}
+            Ok(0) => return Err(format!("link {name} is detached")),
+            Ok(_) => return Err(format!("link {name} is on another cgroup")),
+            Err(e) => return Err(format!("link {name}: {e}")),
+        }
+    }
+    Ok(())
+}
+
 /// The program each pinned link runs, by our name for it; links whose pin is
 /// missing or unreadable are left out.
 pub fn program_ids(pins: &PinFolder) -> Vec<(&'static str, u32)> {

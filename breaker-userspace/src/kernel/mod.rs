@@ -113,6 +113,8 @@ pub struct Kernel {
     /// Set by [`Kernel::resume`]: the cgroup whose pinned links already run these
     /// very programs on these very maps, so that its first attach has nothing to do.
     resumed_on: Option<(u64, u64)>,
+    /// The cgroup the last attach put the links on.
+    attached: Option<(u64, u64)>,
     states: Arc<StateTable>,
     counters: Arc<CounterTable>,
     destinations: Arc<DefaultDestinations>,
@@ -312,9 +314,19 @@ impl Kernel {
         for (name, path) in &all {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load(EBPF_OBJECT).map_err(KernelError::Load)?;
-        let (ids, freed) = ids::assign(&mut ebpf, config, sizes.slots)?;
-        let mut kernel = Kernel::assemble(ebpf, pins, config, sizes.slots, meta.hz, (ids, freed))?;
+        let opened = (|| {
+            let mut ebpf = loader.load(EBPF_OBJECT).map_err(KernelError::Load)?;
+            let ids = ids::assign(&mut ebpf, config, sizes.slots)?;
+            Kernel::assemble(ebpf, pins, config, sizes.slots, meta.hz, ids)
+        })();
+        let mut kernel = match opened {
+            Ok(kernel) => kernel,
+            Err(e) => {
+                // The short way failed: the long way still works.
+                tracing::warn!(error = %e, pins = %pins.root().display(), "loading the programs anew: opening the pins as they are failed");
+                return Ok(None);
+            }
+        };
         kernel.fresh_pinned = true;
         kernel.resumed_on = Some(identity);
         tracing::info!(pins = %pins.root().display(), "resumed the pinned links and maps as they are: same programs, same config, every breaker's state and counters carry on");
@@ -383,6 +395,7 @@ impl Kernel {
             hz,
             programs_loaded: false,
             resumed_on: None,
+            attached: None,
             states: Arc::new(states),
             counters: Arc::new(CounterTable { map: counters }),
             destinations: Arc::new(destinations),
@@ -418,10 +431,14 @@ impl Kernel {
             .collect()
     }
 
-    /// Whether every link is still pinned: removing a pin by hand detaches its
-    /// program (nothing else holds the link).
+    /// Whether every link is still pinned and attached to the cgroup the last
+    /// attach put it on: removing a pin by hand detaches its program (nothing else
+    /// holds the link), and so does `bpftool link detach`.
     pub fn links_pinned(&self) -> bool {
-        links::all_pinned(&self.pins)
+        match self.attached {
+            Some((_, ino)) => links::attached_to(&self.pins, ino).is_ok(),
+            None => links::all_pinned(&self.pins),
+        }
     }
 
     /// The attached programs' kernel ids, by name (for their run-time stats), as
@@ -480,8 +497,11 @@ impl Kernel {
             source,
         })?;
         let identity = cgroup_identity(cgroup)?;
-        if self.resumed_on.take() == Some(identity) && links::all_pinned(&self.pins) {
+        if self.resumed_on.take() == Some(identity)
+            && links::attached_to(&self.pins, identity.1).is_ok()
+        {
             // Resumed: the links already run our programs on these maps.
+            self.attached = Some(identity);
             if let Err(e) = self.record_commit(identity) {
                 tracing::warn!(error = %e, pins = %self.pins.root().display(), "the programs are attached, but recording it in the pins failed");
             }
@@ -491,11 +511,20 @@ impl Kernel {
         // when the cgroup is made anew or a link pin is removed).
         self.load_programs()?;
         let meta = read_metadata(&mut self.ebpf)?;
+        // First mark the pins as mid-change (no config digest), so that a daemon
+        // killed between here and the commit record leaves pins no restart resumes.
+        write_metadata(
+            &mut self.ebpf,
+            IN_PROGRESS,
+            self.hz,
+            (meta.cgroup_dev, meta.cgroup_ino),
+        )?;
         let same_cgroup = (meta.cgroup_dev, meta.cgroup_ino) == identity;
         let swapped = same_cgroup && links::swap(&mut self.ebpf, &self.pins).is_ok();
         if !swapped {
             links::attach_and_pin(&mut self.ebpf, &self.pins, &file)?;
         }
+        self.attached = Some(identity);
         // The programs run: this load is committed. What follows only records it,
         // so a failure is logged, never taken for a load that did not happen.
         if let Err(e) = self.record_commit(identity) {
@@ -806,7 +835,10 @@ fn resumable(
     cgroup: (u64, u64),
 ) -> Result<(), String> {
     if meta.object_digest != object_digest() {
-        return Err("the pinned programs are another build's".into());
+        return Err("the pins were made by another build or binary".into());
+    }
+    if meta.config_digest == IN_PROGRESS {
+        return Err("the last daemon stopped while it was attaching or reloading".into());
     }
     if meta.config_digest != config_digest {
         return Err("the config changed".into());
@@ -817,6 +849,8 @@ fn resumable(
     if meta.hz == 0 {
         return Err("the pins record no tick rate".into());
     }
+    // The kernel's word, not the metadata's: each link still attached there.
+    links::attached_to(pins, cgroup.1)?;
     let mut pinned = std::collections::HashMap::new();
     for name in KEPT_MAPS.iter().chain(FRESH_MAPS.iter()) {
         let info = MapInfo::from_pin(pins.map(name)).map_err(|e| format!("map pin {name}: {e}"))?;
@@ -862,14 +896,44 @@ fn read_metadata(ebpf: &mut Ebpf) -> Result<PinMetadata, KernelError> {
     map.get(&0, 0).map_err(map_err(map_names::PIN_METADATA))
 }
 
-/// The first 16 bytes of the SHA-256 of [`EBPF_OBJECT`].
+/// The config digest the metadata holds while links are being swapped or made:
+/// no config's (a SHA-256 prefix of all zeros is not a practical outcome).
+const IN_PROGRESS: [u8; 16] = [0; 16];
+
+/// What the pinned programs and config maps were made by: the first 16 bytes of
+/// the SHA-256 of [`EBPF_OBJECT`] and of this very binary file's identity (device,
+/// inode, size, modification time). The daemon writes values of its own into the
+/// config maps, so an upgrade that changes only userspace must not resume either;
+/// an upgrade replaces the file, a restart runs the same one. Hashing the file's
+/// bytes instead would cost a debug build half a second per start.
 fn object_digest() -> [u8; 16] {
     use sha2::Digest;
     static DIGEST: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
     *DIGEST.get_or_init(|| {
-        let digest = sha2::Sha256::digest(EBPF_OBJECT);
+        use std::os::unix::fs::MetadataExt;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(EBPF_OBJECT);
+        match std::fs::metadata("/proc/self/exe") {
+            Ok(m) => {
+                for n in [
+                    m.dev(),
+                    m.ino(),
+                    m.size(),
+                    m.mtime() as u64,
+                    m.mtime_nsec() as u64,
+                ] {
+                    hasher.update(n.to_le_bytes());
+                }
+            }
+            // Unknown: a digest no other process makes, so nothing is resumed.
+            Err(_) => hasher.update(format!(
+                "{:?}{}",
+                std::time::SystemTime::now(),
+                std::process::id()
+            )),
+        }
         let mut out = [0; 16];
-        out.copy_from_slice(&digest[..16]);
+        out.copy_from_slice(&hasher.finalize()[..16]);
         out
     })
 }
@@ -945,15 +1009,20 @@ pub fn trial_rto_jiffies(timeout: std::time::Duration, hz: u32) -> u32 {
     jiffies.clamp(1, u32::MAX as u128) as u32
 }
 
-/// `timeout` in the kernel's ticks, at least one.
+/// `timeout` in the kernel's ticks, rounded up (never shorter than asked), at
+/// least one.
 fn duration_jiffies(timeout: std::time::Duration, hz: u32) -> u32 {
-    (timeout.as_millis() * hz as u128 / 1000).clamp(1, u32::MAX as u128) as u32
+    (timeout.as_millis() * hz as u128)
+        .div_ceil(1000)
+        .clamp(1, u32::MAX as u128) as u32
 }
 
-/// `policy`, in dry run when `on`.
+/// `policy`, in dry run when `on`: nothing that changes traffic, so not the
+/// shorter SYN RTO of `connect_timeout` either (outcomes come on the kernel's).
 fn dry_run(mut policy: UpstreamPolicy, on: bool) -> UpstreamPolicy {
     if on {
         policy.flags |= POLICY_DRY_RUN;
+        policy.connect_rto_jiffies = 0;
     }
     policy
 }
@@ -1033,5 +1102,15 @@ mod tests {
         assert_eq!(abi(0, 250).connect_rto_jiffies, 50);
         assert_eq!(abi(0, 1000).connect_rto_jiffies, 200);
         assert_eq!(abi(1, 250).connect_rto_jiffies, 0, "unset: the kernel's");
+        // Rounded up: 210 ms at HZ 100 is 21 ticks; 205 ms is 21 too, not 20.
+        assert_eq!(
+            duration_jiffies(std::time::Duration::from_millis(205), 100),
+            21
+        );
+        assert_eq!(
+            dry_run(abi(0, 250), true).connect_rto_jiffies,
+            0,
+            "dry run changes no traffic"
+        );
     }
 }

@@ -311,7 +311,41 @@ pub fn link_update(link: &Path, program: BorrowedFd<'_>) -> Result<(), PinError>
     Ok(())
 }
 
+/// The cgroup (its id: the cgroup folder's inode number) that the cgroup link
+/// pinned at `link` is attached to; 0 once the link was detached (`bpftool link
+/// detach`, or its cgroup removed). `BPF_OBJ_GET_INFO_BY_FD` on the link.
+pub fn link_cgroup_id(link: &Path) -> Result<u64, PinError> {
+    let link_fd = obj_get(link)?;
+    // struct bpf_link_info: type, id, prog_id, then (8-aligned) the union whose
+    // cgroup member starts with cgroup_id.
+    let mut info = [0u8; 64];
+    #[repr(C)]
+    struct GetInfo {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut attr = [0u8; 128];
+    let get = GetInfo {
+        bpf_fd: link_fd.as_fd().as_raw_fd() as u32,
+        info_len: info.len() as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: GetInfo is plain integers and fits in the zeroed 128-byte attr; the
+    // kernel writes at most info_len bytes into `info`, which outlives the call.
+    unsafe { std::ptr::write_unaligned(attr.as_mut_ptr().cast::<GetInfo>(), get) };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).map_err(|source| PinError::Syscall {
+        call: "BPF_OBJ_GET_INFO_BY_FD",
+        path: link.to_path_buf(),
+        source,
+    })?;
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&info[16..24]);
+    Ok(u64::from_ne_bytes(id))
+}
+
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 
 fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<i32> {

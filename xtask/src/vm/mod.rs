@@ -151,9 +151,10 @@ fn run_kernel(
             .with_context(|| format!("creating {}", log_path.display()))?,
     );
     let start = Instant::now();
-    // A guest kernel that oopses is given one more boot: under multi-threaded TCG
-    // the kernel's live patching of its own code can fault (see init.sh). The
-    // verdict names the oops either way.
+    // A guest kernel that dies of the emulator's spurious int3 is given one more
+    // boot: under multi-threaded TCG the kernel's live patching of its own code can
+    // fault (see init.sh). Any other oops fails the kernel. The verdict names the
+    // oops either way.
     let mut oopsed_before: Option<String> = None;
     let (console, ended) = loop {
         let mut console = report::Console::default();
@@ -185,7 +186,12 @@ fn run_kernel(
             *accel = Accel::Tcg;
             continue;
         }
-        if let (None, Some(oops)) = (&oopsed_before, &console.oops) {
+        let emulator_fault = *accel == Accel::Tcg
+            && console
+                .oops
+                .as_deref()
+                .is_some_and(report::is_emulator_int3);
+        if let (None, Some(oops), true) = (&oopsed_before, &console.oops, emulator_fault) {
             eprintln!(
                 "vm: {}: the guest kernel oopsed ({oops}); booting it once more",
                 kernel.name
