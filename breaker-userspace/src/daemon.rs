@@ -177,7 +177,7 @@ pub async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
                 }
             },
             _ = pin_check.tick(), if to_attach.is_none() && attached_to.is_some() => {
-                if !current.kernel.links_pinned() && Identity::of(&cgroup) == attached_to {
+                if !current.kernel.links_attached() && Identity::of(&cgroup) == attached_to {
                     metrics.set_links_pinned(false);
                     tracing::error!(pins = %pins.root().display(), "the pinned links are gone or detached (by hand?), and with them the programs: attaching again");
                     match current.kernel.attach(&cgroup) {

@@ -149,26 +149,19 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let flag = cli.log_format;
+    // `run` starts logging once it has read its config (daemon.log_format; the flag
+    // wins), so its config errors are plain lines; every other verb starts now.
+    if !matches!(cli.command, Command::Run { .. }) {
+        init_logging(flag.unwrap_or_default());
+    }
     match cli.command {
         Command::Run { config: path } => match load(&path) {
             Ok(config) => {
-                // The flag wins over the config; the config's errors above are
-                // plain lines either way.
                 init_logging(flag.unwrap_or(config.daemon.log_format));
                 run(path, config)
             }
             Err(code) => code,
         },
-        command => {
-            init_logging(flag.unwrap_or_default());
-            other(command)
-        }
-    }
-}
-
-fn other(command: Command) -> ExitCode {
-    match command {
-        Command::Run { .. } => unreachable!("handled in main"),
         Command::CheckConfig { config: path } => match load(&path) {
             Ok(config) => check_config(&path, &config),
             Err(code) => code,

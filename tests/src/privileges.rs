@@ -32,14 +32,7 @@ pub fn should_run(test: &str) -> bool {
 /// As [`should_run`], for a test that also needs a tool: `found` is its path, or
 /// why it is missing.
 pub fn should_run_with<T>(test: &str, found: Result<T, String>) -> Option<T> {
-    let found = check().and(found);
-    match found {
-        Ok(tool) => Some(tool),
-        Err(why) => {
-            run_or_skip(test, Err(why));
-            None
-        }
-    }
+    needs_tool(test, check().and(found))
 }
 
 /// For a test that needs no privileges, only a tool: `found` is its path, or why

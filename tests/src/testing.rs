@@ -75,3 +75,34 @@ pub fn on_path(program: &str) -> Result<std::path::PathBuf, String> {
         .find(|p| p.is_file())
         .ok_or_else(|| format!("needs {program} on PATH"))
 }
+
+/// A scratch folder of a test's own under the system's temp folder, removed on
+/// drop.
+pub struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    /// `breaker-TAG-PID`, emptied first.
+    pub fn new(tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("breaker-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating the scratch folder");
+        Scratch(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Writes `text` as `name` in the folder and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> std::path::PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).expect("writing a scratch file");
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

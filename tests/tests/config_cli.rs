@@ -2,35 +2,11 @@
 //! loaded. None of this needs root: the configs are refused before the kernel is
 //! touched. Needs the binary built (`cargo build -p breaker-userspace`).
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output},
 };
 
-use breaker_lab::lab::find_breaker_bin;
-
-/// A scratch folder for config files, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir =
-            std::env::temp_dir().join(format!("breaker-config-cli-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("creating the scratch folder");
-        Scratch(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).expect("writing a config");
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use breaker_lab::{lab::find_breaker_bin, testing::Scratch};
 
 fn breaker(args: &[&str], config: &Path) -> Output {
     let bin = find_breaker_bin().expect("the breaker binary");
@@ -47,7 +23,7 @@ fn stderr(out: &Output) -> String {
 
 #[test]
 fn bad_configs_are_refused_with_exit_status_2() {
-    let scratch = Scratch::new("bad");
+    let scratch = Scratch::new("config-cli-bad");
     let cases = [
         (
             "[[upstream]]\nname = \"api\"\nendpoints = [\"10.77.0.2:81\"]\nfailure_threshold = 0\n",
@@ -98,7 +74,7 @@ fn bad_configs_are_refused_with_exit_status_2() {
 
 #[test]
 fn a_missing_cgroup_is_a_config_error() {
-    let scratch = Scratch::new("cgroup");
+    let scratch = Scratch::new("config-cli-cgroup");
     // Found before anything loads, so it reads the same with or without root.
     let path = scratch.write(
         "missing-cgroup.toml",
@@ -113,7 +89,7 @@ fn a_missing_cgroup_is_a_config_error() {
 
 #[test]
 fn a_good_config_is_accepted_and_explained() {
-    let scratch = Scratch::new("good");
+    let scratch = Scratch::new("config-cli-good");
     let path = scratch.write(
         "breaker.toml",
         "[[upstream]]\nname = \"api\"\nendpoints = [\"10.77.0.2:81\", \"[::ffff:10.77.1.0/120]:*\"]\n",
@@ -147,9 +123,9 @@ fn cgroup_v1_dir() -> Option<String> {
 /// and one line naming the field at fault.
 #[test]
 fn hostile_configs_are_refused_naming_the_field() {
-    let scratch = Scratch::new("hostile");
+    let scratch = Scratch::new("config-cli-hostile");
     // A directory that looks like a cgroup but is not one.
-    let fake = scratch.0.join("fake-cgroup");
+    let fake = scratch.path().join("fake-cgroup");
     std::fs::create_dir_all(&fake).expect("creating the fake cgroup");
     std::fs::write(fake.join("cgroup.procs"), "").expect("writing cgroup.procs");
     let api_with = |extra: &str| format!("{API}{extra}\n");
@@ -247,7 +223,7 @@ fn an_endless_config_file_fails_fast() {
 
 #[test]
 fn check_config_shows_the_cgroup_and_the_kernel_memory_and_warns_on_open_metrics() {
-    let scratch = Scratch::new("explain");
+    let scratch = Scratch::new("config-cli-explain");
     let path = scratch.write(
         "breaker.toml",
         &format!("[daemon]\nmetrics_listen = \"0.0.0.0:9464\"\n{API}[default_policy]\nmax_destinations = 4194304\n"),
@@ -288,17 +264,14 @@ fn run_without_privileges_names_the_capabilities() {
         eprintln!("skipped: needs root and /usr/bin/setpriv to run breaker unprivileged");
         return;
     }
-    let scratch = Scratch::new("eperm");
+    let scratch = Scratch::new("config-cli-eperm");
     let path = scratch.write(
         "breaker.toml",
         &format!("[daemon]\nmetrics_listen = \"127.0.0.1:19465\"\n{API}"),
     );
     // The unprivileged user must be able to read the config.
-    for p in [&scratch.0, &path] {
-        let _ = std::fs::set_permissions(
-            p,
-            std::os::unix::fs::PermissionsExt::from_mode(if p == &path { 0o644 } else { 0o755 }),
-        );
+    for (p, mode) in [(scratch.path(), 0o755), (path.as_path(), 0o644)] {
+        let _ = std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode));
     }
     let bin = find_breaker_bin().expect("the breaker binary");
     let out = Command::new(setpriv)
@@ -329,7 +302,7 @@ fn run_without_privileges_names_the_capabilities() {
 /// (clap's usage error), before anything runs.
 #[test]
 fn log_format_is_text_or_json() {
-    let scratch = Scratch::new("logformat");
+    let scratch = Scratch::new("config-cli-logformat");
     let path = scratch.write(
         "breaker.toml",
         "[daemon]\nlog_format = \"json\"\n[[upstream]]\nname = \"api\"\nendpoints = [\"10.77.0.2:81\"]\n",
@@ -389,8 +362,8 @@ fn completions_and_man_pages_cover_every_verb() {
         "an unknown shell is a usage error"
     );
 
-    let scratch = Scratch::new("man");
-    let dir = scratch.0.join("man1");
+    let scratch = Scratch::new("config-cli-man");
+    let dir = scratch.path().join("man1");
     let out = Command::new(&bin).arg("man").arg(&dir).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let mut pages: Vec<String> = std::fs::read_dir(&dir)

@@ -941,17 +941,7 @@ open_duration = "1h"
         &format!("still held back with no daemon: {stopped:?}"),
     );
     // What the kernel has attached to the cgroup, as bpftool shows it.
-    let attached = |lab: &breaker_lab::lab::Lab| {
-        let out = std::process::Command::new("bpftool")
-            .args(["cgroup", "show"])
-            .arg(&lab.cgroup)
-            .output()
-            .expect("bpftool (cargo xtask setup installs it)");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.contains("brk_"))
-            .count()
-    };
+    let attached = |lab: &breaker_lab::lab::Lab| lab.attached_programs().unwrap().len();
     check(
         &lab,
         attached(&lab) == 4,

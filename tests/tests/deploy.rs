@@ -5,7 +5,10 @@
 //! the kernel matrix leaves these tests to the host.
 use std::path::Path;
 
-use breaker_lab::{privileges, testing};
+use breaker_lab::{
+    privileges,
+    testing::{self, Scratch},
+};
 
 const RULES: &str = include_str!("../../deploy/prometheus/breaker-rules.yml");
 const RULE_TESTS: &str = include_str!("../../deploy/prometheus/breaker-rules.test.yml");
@@ -31,37 +34,12 @@ fn promtool(promtool: &Path, dir: &Path, args: &[&str]) -> (bool, String) {
     )
 }
 
-/// A folder of this test's own, emptied first.
-fn scratch() -> Scratch {
-    let thread = std::thread::current();
-    let name = thread.name().unwrap_or("test").replace("::", "-");
-    let path = std::env::temp_dir().join(format!("breaker-deploy-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&path);
-    std::fs::create_dir_all(&path).expect("making a scratch folder");
-    Scratch(path)
-}
-
-/// Removed on drop.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn the_alert_rules_are_valid_and_pass_their_unit_tests() {
     let Some(tool) = privileges::needs_tool("promtool rules", testing::promtool()) else {
         return;
     };
-    let dir = scratch();
+    let dir = Scratch::new("deploy-the_alert_rules_are_valid_and_pass_their_unit_tests");
     std::fs::write(dir.path().join("breaker-rules.yml"), RULES).unwrap();
     std::fs::write(dir.path().join("breaker-rules.test.yml"), RULE_TESTS).unwrap();
     let (ok, said) = promtool(&tool, dir.path(), &["check", "rules", "breaker-rules.yml"]);
@@ -89,7 +67,7 @@ fn promtool_refuses_a_broken_rule() {
     let Some(tool) = privileges::needs_tool("promtool rules", testing::promtool()) else {
         return;
     };
-    let dir = scratch();
+    let dir = Scratch::new("deploy-promtool_refuses_a_broken_rule");
     let broken = RULES.replacen(
         "expr: breaker_state{state=\"open\"} == 1",
         "expr: breaker_state{state=\"open\" == 1",
@@ -117,7 +95,7 @@ fn the_systemd_unit_verifies_and_is_hardened() {
     else {
         return;
     };
-    let dir = scratch();
+    let dir = Scratch::new("deploy-the_systemd_unit_verifies_and_is_hardened");
     let unit = unit_in(dir.path(), UNIT);
     let out = std::process::Command::new(&analyze)
         .arg("verify")
@@ -172,7 +150,7 @@ fn the_units_commands_are_the_binarys() {
         words.remove(0);
         words
     };
-    let dir = scratch();
+    let dir = Scratch::new("deploy-the_units_commands_are_the_binarys");
     let config = dir.path().join("breaker.toml");
     std::fs::write(
         &config,
@@ -213,7 +191,7 @@ fn systemd_analyze_refuses_a_broken_unit() {
     else {
         return;
     };
-    let dir = scratch();
+    let dir = Scratch::new("deploy-systemd_analyze_refuses_a_broken_unit");
     let unit = unit_in(
         dir.path(),
         &UNIT.replace(

@@ -40,7 +40,7 @@ enum Cmd {
         #[arg(long, value_name = "NAME")]
         kernel: Vec<String>,
         /// Seconds a guest may run, boot to power-off, before it is killed and failed
-        /// (the suite takes about 4 minutes under emulation on 2 cores).
+        /// (the suite takes 6 to 7 minutes under emulation on 2 cores).
         #[arg(long, value_name = "SECONDS", default_value_t = 900)]
         timeout: u64,
     },

@@ -434,7 +434,7 @@ impl Kernel {
     /// Whether every link is still pinned and attached to the cgroup the last
     /// attach put it on: removing a pin by hand detaches its program (nothing else
     /// holds the link), and so does `bpftool link detach`.
-    pub fn links_pinned(&self) -> bool {
+    pub fn links_attached(&self) -> bool {
         match self.attached {
             Some((_, ino)) => links::attached_to(&self.pins, ino).is_ok(),
             None => links::all_pinned(&self.pins),
@@ -1089,6 +1089,49 @@ mod tests {
             trial_rto_jiffies(std::time::Duration::from_millis(1), 100),
             1
         );
+    }
+
+    /// What the metadata alone rules out, before the kernel is asked anything: a
+    /// pin folder that does not exist would fail every later check, so each
+    /// refusal here is the metadata's.
+    #[test]
+    fn resume_refuses_metadata_that_does_not_vouch_for_this_start() {
+        let pins = PinFolder::new(std::path::Path::new("/nonexistent/breaker-test-pins"));
+        let config = [7u8; 16];
+        let cgroup = (1, 2);
+        let good = PinMetadata {
+            abi_version: ABI_VERSION,
+            config_digest: config,
+            object_digest: object_digest(),
+            hz: 250,
+            cgroup_dev: 1,
+            cgroup_ino: 2,
+            ..Default::default()
+        };
+        let why = |meta: PinMetadata| resumable(&pins, &meta, config, cgroup).unwrap_err();
+        assert!(why(PinMetadata {
+            object_digest: [1; 16],
+            ..good
+        })
+        .contains("another build"));
+        assert!(why(PinMetadata {
+            config_digest: IN_PROGRESS,
+            ..good
+        })
+        .contains("while it was attaching"));
+        assert!(why(PinMetadata {
+            config_digest: [8; 16],
+            ..good
+        })
+        .contains("the config changed"));
+        assert!(why(PinMetadata {
+            cgroup_ino: 3,
+            ..good
+        })
+        .contains("another cgroup"));
+        assert!(why(PinMetadata { hz: 0, ..good }).contains("no tick rate"));
+        // All of the metadata agrees: what refuses now is the kernel's side.
+        assert!(why(good).starts_with("link "), "{}", why(good));
     }
 
     #[test]

@@ -102,10 +102,9 @@ pub fn boot(b: &Boot, mut on_line: impl FnMut(&str)) -> anyhow::Result<Ended> {
     match b.accel {
         Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
         // qemu64: the CPU model the cloud kernels are known to boot on under TCG.
-        // A thread per vCPU. Known issue: once in three runs a 6.12 guest died of
-        // a spurious int3 oops in __inet_stream_connect (the kernel live-patching
-        // a static key while the other vCPU ran it); one thread for both vCPUs
-        // avoids it but is too slow for the suite's timings.
+        // A thread per vCPU (one thread for both is too slow for the suite). The
+        // spurious int3 this once caused, a static key live-patched while the
+        // other vCPU ran it, is kept away by init.sh holding the keys on.
         Accel::Tcg => cmd.args(["-accel", "tcg,thread=multi", "-cpu", "qemu64"]),
     };
     cmd.args([
