@@ -57,15 +57,40 @@ pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// promtool: `$PROMTOOL`, else where `cargo xtask setup` unpacks it
 /// (target/tools/bin), else on PATH (the kernel matrix's guests).
 pub fn promtool() -> Result<std::path::PathBuf, String> {
-    if let Some(p) = std::env::var_os("PROMTOOL") {
+    tool("PROMTOOL", "bin/promtool", "promtool")
+}
+
+/// The Prometheus server: `$PROMETHEUS`, else where `cargo xtask setup` unpacks it
+/// (target/tools/bin), else on PATH.
+pub fn prometheus() -> Result<std::path::PathBuf, String> {
+    tool("PROMETHEUS", "bin/prometheus", "prometheus")
+}
+
+/// kubernetes-validate: `$KUBERNETES_VALIDATE`, else the venv `cargo xtask setup`
+/// makes (target/tools/venv), else on PATH.
+pub fn kubernetes_validate() -> Result<std::path::PathBuf, String> {
+    tool(
+        "KUBERNETES_VALIDATE",
+        "venv/bin/kubernetes-validate",
+        "kubernetes-validate",
+    )
+}
+
+/// A test tool: the path in `$env`, else `tools_path` under target/tools (where
+/// `cargo xtask setup` puts it), else `program` on PATH.
+fn tool(env: &str, tools_path: &str, program: &str) -> Result<std::path::PathBuf, String> {
+    if let Some(p) = std::env::var_os(env) {
         return Ok(p.into());
     }
-    let unpacked = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/bin/promtool");
+    let unpacked = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/tools")
+        .join(tools_path);
     if unpacked.exists() {
         return Ok(unpacked);
     }
-    on_path("promtool")
-        .map_err(|_| "needs promtool (cargo xtask setup unpacks it into target/tools/bin)".into())
+    on_path(program).map_err(|_| {
+        format!("needs {program} (cargo xtask setup puts it in target/tools/{tools_path})")
+    })
 }
 
 /// `program` as found on PATH, or why not.

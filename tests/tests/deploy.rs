@@ -206,3 +206,261 @@ fn systemd_analyze_refuses_a_broken_unit() {
         .unwrap();
     assert!(!out.status.success(), "{out:?}");
 }
+
+/// The Kubernetes manifests, one file per object.
+const MANIFESTS: &[(&str, &str)] = &[
+    (
+        "namespace.yaml",
+        include_str!("../../deploy/kubernetes/namespace.yaml"),
+    ),
+    (
+        "serviceaccount.yaml",
+        include_str!("../../deploy/kubernetes/serviceaccount.yaml"),
+    ),
+    (
+        "configmap.yaml",
+        include_str!("../../deploy/kubernetes/configmap.yaml"),
+    ),
+    (
+        "service.yaml",
+        include_str!("../../deploy/kubernetes/service.yaml"),
+    ),
+    (
+        "daemonset.yaml",
+        include_str!("../../deploy/kubernetes/daemonset.yaml"),
+    ),
+];
+const DOCKERFILE: &str = include_str!("../../deploy/docker/Dockerfile");
+/// The Kubernetes versions the manifests are validated against: the oldest they
+/// need (1.30 brought `appArmorProfile`) and the newest kubernetes-validate knows.
+const KUBERNETES_VERSIONS: &[&str] = &["1.30.0", "1.37.0"];
+
+/// `kubernetes-validate --strict` (unknown fields are errors) on `files` in `dir`
+/// for one Kubernetes version: whether it passed, and what it said.
+fn kubernetes_validate(tool: &Path, dir: &Path, version: &str, files: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(tool)
+        .args(["--strict", "--kubernetes-version", version])
+        .args(files)
+        .current_dir(dir)
+        .output()
+        .expect("running kubernetes-validate");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn the_kubernetes_manifests_validate_against_the_schemas() {
+    let Some(tool) = privileges::needs_tool("kubernetes manifests", testing::kubernetes_validate())
+    else {
+        return;
+    };
+    let dir = Scratch::new("deploy-the_kubernetes_manifests_validate");
+    let mut files = Vec::new();
+    for (name, text) in MANIFESTS {
+        std::fs::write(dir.path().join(name), text).unwrap();
+        files.push(*name);
+    }
+    for version in KUBERNETES_VERSIONS {
+        let (ok, said) = kubernetes_validate(&tool, dir.path(), version, &files);
+        assert!(ok, "Kubernetes {version}:\n{said}");
+        for name in &files {
+            assert!(
+                said.lines()
+                    .any(|l| l.contains(&format!("{name} passed")) && !l.contains("WARN")),
+                "{name} against Kubernetes {version}:\n{said}"
+            );
+        }
+    }
+}
+
+/// The validation does fail: a misspelt field and a wrong type are refused.
+#[test]
+fn kubernetes_validate_refuses_a_broken_manifest() {
+    let Some(tool) = privileges::needs_tool("kubernetes manifests", testing::kubernetes_validate())
+    else {
+        return;
+    };
+    let dir = Scratch::new("deploy-kubernetes_validate_refuses_a_broken_manifest");
+    let daemonset = MANIFESTS[4].1;
+    for (what, broken) in [
+        (
+            "a misspelt field",
+            daemonset.replacen("hostNetwork: true", "hostNetwrok: true", 1),
+        ),
+        (
+            "a string for a number",
+            daemonset.replacen("containerPort: 9464", "containerPort: metrics", 1),
+        ),
+    ] {
+        assert_ne!(broken, daemonset, "{what}");
+        std::fs::write(dir.path().join("daemonset.yaml"), &broken).unwrap();
+        let (ok, said) = kubernetes_validate(&tool, dir.path(), "1.37.0", &["daemonset.yaml"]);
+        assert!(!ok, "{what} passed:\n{said}");
+    }
+}
+
+fn yaml(text: &str) -> serde_yaml_ng::Value {
+    serde_yaml_ng::from_str(text).expect("a YAML manifest")
+}
+
+/// `value` at a path of map keys and list indices, as a string (numbers too).
+fn at(value: &serde_yaml_ng::Value, path: &[&str]) -> String {
+    let mut v = value;
+    for key in path {
+        v = match key.parse::<usize>() {
+            Ok(i) => &v[i],
+            Err(_) => &v[*key],
+        };
+    }
+    match v {
+        serde_yaml_ng::Value::String(s) => s.clone(),
+        serde_yaml_ng::Value::Number(n) => n.to_string(),
+        serde_yaml_ng::Value::Bool(b) => b.to_string(),
+        other => panic!("{path:?} is {other:?}"),
+    }
+}
+
+/// The pieces of the Kubernetes deployment agree with each other and with the
+/// binary: the ConfigMap's config passes `breaker check-config`; the DaemonSet
+/// runs the binary the image installs from the .deb, on that config, with the
+/// systemd unit's capabilities, and probes and scrapes the port the config
+/// listens on; the image tag is the package's version.
+#[test]
+fn the_kubernetes_pieces_agree_with_each_other_and_the_binary() {
+    let breaker = breaker_lab::lab::find_breaker_bin().expect("the breaker binary");
+    let dir = Scratch::new("deploy-the_kubernetes_pieces_agree");
+    let config_map = yaml(MANIFESTS[2].1);
+    let service = yaml(MANIFESTS[3].1);
+    let daemonset = yaml(MANIFESTS[4].1);
+    let pod = &daemonset["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+
+    // The ConfigMap's config is valid, and listens where Kubernetes looks.
+    let config_text = at(&config_map, &["data", "breaker.toml"]);
+    let config = dir.path().join("breaker.toml");
+    std::fs::write(&config, &config_text).unwrap();
+    let out = std::process::Command::new(&breaker)
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the ConfigMap's config: {out:?}");
+    let listen = config_text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("metrics_listen = "))
+        .expect("the ConfigMap sets metrics_listen");
+    let port = listen.trim_matches('"').rsplit(':').next().unwrap();
+    assert_eq!(at(container, &["ports", "0", "containerPort"]), port);
+    assert_eq!(at(&service, &["spec", "ports", "0", "port"]), port);
+    for annotated in [
+        &service["metadata"],
+        &daemonset["spec"]["template"]["metadata"],
+    ] {
+        assert_eq!(at(annotated, &["annotations", "prometheus.io/port"]), port);
+    }
+    assert_eq!(
+        at(&service, &["spec", "selector", "app.kubernetes.io/name"]),
+        at(
+            &daemonset,
+            &[
+                "spec",
+                "template",
+                "metadata",
+                "labels",
+                "app.kubernetes.io/name"
+            ]
+        )
+    );
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(at(container, &[probe, "httpGet", "path"]), "/healthz");
+    }
+
+    // The command is the binary's: it gets as far as reading the config file,
+    // which is where the ConfigMap is mounted.
+    let command: Vec<String> = container["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(command[0], "/usr/bin/breaker");
+    let config_mount = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "config")
+        .expect("the config mount");
+    assert_eq!(
+        Path::new(&at(config_mount, &["mountPath"])).join("breaker.toml"),
+        Path::new(&command[3])
+    );
+    std::fs::remove_file(&config).unwrap();
+    let args: Vec<String> = command[1..]
+        .iter()
+        .map(|a| a.replace("/etc/breaker/breaker.toml", config.to_str().unwrap()))
+        .collect();
+    let out = std::process::Command::new(&breaker)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&format!("cannot read config {}", config.display())),
+        "the DaemonSet's arguments: {out:?}"
+    );
+
+    // The unit's capabilities, no more.
+    let added: Vec<String> = container["securityContext"]["capabilities"]["add"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| format!("CAP_{}", v.as_str().unwrap()))
+        .collect();
+    let bounding = UNIT
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit's capabilities");
+    assert_eq!(added.join(" "), bounding);
+    assert_eq!(at(container, &["securityContext", "privileged"]), "false");
+
+    // The image runs what the .deb installs, and is tagged with its version.
+    let version = String::from_utf8(
+        std::process::Command::new(&breaker)
+            .arg("--version")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let version = version.split_whitespace().last().unwrap();
+    assert_eq!(at(container, &["image"]), format!("breaker:{version}"));
+    assert!(DOCKERFILE.contains(&format!("-t breaker:{version} ")));
+    assert!(DOCKERFILE.contains("cargo xtask package"));
+    assert!(DOCKERFILE.contains("target/debian/breaker_*.deb"));
+    assert!(DOCKERFILE.contains("apt-get install -y --no-install-recommends /tmp/breaker.deb"));
+    assert!(DOCKERFILE.contains(r#"ENTRYPOINT ["/usr/bin/breaker"]"#));
+    assert!(DOCKERFILE.contains(r#"CMD ["run", "--config", "/etc/breaker/breaker.toml"]"#));
+
+    // The node's bpffs holds the default pin folder, and the control socket's
+    // folder is the node's.
+    let mounts: Vec<String> = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| at(m, &["mountPath"]))
+        .collect();
+    for needed in [
+        "/sys/fs/bpf",
+        "/sys/fs/cgroup",
+        "/run/breaker",
+        "/etc/breaker",
+    ] {
+        assert!(mounts.iter().any(|m| m == needed), "{needed}: {mounts:?}");
+    }
+}

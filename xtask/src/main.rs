@@ -20,8 +20,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what the build and the tests need (idempotent): rust-src for nightly,
-    /// bpf-linker against the nightly's LLVM, bpffs, Debian packages.
-    Setup,
+    /// bpf-linker against the nightly's LLVM, bpffs, Debian packages, test tools.
+    Setup {
+        /// Only what building needs (rust-src, bpf-linker): for the image build.
+        #[arg(long)]
+        build_only: bool,
+    },
     /// Build the whole workspace, kernel programs included.
     Build {
         #[arg(long)]
@@ -164,7 +168,8 @@ pub fn workspace_root() -> std::path::PathBuf {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Setup => {
+        Cmd::Setup { build_only: true } => setup::run_build_only(),
+        Cmd::Setup { build_only: false } => {
             // Everything but the benchmarks' extras: the tests, on this kernel and in qemu.
             let packages: Vec<_> = setup::TEST_PACKAGES
                 .iter()

@@ -47,13 +47,36 @@ pub fn run(verbosity: Verbosity) -> anyhow::Result<()> {
     run_with(verbosity, TEST_PACKAGES)
 }
 
-pub fn run_with(verbosity: Verbosity, packages: &[(Probe, &'static str)]) -> anyhow::Result<()> {
-    let steps: [(&str, Step); 4] = [
-        ("rust-src for the nightly toolchain", nightly_rust_src),
-        ("bpf-linker built against the nightly's LLVM", bpf_linker),
-        ("bpffs at /sys/fs/bpf", bpffs),
-        ("promtool from Debian's prometheus package", promtool),
-    ];
+/// What building needs, and no more.
+const BUILD_STEPS: [(&str, Step); 2] = [
+    ("rust-src for the nightly toolchain", nightly_rust_src),
+    ("bpf-linker built against the nightly's LLVM", bpf_linker),
+];
+
+/// What the tests add to the build's needs.
+const TEST_STEPS: [(&str, Step); 3] = [
+    ("bpffs at /sys/fs/bpf", bpffs),
+    (
+        "promtool and prometheus from Debian's prometheus package",
+        prometheus,
+    ),
+    (
+        "kubernetes-validate in a Python venv under target/tools",
+        kubernetes_validate,
+    ),
+];
+
+/// Only what building the workspace and the package needs (the image build,
+/// which can neither mount bpffs nor wants the test tools).
+pub fn run_build_only() -> anyhow::Result<()> {
+    if run_steps(Verbosity::Report, &BUILD_STEPS)? == 0 {
+        eprintln!("setup: nothing to do, this machine can build");
+    }
+    Ok(())
+}
+
+/// Runs each step; returns how many did something.
+fn run_steps(verbosity: Verbosity, steps: &[(&str, Step)]) -> anyhow::Result<usize> {
     let mut did = 0;
     for (what, step) in steps {
         match step().with_context(|| format!("setup: {what}"))? {
@@ -65,6 +88,12 @@ pub fn run_with(verbosity: Verbosity, packages: &[(Probe, &'static str)]) -> any
             None => {}
         }
     }
+    Ok(did)
+}
+
+pub fn run_with(verbosity: Verbosity, packages: &[(Probe, &'static str)]) -> anyhow::Result<()> {
+    let mut did = run_steps(verbosity, &BUILD_STEPS)?;
+    did += run_steps(verbosity, &TEST_STEPS)?;
     match debian_packages(packages).context("setup: Debian packages")? {
         Some(done) => {
             did += 1;
@@ -227,12 +256,27 @@ pub fn promtool_path() -> PathBuf {
     crate::workspace_root().join("target/tools/bin/promtool")
 }
 
-/// promtool, unpacked from Debian's `prometheus` package into target/tools/ rather
-/// than installed: installing it would also install (and start) a Prometheus
-/// server on the machine.
-fn promtool() -> anyhow::Result<Option<String>> {
+/// Where setup puts the Prometheus server, which the dashboard test starts.
+pub fn prometheus_path() -> PathBuf {
+    crate::workspace_root().join("target/tools/bin/prometheus")
+}
+
+/// Where setup puts kubernetes-validate, which the manifests' test runs.
+pub fn kubernetes_validate_path() -> PathBuf {
+    crate::workspace_root().join("target/tools/venv/bin/kubernetes-validate")
+}
+
+/// The kubernetes-validate release the manifests are checked with (it ships the
+/// schemas of every Kubernetes version the test names).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+/// promtool and the Prometheus server, unpacked from Debian's `prometheus`
+/// package into target/tools/ rather than installed: installing it would also
+/// start a Prometheus server on the machine, for good.
+fn prometheus() -> anyhow::Result<Option<String>> {
     let dest = promtool_path();
-    if dest.exists() {
+    let server = prometheus_path();
+    if dest.exists() && server.exists() {
         return Ok(None);
     }
     let work = crate::workspace_root().join("target/tools/download");
@@ -272,8 +316,57 @@ fn promtool() -> anyhow::Result<Option<String>> {
     std::fs::create_dir_all(dest.parent().context("promtool's folder")?)?;
     std::fs::copy(unpacked.join("usr/bin/promtool"), &dest)
         .context("the prometheus package holds no usr/bin/promtool")?;
+    std::fs::copy(unpacked.join("usr/bin/prometheus"), &server)
+        .context("the prometheus package holds no usr/bin/prometheus")?;
     let _ = std::fs::remove_dir_all(&work);
-    Ok(Some(format!("unpacked into {}", dest.display())))
+    Ok(Some(format!(
+        "unpacked into {}",
+        dest.parent().unwrap_or(&dest).display()
+    )))
+}
+
+/// kubernetes-validate from PyPI, in a venv of its own under target/tools (the
+/// system's Python stays untouched).
+fn kubernetes_validate() -> anyhow::Result<Option<String>> {
+    let tool = kubernetes_validate_path();
+    if output(tool.to_str().context("a UTF-8 path")?, &["--version"]).is_some() {
+        return Ok(None);
+    }
+    let venv = tool
+        .parent()
+        .and_then(Path::parent)
+        .context("the venv's folder")?;
+    let _ = std::fs::remove_dir_all(venv);
+    let make_venv = || {
+        Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(venv)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // Debian's python3 makes venvs only with python3-venv installed.
+    if !make_venv() {
+        let _ = std::fs::remove_dir_all(venv);
+        must("apt-get", &["update", "-q"], &[])?;
+        must(
+            "apt-get",
+            &["install", "-y", "-q", "python3-venv"],
+            &[("DEBIAN_FRONTEND", Path::new("noninteractive"))],
+        )?;
+        if !make_venv() {
+            bail!("python3 -m venv {} failed", venv.display());
+        }
+    }
+    let pip = venv.join("bin/pip");
+    must(
+        pip.to_str().context("a UTF-8 path")?,
+        &["install", "-q", KUBERNETES_VALIDATE],
+        &[],
+    )?;
+    Ok(Some(format!("{KUBERNETES_VALIDATE} in {}", venv.display())))
 }
 
 fn debian_packages(packages: &[(Probe, &'static str)]) -> anyhow::Result<Option<String>> {
