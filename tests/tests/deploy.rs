@@ -1,8 +1,10 @@
 //! What ships beside the binary, checked by the tools that will read it:
 //! Prometheus' alert rules with `promtool check rules` and their unit tests with
 //! `promtool test rules`; the systemd unit with `systemd-analyze verify` and
-//! `security`. The files are compiled in. None of this depends on the kernel, so
-//! the kernel matrix leaves these tests to the host.
+//! `security`; the Kubernetes manifests with `kubernetes-validate`; the Grafana
+//! dashboard's queries and the alert rules with a real Prometheus server scraping
+//! a real daemon. The files are compiled in. Nothing here depends on the kernel's
+//! version, so the kernel matrix leaves these tests to the host.
 use std::path::Path;
 
 use breaker_lab::{
@@ -69,8 +71,8 @@ fn promtool_refuses_a_broken_rule() {
     };
     let dir = Scratch::new("deploy-promtool_refuses_a_broken_rule");
     let broken = RULES.replacen(
-        "expr: breaker_state{state=\"open\"} == 1",
-        "expr: breaker_state{state=\"open\" == 1",
+        "expr: breaker_cgroup_attached == 0",
+        "expr: breaker_cgroup_attached ==",
         1,
     );
     assert_ne!(broken, RULES);
@@ -463,4 +465,375 @@ fn the_kubernetes_pieces_agree_with_each_other_and_the_binary() {
     ] {
         assert!(mounts.iter().any(|m| m == needed), "{needed}: {mounts:?}");
     }
+}
+
+const DASHBOARD: &str = include_str!("../../deploy/grafana/breaker-dashboard.json");
+
+/// A panel's (or an annotation's) query as Prometheus gets it from Grafana: every
+/// host, and a rate window that holds several of the test's 1 s scrapes.
+fn grafana_to_promql(expr: &str) -> String {
+    expr.replace("$instance", ".*")
+        .replace("$__rate_interval", "30s")
+}
+
+/// Every query of the dashboard: (panel title, PromQL).
+fn dashboard_queries() -> Vec<(String, String)> {
+    let dashboard: serde_json::Value = serde_json::from_str(DASHBOARD).expect("dashboard JSON");
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let title = panel["title"].as_str().expect("a panel title").to_string();
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("a target's expr");
+            queries.push((title.clone(), grafana_to_promql(expr)));
+        }
+    }
+    for annotation in dashboard["annotations"]["list"]
+        .as_array()
+        .expect("annotations")
+    {
+        if let Some(expr) = annotation["expr"].as_str() {
+            let name = annotation["name"].as_str().unwrap_or("annotation");
+            queries.push((name.to_string(), grafana_to_promql(expr)));
+        }
+    }
+    queries
+}
+
+/// The dashboard is well formed for Grafana: unique panel ids, each panel placed
+/// on the 24-column grid with a known type and a query on the data source
+/// variable; the panels the shipping issue asks for are there.
+#[test]
+fn the_dashboard_is_well_formed() {
+    let dashboard: serde_json::Value = serde_json::from_str(DASHBOARD).expect("dashboard JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut ids = std::collections::BTreeSet::new();
+    for panel in panels {
+        let title = panel["title"].as_str().expect("a title");
+        assert!(
+            ids.insert(panel["id"].as_u64().expect("an id")),
+            "{title}: id"
+        );
+        assert!(
+            ["stat", "timeseries", "state-timeline", "bargauge"]
+                .contains(&panel["type"].as_str().expect("a type")),
+            "{title}: type"
+        );
+        let grid = &panel["gridPos"];
+        let (x, w) = (grid["x"].as_u64().unwrap(), grid["w"].as_u64().unwrap());
+        assert!(
+            x + w <= 24 && grid["h"].as_u64().unwrap() > 0,
+            "{title}: grid"
+        );
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
+        assert!(!panel["targets"].as_array().unwrap().is_empty(), "{title}");
+    }
+    let all: String = dashboard_queries()
+        .into_iter()
+        .map(|(_, q)| q + "\n")
+        .collect();
+    for metric in [
+        "breaker_state",
+        "breaker_connect_attempts_total",
+        "breaker_connect_failures_total",
+        "breaker_connects_rejected_total",
+        "breaker_connects_redirected_total",
+        "breaker_transitions_total",
+        "breaker_probes_total",
+        "breaker_default_policy_destinations",
+        "breaker_map_entries",
+        "breaker_program_run_seconds_total",
+    ] {
+        assert!(all.contains(metric), "no panel shows {metric}");
+    }
+    let variables: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(variables, ["datasource", "instance"]);
+}
+
+/// `s` percent-encoded for a URL's query string.
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Where the test's Prometheus listens, inside the lab's client namespace (where
+/// the daemon's metrics listener is).
+const PROMETHEUS: &str = "127.0.0.1:9090";
+
+/// A GET of Prometheus' HTTP API `path`, from the client namespace: its `data`.
+fn prometheus_api(lab: &breaker_lab::lab::Lab, path: &str) -> anyhow::Result<serde_json::Value> {
+    use std::io::{Read, Write};
+    let request = format!("GET {path} HTTP/1.0\r\nHost: prometheus\r\n\r\n");
+    let body = lab.client.within(move || -> anyhow::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(
+            &PROMETHEUS.parse()?,
+            std::time::Duration::from_secs(2),
+        )?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+        s.write_all(request.as_bytes())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default())
+    })??;
+    let answer: serde_json::Value = serde_json::from_str(&body)?;
+    anyhow::ensure!(answer["status"] == "success", "{path}: {body}");
+    Ok(answer["data"].clone())
+}
+
+/// The instant vector `expr` evaluates to now.
+fn prom_query(lab: &breaker_lab::lab::Lab, expr: &str) -> Vec<serde_json::Value> {
+    prometheus_api(lab, &format!("/api/v1/query?query={}", url_encode(expr)))
+        .ok()
+        .and_then(|d| d["result"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// The state (`pending` or `firing`) of the alert `name` for `upstream`, if active.
+fn alert_state(lab: &breaker_lab::lab::Lab, name: &str, upstream: &str) -> Option<String> {
+    let data = prometheus_api(lab, "/api/v1/alerts").ok()?;
+    data["alerts"]
+        .as_array()?
+        .iter()
+        .find(|a| a["labels"]["alertname"] == name && a["labels"]["upstream"] == upstream)
+        .and_then(|a| a["state"].as_str().map(String::from))
+}
+
+/// The Prometheus server, killed when the test ends however it ends.
+struct PrometheusServer(std::process::Child);
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The real Prometheus server (Debian's, unpacked by setup) scrapes a real daemon
+/// in the lab every second with the shipped alert rules loaded: during a trip,
+/// every dashboard query and every metric the rules name return data, every rule
+/// evaluates without error, and BreakerOpen goes pending, then fires after its
+/// minute; after the upstream recovers, it resolves.
+#[test]
+fn a_real_prometheus_shows_the_dashboard_and_fires_and_resolves_the_open_alert() {
+    use std::time::Duration;
+    let Some(prometheus) = privileges::should_run_with("prometheus", testing::prometheus()) else {
+        return;
+    };
+    let Some(mut lab) = testing::lab("prometheus", env!("CARGO_BIN_EXE_breaker-lab")) else {
+        return;
+    };
+    let scratch = Scratch::new("deploy-a_real_prometheus");
+    // Program run stats, for the kernel cost panel; off again when the test ends.
+    let _stats = breaker_lab::bench::StatsEnabled::on().expect("bpf_stats_enabled");
+    let up = breaker_lab::lab::UPSTREAM_V4;
+    lab.serve(&format!("{up}:8081"), "fallback").unwrap();
+    // api: refused (nobody listens on 8080) until the test serves it; probed every
+    // second once open for 3 s. pay: open for good, its connects redirected.
+    let config = format!(
+        "[[upstream]]\nname = \"api\"\nendpoints = [\"{up}:8080\"]\nfailure_threshold = 1\nopen_duration = \"3s\"\nprobe_interval = \"1s\"\n\
+         [[upstream]]\nname = \"pay\"\nendpoints = [\"{up}:8082\"]\nfallback = \"{up}:8081\"\nfailure_threshold = 1\nopen_duration = \"1h\"\n\
+         [default_policy]\nfailure_threshold = 1\n\
+         [[alert]]\nurl = \"http://127.0.0.1:9/\"\ntimeout = \"200ms\"\n"
+    );
+    lab.start_daemon(&config).unwrap();
+
+    std::fs::write(scratch.path().join("breaker-rules.yml"), RULES).unwrap();
+    std::fs::write(
+        scratch.path().join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - breaker-rules.yml\n\
+             scrape_configs:\n  - job_name: breaker\n    static_configs:\n      - targets: [\"{}\"]\n",
+            breaker_lab::lab::METRICS
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(scratch.path().join("prometheus.log")).unwrap();
+    let server = lab
+        .client
+        .command(&prometheus)
+        .arg(format!(
+            "--config.file={}",
+            scratch.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            scratch.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={PROMETHEUS}"))
+        .current_dir(scratch.path())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("starting prometheus");
+    let _server = PrometheusServer(server);
+    let prom_log =
+        || std::fs::read_to_string(scratch.path().join("prometheus.log")).unwrap_or_default();
+    assert!(
+        testing::eventually(Duration::from_secs(30), || {
+            prom_query(&lab, "up{job=\"breaker\"} == 1").len() == 1
+        }),
+        "Prometheus never scraped the daemon:\n{}",
+        prom_log()
+    );
+
+    // Trip api (rejected from then on), pay (redirected) and a default-policy
+    // destination; a reload, and the alert webhook failing, give their series.
+    let attempts = lab
+        .client(&[
+            "--to",
+            &format!("{up}:8080"),
+            "--count",
+            "3",
+            "--timeout-ms",
+            "500",
+        ])
+        .unwrap();
+    assert_eq!(
+        testing::outcomes(&attempts),
+        ["refused", "refused", "refused"]
+    );
+    lab.client(&[
+        "--to",
+        &format!("{up}:8082"),
+        "--count",
+        "3",
+        "--timeout-ms",
+        "500",
+    ])
+    .unwrap();
+    lab.client(&[
+        "--to",
+        &format!("{up}:9"),
+        "--count",
+        "2",
+        "--timeout-ms",
+        "500",
+    ])
+    .unwrap();
+    let reload = lab.cli(&["reload"]).unwrap();
+    assert!(reload.status.success(), "{reload:?}");
+
+    assert!(
+        testing::eventually(Duration::from_secs(30), || alert_state(
+            &lab,
+            "BreakerOpen",
+            "api"
+        )
+        .is_some()),
+        "BreakerOpen never became pending for api"
+    );
+    // The rule's `for: 1m`, as shipped: api stays open (its probes fail) meanwhile.
+    assert!(
+        testing::eventually(Duration::from_secs(90), || alert_state(
+            &lab,
+            "BreakerOpen",
+            "api"
+        )
+        .as_deref()
+            == Some("firing")),
+        "BreakerOpen never fired for api: {:?}",
+        alert_state(&lab, "BreakerOpen", "api")
+    );
+
+    // While open: every dashboard query has data, the state timeline says open,
+    // every metric the rules and panels name is scraped, and every rule evaluates.
+    for (panel, query) in dashboard_queries() {
+        if panel == "Breaker opened" {
+            continue; // an annotation: only has data in the minute of a trip
+        }
+        let result = prom_query(&lab, &query);
+        assert!(!result.is_empty(), "panel {panel:?}: no data for {query}");
+    }
+    let timeline = dashboard_queries()
+        .into_iter()
+        .find(|(panel, _)| panel == "Breaker state")
+        .unwrap()
+        .1;
+    // pay never probes (open for an hour); api is half-open while a probe runs.
+    let pay_state = prom_query(&lab, &timeline)
+        .into_iter()
+        .find(|s| s["metric"]["upstream"] == "pay")
+        .map(|s| s["value"][1].clone());
+    assert_eq!(
+        pay_state,
+        Some(serde_json::json!("2")),
+        "pay's state timeline"
+    );
+    let mut names: Vec<String> = Vec::new();
+    for text in [
+        RULES.to_string(),
+        dashboard_queries().into_iter().map(|(_, q)| q).collect(),
+    ] {
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("breaker_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            // Alert names such as BreakerOpen are capitalised; rule groups are not metrics.
+            if name.len() > "breaker_".len() && !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    assert!(names.len() >= 15, "{names:?}");
+    for name in &names {
+        assert!(
+            !prom_query(&lab, &format!("count({{__name__=\"{name}\"}})")).is_empty(),
+            "{name} is named by a rule or a panel but never scraped"
+        );
+    }
+    let rules = prometheus_api(&lab, "/api/v1/rules").unwrap();
+    let mut evaluated = 0;
+    for group in rules["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            assert_eq!(
+                rule["health"], "ok",
+                "rule {}: {}",
+                rule["name"], rule["lastError"]
+            );
+            evaluated += 1;
+        }
+    }
+    assert_eq!(evaluated, 8, "{rules}");
+
+    // api comes back: the probes close it, and the alert resolves.
+    lab.serve(&format!("{up}:8080"), "api").unwrap();
+    assert!(
+        testing::eventually(Duration::from_secs(30), || alert_state(
+            &lab,
+            "BreakerOpen",
+            "api"
+        )
+        .is_none()),
+        "BreakerOpen still active for api after it recovered"
+    );
+    assert_eq!(
+        prom_query(
+            &lab,
+            "breaker_state{upstream=\"api\", state=\"closed\"} == 1"
+        )
+        .len(),
+        1,
+        "api closed"
+    );
+    // pay stays open: its alert still fires.
+    assert_eq!(
+        alert_state(&lab, "BreakerOpen", "pay").as_deref(),
+        Some("firing")
+    );
 }

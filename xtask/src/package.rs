@@ -21,6 +21,7 @@ const EXPECTED: &[&str] = &[
     "/etc/breaker/breaker.toml",
     "/lib/systemd/system/breaker.service",
     "/usr/share/breaker/prometheus/breaker-rules.yml",
+    "/usr/share/breaker/grafana/breaker-dashboard.json",
     "/usr/share/bash-completion/completions/breaker",
     "/usr/share/zsh/vendor-completions/_breaker",
     "/usr/share/fish/vendor_completions.d/breaker.fish",

@@ -15,6 +15,7 @@ use std::path::Path;
 use anyhow::Context;
 
 pub use crate::stats::Summary;
+pub use kernel_stats::StatsEnabled;
 pub use report::Report;
 
 /// How much each scenario does.
