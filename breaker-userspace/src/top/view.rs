@@ -87,14 +87,12 @@ fn render_upstreams(frame: &mut Frame, model: &Model, area: Rect) {
         Constraint::Length(SPARKLINE_WIDTH as u16),
         Constraint::Length(10),
     ];
-    let title = if visible.len() == model.upstream_count() {
-        format!(" breaker top: {} upstreams ", model.upstream_count())
+    let total = model.upstream_count();
+    let noun = if total == 1 { "upstream" } else { "upstreams" };
+    let title = if visible.len() == total {
+        format!(" breaker top: {total} {noun} ")
     } else {
-        format!(
-            " breaker top: {} of {} upstreams ",
-            visible.len(),
-            model.upstream_count()
-        )
+        format!(" breaker top: {} of {total} {noun} ", visible.len())
     };
     let table = Table::new(rows, widths)
         .header(header)
