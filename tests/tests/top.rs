@@ -151,6 +151,10 @@ fn top_shows_the_upstreams_follows_a_trip_and_quits_on_q() {
         &format!("the trip shows: open, critical:\n{}", session.capture()),
     );
 
+    // The daemon's /status says the same word: one function computes both.
+    let said = lab.http_get("/status").unwrap_or_default();
+    check(&lab, said.contains("\"status\":\"critical\""), &said);
+
     session.send_keys("q");
     check(
         &lab,
