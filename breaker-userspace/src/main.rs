@@ -59,6 +59,16 @@ enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// A live view of every breaker, like htop: state, rates, the last minute,
+    /// the default policy's tripped destinations and the host's health. Keys: q
+    /// quit, s sort, / filter, Up/Down select, Enter the selected one's transitions.
+    Top {
+        /// How often to ask the daemon (at least 100ms).
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
+        interval: std::time::Duration,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Reject (or redirect) every connect to UPSTREAM, with no probing, until reset.
     ForceOpen {
         upstream: String,
@@ -128,6 +138,18 @@ struct SocketArg {
     path: PathBuf,
 }
 
+/// `top --interval`: a duration of at least [`breaker::top::MIN_INTERVAL`].
+fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
+    let interval = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if interval < breaker::top::MIN_INTERVAL {
+        return Err(format!(
+            "at least {}",
+            humantime::format_duration(breaker::top::MIN_INTERVAL)
+        ));
+    }
+    Ok(interval)
+}
+
 /// Exit status for a configuration the daemon refuses.
 const EXIT_BAD_CONFIG: u8 = 2;
 
@@ -184,6 +206,13 @@ fn main() -> ExitCode {
             json,
             socket,
         } => control(&socket.path, &Request::Status { upstream }, json),
+        Command::Top { interval, socket } => match breaker::top::run(&socket.path, interval) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::ForceOpen { upstream, socket } => {
             control(&socket.path, &Request::ForceOpen { upstream }, false)
         }

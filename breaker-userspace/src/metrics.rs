@@ -313,31 +313,19 @@ impl Metrics {
     pub fn status_json(&self, states: &StateTable) -> String {
         let names = self.names.read().unwrap_or_else(|e| e.into_inner());
         let mut upstreams = Vec::new();
-        let (mut open, mut not_closed) = (0usize, 0usize);
+        let mut breakers = Vec::new();
         for (id, name) in names.iter().filter(|(id, _)| *id != 0) {
             let Some(word) = states.load(*id) else {
                 continue;
             };
-            let state = match word.mode() {
-                Mode::ForceOpen => State::Open,
-                Mode::ForceClosed | Mode::Disabled => State::Closed,
-                Mode::Auto => word.state(),
-            };
-            open += usize::from(state == State::Open);
-            not_closed += usize::from(state != State::Closed);
+            breakers.push((word.mode(), word.state()));
             upstreams.push(serde_json::json!({
                 "name": name,
                 "state": word.state().name(),
                 "mode": word.mode().name(),
             }));
         }
-        let overall = if !upstreams.is_empty() && open == upstreams.len() {
-            "critical"
-        } else if not_closed > 0 {
-            "degraded"
-        } else {
-            "healthy"
-        };
+        let overall = crate::health::Health::of(breakers).name();
         let mut text = serde_json::json!({ "status": overall, "upstreams": upstreams }).to_string();
         text.push('\n');
         text

@@ -246,6 +246,11 @@ impl Lab {
         Ok(path)
     }
 
+    /// The lab's scratch folder (removed with the lab).
+    pub fn work_dir(&self) -> &Path {
+        &self.work
+    }
+
     /// Writes a file in the lab's scratch folder.
     pub fn work_file(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
         let path = self.work.join(name);

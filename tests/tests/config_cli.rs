@@ -326,6 +326,7 @@ fn completions_and_man_pages_cover_every_verb() {
         "run",
         "check-config",
         "status",
+        "top",
         "force-open",
         "force-close",
         "disable",

@@ -29,6 +29,8 @@ pub const TEST_PACKAGES: &[(Probe, &str)] = &[
     (Probe::Program("bpftool"), "bpftool"),
     // deploy.rs checks the systemd unit with systemd-analyze.
     (Probe::Program("systemd-analyze"), "systemd"),
+    // top.rs runs `breaker top` in a real terminal, a tmux pane.
+    (Probe::Program("tmux"), "tmux"),
 ];
 
 /// What the benchmarks add: the proxy they compare against, and a font for the plots.

@@ -9,7 +9,7 @@ use std::{
 
 use breaker_common::abi::Counters;
 
-use super::protocol::{EventView, TransitionView, Window};
+use super::protocol::{EventView, Totals, TransitionView, Window};
 
 /// Transitions kept per upstream.
 const TRANSITIONS_KEPT: usize = 20;
@@ -135,15 +135,24 @@ impl History {
         let Some((at, then)) = samples.front() else {
             return Window::default();
         };
-        let then = then.get(&id).copied().unwrap_or_default();
-        let failures = |c: &Counters| c.failures_refused + c.failures_timeout;
+        let then = totals(&then.get(&id).copied().unwrap_or_default());
+        let current = totals(current);
         Window {
             seconds: now.duration_since(*at).as_secs(),
-            connects: current.attempts.saturating_sub(then.attempts),
-            failures: failures(current).saturating_sub(failures(&then)),
-            rejected: (current.rejected + current.redirected)
-                .saturating_sub(then.rejected + then.redirected),
+            connects: current.connects.saturating_sub(then.connects),
+            failures: current.failures.saturating_sub(then.failures),
+            rejected: current.rejected.saturating_sub(then.rejected),
         }
+    }
+}
+
+/// The kernel's counters as `status` counts them: a failure is refused or timed
+/// out, a reject is failed fast or sent to the fallback.
+pub fn totals(c: &Counters) -> Totals {
+    Totals {
+        connects: c.attempts,
+        failures: c.failures_refused + c.failures_timeout,
+        rejected: c.rejected + c.redirected,
     }
 }
 

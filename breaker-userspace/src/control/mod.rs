@@ -143,6 +143,7 @@ impl View<'_> {
                     since_ms,
                     count: word.count(),
                     last_minute: history.window(now, *id, &counters),
+                    total: Some(history::totals(&counters)),
                     next_probe_ms,
                     detail,
                 })

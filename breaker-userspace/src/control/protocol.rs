@@ -88,6 +88,11 @@ pub struct UpstreamStatus {
     /// Consecutive failures (CLOSED) or successes (HALF_OPEN).
     pub count: u32,
     pub last_minute: Window,
+    /// Counts since the kernel's counters began, for rates: `breaker top` divides
+    /// the difference between two answers by the time between them. Absent from
+    /// a daemon older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<Totals>,
     /// Milliseconds until the next probe can start: OPEN, until `open_duration`
     /// has passed; HALF_OPEN, at most `probe_interval`; `null` when none is due.
     pub next_probe_ms: Option<u64>,
@@ -100,6 +105,15 @@ pub struct UpstreamStatus {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Window {
     pub seconds: u64,
+    pub connects: u64,
+    pub failures: u64,
+    pub rejected: u64,
+}
+
+/// Counts since the kernel's counters began (they outlive a restart that keeps
+/// the pins).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
     pub connects: u64,
     pub failures: u64,
     pub rejected: u64,

@@ -329,9 +329,10 @@ fn build_binaries() -> anyhow::Result<initramfs::Binaries> {
     let mut tests: Vec<PathBuf> = built
         .iter()
         .filter(|e| e.test && in_package(e, "tests"))
-        // deploy.rs checks files with host tools (promtool, systemd-analyze): the
-        // same on every kernel, so the host suite runs it and the guests do not.
-        .filter(|e| e.name != "deploy")
+        // deploy.rs checks files with host tools (promtool, systemd-analyze), top.rs
+        // drives a terminal in tmux: the same on every kernel, so the host suite
+        // runs them and the guests (which have neither tool) do not.
+        .filter(|e| e.name != "deploy" && e.name != "top")
         .map(|e| e.path.clone())
         .collect();
     if tests.is_empty() {
