@@ -28,6 +28,7 @@ pub mod map_names {
     pub const UPSTREAM_NAMES: &str = "UPSTREAM_NAMES";
     pub const PIN_METADATA: &str = "PIN_METADATA";
     pub const DAEMON_HEARTBEAT: &str = "DAEMON_HEARTBEAT";
+    pub const RATE_WINDOWS: &str = "RATE_WINDOWS";
 }
 
 /// The layout of every map that outlives a daemon (pinned and adopted by the next
@@ -211,6 +212,13 @@ pub struct UpstreamPolicy {
     /// (`connect_timeout`): its first retransmission, and with it the `timeout`
     /// outcome, comes this long after the SYN. 0 leaves the kernel's (1 s).
     pub connect_rto_jiffies: u32,
+    /// `failure_rate_threshold`: the breaker opens when this percent of the
+    /// connects in its window fail. 0: no rate tripping (and no window kept).
+    pub rate_threshold_pct: u32,
+    /// `minimum_connects`: the window must hold this many before the rate counts.
+    pub rate_minimum: u32,
+    /// One window bucket's width in jiffies (`window` / [`crate::window::BUCKETS`]).
+    pub rate_bucket_jiffies: u32,
 }
 
 impl UpstreamPolicy {
@@ -345,6 +353,8 @@ pub const CAUSE_SUCCESS: u32 = 4;
 pub const CAUSE_OPEN_EXPIRED: u32 = 5;
 pub const CAUSE_PROBE_SUCCESS: u32 = 6;
 pub const CAUSE_PROBE_FAILURE: u32 = 7;
+/// The failure-rate window reached its threshold.
+pub const CAUSE_FAILURE_RATE: u32 = 8;
 
 pub const fn cause_name(cause: u32) -> &'static str {
     match cause {
@@ -355,6 +365,7 @@ pub const fn cause_name(cause: u32) -> &'static str {
         CAUSE_OPEN_EXPIRED => "open_expired",
         CAUSE_PROBE_SUCCESS => "probe_success",
         CAUSE_PROBE_FAILURE => "probe_failure",
+        CAUSE_FAILURE_RATE => "failure_rate",
         _ => "unknown",
     }
 }
@@ -377,7 +388,8 @@ pub struct TransitionEvent {
 const _: () = assert!(core::mem::size_of::<Settings>() == 24);
 const _: () = assert!(core::mem::size_of::<EndpointV4>() == 6);
 const _: () = assert!(core::mem::size_of::<EndpointV6>() == 18);
-const _: () = assert!(core::mem::size_of::<UpstreamPolicy>() == 64);
+const _: () = assert!(core::mem::size_of::<UpstreamPolicy>() == 76);
+const _: () = assert!(core::mem::size_of::<crate::window::RateWindow>() == 80);
 const _: () = assert!(core::mem::size_of::<DestKey>() == 20);
 const _: () = assert!(core::mem::size_of::<BreakerCell>() == 8);
 const _: () = assert!(core::mem::size_of::<SocketRecord>() == 56);

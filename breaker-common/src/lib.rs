@@ -7,11 +7,13 @@
 //! - [`abi`]: the `#[repr(C)]` map keys, values, counters and events that cross the
 //!   kernel boundary.
 //! - [`dest`]: the one encoder of destination and endpoint keys.
+//! - [`window`]: the failure-rate window, a ring of time buckets per upstream.
 #![cfg_attr(not(test), no_std)]
 
 pub mod abi;
 pub mod dest;
 pub mod machine;
+pub mod window;
 
 #[cfg(feature = "user")]
 mod user;

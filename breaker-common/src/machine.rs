@@ -485,6 +485,47 @@ pub fn record(w: BreakerWord, outcome: Outcome, now_ms: u32, t: &Thresholds) -> 
     }
 }
 
+/// The failure-rate window of a CLOSED breaker reached its threshold at `now_ms`:
+/// it trips, as the consecutive count would. Anything but automatic CLOSED stays
+/// as it is (the window only counts connects made while CLOSED). Returns whether
+/// it tripped.
+#[inline(always)]
+pub fn trip_on_rate(w: BreakerWord, now_ms: u32) -> Step<bool> {
+    if w.mode() == Mode::Auto && w.state() == State::Closed {
+        Step {
+            next: w.tripped(now_ms),
+            result: true,
+        }
+    } else {
+        Step {
+            next: w,
+            result: false,
+        }
+    }
+}
+
+/// [`record`], then [`trip_on_rate`] when `rate_trips` (the failure-rate window,
+/// with this outcome added, reached its threshold): one step, so the programs
+/// apply both with one compare-and-swap.
+#[inline(always)]
+pub fn record_rated(
+    w: BreakerWord,
+    outcome: Outcome,
+    now_ms: u32,
+    t: &Thresholds,
+    rate_trips: bool,
+) -> Step<bool> {
+    let step = record(w, outcome, now_ms, t);
+    if rate_trips {
+        Step {
+            next: trip_on_rate(step.next, now_ms).next,
+            result: step.result,
+        }
+    } else {
+        step
+    }
+}
+
 /// A trial that ended without an outcome (its connect never reached the network,
 /// or the application closed it first) gives its HALF_OPEN slot back. Returns
 /// whether it still held one.

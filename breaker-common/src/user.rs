@@ -15,3 +15,4 @@ unsafe impl aya::Pod for Counters {}
 unsafe impl aya::Pod for TransitionEvent {}
 unsafe impl aya::Pod for UpstreamName {}
 unsafe impl aya::Pod for PinMetadata {}
+unsafe impl aya::Pod for crate::window::RateWindow {}

@@ -29,13 +29,18 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use breaker_common::{
-    abi::{SocketRecord, CAUSE_FAILURE_REFUSED, CAUSE_FAILURE_TIMEOUT, CAUSE_SUCCESS},
-    machine::{record as record_outcome, Outcome},
+    abi::{
+        SocketRecord, UpstreamPolicy, CAUSE_FAILURE_RATE, CAUSE_FAILURE_REFUSED,
+        CAUSE_FAILURE_TIMEOUT, CAUSE_SUCCESS, DEFAULT_UPSTREAM_ID,
+    },
+    machine::{record_rated, BreakerWord, Mode, Outcome, State, CAS_RETRIES},
+    window,
 };
 
 use crate::{
-    breaker::{count, now_ms, Breaker},
-    maps::POLICIES,
+    atomic::cas_u64,
+    breaker::{count, jiffies, now_ms, Breaker},
+    maps::{POLICIES, RATE_WINDOWS},
     record,
     release::count_abandoned,
 };
@@ -212,6 +217,139 @@ fn finish(ctx: &SockOpsContext, end: End) -> Result<(), i32> {
     let thresholds = breaker.policy.thresholds();
     // Only a failure reads the clock (it may trip the breaker at `now`).
     let now = if success { 0 } else { now_ms() };
-    breaker.update(ctx, cause, |w| record_outcome(w, outcome, now, &thresholds));
+    let rate = if breaker.policy.rate_threshold_pct != 0
+        && r.upstream != DEFAULT_UPSTREAM_ID
+        && trial_epoch.is_none()
+    {
+        rate_window(r.upstream, breaker.policy, breaker.peek(), !success)
+    } else {
+        0
+    };
+    let cause = if rate & RATE_NAMES_TRIP != 0 {
+        CAUSE_FAILURE_RATE
+    } else {
+        cause
+    };
+    let rate_trips = rate & RATE_TRIPS != 0;
+    breaker.update(ctx, cause, |w| {
+        record_rated(w, outcome, now, &thresholds, rate_trips)
+    });
+    // A trip, by the rate or by the consecutive count, empties the window, so a
+    // breaker that closes again counts afresh.
+    if rate & RATE_COUNTED != 0 && breaker.peek().state() == State::Open {
+        clear_window(r.upstream);
+    }
     Ok(())
+}
+
+/// [`rate_window`]'s verdict: the outcome went into the window...
+const RATE_COUNTED: u32 = 1;
+/// ...the window reached its threshold: the breaker trips...
+const RATE_TRIPS: u32 = 2;
+/// ...and the consecutive count would not have tripped it anyway (the transition
+/// is the rate's).
+const RATE_NAMES_TRIP: u32 = 4;
+
+/// Adds one outcome of a configured upstream to its failure-rate window, if the
+/// breaker was CLOSED (the window counts no trials, nothing while open) and says
+/// what follows (the `RATE_` bits). Kept out of line, like the functions it calls:
+/// sock_ops' own stack frame is near the verifier's 512 bytes.
+/// Scalars only: a `&Breaker` would put the whole struct on the caller's stack.
+#[inline(never)]
+fn rate_window(upstream: u32, p: &UpstreamPolicy, before: BreakerWord, failure: bool) -> u32 {
+    if before.state() != State::Closed || before.mode() != Mode::Auto {
+        return 0;
+    }
+    let Some(w) = RATE_WINDOWS.get_ptr_mut(upstream) else {
+        return 0;
+    };
+    let buckets = bucket_ptr(w);
+    let slot = window::slot_of(jiffies(), p.rate_bucket_jiffies);
+    if !add_to_window(buckets, slot, failure) {
+        count(upstream, |c| c.contention_misses += 1);
+        return 0;
+    }
+    if !failure || !window_exceeded(buckets, slot, p.rate_threshold_pct, p.rate_minimum) {
+        return RATE_COUNTED;
+    }
+    if before.count() + 1 < p.failure_threshold {
+        RATE_COUNTED | RATE_TRIPS | RATE_NAMES_TRIP
+    } else {
+        RATE_COUNTED | RATE_TRIPS
+    }
+}
+
+/// Adds one outcome to the bucket of `slot` in a failure-rate window; false if
+/// every compare-and-swap lost a race. Not inlined, like [`window_exceeded`]:
+/// sock_ops' own stack frame is near the verifier's 512 bytes already.
+#[inline(never)]
+fn add_to_window(buckets: *mut u64, slot: u32, failure: bool) -> bool {
+    // The verifier does not follow `%`: hide the index from the compiler (which
+    // would drop a check it knows is always true) and check it where it can see.
+    let index = window::index_of(slot);
+    // SAFETY: reads a local.
+    let index = unsafe { core::ptr::read_volatile(&index) };
+    if index >= window::BUCKETS {
+        return false;
+    }
+    // SAFETY: index is below BUCKETS: inside the map value.
+    let bucket = unsafe { buckets.add(index) };
+    // SAFETY: `bucket` points into the map value, 8-aligned.
+    let mut current = unsafe { core::ptr::read_volatile(bucket) };
+    for _ in 0..CAS_RETRIES {
+        let next = window::add(current, slot, failure);
+        // SAFETY: as above.
+        match unsafe { cas_u64(bucket, current, next) } {
+            Ok(_) => return true,
+            Err(actual) => current = actual,
+        }
+    }
+    false
+}
+
+/// Whether the window ending at `slot` reaches `threshold_pct` with `minimum`
+/// connects in it.
+#[inline(never)]
+fn window_exceeded(buckets: *mut u64, slot: u32, threshold_pct: u32, minimum: u32) -> bool {
+    let (mut attempts, mut failures) = (0u32, 0u32);
+    let mut i = 0usize;
+    while i < window::BUCKETS {
+        // Through memory, so the compiler keeps this a loop (an unrolled one spills
+        // each bucket to the stack) and the verifier sees the bound checked.
+        // SAFETY: reads a local.
+        let index = unsafe { core::ptr::read_volatile(&i) };
+        if index >= window::BUCKETS {
+            break;
+        }
+        // SAFETY: index is below BUCKETS, inside the map value; racing adds only
+        // make the tally a little stale, never invalid.
+        let b = window::Bucket::unpack(unsafe { core::ptr::read_volatile(buckets.add(index)) });
+        if window::in_window(b.slot, slot) {
+            attempts += b.attempts;
+            failures += b.failures;
+        }
+        i = index + 1;
+    }
+    window::exceeded(attempts, failures, threshold_pct, minimum)
+}
+
+/// The first bucket of a window in a map value.
+#[inline(always)]
+fn bucket_ptr(w: *mut window::RateWindow) -> *mut u64 {
+    // SAFETY: `w` is a live map value; only a field's address is taken.
+    unsafe { core::ptr::addr_of_mut!((*w).buckets).cast::<u64>() }
+}
+
+/// Empties upstream `upstream`'s window, bucket by bucket (a racing add may
+/// survive: one outcome).
+#[inline(never)]
+fn clear_window(upstream: u32) {
+    let Some(w) = RATE_WINDOWS.get_ptr_mut(upstream) else {
+        return;
+    };
+    let buckets = bucket_ptr(w);
+    for i in 0..window::BUCKETS {
+        // SAFETY: each index is below BUCKETS, inside the map value.
+        unsafe { core::ptr::write_volatile(buckets.add(i), 0) };
+    }
 }

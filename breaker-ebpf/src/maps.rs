@@ -5,9 +5,12 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
-use breaker_common::abi::{
-    BreakerCell, Counters, DestKey, EndpointV4, EndpointV6, PinMetadata, Settings, SocketRecord,
-    UpstreamName, UpstreamPolicy,
+use breaker_common::{
+    abi::{
+        BreakerCell, Counters, DestKey, EndpointV4, EndpointV6, PinMetadata, Settings,
+        SocketRecord, UpstreamName, UpstreamPolicy,
+    },
+    window::RateWindow,
 };
 
 /// Global settings (probe mark, default policy on/off). Written by the daemon.
@@ -60,6 +63,13 @@ pub static DEFAULT_TRIPPED: HashMap<DestKey, BreakerCell> =
 /// of two); a connect finding its slots taken goes unwatched.
 #[map]
 pub static SOCKET_RECORDS: Array<SocketRecord> = Array::with_max_entries(1, 0);
+
+/// Upstream id -> its failure-rate window (a ring of time buckets), for upstreams
+/// with `failure_rate_threshold`. Each bucket changed by compare-and-swap by
+/// sock_ops at each outcome of a connect made while CLOSED; zeroed at a trip.
+/// Made anew at each load: a reload starts every window empty.
+#[map]
+pub static RATE_WINDOWS: Array<RateWindow> = Array::with_max_entries(1, 0);
 
 /// Upstream id -> counters, per CPU (written on every watched connect).
 #[map]

@@ -59,7 +59,10 @@ pub fn explain(error: &KernelError, config: &Config) -> Option<Explained> {
             let n: usize = config.upstreams.iter().map(|u| u.endpoints.len()).sum();
             (format!("upstream endpoints ({n} in all)"), true)
         }
-        map_names::POLICIES | map_names::UPSTREAM_STATES | map_names::COUNTERS => (
+        map_names::POLICIES
+        | map_names::UPSTREAM_STATES
+        | map_names::COUNTERS
+        | map_names::RATE_WINDOWS => (
             format!("upstream ({} upstreams)", config.upstreams.len()),
             true,
         ),

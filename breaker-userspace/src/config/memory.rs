@@ -13,6 +13,7 @@ use breaker_common::abi::{
     BreakerCell, Counters, DestKey, EndpointV4, EndpointV6, PinMetadata, Settings, SocketRecord,
     UpstreamName, UpstreamPolicy,
 };
+use breaker_common::window::RateWindow;
 use ipnet::IpNet;
 
 use super::Config;
@@ -136,6 +137,7 @@ impl Config {
             lpm_trie(v4, size_of::<EndpointV4>(), u32_size),
             lpm_trie(v6, size_of::<EndpointV6>(), u32_size),
             array(slots, size_of::<UpstreamPolicy>()),
+            array(slots, size_of::<RateWindow>()),
             // Mmapable: whole pages.
             array(slots, size_of::<u64>()).next_multiple_of(PAGE),
             hash_map(destinations, size_of::<DestKey>(), size_of::<BreakerCell>()),

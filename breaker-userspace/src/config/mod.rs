@@ -75,6 +75,10 @@ pub mod defaults {
     /// "brk" in ASCII.
     pub const PROBE_MARK: u32 = 0x0062_726b;
     pub const DEFAULT_POLICY_MAX_DESTINATIONS: u32 = 65_536;
+    /// Hystrix's rolling window: 10 s in 10 buckets, and at least 20 requests in
+    /// it before the error percentage counts.
+    pub const WINDOW: Duration = Duration::from_secs(10);
+    pub const MINIMUM_CONNECTS: u32 = 20;
 }
 
 /// Largest config file read: real configs are a few KiB (100 000 endpoints are about
@@ -101,6 +105,11 @@ const MAX_TRIAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// and at most its TCP_RTO_MAX.
 const MIN_CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bounds of the failure-rate window: buckets of 100 ms to 1 min.
+const MIN_WINDOW: Duration = Duration::from_secs(1);
+const MAX_WINDOW: Duration = Duration::from_secs(600);
+/// Largest minimum_connects: ten buckets of at most 65 535 connects each.
+const MAX_MINIMUM_CONNECTS: u32 = 100_000;
 
 /// The thresholds and timings of one breaker, after defaults and overrides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +126,17 @@ pub struct Policy {
     pub open_duration: Duration,
     pub probe_interval: Duration,
     pub probe_timeout: Duration,
+    /// Failure-rate tripping, beside the consecutive count; `None`: off.
+    pub rate: Option<RatePolicy>,
+}
+
+/// The breaker also opens when `threshold_pct` percent of the connects in the
+/// last `window` fail, once the window holds at least `minimum_connects`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RatePolicy {
+    pub threshold_pct: u32,
+    pub minimum_connects: u32,
+    pub window: Duration,
 }
 
 /// How the daemon checks an upstream while it is open.
@@ -260,6 +280,10 @@ struct RawPolicy {
     probe_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     probe_timeout: Option<Duration>,
+    failure_rate_threshold: Option<u32>,
+    minimum_connects: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    window: Option<Duration>,
 }
 
 // The policy keys are spelled out in RawUpstream and RawDefaultPolicy rather than
@@ -276,6 +300,9 @@ macro_rules! raw_policy_of {
             open_duration: $raw.open_duration,
             probe_interval: $raw.probe_interval,
             probe_timeout: $raw.probe_timeout,
+            failure_rate_threshold: $raw.failure_rate_threshold,
+            minimum_connects: $raw.minimum_connects,
+            window: $raw.window,
         }
     };
 }
@@ -306,6 +333,10 @@ struct RawUpstream {
     probe_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     probe_timeout: Option<Duration>,
+    failure_rate_threshold: Option<u32>,
+    minimum_connects: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    window: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -343,6 +374,10 @@ struct RawDefaultPolicy {
     probe_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     probe_timeout: Option<Duration>,
+    failure_rate_threshold: Option<u32>,
+    minimum_connects: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    window: Option<Duration>,
 }
 
 fn yes() -> bool {
@@ -363,6 +398,9 @@ impl RawPolicy {
             open_duration: self.open_duration.or(base.open_duration),
             probe_interval: self.probe_interval.or(base.probe_interval),
             probe_timeout: self.probe_timeout.or(base.probe_timeout),
+            failure_rate_threshold: self.failure_rate_threshold.or(base.failure_rate_threshold),
+            minimum_connects: self.minimum_connects.or(base.minimum_connects),
+            window: self.window.or(base.window),
         }
     }
 }
@@ -412,6 +450,11 @@ impl Check<'_> {
             open_duration: raw.open_duration.unwrap_or(defaults::OPEN_DURATION),
             probe_interval: raw.probe_interval.unwrap_or(defaults::PROBE_INTERVAL),
             probe_timeout: raw.probe_timeout.unwrap_or(defaults::PROBE_TIMEOUT),
+            rate: raw.failure_rate_threshold.map(|threshold_pct| RatePolicy {
+                threshold_pct,
+                minimum_connects: raw.minimum_connects.unwrap_or(defaults::MINIMUM_CONNECTS),
+                window: raw.window.unwrap_or(defaults::WINDOW),
+            }),
         };
         let field = |name: &str| format!("{at}{name}");
         if !(1..=MAX_COUNT).contains(&p.failure_threshold) {
@@ -457,6 +500,32 @@ impl Check<'_> {
                 return self.fail(
                     field("connect_timeout"),
                     format!("must be between 200ms and 2m, got {t:?}"),
+                );
+            }
+        }
+        if let Some(r) = p.rate {
+            if !(1..=100).contains(&r.threshold_pct) {
+                return self.fail(
+                    field("failure_rate_threshold"),
+                    format!(
+                        "must be a percent between 1 and 100, got {}",
+                        r.threshold_pct
+                    ),
+                );
+            }
+            if !(1..=MAX_MINIMUM_CONNECTS).contains(&r.minimum_connects) {
+                return self.fail(
+                    field("minimum_connects"),
+                    format!(
+                        "must be between 1 and {MAX_MINIMUM_CONNECTS}, got {}",
+                        r.minimum_connects
+                    ),
+                );
+            }
+            if !(MIN_WINDOW..=MAX_WINDOW).contains(&r.window) {
+                return self.fail(
+                    field("window"),
+                    format!("must be between 1s and 10m, got {:?}", r.window),
                 );
             }
         }
@@ -904,10 +973,19 @@ impl Check<'_> {
             // in [default_policy] itself.
             raw_policy_of!(d).over(RawPolicy {
                 connect_timeout: None,
+                failure_rate_threshold: None,
                 ..base
             }),
             defaults::DEFAULT_POLICY_HALF_OPEN_MAX_CONNECTIONS,
         )?;
+        // Each destination has a breaker of its own but no window: one shared
+        // window would let a few failing destinations trip healthy ones.
+        if d.failure_rate_threshold.is_some() {
+            return self.fail(
+                "default_policy.failure_rate_threshold",
+                "is not supported for the default policy (its destinations keep no failure-rate window); use failure_threshold, or name the upstream",
+            );
+        }
         // Checked after merging: [defaults] may be where the 0 comes from.
         if policy.half_open_max_connections == 0 {
             let mut reason = format!(
@@ -1155,8 +1233,17 @@ fn describe_policy(p: &Policy) -> String {
         ),
         None => "a connect unanswered for the kernel's 1s counts as a timeout".to_string(),
     };
+    let rate = match p.rate {
+        Some(r) => format!(
+            " or when {} % of at least {} connects in {} fail",
+            r.threshold_pct,
+            r.minimum_connects,
+            humantime::format_duration(r.window)
+        ),
+        None => String::new(),
+    };
     format!(
-        "opens after {} consecutive failures ({timeout}); open {}; {trials}; closes after {} successes; probe every {} (timeout {})",
+        "opens after {} consecutive failures{rate} ({timeout}); open {}; {trials}; closes after {} successes; probe every {} (timeout {})",
         p.failure_threshold,
         humantime::format_duration(p.open_duration),
         p.success_threshold,

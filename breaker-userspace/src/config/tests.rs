@@ -698,3 +698,103 @@ fn the_shipped_config_is_valid_and_so_are_its_examples() {
         Some(std::path::Path::new("system.slice/legacy-app.service"))
     );
 }
+
+#[test]
+fn failure_rate_is_off_unless_a_threshold_is_set_and_takes_hystrix_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.upstreams[0].policy.rate, None);
+    // window and minimum_connects alone (say from [defaults]) turn nothing on.
+    let c = parse(&format!(
+        "[defaults]\nwindow = '30s'\nminimum_connects = 5\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(c.upstreams[0].policy.rate, None);
+    let c = parse(&format!("{MINIMAL}failure_rate_threshold = 50\n")).unwrap();
+    assert_eq!(
+        c.upstreams[0].policy.rate,
+        Some(RatePolicy {
+            threshold_pct: 50,
+            minimum_connects: 20,
+            window: Duration::from_secs(10),
+        })
+    );
+    // [defaults] under the upstream's own keys.
+    let c = parse(&format!(
+        "[defaults]\nfailure_rate_threshold = 25\nwindow = '1m'\n{MINIMAL}minimum_connects = 7\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.upstreams[0].policy.rate,
+        Some(RatePolicy {
+            threshold_pct: 25,
+            minimum_connects: 7,
+            window: Duration::from_secs(60),
+        })
+    );
+}
+
+#[test]
+fn failure_rate_bounds_are_refused_with_the_key_named() {
+    for (extra, key, says) in [
+        (
+            "failure_rate_threshold = 0",
+            "failure_rate_threshold",
+            "between 1 and 100",
+        ),
+        (
+            "failure_rate_threshold = 101",
+            "failure_rate_threshold",
+            "between 1 and 100",
+        ),
+        (
+            "failure_rate_threshold = 50\nminimum_connects = 0",
+            "minimum_connects",
+            "between 1 and",
+        ),
+        (
+            "failure_rate_threshold = 50\nwindow = '500ms'",
+            "window",
+            "between 1s and 10m",
+        ),
+        (
+            "failure_rate_threshold = 50\nwindow = '11m'",
+            "window",
+            "between 1s and 10m",
+        ),
+    ] {
+        let (field, reason) = invalid_field(&format!("{MINIMAL}{extra}\n"));
+        assert!(field.ends_with(key), "{extra}: {field}");
+        assert!(reason.contains(says), "{extra}: {reason}");
+    }
+}
+
+#[test]
+fn the_default_policy_refuses_a_failure_rate_and_does_not_inherit_one() {
+    let (field, reason) = invalid_field("[default_policy]\nfailure_rate_threshold = 50\n");
+    assert_eq!(field, "default_policy.failure_rate_threshold");
+    assert!(
+        reason.contains("not supported for the default policy"),
+        "{reason}"
+    );
+    let c = parse(&format!(
+        "[defaults]\nfailure_rate_threshold = 50\n{MINIMAL}[default_policy]\n"
+    ))
+    .unwrap();
+    assert!(c.upstreams[0].policy.rate.is_some());
+    assert_eq!(c.default_policy.unwrap().policy.rate, None);
+}
+
+#[test]
+fn the_policy_is_explained_with_its_rate() {
+    let c = parse(&format!(
+        "{MINIMAL}failure_rate_threshold = 50\nminimum_connects = 20\n"
+    ))
+    .unwrap();
+    let text = describe_policy(&c.upstreams[0].policy);
+    assert!(
+        text.starts_with(
+            "opens after 5 consecutive failures or when 50 % of at least 20 connects in 10s fail"
+        ),
+        "{text}"
+    );
+}

@@ -247,13 +247,14 @@ const KEPT_MAPS: [&str; 8] = [
 
 /// Maps made anew from the config at each load, so the programs swapped in see a
 /// complete config from their first run; pinned too, for a person to inspect.
-const FRESH_MAPS: [&str; 6] = [
+const FRESH_MAPS: [&str; 7] = [
     map_names::SETTINGS,
     map_names::ENDPOINTS_EXACT,
     map_names::ENDPOINTS_V4,
     map_names::ENDPOINTS_V6,
     map_names::POLICIES,
     map_names::EVENTS,
+    map_names::RATE_WINDOWS,
 ];
 
 impl Kernel {
@@ -795,6 +796,7 @@ fn loader_for(sizes: &crate::config::MapSizes) -> EbpfLoader<'static> {
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(map_names::POLICIES, slots)
+        .map_max_entries(map_names::RATE_WINDOWS, slots)
         .map_max_entries(map_names::ENDPOINTS_EXACT, sizes.exact)
         .map_max_entries(map_names::ENDPOINTS_V4, sizes.v4)
         .map_max_entries(map_names::ENDPOINTS_V6, sizes.v6)
@@ -1042,6 +1044,12 @@ pub fn policy_abi(p: &Policy, fallback: &[SocketAddr], hz: u32) -> UpstreamPolic
         connect_rto_jiffies: p.connect_timeout.map_or(0, |t| duration_jiffies(t, hz)),
         ..Default::default()
     };
+    if let Some(r) = p.rate {
+        abi.rate_threshold_pct = r.threshold_pct;
+        abi.rate_minimum = r.minimum_connects;
+        abi.rate_bucket_jiffies =
+            duration_jiffies(r.window / breaker_common::window::BUCKETS as u32, hz);
+    }
     for addr in fallback {
         let key = DestKey::from_socket_addr(*addr);
         let port = port_ne(addr.port()) as u32;

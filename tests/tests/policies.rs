@@ -1,0 +1,171 @@
+//! Trip policies beside the consecutive count, on a real kernel: the failure-rate
+//! window (`failure_rate_threshold`, `minimum_connects`, `window`), kept by
+//! sock_ops per upstream. They need root; outside CI they skip with a reason,
+//! under CI=true they fail.
+use breaker_lab::{
+    lab::{Lab, UPSTREAM_V4},
+    testing::check,
+};
+
+fn lab(tag: &str) -> Option<Lab> {
+    breaker_lab::testing::lab(tag, env!("CARGO_BIN_EXE_breaker-lab"))
+}
+
+/// One connect to `port` of the upstream namespace: its outcome.
+fn connect(lab: &Lab, port: u16) -> String {
+    let to = format!("{UPSTREAM_V4}:{port}");
+    let attempts = lab
+        .client(&["--to", &to, "--count", "1", "--timeout-ms", "2000"])
+        .unwrap();
+    attempts[0].outcome.clone()
+}
+
+/// Two upstreams, each of a live endpoint and a refused one, driven the same way:
+/// a connect to the live one, then one to the refused one, again and again, so no
+/// two failures are ever consecutive. `rate` (50 % of at least 10) opens at its
+/// 10th connect; `streak` (3 consecutive failures, no rate) never does.
+const TWO_HALF_FAILING: &str = r#"
+[[upstream]]
+name = "rate"
+endpoints = ["10.77.0.2:8080", "10.77.0.2:8081"]
+failure_threshold = 100
+failure_rate_threshold = 50
+minimum_connects = 10
+window = "1m"
+open_duration = "1h"
+
+[[upstream]]
+name = "streak"
+endpoints = ["10.77.0.2:8082", "10.77.0.2:8083"]
+failure_threshold = 3
+open_duration = "1h"
+"#;
+
+#[test]
+fn a_half_failing_upstream_trips_on_its_failure_rate_not_on_consecutive_failures() {
+    let Some(mut lab) = lab("rate") else {
+        return;
+    };
+    lab.serve(&format!("{UPSTREAM_V4}:8080"), "rate-live")
+        .unwrap();
+    lab.serve(&format!("{UPSTREAM_V4}:8082"), "streak-live")
+        .unwrap();
+    lab.start_daemon(TWO_HALF_FAILING).unwrap();
+
+    let mut rate = Vec::new();
+    let mut streak = Vec::new();
+    for _ in 0..8 {
+        rate.push(connect(&lab, 8080));
+        rate.push(connect(&lab, 8081));
+        streak.push(connect(&lab, 8082));
+        streak.push(connect(&lab, 8083));
+    }
+    // Ten connects (5 failed: 50 % of the minimum) trip `rate` at the 10th; from
+    // then on its live endpoint is refused too, failed fast by the breaker.
+    let expected: Vec<&str> = (0..16)
+        .map(|i| match i {
+            0..=9 if i % 2 == 0 => "ok",
+            _ => "refused",
+        })
+        .collect();
+    check(
+        &lab,
+        rate == expected,
+        &format!("rate's outcomes: {rate:?}"),
+    );
+    let rejected = lab
+        .metric("breaker_connects_rejected_total", &[("upstream", "rate")])
+        .unwrap();
+    check(
+        &lab,
+        rejected == 6.0,
+        &format!("the 6 connects after the trip were failed fast, not {rejected}"),
+    );
+    let open = lab
+        .wait_metric(
+            "breaker_state",
+            &[("upstream", "rate"), ("state", "open")],
+            1.0,
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap();
+    check(&lab, open == 1.0, "rate is open");
+    let events = lab.cli(&["events"]).unwrap();
+    let events = String::from_utf8_lossy(&events.stdout);
+    check(
+        &lab,
+        events
+            .lines()
+            .any(|l| l.contains("rate") && l.contains("closed -> open  (failure_rate)")),
+        &format!("the trip is the failure rate's:\n{events}"),
+    );
+
+    // The same pattern never fails twice in a row: consecutive counting alone
+    // leaves `streak` closed, its live endpoint reachable.
+    check(
+        &lab,
+        streak.iter().step_by(2).all(|o| o == "ok")
+            && streak.iter().skip(1).step_by(2).all(|o| o == "refused"),
+        &format!("streak's outcomes: {streak:?}"),
+    );
+    let closed = lab
+        .metric(
+            "breaker_state",
+            &[("upstream", "streak"), ("state", "closed")],
+        )
+        .unwrap();
+    check(&lab, closed == 1.0, "streak is still closed");
+}
+
+/// The trip empties the window: after an operator's reset, one failure does not
+/// trip again on the failures counted before the trip (10 in a window of 1 min
+/// with a minimum of 10 would). Nor do outcomes of connects failed fast while
+/// open ever enter it.
+#[test]
+fn a_trip_empties_the_window_so_a_closed_breaker_counts_afresh() {
+    let Some(mut lab) = lab("ratereset") else {
+        return;
+    };
+    lab.serve(&format!("{UPSTREAM_V4}:8080"), "rate-live")
+        .unwrap();
+    lab.start_daemon(TWO_HALF_FAILING).unwrap();
+    for _ in 0..5 {
+        connect(&lab, 8080);
+        connect(&lab, 8081);
+    }
+    let open = lab
+        .metric("breaker_state", &[("upstream", "rate"), ("state", "open")])
+        .unwrap();
+    check(&lab, open == 1.0, "rate tripped at its 10th connect");
+    // Rejected while open: none of these may count once closed.
+    for _ in 0..5 {
+        connect(&lab, 8081);
+    }
+    let reset = lab.cli(&["reset", "rate"]).unwrap();
+    check(&lab, reset.status.success(), &format!("reset: {reset:?}"));
+    // Nine more connects, every one failing: 9 of 9 is 100 %, but under the
+    // minimum of 10; with the old window (or the rejected ones) counted, it would
+    // have tripped at the first.
+    let after: Vec<String> = (0..9).map(|_| connect(&lab, 8081)).collect();
+    let closed = lab
+        .metric(
+            "breaker_state",
+            &[("upstream", "rate"), ("state", "closed")],
+        )
+        .unwrap();
+    check(
+        &lab,
+        closed == 1.0,
+        &format!("still closed after 9 failures in a fresh window: {after:?}"),
+    );
+    // The 10th trips it.
+    connect(&lab, 8081);
+    let open = lab
+        .metric("breaker_state", &[("upstream", "rate"), ("state", "open")])
+        .unwrap();
+    check(
+        &lab,
+        open == 1.0,
+        "the 10th failure of the fresh window trips it",
+    );
+}
