@@ -8,7 +8,8 @@ pub enum Health {
     Healthy,
     /// Some upstream not closed.
     Degraded,
-    /// Every configured upstream open.
+    /// No configured upstream closed: each open, or half-open (a dead upstream is
+    /// half-open for as long as its probes fail), as the alert rules count it.
     Critical,
 }
 
@@ -16,7 +17,7 @@ impl Health {
     /// From each upstream's mode and state. An override decides what connects
     /// see: forced open counts as open, forced closed and disabled as closed.
     pub fn of(breakers: impl IntoIterator<Item = (Mode, State)>) -> Health {
-        let (mut total, mut open, mut not_closed) = (0usize, 0usize, 0usize);
+        let (mut total, mut not_closed) = (0usize, 0usize);
         for (mode, state) in breakers {
             let seen = match mode {
                 Mode::ForceOpen => State::Open,
@@ -24,10 +25,9 @@ impl Health {
                 Mode::Auto => state,
             };
             total += 1;
-            open += usize::from(seen == State::Open);
             not_closed += usize::from(seen != State::Closed);
         }
-        if total > 0 && open == total {
+        if total > 0 && not_closed == total {
             Health::Critical
         } else if not_closed > 0 {
             Health::Degraded
@@ -90,6 +90,11 @@ mod tests {
             Health::Degraded
         );
         assert_eq!(Health::of([(Auto, Open), (Auto, Open)]), Health::Critical);
+        // A dead upstream is half-open while its probes fail: still nothing closed.
+        assert_eq!(
+            Health::of([(Auto, Open), (Auto, HalfOpen)]),
+            Health::Critical
+        );
         assert_eq!(Health::of([(ForceOpen, Closed)]), Health::Critical);
         assert_eq!(
             Health::of([(Disabled, Open), (Auto, Closed)]),

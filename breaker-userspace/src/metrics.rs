@@ -181,6 +181,17 @@ impl Metrics {
         for c in self.per_upstream() {
             c.with_label_values(&[name]);
         }
+        // The state machine's own transitions at zero, so that `increase()` sees
+        // a breaker's first trip too (a series born at 1 has no increase).
+        for (from, to) in [
+            (State::Closed, State::Open),
+            (State::Open, State::HalfOpen),
+            (State::HalfOpen, State::Closed),
+            (State::HalfOpen, State::Open),
+        ] {
+            self.transitions
+                .with_label_values(&[name, from.name(), to.name()]);
+        }
     }
 
     fn per_upstream(&self) -> [&IntCounterVec; 8] {
@@ -308,8 +319,8 @@ impl Metrics {
     }
 
     /// `/status`: each configured upstream's state and mode, and overall
-    /// `healthy` (all closed), `degraded` (some not closed) or `critical` (every
-    /// configured upstream open). A forced-open upstream counts as open.
+    /// `healthy` (all closed), `degraded` (some not closed) or `critical` (none
+    /// closed: each open or half-open). A forced-open upstream counts as open.
     pub fn status_json(&self, states: &StateTable) -> String {
         let names = self.names.read().unwrap_or_else(|e| e.into_inner());
         let mut upstreams = Vec::new();

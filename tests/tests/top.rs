@@ -116,6 +116,17 @@ fn top_shows_the_upstreams_follows_a_trip_and_quits_on_q() {
         "[[upstream]]\nname = \"api\"\nendpoints = [\"10.77.0.2:81\"]\nfailure_threshold = 2\nopen_duration = \"1h\"\n",
     )
     .unwrap();
+    // With its output not a terminal (a pipe here), it says so in one line and
+    // exits non-zero, writing no escape sequence.
+    let piped = lab.cli(&["top"]).unwrap();
+    let said = String::from_utf8_lossy(&piped.stderr);
+    check(
+        &lab,
+        !piped.status.success()
+            && piped.stdout.is_empty()
+            && said.trim() == "error: breaker top needs a terminal, and its output is not one (for scripts: breaker status --json)",
+        &format!("top with its output piped: {piped:?}"),
+    );
     let exit_file = lab.work_dir().join("top.exit");
     let command = format!(
         "{} top --interval 200ms --socket {}; echo $? > {}",

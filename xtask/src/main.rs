@@ -168,7 +168,7 @@ pub fn workspace_root() -> std::path::PathBuf {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Setup { build_only: true } => setup::run_build_only(),
+        Cmd::Setup { build_only: true } => setup::run_build_only(setup::Verbosity::Report),
         Cmd::Setup { build_only: false } => {
             // Everything but the benchmarks' extras: the tests, on this kernel and in qemu.
             let packages: Vec<_> = setup::TEST_PACKAGES
@@ -179,7 +179,7 @@ fn main() -> anyhow::Result<()> {
             setup::run_with(setup::Verbosity::Report, &packages)
         }
         Cmd::Build { release } => {
-            setup::run(setup::Verbosity::Quiet)?;
+            setup::run_build_only(setup::Verbosity::Quiet)?;
             let mut args = vec!["build", "--workspace"];
             if release {
                 args.push("--release");
@@ -207,6 +207,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Package { test: false } => {
+            setup::run_build_only(setup::Verbosity::Quiet)?;
             package::build()?;
             Ok(())
         }

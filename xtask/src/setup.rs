@@ -70,8 +70,8 @@ const TEST_STEPS: [(&str, Step); 3] = [
 
 /// Only what building the workspace and the package needs (the image build,
 /// which can neither mount bpffs nor wants the test tools).
-pub fn run_build_only() -> anyhow::Result<()> {
-    if run_steps(Verbosity::Report, &BUILD_STEPS)? == 0 {
+pub fn run_build_only(verbosity: Verbosity) -> anyhow::Result<()> {
+    if run_steps(verbosity, &BUILD_STEPS)? == 0 && verbosity == Verbosity::Report {
         eprintln!("setup: nothing to do, this machine can build");
     }
     Ok(())

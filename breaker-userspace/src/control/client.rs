@@ -29,6 +29,16 @@ pub enum ClientError {
 /// Sends `request` to the daemon at `socket` and returns its answer. A reload
 /// verifies programs, so answers may take seconds.
 pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
+    call_within(socket, request, Duration::from_secs(60))
+}
+
+/// [`call`], giving up on an answer after `timeout` (a live view must not freeze
+/// behind a daemon busy with a reload).
+pub fn call_within(
+    socket: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
     let shown = socket.display().to_string();
     let mut stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
@@ -44,9 +54,7 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
         path: shown.clone(),
         source,
     };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(io)?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
     let mut line =
         serde_json::to_vec(request).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
     line.push(b'\n');

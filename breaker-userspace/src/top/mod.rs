@@ -22,6 +22,9 @@ use model::{Flow, Model};
 /// The shortest poll interval: the daemon answers each poll from the kernel's
 /// maps, so faster only costs.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a poll waits for the daemon: a daemon busy with a reload is shown as
+/// not answering rather than freezing the view (and its `q`).
+const POLL_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopError {
@@ -33,14 +36,19 @@ pub enum TopError {
     NoStatus,
     #[error("the terminal: {0}")]
     Terminal(#[from] std::io::Error),
+    #[error("breaker top needs a terminal, and its output is not one (for scripts: breaker status --json)")]
+    NotATerminal,
 }
 
 /// Runs the view until `q`: asks the daemon once before touching the terminal,
 /// so that with no daemon the caller gets the error and the terminal is as it was.
 pub fn run(socket: &Path, interval: Duration) -> Result<(), TopError> {
     let interval = interval.max(MIN_INTERVAL);
-    let mut model = Model::new(socket.display().to_string());
+    let mut model = Model::new(socket.display().to_string(), interval);
     model.update(status(socket, None)?, Instant::now());
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        return Err(TopError::NotATerminal);
+    }
 
     // Declared before the terminal so that it drops after it: the terminal
     // shows the cursor again, then this leaves raw mode and the alternate screen.
@@ -91,7 +99,7 @@ fn first_detail(status: Status) -> Option<Detail> {
 }
 
 fn status(socket: &Path, upstream: Option<String>) -> Result<Status, TopError> {
-    let answer = client::call(socket, &Request::Status { upstream })?;
+    let answer = client::call_within(socket, &Request::Status { upstream }, POLL_TIMEOUT)?;
     if !answer.ok {
         return Err(TopError::Refused(answer.error.unwrap_or_default()));
     }

@@ -1,7 +1,10 @@
 //! What `breaker top` shows, built from successive `status` answers: rates,
 //! each upstream's last minute of connect rates, the sort, the filter and the
 //! selection. Pure: no terminal, no socket, so the tests drive it directly.
-use std::{collections::VecDeque, time::Instant};
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
@@ -10,8 +13,16 @@ use crate::{
     health::Health,
 };
 
-/// Rate samples kept per upstream: a minute at the default interval.
-pub const HISTORY_SAMPLES: usize = 60;
+/// How far back the sparkline reaches.
+pub const HISTORY: Duration = Duration::from_secs(60);
+/// Most rate samples kept per upstream (a minute at the shortest interval).
+pub const MAX_HISTORY_SAMPLES: usize = 600;
+
+/// Samples that cover [`HISTORY`] at one per `interval`.
+pub fn history_samples(interval: Duration) -> usize {
+    let n = HISTORY.as_millis() / interval.as_millis().max(1);
+    (n as usize).clamp(1, MAX_HISTORY_SAMPLES)
+}
 
 /// The order of the upstream rows; `s` cycles through them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -52,7 +63,7 @@ pub struct Tracked {
     pub status: UpstreamStatus,
     pub connects_per_s: f64,
     pub rejects_per_s: f64,
-    /// Connects per second, oldest first, at most [`HISTORY_SAMPLES`].
+    /// Connects per second, oldest first, covering at most [`HISTORY`].
     pub connect_history: VecDeque<f64>,
     /// The totals and when they were read, to take the next rate from.
     last_totals: Option<(Instant, Totals)>,
@@ -110,12 +121,16 @@ pub struct Model {
     pub error: Option<String>,
     /// Where the daemon is, for the title.
     pub socket: String,
+    /// Rate samples kept per upstream: [`HISTORY`] at the poll interval.
+    history_samples: usize,
 }
 
 impl Model {
-    pub fn new(socket: impl Into<String>) -> Model {
+    /// A model for polls every `interval`.
+    pub fn new(socket: impl Into<String>, interval: Duration) -> Model {
         Model {
             socket: socket.into(),
+            history_samples: history_samples(interval),
             ..Default::default()
         }
     }
@@ -134,7 +149,7 @@ impl Model {
                     status: upstream.clone(),
                     connects_per_s: 0.0,
                     rejects_per_s: 0.0,
-                    connect_history: VecDeque::with_capacity(HISTORY_SAMPLES),
+                    connect_history: VecDeque::with_capacity(self.history_samples),
                     last_totals: None,
                 });
             let measured = match (tracked.last_totals, upstream.total) {
@@ -156,7 +171,7 @@ impl Model {
             });
             tracked.connects_per_s = connects;
             tracked.rejects_per_s = rejects;
-            if tracked.connect_history.len() == HISTORY_SAMPLES {
+            while tracked.connect_history.len() >= self.history_samples.max(1) {
                 tracked.connect_history.pop_front();
             }
             tracked.connect_history.push_back(connects);

@@ -42,7 +42,7 @@ fn status(upstreams: Vec<UpstreamStatus>) -> Status {
 
 /// `api` closed and quiet, `db` open and failing every connect.
 fn two_upstreams() -> Model {
-    let mut model = Model::new("/run/breaker.sock");
+    let mut model = Model::new("/run/breaker.sock", Duration::from_secs(1));
     model.update(
         status(vec![
             upstream("api", "closed", 200, 10),
@@ -268,7 +268,7 @@ fn default_policy_destinations_that_are_not_closed_are_listed() {
 
 #[test]
 fn rates_come_from_the_totals_between_two_answers() {
-    let mut model = Model::new("/s");
+    let mut model = Model::new("/s", Duration::from_secs(1));
     let with_totals = |connects, rejected| {
         let mut u = upstream("api", "closed", 0, 0);
         u.total = Some(Totals {
@@ -313,4 +313,15 @@ fn with_no_daemon_top_says_so_before_touching_the_terminal() {
         err.to_string().starts_with("no breaker daemon is running"),
         "{err}"
     );
+}
+
+#[test]
+fn the_sparkline_covers_a_minute_whatever_the_interval() {
+    use super::model::history_samples;
+    assert_eq!(history_samples(Duration::from_secs(1)), 60);
+    assert_eq!(history_samples(Duration::from_millis(200)), 300);
+    assert_eq!(history_samples(Duration::from_millis(100)), 600);
+    assert_eq!(history_samples(Duration::from_secs(5)), 12);
+    // Longer than a minute: one sample, never none.
+    assert_eq!(history_samples(Duration::from_secs(120)), 1);
 }

@@ -44,19 +44,23 @@ impl ProgCost {
     }
 }
 
-/// Turns run-time accounting on for as long as the guard lives.
-pub struct StatsEnabled;
+/// Turns run-time accounting on (`kernel.bpf_stats_enabled`, which the daemon
+/// reads) for as long as the guard lives, then puts back what was there.
+pub struct StatsEnabled(String);
+
+const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 impl StatsEnabled {
     pub fn on() -> anyhow::Result<StatsEnabled> {
-        std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
-        Ok(StatsEnabled)
+        let before = std::fs::read_to_string(STATS_SYSCTL)?;
+        std::fs::write(STATS_SYSCTL, "1")?;
+        Ok(StatsEnabled(before.trim().to_string()))
     }
 }
 
 impl Drop for StatsEnabled {
     fn drop(&mut self) {
-        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+        let _ = std::fs::write(STATS_SYSCTL, &self.0);
     }
 }
 
