@@ -100,6 +100,15 @@ fn a_half_failing_upstream_trips_on_its_failure_rate_not_on_consecutive_failures
         &format!("the trip is the failure rate's:\n{events}"),
     );
 
+    // `status NAME` and check-config's explanation show the rate policy.
+    let status = lab.cli(&["status", "rate"]).unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    check(
+        &lab,
+        status.contains("failure_threshold 100, failure_rate_threshold 50 % of at least 10 in "),
+        &format!("status shows the rate policy:\n{status}"),
+    );
+
     // The same pattern never fails twice in a row: consecutive counting alone
     // leaves `streak` closed, its live endpoint reachable.
     check(

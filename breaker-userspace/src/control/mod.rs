@@ -14,8 +14,8 @@ use std::time::Instant;
 use breaker_common::machine::{self, Mode, State};
 pub use history::{History, SAMPLE_EVERY};
 use protocol::{
-    DestinationCounts, Detail, PolicyView, Request, Response, Status, TrippedDestination,
-    UpstreamStatus,
+    DestinationCounts, Detail, FailureRateView, PolicyView, Request, Response, Status,
+    TrippedDestination, UpstreamStatus,
 };
 
 /// Tripped default-policy destinations `status` lists.
@@ -132,6 +132,11 @@ impl View<'_> {
                             as u64,
                         probe_interval_ms: up.policy.probe_interval.as_millis() as u64,
                         probe_timeout_ms: up.policy.probe_timeout.as_millis() as u64,
+                        failure_rate: up.policy.rate.map(|r| FailureRateView {
+                            threshold_percent: r.threshold_pct,
+                            minimum_connects: r.minimum_connects,
+                            window_ms: r.window.as_millis() as u64,
+                        }),
                     },
                     transitions: history.transitions(*id),
                 });
@@ -298,11 +303,17 @@ pub fn render_status(status: &Status) -> String {
         let Some(detail) = &u.detail else { continue };
         let p = &detail.policy;
         out.push_str(&format!(
-            "\n{}\n  endpoints: {}\n  fallback:  {}\n  policy:    failure_threshold {}, success_threshold {}, half_open_max_connections {}, open_duration {}, trial_connect_timeout {}, probe every {} (timeout {})\n  transitions:\n",
+            "\n{}\n  endpoints: {}\n  fallback:  {}\n  policy:    failure_threshold {}{}, success_threshold {}, half_open_max_connections {}, open_duration {}, trial_connect_timeout {}, probe every {} (timeout {})\n  transitions:\n",
             u.name,
             detail.endpoints.join(", "),
             if detail.fallback.is_empty() { "none".to_string() } else { detail.fallback.join(", ") },
             p.failure_threshold,
+            p.failure_rate.map_or(String::new(), |r| format!(
+                ", failure_rate_threshold {} % of at least {} in {}",
+                r.threshold_percent,
+                r.minimum_connects,
+                ms(Some(r.window_ms))
+            )),
             p.success_threshold,
             p.half_open_max_connections,
             ms(Some(p.open_duration_ms)),

@@ -137,6 +137,16 @@ pub struct PolicyView {
     pub trial_connect_timeout_ms: u64,
     pub probe_interval_ms: u64,
     pub probe_timeout_ms: u64,
+    /// Failure-rate tripping, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_rate: Option<FailureRateView>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureRateView {
+    pub threshold_percent: u32,
+    pub minimum_connects: u32,
+    pub window_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

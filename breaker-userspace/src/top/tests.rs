@@ -212,6 +212,7 @@ fn enter_shows_the_selected_upstreams_transitions_newest_first() {
                 trial_connect_timeout_ms: 1_000,
                 probe_interval_ms: 1_000,
                 probe_timeout_ms: 1_000,
+                failure_rate: None,
             },
             transitions: vec![
                 transition(1_700_000_000_000, "closed", "open", "timeout"),
