@@ -485,13 +485,13 @@ pub fn record(w: BreakerWord, outcome: Outcome, now_ms: u32, t: &Thresholds) -> 
     }
 }
 
-/// The failure-rate window of a CLOSED breaker reached its threshold at `now_ms`:
-/// it trips, as the consecutive count would. Anything but automatic CLOSED stays
-/// as it is (the window only counts connects made while CLOSED). Returns whether
-/// it tripped.
+/// The failure-rate window of a CLOSED breaker in `epoch` reached its threshold at
+/// `now_ms`: it trips, as the consecutive count would. Anything but automatic
+/// CLOSED in that same epoch stays as it is (the window belongs to one closed
+/// period; a reset or a recovery since starts another). Returns whether it tripped.
 #[inline(always)]
-pub fn trip_on_rate(w: BreakerWord, now_ms: u32) -> Step<bool> {
-    if w.mode() == Mode::Auto && w.state() == State::Closed {
+pub fn trip_on_rate(w: BreakerWord, now_ms: u32, epoch: u8) -> Step<bool> {
+    if w.mode() == Mode::Auto && w.state() == State::Closed && w.epoch() == epoch {
         Step {
             next: w.tripped(now_ms),
             result: true,
@@ -504,25 +504,24 @@ pub fn trip_on_rate(w: BreakerWord, now_ms: u32) -> Step<bool> {
     }
 }
 
-/// [`record`], then [`trip_on_rate`] when `rate_trips` (the failure-rate window,
-/// with this outcome added, reached its threshold): one step, so the programs
-/// apply both with one compare-and-swap.
+/// [`record`], then [`trip_on_rate`] when `rate_trips` names the epoch whose
+/// window, with this outcome added, reached its threshold: one step, so the
+/// programs apply both with one compare-and-swap.
 #[inline(always)]
 pub fn record_rated(
     w: BreakerWord,
     outcome: Outcome,
     now_ms: u32,
     t: &Thresholds,
-    rate_trips: bool,
+    rate_trips: Option<u8>,
 ) -> Step<bool> {
     let step = record(w, outcome, now_ms, t);
-    if rate_trips {
-        Step {
-            next: trip_on_rate(step.next, now_ms).next,
+    match rate_trips {
+        Some(epoch) => Step {
+            next: trip_on_rate(step.next, now_ms, epoch).next,
             result: step.result,
-        }
-    } else {
-        step
+        },
+        None => step,
     }
 }
 

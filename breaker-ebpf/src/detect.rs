@@ -217,11 +217,12 @@ fn finish(ctx: &SockOpsContext, end: End) -> Result<(), i32> {
     let thresholds = breaker.policy.thresholds();
     // Only a failure reads the clock (it may trip the breaker at `now`).
     let now = if success { 0 } else { now_ms() };
+    let before = breaker.peek();
     let rate = if breaker.policy.rate_threshold_pct != 0
         && r.upstream != DEFAULT_UPSTREAM_ID
         && trial_epoch.is_none()
     {
-        rate_window(r.upstream, breaker.policy, breaker.peek(), !success)
+        rate_window(r.upstream, breaker.policy, before, !success)
     } else {
         0
     };
@@ -230,31 +231,25 @@ fn finish(ctx: &SockOpsContext, end: End) -> Result<(), i32> {
     } else {
         cause
     };
-    let rate_trips = rate & RATE_TRIPS != 0;
+    let rate_trips = (rate & RATE_TRIPS != 0).then_some(before.epoch());
     breaker.update(ctx, cause, |w| {
         record_rated(w, outcome, now, &thresholds, rate_trips)
     });
-    // A trip, by the rate or by the consecutive count, empties the window, so a
-    // breaker that closes again counts afresh.
-    if rate & RATE_COUNTED != 0 && breaker.peek().state() == State::Open {
-        clear_window(r.upstream);
-    }
     Ok(())
 }
 
-/// [`rate_window`]'s verdict: the outcome went into the window...
-const RATE_COUNTED: u32 = 1;
-/// ...the window reached its threshold: the breaker trips...
-const RATE_TRIPS: u32 = 2;
+/// [`rate_window`]'s verdict: the window reached its threshold: the breaker trips...
+const RATE_TRIPS: u32 = 1;
 /// ...and the consecutive count would not have tripped it anyway (the transition
 /// is the rate's).
-const RATE_NAMES_TRIP: u32 = 4;
+const RATE_NAMES_TRIP: u32 = 2;
 
 /// Adds one outcome of a configured upstream to its failure-rate window, if the
-/// breaker was CLOSED (the window counts no trials, nothing while open) and says
-/// what follows (the `RATE_` bits). Kept out of line, like the functions it calls:
-/// sock_ops' own stack frame is near the verifier's 512 bytes.
-/// Scalars only: a `&Breaker` would put the whole struct on the caller's stack.
+/// breaker was CLOSED (the window counts no trials, nothing while open), in the
+/// breaker's epoch (a new closed period counts afresh), and says what follows (the
+/// `RATE_` bits). Scalars only: a `&Breaker` would put the whole struct on the
+/// caller's stack. Kept out of line, like the functions it calls: sock_ops' own
+/// stack frame is near the verifier's 512 bytes.
 #[inline(never)]
 fn rate_window(upstream: u32, p: &UpstreamPolicy, before: BreakerWord, failure: bool) -> u32 {
     if before.state() != State::Closed || before.mode() != Mode::Auto {
@@ -265,17 +260,18 @@ fn rate_window(upstream: u32, p: &UpstreamPolicy, before: BreakerWord, failure: 
     };
     let buckets = bucket_ptr(w);
     let slot = window::slot_of(jiffies(), p.rate_bucket_jiffies);
-    if !add_to_window(buckets, slot, failure) {
+    let epoch = before.epoch();
+    if !add_to_window(buckets, slot, epoch, failure) {
         count(upstream, |c| c.contention_misses += 1);
         return 0;
     }
-    if !failure || !window_exceeded(buckets, slot, p.rate_threshold_pct, p.rate_minimum) {
-        return RATE_COUNTED;
+    if !failure || !window_exceeded(buckets, slot, epoch, p.rate_threshold_pct, p.rate_minimum) {
+        return 0;
     }
     if before.count() + 1 < p.failure_threshold {
-        RATE_COUNTED | RATE_TRIPS | RATE_NAMES_TRIP
+        RATE_TRIPS | RATE_NAMES_TRIP
     } else {
-        RATE_COUNTED | RATE_TRIPS
+        RATE_TRIPS
     }
 }
 
@@ -283,7 +279,7 @@ fn rate_window(upstream: u32, p: &UpstreamPolicy, before: BreakerWord, failure: 
 /// every compare-and-swap lost a race. Not inlined, like [`window_exceeded`]:
 /// sock_ops' own stack frame is near the verifier's 512 bytes already.
 #[inline(never)]
-fn add_to_window(buckets: *mut u64, slot: u32, failure: bool) -> bool {
+fn add_to_window(buckets: *mut u64, slot: u32, epoch: u8, failure: bool) -> bool {
     // The verifier does not follow `%`: hide the index from the compiler (which
     // would drop a check it knows is always true) and check it where it can see.
     let index = window::index_of(slot);
@@ -297,7 +293,7 @@ fn add_to_window(buckets: *mut u64, slot: u32, failure: bool) -> bool {
     // SAFETY: `bucket` points into the map value, 8-aligned.
     let mut current = unsafe { core::ptr::read_volatile(bucket) };
     for _ in 0..CAS_RETRIES {
-        let next = window::add(current, slot, failure);
+        let next = window::add(current, slot, epoch, failure);
         // SAFETY: as above.
         match unsafe { cas_u64(bucket, current, next) } {
             Ok(_) => return true,
@@ -307,10 +303,16 @@ fn add_to_window(buckets: *mut u64, slot: u32, failure: bool) -> bool {
     false
 }
 
-/// Whether the window ending at `slot` reaches `threshold_pct` with `minimum`
-/// connects in it.
+/// Whether the window ending at `slot`, in `epoch`, reaches `threshold_pct` with
+/// `minimum` connects in it.
 #[inline(never)]
-fn window_exceeded(buckets: *mut u64, slot: u32, threshold_pct: u32, minimum: u32) -> bool {
+fn window_exceeded(
+    buckets: *mut u64,
+    slot: u32,
+    epoch: u8,
+    threshold_pct: u32,
+    minimum: u32,
+) -> bool {
     let (mut attempts, mut failures) = (0u32, 0u32);
     let mut i = 0usize;
     while i < window::BUCKETS {
@@ -324,7 +326,7 @@ fn window_exceeded(buckets: *mut u64, slot: u32, threshold_pct: u32, minimum: u3
         // SAFETY: index is below BUCKETS, inside the map value; racing adds only
         // make the tally a little stale, never invalid.
         let b = window::Bucket::unpack(unsafe { core::ptr::read_volatile(buckets.add(index)) });
-        if window::in_window(b.slot, slot) {
+        if window::counts(b, slot, epoch) {
             attempts += b.attempts;
             failures += b.failures;
         }
@@ -338,18 +340,4 @@ fn window_exceeded(buckets: *mut u64, slot: u32, threshold_pct: u32, minimum: u3
 fn bucket_ptr(w: *mut window::RateWindow) -> *mut u64 {
     // SAFETY: `w` is a live map value; only a field's address is taken.
     unsafe { core::ptr::addr_of_mut!((*w).buckets).cast::<u64>() }
-}
-
-/// Empties upstream `upstream`'s window, bucket by bucket (a racing add may
-/// survive: one outcome).
-#[inline(never)]
-fn clear_window(upstream: u32) {
-    let Some(w) = RATE_WINDOWS.get_ptr_mut(upstream) else {
-        return;
-    };
-    let buckets = bucket_ptr(w);
-    for i in 0..window::BUCKETS {
-        // SAFETY: each index is below BUCKETS, inside the map value.
-        unsafe { core::ptr::write_volatile(buckets.add(i), 0) };
-    }
 }

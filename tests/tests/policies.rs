@@ -126,12 +126,11 @@ fn a_half_failing_upstream_trips_on_its_failure_rate_not_on_consecutive_failures
     check(&lab, closed == 1.0, "streak is still closed");
 }
 
-/// The trip empties the window: after an operator's reset, one failure does not
-/// trip again on the failures counted before the trip (10 in a window of 1 min
-/// with a minimum of 10 would). Nor do outcomes of connects failed fast while
-/// open ever enter it.
+/// A reset starts an empty window: after it, failures do not trip again on the
+/// failures counted before the trip (10 in a window of 1 min with a minimum of 10
+/// would). Nor do outcomes of connects failed fast while open ever enter it.
 #[test]
-fn a_trip_empties_the_window_so_a_closed_breaker_counts_afresh() {
+fn a_reset_breaker_counts_in_an_empty_window() {
     let Some(mut lab) = lab("ratereset") else {
         return;
     };
@@ -177,4 +176,102 @@ fn a_trip_empties_the_window_so_a_closed_breaker_counts_afresh() {
         open == 1.0,
         "the 10th failure of the fresh window trips it",
     );
+}
+
+/// A breaker the consecutive count tripped, and a probe closed again, counts in an
+/// empty window too: the failures before the trip (3, of a minimum of 4, all
+/// failed) would trip it at the first failure after.
+#[test]
+fn a_recovered_breaker_counts_in_an_empty_window() {
+    let Some(mut lab) = lab("raterecover") else {
+        return;
+    };
+    lab.start_daemon(
+        r#"
+[[upstream]]
+name = "api"
+endpoints = ["10.77.0.2:8090", "10.77.0.2:8092"]
+failure_threshold = 3
+failure_rate_threshold = 50
+minimum_connects = 4
+window = "1m"
+open_duration = "300ms"
+probe_interval = "100ms"
+"#,
+    )
+    .unwrap();
+    for _ in 0..3 {
+        connect(&lab, 8090);
+    }
+    let open = lab
+        .metric("breaker_state", &[("upstream", "api"), ("state", "open")])
+        .unwrap();
+    check(&lab, open == 1.0, "three refused connects trip api");
+    lab.serve(&format!("{UPSTREAM_V4}:8090"), "api").unwrap();
+    let closed = lab
+        .wait_metric(
+            "breaker_state",
+            &[("upstream", "api"), ("state", "closed")],
+            1.0,
+            std::time::Duration::from_secs(10),
+        )
+        .unwrap();
+    check(&lab, closed == 1.0, "the probe closes api once it listens");
+    // A failure through the upstream's other endpoint, which nothing serves: 1
+    // connect in the new closed period, under the minimum.
+    let outcome = connect(&lab, 8092);
+    check(&lab, outcome == "refused", &format!("refused: {outcome}"));
+    let closed = lab
+        .metric("breaker_state", &[("upstream", "api"), ("state", "closed")])
+        .unwrap();
+    check(
+        &lab,
+        closed == 1.0,
+        "one failure after the recovery leaves api closed",
+    );
+}
+
+/// The window is as long as configured: 5 failures, then 5 more 3 s later, in a
+/// window of 2 s that needs 10, never trip (buckets of the wrong width, say
+/// milliseconds taken for ticks, would hold all ten).
+#[test]
+fn failures_further_apart_than_the_window_never_add_up() {
+    let Some(mut lab) = lab("ratewindow") else {
+        return;
+    };
+    lab.start_daemon(
+        r#"
+[[upstream]]
+name = "api"
+endpoints = ["10.77.0.2:8091"]
+failure_threshold = 100
+failure_rate_threshold = 50
+minimum_connects = 10
+window = "2s"
+open_duration = "1h"
+"#,
+    )
+    .unwrap();
+    let to = format!("{UPSTREAM_V4}:8091");
+    let five = || {
+        lab.client(&["--to", &to, "--count", "5", "--timeout-ms", "2000"])
+            .unwrap()
+    };
+    five();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    five();
+    let closed = lab
+        .metric("breaker_state", &[("upstream", "api"), ("state", "closed")])
+        .unwrap();
+    check(
+        &lab,
+        closed == 1.0,
+        "10 failures 3 s apart in a 2 s window: closed",
+    );
+    // Ten within the window do (five more join the last five).
+    five();
+    let open = lab
+        .metric("breaker_state", &[("upstream", "api"), ("state", "open")])
+        .unwrap();
+    check(&lab, open == 1.0, "10 failures within 2 s: open");
 }

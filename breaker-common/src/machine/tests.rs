@@ -557,7 +557,7 @@ fn reset_closes_in_a_new_epoch_so_earlier_trials_never_count() {
 fn a_rate_trip_opens_only_an_automatic_closed_breaker() {
     // CLOSED with one failure counted: opens at once, streak cleared, epoch kept.
     let w = fail(BreakerWord::CLOSED, 10);
-    let step = trip_on_rate(w, 500);
+    let step = trip_on_rate(w, 500, w.epoch());
     assert!(step.result);
     assert_eq!(step.next.state(), State::Open);
     assert_eq!(step.next.since_ms(), 500);
@@ -565,15 +565,19 @@ fn a_rate_trip_opens_only_an_automatic_closed_breaker() {
     assert_eq!(step.next.epoch(), w.epoch());
     // Already OPEN (the consecutive count tripped first): unchanged, its trip time kept.
     let open = trip(100);
-    assert_eq!(trip_on_rate(open, 900).next, open);
+    assert_eq!(trip_on_rate(open, 900, open.epoch()).next, open);
     // HALF_OPEN: trials decide, not the window.
     let half = admit(open, 100 + T.open_duration_ms, &T).next;
     assert_eq!(half.state(), State::HalfOpen);
-    assert_eq!(trip_on_rate(half, 5_000).next, half);
+    assert_eq!(trip_on_rate(half, 5_000, half.epoch()).next, half);
+    // A verdict of another closed period (a reset came between): no trip.
+    let reset_since = reset(w).next;
+    assert!(!trip_on_rate(reset_since, 600, w.epoch()).result);
+    assert!(trip_on_rate(reset_since, 600, reset_since.epoch()).result);
     // An override holds.
     for mode in [Mode::ForceClosed, Mode::Disabled, Mode::ForceOpen] {
         let forced = set_mode(BreakerWord::CLOSED, mode).next;
-        assert!(!trip_on_rate(forced, 1).result, "{mode:?}");
+        assert!(!trip_on_rate(forced, 1, forced.epoch()).result, "{mode:?}");
     }
 }
 
@@ -586,17 +590,17 @@ fn a_rated_record_is_the_record_then_the_rate_trip() {
     // Without the rate: exactly `record`.
     let w = fail(BreakerWord::CLOSED, 1);
     assert_eq!(
-        record_rated(w, failure, 7, &T, false),
+        record_rated(w, failure, 7, &T, None),
         record(w, failure, 7, &T)
     );
     // With it: one failure short of the streak, still open at `now`.
-    let step = record_rated(w, failure, 7, &T, true);
+    let step = record_rated(w, failure, 7, &T, Some(w.epoch()));
     assert!(step.result);
     assert_eq!((step.next.state(), step.next.since_ms()), (State::Open, 7));
     // When the streak trips too, the trip time is the same.
     let w = fail(w, 2);
     assert_eq!(
-        record_rated(w, failure, 9, &T, true).next,
+        record_rated(w, failure, 9, &T, Some(w.epoch())).next,
         record(w, failure, 9, &T).next
     );
 }

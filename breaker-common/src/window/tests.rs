@@ -3,22 +3,31 @@ use super::*;
 /// A simulated clock in ms and buckets of 1 s (a 10 s window).
 const WIDTH: u32 = 1_000;
 
+/// The breaker's epoch in most tests.
+const E: u8 = 3;
+
 fn record(w: &mut RateWindow, clock: u64, failure: bool) {
+    record_in(w, clock, E, failure);
+}
+
+fn record_in(w: &mut RateWindow, clock: u64, epoch: u8, failure: bool) {
     let slot = slot_of(clock, WIDTH);
     let i = index_of(slot);
-    w.buckets[i] = add(w.buckets[i], slot, failure);
+    w.buckets[i] = add(w.buckets[i], slot, epoch, failure);
 }
 
 #[test]
 fn a_bucket_round_trips_and_saturates() {
     let b = Bucket {
-        slot: 0xdead_beef,
+        slot: 0xbe_efed,
+        epoch: 0xa5,
         attempts: 7,
         failures: 3,
     };
     assert_eq!(Bucket::unpack(b.pack()), b);
     let full = Bucket {
         slot: 1,
+        epoch: 0,
         attempts: 100_000,
         failures: 100_000,
     };
@@ -26,13 +35,27 @@ fn a_bucket_round_trips_and_saturates() {
         Bucket::unpack(full.pack()),
         Bucket {
             slot: 1,
+            epoch: 0,
             attempts: BUCKET_MAX,
             failures: BUCKET_MAX
         }
     );
+    // Slots are kept modulo 2^24.
+    assert_eq!(
+        Bucket::unpack(
+            Bucket {
+                slot: 1 << 24 | 5,
+                ..b
+            }
+            .pack()
+        )
+        .slot,
+        5
+    );
     // Failures never exceed attempts.
     let odd = Bucket {
         slot: 1,
+        epoch: 0,
         attempts: 2,
         failures: 5,
     };
@@ -45,7 +68,7 @@ fn outcomes_in_one_slot_add_up() {
     for i in 0..10 {
         record(&mut w, 5_000 + i * 10, i % 2 == 0);
     }
-    assert_eq!(tally(&w, slot_of(5_100, WIDTH)), (10, 5));
+    assert_eq!(tally(&w, slot_of(5_100, WIDTH), E), (10, 5));
 }
 
 #[test]
@@ -55,14 +78,14 @@ fn the_window_holds_exactly_the_last_ten_slots() {
     for s in 0..10u64 {
         record(&mut w, s * 1_000 + 500, true);
     }
-    assert_eq!(tally(&w, 9), (10, 10));
+    assert_eq!(tally(&w, 9, E), (10, 10));
     // At slot 10 the bucket of slot 0 is out of the window, though not yet reused.
-    assert_eq!(tally(&w, 10), (9, 9));
-    assert_eq!(tally(&w, 19), (0, 0));
+    assert_eq!(tally(&w, 10, E), (9, 9));
+    assert_eq!(tally(&w, 19, E), (0, 0));
     // A success at slot 10 takes over slot 0's bucket: the old failure is gone.
     record(&mut w, 10_000, false);
     assert_eq!(Bucket::unpack(w.buckets[0]).slot, 10);
-    assert_eq!(tally(&w, 10), (10, 9));
+    assert_eq!(tally(&w, 10, E), (10, 9));
 }
 
 #[test]
@@ -74,24 +97,62 @@ fn a_bucket_of_an_old_slot_is_restarted_not_added_to() {
     record(&mut w, 13_000, false);
     let b = Bucket::unpack(w.buckets[3]);
     assert_eq!((b.slot, b.attempts, b.failures), (13, 1, 0));
+    // So is a bucket of another epoch (the breaker closed again, or was reset).
+    record_in(&mut w, 13_100, E + 1, true);
+    let b = Bucket::unpack(w.buckets[3]);
+    assert_eq!((b.epoch, b.attempts, b.failures), (E + 1, 1, 1));
 }
 
 #[test]
 fn an_empty_window_counts_nothing_even_at_slot_zero() {
     let w = RateWindow::default();
-    assert_eq!(tally(&w, 0), (0, 0));
-    assert_eq!(tally(&w, 5), (0, 0));
+    assert_eq!(tally(&w, 0, E), (0, 0));
+    assert_eq!(tally(&w, 5, E), (0, 0));
 }
 
 #[test]
-fn the_clock_wrapping_empties_the_window_rather_than_miscounting() {
+fn slots_wrap_at_2_pow_24_and_the_window_counts_across_the_wrap() {
     let mut w = RateWindow::default();
-    let before_wrap = u32::MAX - 1;
+    let before_wrap = (1u32 << SLOT_BITS) - 2;
     let i = index_of(before_wrap);
-    w.buckets[i] = add(w.buckets[i], before_wrap, true);
-    // Slots u32::MAX - 1 and 0 are 2 apart across the wrap: still in the window.
-    assert_eq!(tally(&w, 0), (1, 1));
-    assert_eq!(tally(&w, 20), (0, 0));
+    w.buckets[i] = add(w.buckets[i], before_wrap, E, true);
+    // Slots 2^24 - 2 and 0 are 2 apart across the wrap: still in the window.
+    assert_eq!(tally(&w, 0, E), (1, 1));
+    assert_eq!(tally(&w, 20, E), (0, 0));
+}
+
+#[test]
+fn only_the_breakers_current_epoch_counts() {
+    let mut w = RateWindow::default();
+    for i in 0..10 {
+        record_in(&mut w, i * 100, E, true);
+    }
+    assert_eq!(tally(&w, 0, E), (10, 10));
+    // Closed again (HALF_OPEN came between) or reset: a new epoch, an empty window.
+    assert_eq!(tally(&w, 0, E + 1), (0, 0));
+}
+
+#[test]
+fn a_full_bucket_keeps_its_failure_rate() {
+    for (connects, every) in [
+        (120_000u32, 20u32),
+        (300_000, 20),
+        (200_000, 4),
+        (600_000, 10),
+    ] {
+        let mut bucket = 0u64;
+        for n in 0..connects {
+            bucket = add(bucket, 7, E, n % every == 0);
+        }
+        let b = Bucket::unpack(bucket);
+        let seen = f64::from(b.failures) / f64::from(b.attempts);
+        let real = 1.0 / f64::from(every);
+        assert!(
+            (seen - real).abs() < 0.01,
+            "{connects} connects at {real}: the bucket says {seen} ({b:?})"
+        );
+        assert!(b.attempts <= BUCKET_MAX);
+    }
 }
 
 #[test]
@@ -124,7 +185,7 @@ fn a_half_failing_upstream_trips_on_rate_while_it_never_fails_twice_in_a_row() {
         record(&mut w, clock, failure);
         consecutive = if failure { consecutive + 1 } else { 0 };
         max_consecutive = max_consecutive.max(consecutive);
-        let (a, f) = tally(&w, slot_of(clock, WIDTH));
+        let (a, f) = tally(&w, slot_of(clock, WIDTH), E);
         if failure && tripped_at.is_none() && exceeded(a, f, 50, 20) {
             tripped_at = Some(i);
         }
@@ -161,7 +222,7 @@ mod properties {
                     in_window.len() as u32,
                     in_window.iter().filter(|(_, f)| *f).count() as u32,
                 );
-                prop_assert_eq!(tally(&w, slot), want);
+                prop_assert_eq!(tally(&w, slot, E), want);
             }
         }
     }
