@@ -525,7 +525,10 @@ impl Check<'_> {
             if !(MIN_WINDOW..=MAX_WINDOW).contains(&r.window) {
                 return self.fail(
                     field("window"),
-                    format!("must be between 1s and 10m, got {:?}", r.window),
+                    format!(
+                        "must be between 1s and 10m, got {}",
+                        humantime::format_duration(r.window)
+                    ),
                 );
             }
         }
@@ -723,6 +726,19 @@ impl Check<'_> {
             raw_policy_of!(up).over(base),
             defaults::UPSTREAM_HALF_OPEN_MAX_CONNECTIONS,
         )?;
+        if policy.rate.is_none() {
+            for (key, set) in [
+                ("minimum_connects", up.minimum_connects.is_some()),
+                ("window", up.window.is_some()),
+            ] {
+                if set {
+                    return self.fail(
+                        format!("{at}.{key}"),
+                        "has no effect without failure_rate_threshold (here or in [defaults])",
+                    );
+                }
+            }
+        }
         let probe = self.probe(&at, up.probe, &endpoints)?;
         let dry_run = match up.mode.as_deref() {
             None | Some("enforce") => false,
@@ -966,6 +982,20 @@ impl Check<'_> {
         let Some(d) = raw.filter(|d| d.enabled) else {
             return Ok(None);
         };
+        // Each destination has a breaker of its own but no window: one shared
+        // window would let a few failing destinations trip healthy ones.
+        for (key, set) in [
+            ("failure_rate_threshold", d.failure_rate_threshold.is_some()),
+            ("minimum_connects", d.minimum_connects.is_some()),
+            ("window", d.window.is_some()),
+        ] {
+            if set {
+                return self.fail(
+                    format!("default_policy.{key}"),
+                    "is not supported for the default policy (its destinations keep no failure-rate window); use failure_threshold, or name the upstream",
+                );
+            }
+        }
         let policy = self.policy(
             "default_policy.",
             // Not [defaults].connect_timeout: the default policy covers every
@@ -978,14 +1008,6 @@ impl Check<'_> {
             }),
             defaults::DEFAULT_POLICY_HALF_OPEN_MAX_CONNECTIONS,
         )?;
-        // Each destination has a breaker of its own but no window: one shared
-        // window would let a few failing destinations trip healthy ones.
-        if d.failure_rate_threshold.is_some() {
-            return self.fail(
-                "default_policy.failure_rate_threshold",
-                "is not supported for the default policy (its destinations keep no failure-rate window); use failure_threshold, or name the upstream",
-            );
-        }
         // Checked after merging: [defaults] may be where the 0 comes from.
         if policy.half_open_max_connections == 0 {
             let mut reason = format!(

@@ -703,7 +703,7 @@ fn the_shipped_config_is_valid_and_so_are_its_examples() {
 fn failure_rate_is_off_unless_a_threshold_is_set_and_takes_hystrix_defaults() {
     let c = parse(MINIMAL).unwrap();
     assert_eq!(c.upstreams[0].policy.rate, None);
-    // window and minimum_connects alone (say from [defaults]) turn nothing on.
+    // window and minimum_connects alone in [defaults] turn nothing on...
     let c = parse(&format!(
         "[defaults]\nwindow = '30s'\nminimum_connects = 5\n{MINIMAL}"
     ))
@@ -797,4 +797,25 @@ fn the_policy_is_explained_with_its_rate() {
         ),
         "{text}"
     );
+}
+
+#[test]
+fn a_rate_key_without_a_threshold_in_an_upstream_is_refused() {
+    for key in ["minimum_connects = 5", "window = '5s'"] {
+        let (field, reason) = invalid_field(&format!("{MINIMAL}{key}\n"));
+        assert!(
+            field.ends_with(key.split(' ').next().unwrap()),
+            "{key}: {field}"
+        );
+        assert!(
+            reason.contains("no effect without failure_rate_threshold"),
+            "{reason}"
+        );
+    }
+    // With the threshold from [defaults], it is the upstream's own setting.
+    let c = parse(&format!(
+        "[defaults]\nfailure_rate_threshold = 40\n{MINIMAL}minimum_connects = 5\n"
+    ))
+    .unwrap();
+    assert_eq!(c.upstreams[0].policy.rate.unwrap().minimum_connects, 5);
 }

@@ -1083,6 +1083,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_window_is_ten_buckets_of_its_tenth_in_ticks() {
+        use std::time::Duration;
+        let policy = |window: Duration, hz: u32| {
+            let mut p = crate::config::Config::parse(
+                std::path::Path::new("t.toml"),
+                "[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\nfailure_rate_threshold=50\n",
+            )
+            .unwrap()
+            .upstreams[0]
+                .policy;
+            p.rate.as_mut().unwrap().window = window;
+            policy_abi(&p, &[], hz)
+        };
+        // 10 s: buckets of 1 s, in ticks of each tick rate.
+        for (hz, ticks) in [(100, 100), (250, 250), (1000, 1000)] {
+            let abi = policy(Duration::from_secs(10), hz);
+            assert_eq!(abi.rate_bucket_jiffies, ticks, "HZ {hz}");
+            assert_eq!((abi.rate_threshold_pct, abi.rate_minimum), (50, 20));
+        }
+        // 1 s at HZ 100: buckets of 10 ticks; at 250, 25.
+        assert_eq!(policy(Duration::from_secs(1), 100).rate_bucket_jiffies, 10);
+        assert_eq!(policy(Duration::from_secs(1), 250).rate_bucket_jiffies, 25);
+        // Off: no window.
+        let mut off = crate::config::Config::parse(
+            std::path::Path::new("t.toml"),
+            "[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\n",
+        )
+        .unwrap()
+        .upstreams[0]
+            .policy;
+        off.rate = None;
+        let abi = policy_abi(&off, &[], 250);
+        assert_eq!((abi.rate_threshold_pct, abi.rate_bucket_jiffies), (0, 0));
+    }
+
+    #[test]
     fn a_blackholed_trial_fails_within_its_timeout() {
         // 1 s at HZ 250: RTO 83 jiffies (332 ms); SYN, retry at 332 ms, give up at 996 ms.
         let j = trial_rto_jiffies(std::time::Duration::from_secs(1), 250);
