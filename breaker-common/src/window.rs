@@ -94,7 +94,7 @@ pub const fn add(current: u64, slot: u32, epoch: u8, failure: bool) -> u64 {
     if attempts >= BUCKET_MAX {
         // Halved, rounding the failures to nearest: the ratio stays, and the
         // bucket weighs no more than a full one in the window.
-        failures = (failures + 1) / 2;
+        failures = failures.div_ceil(2);
         attempts /= 2;
     }
     Bucket {
