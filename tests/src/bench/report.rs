@@ -480,8 +480,9 @@ impl Report {
         let threshold = runs.first().map_or(0, |r| r.threshold);
         let _ = writeln!(
             o,
-            "{clients} concurrent clients, {} requests in all (connect, HTTP GET, response), each client pausing {} ms between requests, with a client timeout of {} ms (longer than the first SYN retransmission timeout, about 1 s, at which the breaker counts a blackholed connect; a client that gives up sooner abandons its connect, which never counts as a failure). The upstream goes dark (SYNs vanish) {} ms after the start and returns {} ms later. Breaker settings: failure_threshold {threshold}, open_duration {} ms, probe_interval {} ms. \"Reached the dead upstream\" counts requests started during the outage that hung for the client's timeout. Latencies are those of requests started during the outage. One run per row; the spread within it is in the plot `outage-latency-cdf.png`.\n",
-            plan.outage_requests, plan.outage_interval_ms, super::scenarios::CLIENT_TIMEOUT_MS, plan.dark_at_ms, plan.dark_for_ms, plan.open_duration_ms, plan.probe_interval_ms
+            "{clients} concurrent clients, {} requests in all (connect, HTTP GET, response), each client pausing {} ms between requests, with a client timeout of {} ms (longer than the first SYN retransmission timeout, about 1 s, at which the breaker counts a blackholed connect; a client that gives up sooner abandons its connect, which never counts as a failure). The upstream goes dark (SYNs vanish) {} ms after the start and returns {} ms later. Breaker settings: failure_threshold {threshold}, open_duration {} ms, probe_interval {} ms; the \"rate policy too\" row adds `{}`. \"Reached the dead upstream\" counts requests started during the outage that hung for the client's timeout. Latencies are those of requests started during the outage. One run per row; the spread within it is in the plot `outage-latency-cdf.png`.\n",
+            plan.outage_requests, plan.outage_interval_ms, super::scenarios::CLIENT_TIMEOUT_MS, plan.dark_at_ms, plan.dark_for_ms, plan.open_duration_ms, plan.probe_interval_ms,
+            super::scenarios::RATE_POLICY.replace('\n', ", ")
         );
         let _ = writeln!(
             o,
@@ -507,12 +508,7 @@ impl Report {
         }
         let _ = writeln!(o, "\nTargets, for the breaker rows:\n");
         let mut heads = Vec::new();
-        for r in runs.iter().filter(|r| {
-            matches!(
-                r.variant,
-                OutageVariant::Breaker | OutageVariant::BreakerFallback
-            )
-        }) {
+        for r in runs.iter().filter(|r| r.variant.has_breaker()) {
             let bound = r.threshold as usize + r.clients as usize;
             let s = Summary::of(&r.during);
             let close_bound = (plan.open_duration_ms + plan.probe_interval_ms + 100) as f64;

@@ -245,22 +245,34 @@ pub fn failfast(lab_bin: &Path, plan: &Plan) -> anyhow::Result<FailFast> {
 pub enum OutageVariant {
     NoBreaker,
     Breaker,
+    /// The breaker with a failure-rate policy beside the consecutive count.
+    BreakerRate,
     BreakerFallback,
     Haproxy,
 }
 
 impl OutageVariant {
-    pub const ALL: [OutageVariant; 4] = [
+    pub const ALL: [OutageVariant; 5] = [
         OutageVariant::NoBreaker,
         OutageVariant::Breaker,
+        OutageVariant::BreakerRate,
         OutageVariant::BreakerFallback,
         OutageVariant::Haproxy,
     ];
+
+    /// Whether a breaker daemon runs in this variant.
+    pub fn has_breaker(self) -> bool {
+        matches!(
+            self,
+            OutageVariant::Breaker | OutageVariant::BreakerRate | OutageVariant::BreakerFallback
+        )
+    }
 
     pub fn label(self) -> &'static str {
         match self {
             OutageVariant::NoBreaker => "no breaker",
             OutageVariant::Breaker => "breaker",
+            OutageVariant::BreakerRate => "breaker, rate policy too",
             OutageVariant::BreakerFallback => "breaker + fallback",
             OutageVariant::Haproxy => "HAProxy (TCP, passive+active checks)",
         }
@@ -291,6 +303,9 @@ pub struct Outage {
 pub const CLIENT_TIMEOUT_MS: u64 = 1500;
 const CLIENTS: u32 = 32;
 const THRESHOLD: u32 = 5;
+/// The rate variant's policy: Hystrix's defaults at its usual 50 %.
+pub const RATE_POLICY: &str =
+    "failure_rate_threshold = 50\nminimum_connects = 20\nwindow = \"10s\"";
 
 pub fn outage(lab_bin: &Path, plan: &Plan, variant: OutageVariant) -> anyhow::Result<Outage> {
     let mut lab = Lab::new("bo", lab_bin)?;
@@ -305,6 +320,13 @@ pub fn outage(lab_bin: &Path, plan: &Plan, variant: OutageVariant) -> anyhow::Re
         OutageVariant::NoBreaker => "10.77.0.2:8080",
         OutageVariant::Breaker => {
             lab.start_daemon(&api_config(&["10.77.0.2:8080".into()], &policy))?;
+            "10.77.0.2:8080"
+        }
+        OutageVariant::BreakerRate => {
+            lab.start_daemon(&api_config(
+                &["10.77.0.2:8080".into()],
+                &format!("{policy}\n{RATE_POLICY}"),
+            ))?;
             "10.77.0.2:8080"
         }
         OutageVariant::BreakerFallback => {
@@ -353,10 +375,7 @@ pub fn outage(lab_bin: &Path, plan: &Plan, variant: OutageVariant) -> anyhow::Re
     lab.restore(UPSTREAM_V4)?;
     let back_mono = mono_ms();
     let mut closed_mono = None;
-    if matches!(
-        variant,
-        OutageVariant::Breaker | OutageVariant::BreakerFallback
-    ) {
+    if variant.has_breaker() {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if lab.metric("breaker_state", &[("upstream", "api"), ("state", "closed")])? == 1.0 {
