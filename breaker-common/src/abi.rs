@@ -35,7 +35,7 @@ pub mod map_names {
 /// one: states, counters, destinations, socket records, names, metadata,
 /// heartbeat). Bump it when any of their key or value types changes: a daemon
 /// refuses pins of another ABI rather than misread them.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Longest upstream name (the config refuses longer ones), so a name fits in
 /// [`UpstreamName`].
@@ -184,6 +184,13 @@ pub const POLICY_FALLBACK_V6: u32 = 1 << 1;
 /// Dry run: the state machine runs and reports, but nothing is rejected or
 /// redirected; what would have been is counted in `would_reject`.
 pub const POLICY_DRY_RUN: u32 = 1 << 2;
+/// `count` leaves out refused connects (an RST): counted in metrics, never
+/// toward opening the breaker. Bits that leave out, so that 0 counts them all.
+pub const POLICY_IGNORE_REFUSED: u32 = 1 << 3;
+/// `count` leaves out SYN timeouts.
+pub const POLICY_IGNORE_TIMEOUT: u32 = 1 << 4;
+/// `count` leaves out unreachable destinations (a hard ICMP error).
+pub const POLICY_IGNORE_UNREACHABLE: u32 = 1 << 5;
 
 /// Per-upstream configuration, written by the daemon, read by the connect hooks.
 #[repr(C)]
@@ -324,7 +331,7 @@ pub struct Counters {
     /// TCP connects to the upstream seen by connect4/6 (passed, rejected or redirected).
     pub attempts: u64,
     pub successes: u64,
-    /// Closed from SYN_SENT before any retransmission: an RST or a hard ICMP error.
+    /// Closed from SYN_SENT by an RST from the peer.
     pub failures_refused: u64,
     /// SYN retransmission timeout while in SYN_SENT.
     pub failures_timeout: u64,
@@ -342,6 +349,9 @@ pub struct Counters {
     /// Connects the breaker would have rejected or redirected, let through
     /// because the upstream is in dry-run mode.
     pub would_reject: u64,
+    /// Closed from SYN_SENT by a hard ICMP error (no segment came back): the
+    /// destination is unreachable.
+    pub failures_unreachable: u64,
 }
 
 /// Why a transition happened.
@@ -355,6 +365,17 @@ pub const CAUSE_PROBE_SUCCESS: u32 = 6;
 pub const CAUSE_PROBE_FAILURE: u32 = 7;
 /// The failure-rate window reached its threshold.
 pub const CAUSE_FAILURE_RATE: u32 = 8;
+pub const CAUSE_FAILURE_UNREACHABLE: u32 = 9;
+
+/// The `POLICY_IGNORE_` bit of a failure cause (0 for anything else).
+pub const fn ignore_bit(cause: u32) -> u32 {
+    match cause {
+        CAUSE_FAILURE_REFUSED => POLICY_IGNORE_REFUSED,
+        CAUSE_FAILURE_TIMEOUT => POLICY_IGNORE_TIMEOUT,
+        CAUSE_FAILURE_UNREACHABLE => POLICY_IGNORE_UNREACHABLE,
+        _ => 0,
+    }
+}
 
 pub const fn cause_name(cause: u32) -> &'static str {
     match cause {
@@ -366,6 +387,7 @@ pub const fn cause_name(cause: u32) -> &'static str {
         CAUSE_PROBE_SUCCESS => "probe_success",
         CAUSE_PROBE_FAILURE => "probe_failure",
         CAUSE_FAILURE_RATE => "failure_rate",
+        CAUSE_FAILURE_UNREACHABLE => "unreachable",
         _ => "unknown",
     }
 }
@@ -394,6 +416,6 @@ const _: () = assert!(core::mem::size_of::<DestKey>() == 20);
 const _: () = assert!(core::mem::size_of::<BreakerCell>() == 8);
 const _: () = assert!(core::mem::size_of::<SocketRecord>() == 56);
 const _: () = assert!(core::mem::size_of::<ResolveQuery>() == 24);
-const _: () = assert!(core::mem::size_of::<Counters>() == 80);
+const _: () = assert!(core::mem::size_of::<Counters>() == 88);
 const _: () = assert!(core::mem::size_of::<TransitionEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<PinMetadata>() == 104);

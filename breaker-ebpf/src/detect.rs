@@ -30,10 +30,11 @@ use aya_ebpf::{
 };
 use breaker_common::{
     abi::{
-        SocketRecord, UpstreamPolicy, CAUSE_FAILURE_RATE, CAUSE_FAILURE_REFUSED,
-        CAUSE_FAILURE_TIMEOUT, CAUSE_SUCCESS, DEFAULT_UPSTREAM_ID,
+        ignore_bit, SocketRecord, UpstreamPolicy, CAUSE_ABANDONED, CAUSE_FAILURE_RATE,
+        CAUSE_FAILURE_REFUSED, CAUSE_FAILURE_TIMEOUT, CAUSE_FAILURE_UNREACHABLE, CAUSE_SUCCESS,
+        DEFAULT_UPSTREAM_ID,
     },
-    machine::{record_rated, BreakerWord, Mode, Outcome, State, CAS_RETRIES},
+    machine::{self, record_rated, BreakerWord, Mode, Outcome, State, CAS_RETRIES},
     window,
 };
 
@@ -82,14 +83,25 @@ enum End {
 #[inline(always)]
 fn closed_while_connecting(ctx: &SockOpsContext) -> End {
     // SAFETY: the kernel hands sock_ops a valid context.
-    let (packets_out, retrans) = unsafe { ((*ctx.ops).packets_out, (*ctx.ops).total_retrans) };
+    let (packets_out, retrans, segs_in) = unsafe {
+        (
+            (*ctx.ops).packets_out,
+            (*ctx.ops).total_retrans,
+            (*ctx.ops).segs_in,
+        )
+    };
     if packets_out > 0 {
         End::Abandoned
     } else if retrans > 0 {
         // The SYN was retransmitted and the kernel gave up on it.
         End::Outcome(CAUSE_FAILURE_TIMEOUT)
-    } else {
+    } else if segs_in > 0 {
+        // The peer's RST came back.
         End::Outcome(CAUSE_FAILURE_REFUSED)
+    } else {
+        // Ended with nothing back: a hard ICMP error (measured in
+        // EBPF-TOOLCHAIN.md: segs_in 0, packets_out 0, no retransmission).
+        End::Outcome(CAUSE_FAILURE_UNREACHABLE)
     }
 }
 
@@ -202,9 +214,20 @@ fn finish(ctx: &SockOpsContext, end: End) -> Result<(), i32> {
     count(r.upstream, |c| match cause {
         CAUSE_SUCCESS => c.successes += 1,
         CAUSE_FAILURE_TIMEOUT => c.failures_timeout += 1,
+        CAUSE_FAILURE_UNREACHABLE => c.failures_unreachable += 1,
         _ => c.failures_refused += 1,
     });
     let success = cause == CAUSE_SUCCESS;
+    // A failure the upstream's `count` leaves out moves nothing: a trial gives
+    // its HALF_OPEN slot back, as if abandoned.
+    if !success && uncounted(r.upstream, cause) {
+        if let (Some(epoch), Some(breaker)) =
+            (trial_epoch, Breaker::of_record(r.upstream, &r.dest, false))
+        {
+            breaker.update(ctx, CAUSE_ABANDONED, |w| machine::abandon(w, epoch));
+        }
+        return Ok(());
+    }
     // Only a failure creates a default-policy breaker: healthy destinations stay out
     // of the LRU map.
     let Some(breaker) = Breaker::of_record(r.upstream, &r.dest, !success) else {
@@ -236,6 +259,14 @@ fn finish(ctx: &SockOpsContext, end: End) -> Result<(), i32> {
         record_rated(w, outcome, now, &thresholds, rate_trips)
     });
     Ok(())
+}
+
+/// Whether upstream `upstream`'s `count` leaves out failures of `cause`.
+#[inline(always)]
+fn uncounted(upstream: u32, cause: u32) -> bool {
+    POLICIES
+        .get(upstream)
+        .is_some_and(|p| p.flags & ignore_bit(cause) != 0)
 }
 
 /// [`rate_window`]'s verdict: the window reached its threshold: the breaker trips...

@@ -170,7 +170,7 @@ impl Metrics {
 
     /// Series that exist before anything happens, so dashboards and alerts see zeros.
     fn precreate(&self, name: &str) {
-        for reason in ["refused", "timeout"] {
+        for reason in ["refused", "timeout", "unreachable"] {
             self.failures.with_label_values(&[name, reason]);
         }
         if name != "default" {
@@ -220,7 +220,7 @@ impl Metrics {
             for c in self.per_upstream() {
                 let _ = c.remove_label_values(&[name]);
             }
-            for reason in ["refused", "timeout"] {
+            for reason in ["refused", "timeout", "unreachable"] {
                 let _ = self.failures.remove_label_values(&[name, reason]);
             }
             for result in ["success", "failure"] {
@@ -491,6 +491,12 @@ impl Metrics {
                 &[name, "timeout"],
                 now.failures_timeout,
                 prev.failures_timeout,
+            );
+            inc(
+                &self.failures,
+                &[name, "unreachable"],
+                now.failures_unreachable,
+                prev.failures_unreachable,
             );
             inc(&self.rejected, &[name], now.rejected, prev.rejected);
             inc(&self.redirected, &[name], now.redirected, prev.redirected);

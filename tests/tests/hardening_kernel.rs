@@ -149,9 +149,14 @@ fn only_answers_from_the_network_count_as_failures() {
         ("gaveup abandoned", abandoned("gaveup"), 0.0),
         ("patient abandoned", abandoned("patient"), 0.0),
         ("rst abandoned", abandoned("rst"), 0.0),
-        ("icmp-host", failures("icmp-host", "refused"), 1.0),
+        ("rst", failures("rst", "unreachable"), 0.0),
+        // An ICMP error, even port unreachable (ECONNREFUSED to the client), is
+        // `unreachable`: no segment came back.
+        ("icmp-host", failures("icmp-host", "unreachable"), 1.0),
+        ("icmp-host", failures("icmp-host", "refused"), 0.0),
         ("icmp-host abandoned", abandoned("icmp-host"), 0.0),
-        ("icmp-port", failures("icmp-port", "refused"), 1.0),
+        ("icmp-port", failures("icmp-port", "unreachable"), 1.0),
+        ("icmp-port", failures("icmp-port", "refused"), 0.0),
         ("icmp-port abandoned", abandoned("icmp-port"), 0.0),
     ];
     let wrong: Vec<String> = table

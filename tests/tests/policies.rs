@@ -1,6 +1,6 @@
 //! Trip policies beside the consecutive count, on a real kernel: the failure-rate
 //! window (`failure_rate_threshold`, `minimum_connects`, `window`), kept by
-//! sock_ops per upstream. They need root; outside CI they skip with a reason,
+//! sock_ops per upstream, and `count` (which failures open a breaker). They need root; outside CI they skip with a reason,
 //! under CI=true they fail.
 use breaker_lab::{
     lab::{Lab, UPSTREAM_V4},
@@ -274,4 +274,67 @@ open_duration = "1h"
         .metric("breaker_state", &[("upstream", "api"), ("state", "open")])
         .unwrap();
     check(&lab, open == 1.0, "10 failures within 2 s: open");
+}
+
+/// `count` leaves refused connects out of the breaker's reckoning, not out of the
+/// metrics: an upstream counting only timeouts stays closed through refusals,
+/// the same refusals trip one that counts them, and a rate policy leaves them
+/// out too.
+#[test]
+fn count_leaves_a_failure_out_of_the_breaker_but_not_out_of_the_metrics() {
+    let Some(mut lab) = lab("count") else {
+        return;
+    };
+    lab.start_daemon(
+        r#"
+[[upstream]]
+name = "timeouts"
+endpoints = ["10.77.0.2:8093"]
+count = ["timeout", "unreachable"]
+failure_threshold = 2
+failure_rate_threshold = 50
+minimum_connects = 2
+window = "1m"
+open_duration = "1h"
+
+[[upstream]]
+name = "all"
+endpoints = ["10.77.0.2:8094"]
+failure_threshold = 2
+open_duration = "1h"
+"#,
+    )
+    .unwrap();
+    let to = |port: u16| format!("{UPSTREAM_V4}:{port}");
+    let left_out = lab
+        .client(&["--to", &to(8093), "--count", "5", "--timeout-ms", "2000"])
+        .unwrap();
+    let counted = lab
+        .client(&["--to", &to(8094), "--count", "5", "--timeout-ms", "2000"])
+        .unwrap();
+    let state = |up: &str, s: &str| {
+        lab.metric("breaker_state", &[("upstream", up), ("state", s)])
+            .unwrap()
+    };
+    check(
+        &lab,
+        state("timeouts", "closed") == 1.0,
+        &format!("5 refusals, not counted: closed ({left_out:?})"),
+    );
+    check(
+        &lab,
+        state("all", "open") == 1.0,
+        &format!("2 refusals, counted: open ({counted:?})"),
+    );
+    let refused = lab
+        .metric(
+            "breaker_connect_failures_total",
+            &[("upstream", "timeouts"), ("reason", "refused")],
+        )
+        .unwrap();
+    check(
+        &lab,
+        refused == 5.0,
+        &format!("still in the metrics: {refused}"),
+    );
 }

@@ -2,6 +2,7 @@
 //!
 //! Errors name the file, the field and why (see [`ConfigError`]); nothing is loaded
 //! or attached until a config has passed [`Config::from_file`].
+mod count;
 mod endpoint;
 mod memory;
 
@@ -17,6 +18,7 @@ use breaker_common::machine::{State, MAX_COUNT, MAX_IN_FLIGHT};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+pub use count::CountSet;
 pub use endpoint::{unmap_v4_addr, Endpoint, EndpointParseError};
 pub use memory::{possible_cpus, MapSizes};
 
@@ -128,6 +130,8 @@ pub struct Policy {
     pub probe_timeout: Duration,
     /// Failure-rate tripping, beside the consecutive count; `None`: off.
     pub rate: Option<RatePolicy>,
+    /// Which failures count toward opening (both the streak and the rate).
+    pub count: CountSet,
 }
 
 /// The breaker also opens when `threshold_pct` percent of the connects in the
@@ -284,6 +288,7 @@ struct RawPolicy {
     minimum_connects: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     window: Option<Duration>,
+    count: Option<CountSet>,
 }
 
 // The policy keys are spelled out in RawUpstream and RawDefaultPolicy rather than
@@ -303,6 +308,7 @@ macro_rules! raw_policy_of {
             failure_rate_threshold: $raw.failure_rate_threshold,
             minimum_connects: $raw.minimum_connects,
             window: $raw.window,
+            count: $raw.count,
         }
     };
 }
@@ -337,6 +343,7 @@ struct RawUpstream {
     minimum_connects: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     window: Option<Duration>,
+    count: Option<CountSet>,
 }
 
 #[derive(Deserialize, Default)]
@@ -378,6 +385,7 @@ struct RawDefaultPolicy {
     minimum_connects: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     window: Option<Duration>,
+    count: Option<CountSet>,
 }
 
 fn yes() -> bool {
@@ -401,6 +409,7 @@ impl RawPolicy {
             failure_rate_threshold: self.failure_rate_threshold.or(base.failure_rate_threshold),
             minimum_connects: self.minimum_connects.or(base.minimum_connects),
             window: self.window.or(base.window),
+            count: self.count.or(base.count),
         }
     }
 }
@@ -455,6 +464,7 @@ impl Check<'_> {
                 minimum_connects: raw.minimum_connects.unwrap_or(defaults::MINIMUM_CONNECTS),
                 window: raw.window.unwrap_or(defaults::WINDOW),
             }),
+            count: raw.count.unwrap_or_default(),
         };
         let field = |name: &str| format!("{at}{name}");
         if !(1..=MAX_COUNT).contains(&p.failure_threshold) {
@@ -1264,8 +1274,13 @@ fn describe_policy(p: &Policy) -> String {
         ),
         None => String::new(),
     };
+    let counted = if p.count == CountSet::ALL {
+        String::new()
+    } else {
+        format!(" (counting {} only)", p.count.names().join(", "))
+    };
     format!(
-        "opens after {} consecutive failures{rate} ({timeout}); open {}; {trials}; closes after {} successes; probe every {} (timeout {})",
+        "opens after {} consecutive failures{rate}{counted} ({timeout}); open {}; {trials}; closes after {} successes; probe every {} (timeout {})",
         p.failure_threshold,
         humantime::format_duration(p.open_duration),
         p.success_threshold,

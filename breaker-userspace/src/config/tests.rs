@@ -819,3 +819,35 @@ fn a_rate_key_without_a_threshold_in_an_upstream_is_refused() {
     .unwrap();
     assert_eq!(c.upstreams[0].policy.rate.unwrap().minimum_connects, 5);
 }
+
+#[test]
+fn count_defaults_to_every_failure_and_names_what_it_leaves_out() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.upstreams[0].policy.count, CountSet::ALL);
+    let c = parse(&format!(
+        "[defaults]\ncount = ['timeout']\n{MINIMAL}[[upstream]]\nname = 'b'\nendpoints = ['10.1.2.4:80']\ncount = ['refused', 'unreachable']\n"
+    ))
+    .unwrap();
+    assert_eq!(c.upstreams[0].policy.count.names(), ["timeout"]);
+    assert_eq!(
+        c.upstreams[1].policy.count.names(),
+        ["refused", "unreachable"]
+    );
+    assert!(describe_policy(&c.upstreams[0].policy)
+        .starts_with("opens after 5 consecutive failures (counting timeout only)"));
+}
+
+#[test]
+fn count_refuses_unknown_slow_and_empty_lists_in_one_line() {
+    for (list, says) in [
+        ("['refused', 'reset']", "\"reset\" is not an outcome"),
+        ("['slow']", "\"slow\" is not measured yet"),
+        ("[]", "counts nothing, so the breaker would never open"),
+    ] {
+        let err = parse(&format!("{MINIMAL}count = {list}\n")).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(says), "{list}: {text}");
+        assert!(text.contains("count"), "{list}: {text}");
+        assert_eq!(text.lines().count(), 1, "{text}");
+    }
+}

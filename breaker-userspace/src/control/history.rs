@@ -151,7 +151,7 @@ impl History {
 pub fn totals(c: &Counters) -> Totals {
     Totals {
         connects: c.attempts,
-        failures: c.failures_refused + c.failures_timeout,
+        failures: c.failures_refused + c.failures_timeout + c.failures_unreachable,
         rejected: c.rejected + c.redirected,
     }
 }

@@ -32,7 +32,8 @@ use breaker_common::{
     abi::{
         map_names, program_names, BreakerCell, Counters, DestKey, EndpointV4, EndpointV6,
         PinMetadata, Settings, UpstreamPolicy, ABI_VERSION, DEFAULT_UPSTREAM_ID, POLICY_DRY_RUN,
-        POLICY_FALLBACK_V4, POLICY_FALLBACK_V6, PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6,
+        POLICY_FALLBACK_V4, POLICY_FALLBACK_V6, POLICY_IGNORE_REFUSED, POLICY_IGNORE_TIMEOUT,
+        POLICY_IGNORE_UNREACHABLE, PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6,
     },
     dest::{endpoint_prefix_len, port_ne},
     machine::{BreakerWord, State, Thresholds},
@@ -207,6 +208,7 @@ impl CounterTable {
             sum.abandoned += c.abandoned;
             sum.unwatched += c.unwatched;
             sum.would_reject += c.would_reject;
+            sum.failures_unreachable += c.failures_unreachable;
             sum
         }))
     }
@@ -1044,6 +1046,15 @@ pub fn policy_abi(p: &Policy, fallback: &[SocketAddr], hz: u32) -> UpstreamPolic
         connect_rto_jiffies: p.connect_timeout.map_or(0, |t| duration_jiffies(t, hz)),
         ..Default::default()
     };
+    for (counted, bit) in [
+        (p.count.refused, POLICY_IGNORE_REFUSED),
+        (p.count.timeout, POLICY_IGNORE_TIMEOUT),
+        (p.count.unreachable, POLICY_IGNORE_UNREACHABLE),
+    ] {
+        if !counted {
+            abi.flags |= bit;
+        }
+    }
     if let Some(r) = p.rate {
         abi.rate_threshold_pct = r.threshold_pct;
         abi.rate_minimum = r.minimum_connects;
