@@ -92,12 +92,12 @@ fn closed_while_connecting(ctx: &SockOpsContext) -> End {
     };
     if packets_out > 0 {
         End::Abandoned
+    } else if segs_in > 0 {
+        // The peer's RST came back, after retransmitted SYNs or not.
+        End::Outcome(CAUSE_FAILURE_REFUSED)
     } else if retrans > 0 {
         // The SYN was retransmitted and the kernel gave up on it.
         End::Outcome(CAUSE_FAILURE_TIMEOUT)
-    } else if segs_in > 0 {
-        // The peer's RST came back.
-        End::Outcome(CAUSE_FAILURE_REFUSED)
     } else {
         // Ended with nothing back: a hard ICMP error (measured in
         // EBPF-TOOLCHAIN.md: segs_in 0, packets_out 0, no retransmission).

@@ -99,7 +99,7 @@ impl Metrics {
             transitions: counter(&registry, "breaker_transitions_total", "Breaker state transitions.", &["upstream", "from", "to"]),
             attempts: counter(&registry, "breaker_connect_attempts_total", "TCP connects to the upstream seen by the connect hooks.", &["upstream"]),
             successes: counter(&registry, "breaker_connect_successes_total", "Watched connects that reached ESTABLISHED.", &["upstream"]),
-            failures: counter(&registry, "breaker_connect_failures_total", "Watched connects that failed, by reason: refused (RST or hard ICMP error), timeout (SYN retransmission timeout), other.", &["upstream", "reason"]),
+            failures: counter(&registry, "breaker_connect_failures_total", "Watched connects that failed, by reason: refused (an RST), unreachable (an ICMP error), timeout (a SYN retransmission timeout).", &["upstream", "reason"]),
             rejected: counter(&registry, "breaker_connects_rejected_total", "Connects failed fast with ECONNREFUSED while the breaker rejected.", &["upstream"]),
             redirected: counter(&registry, "breaker_connects_redirected_total", "Connects rewritten to the fallback while the breaker rejected.", &["upstream"]),
             contention: counter(&registry, "breaker_state_contention_total", "Kernel state updates given up after repeated compare-and-swap races.", &["upstream"]),

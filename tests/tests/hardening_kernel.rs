@@ -150,6 +150,9 @@ fn only_answers_from_the_network_count_as_failures() {
         ("patient abandoned", abandoned("patient"), 0.0),
         ("rst abandoned", abandoned("rst"), 0.0),
         ("rst", failures("rst", "unreachable"), 0.0),
+        ("patient", failures("patient", "unreachable"), 0.0),
+        ("impatient", failures("impatient", "unreachable"), 0.0),
+        ("gaveup", failures("gaveup", "unreachable"), 0.0),
         // An ICMP error, even port unreachable (ECONNREFUSED to the client), is
         // `unreachable`: no segment came back.
         ("icmp-host", failures("icmp-host", "unreachable"), 1.0),

@@ -338,3 +338,74 @@ open_duration = "1h"
         &format!("still in the metrics: {refused}"),
     );
 }
+
+/// A HALF_OPEN trial that fails in a way `count` leaves out gives its slot back:
+/// the next trial is admitted, not failed fast, and the breaker stays half-open
+/// (it neither reopens nor holds its one slot for a trial that will never count).
+#[test]
+fn an_uncounted_trial_failure_gives_its_slot_back() {
+    let Some(mut lab) = lab("counttrial") else {
+        return;
+    };
+    lab.start_daemon(
+        r#"
+[[upstream]]
+name = "api"
+endpoints = ["10.77.0.2:8095"]
+count = ["timeout"]
+failure_threshold = 1
+half_open_max_connections = 1
+connect_timeout = "200ms"
+open_duration = "300ms"
+probe_interval = "1h"
+"#,
+    )
+    .unwrap();
+    let to = format!("{UPSTREAM_V4}:8095");
+    // A blackhole: one timeout trips it.
+    lab.blackhole(UPSTREAM_V4).unwrap();
+    lab.client(&["--to", &to, "--count", "1", "--timeout-ms", "1000"])
+        .unwrap();
+    lab.restore(UPSTREAM_V4).unwrap();
+    let trips = lab
+        .metric(
+            "breaker_transitions_total",
+            &[("upstream", "api"), ("from", "closed"), ("to", "open")],
+        )
+        .unwrap();
+    check(&lab, trips == 1.0, &format!("a timeout trips api: {trips}"));
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    // Now refused (nothing listens): each trial fails in a way not counted.
+    let rejected = |lab: &Lab| {
+        lab.metric("breaker_connects_rejected_total", &[("upstream", "api")])
+            .unwrap()
+    };
+    let before = rejected(&lab);
+    let trials = lab
+        .client(&["--to", &to, "--count", "3", "--timeout-ms", "2000"])
+        .unwrap();
+    let after = rejected(&lab);
+    check(
+        &lab,
+        after == before,
+        &format!("each trial admitted in turn, none failed fast ({before} -> {after}): {trials:?}"),
+    );
+    let refused = lab
+        .metric(
+            "breaker_connect_failures_total",
+            &[("upstream", "api"), ("reason", "refused")],
+        )
+        .unwrap();
+    check(
+        &lab,
+        refused == 3.0,
+        &format!("3 refused trials counted in metrics: {refused}"),
+    );
+    let half = lab
+        .metric(
+            "breaker_state",
+            &[("upstream", "api"), ("state", "half_open")],
+        )
+        .unwrap();
+    check(&lab, half == 1.0, "api stays half-open");
+}

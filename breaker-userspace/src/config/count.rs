@@ -64,7 +64,7 @@ impl<'de> Deserialize<'de> for CountSet {
         }
         if set.names().is_empty() {
             return Err(de::Error::custom(
-                "counts nothing, so the breaker would never open: name at least one of \"refused\", \"timeout\", \"unreachable\" (or set mode = \"dry_run\")",
+                "counts nothing, so the breaker would never open: name at least one of \"refused\", \"timeout\", \"unreachable\"",
             ));
         }
         Ok(set)

@@ -847,7 +847,10 @@ fn count_refuses_unknown_slow_and_empty_lists_in_one_line() {
         let err = parse(&format!("{MINIMAL}count = {list}\n")).unwrap_err();
         let text = err.to_string();
         assert!(text.contains(says), "{list}: {text}");
-        assert!(text.contains("count"), "{list}: {text}");
+        assert!(
+            text.contains("line 5, column 9, upstream[0].count: "),
+            "{list}: {text}"
+        );
         assert_eq!(text.lines().count(), 1, "{text}");
     }
 }
