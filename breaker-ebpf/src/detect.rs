@@ -240,21 +240,26 @@ fn finish(ctx: &SockOpsContext, end: End) -> Result<(), i32> {
     let thresholds = breaker.policy.thresholds();
     // Only a failure reads the clock (it may trip the breaker at `now`).
     let now = if success { 0 } else { now_ms() };
-    let before = breaker.peek();
-    let rate = if breaker.policy.rate_threshold_pct != 0
+    // The word as the outcome found it, read only for an upstream with a rate
+    // policy: the CLOSED path of every other upstream pays nothing for it.
+    let (rate, rate_epoch) = if breaker.policy.rate_threshold_pct != 0
         && r.upstream != DEFAULT_UPSTREAM_ID
         && trial_epoch.is_none()
     {
-        rate_window(r.upstream, breaker.policy, before, !success)
+        let before = breaker.peek();
+        (
+            rate_window(r.upstream, breaker.policy, before, !success),
+            before.epoch(),
+        )
     } else {
-        0
+        (0, 0)
     };
     let cause = if rate & RATE_NAMES_TRIP != 0 {
         CAUSE_FAILURE_RATE
     } else {
         cause
     };
-    let rate_trips = (rate & RATE_TRIPS != 0).then_some(before.epoch());
+    let rate_trips = (rate & RATE_TRIPS != 0).then_some(rate_epoch);
     breaker.update(ctx, cause, |w| {
         record_rated(w, outcome, now, &thresholds, rate_trips)
     });
