@@ -29,6 +29,8 @@ pub mod map_names {
     pub const PIN_METADATA: &str = "PIN_METADATA";
     pub const DAEMON_HEARTBEAT: &str = "DAEMON_HEARTBEAT";
     pub const RATE_WINDOWS: &str = "RATE_WINDOWS";
+    pub const PACKET_FLOWS: &str = "PACKET_FLOWS";
+    pub const PACKET_COUNTERS: &str = "PACKET_COUNTERS";
 }
 
 /// The layout of every map that outlives a daemon (pinned and adopted by the next
@@ -120,6 +122,13 @@ pub mod program_names {
     /// Runs the destination lookup on a [`super::ResolveQuery`] under
     /// BPF_PROG_TEST_RUN (tests and `breaker explain`); never attached.
     pub const TEST_RESOLVE: &str = "brk_test_resolve";
+    /// The packet path: SYNs arriving on a watched interface, as XDP or as TC.
+    pub const XDP_INGRESS: &str = "brk_xdp_ingress";
+    pub const TC_INGRESS: &str = "brk_tc_ingress";
+    /// The packet path: the upstreams' answers leaving through a watched interface.
+    pub const TC_EGRESS: &str = "brk_tc_egress";
+    /// Run by the daemon under BPF_PROG_TEST_RUN for a flow past its timeout.
+    pub const FLOW_EXPIRE: &str = "brk_flow_expire";
     /// Returns the kernel's jiffies under BPF_PROG_TEST_RUN (the daemon's HZ
     /// measurement); never attached.
     pub const JIFFIES: &str = "brk_jiffies";
@@ -191,6 +200,9 @@ pub const POLICY_IGNORE_REFUSED: u32 = 1 << 3;
 pub const POLICY_IGNORE_TIMEOUT: u32 = 1 << 4;
 /// `count` leaves out unreachable destinations (a hard ICMP error).
 pub const POLICY_IGNORE_UNREACHABLE: u32 = 1 << 5;
+/// `UpstreamPolicy.flags`: the packet path drops a rejected SYN instead of
+/// answering it with a reset (`packet_action = "drop"`).
+pub const POLICY_PACKET_DROP: u32 = 1 << 6;
 
 /// Per-upstream configuration, written by the daemon, read by the connect hooks.
 #[repr(C)]

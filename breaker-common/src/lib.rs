@@ -8,11 +8,13 @@
 //!   kernel boundary.
 //! - [`dest`]: the one encoder of destination and endpoint keys.
 //! - [`window`]: the failure-rate window, a ring of time buckets per upstream.
+//! - [`packet`]: the packet path's flows, answers and the reset it replies with.
 #![cfg_attr(not(test), no_std)]
 
 pub mod abi;
 pub mod dest;
 pub mod machine;
+pub mod packet;
 pub mod window;
 
 #[cfg(feature = "user")]

@@ -16,3 +16,7 @@ unsafe impl aya::Pod for TransitionEvent {}
 unsafe impl aya::Pod for UpstreamName {}
 unsafe impl aya::Pod for PinMetadata {}
 unsafe impl aya::Pod for crate::window::RateWindow {}
+unsafe impl aya::Pod for crate::packet::FlowKey {}
+unsafe impl aya::Pod for crate::packet::FlowRecord {}
+unsafe impl aya::Pod for crate::packet::ExpireQuery {}
+unsafe impl aya::Pod for crate::packet::PacketCounters {}

@@ -7,13 +7,17 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use breaker_common::{
+    abi::CAUSE_OPEN_EXPIRED,
     abi::{BreakerCell, Counters, DestKey, TransitionEvent, UpstreamPolicy, DEFAULT_UPSTREAM_ID},
-    machine::{self, BreakerWord, State, Step, WordCell},
+    machine::{self, admit, Admission, BreakerWord, Mode, State, Step, WordCell},
 };
 
 use crate::{
     atomic::cas_u64,
-    maps::{COUNTERS, DEFAULT_STATES, DEFAULT_TRIPPED, EVENTS, POLICIES, UPSTREAM_STATES},
+    maps::{
+        COUNTERS, DAEMON_HEARTBEAT, DEFAULT_STATES, DEFAULT_TRIPPED, EVENTS, POLICIES,
+        UPSTREAM_STATES,
+    },
 };
 
 /// One breaker, resolved from the maps.
@@ -70,6 +74,14 @@ pub fn count(upstream: u32, f: impl FnOnce(&mut Counters)) {
         // SAFETY: this CPU's slot; no other writer while this program runs.
         f(unsafe { &mut *c });
     }
+}
+
+/// Whether the daemon's heartbeat is stale (or the map unreadable: then no daemon
+/// can be relied on to probe either).
+#[inline(always)]
+fn daemon_away(now: u32) -> bool {
+    let beat = DAEMON_HEARTBEAT.get(0).map_or(0, |b| *b as u32);
+    machine::daemon_away(beat, now)
 }
 
 impl Breaker {
@@ -161,6 +173,35 @@ impl Breaker {
     #[inline(always)]
     pub fn peek(&self) -> BreakerWord {
         BreakerWord(KernelWord(self.word).load())
+    }
+
+    /// Whether a new connect may go: the one admission of every hook (connect4/6
+    /// and the packet path). Contention beyond the retry bound passes: fail open.
+    #[inline(always)]
+    pub fn admit<C: EbpfContext>(&self, ctx: &C) -> Admission {
+        // The clock and the daemon's heartbeat matter only to a breaker that is not
+        // CLOSED (or is overridden). Both are read once, here, outside the
+        // compare-and-swap loop: a map lookup inside it would be retried with it and
+        // multiplies the paths the verifier walks (seconds more to load).
+        let peek = self.peek();
+        let settled = peek.state() == State::Closed && peek.mode() == Mode::Auto;
+        let now = if settled { 0 } else { now_ms() };
+        let thresholds = if !settled && daemon_away(now) {
+            self.policy.thresholds().without_daemon()
+        } else {
+            self.policy.thresholds()
+        };
+        self.update(ctx, CAUSE_OPEN_EXPIRED, |w| {
+            // CLOSED, the common case, needs no clock; a word that left CLOSED
+            // since the peek reads it now.
+            let now = match (w.state(), settled) {
+                (State::Closed, _) => 0,
+                (_, false) => now,
+                (_, true) => now_ms(),
+            };
+            admit(w, now, &thresholds)
+        })
+        .unwrap_or(Admission::Pass)
     }
 
     /// Applies one state-machine step with compare-and-swap and reports any transition.

@@ -12,13 +12,13 @@ use breaker_common::{
         RECORD_WATCHED,
     },
     dest::v4_mapped,
-    machine::{self, abandon, admit, Admission, Mode, State},
+    machine::{abandon, Admission},
 };
 
 use crate::{
-    breaker::{count, jiffies, now_ms, Breaker},
+    breaker::{count, jiffies, Breaker},
     destination,
-    maps::{DAEMON_HEARTBEAT, SETTINGS},
+    maps::SETTINGS,
     probe_mark::is_probe_socket,
     record,
 };
@@ -89,31 +89,7 @@ fn enforce<const V6_HOOK: bool>(
     let Some(breaker) = breaker else {
         return Ok(Verdict::Allow);
     };
-    // The clock and the daemon's heartbeat matter only to a breaker that is not
-    // CLOSED (or is overridden). Both are read once, here, outside the
-    // compare-and-swap loop: a map lookup inside it would be retried with it and
-    // multiplies the paths the verifier walks (seconds more to load).
-    let peek = breaker.peek();
-    let settled = peek.state() == State::Closed && peek.mode() == Mode::Auto;
-    let now = if settled { 0 } else { now_ms() };
-    let thresholds = if !settled && daemon_away(now) {
-        breaker.policy.thresholds().without_daemon()
-    } else {
-        breaker.policy.thresholds()
-    };
-    // Contention beyond the retry bound: fail open.
-    let admission = breaker
-        .update(ctx, CAUSE_OPEN_EXPIRED, |w| {
-            // CLOSED, the common case, needs no clock; a word that left CLOSED
-            // since the peek reads it now.
-            let now = match (w.state(), settled) {
-                (State::Closed, _) => 0,
-                (_, false) => now,
-                (_, true) => now_ms(),
-            };
-            admit(w, now, &thresholds)
-        })
-        .unwrap_or(Admission::Pass);
+    let admission = breaker.admit(ctx);
     if admission == Admission::Ignore {
         // Disabled by the operator: as if breaker were not there.
         return Ok(Verdict::Allow);
@@ -147,14 +123,6 @@ fn enforce<const V6_HOOK: bool>(
         Admission::Reject => Ok(reject::<V6_HOOK>(ctx, &breaker, &dest)),
         Admission::Ignore => Ok(Verdict::Allow),
     }
-}
-
-/// Whether the daemon's heartbeat is stale (or the map unreadable: then no daemon
-/// can be relied on to probe either).
-#[inline(always)]
-fn daemon_away(now: u32) -> bool {
-    let beat = DAEMON_HEARTBEAT.get(0).map_or(0, |b| *b as u32);
-    machine::daemon_away(beat, now)
 }
 
 /// Writes this connect's record, so sock_ops reports its outcome. Without one

@@ -27,10 +27,11 @@ use aya_ebpf::{
     },
     helpers::generated::bpf_setsockopt,
     programs::SockOpsContext,
+    EbpfContext,
 };
 use breaker_common::{
     abi::{
-        ignore_bit, SocketRecord, UpstreamPolicy, CAUSE_ABANDONED, CAUSE_FAILURE_RATE,
+        ignore_bit, DestKey, SocketRecord, UpstreamPolicy, CAUSE_ABANDONED, CAUSE_FAILURE_RATE,
         CAUSE_FAILURE_REFUSED, CAUSE_FAILURE_TIMEOUT, CAUSE_FAILURE_UNREACHABLE, CAUSE_SUCCESS,
         DEFAULT_UPSTREAM_ID,
     },
@@ -211,7 +212,22 @@ fn finish(ctx: &SockOpsContext, end: End) -> Result<(), i32> {
     }
     found.free();
     let r = &found.record;
-    count(r.upstream, |c| match cause {
+    conclude(ctx, r.upstream, &r.dest, cause, trial_epoch);
+    Ok(())
+}
+
+/// Counts one watched connect's outcome (`CAUSE_SUCCESS` or a failure cause) and
+/// applies it to the breaker `upstream` names (for the default policy, `dest`'s):
+/// the one conclusion of every hook that sees outcomes (sock_ops, the packet path).
+#[inline(always)]
+pub fn conclude<C: EbpfContext>(
+    ctx: &C,
+    upstream: u32,
+    dest: &DestKey,
+    cause: u32,
+    trial_epoch: Option<u8>,
+) {
+    count(upstream, |c| match cause {
         CAUSE_SUCCESS => c.successes += 1,
         CAUSE_FAILURE_TIMEOUT => c.failures_timeout += 1,
         CAUSE_FAILURE_UNREACHABLE => c.failures_unreachable += 1,
@@ -220,18 +236,18 @@ fn finish(ctx: &SockOpsContext, end: End) -> Result<(), i32> {
     let success = cause == CAUSE_SUCCESS;
     // A failure the upstream's `count` leaves out moves nothing: a trial gives
     // its HALF_OPEN slot back, as if abandoned.
-    if !success && uncounted(r.upstream, cause) {
+    if !success && uncounted(upstream, cause) {
         if let (Some(epoch), Some(breaker)) =
-            (trial_epoch, Breaker::of_record(r.upstream, &r.dest, false))
+            (trial_epoch, Breaker::of_record(upstream, dest, false))
         {
             breaker.update(ctx, CAUSE_ABANDONED, |w| machine::abandon(w, epoch));
         }
-        return Ok(());
+        return;
     }
     // Only a failure creates a default-policy breaker: healthy destinations stay out
     // of the LRU map.
-    let Some(breaker) = Breaker::of_record(r.upstream, &r.dest, !success) else {
-        return Ok(());
+    let Some(breaker) = Breaker::of_record(upstream, dest, !success) else {
+        return;
     };
     let outcome = Outcome {
         success,
@@ -243,12 +259,12 @@ fn finish(ctx: &SockOpsContext, end: End) -> Result<(), i32> {
     // The word as the outcome found it, read only for an upstream with a rate
     // policy: the CLOSED path of every other upstream pays nothing for it.
     let (rate, rate_epoch) = if breaker.policy.rate_threshold_pct != 0
-        && r.upstream != DEFAULT_UPSTREAM_ID
+        && upstream != DEFAULT_UPSTREAM_ID
         && trial_epoch.is_none()
     {
         let before = breaker.peek();
         (
-            rate_window(r.upstream, breaker.policy, before, !success),
+            rate_window(upstream, breaker.policy, before, !success),
             before.epoch(),
         )
     } else {
@@ -263,7 +279,6 @@ fn finish(ctx: &SockOpsContext, end: End) -> Result<(), i32> {
     breaker.update(ctx, cause, |w| {
         record_rated(w, outcome, now, &thresholds, rate_trips)
     });
-    Ok(())
 }
 
 /// Whether upstream `upstream`'s `count` leaves out failures of `cause`.

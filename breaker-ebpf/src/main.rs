@@ -21,6 +21,8 @@ mod features;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod packet;
+#[cfg(target_arch = "bpf")]
 mod probe_mark;
 #[cfg(target_arch = "bpf")]
 mod record;
@@ -32,11 +34,16 @@ mod resolve_test;
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        macros::{cgroup_sock, cgroup_sock_addr, classifier, sock_ops},
-        programs::{SockAddrContext, SockContext, SockOpsContext, TcContext},
+        bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+        helpers::generated::{bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_tail},
+        macros::{cgroup_sock, cgroup_sock_addr, classifier, sock_ops, xdp},
+        programs::{SockAddrContext, SockContext, SockOpsContext, TcContext, XdpContext},
     };
 
-    use crate::connect::Verdict;
+    use crate::{
+        connect::Verdict,
+        packet::{ingress, Packet},
+    };
 
     /// The sock_addr return codes. Anything but an explicit deny allows: a fault in
     /// our own bookkeeping must never break the host's connects.
@@ -99,6 +106,60 @@ mod programs {
         // 1 lets the release go on; it is never ours to refuse.
         let _ = crate::release::try_sock_release(&ctx);
         1
+    }
+
+    /// Packet path, XDP: a SYN from a workload behind the interface passes, or is
+    /// answered with a reset sent straight back (XDP_TX), or dropped.
+    #[xdp]
+    pub fn brk_xdp_ingress(ctx: XdpContext) -> u32 {
+        match ingress::on_ingress(&ctx) {
+            ingress::Verdict::Pass => xdp_action::XDP_PASS,
+            ingress::Verdict::Drop => xdp_action::XDP_DROP,
+            ingress::Verdict::Reply { len } => {
+                let frame = ctx.frame();
+                let delta = len as i32 - (frame.end - frame.data) as i32;
+                // A reply left longer than its IP length is Ethernet padding to
+                // the client: valid either way.
+                // SAFETY: the context is the program's own; delta only shrinks.
+                let _ = unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) };
+                xdp_action::XDP_TX
+            }
+        }
+    }
+
+    /// Packet path, TC ingress: as `brk_xdp_ingress`, where XDP cannot go.
+    #[classifier]
+    pub fn brk_tc_ingress(ctx: TcContext) -> i32 {
+        match ingress::on_ingress(&ctx) {
+            ingress::Verdict::Pass => TC_ACT_OK,
+            ingress::Verdict::Drop => TC_ACT_SHOT,
+            ingress::Verdict::Reply { len } => {
+                // SAFETY: the program's own skb; the length only shrinks. A reply
+                // left longer is Ethernet padding to the client.
+                let _ = unsafe { bpf_skb_change_tail(ctx.skb.skb.cast(), len as u32, 0) };
+                // SAFETY: reads the skb's interface, then a helper on integers:
+                // out of the interface the SYN came in by.
+                unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 }
+            }
+        }
+    }
+
+    /// Packet path, TC egress: the upstreams' answers towards the workloads end
+    /// their flows. Never changes nor drops a packet.
+    #[classifier]
+    pub fn brk_tc_egress(ctx: TcContext) -> i32 {
+        crate::packet::egress::on_egress(&ctx);
+        TC_ACT_OK
+    }
+
+    /// A flow past its timeout, under BPF_PROG_TEST_RUN from the daemon; never
+    /// attached.
+    #[classifier]
+    pub fn brk_flow_expire(ctx: TcContext) -> i32 {
+        match crate::packet::expire::try_expire(&ctx) {
+            Ok(verdict) => verdict as i32,
+            Err(_) => -2,
+        }
     }
 
     /// The kernel's jiffies (low 32 bits) under BPF_PROG_TEST_RUN, so the daemon can

@@ -10,6 +10,7 @@ use breaker_common::{
         BreakerCell, Counters, DestKey, EndpointV4, EndpointV6, PinMetadata, Settings,
         SocketRecord, UpstreamName, UpstreamPolicy,
     },
+    packet::{FlowKey, FlowRecord, PacketCounters},
     window::RateWindow,
 };
 
@@ -70,6 +71,19 @@ pub static SOCKET_RECORDS: Array<SocketRecord> = Array::with_max_entries(1, 0);
 /// Made anew at each load: a reload starts every window empty.
 #[map]
 pub static RATE_WINDOWS: Array<RateWindow> = Array::with_max_entries(1, 0);
+
+/// Packet path: a SYN seen on a watched interface -> its breaker, sequence number
+/// and start. Inserted by the ingress hook; removed by whichever sees the flow end
+/// first (the egress hook at an answer, `brk_flow_expire` at its timeout), which
+/// is how each flow counts once. An LRU: a flood of SYNs evicts old flows (which
+/// then go uncounted), never blocks new ones. Made anew at each load.
+#[map]
+pub static PACKET_FLOWS: LruHashMap<FlowKey, FlowRecord> = LruHashMap::with_max_entries(1, 0);
+
+/// Packet path counters that belong to no upstream (skipped packets, unmatched
+/// ICMP errors, ...), per CPU: written on the hot path.
+#[map]
+pub static PACKET_COUNTERS: PerCpuArray<PacketCounters> = PerCpuArray::with_max_entries(1, 0);
 
 /// Upstream id -> counters, per CPU (written on every watched connect).
 #[map]

@@ -14,6 +14,7 @@ pub mod icmp_router;
 pub mod lab;
 pub mod metrics;
 pub mod netns;
+pub mod packets;
 pub mod privileges;
 pub mod server;
 pub mod stats;

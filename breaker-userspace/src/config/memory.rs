@@ -13,6 +13,7 @@ use breaker_common::abi::{
     BreakerCell, Counters, DestKey, EndpointV4, EndpointV6, PinMetadata, Settings, SocketRecord,
     UpstreamName, UpstreamPolicy,
 };
+use breaker_common::packet::{FlowKey, FlowRecord, PacketCounters};
 use breaker_common::window::RateWindow;
 use ipnet::IpNet;
 
@@ -80,7 +81,13 @@ pub struct MapSizes {
     pub v6: u32,
     /// DEFAULT_STATES and DEFAULT_TRIPPED.
     pub destinations: u32,
+    /// PACKET_FLOWS: SYNs in flight on the watched interfaces; 1 with none.
+    pub flows: u32,
 }
+
+/// Connects in flight at once that the packet path can follow, over every
+/// watched interface. Past this the LRU forgets the oldest (they go uncounted).
+pub const PACKET_FLOW_SLOTS: u32 = 1 << 16;
 
 /// The fewest upstream ids the maps are made with.
 pub const MIN_UPSTREAM_SLOTS: u32 = 64;
@@ -116,6 +123,11 @@ impl Config {
                 .default_policy
                 .as_ref()
                 .map_or(1, |d| d.max_destinations),
+            flows: if self.interfaces.is_empty() {
+                1
+            } else {
+                PACKET_FLOW_SLOTS
+            },
         }
     }
 
@@ -129,6 +141,7 @@ impl Config {
             v4,
             v6,
             destinations,
+            flows,
         } = self.map_sizes();
         let u32_size = size_of::<u32>();
         [
@@ -150,6 +163,8 @@ impl Config {
             array(1, size_of::<PinMetadata>()),
             array(1, size_of::<u64>()).next_multiple_of(PAGE),
             MAP_OVERHEAD + EVENTS_BYTES,
+            hash_map(flows, size_of::<FlowKey>(), size_of::<FlowRecord>()),
+            per_cpu_array(1, size_of::<PacketCounters>(), possible_cpus),
         ]
         .into_iter()
         .sum()

@@ -4,6 +4,7 @@
 //! or attached until a config has passed [`Config::from_file`].
 mod count;
 mod endpoint;
+mod interface;
 mod memory;
 
 use std::{
@@ -20,7 +21,8 @@ use serde::Deserialize;
 
 pub use count::CountSet;
 pub use endpoint::{unmap_v4_addr, Endpoint, EndpointParseError};
-pub use memory::{possible_cpus, MapSizes};
+pub use interface::{Hook, Interface, PacketAction};
+pub use memory::{possible_cpus, MapSizes, PACKET_FLOW_SLOTS};
 
 /// Where a config went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +163,8 @@ pub struct Upstream {
     pub probe: Probe,
     /// `mode = "dry_run"`: the breaker runs and reports, but never rejects.
     pub dry_run: bool,
+    /// What the packet path does with a SYN this breaker rejects.
+    pub packet_action: PacketAction,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -227,6 +231,8 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     pub default_policy: Option<DefaultPolicy>,
     pub alerts: Vec<Alert>,
+    /// `[[interface]]`: where the packet path watches SYNs and answers.
+    pub interfaces: Vec<Interface>,
 }
 
 #[derive(Deserialize, Default)]
@@ -242,6 +248,8 @@ struct RawConfig {
     default_policy: Option<RawDefaultPolicy>,
     #[serde(default)]
     alert: Vec<RawAlert>,
+    #[serde(default)]
+    interface: Vec<interface::RawInterface>,
 }
 
 #[derive(Deserialize)]
@@ -326,6 +334,7 @@ struct RawUpstream {
     #[serde(default)]
     allow_loopback: bool,
     mode: Option<String>,
+    packet_action: Option<String>,
     failure_threshold: Option<u32>,
     success_threshold: Option<u32>,
     half_open_max_connections: Option<u32>,
@@ -760,6 +769,7 @@ impl Check<'_> {
                 )
             }
         };
+        let packet_action = self.packet_action(&at, up.packet_action.as_deref())?;
         Ok(Upstream {
             name: up.name,
             endpoints,
@@ -767,6 +777,7 @@ impl Check<'_> {
             policy,
             probe,
             dry_run,
+            packet_action,
         })
     }
 
@@ -1106,12 +1117,14 @@ impl Config {
             .enumerate()
             .map(|(i, a)| check.alert(i, a, &upstreams))
             .collect::<Result<Vec<_>, _>>()?;
+        let interfaces = check.interfaces(raw.interface)?;
         Ok(Config {
             cgroup: raw.cgroup,
             daemon,
             upstreams,
             default_policy,
             alerts,
+            interfaces,
         })
     }
 

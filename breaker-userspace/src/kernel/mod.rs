@@ -9,9 +9,12 @@
 //! - [`links`]: attaching through pinned links, or swapping the programs under
 //!   them.
 //! - [`ids`]: upstream ids by name, kept across restarts and reloads.
+//! - [`packet`]: the packet path: its programs on the watched interfaces, flows
+//!   past their timeout, and its programs under BPF_PROG_TEST_RUN.
 mod hz;
 mod ids;
 mod links;
+pub mod packet;
 pub mod pins;
 mod resolve;
 pub mod watch;
@@ -90,6 +93,8 @@ pub enum KernelError {
     },
     #[error("upstream ids: {0}")]
     Ids(String),
+    #[error("interface {interface}: {reason}")]
+    Interface { interface: String, reason: String },
 }
 
 /// Loaded (and, after [`Kernel::attach`], attached) programs and their maps, all
@@ -249,7 +254,7 @@ const KEPT_MAPS: [&str; 8] = [
 
 /// Maps made anew from the config at each load, so the programs swapped in see a
 /// complete config from their first run; pinned too, for a person to inspect.
-const FRESH_MAPS: [&str; 7] = [
+const FRESH_MAPS: [&str; 9] = [
     map_names::SETTINGS,
     map_names::ENDPOINTS_EXACT,
     map_names::ENDPOINTS_V4,
@@ -257,6 +262,8 @@ const FRESH_MAPS: [&str; 7] = [
     map_names::POLICIES,
     map_names::EVENTS,
     map_names::RATE_WINDOWS,
+    map_names::PACKET_FLOWS,
+    map_names::PACKET_COUNTERS,
 ];
 
 impl Kernel {
@@ -658,9 +665,12 @@ fn write_config(ebpf: &mut Ebpf, config: &Config, hz: u32, ids: &[u32]) -> Resul
         policies
             .set(
                 upstream_id(i),
-                dry_run(
-                    policy_abi(&up.policy, &up.fallback, hz),
-                    up.dry_run || config.daemon.dry_run,
+                packet_action(
+                    dry_run(
+                        policy_abi(&up.policy, &up.fallback, hz),
+                        up.dry_run || config.daemon.dry_run,
+                    ),
+                    up.packet_action,
                 ),
                 0,
             )
@@ -807,7 +817,8 @@ fn loader_for(sizes: &crate::config::MapSizes) -> EbpfLoader<'static> {
         .map_max_entries(map_names::UPSTREAM_NAMES, slots)
         .map_max_entries(map_names::DEFAULT_STATES, sizes.destinations)
         .map_max_entries(map_names::DEFAULT_TRIPPED, sizes.destinations)
-        .map_max_entries(map_names::SOCKET_RECORDS, SOCKET_RECORD_SLOTS);
+        .map_max_entries(map_names::SOCKET_RECORDS, SOCKET_RECORD_SLOTS)
+        .map_max_entries(map_names::PACKET_FLOWS, sizes.flows);
     loader
 }
 
@@ -1023,6 +1034,17 @@ fn duration_jiffies(timeout: std::time::Duration, hz: u32) -> u32 {
 
 /// `policy`, in dry run when `on`: nothing that changes traffic, so not the
 /// shorter SYN RTO of `connect_timeout` either (outcomes come on the kernel's).
+/// The packet path's answer to a rejected SYN, in the policy's flags.
+fn packet_action(
+    mut policy: UpstreamPolicy,
+    action: crate::config::PacketAction,
+) -> UpstreamPolicy {
+    if action == crate::config::PacketAction::Drop {
+        policy.flags |= breaker_common::abi::POLICY_PACKET_DROP;
+    }
+    policy
+}
+
 fn dry_run(mut policy: UpstreamPolicy, on: bool) -> UpstreamPolicy {
     if on {
         policy.flags |= POLICY_DRY_RUN;

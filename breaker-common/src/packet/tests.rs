@@ -1,0 +1,156 @@
+use etherparse::{IpSlice, Ipv4Slice, Ipv6Slice, TcpSlice};
+
+use super::*;
+use crate::dest::v4_mapped;
+
+const CLIENT4: [u8; 4] = [10, 0, 2, 2];
+const UPSTREAM4: [u8; 4] = [10, 0, 3, 2];
+
+fn ne4(a: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(a)
+}
+
+fn ne6(a: [u8; 16]) -> [u32; 4] {
+    crate::dest::bytes_to_words(a)
+}
+
+#[test]
+fn an_ipv4_reset_comes_from_the_upstream_acks_the_syn_and_checks_out() {
+    let isn = 0xffff_ffff; // wraps to ack 0
+    let p = reset_v4(
+        ne4(CLIENT4),
+        ne4(UPSTREAM4),
+        40000u16.to_be(),
+        80u16.to_be(),
+        isn,
+    );
+    let ip = Ipv4Slice::from_slice(&p).expect("a valid IPv4 packet");
+    let h = ip.header();
+    assert_eq!(h.source(), UPSTREAM4);
+    assert_eq!(h.destination(), CLIENT4);
+    assert_eq!(h.ttl(), RESET_TTL);
+    assert_eq!(h.total_len() as usize, RESET_V4_LEN);
+    assert_eq!(
+        h.header_checksum(),
+        h.to_header().calc_header_checksum(),
+        "the IPv4 header checksum"
+    );
+    let tcp = TcpSlice::from_slice(ip.payload().payload).expect("a TCP header");
+    assert_eq!(tcp.source_port(), 80);
+    assert_eq!(tcp.destination_port(), 40000);
+    assert!(tcp.rst() && tcp.ack() && !tcp.syn() && !tcp.fin());
+    assert_eq!(tcp.sequence_number(), 0);
+    assert_eq!(tcp.acknowledgment_number(), 0, "isn + 1, wrapped");
+    assert_eq!(tcp.data_offset(), 5);
+    let expected = tcp
+        .to_header()
+        .calc_checksum_ipv4_raw(UPSTREAM4, CLIENT4, &[])
+        .expect("checksum");
+    assert_eq!(tcp.checksum(), expected, "the TCP checksum");
+}
+
+#[test]
+fn an_ipv6_reset_comes_from_the_upstream_acks_the_syn_and_checks_out() {
+    let client: [u8; 16] = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+    let upstream: [u8; 16] = [0xfd, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0xab, 0xcd, 0, 2];
+    let p = reset_v6(
+        ne6(client),
+        ne6(upstream),
+        51000u16.to_be(),
+        443u16.to_be(),
+        41,
+    );
+    let ip = Ipv6Slice::from_slice(&p).expect("a valid IPv6 packet");
+    let h = ip.header();
+    assert_eq!(h.source(), upstream);
+    assert_eq!(h.destination(), client);
+    assert_eq!(h.hop_limit(), RESET_TTL);
+    assert_eq!(h.payload_length(), 20);
+    let tcp = TcpSlice::from_slice(ip.payload().payload).expect("a TCP header");
+    assert_eq!((tcp.source_port(), tcp.destination_port()), (443, 51000));
+    assert!(tcp.rst() && tcp.ack() && !tcp.syn());
+    assert_eq!(tcp.acknowledgment_number(), 42);
+    let expected = tcp
+        .to_header()
+        .calc_checksum_ipv6_raw(upstream, client, &[])
+        .expect("checksum");
+    assert_eq!(tcp.checksum(), expected, "the TCP checksum");
+    assert!(matches!(IpSlice::from_slice(&p), Ok(IpSlice::Ipv6(_))));
+}
+
+#[test]
+fn only_a_segment_acknowledging_the_syn_answers_it() {
+    let isn = 1000;
+    let cases: [(&str, u8, u32, Option<Answer>); 8] = [
+        ("syn-ack", TCP_SYN | TCP_ACK, 1001, Some(Answer::Accepted)),
+        ("rst-ack", TCP_RST | TCP_ACK, 1001, Some(Answer::Refused)),
+        ("syn-ack acking another syn", TCP_SYN | TCP_ACK, 1002, None),
+        ("rst-ack acking another syn", TCP_RST | TCP_ACK, 1000, None),
+        ("rst without ack", TCP_RST, 0, None),
+        ("a bare syn (simultaneous open)", TCP_SYN, 1001, None),
+        ("data", TCP_ACK, 1001, None),
+        ("fin-ack", TCP_FIN | TCP_ACK, 1001, None),
+    ];
+    for (name, flags, ack, expected) in cases {
+        assert_eq!(answer(flags, ack, isn), expected, "{name}");
+    }
+    assert_eq!(
+        answer(TCP_SYN | TCP_ACK, 0, u32::MAX),
+        Some(Answer::Accepted),
+        "wraps"
+    );
+}
+
+#[test]
+fn a_connect_is_a_syn_alone() {
+    assert!(is_connect(TCP_SYN));
+    assert!(
+        is_connect(TCP_SYN | 0x08 | 0x40 | 0x80),
+        "PSH, ECE, CWR do not matter"
+    );
+    for flags in [
+        TCP_SYN | TCP_ACK,
+        TCP_SYN | TCP_RST,
+        TCP_SYN | TCP_FIN,
+        TCP_ACK,
+        0,
+    ] {
+        assert!(!is_connect(flags), "{flags:#x}");
+    }
+}
+
+#[test]
+fn unreachable_is_every_destination_unreachable_but_path_mtu() {
+    for code in 0..16 {
+        assert_eq!(icmp4_unreachable(3, code), code != 4, "code {code}");
+    }
+    assert!(!icmp4_unreachable(11, 0), "time exceeded");
+    assert!(!icmp4_unreachable(0, 0), "echo reply");
+    assert!(icmp6_unreachable(1));
+    assert!(!icmp6_unreachable(2), "packet too big");
+    assert!(!icmp6_unreachable(3), "time exceeded");
+}
+
+#[test]
+fn a_flow_times_out_at_its_timeout_across_the_wrap() {
+    assert!(!timed_out(100, 149, 50));
+    assert!(timed_out(100, 150, 50));
+    let started = u32::MAX as u64 - 10;
+    assert!(!timed_out(started, started + 49, 50));
+    assert!(timed_out(started, started + 50, 50), "the low 32 bits wrap");
+    assert!(
+        timed_out(7 << 32, (7 << 32) + 60, 50),
+        "high bits do not matter"
+    );
+}
+
+#[test]
+fn the_flow_key_keeps_ipv4_as_v4_mapped() {
+    let key = FlowKey {
+        client: v4_mapped(ne4(CLIENT4)),
+        ..FlowKey::default()
+    };
+    assert_eq!(crate::dest::unmap_v4(key.client), Some(ne4(CLIENT4)));
+    assert_eq!(core::mem::size_of::<FlowKey>(), 40);
+    assert_eq!(core::mem::size_of::<FlowRecord>(), 48);
+}

@@ -1,0 +1,277 @@
+//! A SYN arriving on a watched interface: the packet path's connect4/6. It asks the
+//! breaker of its destination, starts a flow for a passed one, and answers a
+//! rejected one with a reset from the upstream's address (or drops it).
+use aya_ebpf::EbpfContext;
+use breaker_common::{
+    abi::{
+        DestKey, Settings, CAUSE_OPEN_EXPIRED, DEFAULT_UPSTREAM_ID, POLICY_DRY_RUN,
+        POLICY_PACKET_DROP,
+    },
+    machine::{abandon, Admission, State},
+    packet::{
+        is_connect, reset_v4, reset_v6, FlowKey, FlowRecord, FLOW_TRIAL, RESET_V4_LEN, RESET_V6_LEN,
+    },
+};
+
+use super::{count, ip, is_v4, tcp, Frame, Ip, Packet, Tcp, IPPROTO_TCP};
+use crate::{
+    breaker::{self, jiffies, Breaker},
+    destination,
+    maps::{PACKET_FLOWS, SETTINGS},
+};
+
+/// What the hook does with the packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// On its way, untouched.
+    Pass,
+    /// Rewritten in place into a reset for the client, `len` bytes long: send it
+    /// back out of the interface it came in by.
+    Reply { len: usize },
+    /// Dropped (`packet_action = "drop"`).
+    Drop,
+}
+
+pub fn on_ingress<C: Packet>(ctx: &C) -> Verdict {
+    let Some((key, isn)) = connect_of(&ctx.frame()) else {
+        return Verdict::Pass;
+    };
+    // Nothing of the parse stays live across the decision (the packet is read
+    // again from the context for a reset): the verifier's walks of the decision
+    // from every packet layout then end in the same state, and merge.
+    match decide(ctx, &key, isn) {
+        DECIDED_PASS => Verdict::Pass,
+        DECIDED_DROP => Verdict::Drop,
+        _ => reset(&ctx.frame()),
+    }
+}
+
+/// The flow and sequence number of a connect's first segment; `None` for any
+/// other packet (counted as skipped when it could not be read).
+#[inline(always)]
+fn connect_of(frame: &Frame) -> Option<(FlowKey, u32)> {
+    let ip = match ip(frame) {
+        Ok(Some(ip)) if ip.proto == IPPROTO_TCP => ip,
+        // Not TCP, or not IP: nothing a connect is made of.
+        Ok(_) => return None,
+        Err(_) => {
+            count(|c| c.skipped += 1);
+            return None;
+        }
+    };
+    let Ok(tcp) = tcp(frame, ip.l4) else {
+        count(|c| c.skipped += 1);
+        return None;
+    };
+    // Everything but a connect's first segment leaves here: established flows
+    // cost the parse and nothing else.
+    if !is_connect(tcp.flags) {
+        return None;
+    }
+    let key = FlowKey {
+        client: ip.src,
+        upstream: ip.dst,
+        client_port: tcp.src_port,
+        upstream_port: tcp.dst_port,
+        family: ip.family,
+        _pad: 0,
+    };
+    Some((key, tcp.seq))
+}
+
+/// Turns the SYN in `frame` into the upstream's reset.
+#[inline(always)]
+fn reset(frame: &Frame) -> Verdict {
+    let (Ok(Some(ip)), true) = (ip(frame), true) else {
+        return Verdict::Pass;
+    };
+    let Ok(tcp) = tcp(frame, ip.l4) else {
+        return Verdict::Pass;
+    };
+    match write_reset(frame, &ip, &tcp) {
+        Some(len) => {
+            count(|c| c.replies_reset += 1);
+            Verdict::Reply { len }
+        }
+        // Cannot happen for a packet that parsed; should it, the SYN goes on.
+        None => Verdict::Pass,
+    }
+}
+
+/// [`decide`]'s answers.
+const DECIDED_PASS: u32 = 0;
+const DECIDED_RESET: u32 = 1;
+const DECIDED_DROP: u32 = 2;
+
+/// What to do with a SYN of flow `key` with sequence number `isn`: ask its
+/// breaker, as connect4/6 do, and start the flow if it goes. Out of line and
+/// given no packet pointer, so its paths are walked once whatever the packet's
+/// layout, and its stack is its own.
+#[inline(never)]
+fn decide<C: EbpfContext>(ctx: &C, key: &FlowKey, isn: u32) -> u32 {
+    let Some(settings) = SETTINGS.get(0) else {
+        return DECIDED_PASS;
+    };
+    let dest = DestKey {
+        addr: key.upstream,
+        port: key.upstream_port,
+        family: key.family,
+    };
+    // SAFETY: the value is copied out at once.
+    if let Some(flow) = unsafe { PACKET_FLOWS.get(key) }.copied() {
+        if flow.isn == isn {
+            return retransmitted(key, &flow);
+        }
+        // The same ports again with a new sequence number: the earlier attempt
+        // was given up without an answer. A trial gives its slot back.
+        if flow.flags & FLOW_TRIAL != 0 {
+            if let Some(b) = Breaker::of_record(flow.upstream, &flow.dest, false) {
+                b.update(ctx, CAUSE_OPEN_EXPIRED, |w| abandon(w, flow.epoch as u8));
+            }
+        }
+    }
+    admit(ctx, key, &dest, isn, settings)
+}
+
+#[inline(always)]
+fn admit<C: EbpfContext>(
+    ctx: &C,
+    key: &FlowKey,
+    dest: &DestKey,
+    isn: u32,
+    settings: &Settings,
+) -> u32 {
+    let dest = *dest;
+    let breaker = match destination::upstream(&dest, settings) {
+        Some(id) => Breaker::configured(id),
+        None if settings.default_policy_enabled != 0 => {
+            match Breaker::for_destination(&dest, false) {
+                Some(b) => Some(b),
+                // No failure yet: watch it, so its first failure makes a breaker.
+                None => {
+                    breaker::count(DEFAULT_UPSTREAM_ID, |c| c.attempts += 1);
+                    track(key, DEFAULT_UPSTREAM_ID, dest, isn, 0, 0);
+                    return DECIDED_PASS;
+                }
+            }
+        }
+        None => None,
+    };
+    let Some(breaker) = breaker else {
+        return DECIDED_PASS;
+    };
+    let admission = breaker.admit(ctx);
+    if admission == Admission::Ignore {
+        return DECIDED_PASS;
+    }
+    breaker.count(|c| c.attempts += 1);
+    let dry_run = breaker.policy.flags & POLICY_DRY_RUN != 0;
+    match admission {
+        Admission::Pass => {
+            track(key, breaker.upstream, dest, isn, 0, 0);
+            DECIDED_PASS
+        }
+        Admission::Trial { epoch } => {
+            if track(key, breaker.upstream, dest, isn, FLOW_TRIAL, epoch) {
+                return DECIDED_PASS;
+            }
+            // Nobody would see this trial end: give its slot back and treat it as
+            // rejected, as the breaker is not closed.
+            breaker.update(ctx, CAUSE_OPEN_EXPIRED, |w| abandon(w, epoch));
+            if dry_run {
+                breaker.count(|c| c.would_reject += 1);
+                return DECIDED_PASS;
+            }
+            reject(&breaker)
+        }
+        Admission::Reject if dry_run => {
+            breaker.count(|c| c.would_reject += 1);
+            track(key, breaker.upstream, dest, isn, 0, 0);
+            DECIDED_PASS
+        }
+        Admission::Reject => reject(&breaker),
+        Admission::Ignore => DECIDED_PASS,
+    }
+}
+
+/// A SYN the client sends again: not a new attempt. If its breaker has opened
+/// since, the client stops waiting on it now (no application waits on a
+/// blackhole once its breaker has tripped); the flow ends uncounted.
+#[inline(always)]
+fn retransmitted(key: &FlowKey, flow: &FlowRecord) -> u32 {
+    count(|c| c.syns_retransmitted += 1);
+    let Some(breaker) = Breaker::of_record(flow.upstream, &flow.dest, false) else {
+        return DECIDED_PASS;
+    };
+    let open = breaker.peek().state() == State::Open;
+    if !open || flow.flags & FLOW_TRIAL != 0 || breaker.policy.flags & POLICY_DRY_RUN != 0 {
+        return DECIDED_PASS;
+    }
+    // Only the one that removes the flow acts on it.
+    if PACKET_FLOWS.remove(key).is_err() {
+        return DECIDED_PASS;
+    }
+    reject(&breaker)
+}
+
+/// Starts a flow; false (counted) when the table refused it.
+#[inline(always)]
+fn track(key: &FlowKey, upstream: u32, dest: DestKey, isn: u32, flags: u32, epoch: u8) -> bool {
+    let flow = FlowRecord {
+        started_jiffies: jiffies(),
+        dest,
+        upstream,
+        isn,
+        epoch: epoch as u32,
+        flags,
+        _pad: 0,
+    };
+    if PACKET_FLOWS.insert(key, &flow, 0).is_ok() {
+        count(|c| c.syns_tracked += 1);
+        true
+    } else {
+        count(|c| c.flows_untracked += 1);
+        breaker::count(upstream, |c| c.unwatched += 1);
+        false
+    }
+}
+
+/// A rejected SYN: dropped, or to be turned into the upstream's reset.
+#[inline(always)]
+fn reject(breaker: &Breaker) -> u32 {
+    breaker.count(|c| c.rejected += 1);
+    if breaker.policy.flags & POLICY_PACKET_DROP != 0 {
+        count(|c| c.syns_dropped += 1);
+        return DECIDED_DROP;
+    }
+    DECIDED_RESET
+}
+
+/// Rewrites the frame into the reset: MAC addresses swapped (a VLAN tag stays),
+/// the IP and TCP headers replaced. Returns the reply's length; the bytes after it
+/// are left for the caller to cut (and are Ethernet padding if it cannot).
+#[inline(always)]
+fn write_reset(frame: &Frame, ip: &Ip, tcp: &Tcp) -> Option<usize> {
+    let macs = frame.at::<[u8; 12]>(0)?;
+    // SAFETY: `at` checked the 12 bytes are inside the packet.
+    unsafe {
+        let m = *macs;
+        let mut swapped = [0u8; 12];
+        swapped[..6].copy_from_slice(&m[6..]);
+        swapped[6..].copy_from_slice(&m[..6]);
+        *macs = swapped;
+    }
+    if is_v4(ip.family) {
+        let reply = reset_v4(ip.src[3], ip.dst[3], tcp.src_port, tcp.dst_port, tcp.seq);
+        let at = frame.at::<[u8; RESET_V4_LEN]>(ip.l3)?;
+        // SAFETY: `at` checked the reply fits where the IP header starts.
+        unsafe { *at = reply };
+        Some(ip.l3 + RESET_V4_LEN)
+    } else {
+        let reply = reset_v6(ip.src, ip.dst, tcp.src_port, tcp.dst_port, tcp.seq);
+        let at = frame.at::<[u8; RESET_V6_LEN]>(ip.l3)?;
+        // SAFETY: as above.
+        unsafe { *at = reply };
+        Some(ip.l3 + RESET_V6_LEN)
+    }
+}

@@ -1,0 +1,276 @@
+//! The packet path: XDP and TC programs on the interfaces that face workloads whose
+//! sockets live elsewhere (a VM's tap, a bridge, the LAN side of a gateway).
+//!
+//! - `ingress`: a SYN from a workload asks its breaker, as connect4/6 would; a
+//!   passed one starts a flow in `PACKET_FLOWS`, a rejected one is answered with a
+//!   reset or dropped.
+//! - `egress`: the upstream's answer (SYN-ACK, reset, ICMP error) ends the flow
+//!   and is its outcome, concluded as sock_ops concludes one.
+//! - `expire`: run by the daemon for a flow past its timeout.
+//!
+//! Whatever a hook cannot read (truncated, malformed, fragments, other protocols)
+//! passes untouched: the packet path never drops what it does not understand.
+pub mod egress;
+pub mod expire;
+pub mod ingress;
+
+use breaker_common::{
+    abi::{AF_INET, AF_INET6},
+    dest::v4_mapped,
+    packet::PacketCounters,
+};
+
+use aya_ebpf::{
+    programs::{TcContext, XdpContext},
+    EbpfContext,
+};
+
+use crate::maps::PACKET_COUNTERS;
+
+/// A program context that hands over packet bytes (XDP or TC).
+pub trait Packet: EbpfContext {
+    /// The packet as it is now: read again after anything that may move it.
+    fn frame(&self) -> Frame;
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn frame(&self) -> Frame {
+        Frame {
+            data: self.data(),
+            end: self.data_end(),
+        }
+    }
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn frame(&self) -> Frame {
+        Frame {
+            data: self.data(),
+            end: self.data_end(),
+        }
+    }
+}
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// IPv6 extension headers walked before giving up on a packet (and passing it).
+const MAX_EXTENSION_HEADERS: usize = 4;
+
+/// A packet's bytes, as the XDP or TC context hands them over.
+#[derive(Clone, Copy)]
+pub struct Frame {
+    pub data: usize,
+    pub end: usize,
+}
+
+impl Frame {
+    /// A pointer to a `T` at `offset`, if the packet holds all of it.
+    #[inline(always)]
+    pub fn at<T>(&self, offset: usize) -> Option<*mut T> {
+        let start = self.data + offset;
+        if start + core::mem::size_of::<T>() > self.end {
+            return None;
+        }
+        Some(start as *mut T)
+    }
+
+    /// The byte at `offset`, if the packet holds it and the byte after it: a
+    /// one-byte check compiles to `start < end`, which the verifier takes as no
+    /// range at all. Every byte read here has more header after it.
+    #[inline(always)]
+    pub fn u8(&self, offset: usize) -> Option<u8> {
+        // SAFETY: `at` checked both bytes are inside the packet.
+        self.at::<[u8; 2]>(offset).map(|p| unsafe { (*p)[0] })
+    }
+
+    /// Two bytes as they are in the packet (network order).
+    #[inline(always)]
+    pub fn raw_u16(&self, offset: usize) -> Option<u16> {
+        // SAFETY: `at` checked both bytes; unaligned reads are allowed on packets.
+        self.at::<[u8; 2]>(offset)
+            .map(|p| u16::from_ne_bytes(unsafe { *p }))
+    }
+
+    /// Four bytes as they are in the packet (network order).
+    #[inline(always)]
+    pub fn raw_u32(&self, offset: usize) -> Option<u32> {
+        // SAFETY: as in `raw_u16`.
+        self.at::<[u8; 4]>(offset)
+            .map(|p| u32::from_ne_bytes(unsafe { *p }))
+    }
+
+    /// Sixteen bytes as four network-order words.
+    #[inline(always)]
+    pub fn raw_addr6(&self, offset: usize) -> Option<[u32; 4]> {
+        // SAFETY: as in `raw_u16`.
+        self.at::<[u32; 4]>(offset)
+            .map(|p| unsafe { core::ptr::read_unaligned(p) })
+    }
+}
+
+/// Why a packet is passed without a look: counted as `skipped`.
+pub struct Skip;
+
+/// The IP layer of a packet: its addresses (IPv4 v4-mapped, as in `DestKey`), the
+/// transport protocol and where the transport header starts.
+#[derive(Clone, Copy)]
+pub struct Ip {
+    pub family: u16,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub proto: u8,
+    /// Offset of the IP header (after Ethernet and any VLAN tag).
+    pub l3: usize,
+    /// Offset of the transport header.
+    pub l4: usize,
+}
+
+/// The Ethernet header, with at most one VLAN tag: the IP layer's ethertype and offset.
+#[inline(always)]
+fn link(frame: &Frame) -> Option<(u16, usize)> {
+    let ethertype = u16::from_be(frame.raw_u16(12)?);
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        Some((u16::from_be(frame.raw_u16(16)?), ETH_HLEN + 4))
+    } else {
+        Some((ethertype, ETH_HLEN))
+    }
+}
+
+/// The IP layer of the frame. `Ok(None)`: not IP at all; `Err(Skip)`: IP this
+/// hook cannot read (truncated, a fragment, too many extension headers).
+#[inline(always)]
+pub fn ip(frame: &Frame) -> Result<Option<Ip>, Skip> {
+    let Some((ethertype, l3)) = link(frame) else {
+        return Err(Skip);
+    };
+    match ethertype {
+        ETH_P_IP => ipv4(frame, l3).map(Some),
+        ETH_P_IPV6 => ipv6(frame, l3).map(Some),
+        _ => Ok(None),
+    }
+}
+
+#[inline(always)]
+fn ipv4(frame: &Frame, l3: usize) -> Result<Ip, Skip> {
+    let vihl = frame.u8(l3).ok_or(Skip)?;
+    let ihl = (vihl & 0x0f) as usize * 4;
+    if vihl >> 4 != 4 || ihl < 20 {
+        return Err(Skip);
+    }
+    // More fragments, or an offset: only a first fragment carries the TCP
+    // header, and even that one is not a whole segment.
+    let frag = u16::from_be(frame.raw_u16(l3 + 6).ok_or(Skip)?);
+    if frag & 0x3fff != 0 {
+        return Err(Skip);
+    }
+    let proto = frame.u8(l3 + 9).ok_or(Skip)?;
+    let src = frame.raw_u32(l3 + 12).ok_or(Skip)?;
+    let dst = frame.raw_u32(l3 + 16).ok_or(Skip)?;
+    Ok(Ip {
+        family: AF_INET,
+        src: v4_mapped(src),
+        dst: v4_mapped(dst),
+        proto,
+        l3,
+        l4: l3 + ihl,
+    })
+}
+
+#[inline(always)]
+fn ipv6(frame: &Frame, l3: usize) -> Result<Ip, Skip> {
+    if frame.u8(l3).ok_or(Skip)? >> 4 != 6 {
+        return Err(Skip);
+    }
+    let mut next = frame.u8(l3 + 6).ok_or(Skip)?;
+    let src = frame.raw_addr6(l3 + 8).ok_or(Skip)?;
+    let dst = frame.raw_addr6(l3 + 24).ok_or(Skip)?;
+    let mut l4 = l3 + 40;
+    for _ in 0..MAX_EXTENSION_HEADERS {
+        let len = match next {
+            // Hop-by-hop, routing, destination options: 8-byte units past the first 8.
+            0 | 43 | 60 => (frame.u8(l4 + 1).ok_or(Skip)? as usize + 1) * 8,
+            // Authentication header: 4-byte units past the first 8.
+            51 => (frame.u8(l4 + 1).ok_or(Skip)? as usize + 2) * 4,
+            // A fragment: never a whole segment.
+            44 => return Err(Skip),
+            _ => {
+                return Ok(Ip {
+                    family: AF_INET6,
+                    src,
+                    dst,
+                    proto: next,
+                    l3,
+                    l4,
+                })
+            }
+        };
+        next = frame.u8(l4).ok_or(Skip)?;
+        l4 += len;
+    }
+    match next {
+        0 | 43 | 60 | 51 | 44 => Err(Skip),
+        _ => Ok(Ip {
+            family: AF_INET6,
+            src,
+            dst,
+            proto: next,
+            l3,
+            l4,
+        }),
+    }
+}
+
+/// The fields of a TCP header the packet path reads.
+#[derive(Clone, Copy)]
+pub struct Tcp {
+    /// Ports as in the packet (network order).
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Host order.
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+}
+
+#[inline(always)]
+pub fn tcp(frame: &Frame, l4: usize) -> Result<Tcp, Skip> {
+    // The whole 20-byte header must be there, options aside.
+    let header = frame.at::<[u8; 20]>(l4).ok_or(Skip)?;
+    // SAFETY: `at` checked the 20 bytes are inside the packet.
+    let h = unsafe { *header };
+    if h[12] >> 4 < 5 {
+        return Err(Skip);
+    }
+    Ok(Tcp {
+        src_port: u16::from_ne_bytes([h[0], h[1]]),
+        dst_port: u16::from_ne_bytes([h[2], h[3]]),
+        seq: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+        ack: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
+        flags: h[13],
+    })
+}
+
+/// Bumps the packet path's own counters on this CPU.
+#[inline(always)]
+pub fn count(f: impl FnOnce(&mut PacketCounters)) {
+    if let Some(c) = PACKET_COUNTERS.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; no other writer while this program runs.
+        f(unsafe { &mut *c });
+    }
+}
+
+/// Whether `family` is IPv4 (the other is IPv6).
+#[inline(always)]
+pub fn is_v4(family: u16) -> bool {
+    family == AF_INET
+}
+
+const _: () = assert!(AF_INET != AF_INET6);

@@ -1,0 +1,346 @@
+//! The packet path as the daemon drives it: its programs on the watched
+//! interfaces, the sweep that ends flows past their timeout (in the kernel, by
+//! `brk_flow_expire`), its counters, and its programs under BPF_PROG_TEST_RUN for
+//! the tests and the bench.
+use std::time::Duration;
+
+use aya::{
+    maps::{Array, HashMap, PerCpuArray},
+    programs::{
+        tc::{self, TcAttachType},
+        SchedClassifier, TestRun, TestRunOptions, Xdp, XdpMode,
+    },
+};
+use breaker_common::{
+    abi::{map_names, program_names, UpstreamPolicy, RESOLVE_QUERY_OFFSET},
+    packet::{
+        timed_out, ExpireQuery, FlowKey, FlowRecord, PacketCounters, EXPIRE_COUNTED, FLOW_TRIAL,
+    },
+};
+
+use super::{map_err, prog_err, program, Kernel, KernelError};
+use crate::config::{Hook, Interface};
+
+/// The packet path's programs that are attached to interfaces.
+const ATTACHED: [&str; 3] = [
+    program_names::XDP_INGRESS,
+    program_names::TC_INGRESS,
+    program_names::TC_EGRESS,
+];
+
+/// Where a watched interface's SYNs are looked at, as attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attached {
+    pub interface: String,
+    /// "xdp (native)", "xdp (generic)", "tc (tcx)" or "tc (clsact)".
+    pub ingress: &'static str,
+    /// "tc (tcx)" or "tc (clsact)".
+    pub egress: &'static str,
+}
+
+/// One run of a packet program under BPF_PROG_TEST_RUN.
+#[derive(Clone, Debug)]
+pub struct PacketRun {
+    pub return_value: u32,
+    /// The packet as the program left it.
+    pub data: Vec<u8>,
+    /// The kernel's time per run (of `repeat`).
+    pub per_run: Duration,
+}
+
+impl Kernel {
+    /// Loads (verifies) the packet path's programs, if not yet.
+    pub fn load_packet_programs(&mut self) -> Result<(), KernelError> {
+        let xdp: &mut Xdp = program(&mut self.ebpf, program_names::XDP_INGRESS)?;
+        if xdp.fd().is_err() {
+            xdp.load().map_err(prog_err(program_names::XDP_INGRESS))?;
+        }
+        for name in [
+            program_names::TC_INGRESS,
+            program_names::TC_EGRESS,
+            program_names::FLOW_EXPIRE,
+        ] {
+            let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+            if prog.fd().is_err() {
+                prog.load().map_err(prog_err(name))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches the packet path to each interface: ingress as its hook says
+    /// (`auto`: XDP, native then generic, then TC), egress as TC. The links
+    /// belong to this `Kernel` and go with it.
+    pub fn attach_interfaces(
+        &mut self,
+        interfaces: &[Interface],
+    ) -> Result<Vec<Attached>, KernelError> {
+        if interfaces.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.load_packet_programs()?;
+        interfaces
+            .iter()
+            .map(|i| self.attach_interface(i))
+            .collect()
+    }
+
+    fn attach_interface(&mut self, iface: &Interface) -> Result<Attached, KernelError> {
+        let name = iface.name.as_str();
+        let fail = |reason: String| KernelError::Interface {
+            interface: name.to_string(),
+            reason,
+        };
+        if !std::path::Path::new("/sys/class/net").join(name).exists() {
+            return Err(fail("no such interface".to_string()));
+        }
+        let tcx = tcx_links();
+        let tc_kind = if tcx { "tc (tcx)" } else { "tc (clsact)" };
+        if !tcx {
+            // clsact may be there already (ours from before, or someone else's).
+            if let Err(e) = tc::qdisc_add_clsact(name) {
+                let exists = matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
+                if !exists {
+                    return Err(fail(format!("adding the clsact qdisc: {e}")));
+                }
+            }
+        }
+        let mut ingress = None;
+        let mut xdp_refusal = String::new();
+        if iface.hook != Hook::Tc {
+            let xdp: &mut Xdp = program(&mut self.ebpf, program_names::XDP_INGRESS)?;
+            for (mode, kind) in [
+                (XdpMode::Driver, "xdp (native)"),
+                (XdpMode::Skb, "xdp (generic)"),
+            ] {
+                match xdp.attach(name, mode) {
+                    Ok(_) => {
+                        ingress = Some(kind);
+                        break;
+                    }
+                    Err(e) => xdp_refusal = format!("{e}"),
+                }
+            }
+            match (ingress, iface.hook) {
+                (None, Hook::Xdp) => {
+                    return Err(fail(format!(
+                        "hook = \"xdp\", but XDP cannot be attached (another XDP program there?): {xdp_refusal}"
+                    )))
+                }
+                (None, _) => tracing::warn!(
+                    interface = name,
+                    reason = %xdp_refusal,
+                    "XDP cannot be attached (another XDP program there?): SYNs are looked at with TC instead"
+                ),
+                _ => {}
+            }
+        }
+        if ingress.is_none() {
+            let prog: &mut SchedClassifier = program(&mut self.ebpf, program_names::TC_INGRESS)?;
+            prog.attach(name, TcAttachType::Ingress).map_err(|e| {
+                fail(format!(
+                    "attaching {} at TC ingress: {e}",
+                    program_names::TC_INGRESS
+                ))
+            })?;
+            ingress = Some(tc_kind);
+        }
+        let prog: &mut SchedClassifier = program(&mut self.ebpf, program_names::TC_EGRESS)?;
+        prog.attach(name, TcAttachType::Egress).map_err(|e| {
+            fail(format!(
+                "attaching {} at TC egress: {e}",
+                program_names::TC_EGRESS
+            ))
+        })?;
+        let attached = Attached {
+            interface: name.to_string(),
+            ingress: ingress.unwrap_or(tc_kind),
+            egress: tc_kind,
+        };
+        tracing::info!(
+            interface = name,
+            ingress = attached.ingress,
+            egress = attached.egress,
+            "packet path attached"
+        );
+        Ok(attached)
+    }
+
+    /// Ends every flow that has waited past its timeout for an answer: the
+    /// upstream's `connect_timeout` (the kernel's first SYN RTO, 1 s, without
+    /// one), or a trial's `trial_connect_timeout`. The kernel decides with its own
+    /// clock and counts each flow once. Returns how many timed out.
+    pub fn expire_flows(&mut self) -> Result<usize, KernelError> {
+        let Some(map) = self.ebpf.map(map_names::PACKET_FLOWS) else {
+            return Err(KernelError::MissingMap {
+                name: map_names::PACKET_FLOWS,
+            });
+        };
+        let flows: HashMap<_, FlowKey, FlowRecord> =
+            HashMap::try_from(map).map_err(map_err(map_names::PACKET_FLOWS))?;
+        let candidates: Vec<(FlowKey, FlowRecord)> = flows.iter().filter_map(Result::ok).collect();
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        let now = self.jiffies()?;
+        let policies: Array<_, UpstreamPolicy> = Array::try_from(
+            self.ebpf
+                .map(map_names::POLICIES)
+                .ok_or(KernelError::MissingMap {
+                    name: map_names::POLICIES,
+                })?,
+        )
+        .map_err(map_err(map_names::POLICIES))?;
+        let due: Vec<ExpireQuery> = candidates
+            .into_iter()
+            .filter_map(|(flow, record)| {
+                let policy = policies.get(&record.upstream, 0).unwrap_or_default();
+                let timeout = flow_timeout(&policy, &record, self.hz);
+                timed_out(record.started_jiffies, now as u64, timeout).then_some(ExpireQuery {
+                    flow,
+                    timeout_jiffies: timeout,
+                    _pad: 0,
+                })
+            })
+            .collect();
+        let mut counted = 0;
+        for query in due {
+            let run = self.run_classifier(program_names::FLOW_EXPIRE, &query_frame(&query), 1)?;
+            if run.return_value == EXPIRE_COUNTED {
+                counted += 1;
+            }
+        }
+        Ok(counted)
+    }
+
+    /// The packet path's own counters, summed over CPUs.
+    pub fn packet_counters(&self) -> Result<PacketCounters, KernelError> {
+        let map = self
+            .ebpf
+            .map(map_names::PACKET_COUNTERS)
+            .ok_or(KernelError::MissingMap {
+                name: map_names::PACKET_COUNTERS,
+            })?;
+        let per_cpu: PerCpuArray<_, PacketCounters> =
+            PerCpuArray::try_from(map).map_err(map_err(map_names::PACKET_COUNTERS))?;
+        let values = per_cpu
+            .get(&0, 0)
+            .map_err(map_err(map_names::PACKET_COUNTERS))?;
+        Ok(values.iter().fold(PacketCounters::default(), |mut sum, c| {
+            sum.syns_tracked += c.syns_tracked;
+            sum.syns_retransmitted += c.syns_retransmitted;
+            sum.replies_reset += c.replies_reset;
+            sum.syns_dropped += c.syns_dropped;
+            sum.answers_matched += c.answers_matched;
+            sum.icmp_unmatched += c.icmp_unmatched;
+            sum.flows_timed_out += c.flows_timed_out;
+            sum.flows_untracked += c.flows_untracked;
+            sum.skipped += c.skipped;
+            sum
+        }))
+    }
+
+    /// Runs packet program `name` (XDP or TC) on `frame` under
+    /// BPF_PROG_TEST_RUN, `repeat` times, over this kernel's maps.
+    pub fn run_packet(
+        &mut self,
+        name: &'static str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<PacketRun, KernelError> {
+        self.load_packet_programs()?;
+        if name == program_names::XDP_INGRESS {
+            let prog: &mut Xdp = program(&mut self.ebpf, name)?;
+            run(prog, name, frame, repeat)
+        } else {
+            self.run_classifier(name, frame, repeat)
+        }
+    }
+
+    fn run_classifier(
+        &mut self,
+        name: &'static str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<PacketRun, KernelError> {
+        let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(prog_err(name))?;
+        }
+        run(prog, name, frame, repeat)
+    }
+
+    /// The kernel's jiffies, low 32 bits, as the programs read them.
+    fn jiffies(&mut self) -> Result<u32, KernelError> {
+        let run = self.run_classifier(program_names::JIFFIES, &[0u8; RESOLVE_QUERY_OFFSET], 1)?;
+        Ok(run.return_value)
+    }
+}
+
+fn run<P>(
+    prog: &mut P,
+    name: &'static str,
+    frame: &[u8],
+    repeat: u32,
+) -> Result<PacketRun, KernelError>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
+{
+    // Room for a program that grows the packet; ours only shrink it.
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat: repeat.max(1),
+            ..TestRunOptions::new()
+        })
+        .map_err(prog_err(name))?;
+    out.truncate(result.data_size_out as usize);
+    Ok(PacketRun {
+        return_value: result.return_value,
+        data: out,
+        per_run: result.duration,
+    })
+}
+
+/// How long flow `record` may wait for an answer, in jiffies.
+fn flow_timeout(policy: &UpstreamPolicy, record: &FlowRecord, hz: u32) -> u32 {
+    let jiffies = if record.flags & FLOW_TRIAL != 0 {
+        // A trial socket's budget is three of its initial RTOs (one SYN, one
+        // retransmission at twice the first): the same for a trial flow.
+        policy.trial_rto_jiffies.saturating_mul(3)
+    } else {
+        policy.connect_rto_jiffies
+    };
+    if jiffies > 0 {
+        jiffies
+    } else {
+        // The kernel's initial SYN RTO: 1 s.
+        hz.max(1)
+    }
+}
+
+/// The packet of a `brk_flow_expire` run: the query after an Ethernet-sized gap.
+fn query_frame(q: &ExpireQuery) -> Vec<u8> {
+    let mut data = vec![0u8; RESOLVE_QUERY_OFFSET];
+    // SAFETY: ExpireQuery is repr(C) plain integers; its bytes are its wire form.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            std::ptr::from_ref(q).cast::<u8>(),
+            std::mem::size_of::<ExpireQuery>(),
+        )
+    };
+    data.extend_from_slice(bytes);
+    data
+}
+
+/// Whether TC programs attach as TCX links (6.6+) rather than clsact filters.
+fn tcx_links() -> bool {
+    aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+}
+
+/// Names of the packet path's attachable programs (for status and tests).
+pub fn attached_programs() -> &'static [&'static str] {
+    &ATTACHED
+}

@@ -1,0 +1,832 @@
+//! The packet path's programs, table-driven under BPF_PROG_TEST_RUN over the
+//! daemon's real maps (Cilium's bpf tests are the model): each case builds its
+//! packet, sets the breaker's state, runs one program, and checks the verdict, the
+//! packet that comes out, and what the counters moved. Needs root (loading BPF),
+//! not a lab: nothing is attached.
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
+    path::Path,
+};
+
+use breaker::{
+    config::Config,
+    kernel::{packet::PacketRun, Kernel, PinFolder},
+};
+use breaker_common::{
+    abi::{program_names, Counters},
+    machine::{BreakerWord, State, Step},
+    packet::PacketCounters,
+};
+use breaker_lab::{
+    packets::{self, Reply, CLIENT_MAC, HOST_MAC},
+    privileges,
+};
+use etherparse::{
+    icmpv4::DestUnreachableHeader, LinkSlice, NetSlice, SlicedPacket, TransportSlice,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const WEB4: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 7, 0, 2), 80);
+const QUIET4: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 7, 0, 3), 80);
+const OTHER4: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 7, 0, 9), 80);
+const WEB6: SocketAddrV6 = SocketAddrV6::new(Ipv6Addr::new(0xfd07, 0, 0, 0, 0, 0, 0, 2), 80, 0, 0);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 7, 1, 2);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd07, 1, 0, 0, 0, 0, 0, 2);
+const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 7, 1, 1);
+const ROUTER6: Ipv6Addr = Ipv6Addr::new(0xfd07, 1, 0, 0, 0, 0, 0, 1);
+
+const CONFIG: &str = r#"
+[[upstream]]
+name = "web"
+endpoints = ["10.7.0.2:80", "[fd07::2]:80"]
+probe = { address = "127.0.0.1:9" }
+failure_threshold = 2
+half_open_max_connections = 1
+open_duration = "10m"
+
+[[upstream]]
+name = "quiet"
+endpoints = ["10.7.0.3:80"]
+probe = { address = "127.0.0.1:9" }
+packet_action = "drop"
+open_duration = "10m"
+
+[[interface]]
+name = "brk-none0"
+"#;
+
+fn client(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(CLIENT, port)
+}
+
+fn client6(port: u16) -> SocketAddrV6 {
+    SocketAddrV6::new(CLIENT6, port, 0, 0)
+}
+
+/// The loaded programs, their maps and the ids of the two upstreams.
+struct Fixture {
+    kernel: Kernel,
+    web: u32,
+    quiet: u32,
+}
+
+impl Fixture {
+    fn set(&self, id: u32, state: State) {
+        let now = breaker::state::now_ms();
+        let states = self.kernel.states();
+        states.reset(id);
+        if state != State::Closed {
+            states.update(id, |w| Step {
+                next: BreakerWord::pack(state, now, 0, 0, w.epoch().wrapping_add(1)),
+                result: (),
+            });
+        }
+    }
+
+    fn state(&self, id: u32) -> State {
+        self.kernel.states().load(id).expect("a word").state()
+    }
+
+    fn counters(&self, id: u32) -> Counters {
+        self.kernel.counters().get(id).expect("counters")
+    }
+
+    fn packet_counters(&self) -> PacketCounters {
+        self.kernel.packet_counters().expect("packet counters")
+    }
+
+    fn run(&mut self, program: &'static str, frame: &[u8]) -> PacketRun {
+        self.kernel
+            .run_packet(program, frame, 1)
+            .expect("a test run")
+    }
+}
+
+/// What one case saw: the run, and the counters' changes over it.
+struct Seen {
+    run: PacketRun,
+    web: Counters,
+    quiet: Counters,
+    packet: PacketCounters,
+}
+
+fn delta_counters(a: Counters, b: Counters) -> Counters {
+    Counters {
+        attempts: b.attempts - a.attempts,
+        successes: b.successes - a.successes,
+        failures_refused: b.failures_refused - a.failures_refused,
+        failures_timeout: b.failures_timeout - a.failures_timeout,
+        rejected: b.rejected - a.rejected,
+        redirected: b.redirected - a.redirected,
+        contention_misses: b.contention_misses - a.contention_misses,
+        abandoned: b.abandoned - a.abandoned,
+        unwatched: b.unwatched - a.unwatched,
+        would_reject: b.would_reject - a.would_reject,
+        failures_unreachable: b.failures_unreachable - a.failures_unreachable,
+    }
+}
+
+fn delta_packet(a: PacketCounters, b: PacketCounters) -> PacketCounters {
+    PacketCounters {
+        syns_tracked: b.syns_tracked - a.syns_tracked,
+        syns_retransmitted: b.syns_retransmitted - a.syns_retransmitted,
+        replies_reset: b.replies_reset - a.replies_reset,
+        syns_dropped: b.syns_dropped - a.syns_dropped,
+        answers_matched: b.answers_matched - a.answers_matched,
+        icmp_unmatched: b.icmp_unmatched - a.icmp_unmatched,
+        flows_timed_out: b.flows_timed_out - a.flows_timed_out,
+        flows_untracked: b.flows_untracked - a.flows_untracked,
+        skipped: b.skipped - a.skipped,
+    }
+}
+
+fn observe(f: &mut Fixture, program: &'static str, frame: &[u8]) -> Seen {
+    let (w, q, p) = (f.counters(f.web), f.counters(f.quiet), f.packet_counters());
+    let run = f.run(program, frame);
+    Seen {
+        web: delta_counters(w, f.counters(f.web)),
+        quiet: delta_counters(q, f.counters(f.quiet)),
+        packet: delta_packet(p, f.packet_counters()),
+        run,
+    }
+}
+
+/// The reset a rejected SYN turned into, checked field by field against the SYN:
+/// MACs swapped, addresses and ports swapped, RST|ACK acking isn+1 with seq 0, no
+/// options, valid checksums, nothing after the headers.
+fn check_reset(out: &[u8], syn: &[u8], vlan: bool) -> Result<(), String> {
+    let reply =
+        SlicedPacket::from_ethernet(out).map_err(|e| format!("the reply does not parse: {e}"))?;
+    let request =
+        SlicedPacket::from_ethernet(syn).map_err(|e| format!("the SYN does not parse: {e}"))?;
+    let Some(LinkSlice::Ethernet2(eth)) = &reply.link else {
+        return Err("no Ethernet header".into());
+    };
+    if (eth.source(), eth.destination()) != (HOST_MAC, CLIENT_MAC) {
+        return Err(format!(
+            "MACs not swapped: {:?} -> {:?}",
+            eth.source(),
+            eth.destination()
+        ));
+    }
+    if vlan != reply.vlan().is_some() {
+        return Err(format!(
+            "VLAN tag kept: {}, wanted {vlan}",
+            reply.vlan().is_some()
+        ));
+    }
+    let (Some(TransportSlice::Tcp(tcp)), Some(TransportSlice::Tcp(syn_tcp))) =
+        (&reply.transport, &request.transport)
+    else {
+        return Err("not TCP".into());
+    };
+    if !(tcp.rst() && tcp.ack() && !tcp.syn() && !tcp.fin()) {
+        return Err("flags are not RST|ACK".into());
+    }
+    if tcp.sequence_number() != 0
+        || tcp.acknowledgment_number() != syn_tcp.sequence_number().wrapping_add(1)
+    {
+        return Err(format!(
+            "seq {} ack {}, want 0 and {}",
+            tcp.sequence_number(),
+            tcp.acknowledgment_number(),
+            syn_tcp.sequence_number().wrapping_add(1)
+        ));
+    }
+    if (tcp.source_port(), tcp.destination_port())
+        != (syn_tcp.destination_port(), syn_tcp.source_port())
+    {
+        return Err("ports not swapped".into());
+    }
+    if tcp.data_offset() != 5 || !tcp.payload().is_empty() {
+        return Err("options or payload left".into());
+    }
+    let header_len = if vlan { 18 } else { 14 };
+    match (&reply.net, &request.net) {
+        (Some(NetSlice::Ipv4(ip)), Some(NetSlice::Ipv4(syn_ip))) => {
+            let h = ip.header();
+            if (h.source(), h.destination())
+                != (syn_ip.header().destination(), syn_ip.header().source())
+            {
+                return Err("IPv4 addresses not swapped".into());
+            }
+            if h.header_checksum() != h.to_header().calc_header_checksum() {
+                return Err("bad IPv4 header checksum".into());
+            }
+            let want = tcp
+                .to_header()
+                .calc_checksum_ipv4_raw(h.source(), h.destination(), &[])
+                .map_err(|e| e.to_string())?;
+            if tcp.checksum() != want {
+                return Err(format!(
+                    "bad TCP checksum {:#x}, want {want:#x}",
+                    tcp.checksum()
+                ));
+            }
+            if out.len() != header_len + 40 {
+                return Err(format!("{} bytes, want {}", out.len(), header_len + 40));
+            }
+        }
+        (Some(NetSlice::Ipv6(ip)), Some(NetSlice::Ipv6(syn_ip))) => {
+            let h = ip.header();
+            if (h.source(), h.destination())
+                != (syn_ip.header().destination(), syn_ip.header().source())
+            {
+                return Err("IPv6 addresses not swapped".into());
+            }
+            if h.next_header() != etherparse::IpNumber::TCP {
+                return Err("extension headers left in the reply".into());
+            }
+            let want = tcp
+                .to_header()
+                .calc_checksum_ipv6_raw(h.source(), h.destination(), &[])
+                .map_err(|e| e.to_string())?;
+            if tcp.checksum() != want {
+                return Err(format!(
+                    "bad TCP checksum {:#x}, want {want:#x}",
+                    tcp.checksum()
+                ));
+            }
+            if out.len() != header_len + 60 {
+                return Err(format!("{} bytes, want {}", out.len(), header_len + 60));
+            }
+        }
+        _ => return Err("the reply's family differs from the SYN's".into()),
+    }
+    Ok(())
+}
+
+/// One case: its name, the state to set up, the frame, and the checks. `xdp`:
+/// run on `brk_xdp_ingress` (true) or `brk_tc_ingress` (false) for ingress cases.
+struct Case {
+    name: &'static str,
+    run: fn(&mut Fixture, bool) -> Result<(), String>,
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+fn ingress(xdp: bool) -> &'static str {
+    if xdp {
+        program_names::XDP_INGRESS
+    } else {
+        program_names::TC_INGRESS
+    }
+}
+
+fn pass(xdp: bool) -> u32 {
+    if xdp {
+        XDP_PASS
+    } else {
+        TC_ACT_OK
+    }
+}
+
+fn replied(xdp: bool) -> u32 {
+    if xdp {
+        XDP_TX
+    } else {
+        TC_ACT_REDIRECT
+    }
+}
+
+fn dropped(xdp: bool) -> u32 {
+    if xdp {
+        XDP_DROP
+    } else {
+        TC_ACT_SHOT
+    }
+}
+
+/// Client ports: each case (and each program) its own, so flows never collide.
+fn port(case: u16, xdp: bool) -> u16 {
+    40000 + case * 10 + if xdp { 0 } else { 5 }
+}
+
+const INGRESS_CASES: &[Case] = &[
+    Case {
+        name: "a SYN to a CLOSED upstream passes untouched and starts a flow",
+        run: |f, xdp| {
+            f.set(f.web, State::Closed);
+            let syn = packets::syn_v4(client(port(1, xdp)), WEB4, 1000);
+            let s = observe(f, ingress(xdp), &syn);
+            ensure!(
+                s.run.return_value == pass(xdp),
+                "verdict {}",
+                s.run.return_value
+            );
+            ensure!(s.run.data == syn, "the packet changed");
+            ensure!(
+                s.web.attempts == 1 && s.packet.syns_tracked == 1,
+                "attempts {} tracked {}",
+                s.web.attempts,
+                s.packet.syns_tracked
+            );
+            Ok(())
+        },
+    },
+    Case {
+        name: "a retransmitted SYN is no new attempt",
+        run: |f, xdp| {
+            f.set(f.web, State::Closed);
+            let syn = packets::syn_v4(client(port(2, xdp)), WEB4, 2000);
+            f.run(ingress(xdp), &syn);
+            let s = observe(f, ingress(xdp), &syn);
+            ensure!(
+                s.run.return_value == pass(xdp),
+                "verdict {}",
+                s.run.return_value
+            );
+            ensure!(
+                s.web.attempts == 0
+                    && s.packet.syns_retransmitted == 1
+                    && s.packet.syns_tracked == 0,
+                "attempts {} retransmitted {} tracked {}",
+                s.web.attempts,
+                s.packet.syns_retransmitted,
+                s.packet.syns_tracked
+            );
+            Ok(())
+        },
+    },
+    Case {
+        name: "a SYN to no upstream is never touched nor counted",
+        run: |f, xdp| {
+            f.set(f.web, State::Open);
+            let syn = packets::syn_v4(client(port(3, xdp)), OTHER4, 3000);
+            let s = observe(f, ingress(xdp), &syn);
+            ensure!(
+                s.run.return_value == pass(xdp) && s.run.data == syn,
+                "verdict {} or the packet changed",
+                s.run.return_value
+            );
+            ensure!(s.web.attempts == 0 && s.packet.syns_tracked == 0, "counted");
+            Ok(())
+        },
+    },
+    Case {
+        name: "a SYN to an OPEN upstream is answered with the upstream's reset",
+        run: |f, xdp| {
+            f.set(f.web, State::Open);
+            let syn = packets::syn_v4(client(port(4, xdp)), WEB4, 0xffff_fff0);
+            let s = observe(f, ingress(xdp), &syn);
+            ensure!(
+                s.run.return_value == replied(xdp),
+                "verdict {}",
+                s.run.return_value
+            );
+            check_reset(&s.run.data, &syn, false)?;
+            ensure!(
+                s.web.rejected == 1 && s.packet.replies_reset == 1 && s.packet.syns_tracked == 0,
+                "rejected {} resets {}",
+                s.web.rejected,
+                s.packet.replies_reset
+            );
+            Ok(())
+        },
+    },
+    Case {
+        name: "packet_action = drop drops the SYN of an OPEN upstream",
+        run: |f, xdp| {
+            f.set(f.quiet, State::Open);
+            let syn = packets::syn_v4(client(port(5, xdp)), QUIET4, 5000);
+            let s = observe(f, ingress(xdp), &syn);
+            ensure!(
+                s.run.return_value == dropped(xdp),
+                "verdict {}",
+                s.run.return_value
+            );
+            ensure!(
+                s.quiet.rejected == 1 && s.packet.syns_dropped == 1 && s.packet.replies_reset == 0,
+                "counters"
+            );
+            Ok(())
+        },
+    },
+    Case {
+        name: "IPv6: a SYN to an OPEN upstream gets an IPv6 reset",
+        run: |f, xdp| {
+            f.set(f.web, State::Open);
+            let syn = packets::syn_v6(client6(port(6, xdp)), WEB6, 6000);
+            let s = observe(f, ingress(xdp), &syn);
+            ensure!(
+                s.run.return_value == replied(xdp),
+                "verdict {}",
+                s.run.return_value
+            );
+            check_reset(&s.run.data, &syn, false)
+        },
+    },
+    Case {
+        name: "IPv6 with a hop-by-hop header: the SYN is read past it and reset",
+        run: |f, xdp| {
+            f.set(f.web, State::Open);
+            let syn = packets::syn_v6_hop_by_hop(client6(port(7, xdp)), WEB6, 7000);
+            let s = observe(f, ingress(xdp), &syn);
+            ensure!(
+                s.run.return_value == replied(xdp),
+                "verdict {}",
+                s.run.return_value
+            );
+            check_reset(&s.run.data, &syn, false)
+        },
+    },
+    Case {
+        name: "a VLAN-tagged SYN is reset with its tag kept",
+        run: |f, xdp| {
+            f.set(f.web, State::Open);
+            let syn = packets::syn_v4_vlan(client(port(8, xdp)), WEB4, 8000, 42);
+            let s = observe(f, ingress(xdp), &syn);
+            ensure!(
+                s.run.return_value == replied(xdp),
+                "verdict {}",
+                s.run.return_value
+            );
+            check_reset(&s.run.data, &syn, true)
+        },
+    },
+    Case {
+        name: "a fragment passes untouched, counted as skipped",
+        run: |f, xdp| {
+            f.set(f.web, State::Open);
+            let frag = packets::fragment_v4(client(port(9, xdp)), WEB4, 9000);
+            let s = observe(f, ingress(xdp), &frag);
+            ensure!(
+                s.run.return_value == pass(xdp) && s.run.data == frag,
+                "verdict {}",
+                s.run.return_value
+            );
+            ensure!(
+                s.packet.skipped == 1 && s.web.rejected == 0,
+                "skipped {}",
+                s.packet.skipped
+            );
+            Ok(())
+        },
+    },
+    Case {
+        name: "a SYN cut short at every layer passes untouched, counted as skipped",
+        run: |f, xdp| {
+            f.set(f.web, State::Open);
+            let syn = packets::syn_v4(client(port(10, xdp)), WEB4, 10_000);
+            // Inside the IPv4 header (XDP only: the kernel's skb test harness
+            // refuses an IPv4 packet shorter than its header), just past it,
+            // inside the TCP header.
+            let cuts: &[usize] = if xdp {
+                &[14 + 10, 14 + 20, 14 + 20 + 12]
+            } else {
+                &[14 + 20, 14 + 20 + 12]
+            };
+            for &cut in cuts {
+                let short = &syn[..cut];
+                let s = observe(f, ingress(xdp), short);
+                ensure!(
+                    s.run.return_value == pass(xdp) && s.run.data == short,
+                    "cut at {cut}: verdict {}",
+                    s.run.return_value
+                );
+                ensure!(
+                    s.packet.skipped == 1 && s.web.rejected == 0,
+                    "cut at {cut}: skipped {}",
+                    s.packet.skipped
+                );
+            }
+            Ok(())
+        },
+    },
+    Case {
+        name: "an established flow's segment to an OPEN upstream is never cut",
+        run: |f, xdp| {
+            f.set(f.web, State::Open);
+            let data = packets::data_v4(client(port(11, xdp)), WEB4, 11_001, 555);
+            let s = observe(f, ingress(xdp), &data);
+            ensure!(
+                s.run.return_value == pass(xdp) && s.run.data == data,
+                "verdict {}",
+                s.run.return_value
+            );
+            ensure!(s.web.rejected == 0 && s.packet.skipped == 0, "counted");
+            Ok(())
+        },
+    },
+    Case {
+        name: "HALF_OPEN admits one trial SYN; the next is reset",
+        run: |f, xdp| {
+            f.set(f.web, State::HalfOpen);
+            let first = packets::syn_v4(client(port(12, xdp)), WEB4, 12_000);
+            let second = packets::syn_v4(client(port(12, xdp) + 1), WEB4, 12_100);
+            let a = observe(f, ingress(xdp), &first);
+            let b = observe(f, ingress(xdp), &second);
+            ensure!(
+                a.run.return_value == pass(xdp),
+                "the trial: verdict {}",
+                a.run.return_value
+            );
+            ensure!(
+                b.run.return_value == replied(xdp),
+                "past the trial: verdict {}",
+                b.run.return_value
+            );
+            check_reset(&b.run.data, &second, false)
+        },
+    },
+    Case {
+        name: "a SYN retransmitted after its breaker opened is reset at once",
+        run: |f, xdp| {
+            f.set(f.web, State::Closed);
+            let syn = packets::syn_v4(client(port(13, xdp)), WEB4, 13_000);
+            f.run(ingress(xdp), &syn);
+            f.set(f.web, State::Open);
+            let s = observe(f, ingress(xdp), &syn);
+            ensure!(
+                s.run.return_value == replied(xdp),
+                "verdict {}",
+                s.run.return_value
+            );
+            check_reset(&s.run.data, &syn, false)
+        },
+    },
+];
+
+fn egress_run(f: &mut Fixture, frame: &[u8]) -> Seen {
+    observe(f, program_names::TC_EGRESS, frame)
+}
+
+/// Starts a flow from `client` to `upstream` through XDP, CLOSED.
+fn start_flow(f: &mut Fixture, client: SocketAddrV4, upstream: SocketAddrV4, isn: u32) -> Vec<u8> {
+    let syn = packets::syn_v4(client, upstream, isn);
+    let run = f.run(program_names::XDP_INGRESS, &syn);
+    assert_eq!(run.return_value, XDP_PASS, "the SYN that starts a flow");
+    syn
+}
+
+const EGRESS_CASES: &[Case] = &[
+    Case {
+        name: "a SYN-ACK acking the SYN is a success and ends the flow",
+        run: |f, _| {
+            f.set(f.web, State::Closed);
+            start_flow(f, client(50_001), WEB4, 500);
+            let s = egress_run(
+                f,
+                &packets::answer_v4(WEB4, client(50_001), Reply::SynAck, 501),
+            );
+            ensure!(
+                s.run.return_value == TC_ACT_OK,
+                "verdict {}",
+                s.run.return_value
+            );
+            ensure!(
+                s.web.successes == 1 && s.packet.answers_matched == 1,
+                "successes {}",
+                s.web.successes
+            );
+            let again = egress_run(
+                f,
+                &packets::answer_v4(WEB4, client(50_001), Reply::SynAck, 501),
+            );
+            ensure!(again.web.successes == 0, "a flow counted twice");
+            Ok(())
+        },
+    },
+    Case {
+        name: "resets acking SYNs are refused, and trip the breaker at its threshold",
+        run: |f, _| {
+            f.set(f.web, State::Closed);
+            for (i, port) in [50_011u16, 50_012].into_iter().enumerate() {
+                start_flow(f, client(port), WEB4, 600 + i as u32);
+                let s = egress_run(
+                    f,
+                    &packets::answer_v4(WEB4, client(port), Reply::Reset, 601 + i as u32),
+                );
+                ensure!(
+                    s.web.failures_refused == 1,
+                    "refused {}",
+                    s.web.failures_refused
+                );
+            }
+            ensure!(
+                f.state(f.web) == State::Open,
+                "after 2 refusals: {:?}",
+                f.state(f.web)
+            );
+            Ok(())
+        },
+    },
+    Case {
+        name: "a reset or SYN-ACK acking another sequence number ends nothing",
+        run: |f, _| {
+            f.set(f.web, State::Closed);
+            start_flow(f, client(50_021), WEB4, 700);
+            for reply in [Reply::Reset, Reply::SynAck] {
+                let s = egress_run(f, &packets::answer_v4(WEB4, client(50_021), reply, 9999));
+                ensure!(
+                    s.web.failures_refused + s.web.successes == 0 && s.packet.answers_matched == 0,
+                    "{reply:?} counted"
+                );
+            }
+            let s = egress_run(
+                f,
+                &packets::answer_v4(WEB4, client(50_021), Reply::Ack, 701),
+            );
+            ensure!(s.packet.answers_matched == 0, "a bare ACK answered");
+            Ok(())
+        },
+    },
+    Case {
+        name: "an ICMP port unreachable quoting the SYN is unreachable",
+        run: |f, _| {
+            f.set(f.web, State::Closed);
+            let syn = start_flow(f, client(50_031), WEB4, 800);
+            let s = egress_run(
+                f,
+                &packets::icmp4_unreachable(ROUTER, &syn, DestUnreachableHeader::Port),
+            );
+            ensure!(
+                s.web.failures_unreachable == 1 && s.packet.answers_matched == 1,
+                "unreachable {}",
+                s.web.failures_unreachable
+            );
+            Ok(())
+        },
+    },
+    Case {
+        name: "a forged ICMP error (wrong sequence number) is ignored, and counted",
+        run: |f, _| {
+            f.set(f.web, State::Closed);
+            start_flow(f, client(50_041), WEB4, 900);
+            let forged = packets::syn_v4(client(50_041), WEB4, 901);
+            let s = egress_run(
+                f,
+                &packets::icmp4_unreachable(ROUTER, &forged, DestUnreachableHeader::Host),
+            );
+            ensure!(
+                s.web.failures_unreachable == 0 && s.packet.icmp_unmatched == 1,
+                "unreachable {} unmatched {}",
+                s.web.failures_unreachable,
+                s.packet.icmp_unmatched
+            );
+            Ok(())
+        },
+    },
+    Case {
+        name: "fragmentation needed is path MTU discovery, not a failure",
+        run: |f, _| {
+            f.set(f.web, State::Closed);
+            let syn = start_flow(f, client(50_051), WEB4, 1100);
+            let s = egress_run(
+                f,
+                &packets::icmp4_unreachable(
+                    ROUTER,
+                    &syn,
+                    DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+                ),
+            );
+            ensure!(
+                s.web.failures_unreachable == 0 && s.packet.icmp_unmatched == 0,
+                "counted"
+            );
+            Ok(())
+        },
+    },
+    Case {
+        name: "IPv6: a SYN-ACK and an ICMPv6 unreachable end their flows",
+        run: |f, _| {
+            f.set(f.web, State::Closed);
+            let a = packets::syn_v6(client6(50_061), WEB6, 1200);
+            f.run(program_names::XDP_INGRESS, &a);
+            let s = egress_run(
+                f,
+                &packets::answer_v6(WEB6, client6(50_061), Reply::SynAck, 1201),
+            );
+            ensure!(s.web.successes == 1, "successes {}", s.web.successes);
+            let b = packets::syn_v6(client6(50_062), WEB6, 1300);
+            f.run(program_names::XDP_INGRESS, &b);
+            let s = egress_run(f, &packets::icmp6_unreachable(ROUTER6, &b));
+            ensure!(
+                s.web.failures_unreachable == 1,
+                "unreachable {}",
+                s.web.failures_unreachable
+            );
+            Ok(())
+        },
+    },
+];
+
+struct Pins(PinFolder);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = self.0.uninstall();
+    }
+}
+
+fn fixture(pins: &Pins) -> Fixture {
+    let config = Config::parse(Path::new("packet.toml"), CONFIG).expect("a valid config");
+    let lock = pins.0.prepare_and_lock().expect("a pin folder");
+    let mut kernel = Kernel::load(&config, &pins.0).expect("loading the programs");
+    drop(lock);
+    kernel
+        .load_packet_programs()
+        .expect("the packet programs pass the verifier");
+    let ids = kernel.upstreams(&config);
+    let id = |name: &str| {
+        ids.iter()
+            .find(|(_, u)| u.name == name)
+            .map(|(i, _)| *i)
+            .expect("an id")
+    };
+    Fixture {
+        web: id("web"),
+        quiet: id("quiet"),
+        kernel,
+    }
+}
+
+#[test]
+fn the_packet_path_programs_decide_each_packet_as_the_table_says() {
+    if !privileges::should_run("packet_path_table") {
+        return;
+    }
+    let pins = Pins(PinFolder::new(format!(
+        "/sys/fs/bpf/breaker-packet-{}",
+        std::process::id()
+    )));
+    let mut f = fixture(&pins);
+    let mut wrong = Vec::new();
+    for case in INGRESS_CASES {
+        for xdp in [true, false] {
+            if let Err(e) = (case.run)(&mut f, xdp) {
+                wrong.push(format!(
+                    "{} ({}): {e}",
+                    case.name,
+                    if xdp { "xdp" } else { "tc" }
+                ));
+            }
+        }
+    }
+    for case in EGRESS_CASES {
+        if let Err(e) = (case.run)(&mut f, false) {
+            wrong.push(format!("{} (tc egress): {e}", case.name));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of the cases failed:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn a_flow_without_an_answer_times_out_once_in_the_kernel() {
+    if !privileges::should_run("packet_path_timeout") {
+        return;
+    }
+    let pins = Pins(PinFolder::new(format!(
+        "/sys/fs/bpf/breaker-packet-t-{}",
+        std::process::id()
+    )));
+    let mut f = fixture(&pins);
+    f.set(f.web, State::Closed);
+    start_flow(&mut f, client(51_001), WEB4, 100);
+    assert_eq!(
+        f.kernel.expire_flows().expect("a sweep"),
+        0,
+        "a fresh flow timed out"
+    );
+    // The kernel's first SYN RTO (no connect_timeout): 1 s.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let before = f.counters(f.web);
+    assert_eq!(
+        f.kernel.expire_flows().expect("a sweep"),
+        1,
+        "the flow did not time out"
+    );
+    assert_eq!(
+        f.kernel.expire_flows().expect("a sweep"),
+        0,
+        "counted twice"
+    );
+    let after = f.counters(f.web);
+    assert_eq!(after.failures_timeout - before.failures_timeout, 1);
+    // A late answer finds no flow: nothing more is counted.
+    let s = egress_run(
+        &mut f,
+        &packets::answer_v4(WEB4, client(51_001), Reply::SynAck, 101),
+    );
+    assert_eq!(
+        s.web.successes, 0,
+        "a timed-out flow answered later counted again"
+    );
+}
