@@ -24,6 +24,14 @@ pub struct FlowKey {
 
 /// `FlowRecord.flags`: the flow is a HALF_OPEN trial of `FlowRecord.epoch`.
 pub const FLOW_TRIAL: u32 = 1 << 0;
+/// `FlowRecord.flags`: the flow timed out and was counted; kept so that the
+/// client's retransmitted SYNs are known as such (not new attempts, and reset
+/// once the breaker opens), and answers that come late count nothing.
+pub const FLOW_ENDED: u32 = 1 << 1;
+
+/// How long a timed-out flow is remembered for its retransmitted SYNs: past the
+/// kernel's default SYN retries (127 s), the client has given up.
+pub const ENDED_FLOW_KEPT_SECS: u32 = 130;
 
 /// What the ingress hook decided for one SYN, kept until the flow's outcome.
 #[repr(C)]

@@ -120,6 +120,17 @@ pub async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         Ok(())
     }));
     let mut current = Generation::start(kernel, config, &metrics, &mut tasks, None)?;
+    // An interface that cannot take the packet path as configured (`hook =
+    // "xdp"` where another XDP program sits) stops the start, in one line.
+    if let Some(why) = sync_interfaces(&mut current) {
+        anyhow::bail!("{why}");
+    }
+    // Interfaces come and go (a VM's tap with the VM): look again every second.
+    let mut interface_check = tokio::time::interval(RETRY_ATTACH);
+    interface_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Flows past their timeout, ended in the kernel.
+    let mut flow_sweep = tokio::time::interval(FLOW_SWEEP);
+    flow_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let outcome = loop {
         tokio::select! {
@@ -188,6 +199,14 @@ pub async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
                         }
                         Err(e) => tracing::error!(cgroup = %cgroup.display(), error = %e, "attaching again failed: nothing is protected; trying again every {RETRY_ATTACH:?}"),
                     }
+                }
+            }
+            _ = interface_check.tick(), if !current.config.interfaces.is_empty() => {
+                sync_interfaces(&mut current);
+            }
+            _ = flow_sweep.tick(), if !current.config.interfaces.is_empty() => {
+                if let Err(e) = current.kernel.expire_flows() {
+                    tracing::warn!(error = %e, "ending the packet path's flows past their timeout failed; trying again");
                 }
             }
             _ = retry.tick(), if to_attach.is_some() => {
@@ -422,8 +441,12 @@ fn apply_reload(
     current.stop();
     let names = names_of(&kernel, &config);
     metrics.set_upstreams(&names);
+    // An interface takes one XDP program: the old ones make room for the new
+    // (SYNs pass unwatched for that moment: fail open).
+    current.kernel.detach_interfaces();
     *current = Generation::start(kernel, config, metrics, tasks, kept_alerts)
         .map_err(|e| anyhow::Error::new(GenerationFailed(e)))?;
+    sync_interfaces(current);
     metrics.reloaded();
     tracing::info!(config = %path.display(), upstreams = names.len(), "config reloaded: every kept upstream keeps its state and counters");
     Ok(())
@@ -477,6 +500,36 @@ fn reload(
     let mut kernel = Kernel::load(&config, pins)?;
     kernel.attach(cgroup)?;
     Ok((kernel, config))
+}
+
+/// How often the packet path's flows are looked over for timeouts: a flow's
+/// timeout outcome comes at most this late.
+const FLOW_SWEEP: Duration = Duration::from_millis(100);
+
+/// Attaches the packet path to the configured interfaces that appeared (or were
+/// recreated) and logs what changed. Returns the first failure, if any.
+fn sync_interfaces(current: &mut Generation) -> Option<String> {
+    use crate::kernel::packet::InterfaceChange;
+    let mut failed = None;
+    for change in current.kernel.sync_interfaces(&current.config.interfaces) {
+        match change {
+            InterfaceChange::Attached(a) => tracing::info!(
+                interface = %a.interface,
+                ingress = a.ingress,
+                egress = a.egress,
+                "packet path attached"
+            ),
+            InterfaceChange::Gone(name) => tracing::warn!(
+                interface = %name,
+                "interface gone: the packet path attaches again when it is back"
+            ),
+            InterfaceChange::Failed(name, why) => {
+                tracing::error!(interface = %name, error = %why, "the packet path cannot attach; trying again every {RETRY_ATTACH:?}");
+                failed.get_or_insert(format!("interface {name}: {why}"));
+            }
+        }
+    }
+    failed
 }
 
 /// How often an attach to a recreated cgroup that failed is tried again.

@@ -52,7 +52,15 @@ pub struct Lab {
     lab_bin: PathBuf,
     daemon: Option<Child>,
     servers: Vec<Server>,
+    /// A "vm" behind the client namespace (see [`Lab::add_vm`]).
+    pub vm: Option<Netns>,
 }
+
+/// The vm's address, behind the client namespace's `vm0`.
+pub const VM_V4: &str = "10.77.5.2";
+/// The client namespace's side of the vm's link: the interface the packet path
+/// watches.
+pub const VM_LINK: &str = "vm0";
 
 /// The `breaker` binary: $BREAKER_BIN, or next to (or one up from) the running executable.
 pub fn find_breaker_bin() -> anyhow::Result<PathBuf> {
@@ -93,6 +101,7 @@ impl Lab {
             lab_bin: lab_bin.to_path_buf(),
             daemon: None,
             servers: Vec::new(),
+            vm: None,
         };
         lab.wire().context("building the lab network")?;
         lab.wait_until_reachable()
@@ -164,6 +173,63 @@ impl Lab {
             bail!("the upstream namespace did not answer within 10 s");
         }
         Ok(())
+    }
+
+    /// Adds a "vm": a namespace whose traffic is routed through the client
+    /// namespace (forwarding on) to the upstream one, as a VM's through its host.
+    /// No cgroup hook sees its sockets (they are not in the lab cgroup): only the
+    /// packet path on the client namespace's `vm0` does.
+    ///
+    /// ```text
+    ///  vm netns 10.77.5.2/24 --- veth ---> client netns vm0 10.77.5.1/24 --> veth0 --> upstream
+    /// ```
+    pub fn add_vm(&mut self) -> anyhow::Result<()> {
+        let name = format!("{}-m", self.client.name.trim_end_matches("-c"));
+        let vm = Netns::create(&name)?;
+        let c = &self.client;
+        c.ip(&[
+            "link", "add", VM_LINK, "type", "veth", "peer", "name", "eth0", "netns", &vm.name,
+        ])?;
+        c.ip(&["addr", "add", "10.77.5.1/24", "dev", VM_LINK])?;
+        c.ip(&["link", "set", VM_LINK, "up"])?;
+        vm.ip(&["addr", "add", "10.77.5.2/24", "dev", "eth0"])?;
+        vm.ip(&["link", "set", "eth0", "up"])?;
+        vm.ip(&["link", "set", "lo", "up"])?;
+        vm.ip(&["route", "add", "default", "via", "10.77.5.1"])?;
+        self.upstream
+            .ip(&["route", "add", "10.77.5.0/24", "via", "10.77.0.1"])?;
+        let forward = c
+            .command("sysctl")
+            .args(["-qw", "net.ipv4.ip_forward=1"])
+            .status()
+            .context("sysctl")?;
+        if !forward.success() {
+            bail!("turning forwarding on in the client namespace failed");
+        }
+        self.vm = Some(vm);
+        Ok(())
+    }
+
+    /// `breaker-lab connect ARGS` in the vm namespace (no cgroup hook sees it),
+    /// waited for and parsed.
+    pub fn vm_client(&self, args: &[&str]) -> anyhow::Result<Vec<Attempt>> {
+        let vm = self.vm.as_ref().context("no vm: Lab::add_vm first")?;
+        let out = vm
+            .command(&self.lab_bin)
+            .arg("connect")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .context("running the lab client in the vm")?;
+        if !out.status.success() {
+            bail!(
+                "vm client failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        parse_attempts(&String::from_utf8_lossy(&out.stdout))
     }
 
     /// Starts a server in the upstream namespace.

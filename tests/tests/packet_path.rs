@@ -820,7 +820,7 @@ fn a_flow_without_an_answer_times_out_once_in_the_kernel() {
     );
     let after = f.counters(f.web);
     assert_eq!(after.failures_timeout - before.failures_timeout, 1);
-    // A late answer finds no flow: nothing more is counted.
+    // A late answer finds the flow ended: nothing more is counted.
     let s = egress_run(
         &mut f,
         &packets::answer_v4(WEB4, client(51_001), Reply::SynAck, 101),
@@ -829,4 +829,22 @@ fn a_flow_without_an_answer_times_out_once_in_the_kernel() {
         s.web.successes, 0,
         "a timed-out flow answered later counted again"
     );
+    // The client's retransmitted SYN is no new attempt, and passes while CLOSED...
+    let syn = packets::syn_v4(client(51_001), WEB4, 100);
+    let s = observe(&mut f, program_names::XDP_INGRESS, &syn);
+    assert_eq!(s.run.return_value, XDP_PASS);
+    assert_eq!((s.web.attempts, s.packet.syns_retransmitted), (0, 1));
+    assert_eq!(
+        f.kernel.expire_flows().expect("a sweep"),
+        0,
+        "the ended flow timed out again"
+    );
+    // ...and is reset once the breaker has opened: the client stops waiting.
+    f.set(f.web, State::Open);
+    let s = observe(&mut f, program_names::XDP_INGRESS, &syn);
+    assert_eq!(
+        s.run.return_value, XDP_TX,
+        "a retransmitted SYN into an open breaker"
+    );
+    check_reset(&s.run.data, &syn, false).expect("the reset");
 }

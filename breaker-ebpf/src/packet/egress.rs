@@ -7,7 +7,8 @@ use breaker_common::{
     abi::{CAUSE_FAILURE_REFUSED, CAUSE_FAILURE_UNREACHABLE, CAUSE_SUCCESS},
     dest::v4_mapped,
     packet::{
-        answer, icmp4_unreachable, icmp6_unreachable, Answer, FlowKey, FLOW_TRIAL, TCP_RST, TCP_SYN,
+        answer, icmp4_unreachable, icmp6_unreachable, Answer, FlowKey, FLOW_ENDED, FLOW_TRIAL,
+        TCP_RST, TCP_SYN,
     },
 };
 
@@ -69,7 +70,7 @@ fn segment(frame: &Frame, ip: &Ip, key: &mut FlowKey) -> Result<u32, Skip> {
         _pad: 0,
     };
     // SAFETY: only the sequence number is read, at once.
-    let Some(isn) = (unsafe { PACKET_FLOWS.get(key) }).map(|f| f.isn) else {
+    let Some(isn) = waiting_isn(key) else {
         return Ok(NO_ANSWER);
     };
     Ok(match answer(tcp.flags, tcp.ack, isn) {
@@ -135,13 +136,23 @@ fn icmp_error(frame: &Frame, ip: &Ip, key: &mut FlowKey) -> Result<u32, Skip> {
     };
     let seq = u32::from_be(frame.raw_u32(l4 + 4).ok_or(Skip)?);
     // SAFETY: only the sequence number is read, at once.
-    match unsafe { PACKET_FLOWS.get(key) }.map(|f| f.isn) {
+    match waiting_isn(key) {
         Some(isn) if isn == seq => Ok(CAUSE_FAILURE_UNREACHABLE),
         _ => {
             count(|c| c.icmp_unmatched += 1);
             Ok(NO_ANSWER)
         }
     }
+}
+
+/// The sequence number of flow `key`'s SYN, if the flow waits for an answer (a
+/// timed-out one was counted already: a late answer counts nothing).
+#[inline(always)]
+fn waiting_isn(key: &FlowKey) -> Option<u32> {
+    // SAFETY: two fields are read, at once.
+    unsafe { PACKET_FLOWS.get(key) }
+        .filter(|f| f.flags & FLOW_ENDED == 0)
+        .map(|f| f.isn)
 }
 
 /// Ends a flow with its outcome, once: only the program that removes the flow
@@ -153,6 +164,9 @@ fn end<C: EbpfContext>(ctx: &C, key: &FlowKey, cause: u32) {
     let Some(flow) = (unsafe { PACKET_FLOWS.get(key) }).copied() else {
         return;
     };
+    if flow.flags & FLOW_ENDED != 0 {
+        return;
+    }
     if PACKET_FLOWS.remove(key).is_err() {
         return;
     }

@@ -9,7 +9,8 @@ use breaker_common::{
     },
     machine::{abandon, Admission, State},
     packet::{
-        is_connect, reset_v4, reset_v6, FlowKey, FlowRecord, FLOW_TRIAL, RESET_V4_LEN, RESET_V6_LEN,
+        is_connect, reset_v4, reset_v6, FlowKey, FlowRecord, FLOW_ENDED, FLOW_TRIAL, RESET_V4_LEN,
+        RESET_V6_LEN,
     },
 };
 
@@ -124,7 +125,7 @@ fn decide<C: EbpfContext>(ctx: &C, key: &FlowKey, isn: u32) -> u32 {
         }
         // The same ports again with a new sequence number: the earlier attempt
         // was given up without an answer. A trial gives its slot back.
-        if flow.flags & FLOW_TRIAL != 0 {
+        if flow.flags & (FLOW_TRIAL | FLOW_ENDED) == FLOW_TRIAL {
             if let Some(b) = Breaker::of_record(flow.upstream, &flow.dest, false) {
                 b.update(ctx, CAUSE_OPEN_EXPIRED, |w| abandon(w, flow.epoch as u8));
             }
@@ -196,15 +197,23 @@ fn admit<C: EbpfContext>(
 
 /// A SYN the client sends again: not a new attempt. If its breaker has opened
 /// since, the client stops waiting on it now (no application waits on a
-/// blackhole once its breaker has tripped); the flow ends uncounted.
+/// blackhole once its breaker has tripped): a flow still waiting ends uncounted,
+/// one that timed out was counted already.
 #[inline(always)]
 fn retransmitted(key: &FlowKey, flow: &FlowRecord) -> u32 {
     count(|c| c.syns_retransmitted += 1);
     let Some(breaker) = Breaker::of_record(flow.upstream, &flow.dest, false) else {
         return DECIDED_PASS;
     };
-    let open = breaker.peek().state() == State::Open;
-    if !open || flow.flags & FLOW_TRIAL != 0 || breaker.policy.flags & POLICY_DRY_RUN != 0 {
+    let state = breaker.peek().state();
+    let rejects = if flow.flags & FLOW_ENDED != 0 {
+        // Counted already, and no trial of HALF_OPEN's: only CLOSED lets it on.
+        state != State::Closed
+    } else {
+        // Still waiting: only OPEN gives up on it (a trial is HALF_OPEN's own).
+        state == State::Open && flow.flags & FLOW_TRIAL == 0
+    };
+    if !rejects || breaker.policy.flags & POLICY_DRY_RUN != 0 {
         return DECIDED_PASS;
     }
     // Only the one that removes the flow acts on it.

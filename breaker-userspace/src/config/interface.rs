@@ -97,12 +97,14 @@ impl Check<'_> {
                     None | Some("auto") => Hook::Auto,
                     Some("xdp") => Hook::Xdp,
                     Some("tc") => Hook::Tc,
-                    Some(other) => return self.fail(
-                        format!("{at}.hook"),
-                        format!(
+                    Some(other) => {
+                        return self.fail(
+                            format!("{at}.hook"),
+                            format!(
                             "{other:?} is not a hook: \"auto\" (the default), \"xdp\" or \"tc\""
                         ),
-                    ),
+                        )
+                    }
                 };
                 Ok(Interface { name, hook })
             })

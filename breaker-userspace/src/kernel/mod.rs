@@ -125,6 +125,8 @@ pub struct Kernel {
     counters: Arc<CounterTable>,
     destinations: Arc<DefaultDestinations>,
     heartbeat: Arc<Heartbeat>,
+    /// The packet path's links on the watched interfaces.
+    interface_links: Vec<packet::InterfaceLinks>,
 }
 
 /// The default policy's per-destination breakers, as the kernel holds them: what
@@ -410,6 +412,7 @@ impl Kernel {
             counters: Arc::new(CounterTable { map: counters }),
             destinations: Arc::new(destinations),
             heartbeat: Arc::new(heartbeat),
+            interface_links: Vec::new(),
         })
     }
 

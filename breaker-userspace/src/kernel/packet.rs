@@ -7,26 +7,21 @@ use std::time::Duration;
 use aya::{
     maps::{Array, HashMap, PerCpuArray},
     programs::{
-        tc::{self, TcAttachType},
+        tc::{self, SchedClassifierLinkId, TcAttachType},
+        xdp::XdpLinkId,
         SchedClassifier, TestRun, TestRunOptions, Xdp, XdpMode,
     },
 };
 use breaker_common::{
     abi::{map_names, program_names, UpstreamPolicy, RESOLVE_QUERY_OFFSET},
     packet::{
-        timed_out, ExpireQuery, FlowKey, FlowRecord, PacketCounters, EXPIRE_COUNTED, FLOW_TRIAL,
+        timed_out, ExpireQuery, FlowKey, FlowRecord, PacketCounters, ENDED_FLOW_KEPT_SECS,
+        EXPIRE_COUNTED, FLOW_ENDED, FLOW_TRIAL,
     },
 };
 
 use super::{map_err, prog_err, program, Kernel, KernelError};
 use crate::config::{Hook, Interface};
-
-/// The packet path's programs that are attached to interfaces.
-const ATTACHED: [&str; 3] = [
-    program_names::XDP_INGRESS,
-    program_names::TC_INGRESS,
-    program_names::TC_EGRESS,
-];
 
 /// Where a watched interface's SYNs are looked at, as attached.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +31,28 @@ pub struct Attached {
     pub ingress: &'static str,
     /// "tc (tcx)" or "tc (clsact)".
     pub egress: &'static str,
+}
+
+/// The links of one attached interface, to detach them when it goes.
+#[derive(Debug)]
+pub struct InterfaceLinks {
+    pub attached: Attached,
+    /// The interface index attached to: another index under the same name is a
+    /// new interface (a VM restarted recreates its tap), to attach again.
+    ifindex: u32,
+    xdp: Option<XdpLinkId>,
+    tc_ingress: Option<SchedClassifierLinkId>,
+    tc_egress: SchedClassifierLinkId,
+}
+
+/// What one pass over the configured interfaces found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InterfaceChange {
+    Attached(Attached),
+    /// Gone since the last pass (its links went with it).
+    Gone(String),
+    /// Could not attach: the interface, and why.
+    Failed(String, String),
 }
 
 /// One run of a packet program under BPF_PROG_TEST_RUN.
@@ -68,32 +85,102 @@ impl Kernel {
         Ok(())
     }
 
-    /// Attaches the packet path to each interface: ingress as its hook says
-    /// (`auto`: XDP, native then generic, then TC), egress as TC. The links
-    /// belong to this `Kernel` and go with it.
-    pub fn attach_interfaces(
-        &mut self,
-        interfaces: &[Interface],
-    ) -> Result<Vec<Attached>, KernelError> {
-        if interfaces.is_empty() {
-            return Ok(Vec::new());
+    /// Brings the packet path's links in line with the configured interfaces:
+    /// attaches to each that exists and is not attached (or was recreated since),
+    /// and forgets those that went. Ingress as the interface's hook says (`auto`:
+    /// XDP, native then generic, then TC), egress as TC. The links belong to this
+    /// `Kernel` and go with it. Returns what changed.
+    pub fn sync_interfaces(&mut self, interfaces: &[Interface]) -> Vec<InterfaceChange> {
+        let mut changes = Vec::new();
+        if interfaces.is_empty() && self.interface_links.is_empty() {
+            return changes;
         }
-        self.load_packet_programs()?;
-        interfaces
+        if let Err(e) = self.load_packet_programs() {
+            changes.extend(
+                interfaces
+                    .iter()
+                    .map(|i| InterfaceChange::Failed(i.name.clone(), e.to_string())),
+            );
+            return changes;
+        }
+        for link in std::mem::take(&mut self.interface_links) {
+            let wanted = interfaces.iter().any(|i| i.name == link.attached.interface);
+            if wanted && ifindex(&link.attached.interface) == Some(link.ifindex) {
+                self.interface_links.push(link);
+                continue;
+            }
+            let name = link.attached.interface.clone();
+            self.detach_interface(link);
+            if wanted {
+                changes.push(InterfaceChange::Gone(name));
+            }
+        }
+        for iface in interfaces {
+            if self
+                .interface_links
+                .iter()
+                .any(|l| l.attached.interface == iface.name)
+            {
+                continue;
+            }
+            let Some(index) = ifindex(&iface.name) else {
+                continue;
+            };
+            match self.attach_interface(iface, index) {
+                Ok(links) => {
+                    changes.push(InterfaceChange::Attached(links.attached.clone()));
+                    self.interface_links.push(links);
+                }
+                Err(e) => changes.push(InterfaceChange::Failed(iface.name.clone(), e.to_string())),
+            }
+        }
+        changes
+    }
+
+    /// The interfaces attached now.
+    pub fn attached_interfaces(&self) -> Vec<Attached> {
+        self.interface_links
             .iter()
-            .map(|i| self.attach_interface(i))
+            .map(|l| l.attached.clone())
             .collect()
     }
 
-    fn attach_interface(&mut self, iface: &Interface) -> Result<Attached, KernelError> {
+    /// Detaches the packet path from every interface (before a reload attaches
+    /// its own programs in their place).
+    pub fn detach_interfaces(&mut self) {
+        for link in std::mem::take(&mut self.interface_links) {
+            self.detach_interface(link);
+        }
+    }
+
+    /// Detaches one interface's links. A link whose interface went is gone
+    /// already: detaching it again changes nothing.
+    fn detach_interface(&mut self, link: InterfaceLinks) {
+        if let Some(id) = link.xdp {
+            if let Ok(xdp) = program::<Xdp>(&mut self.ebpf, program_names::XDP_INGRESS) {
+                let _ = xdp.detach(id);
+            }
+        }
+        if let Some(id) = link.tc_ingress {
+            if let Ok(tc) = program::<SchedClassifier>(&mut self.ebpf, program_names::TC_INGRESS) {
+                let _ = tc.detach(id);
+            }
+        }
+        if let Ok(tc) = program::<SchedClassifier>(&mut self.ebpf, program_names::TC_EGRESS) {
+            let _ = tc.detach(link.tc_egress);
+        }
+    }
+
+    fn attach_interface(
+        &mut self,
+        iface: &Interface,
+        index: u32,
+    ) -> Result<InterfaceLinks, KernelError> {
         let name = iface.name.as_str();
         let fail = |reason: String| KernelError::Interface {
             interface: name.to_string(),
             reason,
         };
-        if !std::path::Path::new("/sys/class/net").join(name).exists() {
-            return Err(fail("no such interface".to_string()));
-        }
         let tcx = tcx_links();
         let tc_kind = if tcx { "tc (tcx)" } else { "tc (clsact)" };
         if !tcx {
@@ -106,6 +193,7 @@ impl Kernel {
             }
         }
         let mut ingress = None;
+        let mut xdp_link = None;
         let mut xdp_refusal = String::new();
         if iface.hook != Hook::Tc {
             let xdp: &mut Xdp = program(&mut self.ebpf, program_names::XDP_INGRESS)?;
@@ -113,9 +201,10 @@ impl Kernel {
                 (XdpMode::Driver, "xdp (native)"),
                 (XdpMode::Skb, "xdp (generic)"),
             ] {
-                match xdp.attach(name, mode) {
-                    Ok(_) => {
+                match xdp.attach_to_if_index(index, mode) {
+                    Ok(id) => {
                         ingress = Some(kind);
+                        xdp_link = Some(id);
                         break;
                     }
                     Err(e) => xdp_refusal = format!("{e}"),
@@ -135,35 +224,53 @@ impl Kernel {
                 _ => {}
             }
         }
+        let mut tc_ingress = None;
         if ingress.is_none() {
             let prog: &mut SchedClassifier = program(&mut self.ebpf, program_names::TC_INGRESS)?;
-            prog.attach(name, TcAttachType::Ingress).map_err(|e| {
+            let id = prog.attach(name, TcAttachType::Ingress).map_err(|e| {
                 fail(format!(
                     "attaching {} at TC ingress: {e}",
                     program_names::TC_INGRESS
                 ))
             })?;
+            tc_ingress = Some(id);
             ingress = Some(tc_kind);
         }
         let prog: &mut SchedClassifier = program(&mut self.ebpf, program_names::TC_EGRESS)?;
-        prog.attach(name, TcAttachType::Egress).map_err(|e| {
-            fail(format!(
-                "attaching {} at TC egress: {e}",
-                program_names::TC_EGRESS
-            ))
-        })?;
-        let attached = Attached {
-            interface: name.to_string(),
-            ingress: ingress.unwrap_or(tc_kind),
-            egress: tc_kind,
+        let attached = prog.attach(name, TcAttachType::Egress);
+        let tc_egress = match attached {
+            Ok(id) => id,
+            Err(e) => {
+                // Half attached is not attached: take the ingress back.
+                if let Some(id) = xdp_link {
+                    if let Ok(xdp) = program::<Xdp>(&mut self.ebpf, program_names::XDP_INGRESS) {
+                        let _ = xdp.detach(id);
+                    }
+                }
+                if let Some(id) = tc_ingress {
+                    if let Ok(tc) =
+                        program::<SchedClassifier>(&mut self.ebpf, program_names::TC_INGRESS)
+                    {
+                        let _ = tc.detach(id);
+                    }
+                }
+                return Err(fail(format!(
+                    "attaching {} at TC egress: {e}",
+                    program_names::TC_EGRESS
+                )));
+            }
         };
-        tracing::info!(
-            interface = name,
-            ingress = attached.ingress,
-            egress = attached.egress,
-            "packet path attached"
-        );
-        Ok(attached)
+        Ok(InterfaceLinks {
+            attached: Attached {
+                interface: name.to_string(),
+                ingress: ingress.unwrap_or(tc_kind),
+                egress: tc_kind,
+            },
+            ifindex: index,
+            xdp: xdp_link,
+            tc_ingress,
+            tc_egress,
+        })
     }
 
     /// Ends every flow that has waited past its timeout for an answer: the
@@ -306,6 +413,10 @@ where
 
 /// How long flow `record` may wait for an answer, in jiffies.
 fn flow_timeout(policy: &UpstreamPolicy, record: &FlowRecord, hz: u32) -> u32 {
+    if record.flags & FLOW_ENDED != 0 {
+        // Counted already: kept only for its retransmitted SYNs.
+        return ENDED_FLOW_KEPT_SECS.saturating_mul(hz.max(1));
+    }
     let jiffies = if record.flags & FLOW_TRIAL != 0 {
         // A trial socket's budget is three of its initial RTOs (one SYN, one
         // retransmission at twice the first): the same for a trial flow.
@@ -335,12 +446,15 @@ fn query_frame(q: &ExpireQuery) -> Vec<u8> {
     data
 }
 
+/// The interface's index, if it exists.
+fn ifindex(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
 /// Whether TC programs attach as TCX links (6.6+) rather than clsact filters.
 fn tcx_links() -> bool {
     aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
-}
-
-/// Names of the packet path's attachable programs (for status and tests).
-pub fn attached_programs() -> &'static [&'static str] {
-    &ATTACHED
 }
