@@ -186,7 +186,8 @@ fn check_reset(out: &[u8], syn: &[u8], vlan: bool) -> Result<(), String> {
     else {
         return Err("not TCP".into());
     };
-    if !(tcp.rst() && tcp.ack() && !tcp.syn() && !tcp.fin()) {
+    let rst_ack = tcp.rst() && tcp.ack() && !tcp.syn() && !tcp.fin();
+    if !rst_ack {
         return Err("flags are not RST|ACK".into());
     }
     if tcp.sequence_number() != 0

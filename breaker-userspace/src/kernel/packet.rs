@@ -197,10 +197,18 @@ impl Kernel {
         let mut xdp_refusal = String::new();
         if iface.hook != Hook::Tc {
             let xdp: &mut Xdp = program(&mut self.ebpf, program_names::XDP_INGRESS)?;
-            for (mode, kind) in [
-                (XdpMode::Driver, "xdp (native)"),
-                (XdpMode::Skb, "xdp (generic)"),
-            ] {
+            // Native XDP_TX on a veth reaches its peer only when the peer runs
+            // XDP itself: a paired or stacked device (veth, vlan, macvlan) gets
+            // generic XDP, whose replies take the stack's own way out.
+            let modes: &[(XdpMode, &'static str)] = if paired(name, index) {
+                &[(XdpMode::Skb, "xdp (generic)")]
+            } else {
+                &[
+                    (XdpMode::Driver, "xdp (native)"),
+                    (XdpMode::Skb, "xdp (generic)"),
+                ]
+            };
+            for &(mode, kind) in modes {
                 match xdp.attach_to_if_index(index, mode) {
                     Ok(id) => {
                         ingress = Some(kind);
@@ -452,6 +460,65 @@ fn ifindex(name: &str) -> Option<u32> {
     // SAFETY: a NUL-terminated string that outlives the call.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     (index != 0).then_some(index)
+}
+
+/// Whether interface `name` is a veth, by its driver (ethtool's, asked in this
+/// network namespace: /sys may show another one's).
+fn paired(name: &str, _index: u32) -> bool {
+    driver(name).is_some_and(|d| d == "veth")
+}
+
+/// The driver of interface `name` (ETHTOOL_GDRVINFO), if it says.
+fn driver(name: &str) -> Option<String> {
+    const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut DrvInfo,
+        _pad: [u8; 16],
+    }
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: DrvInfo is plain integers; all zero is a valid value.
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut info,
+        _pad: [0; 16],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: a plain socket call; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: SIOCETHTOOL with an ifreq whose data points at a live ethtool_drvinfo.
+    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut req) };
+    // SAFETY: our own fd.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return None;
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
 
 /// Whether TC programs attach as TCX links (6.6+) rather than clsact filters.

@@ -1,0 +1,271 @@
+//! The packet path on a real kernel, for a workload whose sockets no cgroup hook
+//! sees: a "vm" namespace routed through the lab's client namespace (the host),
+//! with the programs on the host side of its link (`vm0`). The breaker trips on
+//! refused, unreachable and blackholed upstreams from the vm's packets alone; while
+//! it is open the vm's connects fail fast (reset) or time out (drop); it closes
+//! again when the upstream is back. Needs root; outside CI it skips with a reason,
+//! under CI=true it fails.
+use std::time::{Duration, Instant};
+
+use breaker_lab::{
+    client::Attempt,
+    lab::{Lab, UPSTREAM_V4, VM_LINK},
+    testing::{check, outcomes},
+};
+
+fn lab(tag: &str) -> Option<Lab> {
+    let mut lab = breaker_lab::testing::lab(tag, env!("CARGO_BIN_EXE_breaker-lab"))?;
+    lab.add_vm().expect("a vm behind the client namespace");
+    Some(lab)
+}
+
+fn vm_connect(lab: &Lab, to: &str, count: u32, concurrency: u32, timeout_ms: u32) -> Vec<Attempt> {
+    lab.vm_client(&[
+        "--to",
+        to,
+        "--count",
+        &count.to_string(),
+        "--concurrency",
+        &concurrency.to_string(),
+        "--timeout-ms",
+        &timeout_ms.to_string(),
+    ])
+    .expect("the vm's client")
+}
+
+/// Waits for the daemon to say the packet path is on `vm0` (its programs are
+/// verified after it serves metrics).
+fn attached(lab: &Lab) -> bool {
+    breaker_lab::testing::eventually(Duration::from_secs(30), || {
+        let log = lab.daemon_log();
+        log.contains("packet path attached") && log.contains(VM_LINK)
+    })
+}
+
+fn state(lab: &Lab, upstream: &str, want: &str, within: Duration) -> bool {
+    lab.wait_metric(
+        "breaker_state",
+        &[("upstream", upstream), ("state", want)],
+        1.0,
+        within,
+    )
+    .is_ok_and(|v| v == 1.0)
+}
+
+const CONFIG: &str = r#"
+[[upstream]]
+name = "refusing"
+endpoints = ["10.77.0.2:8081"]
+failure_threshold = 3
+open_duration = "1s"
+
+[[upstream]]
+name = "unreachable"
+endpoints = ["10.77.8.1:80"]
+failure_threshold = 3
+open_duration = "1h"
+
+[[upstream]]
+name = "blackholed"
+endpoints = ["10.77.9.1:80"]
+failure_threshold = 2
+connect_timeout = "200ms"
+open_duration = "1h"
+
+[[upstream]]
+name = "silent"
+endpoints = ["10.77.9.2:80"]
+failure_threshold = 2
+connect_timeout = "200ms"
+open_duration = "1h"
+packet_action = "drop"
+
+[[interface]]
+name = "vm0"
+"#;
+
+#[test]
+fn a_vm_behind_the_host_is_protected_by_the_packet_path_alone() {
+    let Some(mut lab) = lab("pkt") else {
+        return;
+    };
+    // The client namespace routes 10.77.8.1 nowhere: it answers the vm with an
+    // ICMP host unreachable, as a router would.
+    lab.client
+        .ip(&["route", "add", "unreachable", "10.77.8.1/32"])
+        .unwrap();
+    // Every SYN gets its error: no rate limit on them in the lab.
+    let unlimited = lab
+        .client
+        .command("sysctl")
+        .args(["-qw", "net.ipv4.icmp_ratelimit=0"])
+        .status()
+        .unwrap();
+    assert!(unlimited.success(), "sysctl net.ipv4.icmp_ratelimit");
+    lab.start_daemon(CONFIG).unwrap();
+    check(&lab, attached(&lab), "the daemon attached to vm0");
+
+    // Refused: the upstream's own resets count; the fourth connect is refused by
+    // the breaker, fast, without reaching the upstream.
+    let refusing = format!("{UPSTREAM_V4}:8081");
+    let first = vm_connect(&lab, &refusing, 3, 1, 2000);
+    check(
+        &lab,
+        outcomes(&first) == ["refused"; 3],
+        &format!("the upstream's own refusals: {:?}", outcomes(&first)),
+    );
+    check(
+        &lab,
+        state(&lab, "refusing", "open", Duration::from_secs(2)),
+        "refusing opened after 3 resets",
+    );
+    let rejected_before = lab
+        .metric(
+            "breaker_connects_rejected_total",
+            &[("upstream", "refusing")],
+        )
+        .unwrap();
+    let fast = vm_connect(&lab, &refusing, 20, 1, 2000);
+    check(
+        &lab,
+        outcomes(&fast) == ["refused"; 20],
+        &format!("while open: {:?}", outcomes(&fast)),
+    );
+    let rejected = lab
+        .metric(
+            "breaker_connects_rejected_total",
+            &[("upstream", "refusing")],
+        )
+        .unwrap()
+        - rejected_before;
+    check(
+        &lab,
+        rejected >= 19.0,
+        &format!("{rejected} of 20 refused by the breaker"),
+    );
+
+    // It closes again once the upstream is back: the daemon's probe finds it.
+    lab.serve(&refusing, "back").unwrap();
+    check(
+        &lab,
+        state(&lab, "refusing", "closed", Duration::from_secs(10)),
+        "refusing closed when its upstream came back",
+    );
+    let back = vm_connect(&lab, &refusing, 3, 1, 2000);
+    check(
+        &lab,
+        outcomes(&back) == ["ok"; 3],
+        &format!("after recovery: {:?}", outcomes(&back)),
+    );
+    let successes = lab
+        .metric(
+            "breaker_connect_successes_total",
+            &[("upstream", "refusing")],
+        )
+        .unwrap();
+    check(
+        &lab,
+        successes >= 3.0,
+        &format!("the vm's successes counted from SYN-ACKs: {successes}"),
+    );
+
+    // Unreachable: the host's ICMP errors quote the vm's SYNs.
+    let unreachable = vm_connect(&lab, "10.77.8.1:80", 3, 1, 2000);
+    check(
+        &lab,
+        outcomes(&unreachable) == ["unreachable"; 3],
+        &format!("unreachable: {:?}", outcomes(&unreachable)),
+    );
+    check(
+        &lab,
+        state(&lab, "unreachable", "open", Duration::from_secs(2)),
+        "unreachable opened after 3 ICMP errors",
+    );
+    let failures = lab
+        .metric(
+            "breaker_connect_failures_total",
+            &[("upstream", "unreachable"), ("reason", "unreachable")],
+        )
+        .unwrap();
+    check(
+        &lab,
+        failures == 3.0,
+        &format!("{failures} unreachable failures counted, want 3"),
+    );
+    let after = vm_connect(&lab, "10.77.8.1:80", 1, 1, 2000);
+    check(
+        &lab,
+        outcomes(&after) == ["refused"],
+        &format!("unreachable, open: {:?}", outcomes(&after)),
+    );
+}
+
+#[test]
+fn a_blackholed_upstream_trips_on_timeouts_and_no_vm_client_waits_on_it_after() {
+    let Some(mut lab) = lab("pkt-dark") else {
+        return;
+    };
+    lab.start_daemon(CONFIG).unwrap();
+    check(&lab, attached(&lab), "the daemon attached to vm0");
+    // Two clients at once, into the blackhole (10.77.9.0/24 goes to the dark
+    // link): their flows time out after connect_timeout, the breaker opens, and
+    // their retransmitted SYNs (the vm's kernel resends after 1 s) are reset: they
+    // fail long before their own 5 s timeout.
+    let start = Instant::now();
+    let dark = vm_connect(&lab, "10.77.9.1:80", 1, 2, 5000);
+    let took = start.elapsed();
+    check(
+        &lab,
+        state(&lab, "blackholed", "open", Duration::from_secs(1)),
+        "blackholed opened on timeouts",
+    );
+    let timeouts = lab
+        .metric(
+            "breaker_connect_failures_total",
+            &[("upstream", "blackholed"), ("reason", "timeout")],
+        )
+        .unwrap();
+    check(
+        &lab,
+        timeouts == 2.0,
+        &format!("{timeouts} timeouts counted, want 2 (one per connect, not per SYN)"),
+    );
+    check(
+        &lab,
+        outcomes(&dark) == ["refused"; 2] && took < Duration::from_millis(2500),
+        &format!(
+            "the two blackholed connects: {:?} in {took:?}",
+            outcomes(&dark)
+        ),
+    );
+    // From now on a connect fails at once.
+    let fast = vm_connect(&lab, "10.77.9.1:80", 10, 1, 5000);
+    let slowest = fast.iter().map(|a| a.latency_us).fold(0.0, f64::max);
+    check(
+        &lab,
+        outcomes(&fast) == ["refused"; 10] && slowest < 100_000.0,
+        &format!("open: {:?}, slowest {slowest} µs", outcomes(&fast)),
+    );
+
+    // packet_action = "drop": the same, but the vm's SYNs vanish.
+    let _ = vm_connect(&lab, "10.77.9.2:80", 1, 2, 1500);
+    check(
+        &lab,
+        state(&lab, "silent", "open", Duration::from_secs(1)),
+        "silent opened on timeouts",
+    );
+    let dropped = vm_connect(&lab, "10.77.9.2:80", 1, 1, 500);
+    check(
+        &lab,
+        outcomes(&dropped) == ["timeout"],
+        &format!("drop: {:?}", outcomes(&dropped)),
+    );
+    let rejected = lab
+        .metric("breaker_connects_rejected_total", &[("upstream", "silent")])
+        .unwrap();
+    check(
+        &lab,
+        rejected >= 1.0,
+        &format!("silent rejected {rejected}"),
+    );
+}
