@@ -125,6 +125,7 @@ pub async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     if let Some(why) = sync_interfaces(&mut current) {
         anyhow::bail!("{why}");
     }
+    observe_packet_path(&current, &metrics);
     // Interfaces come and go (a VM's tap with the VM): look again every second.
     let mut interface_check = tokio::time::interval(RETRY_ATTACH);
     interface_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -203,6 +204,7 @@ pub async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
             }
             _ = interface_check.tick(), if !current.config.interfaces.is_empty() => {
                 sync_interfaces(&mut current);
+                observe_packet_path(&current, &metrics);
             }
             _ = flow_sweep.tick(), if !current.config.interfaces.is_empty() => {
                 if let Err(e) = current.kernel.expire_flows() {
@@ -446,7 +448,9 @@ fn apply_reload(
     current.kernel.detach_interfaces();
     *current = Generation::start(kernel, config, metrics, tasks, kept_alerts)
         .map_err(|e| anyhow::Error::new(GenerationFailed(e)))?;
+    metrics.packet().new_load();
     sync_interfaces(current);
+    observe_packet_path(current, metrics);
     metrics.reloaded();
     tracing::info!(config = %path.display(), upstreams = names.len(), "config reloaded: every kept upstream keeps its state and counters");
     Ok(())
@@ -530,6 +534,27 @@ fn sync_interfaces(current: &mut Generation) -> Option<String> {
         }
     }
     failed
+}
+
+/// The packet path's interfaces and counters, into the metrics.
+fn observe_packet_path(current: &Generation, metrics: &Metrics) {
+    if current.config.interfaces.is_empty() {
+        return;
+    }
+    let attached = current.kernel.attached_interfaces();
+    let interfaces: Vec<_> = current
+        .config
+        .interfaces
+        .iter()
+        .map(|i| {
+            let a = attached.iter().find(|a| a.interface == i.name).cloned();
+            (i.name.clone(), a)
+        })
+        .collect();
+    metrics.packet().set_interfaces(&interfaces);
+    if let Ok(counters) = current.kernel.packet_counters() {
+        metrics.packet().observe(&counters);
+    }
 }
 
 /// How often an attach to a recreated cgroup that failed is tried again.

@@ -17,6 +17,7 @@ use crate::{
     state::StateTable,
 };
 
+pub mod packet;
 pub mod server;
 pub use server::serve;
 
@@ -60,6 +61,7 @@ pub struct Metrics {
     programs: Mutex<Vec<(String, u32)>>,
     program_last: Mutex<HashMap<u32, (u64, std::time::Duration)>>,
     kernel_memory: prometheus::IntGauge,
+    packet: packet::PacketMetrics,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -97,8 +99,8 @@ impl Metrics {
             },
             state: gauge(&registry, "breaker_state", "1 for the state each configured upstream's breaker is in, 0 for the others.", &["upstream", "state"]),
             transitions: counter(&registry, "breaker_transitions_total", "Breaker state transitions.", &["upstream", "from", "to"]),
-            attempts: counter(&registry, "breaker_connect_attempts_total", "TCP connects to the upstream seen by the connect hooks.", &["upstream"]),
-            successes: counter(&registry, "breaker_connect_successes_total", "Watched connects that reached ESTABLISHED.", &["upstream"]),
+            attempts: counter(&registry, "breaker_connect_attempts_total", "TCP connects to the upstream seen by the connect hooks or, as SYNs, by the packet path.", &["upstream"]),
+            successes: counter(&registry, "breaker_connect_successes_total", "Watched connects that reached ESTABLISHED (on the packet path: answered by a SYN-ACK).", &["upstream"]),
             failures: counter(&registry, "breaker_connect_failures_total", "Watched connects that failed, by reason: refused (an RST), unreachable (an ICMP error), timeout (a SYN retransmission timeout).", &["upstream", "reason"]),
             rejected: counter(&registry, "breaker_connects_rejected_total", "Connects failed fast with ECONNREFUSED while the breaker rejected.", &["upstream"]),
             redirected: counter(&registry, "breaker_connects_redirected_total", "Connects rewritten to the fallback while the breaker rejected.", &["upstream"]),
@@ -137,6 +139,7 @@ impl Metrics {
             },
             programs: Mutex::new(Vec::new()),
             program_last: Mutex::new(HashMap::new()),
+            packet: packet::PacketMetrics::register(&registry),
             registry,
         };
         {
@@ -278,6 +281,11 @@ impl Metrics {
     }
 
     /// The attached programs (after a start or a reload), for their run stats.
+    /// The packet path's metrics.
+    pub fn packet(&self) -> &packet::PacketMetrics {
+        &self.packet
+    }
+
     pub fn set_programs(&self, ids: &[(&str, u32)]) {
         *self.programs.lock().unwrap_or_else(|e| e.into_inner()) =
             ids.iter().map(|(n, id)| (n.to_string(), *id)).collect();

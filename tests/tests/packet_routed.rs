@@ -143,6 +143,24 @@ fn a_vm_behind_the_host_is_protected_by_the_packet_path_alone() {
         rejected >= 19.0,
         &format!("{rejected} of 20 refused by the breaker"),
     );
+    let attached = lab
+        .wait_metric(
+            "breaker_packet_interface_attached",
+            &[("interface", VM_LINK), ("ingress", "xdp (generic)")],
+            1.0,
+            Duration::from_secs(3),
+        )
+        .unwrap_or(0.0);
+    check(
+        &lab,
+        attached == 1.0,
+        "the metrics show vm0 attached with generic XDP",
+    );
+    let resets = breaker_lab::testing::eventually(Duration::from_secs(3), || {
+        lab.metric("breaker_packet_events_total", &[("event", "reset_sent")])
+            .is_ok_and(|v| v >= rejected)
+    });
+    check(&lab, resets, "the metrics count the resets sent");
 
     // It closes again once the upstream is back: the daemon's probe finds it.
     lab.serve(&refusing, "back").unwrap();

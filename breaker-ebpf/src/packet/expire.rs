@@ -15,14 +15,14 @@ use crate::{breaker::jiffies, detect::conclude, maps::PACKET_FLOWS};
 pub fn try_expire(ctx: &TcContext) -> Result<u32, i64> {
     let q: ExpireQuery = ctx.load(RESOLVE_QUERY_OFFSET)?;
     // SAFETY: the value is copied out at once.
-    let Some(flow) = (unsafe { PACKET_FLOWS.get(&q.flow) }).copied() else {
+    let Some(flow) = (unsafe { PACKET_FLOWS.get(q.flow) }).copied() else {
         return Ok(EXPIRE_NOT_YET);
     };
     if !timed_out(flow.started_jiffies, jiffies(), q.timeout_jiffies) {
         return Ok(EXPIRE_NOT_YET);
     }
     // Removing the flow is what makes this run the one that counts it.
-    if PACKET_FLOWS.remove(&q.flow).is_err() {
+    if PACKET_FLOWS.remove(q.flow).is_err() {
         return Ok(EXPIRE_NOT_YET);
     }
     // An ended flow kept past its time: forgotten, nothing counted.
@@ -36,7 +36,7 @@ pub fn try_expire(ctx: &TcContext) -> Result<u32, i64> {
         started_jiffies: jiffies(),
         ..flow
     };
-    let _ = PACKET_FLOWS.insert(&q.flow, &ended, BPF_NOEXIST as u64);
+    let _ = PACKET_FLOWS.insert(q.flow, ended, BPF_NOEXIST as u64);
     count(|c| c.flows_timed_out += 1);
     let trial = (flow.flags & FLOW_TRIAL != 0).then_some(flow.epoch as u8);
     conclude(ctx, flow.upstream, &flow.dest, CAUSE_FAILURE_TIMEOUT, trial);

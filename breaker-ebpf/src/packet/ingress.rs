@@ -235,7 +235,7 @@ fn track(key: &FlowKey, upstream: u32, dest: DestKey, isn: u32, flags: u32, epoc
         flags,
         _pad: 0,
     };
-    if PACKET_FLOWS.insert(key, &flow, 0).is_ok() {
+    if PACKET_FLOWS.insert(key, flow, 0).is_ok() {
         count(|c| c.syns_tracked += 1);
         true
     } else {
