@@ -129,6 +129,9 @@ pub mod program_names {
     pub const TC_EGRESS: &str = "brk_tc_egress";
     /// Run by the daemon under BPF_PROG_TEST_RUN for a flow past its timeout.
     pub const FLOW_EXPIRE: &str = "brk_flow_expire";
+    /// Empty XDP and TC programs: the bench's baseline for the packet path.
+    pub const NOP_XDP: &str = "brk_nop_xdp";
+    pub const NOP_TC: &str = "brk_nop_tc";
     /// Returns the kernel's jiffies under BPF_PROG_TEST_RUN (the daemon's HZ
     /// measurement); never attached.
     pub const JIFFIES: &str = "brk_jiffies";

@@ -152,6 +152,18 @@ mod programs {
         TC_ACT_OK
     }
 
+    /// Empty XDP and TC programs, never attached: the bench's baseline for the
+    /// packet path's cost per packet.
+    #[xdp]
+    pub fn brk_nop_xdp(_ctx: XdpContext) -> u32 {
+        xdp_action::XDP_PASS
+    }
+
+    #[classifier]
+    pub fn brk_nop_tc(_ctx: TcContext) -> i32 {
+        TC_ACT_OK
+    }
+
     /// A flow past its timeout, under BPF_PROG_TEST_RUN from the daemon; never
     /// attached.
     #[classifier]

@@ -60,7 +60,7 @@ enum Cmd {
         /// working, proves nothing about speed.
         #[arg(long)]
         quick: bool,
-        /// Only these scenarios: healthy, failfast, outage, scale, proxy.
+        /// Only these scenarios: healthy, failfast, outage, scale, proxy, operations, packet.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },

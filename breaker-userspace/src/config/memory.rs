@@ -214,9 +214,11 @@ mod tests {
     #[test]
     fn per_cpu_counters_grow_with_cpus() {
         let c = config("[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\n");
+        // The upstream counters, and the packet path's one set of counters.
         assert_eq!(
             c.kernel_memory_estimate(3) - c.kernel_memory_estimate(2),
             u64::from(c.map_sizes().slots) * round8(size_of::<Counters>())
+                + round8(size_of::<PacketCounters>())
         );
     }
 }

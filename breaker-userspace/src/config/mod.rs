@@ -1179,6 +1179,16 @@ impl Config {
                 None => format!("TCP connect to {}", up.probe.address),
             };
             let _ = writeln!(out, "  probe:     {how}");
+            if !self.interfaces.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  packets:   a rejected SYN is {}",
+                    match up.packet_action {
+                        PacketAction::Reject => "answered with the upstream's reset",
+                        PacketAction::Drop => "dropped",
+                    }
+                );
+            }
         }
         match &self.default_policy {
             Some(d) => {
@@ -1195,6 +1205,14 @@ impl Config {
                     "default policy: off (unmatched destinations pass untouched)"
                 );
             }
+        }
+        for i in &self.interfaces {
+            let _ = writeln!(
+                out,
+                "packet path on {} (hook {}): SYNs arriving there ask the breakers, answers leaving there end them",
+                i.name,
+                i.hook.name()
+            );
         }
         out
     }

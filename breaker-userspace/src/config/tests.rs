@@ -854,3 +854,70 @@ fn count_refuses_unknown_slow_and_empty_lists_in_one_line() {
         assert_eq!(text.lines().count(), 1, "{text}");
     }
 }
+
+#[test]
+fn interfaces_and_packet_actions_parse_with_their_defaults() {
+    let c = parse(&format!(
+        "{MINIMAL}packet_action = 'drop'\n[[interface]]\nname = 'tap0'\n[[interface]]\nname = 'br-lan'\nhook = 'tc'\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.interfaces,
+        [
+            Interface {
+                name: "tap0".into(),
+                hook: Hook::Auto
+            },
+            Interface {
+                name: "br-lan".into(),
+                hook: Hook::Tc
+            }
+        ]
+    );
+    assert_eq!(c.upstreams[0].packet_action, PacketAction::Drop);
+    assert!(c.describe().contains("packet path on tap0 (hook auto)"));
+    assert!(c.describe().contains("a rejected SYN is dropped"));
+    assert_eq!(
+        parse(MINIMAL).unwrap().upstreams[0].packet_action,
+        PacketAction::Reject
+    );
+    assert!(parse(MINIMAL).unwrap().interfaces.is_empty());
+}
+
+#[test]
+fn bad_interfaces_and_packet_actions_name_the_field_and_why() {
+    for (extra, field, says) in [
+        (
+            "[[interface]]\nname = ''\n",
+            "interface[0].name",
+            "not an interface name",
+        ),
+        (
+            "[[interface]]\nname = 'a-very-long-name0'\n",
+            "interface[0].name",
+            "1 to 15 characters",
+        ),
+        (
+            "[[interface]]\nname = '../eth0'\n",
+            "interface[0].name",
+            "no '/'",
+        ),
+        (
+            "[[interface]]\nname = 'eth0'\n[[interface]]\nname = 'eth0'\n",
+            "interface[1].name",
+            "listed twice",
+        ),
+        (
+            "[[interface]]\nname = 'eth0'\nhook = 'ebpf'\n",
+            "interface[0].hook",
+            "is not a hook",
+        ),
+    ] {
+        let (f, reason) = invalid_field(&format!("{MINIMAL}{extra}"));
+        assert_eq!(f, field, "{extra}");
+        assert!(reason.contains(says), "{extra}: {reason}");
+    }
+    let (f, reason) = invalid_field(&format!("{MINIMAL}packet_action = 'icmp'\n"));
+    assert!(f.ends_with(".packet_action"), "{f}");
+    assert!(reason.contains("is not a packet action"), "{reason}");
+}

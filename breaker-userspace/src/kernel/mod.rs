@@ -268,6 +268,9 @@ const FRESH_MAPS: [&str; 9] = [
     map_names::PACKET_COUNTERS,
 ];
 
+/// Fresh maps only the packet path's programs use.
+const PACKET_ONLY_MAPS: [&str; 2] = [map_names::PACKET_FLOWS, map_names::PACKET_COUNTERS];
+
 impl Kernel {
     /// Loads the programs with maps sized for `config`, adopting the maps pinned in
     /// `pins` (state, counters, names) when a daemon left them, and writes the
@@ -886,7 +889,9 @@ fn resumable(
             ));
         }
     }
-    for name in FRESH_MAPS {
+    // The packet path's maps are used by its own programs, which no pinned link
+    // holds (they are the daemon's, on its interfaces).
+    for name in FRESH_MAPS.iter().filter(|n| !PACKET_ONLY_MAPS.contains(n)) {
         if !used.contains(&pinned[kernel_name(name)]) {
             return Err(format!("no attached program uses the pinned {name}"));
         }

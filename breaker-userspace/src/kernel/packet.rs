@@ -364,8 +364,11 @@ impl Kernel {
         repeat: u32,
     ) -> Result<PacketRun, KernelError> {
         self.load_packet_programs()?;
-        if name == program_names::XDP_INGRESS {
+        if name == program_names::XDP_INGRESS || name == program_names::NOP_XDP {
             let prog: &mut Xdp = program(&mut self.ebpf, name)?;
+            if prog.fd().is_err() {
+                prog.load().map_err(prog_err(name))?;
+            }
             run(prog, name, frame, repeat)
         } else {
             self.run_classifier(name, frame, repeat)

@@ -6,6 +6,7 @@
 mod fill;
 mod haproxy;
 mod kernel_stats;
+mod packet;
 mod plot;
 mod report;
 mod scenarios;
@@ -47,6 +48,8 @@ pub struct Plan {
     pub proxy_requests: u32,
     /// Scenario 7: endpoint counts restarted (the last one also reloaded).
     pub restart_endpoints: Vec<u32>,
+    /// Scenario 8: packets per case and hook, one run each.
+    pub packet_runs: u32,
 }
 
 impl Plan {
@@ -71,6 +74,7 @@ impl Plan {
             proxy_rounds: 5,
             proxy_requests: 10_000,
             restart_endpoints: vec![10, 100_000],
+            packet_runs: 5_000,
         }
     }
 
@@ -95,18 +99,20 @@ impl Plan {
             proxy_rounds: 3,
             proxy_requests: 500,
             restart_endpoints: vec![10, 10_000],
+            packet_runs: 500,
         }
     }
 }
 
 /// The scenarios by name, for `--only`.
-pub const SCENARIOS: [&str; 6] = [
+pub const SCENARIOS: [&str; 7] = [
     "healthy",
     "failfast",
     "outage",
     "scale",
     "proxy",
     "operations",
+    "packet",
 ];
 
 pub fn run(quick: bool, out: &Path, only: &[String]) -> anyhow::Result<()> {
@@ -172,6 +178,11 @@ pub fn run(quick: bool, out: &Path, only: &[String]) -> anyhow::Result<()> {
         eprintln!("bench: scenario 7 (restart and reload)");
         let ops = scenarios::operations(&lab_bin, &plan)?;
         report.operations(&ops, &plan);
+    }
+    if wanted("packet") {
+        eprintln!("bench: scenario 8 (the packet path's cost per packet)");
+        let cost = packet::packet_cost(&plan)?;
+        report.packet(&cost);
     }
     let path = out.join("BENCHMARKS.md");
     std::fs::write(&path, report.render())?;
