@@ -34,7 +34,7 @@ mod resolve_test;
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+        bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC},
         helpers::generated::{bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_tail},
         macros::{cgroup_sock, cgroup_sock_addr, classifier, sock_ops, xdp},
         programs::{SockAddrContext, SockContext, SockOpsContext, TcContext, XdpContext},
@@ -131,7 +131,9 @@ mod programs {
     #[classifier]
     pub fn brk_tc_ingress(ctx: TcContext) -> i32 {
         match ingress::on_ingress(&ctx) {
-            ingress::Verdict::Pass => TC_ACT_OK,
+            // On to whatever comes after us on the hook (other filters, TCX
+            // programs): TC_ACT_OK would end the chain here.
+            ingress::Verdict::Pass => TC_ACT_UNSPEC,
             ingress::Verdict::Drop => TC_ACT_SHOT,
             ingress::Verdict::Reply { len } => {
                 // SAFETY: the program's own skb; the length only shrinks. A reply
@@ -149,7 +151,8 @@ mod programs {
     #[classifier]
     pub fn brk_tc_egress(ctx: TcContext) -> i32 {
         crate::packet::egress::on_egress(&ctx);
-        TC_ACT_OK
+        // On to whatever comes after us on the hook.
+        TC_ACT_UNSPEC
     }
 
     /// Empty XDP and TC programs, never attached: the bench's baseline for the

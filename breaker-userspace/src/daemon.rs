@@ -502,6 +502,11 @@ fn reload(
         }
     }
     let mut kernel = Kernel::load(&config, pins)?;
+    // Verified before anything running is touched: a packet program the
+    // kernel refuses keeps the running config.
+    if !config.interfaces.is_empty() {
+        kernel.load_packet_programs()?;
+    }
     kernel.attach(cgroup)?;
     Ok((kernel, config))
 }
@@ -529,7 +534,16 @@ fn sync_interfaces(current: &mut Generation) -> Option<String> {
             ),
             InterfaceChange::Failed(name, why) => {
                 tracing::error!(interface = %name, error = %why, "the packet path cannot attach; trying again every {RETRY_ATTACH:?}");
-                failed.get_or_insert(format!("interface {name}: {why}"));
+                // Only an explicit `hook = "xdp"` that cannot have XDP stops a
+                // start; anything else is tried again (fail open meanwhile).
+                let xdp_only = current
+                    .config
+                    .interfaces
+                    .iter()
+                    .any(|i| i.name == name && i.hook == crate::config::Hook::Xdp);
+                if xdp_only {
+                    failed.get_or_insert(format!("interface {name}: {why}"));
+                }
             }
         }
     }

@@ -36,6 +36,21 @@ pub fn syn_v4(client: SocketAddrV4, upstream: SocketAddrV4, isn: u32) -> Vec<u8>
     out
 }
 
+/// As [`syn_v4`], carrying `data` (a TCP Fast Open SYN).
+pub fn syn_v4_with_data(
+    client: SocketAddrV4,
+    upstream: SocketAddrV4,
+    isn: u32,
+    data: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, HOST_MAC)
+        .ipv4(client.ip().octets(), upstream.ip().octets(), 64)
+        .tcp_header(syn_header(client.port(), upstream.port(), isn));
+    let mut out = Vec::new();
+    b.write(&mut out, data).expect("a SYN");
+    out
+}
+
 /// As [`syn_v4`], with one 802.1Q tag.
 pub fn syn_v4_vlan(client: SocketAddrV4, upstream: SocketAddrV4, isn: u32, vlan: u16) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(CLIENT_MAC, HOST_MAC)

@@ -28,7 +28,9 @@ use etherparse::{
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
-const TC_ACT_OK: u32 = 0;
+/// TC_ACT_UNSPEC (-1): on to the next filter or program on the hook
+/// (TC_ACT_OK would end the chain, and skip everyone else's).
+const TC_ACT_UNSPEC: u32 = u32::MAX;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 
@@ -290,7 +292,7 @@ fn pass(xdp: bool) -> u32 {
     if xdp {
         XDP_PASS
     } else {
-        TC_ACT_OK
+        TC_ACT_UNSPEC
     }
 }
 
@@ -558,6 +560,73 @@ const INGRESS_CASES: &[Case] = &[
             check_reset(&s.run.data, &syn, false)
         },
     },
+    Case {
+        name: "a SYN with its hops spent or lengths that do not add up never counts",
+        run: |f, xdp| {
+            f.set(f.web, State::Open);
+            let mut ttl1 = packets::syn_v4(client(port(14, xdp)), WEB4, 14_000);
+            ttl1[14 + 8] = 1;
+            packets::fix_ipv4_checksum(&mut ttl1, 14);
+            let mut short = packets::syn_v4(client(port(14, xdp) + 1), WEB4, 14_100);
+            // The IP length ends inside the TCP options.
+            let len = u16::from_be_bytes([short[16], short[17]]) - 8;
+            short[16..18].copy_from_slice(&len.to_be_bytes());
+            packets::fix_ipv4_checksum(&mut short, 14);
+            for (what, syn) in [("TTL 1", ttl1), ("IP length short", short)] {
+                let s = observe(f, ingress(xdp), &syn);
+                ensure!(
+                    s.run.return_value == pass(xdp) && s.run.data == syn,
+                    "{what}: verdict {}",
+                    s.run.return_value
+                );
+                ensure!(
+                    s.web.attempts == 0 && s.web.rejected == 0 && s.packet.skipped == 1,
+                    "{what}: attempts {} rejected {} skipped {}",
+                    s.web.attempts,
+                    s.web.rejected,
+                    s.packet.skipped
+                );
+            }
+            Ok(())
+        },
+    },
+    Case {
+        name: "a SYN carrying data (TCP Fast Open) is not followed",
+        run: |f, xdp| {
+            f.set(f.web, State::Closed);
+            let syn = packets::syn_v4_with_data(client(port(15, xdp)), WEB4, 15_000, b"GET /");
+            let s = observe(f, ingress(xdp), &syn);
+            ensure!(
+                s.run.return_value == pass(xdp) && s.run.data == syn,
+                "verdict {}",
+                s.run.return_value
+            );
+            ensure!(s.web.attempts == 0 && s.packet.syns_tracked == 0, "tracked");
+            Ok(())
+        },
+    },
+    Case {
+        name: "an operator's force_closed lets a retransmitted SYN of an OPEN breaker go",
+        run: |f, xdp| {
+            f.set(f.web, State::Closed);
+            let syn = packets::syn_v4(client(port(16, xdp)), WEB4, 16_000);
+            f.run(ingress(xdp), &syn);
+            f.set(f.web, State::Open);
+            f.kernel.states().update(f.web, |w| {
+                breaker_common::machine::set_mode(w, breaker_common::machine::Mode::ForceClosed)
+            });
+            let s = observe(f, ingress(xdp), &syn);
+            f.kernel.states().update(f.web, |w| {
+                breaker_common::machine::set_mode(w, breaker_common::machine::Mode::Auto)
+            });
+            ensure!(
+                s.run.return_value == pass(xdp),
+                "verdict {}",
+                s.run.return_value
+            );
+            Ok(())
+        },
+    },
 ];
 
 fn egress_run(f: &mut Fixture, frame: &[u8]) -> Seen {
@@ -583,7 +652,7 @@ const EGRESS_CASES: &[Case] = &[
                 &packets::answer_v4(WEB4, client(50_001), Reply::SynAck, 501),
             );
             ensure!(
-                s.run.return_value == TC_ACT_OK,
+                s.run.return_value == TC_ACT_UNSPEC,
                 "verdict {}",
                 s.run.return_value
             );

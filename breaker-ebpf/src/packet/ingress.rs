@@ -7,7 +7,7 @@ use breaker_common::{
         DestKey, Settings, CAUSE_OPEN_EXPIRED, DEFAULT_UPSTREAM_ID, POLICY_DRY_RUN,
         POLICY_PACKET_DROP,
     },
-    machine::{abandon, Admission, State},
+    machine::{self, abandon, Admission, Mode, State},
     packet::{
         is_connect, reset_v4, reset_v6, FlowKey, FlowRecord, FLOW_ENDED, FLOW_TRIAL, RESET_V4_LEN,
         RESET_V6_LEN,
@@ -16,7 +16,7 @@ use breaker_common::{
 
 use super::{count, ip, is_v4, tcp, Frame, Ip, Packet, Tcp, IPPROTO_TCP};
 use crate::{
-    breaker::{self, jiffies, Breaker},
+    breaker::{self, jiffies, now_ms, Breaker},
     destination,
     maps::{PACKET_FLOWS, SETTINGS},
 };
@@ -34,7 +34,8 @@ pub enum Verdict {
 }
 
 pub fn on_ingress<C: Packet>(ctx: &C) -> Verdict {
-    let Some((key, isn)) = connect_of(&ctx.frame()) else {
+    let mut key = FlowKey::default();
+    let Some(isn) = connect_of(&ctx.frame(), &mut key) else {
         return Verdict::Pass;
     };
     // Nothing of the parse stays live across the decision (the packet is read
@@ -47,10 +48,11 @@ pub fn on_ingress<C: Packet>(ctx: &C) -> Verdict {
     }
 }
 
-/// The flow and sequence number of a connect's first segment; `None` for any
-/// other packet (counted as skipped when it could not be read).
-#[inline(always)]
-fn connect_of(frame: &Frame) -> Option<(FlowKey, u32)> {
+/// The sequence number of a connect's first segment, with its flow in `key`;
+/// `None` for any other packet (counted as skipped when it could not be read).
+/// Out of line, a sibling of `decide`: the parse's stack never adds to its.
+#[inline(never)]
+fn connect_of(frame: &Frame, key: &mut FlowKey) -> Option<u32> {
     let ip = match ip(frame) {
         Ok(Some(ip)) if ip.proto == IPPROTO_TCP => ip,
         // Not TCP, or not IP: nothing a connect is made of.
@@ -69,7 +71,19 @@ fn connect_of(frame: &Frame) -> Option<(FlowKey, u32)> {
     if !is_connect(tcp.flags) {
         return None;
     }
-    let key = FlowKey {
+    // A SYN this host will not forward (its hops are spent), or one whose
+    // lengths do not add up, never reaches the upstream: it must not count as
+    // the upstream's failure. A SYN carrying data (TCP Fast Open) is acked past
+    // its data: not followed (its connect is counted nowhere).
+    let segment_end = ip.l4 + tcp.header_len;
+    if ip.hops <= 1 || ip.end < segment_end || ip.end > frame.end - frame.data {
+        count(|c| c.skipped += 1);
+        return None;
+    }
+    if ip.end != segment_end {
+        return None;
+    }
+    *key = FlowKey {
         client: ip.src,
         upstream: ip.dst,
         client_port: tcp.src_port,
@@ -77,11 +91,12 @@ fn connect_of(frame: &Frame) -> Option<(FlowKey, u32)> {
         family: ip.family,
         _pad: 0,
     };
-    Some((key, tcp.seq))
+    Some(tcp.seq)
 }
 
-/// Turns the SYN in `frame` into the upstream's reset.
-#[inline(always)]
+/// Turns the SYN in `frame` into the upstream's reset. Out of line: its headers
+/// and reply live in a frame of their own, never on the stack beside `decide`'s.
+#[inline(never)]
 fn reset(frame: &Frame) -> Verdict {
     let (Ok(Some(ip)), true) = (ip(frame), true) else {
         return Verdict::Pass;
@@ -124,8 +139,11 @@ fn decide<C: EbpfContext>(ctx: &C, key: &FlowKey, isn: u32) -> u32 {
             return retransmitted(key, &flow);
         }
         // The same ports again with a new sequence number: the earlier attempt
-        // was given up without an answer. A trial gives its slot back.
-        if flow.flags & (FLOW_TRIAL | FLOW_ENDED) == FLOW_TRIAL {
+        // was given up without an answer. A trial gives its slot back, if this
+        // program is the one that ends it (removes it): an answer or a timeout on
+        // another CPU may be concluding it right now.
+        let waiting_trial = flow.flags & (FLOW_TRIAL | FLOW_ENDED) == FLOW_TRIAL;
+        if PACKET_FLOWS.remove(key).is_ok() && waiting_trial {
             if let Some(b) = Breaker::of_record(flow.upstream, &flow.dest, false) {
                 b.update(ctx, CAUSE_OPEN_EXPIRED, |w| abandon(w, flow.epoch as u8));
             }
@@ -205,13 +223,17 @@ fn retransmitted(key: &FlowKey, flow: &FlowRecord) -> u32 {
     let Some(breaker) = Breaker::of_record(flow.upstream, &flow.dest, false) else {
         return DECIDED_PASS;
     };
-    let state = breaker.peek().state();
-    let rejects = if flow.flags & FLOW_ENDED != 0 {
+    // As admission would see the word now: an OPEN past its open_duration is
+    // HALF_OPEN, and an operator's override wins.
+    let word = machine::expire_open(breaker.peek(), now_ms(), &breaker.policy.thresholds());
+    let state = word.state();
+    let rejects = match word.mode() {
+        Mode::ForceOpen => true,
+        Mode::ForceClosed | Mode::Disabled => false,
         // Counted already, and no trial of HALF_OPEN's: only CLOSED lets it on.
-        state != State::Closed
-    } else {
+        Mode::Auto if flow.flags & FLOW_ENDED != 0 => state != State::Closed,
         // Still waiting: only OPEN gives up on it (a trial is HALF_OPEN's own).
-        state == State::Open && flow.flags & FLOW_TRIAL == 0
+        Mode::Auto => state == State::Open && flow.flags & FLOW_TRIAL == 0,
     };
     if !rejects || breaker.policy.flags & POLICY_DRY_RUN != 0 {
         return DECIDED_PASS;

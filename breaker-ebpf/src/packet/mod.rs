@@ -131,6 +131,10 @@ pub struct Ip {
     pub l3: usize,
     /// Offset of the transport header.
     pub l4: usize,
+    /// Offset just past the IP packet, as its length field says.
+    pub end: usize,
+    /// TTL or hop limit.
+    pub hops: u8,
 }
 
 /// The Ethernet header, with at most one VLAN tag: the IP layer's ethertype and offset.
@@ -171,6 +175,8 @@ fn ipv4(frame: &Frame, l3: usize) -> Result<Ip, Skip> {
     if frag & 0x3fff != 0 {
         return Err(Skip);
     }
+    let total = u16::from_be(frame.raw_u16(l3 + 2).ok_or(Skip)?) as usize;
+    let hops = frame.u8(l3 + 8).ok_or(Skip)?;
     let proto = frame.u8(l3 + 9).ok_or(Skip)?;
     let src = frame.raw_u32(l3 + 12).ok_or(Skip)?;
     let dst = frame.raw_u32(l3 + 16).ok_or(Skip)?;
@@ -181,6 +187,8 @@ fn ipv4(frame: &Frame, l3: usize) -> Result<Ip, Skip> {
         proto,
         l3,
         l4: l3 + ihl,
+        end: l3 + total,
+        hops,
     })
 }
 
@@ -189,7 +197,9 @@ fn ipv6(frame: &Frame, l3: usize) -> Result<Ip, Skip> {
     if frame.u8(l3).ok_or(Skip)? >> 4 != 6 {
         return Err(Skip);
     }
+    let payload = u16::from_be(frame.raw_u16(l3 + 4).ok_or(Skip)?) as usize;
     let mut next = frame.u8(l3 + 6).ok_or(Skip)?;
+    let hops = frame.u8(l3 + 7).ok_or(Skip)?;
     let src = frame.raw_addr6(l3 + 8).ok_or(Skip)?;
     let dst = frame.raw_addr6(l3 + 24).ok_or(Skip)?;
     let mut l4 = l3 + 40;
@@ -209,6 +219,8 @@ fn ipv6(frame: &Frame, l3: usize) -> Result<Ip, Skip> {
                     proto: next,
                     l3,
                     l4,
+                    end: l3 + 40 + payload,
+                    hops,
                 })
             }
         };
@@ -224,6 +236,8 @@ fn ipv6(frame: &Frame, l3: usize) -> Result<Ip, Skip> {
             proto: next,
             l3,
             l4,
+            end: l3 + 40 + payload,
+            hops,
         }),
     }
 }
@@ -238,6 +252,8 @@ pub struct Tcp {
     pub seq: u32,
     pub ack: u32,
     pub flags: u8,
+    /// The header's length, options included.
+    pub header_len: usize,
 }
 
 #[inline(always)]
@@ -255,6 +271,7 @@ pub fn tcp(frame: &Frame, l4: usize) -> Result<Tcp, Skip> {
         seq: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
         ack: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
         flags: h[13],
+        header_len: (h[12] >> 4) as usize * 4,
     })
 }
 

@@ -181,8 +181,35 @@ impl Kernel {
             interface: name.to_string(),
             reason,
         };
+        // The programs read Ethernet frames: on an L3 device (tun, WireGuard,
+        // GRE) they would take IP addresses for MAC addresses and ethertypes.
+        match link_type(name) {
+            Some(ARPHRD_ETHER) => {}
+            other => {
+                return Err(fail(format!(
+                "not an Ethernet interface (link type {}): the packet path reads Ethernet frames",
+                other.map_or("unknown".to_string(), |t| t.to_string())
+            )))
+            }
+        }
         let tcx = tcx_links();
         let tc_kind = if tcx { "tc (tcx)" } else { "tc (clsact)" };
+        if !tcx {
+            // clsact filters are no links: a daemon that died left its own
+            // behind, still running. Ours go before ours come.
+            for (hook, program) in [
+                (TcAttachType::Ingress, program_names::TC_INGRESS),
+                (TcAttachType::Egress, program_names::TC_EGRESS),
+            ] {
+                if tc::qdisc_detach_program(name, hook, program).is_ok() {
+                    tracing::warn!(
+                        interface = name,
+                        program,
+                        "removed a filter left behind by an earlier daemon"
+                    );
+                }
+            }
+        }
         if !tcx {
             // clsact may be there already (ours from before, or someone else's).
             if let Err(e) = tc::qdisc_add_clsact(name) {
@@ -195,19 +222,22 @@ impl Kernel {
         let mut ingress = None;
         let mut xdp_link = None;
         let mut xdp_refusal = String::new();
-        if iface.hook != Hook::Tc {
+        // Generic XDP copies every non-linear packet (GSO aggregates of 64 KiB)
+        // and drops it when that copy fails: `auto` takes native XDP or TC, never
+        // generic. On a veth native XDP_TX reaches the peer only when the peer
+        // runs XDP too: `auto` takes TC there.
+        let veth = driver(name).is_some_and(|d| d == "veth");
+        let modes: &[(XdpMode, &'static str)] = match (iface.hook, veth) {
+            (Hook::Tc, _) | (Hook::Auto, true) => &[],
+            (Hook::Auto, false) => &[(XdpMode::Driver, "xdp (native)")],
+            (Hook::Xdp, true) => &[(XdpMode::Skb, "xdp (generic)")],
+            (Hook::Xdp, false) => &[
+                (XdpMode::Driver, "xdp (native)"),
+                (XdpMode::Skb, "xdp (generic)"),
+            ],
+        };
+        if !modes.is_empty() {
             let xdp: &mut Xdp = program(&mut self.ebpf, program_names::XDP_INGRESS)?;
-            // Native XDP_TX on a veth reaches its peer only when the peer runs
-            // XDP itself: a paired or stacked device (veth, vlan, macvlan) gets
-            // generic XDP, whose replies take the stack's own way out.
-            let modes: &[(XdpMode, &'static str)] = if paired(name, index) {
-                &[(XdpMode::Skb, "xdp (generic)")]
-            } else {
-                &[
-                    (XdpMode::Driver, "xdp (native)"),
-                    (XdpMode::Skb, "xdp (generic)"),
-                ]
-            };
             for &(mode, kind) in modes {
                 match xdp.attach_to_if_index(index, mode) {
                     Ok(id) => {
@@ -227,7 +257,7 @@ impl Kernel {
                 (None, _) => tracing::warn!(
                     interface = name,
                     reason = %xdp_refusal,
-                    "XDP cannot be attached (another XDP program there?): SYNs are looked at with TC instead"
+                    "native XDP cannot be attached (no driver support, or another XDP program there): SYNs are looked at with TC instead"
                 ),
                 _ => {}
             }
@@ -306,10 +336,14 @@ impl Kernel {
                 })?,
         )
         .map_err(map_err(map_names::POLICIES))?;
+        // One read of each upstream's policy per sweep, not one per flow.
+        let mut known = std::collections::HashMap::new();
         let due: Vec<ExpireQuery> = candidates
             .into_iter()
             .filter_map(|(flow, record)| {
-                let policy = policies.get(&record.upstream, 0).unwrap_or_default();
+                let policy = *known
+                    .entry(record.upstream)
+                    .or_insert_with(|| policies.get(&record.upstream, 0).unwrap_or_default());
                 let timeout = flow_timeout(&policy, &record, self.hz);
                 timed_out(record.started_jiffies, now as u64, timeout).then_some(ExpireQuery {
                     flow,
@@ -465,10 +499,36 @@ fn ifindex(name: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
-/// Whether interface `name` is a veth, by its driver (ethtool's, asked in this
-/// network namespace: /sys may show another one's).
-fn paired(name: &str, _index: u32) -> bool {
-    driver(name).is_some_and(|d| d == "veth")
+/// `ARPHRD_ETHER`: an Ethernet (or Ethernet-like: veth, tap, bridge) device.
+const ARPHRD_ETHER: u16 = 1;
+
+/// The link type (ARPHRD_*) of interface `name`, asked in this network namespace.
+fn link_type(name: &str) -> Option<u16> {
+    #[repr(C)]
+    struct IfReqHwAddr {
+        name: [u8; libc::IFNAMSIZ],
+        family: u16,
+        data: [u8; 22],
+    }
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    let mut req = IfReqHwAddr {
+        name: [0; libc::IFNAMSIZ],
+        family: 0,
+        data: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: a plain socket call; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: SIOCGIFHWADDR fills the ifreq it is given, which lives on.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR as _, &mut req) };
+    // SAFETY: our own fd.
+    unsafe { libc::close(fd) };
+    (rc == 0).then_some(req.family)
 }
 
 /// The driver of interface `name` (ETHTOOL_GDRVINFO), if it says.
