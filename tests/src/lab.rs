@@ -198,15 +198,9 @@ impl Lab {
         vm.ip(&["route", "add", "default", "via", "10.77.5.1"])?;
         self.upstream
             .ip(&["route", "add", "10.77.5.0/24", "via", "10.77.0.1"])?;
-        let forward = c
-            .command("sysctl")
-            .args(["-qw", "net.ipv4.ip_forward=1"])
-            .status()
-            .context("sysctl")?;
-        if !forward.success() {
-            bail!("turning forwarding on in the client namespace failed");
-        }
         self.vm = Some(vm);
+        self.client_sysctl("net/ipv4/ip_forward", "1")
+            .context("turning forwarding on in the client namespace")?;
         Ok(())
     }
 

@@ -95,13 +95,7 @@ fn a_vm_behind_the_host_is_protected_by_the_packet_path_alone() {
         .ip(&["route", "add", "unreachable", "10.77.8.1/32"])
         .unwrap();
     // Every SYN gets its error: no rate limit on them in the lab.
-    let unlimited = lab
-        .client
-        .command("sysctl")
-        .args(["-qw", "net.ipv4.icmp_ratelimit=0"])
-        .status()
-        .unwrap();
-    assert!(unlimited.success(), "sysctl net.ipv4.icmp_ratelimit");
+    lab.client_sysctl("net/ipv4/icmp_ratelimit", "0").unwrap();
     lab.start_daemon(CONFIG).unwrap();
     check(&lab, attached(&lab), "the daemon attached to vm0");
 
