@@ -265,6 +265,9 @@ struct Generation {
     /// The transition pump, stopped a moment after the others (see `stop`).
     events: Option<tokio::task::AbortHandle>,
     alerts: Vec<tokio::task::AbortHandle>,
+    /// Why each interface the packet path cannot attach to failed last (logged
+    /// when it changes).
+    interface_failures: std::collections::HashMap<String, String>,
 }
 
 impl Generation {
@@ -393,6 +396,7 @@ impl Generation {
             tasks: handles,
             events: Some(events),
             alerts,
+            interface_failures: std::collections::HashMap::new(),
         })
     }
 
@@ -522,18 +526,25 @@ fn sync_interfaces(current: &mut Generation) -> Option<String> {
     let mut failed = None;
     for change in current.kernel.sync_interfaces(&current.config.interfaces) {
         match change {
-            InterfaceChange::Attached(a) => tracing::info!(
-                interface = %a.interface,
-                ingress = a.ingress,
-                egress = a.egress,
-                "packet path attached"
-            ),
+            InterfaceChange::Attached(a) => {
+                current.interface_failures.remove(&a.interface);
+                tracing::info!(
+                    interface = %a.interface,
+                    ingress = a.ingress,
+                    egress = a.egress,
+                    "packet path attached"
+                )
+            }
             InterfaceChange::Gone(name) => tracing::warn!(
                 interface = %name,
                 "interface gone: the packet path attaches again when it is back"
             ),
             InterfaceChange::Failed(name, why) => {
-                tracing::error!(interface = %name, error = %why, "the packet path cannot attach; trying again every {RETRY_ATTACH:?}");
+                // Said once per reason, not every second it goes on.
+                if current.interface_failures.get(&name) != Some(&why) {
+                    tracing::error!(interface = %name, error = %why, "the packet path cannot attach; trying again every {RETRY_ATTACH:?}");
+                    current.interface_failures.insert(name.clone(), why.clone());
+                }
                 // Only an explicit `hook = "xdp"` that cannot have XDP stops a
                 // start; anything else is tried again (fail open meanwhile).
                 let xdp_only = current

@@ -54,8 +54,16 @@ pub const KERNELS: &[Kernel] = &[
 /// The cloud kernels build cgroup2, BPF, BTF, IPv6 and the serial console in, but
 /// not veth, which the lab's links are. Paths under lib/modules/RELEASE/; veth
 /// depends on no other module.
-/// The ICMP test's router is a TUN device (tun depends on no other module).
-const LAB_MODULES: &[&str] = &["kernel/drivers/net/veth.ko", "kernel/drivers/net/tun.ko"];
+/// The ICMP test's router is a TUN device (tun depends on no other module). The
+/// packet path's TC programs need the clsact qdisc (sch_ingress) and the BPF
+/// classifier (cls_bpf) before 6.6 (TCX needs neither); neither depends on
+/// another module.
+const LAB_MODULES: &[&str] = &[
+    "kernel/drivers/net/veth.ko",
+    "kernel/drivers/net/tun.ko",
+    "kernel/net/sched/sch_ingress.ko",
+    "kernel/net/sched/cls_bpf.ko",
+];
 
 /// Debian's archive; BREAKER_DEBIAN_MIRROR points elsewhere (same layout).
 const DEFAULT_MIRROR: &str = "http://deb.debian.org";
