@@ -190,18 +190,11 @@ pub fn icmp6_unreachable(router: Ipv6Addr, syn: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Recomputes the IPv4 header checksum of the header at `at`.
+/// Recomputes the IPv4 header checksum of the header at `at`, with the
+/// project's own one's complement sum.
 pub fn fix_ipv4_checksum(p: &mut [u8], at: usize) {
     let ihl = (p[at] & 0x0f) as usize * 4;
-    p[at + 10] = 0;
-    p[at + 11] = 0;
-    let mut sum = 0u32;
-    for pair in p[at..at + ihl].chunks(2) {
-        sum += u16::from_be_bytes([pair[0], pair[1]]) as u32;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    let c = !(sum as u16);
+    p[at + 10..at + 12].copy_from_slice(&[0, 0]);
+    let c = breaker_common::packet::fold(breaker_common::packet::sum_words(&p[at..at + ihl], 0));
     p[at + 10..at + 12].copy_from_slice(&c.to_be_bytes());
 }

@@ -17,7 +17,7 @@ pub struct PacketMetrics {
 }
 
 /// Each `PacketCounters` field under its `event` label.
-fn events(c: &PacketCounters) -> [(&'static str, u64); 9] {
+fn event_counts(c: &PacketCounters) -> [(&'static str, u64); 9] {
     [
         ("syn_tracked", c.syns_tracked),
         ("syn_retransmitted", c.syns_retransmitted),
@@ -55,7 +55,7 @@ impl PacketMetrics {
         ] {
             registered.expect("metric registered once");
         }
-        for (event, _) in events_of_zero() {
+        for (event, _) in event_counts(&PacketCounters::default()) {
             events.with_label_values(&[event]).inc_by(0);
         }
         PacketMetrics {
@@ -73,7 +73,7 @@ impl PacketMetrics {
     /// Adds what the kernel's counters grew since the last read.
     pub fn observe(&self, now: &PacketCounters) {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        for ((event, was), (_, is)) in events(&last).into_iter().zip(events(now)) {
+        for ((event, was), (_, is)) in event_counts(&last).into_iter().zip(event_counts(now)) {
             self.events
                 .with_label_values(&[event])
                 .inc_by(is.saturating_sub(was));
@@ -91,8 +91,4 @@ impl PacketMetrics {
             }
         }
     }
-}
-
-fn events_of_zero() -> [(&'static str, u64); 9] {
-    events(&PacketCounters::default())
 }
