@@ -31,6 +31,8 @@ pub mod map_names {
     pub const RATE_WINDOWS: &str = "RATE_WINDOWS";
     pub const PACKET_FLOWS: &str = "PACKET_FLOWS";
     pub const PACKET_COUNTERS: &str = "PACKET_COUNTERS";
+    pub const PACKET_NAT_OUT: &str = "PACKET_NAT_OUT";
+    pub const PACKET_NAT_BACK: &str = "PACKET_NAT_BACK";
 }
 
 /// The layout of every map that outlives a daemon (pinned and adopted by the next
@@ -162,7 +164,10 @@ pub struct Settings {
     /// connect whose end nobody saw (another program turned off our callbacks, say)
     /// must not keep its slot forever.
     pub record_stale_jiffies: u32,
-    pub _pad: u32,
+    /// Non-zero: some upstream's `packet_action` is `redirect`, so the packet
+    /// hooks look every TCP segment up in `PACKET_NAT_OUT` / `PACKET_NAT_BACK`.
+    /// Zero keeps established flows at the cost of the parse alone.
+    pub packet_nat: u32,
 }
 
 pub const PREFIX_ENDPOINTS_V4: u32 = 1 << 0;
@@ -206,6 +211,13 @@ pub const POLICY_IGNORE_UNREACHABLE: u32 = 1 << 5;
 /// `UpstreamPolicy.flags`: the packet path drops a rejected SYN instead of
 /// answering it with a reset (`packet_action = "drop"`).
 pub const POLICY_PACKET_DROP: u32 = 1 << 6;
+/// `UpstreamPolicy.flags`: the packet path answers a rejected SYN with an ICMP
+/// port unreachable from the upstream's address (`packet_action = "icmp"`).
+pub const POLICY_PACKET_ICMP: u32 = 1 << 7;
+/// `UpstreamPolicy.flags`: the packet path sends a rejected SYN's flow to the
+/// fallback of its family, addresses rewritten both ways (`packet_action =
+/// "redirect"`); without a fallback of that family it is answered with a reset.
+pub const POLICY_PACKET_REDIRECT: u32 = 1 << 8;
 
 /// Per-upstream configuration, written by the daemon, read by the connect hooks.
 #[repr(C)]

@@ -68,6 +68,19 @@ pub const EXPIRE_COUNTED: u32 = 1;
 /// `brk_flow_expire`: the flow is younger than its timeout, or already gone.
 pub const EXPIRE_NOT_YET: u32 = 0;
 
+/// Where a redirected flow's packets are rewritten to, the value of both NAT maps:
+/// `PACKET_NAT_OUT` (keyed by the flow as the client sends it: the destination
+/// becomes the fallback) and `PACKET_NAT_BACK` (keyed by the flow as the fallback
+/// answers it: the source becomes the upstream again). Address and port as in
+/// [`FlowKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatTarget {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub _pad: u16,
+}
+
 /// Packet-path counters that belong to no upstream, one slot per CPU in
 /// `PACKET_COUNTERS`, summed by the daemon. Outcomes and rejections go to the
 /// upstream's own [`crate::abi::Counters`].
@@ -82,6 +95,12 @@ pub struct PacketCounters {
     pub replies_reset: u64,
     /// Rejected SYNs dropped (`packet_action = "drop"`).
     pub syns_dropped: u64,
+    /// Rejected SYNs answered with an ICMP port unreachable (`packet_action = "icmp"`).
+    pub replies_icmp: u64,
+    /// Rejected SYNs whose flow was sent to the fallback (`packet_action = "redirect"`).
+    pub flows_redirected: u64,
+    /// Segments of redirected flows rewritten, both ways.
+    pub segments_rewritten: u64,
     /// Answers (SYN-ACK, reset, ICMP error) that ended a tracked flow.
     pub answers_matched: u64,
     /// ICMP errors that quoted no tracked flow exactly (late, or forged).
@@ -93,6 +112,47 @@ pub struct PacketCounters {
     /// Packets passed untouched because the hook could not read them: truncated,
     /// malformed, fragments.
     pub skipped: u64,
+}
+
+impl PacketCounters {
+    /// Each counter under its name (the `event` label of
+    /// `breaker_packet_events_total`): the one list of them the daemon, the
+    /// metrics and the tests go by.
+    pub const fn events(&self) -> [(&'static str, u64); 12] {
+        [
+            ("syn_tracked", self.syns_tracked),
+            ("syn_retransmitted", self.syns_retransmitted),
+            ("reset_sent", self.replies_reset),
+            ("syn_dropped", self.syns_dropped),
+            ("icmp_sent", self.replies_icmp),
+            ("flow_redirected", self.flows_redirected),
+            ("segment_rewritten", self.segments_rewritten),
+            ("answer_matched", self.answers_matched),
+            ("icmp_unmatched", self.icmp_unmatched),
+            ("flow_timed_out", self.flows_timed_out),
+            ("flow_untracked", self.flows_untracked),
+            ("skipped", self.skipped),
+        ]
+    }
+
+    /// Every counter of `self` and `other` combined with `f` (a sum over CPUs,
+    /// a difference between two reads).
+    pub fn zip(&self, other: &Self, f: impl Fn(u64, u64) -> u64) -> Self {
+        PacketCounters {
+            syns_tracked: f(self.syns_tracked, other.syns_tracked),
+            syns_retransmitted: f(self.syns_retransmitted, other.syns_retransmitted),
+            replies_reset: f(self.replies_reset, other.replies_reset),
+            syns_dropped: f(self.syns_dropped, other.syns_dropped),
+            replies_icmp: f(self.replies_icmp, other.replies_icmp),
+            flows_redirected: f(self.flows_redirected, other.flows_redirected),
+            segments_rewritten: f(self.segments_rewritten, other.segments_rewritten),
+            answers_matched: f(self.answers_matched, other.answers_matched),
+            icmp_unmatched: f(self.icmp_unmatched, other.icmp_unmatched),
+            flows_timed_out: f(self.flows_timed_out, other.flows_timed_out),
+            flows_untracked: f(self.flows_untracked, other.flows_untracked),
+            skipped: f(self.skipped, other.skipped),
+        }
+    }
 }
 
 /// TCP header flags.
@@ -211,6 +271,128 @@ pub fn reset_v6(
     let tcp_sum = fold(sum_words(&p[40..], pseudo));
     p[56..58].copy_from_slice(&tcp_sum.to_be_bytes());
     p
+}
+
+/// Length of the ICMP port unreachable answering an IPv4 SYN: IPv4 and ICMP
+/// headers, then the SYN's IPv4 header (without options) and its first 8 bytes.
+pub const ICMP_REPLY_V4_LEN: usize = 56;
+/// Length of the ICMPv6 port unreachable answering an IPv6 SYN: IPv6 and ICMPv6
+/// headers, then the SYN's IPv6 header (without extension headers) and its first
+/// 8 bytes.
+pub const ICMP_REPLY_V6_LEN: usize = 96;
+
+/// What an ICMP error quotes of the SYN it answers, beyond addresses and ports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuotedSyn {
+    /// Sequence number (host order).
+    pub isn: u32,
+    /// The IP packet's length field as sent: IPv4 total length, IPv6 payload length.
+    pub ip_len: u16,
+    /// TTL or hop limit as sent.
+    pub hops: u8,
+}
+
+/// The ICMP destination unreachable (port unreachable) that refuses a SYN from
+/// `client` to `upstream`, from the upstream's address. The client's stack takes
+/// it as a hard error for the SYN it quotes: connect() fails with ECONNREFUSED.
+pub fn port_unreachable_v4(
+    client: u32,
+    upstream: u32,
+    client_port: u16,
+    upstream_port: u16,
+    syn: QuotedSyn,
+) -> [u8; ICMP_REPLY_V4_LEN] {
+    let mut p = [0u8; ICMP_REPLY_V4_LEN];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(ICMP_REPLY_V4_LEN as u16).to_be_bytes());
+    p[8] = RESET_TTL;
+    p[9] = 1;
+    p[12..16].copy_from_slice(&upstream.to_ne_bytes());
+    p[16..20].copy_from_slice(&client.to_ne_bytes());
+    let ip_sum = fold(sum_words(&p[..20], 0));
+    p[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+    // Destination unreachable, port unreachable.
+    p[20] = 3;
+    p[21] = 3;
+    // The SYN's header as sent, options left out (the length says what it was).
+    let q = 28;
+    p[q] = 0x45;
+    p[q + 2..q + 4].copy_from_slice(&syn.ip_len.to_be_bytes());
+    p[q + 6] = 0x40;
+    p[q + 8] = syn.hops;
+    p[q + 9] = 6;
+    p[q + 12..q + 16].copy_from_slice(&client.to_ne_bytes());
+    p[q + 16..q + 20].copy_from_slice(&upstream.to_ne_bytes());
+    let quoted_sum = fold(sum_words(&p[q..q + 20], 0));
+    p[q + 10..q + 12].copy_from_slice(&quoted_sum.to_be_bytes());
+    write_quoted_tcp(&mut p[q + 20..], client_port, upstream_port, syn.isn);
+    let icmp_sum = fold(sum_words(&p[20..], 0));
+    p[22..24].copy_from_slice(&icmp_sum.to_be_bytes());
+    p
+}
+
+/// As [`port_unreachable_v4`], as an ICMPv6 destination unreachable (port
+/// unreachable, code 4).
+pub fn port_unreachable_v6(
+    client: [u32; 4],
+    upstream: [u32; 4],
+    client_port: u16,
+    upstream_port: u16,
+    syn: QuotedSyn,
+) -> [u8; ICMP_REPLY_V6_LEN] {
+    let mut p = [0u8; ICMP_REPLY_V6_LEN];
+    let upper_len = (ICMP_REPLY_V6_LEN - 40) as u16;
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&upper_len.to_be_bytes());
+    p[6] = 58;
+    p[7] = RESET_TTL;
+    let q = 48;
+    p[q] = 0x60;
+    p[q + 4..q + 6].copy_from_slice(&syn.ip_len.to_be_bytes());
+    p[q + 6] = 6;
+    p[q + 7] = syn.hops;
+    let mut i = 0;
+    while i < 4 {
+        p[8 + 4 * i..12 + 4 * i].copy_from_slice(&upstream[i].to_ne_bytes());
+        p[24 + 4 * i..28 + 4 * i].copy_from_slice(&client[i].to_ne_bytes());
+        p[q + 8 + 4 * i..q + 12 + 4 * i].copy_from_slice(&client[i].to_ne_bytes());
+        p[q + 24 + 4 * i..q + 28 + 4 * i].copy_from_slice(&upstream[i].to_ne_bytes());
+        i += 1;
+    }
+    p[40] = 1;
+    p[41] = 4;
+    write_quoted_tcp(&mut p[q + 40..], client_port, upstream_port, syn.isn);
+    let pseudo = sum_words(&p[8..40], 58 + upper_len as u32);
+    let icmp_sum = fold(sum_words(&p[40..], pseudo));
+    p[42..44].copy_from_slice(&icmp_sum.to_be_bytes());
+    p
+}
+
+/// The first 8 bytes of the SYN as the client sent it: ports and sequence number.
+fn write_quoted_tcp(t: &mut [u8], client_port: u16, upstream_port: u16, isn: u32) {
+    t[0..2].copy_from_slice(&client_port.to_ne_bytes());
+    t[2..4].copy_from_slice(&upstream_port.to_ne_bytes());
+    t[4..8].copy_from_slice(&isn.to_be_bytes());
+}
+
+/// A checksum field updated for one 32-bit word of what it covers changing from
+/// `old` to `new` (RFC 1624, eqn. 3): the field and both words as they are in the
+/// packet.
+pub fn csum_replace4(check: [u8; 2], old: [u8; 4], new: [u8; 4]) -> [u8; 2] {
+    let mut sum = !u16::from_be_bytes(check) as u32;
+    sum += !u16::from_be_bytes([old[0], old[1]]) as u32;
+    sum += !u16::from_be_bytes([old[2], old[3]]) as u32;
+    sum += u16::from_be_bytes([new[0], new[1]]) as u32;
+    sum += u16::from_be_bytes([new[2], new[3]]) as u32;
+    fold(sum).to_be_bytes()
+}
+
+/// As [`csum_replace4`], for a 16-bit word.
+pub fn csum_replace2(check: [u8; 2], old: [u8; 2], new: [u8; 2]) -> [u8; 2] {
+    let mut sum = !u16::from_be_bytes(check) as u32;
+    sum += !u16::from_be_bytes(old) as u32;
+    sum += u16::from_be_bytes(new) as u32;
+    fold(sum).to_be_bytes()
 }
 
 /// The 20-byte TCP header of a reset, checksum left 0.

@@ -35,14 +35,14 @@ mod resolve_test;
 mod programs {
     use aya_ebpf::{
         bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC},
-        helpers::generated::{bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_tail},
+        helpers::generated::bpf_redirect,
         macros::{cgroup_sock, cgroup_sock_addr, classifier, sock_ops, xdp},
         programs::{SockAddrContext, SockContext, SockOpsContext, TcContext, XdpContext},
     };
 
     use crate::{
         connect::Verdict,
-        packet::{ingress, Packet},
+        packet::ingress,
     };
 
     /// The sock_addr return codes. Anything but an explicit deny allows: a fault in
@@ -108,22 +108,15 @@ mod programs {
         1
     }
 
-    /// Packet path, XDP: a SYN from a workload behind the interface passes, or is
-    /// answered with a reset sent straight back (XDP_TX), or dropped.
+    /// Packet path, XDP: a SYN from a workload behind the interface passes, is
+    /// answered with a reset or an ICMP error sent straight back (XDP_TX), is
+    /// dropped, or its flow goes to the fallback.
     #[xdp]
     pub fn brk_xdp_ingress(ctx: XdpContext) -> u32 {
         match ingress::on_ingress(&ctx) {
             ingress::Verdict::Pass => xdp_action::XDP_PASS,
             ingress::Verdict::Drop => xdp_action::XDP_DROP,
-            ingress::Verdict::Reply { len } => {
-                let frame = ctx.frame();
-                let delta = len as i32 - (frame.end - frame.data) as i32;
-                // A reply left longer than its IP length is Ethernet padding to
-                // the client: valid either way.
-                // SAFETY: the context is the program's own; delta only shrinks.
-                let _ = unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) };
-                xdp_action::XDP_TX
-            }
+            ingress::Verdict::Reply => xdp_action::XDP_TX,
         }
     }
 
@@ -135,19 +128,15 @@ mod programs {
             // programs): TC_ACT_OK would end the chain here.
             ingress::Verdict::Pass => TC_ACT_UNSPEC,
             ingress::Verdict::Drop => TC_ACT_SHOT,
-            ingress::Verdict::Reply { len } => {
-                // SAFETY: the program's own skb; the length only shrinks. A reply
-                // left longer is Ethernet padding to the client.
-                let _ = unsafe { bpf_skb_change_tail(ctx.skb.skb.cast(), len as u32, 0) };
-                // SAFETY: reads the skb's interface, then a helper on integers:
-                // out of the interface the SYN came in by.
-                unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 }
-            }
+            // SAFETY: reads the skb's interface, then a helper on integers: out of
+            // the interface the SYN came in by.
+            ingress::Verdict::Reply => unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 },
         }
     }
 
     /// Packet path, TC egress: the upstreams' answers towards the workloads end
-    /// their flows. Never changes nor drops a packet.
+    /// their flows; a redirected flow's segments get the upstream's address back.
+    /// Never drops a packet.
     #[classifier]
     pub fn brk_tc_egress(ctx: TcContext) -> i32 {
         crate::packet::egress::on_egress(&ctx);

@@ -10,7 +10,7 @@ use breaker_common::{
         BreakerCell, Counters, DestKey, EndpointV4, EndpointV6, PinMetadata, Settings,
         SocketRecord, UpstreamName, UpstreamPolicy,
     },
-    packet::{FlowKey, FlowRecord, PacketCounters},
+    packet::{FlowKey, FlowRecord, NatTarget, PacketCounters},
     window::RateWindow,
 };
 
@@ -79,6 +79,19 @@ pub static RATE_WINDOWS: Array<RateWindow> = Array::with_max_entries(1, 0);
 /// then go uncounted), never blocks new ones. Made anew at each load.
 #[map]
 pub static PACKET_FLOWS: LruHashMap<FlowKey, FlowRecord> = LruHashMap::with_max_entries(1, 0);
+
+/// Packet path, `packet_action = "redirect"`: a redirected flow as the client
+/// sends it -> the fallback its destination is rewritten to. Inserted by the
+/// ingress hook when it redirects a SYN, removed when a SYN of the same ports is
+/// let through to the upstream again; an LRU, so established redirected flows
+/// keep working until the table needs their room. Made anew at each load.
+#[map]
+pub static PACKET_NAT_OUT: LruHashMap<FlowKey, NatTarget> = LruHashMap::with_max_entries(1, 0);
+
+/// Packet path: the same flows as the fallback answers them -> the upstream its
+/// source is rewritten back to, on egress. Written beside `PACKET_NAT_OUT`.
+#[map]
+pub static PACKET_NAT_BACK: LruHashMap<FlowKey, NatTarget> = LruHashMap::with_max_entries(1, 0);
 
 /// Packet path counters that belong to no upstream (skipped packets, unmatched
 /// ICMP errors, ...), per CPU: written on the hot path.

@@ -135,17 +135,7 @@ fn delta_counters(a: Counters, b: Counters) -> Counters {
 }
 
 fn delta_packet(a: PacketCounters, b: PacketCounters) -> PacketCounters {
-    PacketCounters {
-        syns_tracked: b.syns_tracked - a.syns_tracked,
-        syns_retransmitted: b.syns_retransmitted - a.syns_retransmitted,
-        replies_reset: b.replies_reset - a.replies_reset,
-        syns_dropped: b.syns_dropped - a.syns_dropped,
-        answers_matched: b.answers_matched - a.answers_matched,
-        icmp_unmatched: b.icmp_unmatched - a.icmp_unmatched,
-        flows_timed_out: b.flows_timed_out - a.flows_timed_out,
-        flows_untracked: b.flows_untracked - a.flows_untracked,
-        skipped: b.skipped - a.skipped,
-    }
+    b.zip(&a, u64::wrapping_sub)
 }
 
 fn observe(f: &mut Fixture, program: &'static str, frame: &[u8]) -> Seen {

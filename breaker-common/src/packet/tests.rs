@@ -154,3 +154,114 @@ fn the_flow_key_keeps_ipv4_as_v4_mapped() {
     assert_eq!(core::mem::size_of::<FlowKey>(), 40);
     assert_eq!(core::mem::size_of::<FlowRecord>(), 48);
 }
+
+#[test]
+fn an_ipv4_port_unreachable_quotes_the_syn_and_checks_out() {
+    let syn = QuotedSyn {
+        isn: 0xdead_beef,
+        ip_len: 60,
+        hops: 63,
+    };
+    let p = port_unreachable_v4(
+        ne4(CLIENT4),
+        ne4(UPSTREAM4),
+        40000u16.to_be(),
+        80u16.to_be(),
+        syn,
+    );
+    let ip = Ipv4Slice::from_slice(&p).expect("a valid IPv4 packet");
+    let h = ip.header();
+    assert_eq!((h.source(), h.destination()), (UPSTREAM4, CLIENT4));
+    assert_eq!(h.protocol(), etherparse::IpNumber::ICMP);
+    assert_eq!(h.total_len() as usize, ICMP_REPLY_V4_LEN);
+    assert_eq!(h.header_checksum(), h.to_header().calc_header_checksum());
+    let icmp = etherparse::Icmpv4Slice::from_slice(ip.payload().payload).expect("ICMP");
+    assert_eq!((icmp.type_u8(), icmp.code_u8()), (3, 3), "port unreachable");
+    assert_eq!(
+        icmp.checksum(),
+        icmp.icmp_type().calc_checksum(icmp.payload()),
+        "the ICMP checksum"
+    );
+    // The quoted SYN, as the client's stack looks its socket up with it.
+    // A header slice: the quote is cut short of the length it names.
+    let q = etherparse::Ipv4HeaderSlice::from_slice(icmp.payload()).expect("the quoted header");
+    assert_eq!((q.source(), q.destination()), (CLIENT4, UPSTREAM4));
+    assert_eq!((q.total_len(), q.ttl()), (60, 63));
+    assert_eq!(q.protocol(), etherparse::IpNumber::TCP);
+    assert_eq!(q.header_checksum(), q.to_header().calc_header_checksum());
+    let tcp = &icmp.payload()[20..];
+    assert_eq!(tcp.len(), 8);
+    assert_eq!(u16::from_be_bytes([tcp[0], tcp[1]]), 40000);
+    assert_eq!(u16::from_be_bytes([tcp[2], tcp[3]]), 80);
+    assert_eq!(u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]), syn.isn);
+}
+
+#[test]
+fn an_ipv6_port_unreachable_quotes_the_syn_and_checks_out() {
+    let client: [u8; 16] = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+    let upstream: [u8; 16] = [0xfd, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0xab, 0xcd, 0, 2];
+    let syn = QuotedSyn {
+        isn: 7,
+        ip_len: 40,
+        hops: 64,
+    };
+    let p = port_unreachable_v6(
+        ne6(client),
+        ne6(upstream),
+        51000u16.to_be(),
+        443u16.to_be(),
+        syn,
+    );
+    let ip = Ipv6Slice::from_slice(&p).expect("a valid IPv6 packet");
+    let h = ip.header();
+    assert_eq!((h.source(), h.destination()), (upstream, client));
+    assert_eq!(h.payload_length() as usize, ICMP_REPLY_V6_LEN - 40);
+    assert_eq!(h.next_header(), etherparse::IpNumber::IPV6_ICMP);
+    let icmp = etherparse::Icmpv6Slice::from_slice(ip.payload().payload).expect("ICMPv6");
+    assert_eq!((icmp.type_u8(), icmp.code_u8()), (1, 4), "port unreachable");
+    assert!(icmp.is_checksum_valid(upstream, client), "the ICMPv6 checksum");
+    let q =
+        etherparse::Ipv6HeaderSlice::from_slice(&icmp.slice()[8..]).expect("the quoted header");
+    assert_eq!((q.source(), q.destination()), (client, upstream));
+    assert_eq!((q.payload_length(), q.hop_limit()), (40, 64));
+    assert_eq!(q.next_header(), etherparse::IpNumber::TCP);
+    let tcp = &icmp.slice()[48..];
+    assert_eq!(tcp.len(), 8);
+    assert_eq!(u16::from_be_bytes([tcp[0], tcp[1]]), 51000);
+    assert_eq!(u16::from_be_bytes([tcp[2], tcp[3]]), 443);
+    assert_eq!(u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]), 7);
+}
+
+/// The incremental update gives what a checksum computed afresh gives, for every
+/// field a redirect rewrites (an address word, a port), over many values.
+#[test]
+fn an_incremental_checksum_update_matches_a_fresh_one() {
+    let mut seed = 0x2545_f491_u32;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed
+    };
+    for _ in 0..10_000 {
+        let mut data = [0u8; 20];
+        for chunk in data.chunks_mut(4) {
+            chunk.copy_from_slice(&next().to_ne_bytes());
+        }
+        // Checksum at 10..12, as in an IPv4 header.
+        data[10..12].copy_from_slice(&[0, 0]);
+        let check = fold(sum_words(&data, 0)).to_be_bytes();
+        let new4 = next().to_ne_bytes();
+        let mut changed = data;
+        changed[16..20].copy_from_slice(&new4);
+        let fresh = fold(sum_words(&changed, 0)).to_be_bytes();
+        let old4: [u8; 4] = data[16..20].try_into().unwrap();
+        assert_eq!(csum_replace4(check, old4, new4), fresh, "4 bytes");
+        let new2 = [next() as u8, (next() >> 8) as u8];
+        let mut changed2 = changed;
+        changed2[0..2].copy_from_slice(&new2);
+        let fresh2 = fold(sum_words(&changed2, 0)).to_be_bytes();
+        let old2 = [changed[0], changed[1]];
+        assert_eq!(csum_replace2(fresh, old2, new2), fresh2, "2 bytes");
+    }
+}

@@ -1,7 +1,7 @@
 //! The upstreams' answers leaving through a watched interface towards the
 //! workload: a SYN-ACK or a reset acknowledging a tracked SYN, or an ICMP error
-//! quoting it exactly, ends the flow with its outcome. The hook never changes or
-//! drops a packet.
+//! quoting it exactly, ends the flow with its outcome. Segments of a redirected
+//! flow get the upstream's address back. The hook never drops a packet.
 use aya_ebpf::EbpfContext;
 use breaker_common::{
     abi::{CAUSE_FAILURE_REFUSED, CAUSE_FAILURE_UNREACHABLE, CAUSE_SUCCESS},
@@ -13,11 +13,19 @@ use breaker_common::{
 };
 
 use super::{
-    count, ip, is_v4, tcp, Frame, Ip, Packet, Skip, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    count, ip, is_v4, nat, tcp, Frame, Ip, Packet, Skip, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_TCP,
 };
 use crate::{detect::conclude, maps::PACKET_FLOWS};
 
 pub fn on_egress<C: Packet>(ctx: &C) {
+    // A redirected flow's segment first: from here on it is the upstream's.
+    if nat::active() {
+        let mut rw = nat::Rewrite::default();
+        if nat::rewrite_of(&ctx.frame(), nat::BACK, &mut rw) && ctx.rewrite(&rw) {
+            count(|c| c.segments_rewritten += 1);
+        }
+    }
     let mut key = FlowKey::default();
     let cause = answer_of(&ctx.frame(), &mut key);
     if cause != NO_ANSWER {

@@ -1,20 +1,25 @@
 //! A SYN arriving on a watched interface: the packet path's connect4/6. It asks the
 //! breaker of its destination, starts a flow for a passed one, and answers a
-//! rejected one with a reset from the upstream's address (or drops it).
+//! rejected one with a reset or an ICMP error from the upstream's address, drops
+//! it, or sends its flow to the fallback. Segments of redirected flows are
+//! rewritten here too.
 use aya_ebpf::EbpfContext;
 use breaker_common::{
     abi::{
         DestKey, Settings, CAUSE_OPEN_EXPIRED, DEFAULT_UPSTREAM_ID, POLICY_DRY_RUN,
-        POLICY_PACKET_DROP,
+        POLICY_PACKET_DROP, POLICY_PACKET_ICMP, POLICY_PACKET_REDIRECT,
     },
     machine::{self, abandon, Admission, Mode, State},
     packet::{
-        is_connect, reset_v4, reset_v6, FlowKey, FlowRecord, FLOW_ENDED, FLOW_TRIAL, RESET_V4_LEN,
-        RESET_V6_LEN,
+        is_connect, port_unreachable_v4, port_unreachable_v6, reset_v4, reset_v6, FlowKey,
+        FlowRecord, QuotedSyn, FLOW_ENDED, FLOW_TRIAL, ICMP_REPLY_V4_LEN, ICMP_REPLY_V6_LEN,
+        RESET_V4_LEN, RESET_V6_LEN,
     },
 };
 
-use super::{count, ip, is_v4, tcp, Frame, Ip, Packet, Tcp, IPPROTO_TCP};
+use super::{
+    count, ip, is_v4, nat, tcp, Frame, Packet, IPPROTO_TCP,
+};
 use crate::{
     breaker::{self, jiffies, now_ms, Breaker},
     destination,
@@ -24,28 +29,46 @@ use crate::{
 /// What the hook does with the packet.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// On its way, untouched.
+    /// On its way (rewritten, for a redirected flow).
     Pass,
-    /// Rewritten in place into a reset for the client, `len` bytes long: send it
-    /// back out of the interface it came in by.
-    Reply { len: usize },
+    /// Turned into a reply to the client, sized: send it back out of the
+    /// interface it came in by.
+    Reply,
     /// Dropped (`packet_action = "drop"`).
     Drop,
 }
 
 pub fn on_ingress<C: Packet>(ctx: &C) -> Verdict {
     let mut key = FlowKey::default();
-    let Some(isn) = connect_of(&ctx.frame(), &mut key) else {
-        return Verdict::Pass;
-    };
-    // Nothing of the parse stays live across the decision (the packet is read
-    // again from the context for a reset): the verifier's walks of the decision
-    // from every packet layout then end in the same state, and merge.
-    match decide(ctx, &key, isn) {
-        DECIDED_PASS => Verdict::Pass,
-        DECIDED_DROP => Verdict::Drop,
-        _ => reset(&ctx.frame()),
+    if let Some(isn) = connect_of(&ctx.frame(), &mut key) {
+        // Nothing of the parse stays live across the decision (the packet is read
+        // again from the context for a reply): the verifier's walks of the
+        // decision from every packet layout then end in the same state, and merge.
+        let decided = decide(ctx, &key, isn);
+        match decided & DECIDED_KIND {
+            DECIDED_PASS => {
+                if nat::active() {
+                    // Let through to the upstream: whatever redirected these ports
+                    // before is over.
+                    nat::forget(&key);
+                }
+            }
+            DECIDED_DROP => return Verdict::Drop,
+            DECIDED_REDIRECT => {
+                if !nat::redirect(&key, decided >> DECIDED_UPSTREAM_SHIFT) {
+                    return reply(ctx, DECIDED_RESET);
+                }
+            }
+            kind => return reply(ctx, kind),
+        }
     }
+    if nat::active() {
+        let mut rw = nat::Rewrite::default();
+        if nat::rewrite_of(&ctx.frame(), nat::OUT, &mut rw) && ctx.rewrite(&rw) {
+            count(|c| c.segments_rewritten += 1);
+        }
+    }
+    Verdict::Pass
 }
 
 /// The sequence number of a connect's first segment, with its flow in `key`;
@@ -94,30 +117,168 @@ fn connect_of(frame: &Frame, key: &mut FlowKey) -> Option<u32> {
     Some(tcp.seq)
 }
 
-/// Turns the SYN in `frame` into the upstream's reset. Out of line: its headers
-/// and reply live in a frame of their own, never on the stack beside `decide`'s.
-#[inline(never)]
-fn reset(frame: &Frame) -> Verdict {
-    let (Ok(Some(ip)), true) = (ip(frame), true) else {
+/// Turns the SYN into the reply `kind` asks for (`DECIDED_RESET` or
+/// `DECIDED_ICMP`): what it quotes is read, the packet sized to the reply, and the
+/// reply written over it. Pass when any step fails: a SYN that goes on is never
+/// worse than the breaker not being there.
+#[inline(always)]
+fn reply<C: Packet>(ctx: &C, kind: u32) -> Verdict {
+    let mut syn = Syn::default();
+    if !syn_of(&ctx.frame(), &mut syn) {
         return Verdict::Pass;
+    }
+    let l3 = syn.l3 & 0x1f;
+    let v4 = syn.v4 != 0;
+    let mut kind = kind;
+    let mut len = l3 + reply_len(kind, v4);
+    // Growing may fail (no room past the frame): a reset fits in any SYN.
+    if !ctx.resize(len) {
+        kind = DECIDED_RESET;
+        len = l3 + reply_len(kind, v4);
+        if !ctx.resize(len) {
+            return Verdict::Pass;
+        }
+    }
+    if write_reply(&ctx.frame(), &syn, kind) {
+        if kind == DECIDED_ICMP {
+            count(|c| c.replies_icmp += 1);
+        } else {
+            count(|c| c.replies_reset += 1);
+        }
+        Verdict::Reply
+    } else {
+        // Cannot happen for a packet that parsed and was sized; should it, the
+        // mangled SYN is dropped rather than sent on.
+        Verdict::Drop
+    }
+}
+
+#[inline(always)]
+fn reply_len(kind: u32, v4: bool) -> usize {
+    match (kind == DECIDED_ICMP, v4) {
+        (true, true) => ICMP_REPLY_V4_LEN,
+        (true, false) => ICMP_REPLY_V6_LEN,
+        (false, true) => RESET_V4_LEN,
+        (false, false) => RESET_V6_LEN,
+    }
+}
+
+/// What a reply to a SYN is made of, read before the packet is resized.
+#[derive(Clone, Copy, Default)]
+struct Syn {
+    v4: u32,
+    l3: usize,
+    client: [u32; 4],
+    upstream: [u32; 4],
+    client_port: u16,
+    upstream_port: u16,
+    quoted: QuotedSyn,
+}
+
+/// Reads the SYN's fields for its reply. Out of line: its frame never adds to
+/// `decide`'s.
+#[inline(never)]
+fn syn_of(frame: &Frame, syn: &mut Syn) -> bool {
+    let Ok(Some(ip)) = ip(frame) else {
+        return false;
     };
     let Ok(tcp) = tcp(frame, ip.l4) else {
-        return Verdict::Pass;
+        return false;
     };
-    match write_reset(frame, &ip, &tcp) {
-        Some(len) => {
-            count(|c| c.replies_reset += 1);
-            Verdict::Reply { len }
+    let v4 = is_v4(ip.family);
+    let len_at = if v4 { ip.l3 + 2 } else { ip.l3 + 4 };
+    let Some(ip_len) = frame.raw_u16(len_at) else {
+        return false;
+    };
+    *syn = Syn {
+        v4: v4 as u32,
+        l3: ip.l3,
+        client: ip.src,
+        upstream: ip.dst,
+        client_port: tcp.src_port,
+        upstream_port: tcp.dst_port,
+        quoted: QuotedSyn {
+            isn: tcp.seq,
+            ip_len: u16::from_be(ip_len),
+            hops: ip.hops,
+        },
+    };
+    true
+}
+
+/// Writes the reply over the sized frame: MAC addresses swapped (a VLAN tag
+/// stays), the IP packet replaced. Out of line, a sibling of `decide`: the reply
+/// lives in a stack frame of its own.
+#[inline(never)]
+fn write_reply(frame: &Frame, syn: &Syn, kind: u32) -> bool {
+    let Some(macs) = frame.at::<[u8; 12]>(0) else {
+        return false;
+    };
+    let l3 = syn.l3 & 0x1f;
+    let icmp = kind == DECIDED_ICMP;
+    let s = syn;
+    // SAFETY: `at` checked each region written is inside the packet.
+    unsafe {
+        match (s.v4 != 0, icmp) {
+            (true, false) => {
+                let Some(at) = frame.at::<[u8; RESET_V4_LEN]>(l3) else {
+                    return false;
+                };
+                let (c, u) = (s.client[3], s.upstream[3]);
+                *at = reset_v4(c, u, s.client_port, s.upstream_port, s.quoted.isn);
+            }
+            (true, true) => {
+                let Some(at) = frame.at::<[u8; ICMP_REPLY_V4_LEN]>(l3) else {
+                    return false;
+                };
+                let (c, u) = (s.client[3], s.upstream[3]);
+                *at = port_unreachable_v4(c, u, s.client_port, s.upstream_port, s.quoted);
+            }
+            (false, false) => {
+                let Some(at) = frame.at::<[u8; RESET_V6_LEN]>(l3) else {
+                    return false;
+                };
+                *at = reset_v6(
+                    s.client,
+                    s.upstream,
+                    s.client_port,
+                    s.upstream_port,
+                    s.quoted.isn,
+                );
+            }
+            (false, true) => {
+                let Some(at) = frame.at::<[u8; ICMP_REPLY_V6_LEN]>(l3) else {
+                    return false;
+                };
+                *at = port_unreachable_v6(
+                    s.client,
+                    s.upstream,
+                    s.client_port,
+                    s.upstream_port,
+                    s.quoted,
+                );
+            }
         }
-        // Cannot happen for a packet that parsed; should it, the SYN goes on.
-        None => Verdict::Pass,
+        let m = *macs;
+        let mut swapped = [0u8; 12];
+        swapped[..6].copy_from_slice(&m[6..]);
+        swapped[6..].copy_from_slice(&m[..6]);
+        *macs = swapped;
     }
+    true
 }
 
 /// [`decide`]'s answers.
 const DECIDED_PASS: u32 = 0;
 const DECIDED_RESET: u32 = 1;
 const DECIDED_DROP: u32 = 2;
+const DECIDED_ICMP: u32 = 3;
+/// To the fallback: the upstream's id is in the bits from
+/// [`DECIDED_UPSTREAM_SHIFT`]; the caller writes the flow's NAT entries (out of
+/// `decide`, whose walks they would multiply) and rewrites the SYN.
+const DECIDED_REDIRECT: u32 = 4;
+const DECIDED_KIND: u32 = 0xff;
+const DECIDED_UPSTREAM_SHIFT: u32 = 8;
 
 /// What to do with a SYN of flow `key` with sequence number `isn`: ask its
 /// breaker, as connect4/6 do, and start the flow if it goes. Out of line and
@@ -128,6 +289,7 @@ fn decide<C: EbpfContext>(ctx: &C, key: &FlowKey, isn: u32) -> u32 {
     let Some(settings) = SETTINGS.get(0) else {
         return DECIDED_PASS;
     };
+
     let dest = DestKey {
         addr: key.upstream,
         port: key.upstream_port,
@@ -267,42 +429,21 @@ fn track(key: &FlowKey, upstream: u32, dest: DestKey, isn: u32, flags: u32, epoc
     }
 }
 
-/// A rejected SYN: dropped, or to be turned into the upstream's reset.
+/// A rejected SYN, as its upstream's `packet_action` says: dropped, answered (a
+/// reset or an ICMP error), or its flow sent to the fallback (counted there).
 #[inline(always)]
 fn reject(breaker: &Breaker) -> u32 {
+    let flags = breaker.policy.flags;
+    if flags & POLICY_PACKET_REDIRECT != 0 {
+        return DECIDED_REDIRECT | breaker.upstream << DECIDED_UPSTREAM_SHIFT;
+    }
     breaker.count(|c| c.rejected += 1);
-    if breaker.policy.flags & POLICY_PACKET_DROP != 0 {
+    if flags & POLICY_PACKET_DROP != 0 {
         count(|c| c.syns_dropped += 1);
         return DECIDED_DROP;
     }
+    if flags & POLICY_PACKET_ICMP != 0 {
+        return DECIDED_ICMP;
+    }
     DECIDED_RESET
-}
-
-/// Rewrites the frame into the reset: MAC addresses swapped (a VLAN tag stays),
-/// the IP and TCP headers replaced. Returns the reply's length; the bytes after it
-/// are left for the caller to cut (and are Ethernet padding if it cannot).
-#[inline(always)]
-fn write_reset(frame: &Frame, ip: &Ip, tcp: &Tcp) -> Option<usize> {
-    let macs = frame.at::<[u8; 12]>(0)?;
-    // SAFETY: `at` checked the 12 bytes are inside the packet.
-    unsafe {
-        let m = *macs;
-        let mut swapped = [0u8; 12];
-        swapped[..6].copy_from_slice(&m[6..]);
-        swapped[6..].copy_from_slice(&m[..6]);
-        *macs = swapped;
-    }
-    if is_v4(ip.family) {
-        let reply = reset_v4(ip.src[3], ip.dst[3], tcp.src_port, tcp.dst_port, tcp.seq);
-        let at = frame.at::<[u8; RESET_V4_LEN]>(ip.l3)?;
-        // SAFETY: `at` checked the reply fits where the IP header starts.
-        unsafe { *at = reply };
-        Some(ip.l3 + RESET_V4_LEN)
-    } else {
-        let reply = reset_v6(ip.src, ip.dst, tcp.src_port, tcp.dst_port, tcp.seq);
-        let at = frame.at::<[u8; RESET_V6_LEN]>(ip.l3)?;
-        // SAFETY: as above.
-        unsafe { *at = reply };
-        Some(ip.l3 + RESET_V6_LEN)
-    }
 }

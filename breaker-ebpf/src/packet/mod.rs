@@ -13,17 +13,21 @@
 pub mod egress;
 pub mod expire;
 pub mod ingress;
+pub mod nat;
 
 use breaker_common::{
     abi::{AF_INET, AF_INET6},
     dest::v4_mapped,
-    packet::PacketCounters,
+    packet::{csum_replace2, csum_replace4, PacketCounters},
 };
 
 use aya_ebpf::{
+    bindings::BPF_F_PSEUDO_HDR,
+    helpers::generated::{bpf_skb_change_tail, bpf_xdp_adjust_tail},
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
+use nat::{Rewrite, OFFSET_MASK};
 
 use crate::maps::PACKET_COUNTERS;
 
@@ -31,6 +35,10 @@ use crate::maps::PACKET_COUNTERS;
 pub trait Packet: EbpfContext {
     /// The packet as it is now: read again after anything that may move it.
     fn frame(&self) -> Frame;
+    /// Makes the packet `len` bytes long (cut or grown at its end).
+    fn resize(&self, len: usize) -> bool;
+    /// Changes one address and port, checksums kept right.
+    fn rewrite(&self, rw: &Rewrite) -> bool;
 }
 
 impl Packet for XdpContext {
@@ -41,6 +49,56 @@ impl Packet for XdpContext {
             end: self.data_end(),
         }
     }
+
+    #[inline(always)]
+    fn resize(&self, len: usize) -> bool {
+        let frame = self.frame();
+        let delta = len as i32 - (frame.end - frame.data) as i32;
+        // SAFETY: the program's own context; the kernel bounds the change.
+        unsafe { bpf_xdp_adjust_tail(self.ctx, delta) == 0 }
+    }
+
+    /// By hand: a frame from a NIC's driver carries complete checksums, updated
+    /// here incrementally.
+    #[inline(always)]
+    fn rewrite(&self, rw: &Rewrite) -> bool {
+        let f = self.frame();
+        let (Some(tcp_sum), Some(port)) = (
+            f.at::<[u8; 2]>(rw.tcp_csum_off & OFFSET_MASK),
+            f.at::<[u8; 2]>(rw.port_off & OFFSET_MASK),
+        ) else {
+            return false;
+        };
+        // SAFETY: `at` checked every pointer written through is inside the packet.
+        unsafe {
+            let mut check = *tcp_sum;
+            if rw.v4 != 0 {
+                let (Some(addr), Some(ip_sum)) = (
+                    f.at::<[u8; 4]>(rw.addr_off & OFFSET_MASK),
+                    f.at::<[u8; 2]>(rw.ip_csum_off & OFFSET_MASK),
+                ) else {
+                    return false;
+                };
+                let (old, new) = (rw.old_addr[3].to_ne_bytes(), rw.new_addr[3].to_ne_bytes());
+                *ip_sum = csum_replace4(*ip_sum, old, new);
+                check = csum_replace4(check, old, new);
+                *addr = new;
+            } else {
+                let Some(addr) = f.at::<[[u8; 4]; 4]>(rw.addr_off & OFFSET_MASK) else {
+                    return false;
+                };
+                for i in 0..4 {
+                    let (old, new) = (rw.old_addr[i].to_ne_bytes(), rw.new_addr[i].to_ne_bytes());
+                    check = csum_replace4(check, old, new);
+                    (*addr)[i] = new;
+                }
+            }
+            let (old, new) = (rw.old_port.to_ne_bytes(), rw.new_port.to_ne_bytes());
+            *tcp_sum = csum_replace2(check, old, new);
+            *port = new;
+        }
+        true
+    }
 }
 
 impl Packet for TcContext {
@@ -50,6 +108,38 @@ impl Packet for TcContext {
             data: self.data(),
             end: self.data_end(),
         }
+    }
+
+    #[inline(always)]
+    fn resize(&self, len: usize) -> bool {
+        // SAFETY: the program's own skb; the kernel bounds the change.
+        unsafe { bpf_skb_change_tail(self.skb.skb.cast(), len as u32, 0) == 0 }
+    }
+
+    /// Through the kernel's helpers: an skb may carry a partial checksum (a local
+    /// sender's, offloaded), which they update as it needs and a by-hand update
+    /// would break.
+    #[inline(always)]
+    fn rewrite(&self, rw: &Rewrite) -> bool {
+        let pseudo = BPF_F_PSEUDO_HDR as u64;
+        let tcp_sum = rw.tcp_csum_off;
+        let ok = if rw.v4 != 0 {
+            let (old, new) = (rw.old_addr[3] as u64, rw.new_addr[3] as u64);
+            self.l3_csum_replace(rw.ip_csum_off, old, new, 4).is_ok()
+                && self.l4_csum_replace(tcp_sum, old, new, pseudo | 4).is_ok()
+                && self.store(rw.addr_off, &rw.new_addr[3], 0).is_ok()
+        } else {
+            let mut ok = true;
+            for i in 0..4 {
+                let (old, new) = (rw.old_addr[i] as u64, rw.new_addr[i] as u64);
+                ok = ok && self.l4_csum_replace(tcp_sum, old, new, pseudo | 4).is_ok();
+            }
+            ok && self.store(rw.addr_off, &rw.new_addr, 0).is_ok()
+        };
+        ok && self
+            .l4_csum_replace(tcp_sum, rw.old_port as u64, rw.new_port as u64, 2)
+            .is_ok()
+            && self.store(rw.port_off, &rw.new_port, 0).is_ok()
     }
 }
 

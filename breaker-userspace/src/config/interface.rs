@@ -1,6 +1,6 @@
 //! `[[interface]]`: the interfaces whose packets the packet path watches (a VM's
 //! tap, a bridge, a veth, the LAN side of a gateway), and `packet_action`.
-use std::collections::HashSet;
+use std::{collections::HashSet, net::SocketAddr};
 
 use serde::Deserialize;
 
@@ -55,6 +55,12 @@ pub enum PacketAction {
     Reject,
     /// Dropped: the client times out.
     Drop,
+    /// An ICMP port unreachable from the upstream's address: the client's connect
+    /// fails at once with ECONNREFUSED; what some stacks and firewalls prefer.
+    Icmp,
+    /// The flow goes to the upstream's fallback (addresses rewritten both ways);
+    /// a reset where there is no fallback of the SYN's family.
+    Redirect,
 }
 
 impl PacketAction {
@@ -62,6 +68,8 @@ impl PacketAction {
         match self {
             PacketAction::Reject => "reject",
             PacketAction::Drop => "drop",
+            PacketAction::Icmp => "icmp",
+            PacketAction::Redirect => "redirect",
         }
     }
 }
@@ -115,13 +123,28 @@ impl Check<'_> {
         &self,
         at: &str,
         raw: Option<&str>,
+        fallback: &[SocketAddr],
     ) -> Result<PacketAction, ConfigError> {
         match raw {
             None | Some("reject") => Ok(PacketAction::Reject),
             Some("drop") => Ok(PacketAction::Drop),
+            Some("icmp") => Ok(PacketAction::Icmp),
+            Some("redirect") if fallback.is_empty() => self.fail(
+                format!("{at}.packet_action"),
+                "\"redirect\" needs a fallback: set `fallback` on this upstream",
+            ),
+            // A packet from another host is never routed to the host's loopback.
+            Some("redirect") if fallback.iter().any(|a| a.ip().is_loopback()) => self.fail(
+                format!("{at}.packet_action"),
+                "\"redirect\" cannot reach a loopback fallback from another host's \
+                 packets: give the fallback an address the interface's traffic can reach",
+            ),
+            Some("redirect") => Ok(PacketAction::Redirect),
             Some(other) => self.fail(
                 format!("{at}.packet_action"),
-                format!("{other:?} is not a packet action: \"reject\" (the default) or \"drop\""),
+                format!(
+                    "{other:?} is not a packet action: \"reject\" (the default), \"icmp\",                      \"drop\" or \"redirect\""
+                ),
             ),
         }
     }

@@ -13,7 +13,7 @@ use breaker_common::abi::{
     BreakerCell, Counters, DestKey, EndpointV4, EndpointV6, PinMetadata, Settings, SocketRecord,
     UpstreamName, UpstreamPolicy,
 };
-use breaker_common::packet::{FlowKey, FlowRecord, PacketCounters};
+use breaker_common::packet::{FlowKey, FlowRecord, NatTarget, PacketCounters};
 use breaker_common::window::RateWindow;
 use ipnet::IpNet;
 
@@ -83,6 +83,9 @@ pub struct MapSizes {
     pub destinations: u32,
     /// PACKET_FLOWS: SYNs in flight on the watched interfaces; 1 with none.
     pub flows: u32,
+    /// PACKET_NAT_OUT and PACKET_NAT_BACK: redirected flows; 1 unless some
+    /// upstream's `packet_action` is `redirect` and an interface is watched.
+    pub nat: u32,
 }
 
 /// Connects in flight at once that the packet path can follow, over every
@@ -128,7 +131,22 @@ impl Config {
             } else {
                 PACKET_FLOW_SLOTS
             },
+            nat: if self.packet_nat() {
+                PACKET_FLOW_SLOTS
+            } else {
+                1
+            },
         }
+    }
+
+    /// Whether the packet path may redirect flows: an interface is watched and some
+    /// upstream's `packet_action` is `redirect`.
+    pub fn packet_nat(&self) -> bool {
+        !self.interfaces.is_empty()
+            && self
+                .upstreams
+                .iter()
+                .any(|u| u.packet_action == super::PacketAction::Redirect)
     }
 
     /// Bytes of kernel memory the maps of this config pin, estimated (see the
@@ -142,6 +160,7 @@ impl Config {
             v6,
             destinations,
             flows,
+            nat,
         } = self.map_sizes();
         let u32_size = size_of::<u32>();
         [
@@ -164,6 +183,7 @@ impl Config {
             array(1, size_of::<u64>()).next_multiple_of(PAGE),
             MAP_OVERHEAD + EVENTS_BYTES,
             hash_map(flows, size_of::<FlowKey>(), size_of::<FlowRecord>()),
+            2 * hash_map(nat, size_of::<FlowKey>(), size_of::<NatTarget>()),
             per_cpu_array(1, size_of::<PacketCounters>(), possible_cpus),
         ]
         .into_iter()

@@ -769,7 +769,7 @@ impl Check<'_> {
                 )
             }
         };
-        let packet_action = self.packet_action(&at, up.packet_action.as_deref())?;
+        let packet_action = self.packet_action(&at, up.packet_action.as_deref(), &fallback)?;
         Ok(Upstream {
             name: up.name,
             endpoints,
@@ -1186,6 +1186,10 @@ impl Config {
                     match up.packet_action {
                         PacketAction::Reject => "answered with the upstream's reset",
                         PacketAction::Drop => "dropped",
+                        PacketAction::Icmp => "answered with an ICMP port unreachable",
+                        PacketAction::Redirect =>
+                            "sent to the fallback, its flow rewritten both ways \
+                             (a reset for a family without one)",
                     }
                 );
             }

@@ -256,7 +256,7 @@ const KEPT_MAPS: [&str; 8] = [
 
 /// Maps made anew from the config at each load, so the programs swapped in see a
 /// complete config from their first run; pinned too, for a person to inspect.
-const FRESH_MAPS: [&str; 9] = [
+const FRESH_MAPS: [&str; 11] = [
     map_names::SETTINGS,
     map_names::ENDPOINTS_EXACT,
     map_names::ENDPOINTS_V4,
@@ -266,10 +266,17 @@ const FRESH_MAPS: [&str; 9] = [
     map_names::RATE_WINDOWS,
     map_names::PACKET_FLOWS,
     map_names::PACKET_COUNTERS,
+    map_names::PACKET_NAT_OUT,
+    map_names::PACKET_NAT_BACK,
 ];
 
 /// Fresh maps only the packet path's programs use.
-const PACKET_ONLY_MAPS: [&str; 2] = [map_names::PACKET_FLOWS, map_names::PACKET_COUNTERS];
+const PACKET_ONLY_MAPS: [&str; 4] = [
+    map_names::PACKET_FLOWS,
+    map_names::PACKET_COUNTERS,
+    map_names::PACKET_NAT_OUT,
+    map_names::PACKET_NAT_BACK,
+];
 
 impl Kernel {
     /// Loads the programs with maps sized for `config`, adopting the maps pinned in
@@ -735,7 +742,7 @@ fn write_config(ebpf: &mut Ebpf, config: &Config, hz: u32, ids: &[u32]) -> Resul
             .as_secs()
             .saturating_mul(hz as u64)
             .min(u32::MAX as u64) as u32,
-        _pad: 0,
+        packet_nat: config.packet_nat() as u32,
     };
     let mut map: Array<_, Settings> = typed_map(ebpf, map_names::SETTINGS)?;
     map.set(0, settings, 0)
@@ -824,7 +831,9 @@ fn loader_for(sizes: &crate::config::MapSizes) -> EbpfLoader<'static> {
         .map_max_entries(map_names::DEFAULT_STATES, sizes.destinations)
         .map_max_entries(map_names::DEFAULT_TRIPPED, sizes.destinations)
         .map_max_entries(map_names::SOCKET_RECORDS, SOCKET_RECORD_SLOTS)
-        .map_max_entries(map_names::PACKET_FLOWS, sizes.flows);
+        .map_max_entries(map_names::PACKET_FLOWS, sizes.flows)
+        .map_max_entries(map_names::PACKET_NAT_OUT, sizes.nat)
+        .map_max_entries(map_names::PACKET_NAT_BACK, sizes.nat);
     loader
 }
 
@@ -1047,9 +1056,14 @@ fn packet_action(
     mut policy: UpstreamPolicy,
     action: crate::config::PacketAction,
 ) -> UpstreamPolicy {
-    if action == crate::config::PacketAction::Drop {
-        policy.flags |= breaker_common::abi::POLICY_PACKET_DROP;
-    }
+    use crate::config::PacketAction;
+    use breaker_common::abi::{POLICY_PACKET_DROP, POLICY_PACKET_ICMP, POLICY_PACKET_REDIRECT};
+    policy.flags |= match action {
+        PacketAction::Reject => 0,
+        PacketAction::Drop => POLICY_PACKET_DROP,
+        PacketAction::Icmp => POLICY_PACKET_ICMP,
+        PacketAction::Redirect => POLICY_PACKET_REDIRECT,
+    };
     policy
 }
 

@@ -375,18 +375,9 @@ impl Kernel {
         let values = per_cpu
             .get(&0, 0)
             .map_err(map_err(map_names::PACKET_COUNTERS))?;
-        Ok(values.iter().fold(PacketCounters::default(), |mut sum, c| {
-            sum.syns_tracked += c.syns_tracked;
-            sum.syns_retransmitted += c.syns_retransmitted;
-            sum.replies_reset += c.replies_reset;
-            sum.syns_dropped += c.syns_dropped;
-            sum.answers_matched += c.answers_matched;
-            sum.icmp_unmatched += c.icmp_unmatched;
-            sum.flows_timed_out += c.flows_timed_out;
-            sum.flows_untracked += c.flows_untracked;
-            sum.skipped += c.skipped;
-            sum
-        }))
+        Ok(values
+            .iter()
+            .fold(PacketCounters::default(), |sum, c| sum.zip(c, u64::wrapping_add)))
     }
 
     /// Runs packet program `name` (XDP or TC) on `frame` under

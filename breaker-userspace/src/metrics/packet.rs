@@ -16,21 +16,6 @@ pub struct PacketMetrics {
     last: Mutex<PacketCounters>,
 }
 
-/// Each `PacketCounters` field under its `event` label.
-fn event_counts(c: &PacketCounters) -> [(&'static str, u64); 9] {
-    [
-        ("syn_tracked", c.syns_tracked),
-        ("syn_retransmitted", c.syns_retransmitted),
-        ("reset_sent", c.replies_reset),
-        ("syn_dropped", c.syns_dropped),
-        ("answer_matched", c.answers_matched),
-        ("icmp_unmatched", c.icmp_unmatched),
-        ("flow_timed_out", c.flows_timed_out),
-        ("flow_untracked", c.flows_untracked),
-        ("skipped", c.skipped),
-    ]
-}
-
 impl PacketMetrics {
     pub fn register(registry: &Registry) -> PacketMetrics {
         let interfaces = IntGaugeVec::new(
@@ -44,7 +29,7 @@ impl PacketMetrics {
         let events = IntCounterVec::new(
             Opts::new(
                 "breaker_packet_events_total",
-                "What the packet path did, by event: syn_tracked, syn_retransmitted, reset_sent, syn_dropped, answer_matched, icmp_unmatched (an ICMP error quoting no flow: late or forged), flow_timed_out, flow_untracked (the flow table refused one), skipped (a packet it could not read, passed untouched).",
+                "What the packet path did, by event: syn_tracked, syn_retransmitted, reset_sent, syn_dropped, icmp_sent, flow_redirected, segment_rewritten (both ways), answer_matched, icmp_unmatched (an ICMP error quoting no flow: late or forged), flow_timed_out, flow_untracked (the flow table refused one), skipped (a packet it could not read, passed untouched).",
             ),
             &["event"],
         )
@@ -55,7 +40,7 @@ impl PacketMetrics {
         ] {
             registered.expect("metric registered once");
         }
-        for (event, _) in event_counts(&PacketCounters::default()) {
+        for (event, _) in PacketCounters::default().events() {
             events.with_label_values(&[event]).inc_by(0);
         }
         PacketMetrics {
@@ -73,7 +58,7 @@ impl PacketMetrics {
     /// Adds what the kernel's counters grew since the last read.
     pub fn observe(&self, now: &PacketCounters) {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        for ((event, was), (_, is)) in event_counts(&last).into_iter().zip(event_counts(now)) {
+        for ((event, was), (_, is)) in last.events().into_iter().zip(now.events()) {
             self.events
                 .with_label_values(&[event])
                 .inc_by(is.saturating_sub(was));

@@ -1,0 +1,190 @@
+//! `packet_action = "redirect"`: a rejected SYN's flow goes to the upstream's
+//! fallback. The ingress hook rewrites the destination of every segment the client
+//! sends on it, the egress hook the source of every segment the fallback answers
+//! with, so the client's stack sees the upstream it asked for throughout.
+use breaker_common::{
+    abi::{UpstreamPolicy, POLICY_FALLBACK_V4, POLICY_FALLBACK_V6},
+    dest::v4_mapped,
+    packet::{FlowKey, NatTarget},
+};
+
+use super::{count, ip, is_v4, tcp, Frame, IPPROTO_TCP};
+use crate::{
+    breaker,
+    maps::{PACKET_NAT_BACK, PACKET_NAT_OUT, POLICIES, SETTINGS},
+};
+
+/// One address and one port of a segment changed, with the checksums they are in:
+/// offsets from the start of the frame, values as in the packet.
+#[derive(Clone, Copy, Default)]
+pub struct Rewrite {
+    /// Non-zero for IPv4 (an IP header checksum to fix, a 4-byte address).
+    pub v4: u32,
+    pub addr_off: usize,
+    pub port_off: usize,
+    /// The IPv4 header checksum (unused for IPv6).
+    pub ip_csum_off: usize,
+    /// The TCP checksum, whose pseudo-header holds the address.
+    pub tcp_csum_off: usize,
+    pub old_addr: [u32; 4],
+    pub new_addr: [u32; 4],
+    pub old_port: u16,
+    pub new_port: u16,
+}
+
+/// Offsets a rewrite may touch are masked to this: bounded for the verifier, and
+/// past anything a parsed header can reach (Ethernet, VLAN, IPv6 with 4 extension
+/// headers of at most 2 KiB each).
+pub const OFFSET_MASK: usize = 0x3fff;
+
+/// Whether some upstream redirects on the packet path (else no segment is looked up).
+#[inline(always)]
+pub fn active() -> bool {
+    SETTINGS.get(0).is_some_and(|s| s.packet_nat != 0)
+}
+
+/// Which way a segment crosses the interface.
+pub const OUT: u32 = 0;
+pub const BACK: u32 = 1;
+
+/// The rewrite a TCP segment of a redirected flow needs, into `rw`: going `OUT`
+/// (client to upstream: the destination becomes the fallback) or `BACK` (fallback
+/// to client: the source becomes the upstream). False for any other packet. Out of
+/// line: the parse and the lookup never add to the caller's walks.
+#[inline(never)]
+pub fn rewrite_of(frame: &Frame, way: u32, rw: &mut Rewrite) -> bool {
+    let Ok(Some(ip)) = ip(frame) else {
+        return false;
+    };
+    if ip.proto != IPPROTO_TCP {
+        return false;
+    }
+    let Ok(tcp) = tcp(frame, ip.l4) else {
+        return false;
+    };
+    let v4 = is_v4(ip.family);
+    let out = way == OUT;
+    let key = if out {
+        FlowKey {
+            client: ip.src,
+            upstream: ip.dst,
+            client_port: tcp.src_port,
+            upstream_port: tcp.dst_port,
+            family: ip.family,
+            _pad: 0,
+        }
+    } else {
+        FlowKey {
+            client: ip.dst,
+            upstream: ip.src,
+            client_port: tcp.dst_port,
+            upstream_port: tcp.src_port,
+            family: ip.family,
+            _pad: 0,
+        }
+    };
+    let map = if out { &PACKET_NAT_OUT } else { &PACKET_NAT_BACK };
+    // SAFETY: the value is copied out at once.
+    let Some(to) = (unsafe { map.get(&key) }).copied() else {
+        return false;
+    };
+    // Destination (out) or source (back): address and port.
+    let (addr_off, port_off) = match (v4, out) {
+        (true, true) => (ip.l3 + 16, ip.l4 + 2),
+        (true, false) => (ip.l3 + 12, ip.l4),
+        (false, true) => (ip.l3 + 24, ip.l4 + 2),
+        (false, false) => (ip.l3 + 8, ip.l4),
+    };
+    *rw = Rewrite {
+        v4: v4 as u32,
+        addr_off,
+        port_off,
+        ip_csum_off: ip.l3 + 10,
+        tcp_csum_off: ip.l4 + 16,
+        old_addr: key.upstream,
+        new_addr: to.addr,
+        old_port: key.upstream_port,
+        new_port: to.port,
+    };
+    true
+}
+
+/// Sends flow `key` to the fallback of `upstream` of its family: both NAT entries
+/// written, and the connect counted as redirected. False, counted as rejected,
+/// when there is no such fallback or the tables refused an entry: the caller
+/// answers with a reset. Out of line, a sibling of `decide`.
+#[inline(never)]
+pub fn redirect(key: &FlowKey, upstream: u32) -> bool {
+    let Some(p) = POLICIES.get(upstream) else {
+        return false;
+    };
+    let sent = redirect_to(key, p);
+    breaker::count(upstream, |c| {
+        if sent {
+            c.redirected += 1
+        } else {
+            c.rejected += 1
+        }
+    });
+    sent
+}
+
+#[inline(always)]
+fn redirect_to(key: &FlowKey, p: &UpstreamPolicy) -> bool {
+    let to = if is_v4(key.family) {
+        if p.flags & POLICY_FALLBACK_V4 == 0 {
+            return false;
+        }
+        NatTarget {
+            addr: v4_mapped(p.fallback_ip4),
+            // The low half, in memory order: the port as the packet has it.
+            port: p.fallback_port_v4 as u16,
+            _pad: 0,
+        }
+    } else {
+        if p.flags & POLICY_FALLBACK_V6 == 0 {
+            return false;
+        }
+        NatTarget {
+            addr: p.fallback_ip6,
+            port: p.fallback_port_v6 as u16,
+            _pad: 0,
+        }
+    };
+    let back_key = FlowKey {
+        upstream: to.addr,
+        upstream_port: to.port,
+        ..*key
+    };
+    let back = NatTarget {
+        addr: key.upstream,
+        port: key.upstream_port,
+        _pad: 0,
+    };
+    if PACKET_NAT_BACK.insert(&back_key, back, 0).is_err() {
+        return false;
+    }
+    if PACKET_NAT_OUT.insert(key, to, 0).is_err() {
+        let _ = PACKET_NAT_BACK.remove(&back_key);
+        return false;
+    }
+    count(|c| c.flows_redirected += 1);
+    true
+}
+
+/// A SYN of flow `key` goes to its upstream again: whatever redirected these ports
+/// before is forgotten, so its segments are no longer rewritten.
+#[inline(always)]
+pub fn forget(key: &FlowKey) {
+    // SAFETY: the value is copied out at once.
+    let Some(to) = (unsafe { PACKET_NAT_OUT.get(key) }).copied() else {
+        return;
+    };
+    let _ = PACKET_NAT_OUT.remove(key);
+    let back_key = FlowKey {
+        upstream: to.addr,
+        upstream_port: to.port,
+        ..*key
+    };
+    let _ = PACKET_NAT_BACK.remove(&back_key);
+}
