@@ -4,7 +4,7 @@
 //! packet that comes out, and what the counters moved. Needs root (loading BPF),
 //! not a lab: nothing is attached.
 use std::{
-    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     path::Path,
 };
 
@@ -36,6 +36,14 @@ const TC_ACT_REDIRECT: u32 = 7;
 
 const WEB4: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 7, 0, 2), 80);
 const QUIET4: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 7, 0, 3), 80);
+const UNREACH4: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 7, 0, 4), 80);
+const UNREACH6: SocketAddrV6 =
+    SocketAddrV6::new(Ipv6Addr::new(0xfd07, 0, 0, 0, 0, 0, 0, 4), 80, 0, 0);
+const MOVED4: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 7, 0, 5), 80);
+const MOVED6: SocketAddrV6 = SocketAddrV6::new(Ipv6Addr::new(0xfd07, 0, 0, 0, 0, 0, 0, 5), 80, 0, 0);
+const FALLBACK4: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 7, 0, 6), 8080);
+const FALLBACK6: SocketAddrV6 =
+    SocketAddrV6::new(Ipv6Addr::new(0xfd07, 0, 0, 0, 0, 0, 0, 6), 8080, 0, 0);
 const OTHER4: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 7, 0, 9), 80);
 const WEB6: SocketAddrV6 = SocketAddrV6::new(Ipv6Addr::new(0xfd07, 0, 0, 0, 0, 0, 0, 2), 80, 0, 0);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 7, 1, 2);
@@ -59,6 +67,21 @@ probe = { address = "127.0.0.1:9" }
 packet_action = "drop"
 open_duration = "10m"
 
+[[upstream]]
+name = "unreach"
+endpoints = ["10.7.0.4:80", "[fd07::4]:80"]
+probe = { address = "127.0.0.1:9" }
+packet_action = "icmp"
+open_duration = "10m"
+
+[[upstream]]
+name = "moved"
+endpoints = ["10.7.0.5:80", "[fd07::5]:80"]
+fallback = ["10.7.0.6:8080", "[fd07::6]:8080"]
+probe = { address = "127.0.0.1:9" }
+packet_action = "redirect"
+open_duration = "10m"
+
 [[interface]]
 name = "brk-none0"
 "#;
@@ -76,6 +99,8 @@ struct Fixture {
     kernel: Kernel,
     web: u32,
     quiet: u32,
+    unreach: u32,
+    moved: u32,
 }
 
 impl Fixture {
@@ -255,19 +280,190 @@ fn check_reset(out: &[u8], syn: &[u8], vlan: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// One case: its name, the state to set up, the frame, and the checks. `xdp`:
-/// run on `brk_xdp_ingress` (true) or `brk_tc_ingress` (false) for ingress cases.
-struct Case {
-    name: &'static str,
-    run: fn(&mut Fixture, bool) -> Result<(), String>,
-}
-
 macro_rules! ensure {
     ($cond:expr, $($msg:tt)+) => {
         if !$cond {
             return Err(format!($($msg)+));
         }
     };
+}
+
+/// The ICMP port unreachable a rejected SYN turned into: MACs swapped, from the
+/// upstream to the client, type and code, valid checksums, and a quote of the SYN
+/// (addresses, ports, sequence number) the client's stack finds its socket by.
+fn check_icmp(out: &[u8], syn: &[u8]) -> Result<(), String> {
+    let reply =
+        SlicedPacket::from_ethernet(out).map_err(|e| format!("the reply does not parse: {e}"))?;
+    let request =
+        SlicedPacket::from_ethernet(syn).map_err(|e| format!("the SYN does not parse: {e}"))?;
+    let Some(LinkSlice::Ethernet2(eth)) = &reply.link else {
+        return Err("no Ethernet header".into());
+    };
+    ensure!(
+        (eth.source(), eth.destination()) == (HOST_MAC, CLIENT_MAC),
+        "MACs not swapped"
+    );
+    let Some(TransportSlice::Tcp(syn_tcp)) = &request.transport else {
+        return Err("the SYN is not TCP".into());
+    };
+    let quote_tcp = |q: &[u8]| -> Result<(), String> {
+        ensure!(q.len() == 8, "the quote holds {} TCP bytes, want 8", q.len());
+        let ports = (
+            u16::from_be_bytes([q[0], q[1]]),
+            u16::from_be_bytes([q[2], q[3]]),
+        );
+        ensure!(
+            ports == (syn_tcp.source_port(), syn_tcp.destination_port()),
+            "quoted ports {ports:?}"
+        );
+        let seq = u32::from_be_bytes([q[4], q[5], q[6], q[7]]);
+        ensure!(seq == syn_tcp.sequence_number(), "quoted seq {seq}");
+        Ok(())
+    };
+    match (&reply.net, &request.net, &reply.transport) {
+        (
+            Some(NetSlice::Ipv4(ip)),
+            Some(NetSlice::Ipv4(syn_ip)),
+            Some(TransportSlice::Icmpv4(icmp)),
+        ) => {
+            let (h, sh) = (ip.header(), syn_ip.header());
+            ensure!(
+                (h.source(), h.destination()) == (sh.destination(), sh.source()),
+                "not from the upstream to the client"
+            );
+            ensure!(
+                h.header_checksum() == h.to_header().calc_header_checksum(),
+                "bad IPv4 header checksum"
+            );
+            ensure!(
+                (icmp.type_u8(), icmp.code_u8()) == (3, 3),
+                "type {} code {}",
+                icmp.type_u8(),
+                icmp.code_u8()
+            );
+            ensure!(
+                icmp.checksum() == icmp.icmp_type().calc_checksum(icmp.payload()),
+                "bad ICMP checksum"
+            );
+            let q = etherparse::Ipv4HeaderSlice::from_slice(icmp.payload())
+                .map_err(|e| format!("the quoted header: {e}"))?;
+            ensure!(
+                (q.source(), q.destination()) == (sh.source(), sh.destination()),
+                "the quote names other addresses"
+            );
+            quote_tcp(&icmp.payload()[20..])?;
+            ensure!(out.len() == 14 + 56, "{} bytes, want {}", out.len(), 14 + 56);
+        }
+        (
+            Some(NetSlice::Ipv6(ip)),
+            Some(NetSlice::Ipv6(syn_ip)),
+            Some(TransportSlice::Icmpv6(icmp)),
+        ) => {
+            let (h, sh) = (ip.header(), syn_ip.header());
+            ensure!(
+                (h.source(), h.destination()) == (sh.destination(), sh.source()),
+                "not from the upstream to the client"
+            );
+            ensure!(
+                (icmp.type_u8(), icmp.code_u8()) == (1, 4),
+                "type {} code {}",
+                icmp.type_u8(),
+                icmp.code_u8()
+            );
+            ensure!(
+                icmp.is_checksum_valid(h.source(), h.destination()),
+                "bad ICMPv6 checksum"
+            );
+            let q = etherparse::Ipv6HeaderSlice::from_slice(&icmp.slice()[8..])
+                .map_err(|e| format!("the quoted header: {e}"))?;
+            ensure!(
+                (q.source(), q.destination()) == (sh.source(), sh.destination()),
+                "the quote names other addresses"
+            );
+            quote_tcp(&icmp.slice()[48..])?;
+            ensure!(out.len() == 14 + 96, "{} bytes, want {}", out.len(), 14 + 96);
+        }
+        _ => return Err("not an ICMP error of the SYN's family".into()),
+    }
+    Ok(())
+}
+
+/// A segment rewritten by a redirect: `out` is `before` with the destination
+/// (`to`, going out) or the source (`from`, coming back) changed, and nothing
+/// else but checksums, which are valid.
+fn check_rewritten(
+    out: &[u8],
+    before: &[u8],
+    to: Option<SocketAddr>,
+    from: Option<SocketAddr>,
+) -> Result<(), String> {
+    let o = SlicedPacket::from_ethernet(out).map_err(|e| format!("out does not parse: {e}"))?;
+    let b = SlicedPacket::from_ethernet(before).map_err(|e| format!("in does not parse: {e}"))?;
+    ensure!(out.len() == before.len(), "the length changed");
+    let (Some(TransportSlice::Tcp(t)), Some(TransportSlice::Tcp(bt))) = (&o.transport, &b.transport)
+    else {
+        return Err("not TCP".into());
+    };
+    let (src, dst, want_src, want_dst, sum) = match (&o.net, &b.net) {
+        (Some(NetSlice::Ipv4(ip)), Some(NetSlice::Ipv4(bip))) => {
+            let h = ip.header();
+            ensure!(
+                h.header_checksum() == h.to_header().calc_header_checksum(),
+                "bad IPv4 header checksum"
+            );
+            let bh = bip.header();
+            let sum = t
+                .to_header()
+                .calc_checksum_ipv4_raw(h.source(), h.destination(), t.payload())
+                .map_err(|e| e.to_string())?;
+            (
+                SocketAddr::from((h.source_addr(), t.source_port())),
+                SocketAddr::from((h.destination_addr(), t.destination_port())),
+                SocketAddr::from((bh.source_addr(), bt.source_port())),
+                SocketAddr::from((bh.destination_addr(), bt.destination_port())),
+                sum,
+            )
+        }
+        (Some(NetSlice::Ipv6(ip)), Some(NetSlice::Ipv6(bip))) => {
+            let (h, bh) = (ip.header(), bip.header());
+            let sum = t
+                .to_header()
+                .calc_checksum_ipv6_raw(h.source(), h.destination(), t.payload())
+                .map_err(|e| e.to_string())?;
+            (
+                SocketAddr::from((h.source_addr(), t.source_port())),
+                SocketAddr::from((h.destination_addr(), t.destination_port())),
+                SocketAddr::from((bh.source_addr(), bt.source_port())),
+                SocketAddr::from((bh.destination_addr(), bt.destination_port())),
+                sum,
+            )
+        }
+        _ => return Err("the family changed".into()),
+    };
+    let want_src = from.unwrap_or(want_src);
+    let want_dst = to.unwrap_or(want_dst);
+    ensure!(
+        (src, dst) == (want_src, want_dst),
+        "{src} -> {dst}, want {want_src} -> {want_dst}"
+    );
+    ensure!(
+        t.checksum() == sum,
+        "bad TCP checksum {:#x}, want {sum:#x}",
+        t.checksum()
+    );
+    ensure!(
+        (t.sequence_number(), t.acknowledgment_number(), t.payload())
+            == (bt.sequence_number(), bt.acknowledgment_number(), bt.payload()),
+        "more than addresses and ports changed"
+    );
+    Ok(())
+}
+
+/// One case: its name, the state to set up, the frame, and the checks. `xdp`:
+/// run on `brk_xdp_ingress` (true) or `brk_tc_ingress` (false) for ingress cases.
+struct Case {
+    name: &'static str,
+    run: fn(&mut Fixture, bool) -> Result<(), String>,
 }
 
 fn ingress(xdp: bool) -> &'static str {
@@ -617,6 +813,96 @@ const INGRESS_CASES: &[Case] = &[
             Ok(())
         },
     },
+    Case {
+        name: "packet_action = icmp answers the SYN of an OPEN upstream with a port unreachable",
+        run: |f, xdp| {
+            f.set(f.unreach, State::Open);
+            let syn = packets::syn_v4(client(port(20, xdp)), UNREACH4, 0xffff_ffff);
+            let s = observe(f, ingress(xdp), &syn);
+            ensure!(
+                s.run.return_value == replied(xdp),
+                "verdict {}",
+                s.run.return_value
+            );
+            check_icmp(&s.run.data, &syn)?;
+            let u = f.counters(f.unreach);
+            ensure!(
+                s.packet.replies_icmp == 1 && s.packet.replies_reset == 0 && u.rejected >= 1,
+                "icmp {} resets {}",
+                s.packet.replies_icmp,
+                s.packet.replies_reset
+            );
+            // IPv6: the reply outgrows the SYN (96 bytes against 60).
+            let syn6 = packets::syn_v6(client6(port(20, xdp)), UNREACH6, 7);
+            let s = observe(f, ingress(xdp), &syn6);
+            ensure!(
+                s.run.return_value == replied(xdp),
+                "IPv6 verdict {}",
+                s.run.return_value
+            );
+            check_icmp(&s.run.data, &syn6).map_err(|e| format!("IPv6: {e}"))
+        },
+    },
+    Case {
+        name: "packet_action = redirect sends an OPEN upstream's flow to the fallback, both ways",
+        run: |f, xdp| {
+            f.set(f.moved, State::Open);
+            let me = client(port(21, xdp));
+            let syn = packets::syn_v4(me, MOVED4, 21_000);
+            let s = observe(f, ingress(xdp), &syn);
+            ensure!(
+                s.run.return_value == pass(xdp),
+                "verdict {}",
+                s.run.return_value
+            );
+            check_rewritten(&s.run.data, &syn, Some(FALLBACK4.into()), None)
+                .map_err(|e| format!("the SYN: {e}"))?;
+            let m = f.counters(f.moved);
+            ensure!(
+                s.packet.flows_redirected == 1 && m.redirected >= 1 && s.packet.syns_tracked == 0,
+                "redirected {} (upstream {})",
+                s.packet.flows_redirected,
+                m.redirected
+            );
+            // The flow's next segments go the same way...
+            let data = packets::data_v4(me, MOVED4, 21_001, 9);
+            let s = observe(f, ingress(xdp), &data);
+            check_rewritten(&s.run.data, &data, Some(FALLBACK4.into()), None)
+                .map_err(|e| format!("a data segment: {e}"))?;
+            // ...and the fallback's answers come back as the upstream's.
+            let answer = packets::answer_v4(FALLBACK4, me, Reply::SynAck, 21_001);
+            let s = egress_run(f, &answer);
+            check_rewritten(&s.run.data, &answer, None, Some(MOVED4.into()))
+                .map_err(|e| format!("the fallback's SYN-ACK: {e}"))?;
+            ensure!(
+                s.packet.segments_rewritten == 1,
+                "rewritten back {}",
+                s.packet.segments_rewritten
+            );
+            // Closed again: the next SYN on these ports goes to the upstream, and
+            // nothing of the old flow is rewritten any more.
+            f.set(f.moved, State::Closed);
+            let again = packets::syn_v4(me, MOVED4, 21_500);
+            let s = observe(f, ingress(xdp), &again);
+            ensure!(
+                s.run.data == again && s.packet.syns_tracked == 1,
+                "a SYN after the close was rewritten or not tracked"
+            );
+            let s = egress_run(f, &answer);
+            ensure!(s.run.data == answer, "an old fallback answer was still rewritten");
+            // IPv6, to its own fallback.
+            f.set(f.moved, State::Open);
+            let me6 = client6(port(21, xdp));
+            let syn6 = packets::syn_v6(me6, MOVED6, 21_600);
+            let s = observe(f, ingress(xdp), &syn6);
+            check_rewritten(&s.run.data, &syn6, Some(FALLBACK6.into()), None)
+                .map_err(|e| format!("IPv6 SYN: {e}"))?;
+            let answer6 = packets::answer_v6(FALLBACK6, me6, Reply::SynAck, 21_601);
+            let s = egress_run(f, &answer6);
+            check_rewritten(&s.run.data, &answer6, None, Some(MOVED6.into()))
+                .map_err(|e| format!("IPv6 SYN-ACK: {e}"))
+        },
+    },
 ];
 
 fn egress_run(f: &mut Fixture, frame: &[u8]) -> Seen {
@@ -809,6 +1095,8 @@ fn fixture(pins: &Pins) -> Fixture {
     Fixture {
         web: id("web"),
         quiet: id("quiet"),
+        unreach: id("unreach"),
+        moved: id("moved"),
         kernel,
     }
 }
