@@ -298,3 +298,130 @@ fn a_blackholed_upstream_trips_on_timeouts_and_no_vm_client_waits_on_it_after() 
         &format!("silent rejected {rejected}"),
     );
 }
+
+const ACTIONS: &str = r#"
+[[upstream]]
+name = "answered"
+endpoints = ["10.77.0.2:8082"]
+failure_threshold = 2
+open_duration = "1h"
+packet_action = "icmp"
+
+[[upstream]]
+name = "moved"
+endpoints = ["10.77.0.2:8083"]
+fallback = "10.77.0.3:9000"
+failure_threshold = 2
+open_duration = "1h"
+packet_action = "redirect"
+
+[[interface]]
+name = "vm0"
+"#;
+
+#[test]
+fn while_open_a_vm_gets_an_icmp_error_or_reaches_the_fallback() {
+    let Some(mut lab) = lab("pkt-act") else {
+        return;
+    };
+    lab.serve("10.77.0.3:9000", "fallback").unwrap();
+    lab.start_daemon(ACTIONS).unwrap();
+    check(&lab, attached(&lab), "the daemon attached to vm0");
+    let events = |event: &str| {
+        lab.metric("breaker_packet_events_total", &[("event", event)])
+            .unwrap_or(0.0)
+    };
+
+    // packet_action = "icmp": two refusals open it; then each SYN is answered with
+    // a port unreachable, which the vm's stack turns into ECONNREFUSED. (Linux
+    // drops an ICMP error that reaches a socket while connect() still holds it,
+    // which a veth on the same CPU can do; the retransmitted SYN's error then
+    // ends the connect, 1 s later. Hence the bound below, not "at once".)
+    let answered = "10.77.0.2:8082";
+    let first = vm_connect(&lab, answered, 2, 1, 3000);
+    check(
+        &lab,
+        outcomes(&first) == ["refused"; 2],
+        &format!("the upstream's own refusals: {:?}", outcomes(&first)),
+    );
+    check(
+        &lab,
+        state(&lab, "answered", "open", Duration::from_secs(2)),
+        "answered opened after 2 resets",
+    );
+    let resets_before = events("reset_sent");
+    let open = vm_connect(&lab, answered, 5, 1, 3000);
+    let slowest = open.iter().map(|a| a.latency_us).fold(0.0, f64::max);
+    eprintln!(
+        "icmp, open: connect latencies {:?} µs",
+        open.iter().map(|a| a.latency_us as u64).collect::<Vec<_>>()
+    );
+    check(
+        &lab,
+        outcomes(&open) == ["refused"; 5] && slowest < 1_500_000.0,
+        &format!("icmp, open: {:?}, slowest {slowest} µs", outcomes(&open)),
+    );
+    let sent = breaker_lab::testing::eventually(Duration::from_secs(3), || {
+        events("icmp_sent") >= 5.0
+    });
+    check(
+        &lab,
+        sent && events("reset_sent") == resets_before,
+        &format!(
+            "ICMP errors sent {}, resets {} (before {resets_before})",
+            events("icmp_sent"),
+            events("reset_sent")
+        ),
+    );
+
+    // packet_action = "redirect": once open, the vm's connects reach the fallback
+    // and exchange data with it, addresses rewritten both ways.
+    let moved = "10.77.0.2:8083";
+    let first = vm_connect(&lab, moved, 2, 1, 3000);
+    check(
+        &lab,
+        outcomes(&first) == ["refused"; 2],
+        &format!("moved, before it opened: {:?}", outcomes(&first)),
+    );
+    check(
+        &lab,
+        state(&lab, "moved", "open", Duration::from_secs(2)),
+        "moved opened after 2 resets",
+    );
+    let redirected = lab
+        .vm_client(&[
+            "--to",
+            moved,
+            "--count",
+            "2",
+            "--concurrency",
+            "2",
+            "--timeout-ms",
+            "3000",
+            "--http",
+        ])
+        .expect("the vm's client");
+    check(
+        &lab,
+        redirected.len() == 4
+            && redirected
+                .iter()
+                .all(|a| a.outcome == "ok" && a.body.as_deref() == Some("fallback")),
+        &format!("redirected to the fallback: {redirected:?}"),
+    );
+    let accepted = lab.server("fallback").unwrap().accepted();
+    check(
+        &lab,
+        accepted == 4,
+        &format!("the fallback accepted {accepted} connects, want the 4"),
+    );
+    let counted = breaker_lab::testing::eventually(Duration::from_secs(3), || {
+        lab.metric(
+            "breaker_connects_redirected_total",
+            &[("upstream", "moved")],
+        )
+        .is_ok_and(|v| v == 4.0)
+            && events("flow_redirected") == 4.0
+    });
+    check(&lab, counted, "4 connects counted as redirected");
+}
