@@ -40,10 +40,7 @@ mod programs {
         programs::{SockAddrContext, SockContext, SockOpsContext, TcContext, XdpContext},
     };
 
-    use crate::{
-        connect::Verdict,
-        packet::ingress,
-    };
+    use crate::{connect::Verdict, packet::ingress};
 
     /// The sock_addr return codes. Anything but an explicit deny allows: a fault in
     /// our own bookkeeping must never break the host's connects.

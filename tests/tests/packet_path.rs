@@ -40,7 +40,8 @@ const UNREACH4: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 7, 0, 4), 80)
 const UNREACH6: SocketAddrV6 =
     SocketAddrV6::new(Ipv6Addr::new(0xfd07, 0, 0, 0, 0, 0, 0, 4), 80, 0, 0);
 const MOVED4: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 7, 0, 5), 80);
-const MOVED6: SocketAddrV6 = SocketAddrV6::new(Ipv6Addr::new(0xfd07, 0, 0, 0, 0, 0, 0, 5), 80, 0, 0);
+const MOVED6: SocketAddrV6 =
+    SocketAddrV6::new(Ipv6Addr::new(0xfd07, 0, 0, 0, 0, 0, 0, 5), 80, 0, 0);
 const FALLBACK4: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 7, 0, 6), 8080);
 const FALLBACK6: SocketAddrV6 =
     SocketAddrV6::new(Ipv6Addr::new(0xfd07, 0, 0, 0, 0, 0, 0, 6), 8080, 0, 0);
@@ -307,7 +308,11 @@ fn check_icmp(out: &[u8], syn: &[u8]) -> Result<(), String> {
         return Err("the SYN is not TCP".into());
     };
     let quote_tcp = |q: &[u8]| -> Result<(), String> {
-        ensure!(q.len() == 8, "the quote holds {} TCP bytes, want 8", q.len());
+        ensure!(
+            q.len() == 8,
+            "the quote holds {} TCP bytes, want 8",
+            q.len()
+        );
         let ports = (
             u16::from_be_bytes([q[0], q[1]]),
             u16::from_be_bytes([q[2], q[3]]),
@@ -352,7 +357,12 @@ fn check_icmp(out: &[u8], syn: &[u8]) -> Result<(), String> {
                 "the quote names other addresses"
             );
             quote_tcp(&icmp.payload()[20..])?;
-            ensure!(out.len() == 14 + 56, "{} bytes, want {}", out.len(), 14 + 56);
+            ensure!(
+                out.len() == 14 + 56,
+                "{} bytes, want {}",
+                out.len(),
+                14 + 56
+            );
         }
         (
             Some(NetSlice::Ipv6(ip)),
@@ -381,7 +391,12 @@ fn check_icmp(out: &[u8], syn: &[u8]) -> Result<(), String> {
                 "the quote names other addresses"
             );
             quote_tcp(&icmp.slice()[48..])?;
-            ensure!(out.len() == 14 + 96, "{} bytes, want {}", out.len(), 14 + 96);
+            ensure!(
+                out.len() == 14 + 96,
+                "{} bytes, want {}",
+                out.len(),
+                14 + 96
+            );
         }
         _ => return Err("not an ICMP error of the SYN's family".into()),
     }
@@ -400,7 +415,8 @@ fn check_rewritten(
     let o = SlicedPacket::from_ethernet(out).map_err(|e| format!("out does not parse: {e}"))?;
     let b = SlicedPacket::from_ethernet(before).map_err(|e| format!("in does not parse: {e}"))?;
     ensure!(out.len() == before.len(), "the length changed");
-    let (Some(TransportSlice::Tcp(t)), Some(TransportSlice::Tcp(bt))) = (&o.transport, &b.transport)
+    let (Some(TransportSlice::Tcp(t)), Some(TransportSlice::Tcp(bt))) =
+        (&o.transport, &b.transport)
     else {
         return Err("not TCP".into());
     };
@@ -453,7 +469,11 @@ fn check_rewritten(
     );
     ensure!(
         (t.sequence_number(), t.acknowledgment_number(), t.payload())
-            == (bt.sequence_number(), bt.acknowledgment_number(), bt.payload()),
+            == (
+                bt.sequence_number(),
+                bt.acknowledgment_number(),
+                bt.payload()
+            ),
         "more than addresses and ports changed"
     );
     Ok(())
@@ -889,7 +909,10 @@ const INGRESS_CASES: &[Case] = &[
                 "a SYN after the close was rewritten or not tracked"
             );
             let s = egress_run(f, &answer);
-            ensure!(s.run.data == answer, "an old fallback answer was still rewritten");
+            ensure!(
+                s.run.data == answer,
+                "an old fallback answer was still rewritten"
+            );
             // IPv6, to its own fallback.
             f.set(f.moved, State::Open);
             let me6 = client6(port(21, xdp));

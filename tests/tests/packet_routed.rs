@@ -361,9 +361,8 @@ fn while_open_a_vm_gets_an_icmp_error_or_reaches_the_fallback() {
         outcomes(&open) == ["refused"; 5] && slowest < 1_500_000.0,
         &format!("icmp, open: {:?}, slowest {slowest} µs", outcomes(&open)),
     );
-    let sent = breaker_lab::testing::eventually(Duration::from_secs(3), || {
-        events("icmp_sent") >= 5.0
-    });
+    let sent =
+        breaker_lab::testing::eventually(Duration::from_secs(3), || events("icmp_sent") >= 5.0);
     check(
         &lab,
         sent && events("reset_sent") == resets_before,

@@ -193,7 +193,10 @@ fn an_ipv4_port_unreachable_quotes_the_syn_and_checks_out() {
     assert_eq!(tcp.len(), 8);
     assert_eq!(u16::from_be_bytes([tcp[0], tcp[1]]), 40000);
     assert_eq!(u16::from_be_bytes([tcp[2], tcp[3]]), 80);
-    assert_eq!(u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]), syn.isn);
+    assert_eq!(
+        u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+        syn.isn
+    );
 }
 
 #[test]
@@ -219,9 +222,11 @@ fn an_ipv6_port_unreachable_quotes_the_syn_and_checks_out() {
     assert_eq!(h.next_header(), etherparse::IpNumber::IPV6_ICMP);
     let icmp = etherparse::Icmpv6Slice::from_slice(ip.payload().payload).expect("ICMPv6");
     assert_eq!((icmp.type_u8(), icmp.code_u8()), (1, 4), "port unreachable");
-    assert!(icmp.is_checksum_valid(upstream, client), "the ICMPv6 checksum");
-    let q =
-        etherparse::Ipv6HeaderSlice::from_slice(&icmp.slice()[8..]).expect("the quoted header");
+    assert!(
+        icmp.is_checksum_valid(upstream, client),
+        "the ICMPv6 checksum"
+    );
+    let q = etherparse::Ipv6HeaderSlice::from_slice(&icmp.slice()[8..]).expect("the quoted header");
     assert_eq!((q.source(), q.destination()), (client, upstream));
     assert_eq!((q.payload_length(), q.hop_limit()), (40, 64));
     assert_eq!(q.next_header(), etherparse::IpNumber::TCP);

@@ -13,8 +13,7 @@ use breaker_common::{
 };
 
 use super::{
-    count, ip, is_v4, nat, tcp, Frame, Ip, Packet, Skip, IPPROTO_ICMP, IPPROTO_ICMPV6,
-    IPPROTO_TCP,
+    count, ip, is_v4, nat, tcp, Frame, Ip, Packet, Skip, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
 };
 use crate::{detect::conclude, maps::PACKET_FLOWS};
 

@@ -17,9 +17,7 @@ use breaker_common::{
     },
 };
 
-use super::{
-    count, ip, is_v4, nat, tcp, Frame, Packet, IPPROTO_TCP,
-};
+use super::{count, ip, is_v4, nat, tcp, Frame, Packet, IPPROTO_TCP};
 use crate::{
     breaker::{self, jiffies, now_ms, Breaker},
     destination,

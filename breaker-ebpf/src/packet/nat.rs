@@ -83,9 +83,13 @@ pub fn rewrite_of(frame: &Frame, way: u32, rw: &mut Rewrite) -> bool {
             _pad: 0,
         }
     };
-    let map = if out { &PACKET_NAT_OUT } else { &PACKET_NAT_BACK };
+    let map = if out {
+        &PACKET_NAT_OUT
+    } else {
+        &PACKET_NAT_BACK
+    };
     // SAFETY: the value is copied out at once.
-    let Some(to) = (unsafe { map.get(&key) }).copied() else {
+    let Some(to) = (unsafe { map.get(key) }).copied() else {
         return false;
     };
     // Destination (out) or source (back): address and port.
@@ -161,11 +165,11 @@ fn redirect_to(key: &FlowKey, p: &UpstreamPolicy) -> bool {
         port: key.upstream_port,
         _pad: 0,
     };
-    if PACKET_NAT_BACK.insert(&back_key, back, 0).is_err() {
+    if PACKET_NAT_BACK.insert(back_key, back, 0).is_err() {
         return false;
     }
     if PACKET_NAT_OUT.insert(key, to, 0).is_err() {
-        let _ = PACKET_NAT_BACK.remove(&back_key);
+        let _ = PACKET_NAT_BACK.remove(back_key);
         return false;
     }
     count(|c| c.flows_redirected += 1);
@@ -186,5 +190,5 @@ pub fn forget(key: &FlowKey) {
         upstream_port: to.port,
         ..*key
     };
-    let _ = PACKET_NAT_BACK.remove(&back_key);
+    let _ = PACKET_NAT_BACK.remove(back_key);
 }

@@ -917,7 +917,36 @@ fn bad_interfaces_and_packet_actions_name_the_field_and_why() {
         assert_eq!(f, field, "{extra}");
         assert!(reason.contains(says), "{extra}: {reason}");
     }
-    let (f, reason) = invalid_field(&format!("{MINIMAL}packet_action = 'icmp'\n"));
-    assert!(f.ends_with(".packet_action"), "{f}");
-    assert!(reason.contains("is not a packet action"), "{reason}");
+    for (action, says) in [
+        ("packet_action = 'bounce'\n", "is not a packet action"),
+        ("packet_action = 'redirect'\n", "needs a fallback"),
+        (
+            "packet_action = 'redirect'\nfallback = '127.0.0.1:9000'\n",
+            "loopback",
+        ),
+        (
+            "packet_action = 'redirect'\nfallback = ['10.0.9.1:80', '[::1]:80']\n",
+            "loopback",
+        ),
+    ] {
+        let (f, reason) = invalid_field(&format!("{MINIMAL}{action}"));
+        assert!(f.ends_with(".packet_action"), "{action}: {f}");
+        assert!(reason.contains(says), "{action}: {reason}");
+    }
+}
+
+#[test]
+fn icmp_and_redirect_parse_and_say_what_a_rejected_syn_gets() {
+    let with =
+        |action: &str| parse(&format!("{MINIMAL}{action}[[interface]]\nname = 'tap0'\n")).unwrap();
+    let icmp = with("packet_action = 'icmp'\n");
+    assert_eq!(icmp.upstreams[0].packet_action, PacketAction::Icmp);
+    assert!(icmp.describe().contains("ICMP port unreachable"));
+    assert!(!icmp.packet_nat(), "no redirect, no NAT tables");
+    let redirect = with("packet_action = 'redirect'\nfallback = '10.0.9.1:80'\n");
+    assert_eq!(redirect.upstreams[0].packet_action, PacketAction::Redirect);
+    assert!(redirect.describe().contains("sent to the fallback"));
+    assert!(redirect.packet_nat());
+    assert_eq!(redirect.map_sizes().nat, crate::config::PACKET_FLOW_SLOTS);
+    assert_eq!(icmp.map_sizes().nat, 1);
 }

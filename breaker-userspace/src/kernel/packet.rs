@@ -375,9 +375,9 @@ impl Kernel {
         let values = per_cpu
             .get(&0, 0)
             .map_err(map_err(map_names::PACKET_COUNTERS))?;
-        Ok(values
-            .iter()
-            .fold(PacketCounters::default(), |sum, c| sum.zip(c, u64::wrapping_add)))
+        Ok(values.iter().fold(PacketCounters::default(), |sum, c| {
+            sum.zip(c, u64::wrapping_add)
+        }))
     }
 
     /// Runs packet program `name` (XDP or TC) on `frame` under
