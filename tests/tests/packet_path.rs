@@ -1026,6 +1026,23 @@ const EGRESS_CASES: &[Case] = &[
                 "unreachable {}",
                 s.web.failures_unreachable
             );
+            // The client may send the SYN again (its stack can miss the error):
+            // one connect still, and the second error counts nothing.
+            let again = observe(f, program_names::XDP_INGRESS, &syn);
+            ensure!(
+                again.web.attempts == 0 && again.packet.syns_retransmitted == 1,
+                "the SYN sent again: attempts {} retransmitted {}",
+                again.web.attempts,
+                again.packet.syns_retransmitted
+            );
+            let s = egress_run(
+                f,
+                &packets::icmp4_unreachable(ROUTER, &syn, DestUnreachableHeader::Port),
+            );
+            ensure!(
+                s.web.failures_unreachable == 0,
+                "the second error counted again"
+            );
             Ok(())
         },
     },

@@ -180,8 +180,9 @@ fn a_vm_behind_the_host_is_protected_by_the_packet_path_alone() {
     // Unreachable: the host's ICMP errors quote the vm's SYNs. One connect at a
     // time until the breaker opens. Under emulation (the kernel matrix) an ICMP
     // error can reach the vm's socket while connect() still holds it: the
-    // kernel then only notes it and sends the SYN again, and that connect may
-    // add a second failure; so the count is bounded, not exact.
+    // kernel then only notes it and sends the SYN again (a retransmission, not
+    // a new attempt: the flow is kept ended), and that connect fails a second
+    // later; so the count of connects is bounded, not exact.
     let mut seen = Vec::new();
     // The state metric follows the kernel a moment late: a connect may find the
     // breaker open (refused) before the metric says so.

@@ -2,20 +2,20 @@
 //! workload: a SYN-ACK or a reset acknowledging a tracked SYN, or an ICMP error
 //! quoting it exactly, ends the flow with its outcome. Segments of a redirected
 //! flow get the upstream's address back. The hook never drops a packet.
-use aya_ebpf::EbpfContext;
+use aya_ebpf::{bindings::BPF_NOEXIST, EbpfContext};
 use breaker_common::{
     abi::{CAUSE_FAILURE_REFUSED, CAUSE_FAILURE_UNREACHABLE, CAUSE_SUCCESS},
     dest::v4_mapped,
     packet::{
-        answer, icmp4_unreachable, icmp6_unreachable, Answer, FlowKey, FLOW_ENDED, FLOW_TRIAL,
-        TCP_RST, TCP_SYN,
+        answer, icmp4_unreachable, icmp6_unreachable, Answer, FlowKey, FlowRecord, FLOW_ENDED,
+        FLOW_TRIAL, TCP_RST, TCP_SYN,
     },
 };
 
 use super::{
     count, ip, is_v4, nat, tcp, Frame, Ip, Packet, Skip, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
 };
-use crate::{detect::conclude, maps::PACKET_FLOWS};
+use crate::{breaker::jiffies, detect::conclude, maps::PACKET_FLOWS};
 
 pub fn on_egress<C: Packet>(ctx: &C) {
     // A redirected flow's segment first: from here on it is the upstream's.
@@ -178,6 +178,18 @@ fn end<C: EbpfContext>(ctx: &C, key: &FlowKey, cause: u32) {
         return;
     }
     count(|c| c.answers_matched += 1);
+    // An unreachable error may not end the client's connect (Linux only notes one
+    // that reaches a socket its owner holds, and sends the SYN again): kept,
+    // ended, so that SYN is known as a retransmission, not a second attempt to
+    // count. A new SYN of the same ports in between keeps its own flow.
+    if cause == CAUSE_FAILURE_UNREACHABLE {
+        let ended = FlowRecord {
+            flags: flow.flags | FLOW_ENDED,
+            started_jiffies: jiffies(),
+            ..flow
+        };
+        let _ = PACKET_FLOWS.insert(key, ended, BPF_NOEXIST as u64);
+    }
     let trial = (flow.flags & FLOW_TRIAL != 0).then_some(flow.epoch as u8);
     conclude(ctx, flow.upstream, &flow.dest, cause, trial);
 }
