@@ -425,3 +425,72 @@ fn while_open_a_vm_gets_an_icmp_error_or_reaches_the_fallback() {
     });
     check(&lab, counted, "4 connects counted as redirected");
 }
+
+#[test]
+fn a_stampede_of_vm_clients_reaches_a_dead_upstream_at_most_threshold_plus_in_flight() {
+    let Some(mut lab) = lab("pkt-herd") else {
+        return;
+    };
+    lab.start_daemon(
+        r#"
+[[upstream]]
+name = "dead"
+endpoints = ["10.77.0.2:8084"]
+failure_threshold = 5
+open_duration = "1h"
+
+[[interface]]
+name = "vm0"
+"#,
+    )
+    .unwrap();
+    check(&lab, attached(&lab), "the daemon attached to vm0");
+    // 64 clients at once, 10 connects each, to a port nothing listens on: the
+    // upstream's resets trip the breaker; only the connects whose SYN was on
+    // its way when it tripped reach it after the threshold.
+    let herd = vm_connect(&lab, "10.77.0.2:8084", 10, 64, 3000);
+    check(
+        &lab,
+        herd.len() == 640 && herd.iter().all(|a| a.outcome == "refused"),
+        &format!(
+            "640 refused connects: {} attempts, outcomes {:?}",
+            herd.len(),
+            {
+                let mut o = outcomes(&herd);
+                o.dedup();
+                o
+            }
+        ),
+    );
+    let dead = [("upstream", "dead")];
+    let settled = breaker_lab::testing::eventually(Duration::from_secs(3), || {
+        let m = lab.metrics().unwrap_or_default();
+        let v = |name| breaker_lab::metrics::value(&m, name, &dead).unwrap_or(0.0);
+        v("breaker_connect_failures_total") + v("breaker_connects_rejected_total") == 640.0
+    });
+    let m = lab.metrics().unwrap();
+    let v = |name| breaker_lab::metrics::value(&m, name, &dead).unwrap_or(-1.0);
+    let failures = v("breaker_connect_failures_total");
+    let rejected = v("breaker_connects_rejected_total");
+    check(
+        &lab,
+        settled,
+        &format!("every connect counted once: {failures} failed + {rejected} rejected, want 640"),
+    );
+    check(
+        &lab,
+        (5.0..=5.0 + 64.0).contains(&failures),
+        &format!("{failures} connects reached the dead upstream; bound is 5 + 64 in flight"),
+    );
+    let opened = breaker_lab::metrics::value(
+        &m,
+        "breaker_transitions_total",
+        &[("upstream", "dead"), ("to", "open")],
+    )
+    .unwrap_or(0.0);
+    check(
+        &lab,
+        opened == 1.0,
+        &format!("tripped {opened} times, want once"),
+    );
+}
