@@ -265,6 +265,14 @@ impl Lab {
         Ok(())
     }
 
+    /// As [`Lab::client_sysctl`], in the vm namespace ([`Lab::add_vm`]).
+    pub fn vm_sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        let vm = self.vm.as_ref().context("no vm: Lab::add_vm first")?;
+        let (path, value) = (format!("/proc/sys/{key}"), value.to_string());
+        vm.within(move || std::fs::write(path, value))??;
+        Ok(())
+    }
+
     pub fn server(&self, name: &str) -> Option<&Server> {
         self.servers.iter().find(|s| s.name == name)
     }

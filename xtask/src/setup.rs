@@ -36,6 +36,8 @@ pub const TEST_PACKAGES: &[(Probe, &str)] = &[
 /// What the benchmarks add: the proxy they compare against, and a font for the plots.
 pub const BENCH_PACKAGES: &[(Probe, &str)] = &[
     (Probe::Program("haproxy"), "haproxy"),
+    // Scenario 8's throughput through the packet path.
+    (Probe::Program("iperf3"), "iperf3"),
     (
         Probe::File("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
         "fonts-dejavu-core",

@@ -7,6 +7,7 @@ mod fill;
 mod haproxy;
 mod kernel_stats;
 mod packet;
+mod packet_lab;
 mod plot;
 mod report;
 mod scenarios;
@@ -183,6 +184,11 @@ pub fn run(quick: bool, out: &Path, only: &[String]) -> anyhow::Result<()> {
         eprintln!("bench: scenario 8 (the packet path's cost per packet)");
         let cost = packet::packet_cost(&plan)?;
         report.packet(&cost);
+        eprintln!("bench:   the vm's connects while open");
+        let failfast = packet_lab::vm_failfast(&lab_bin, &plan)?;
+        eprintln!("bench:   throughput through the host (iperf3)");
+        let throughput = packet_lab::throughput(&lab_bin, &plan)?;
+        report.packet_lab(&failfast, &throughput, &plan);
     }
     let path = out.join("BENCHMARKS.md");
     std::fs::write(&path, report.render())?;

@@ -874,6 +874,108 @@ impl Report {
             verdict(during.median - without.median <= noise.max(1.0)).into(),
         );
     }
+    pub fn packet_lab(
+        &mut self,
+        f: &super::packet_lab::VmFailFast,
+        t: &super::packet_lab::Throughput,
+        plan: &Plan,
+    ) {
+        let (open, dark) = (Summary::of(&f.open), Summary::of(&f.blackhole));
+        let o = &mut self.body;
+        let _ = writeln!(
+            o,
+            "### The vm's connects while open
+"
+        );
+        let _ = writeln!(
+            o,
+            "A \"vm\" namespace routed through the lab's host namespace, the packet path on the host side of its link (`vm0`, TC on a veth), no cgroup hook on its sockets. `connect()` plus `close()` from the vm, {} times (the first {} left out as warm-up): to an upstream whose breaker is OPEN (the ingress hook answers each SYN with a reset), and, without a breaker, to a blackholed upstream, {} time(s), to the vm kernel's own timeout with `tcp_syn_retries=1`. Target: p99 under 100 µs while open.\n",
+            plan.failfast,
+            plan.failfast as usize - f.open.len(),
+            plan.blackhole_runs
+        );
+        let _ = writeln!(o, "| | p50 | p99 | max |\n|---|---|---|---|");
+        for (name, s) in [
+            ("breaker OPEN (reset)", open),
+            ("blackholed, no breaker", dark),
+        ] {
+            let _ = writeln!(
+                o,
+                "| {name} | {} | {} | {} |",
+                fmt_us(s.p50),
+                fmt_us(s.p99),
+                fmt_us(s.max)
+            );
+        }
+        let v = verdict(open.p99 < 100.0);
+        let _ = writeln!(
+            o,
+            "\nTarget p99 < 100 µs while open: {v} ({}).\n",
+            fmt_us(open.p99)
+        );
+        self.head(
+            "8. the vm's connect() while OPEN, p99",
+            format!(
+                "{} (blackholed without the breaker: p50 {})",
+                fmt_us(open.p99),
+                fmt_us(dark.p50)
+            ),
+            "< 100 µs".into(),
+            v.into(),
+        );
+
+        let (with, without) = (Summary::of(&t.with), Summary::of(&t.without));
+        let spread = |v: &[f64]| {
+            let (lo, hi) = v
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+            (hi - lo) / without.p50.max(f64::MIN_POSITIVE) * 100.0
+        };
+        let loss = (1.0 - with.p50 / without.p50.max(f64::MIN_POSITIVE)) * 100.0;
+        let noise = spread(&t.without).max(spread(&t.with));
+        let o = &mut self.body;
+        let _ = writeln!(
+            o,
+            "### Throughput through the host
+"
+        );
+        let _ = writeln!(
+            o,
+            "iperf3 from the vm to the upstream through the host namespace, {} s per round, {} round(s) per side in ABBA order: with the daemon's programs on `vm0` (the transfer's destination a configured upstream: its SYN is tracked, every other segment is parsed and passed), and without (no daemon). Gbit/s at the receiver, median of the rounds. The spread of each side's rounds, as a share of the median without, is the noise. Target: at most 3 % lower with the programs.\n",
+            t.seconds,
+            t.with.len()
+        );
+        let _ = writeln!(o, "| | median | rounds |\n|---|---|---|");
+        for (name, s, v) in [
+            ("with the packet path", with, &t.with),
+            ("without", without, &t.without),
+        ] {
+            let rounds: Vec<String> = v.iter().map(|g| format!("{g:.2}")).collect();
+            let _ = writeln!(
+                o,
+                "| {name} | {:.2} Gbit/s | {} |",
+                s.p50,
+                rounds.join(", ")
+            );
+        }
+        let v = verdict(loss <= 3.0);
+        let change = format!(
+            "{:.1} % {}",
+            loss.abs(),
+            if loss >= 0.0 { "lower" } else { "higher" }
+        );
+        let _ = writeln!(
+            o,
+            "\nWith the programs: {change} (noise ±{noise:.1} %). Target at most 3 % lower: {v}.\n"
+        );
+        self.head(
+            "8. throughput through the packet path (iperf3)",
+            format!("{change} than without (noise ±{noise:.1} %)"),
+            "at most 3 % lower".into(),
+            v.into(),
+        );
+    }
+
     pub fn packet(&mut self, p: &super::packet::PacketCost) {
         let o = &mut self.body;
         let _ = writeln!(o, "## 8. Packet path: cost per packet\n");
