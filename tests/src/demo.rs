@@ -4,6 +4,9 @@
 //! The upstream goes dark (SYNs vanish), then comes back. The timeline shows the
 //! connects that hung before the breaker opened, the fail-fast connects while it was
 //! open, and what closed it after the upstream returned, as the daemon logged it.
+//! A second client, a "vm" routed through the lab's host namespace (no cgroup hook
+//! sees its sockets), calls the same upstream: the packet path on the host side of
+//! its link protects it with the same breaker.
 use std::{
     io::{BufRead, BufReader},
     process::Child,
@@ -18,7 +21,7 @@ use anyhow::Context;
 
 use crate::{
     client::Attempt,
-    lab::{Lab, UPSTREAM_V4},
+    lab::{Lab, UPSTREAM_V4, VM_LINK, VM_V4},
     stats::Summary,
 };
 
@@ -36,6 +39,9 @@ failure_threshold = {FAILURE_THRESHOLD}
 open_duration = "{OPEN_DURATION}"
 probe_interval = "{PROBE_INTERVAL}"
 probe_timeout = "300ms"
+
+[[interface]]
+name = "{VM_LINK}"
 "#
     )
 }
@@ -114,6 +120,7 @@ pub fn run() -> anyhow::Result<()> {
         "breaker demo: an unmodified HTTP client, an upstream that goes dark and comes back\n"
     );
     let mut lab = Lab::new("demo", &lab_bin)?;
+    lab.add_vm()?;
     lab.serve("10.77.0.2:8080", "api")?;
     lab.start_daemon(&config())?;
     println!(
@@ -121,6 +128,10 @@ pub fn run() -> anyhow::Result<()> {
         lab.client.name,
         lab.cgroup.display(),
         lab.upstream.name
+    );
+    println!(
+        "vm:       {VM_V4} in netns {}, routed through the client netns by {VM_LINK}: no cgroup hook sees it; the packet path on {VM_LINK} does",
+        lab.vm.as_ref().map_or("-", |v| v.name.as_str())
     );
     println!("breaker:  failure_threshold {FAILURE_THRESHOLD}, open_duration {OPEN_DURATION}, probe_interval {PROBE_INTERVAL}; client timeout {CLIENT_TIMEOUT_MS} ms, 10 requests/s\n");
 
@@ -140,6 +151,38 @@ pub fn run() -> anyhow::Result<()> {
         .context("starting the client")?;
     let stdout = child.stdout.take().context("client stdout")?;
     let _client = ClientGuard(child);
+    // The vm calls the same upstream, a request a second, from its own kernel's view
+    // no different from the client's.
+    let mut vm_child = lab
+        .vm_client_command(&[
+            "--to",
+            "10.77.0.2:8080",
+            "--http",
+            "--count",
+            "100000",
+            "--interval-ms",
+            "1000",
+            "--timeout-ms",
+            CLIENT_TIMEOUT_MS,
+        ])?
+        .spawn()
+        .context("starting the vm's client")?;
+    let vm_stdout = vm_child.stdout.take().context("vm client stdout")?;
+    let _vm_client = ClientGuard(vm_child);
+    let vm_attempts = Arc::new(std::sync::Mutex::new(Vec::<Attempt>::new()));
+    {
+        let vm_attempts = vm_attempts.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(vm_stdout).lines().map_while(Result::ok) {
+                if let Ok(a) = serde_json::from_str(&line) {
+                    vm_attempts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(a);
+                }
+            }
+        });
+    }
     let (tx, rx) = mpsc::channel::<Attempt>();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -227,16 +270,17 @@ pub fn run() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     flush(&mut group);
-    summarize(
-        &lab,
-        &all,
-        Phases {
-            dark: went_dark.unwrap_or(0.0),
-            opened: opened_at,
-            back: came_back.unwrap_or(0.0),
-            closed: closed_at.unwrap_or(0.0),
-        },
-    )?;
+    let phases = Phases {
+        dark: went_dark.unwrap_or(0.0),
+        opened: opened_at,
+        back: came_back.unwrap_or(0.0),
+        closed: closed_at.unwrap_or(0.0),
+    };
+    let vm = vm_attempts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    summarize(&lab, &all, &vm, phases)?;
     Ok(())
 }
 
@@ -293,7 +337,35 @@ struct Phases {
     closed: f64,
 }
 
-fn summarize(lab: &Lab, all: &[(f64, Attempt)], at: Phases) -> anyhow::Result<()> {
+/// The vm's requests during the outage, by how they looked to it.
+fn summarize_vm(vm: &[Attempt], from: f64, to: f64) {
+    // The vm's client started a moment after the demo's clock: close enough to
+    // place its requests in the outage.
+    let during: Vec<&Attempt> = vm
+        .iter()
+        .filter(|a| a.start_ms / 1000.0 >= from && a.start_ms / 1000.0 < to)
+        .collect();
+    let of = |c: &str| -> Vec<f64> {
+        during
+            .iter()
+            .filter(|a| class(a) == c)
+            .map(|a| a.latency_us)
+            .collect()
+    };
+    let (hung, fast) = (of("hung until timeout"), of("failed fast"));
+    println!(
+        "  vm:          {} requests during the outage: {} hung until its timeout, {} failed fast (reset by the packet path): p50 {}, max {}; {} requests in all, {} served",
+        during.len(),
+        hung.len(),
+        fast.len(),
+        human_us(Summary::of(&fast).p50),
+        human_us(Summary::of(&fast).max),
+        vm.len(),
+        vm.iter().filter(|a| a.outcome == "ok").count()
+    );
+}
+
+fn summarize(lab: &Lab, all: &[(f64, Attempt)], vm: &[Attempt], at: Phases) -> anyhow::Result<()> {
     let Phases {
         dark,
         opened,
@@ -373,6 +445,7 @@ fn summarize(lab: &Lab, all: &[(f64, Attempt)], at: Phases) -> anyhow::Result<()
         "  after:       connect+request p50 {}",
         human_us(Summary::of(&after).p50)
     );
+    summarize_vm(vm, dark, back);
     println!("\nmetrics excerpt (http://127.0.0.1:9464/metrics in the client netns):");
     let text = lab.metrics_text()?;
     for line in text

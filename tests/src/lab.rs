@@ -596,6 +596,18 @@ impl Lab {
         self.run_client(&self.cgroup, args)
     }
 
+    /// `breaker-lab connect ARGS` in the vm namespace, not yet started, its
+    /// attempts on stdout (for a vm client that runs in the background).
+    pub fn vm_client_command(&self, args: &[&str]) -> anyhow::Result<Command> {
+        let vm = self.vm.as_ref().context("no vm: Lab::add_vm first")?;
+        let mut cmd = vm.command(&self.lab_bin);
+        cmd.arg("connect")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        Ok(cmd)
+    }
+
     /// The client command, not yet started (for clients that run in the background).
     pub fn client_command(&self, args: &[&str]) -> Command {
         let mut full = vec!["connect"];
