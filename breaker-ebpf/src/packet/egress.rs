@@ -13,17 +13,24 @@ use breaker_common::{
 };
 
 use super::{
-    count, ip, is_v4, nat, tcp, Frame, Ip, Packet, Skip, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    count, ip, is_v4, nat, plain_tcp_flags, tcp, Frame, Ip, Packet, Skip, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_TCP,
 };
 use crate::{breaker::jiffies, detect::conclude, maps::PACKET_FLOWS};
 
 pub fn on_egress<C: Packet>(ctx: &C) {
+    // Data of established flows answers nothing: known at once for most packets.
+    let answers_nothing =
+        plain_tcp_flags(&ctx.frame()).is_some_and(|flags| flags & (TCP_SYN | TCP_RST) == 0);
     // A redirected flow's segment first: from here on it is the upstream's.
     if nat::active() {
         let mut rw = nat::Rewrite::default();
         if nat::rewrite_of(&ctx.frame(), nat::BACK, &mut rw) && ctx.rewrite(&rw) {
             count(|c| c.segments_rewritten += 1);
         }
+    }
+    if answers_nothing {
+        return;
     }
     let mut key = FlowKey::default();
     let cause = answer_of(&ctx.frame(), &mut key);

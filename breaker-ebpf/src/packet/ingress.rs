@@ -17,7 +17,7 @@ use breaker_common::{
     },
 };
 
-use super::{count, ip, is_v4, nat, tcp, Frame, Packet, IPPROTO_TCP};
+use super::{count, ip, is_v4, nat, plain_tcp_flags, tcp, Frame, Packet, IPPROTO_TCP};
 use crate::{
     breaker::{self, jiffies, now_ms, Breaker},
     destination,
@@ -37,8 +37,12 @@ pub enum Verdict {
 }
 
 pub fn on_ingress<C: Packet>(ctx: &C) -> Verdict {
+    // Most packets are segments of established flows: past them at once.
+    let segment = plain_tcp_flags(&ctx.frame()).is_some_and(|flags| !is_connect(flags));
     let mut key = FlowKey::default();
-    if let Some(isn) = connect_of(&ctx.frame(), &mut key) {
+    if segment {
+        // Nothing to decide.
+    } else if let Some(isn) = connect_of(&ctx.frame(), &mut key) {
         // Nothing of the parse stays live across the decision (the packet is read
         // again from the context for a reply): the verifier's walks of the
         // decision from every packet layout then end in the same state, and merge.
