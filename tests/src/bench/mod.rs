@@ -3,6 +3,7 @@
 //!
 //! Figures live here, never in timed tests: the machines are shared and noisy, so
 //! each scenario compares ratios within one run and reports its spread.
+mod detection;
 mod fill;
 mod haproxy;
 mod kernel_stats;
@@ -106,7 +107,7 @@ impl Plan {
 }
 
 /// The scenarios by name, for `--only`.
-pub const SCENARIOS: [&str; 7] = [
+pub const SCENARIOS: [&str; 8] = [
     "healthy",
     "failfast",
     "outage",
@@ -114,6 +115,7 @@ pub const SCENARIOS: [&str; 7] = [
     "proxy",
     "operations",
     "packet",
+    "detection",
 ];
 
 pub fn run(quick: bool, out: &Path, only: &[String]) -> anyhow::Result<()> {
@@ -189,6 +191,11 @@ pub fn run(quick: bool, out: &Path, only: &[String]) -> anyhow::Result<()> {
         eprintln!("bench:   throughput through the host (iperf3)");
         let throughput = packet_lab::throughput(&lab_bin, &plan)?;
         report.packet_lab(&failfast, &throughput, &plan);
+    }
+    if wanted("detection") {
+        eprintln!("bench: scenario 9 (how fast a blackhole is noticed)");
+        let rows = detection::detection(&lab_bin, &plan)?;
+        report.detection(&rows);
     }
     let path = out.join("BENCHMARKS.md");
     std::fs::write(&path, report.render())?;

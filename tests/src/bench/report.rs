@@ -874,6 +874,64 @@ impl Report {
             verdict(during.median - without.median <= noise.max(1.0)).into(),
         );
     }
+    pub fn detection(&mut self, rows: &[super::detection::DetectionRow]) {
+        let o = &mut self.body;
+        let _ = writeln!(o, "## 9. How fast a blackholed upstream is noticed\n");
+        let _ = writeln!(
+            o,
+            "One client connects to the upstream one connect at a time (each waiting for the last, 5 ms apart), so a blackholed connect ends at the client's own timeout and the breaker opens after `failure_threshold` of them, `failure_threshold = {}`; the upstream goes dark (its SYNs vanish) 300 ms after the start. Time from the outage until the breaker is OPEN (polled every 10 ms from the metrics), for each run; 8 s without opening is given up on. A connect the client gives up on before any outcome is abandoned, never a failure; `connect_timeout` moves the timeout outcome to its first SYN retransmission. Target: OPEN within 0.8 s with `connect_timeout = \"200ms\"`.\n",
+            super::detection::THRESHOLD
+        );
+        let _ = writeln!(o, "| | opened after (each run) | median |\n|---|---|---|");
+        let fmt = |v: &Option<f64>| v.map_or("not within 8 s".to_string(), |s| format!("{s:.2} s"));
+        let median = |r: &super::detection::DetectionRow| -> Option<f64> {
+            let mut v: Vec<f64> = r
+                .opened_after
+                .iter()
+                .map(|x| x.unwrap_or(f64::INFINITY))
+                .collect();
+            v.sort_by(|a, b| a.total_cmp(b));
+            v.get(v.len() / 2).copied().filter(|x| x.is_finite())
+        };
+        for r in rows {
+            let runs: Vec<String> = r.opened_after.iter().map(fmt).collect();
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} |",
+                r.label,
+                runs.join(", "),
+                fmt(&median(r))
+            );
+        }
+        let fast = rows.iter().find(|r| r.connect_timeout.is_some());
+        let worst = fast.map(|r| {
+            r.opened_after
+                .iter()
+                .map(|x| x.unwrap_or(f64::INFINITY))
+                .fold(0.0, f64::max)
+        });
+        let met = worst.is_some_and(|w| w < 0.8);
+        let v = verdict(met);
+        let _ = writeln!(
+            o,
+            "\nTarget OPEN within 0.8 s with connect_timeout 200 ms (every run): {v}.\n"
+        );
+        let today = rows
+            .iter()
+            .find(|r| r.connect_timeout.is_none() && r.client_timeout_ms > 1000)
+            .and_then(|r| median(r));
+        self.head(
+            "9. blackhole noticed (OPEN), connect_timeout 200 ms",
+            format!(
+                "slowest run {} (without it, a 1.5 s client: median {})",
+                fmt(&worst.filter(|w| w.is_finite())),
+                fmt(&today)
+            ),
+            "< 0.8 s".into(),
+            v.into(),
+        );
+    }
+
     pub fn packet_lab(
         &mut self,
         f: &super::packet_lab::VmFailFast,
