@@ -919,7 +919,7 @@ impl Report {
         let today = rows
             .iter()
             .find(|r| r.connect_timeout.is_none() && r.client_timeout_ms > 1000)
-            .and_then(|r| median(r));
+            .and_then(median);
         self.head(
             "9. blackhole noticed (OPEN), connect_timeout 200 ms",
             format!(
