@@ -79,6 +79,9 @@ pub struct NatTarget {
     pub addr: [u32; 4],
     pub port: u16,
     pub _pad: u16,
+    /// The redirected SYN's sequence number (host order): the same SYN sent again
+    /// is a retransmission of this flow, one with another is a new connect.
+    pub isn: u32,
 }
 
 /// Packet-path counters that belong to no upstream, one slot per CPU in

@@ -42,6 +42,7 @@ const UNREACH6: SocketAddrV6 =
 const MOVED4: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 7, 0, 5), 80);
 const MOVED6: SocketAddrV6 =
     SocketAddrV6::new(Ipv6Addr::new(0xfd07, 0, 0, 0, 0, 0, 0, 5), 80, 0, 0);
+const MOVED2_4: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 7, 0, 7), 80);
 const FALLBACK4: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 7, 0, 6), 8080);
 const FALLBACK6: SocketAddrV6 =
     SocketAddrV6::new(Ipv6Addr::new(0xfd07, 0, 0, 0, 0, 0, 0, 6), 8080, 0, 0);
@@ -83,6 +84,14 @@ probe = { address = "127.0.0.1:9" }
 packet_action = "redirect"
 open_duration = "10m"
 
+[[upstream]]
+name = "moved2"
+endpoints = ["10.7.0.7:80"]
+fallback = "10.7.0.6:8080"
+probe = { address = "127.0.0.1:9" }
+packet_action = "redirect"
+open_duration = "10m"
+
 [[interface]]
 name = "brk-none0"
 "#;
@@ -102,6 +111,7 @@ struct Fixture {
     quiet: u32,
     unreach: u32,
     moved: u32,
+    moved2: u32,
 }
 
 impl Fixture {
@@ -926,6 +936,83 @@ const INGRESS_CASES: &[Case] = &[
                 .map_err(|e| format!("IPv6 SYN-ACK: {e}"))
         },
     },
+    Case {
+        name: "a redirected SYN sent again is one connect, and goes the same way",
+        run: |f, xdp| {
+            f.set(f.moved, State::Open);
+            let syn = packets::syn_v4(client(port(22, xdp)), MOVED4, 22_000);
+            let before = f.counters(f.moved);
+            f.run(ingress(xdp), &syn);
+            let b = observe(f, ingress(xdp), &syn);
+            check_rewritten(&b.run.data, &syn, Some(FALLBACK4.into()), None)
+                .map_err(|e| format!("the SYN sent again: {e}"))?;
+            let after = f.counters(f.moved);
+            let redirected = after.redirected - before.redirected;
+            let attempts = after.attempts - before.attempts;
+            ensure!(
+                (attempts, redirected, b.packet.syns_retransmitted) == (1, 1, 1),
+                "attempts {attempts} redirected {redirected} retransmitted {}",
+                b.packet.syns_retransmitted
+            );
+            Ok(())
+        },
+    },
+    Case {
+        name: "an ended redirect never rewrites a later flow on the same ports",
+        run: |f, xdp| {
+            let me = client(port(23, xdp));
+            f.set(f.moved, State::Open);
+            f.run(ingress(xdp), &packets::syn_v4(me, MOVED4, 23_000));
+            // The client then talks to the fallback's address itself, from the
+            // same port: its answers must reach it as they are.
+            f.set(f.moved, State::Closed);
+            let direct = packets::syn_v4(me, FALLBACK4, 23_100);
+            let s = observe(f, ingress(xdp), &direct);
+            ensure!(
+                s.run.data == direct,
+                "a direct SYN to the fallback was rewritten"
+            );
+            let answer = packets::answer_v4(FALLBACK4, me, Reply::SynAck, 23_101);
+            let s = egress_run(f, &answer);
+            ensure!(
+                s.run.data == answer,
+                "the fallback's answer to a direct connect was rewritten"
+            );
+            // A connect not followed (TCP Fast Open) to the once-redirected
+            // upstream goes to that upstream, not to the fallback.
+            f.set(f.moved, State::Open);
+            f.run(ingress(xdp), &packets::syn_v4(me, MOVED4, 23_200));
+            f.set(f.moved, State::Closed);
+            let tfo = packets::syn_v4_with_data(me, MOVED4, 23_300, b"GET /");
+            let s = observe(f, ingress(xdp), &tfo);
+            ensure!(s.run.data == tfo, "a TFO SYN was sent to the old fallback");
+            Ok(())
+        },
+    },
+    Case {
+        name: "two redirected flows never share the fallback's side: the second is reset",
+        run: |f, xdp| {
+            let me = client(port(24, xdp));
+            f.set(f.moved, State::Open);
+            f.set(f.moved2, State::Open);
+            let first = packets::syn_v4(me, MOVED4, 24_000);
+            f.run(ingress(xdp), &first);
+            // The same client port to another upstream with the same fallback: on
+            // the fallback's side the two flows would be one.
+            let second = packets::syn_v4(me, MOVED2_4, 24_100);
+            let s = observe(f, ingress(xdp), &second);
+            ensure!(
+                s.run.return_value == replied(xdp),
+                "the second flow: verdict {}",
+                s.run.return_value
+            );
+            check_reset(&s.run.data, &second, false)?;
+            let answer = packets::answer_v4(FALLBACK4, me, Reply::SynAck, 24_001);
+            let s = egress_run(f, &answer);
+            check_rewritten(&s.run.data, &answer, None, Some(MOVED4.into()))
+                .map_err(|e| format!("the first flow's answer: {e}"))
+        },
+    },
 ];
 
 fn egress_run(f: &mut Fixture, frame: &[u8]) -> Seen {
@@ -1137,6 +1224,7 @@ fn fixture(pins: &Pins) -> Fixture {
         quiet: id("quiet"),
         unreach: id("unreach"),
         moved: id("moved"),
+        moved2: id("moved2"),
         kernel,
     }
 }

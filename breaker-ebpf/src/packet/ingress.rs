@@ -40,29 +40,33 @@ pub fn on_ingress<C: Packet>(ctx: &C) -> Verdict {
     // Most packets are segments of established flows: past them at once.
     let segment = plain_tcp_flags(&ctx.frame()).is_some_and(|flags| !is_connect(flags));
     let mut key = FlowKey::default();
-    if segment {
-        // Nothing to decide.
-    } else if let Some(isn) = connect_of(&ctx.frame(), &mut key) {
+    let mut isn = 0;
+    let syn = if segment {
+        SYN_NONE
+    } else {
+        connect_of(&ctx.frame(), &mut key, &mut isn)
+    };
+    // A redirected flow's SYN sent again goes the same way, decided once; any
+    // other SYN ends what redirected its ports before.
+    let again = syn != SYN_NONE && nat::active() && nat::syn_seen(&key, isn);
+    if syn == SYN_FOLLOWED && !again {
         // Nothing of the parse stays live across the decision (the packet is read
         // again from the context for a reply): the verifier's walks of the
         // decision from every packet layout then end in the same state, and merge.
         let decided = decide(ctx, &key, isn);
         match decided & DECIDED_KIND {
-            DECIDED_PASS => {
-                if nat::active() {
-                    // Let through to the upstream: whatever redirected these ports
-                    // before is over.
-                    nat::forget(&key);
-                }
-            }
+            DECIDED_PASS => {}
             DECIDED_DROP => return Verdict::Drop,
             DECIDED_REDIRECT => {
-                if !nat::redirect(&key, decided >> DECIDED_UPSTREAM_SHIFT) {
+                if !nat::redirect(&key, isn, decided >> DECIDED_UPSTREAM_SHIFT) {
                     return reply(ctx, DECIDED_RESET);
                 }
             }
             kind => return reply(ctx, kind),
         }
+    }
+    if again {
+        count(|c| c.syns_retransmitted += 1);
     }
     if nat::active() {
         let mut rw = nat::Rewrite::default();
@@ -73,40 +77,37 @@ pub fn on_ingress<C: Packet>(ctx: &C) -> Verdict {
     Verdict::Pass
 }
 
-/// The sequence number of a connect's first segment, with its flow in `key`;
-/// `None` for any other packet (counted as skipped when it could not be read).
-/// Out of line, a sibling of `decide`: the parse's stack never adds to its.
+/// [`connect_of`]: not a connect's first segment (or unreadable).
+const SYN_NONE: u32 = 0;
+/// A SYN the breaker decides for.
+const SYN_FOLLOWED: u32 = 1;
+/// A SYN that never reaches the upstream or is not followed (hops spent, lengths
+/// that do not add up, data): passed, but its ports start anew all the same.
+const SYN_UNFOLLOWED: u32 = 2;
+
+/// Whether the packet is a connect's first segment ([`SYN_FOLLOWED`] or
+/// [`SYN_UNFOLLOWED`]), with its flow in `key` and sequence number in `isn`;
+/// [`SYN_NONE`] for any other packet (counted as skipped when it could not be
+/// read). Out of line, a sibling of `decide`: the parse's stack never adds to its.
 #[inline(never)]
-fn connect_of(frame: &Frame, key: &mut FlowKey) -> Option<u32> {
+fn connect_of(frame: &Frame, key: &mut FlowKey, isn: &mut u32) -> u32 {
     let ip = match ip(frame) {
         Ok(Some(ip)) if ip.proto == IPPROTO_TCP => ip,
         // Not TCP, or not IP: nothing a connect is made of.
-        Ok(_) => return None,
+        Ok(_) => return SYN_NONE,
         Err(_) => {
             count(|c| c.skipped += 1);
-            return None;
+            return SYN_NONE;
         }
     };
     let Ok(tcp) = tcp(frame, ip.l4) else {
         count(|c| c.skipped += 1);
-        return None;
+        return SYN_NONE;
     };
     // Everything but a connect's first segment leaves here: established flows
     // cost the parse and nothing else.
     if !is_connect(tcp.flags) {
-        return None;
-    }
-    // A SYN this host will not forward (its hops are spent), or one whose
-    // lengths do not add up, never reaches the upstream: it must not count as
-    // the upstream's failure. A SYN carrying data (TCP Fast Open) is acked past
-    // its data: not followed (its connect is counted nowhere).
-    let segment_end = ip.l4 + tcp.header_len;
-    if ip.hops <= 1 || ip.end < segment_end || ip.end > frame.end - frame.data {
-        count(|c| c.skipped += 1);
-        return None;
-    }
-    if ip.end != segment_end {
-        return None;
+        return SYN_NONE;
     }
     *key = FlowKey {
         client: ip.src,
@@ -116,7 +117,20 @@ fn connect_of(frame: &Frame, key: &mut FlowKey) -> Option<u32> {
         family: ip.family,
         _pad: 0,
     };
-    Some(tcp.seq)
+    *isn = tcp.seq;
+    // A SYN this host will not forward (its hops are spent), or one whose
+    // lengths do not add up, never reaches the upstream: it must not count as
+    // the upstream's failure. A SYN carrying data (TCP Fast Open) is acked past
+    // its data: not followed (its connect is counted nowhere).
+    let segment_end = ip.l4 + tcp.header_len;
+    if ip.hops <= 1 || ip.end < segment_end || ip.end > frame.end - frame.data {
+        count(|c| c.skipped += 1);
+        return SYN_UNFOLLOWED;
+    }
+    if ip.end != segment_end {
+        return SYN_UNFOLLOWED;
+    }
+    SYN_FOLLOWED
 }
 
 /// Turns the SYN into the reply `kind` asks for (`DECIDED_RESET` or

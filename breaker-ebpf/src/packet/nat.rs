@@ -2,6 +2,7 @@
 //! fallback. The ingress hook rewrites the destination of every segment the client
 //! sends on it, the egress hook the source of every segment the fallback answers
 //! with, so the client's stack sees the upstream it asked for throughout.
+use aya_ebpf::bindings::BPF_NOEXIST;
 use breaker_common::{
     abi::{UpstreamPolicy, POLICY_FALLBACK_V4, POLICY_FALLBACK_V6},
     dest::v4_mapped,
@@ -113,16 +114,18 @@ pub fn rewrite_of(frame: &Frame, way: u32, rw: &mut Rewrite) -> bool {
     true
 }
 
-/// Sends flow `key` to the fallback of `upstream` of its family: both NAT entries
-/// written, and the connect counted as redirected. False, counted as rejected,
-/// when there is no such fallback or the tables refused an entry: the caller
-/// answers with a reset. Out of line, a sibling of `decide`.
+/// Sends flow `key` (its SYN's sequence number `isn`) to the fallback of
+/// `upstream` of its family: both NAT entries written, and the connect counted as
+/// redirected. False, counted as rejected, when there is no such fallback, the
+/// tables refused an entry, or the fallback's side of the flow is taken by a live
+/// redirected flow of another upstream (the same client port, the same fallback):
+/// the caller answers with a reset. Out of line, a sibling of `decide`.
 #[inline(never)]
-pub fn redirect(key: &FlowKey, upstream: u32) -> bool {
+pub fn redirect(key: &FlowKey, isn: u32, upstream: u32) -> bool {
     let Some(p) = POLICIES.get(upstream) else {
         return false;
     };
-    let sent = redirect_to(key, p);
+    let sent = redirect_to(key, isn, p);
     breaker::count(upstream, |c| {
         if sent {
             c.redirected += 1
@@ -134,7 +137,7 @@ pub fn redirect(key: &FlowKey, upstream: u32) -> bool {
 }
 
 #[inline(always)]
-fn redirect_to(key: &FlowKey, p: &UpstreamPolicy) -> bool {
+fn redirect_to(key: &FlowKey, isn: u32, p: &UpstreamPolicy) -> bool {
     let to = if is_v4(key.family) {
         if p.flags & POLICY_FALLBACK_V4 == 0 {
             return false;
@@ -144,6 +147,7 @@ fn redirect_to(key: &FlowKey, p: &UpstreamPolicy) -> bool {
             // The low half, in memory order: the port as the packet has it.
             port: p.fallback_port_v4 as u16,
             _pad: 0,
+            isn,
         }
     } else {
         if p.flags & POLICY_FALLBACK_V6 == 0 {
@@ -153,6 +157,7 @@ fn redirect_to(key: &FlowKey, p: &UpstreamPolicy) -> bool {
             addr: p.fallback_ip6,
             port: p.fallback_port_v6 as u16,
             _pad: 0,
+            isn,
         }
     };
     let back_key = FlowKey {
@@ -164,9 +169,33 @@ fn redirect_to(key: &FlowKey, p: &UpstreamPolicy) -> bool {
         addr: key.upstream,
         port: key.upstream_port,
         _pad: 0,
+        isn,
     };
-    if PACKET_NAT_BACK.insert(back_key, back, 0).is_err() {
-        return false;
+    if PACKET_NAT_BACK
+        .insert(back_key, back, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        // Taken: by this flow already, by a flow that ended (its client's
+        // entry gone or sent elsewhere), or by a live one, which must keep it.
+        // SAFETY: the value is copied out at once.
+        let Some(held) = (unsafe { PACKET_NAT_BACK.get(back_key) }).copied() else {
+            return false;
+        };
+        let other = FlowKey {
+            upstream: held.addr,
+            upstream_port: held.port,
+            ..*key
+        };
+        let mine = held.addr == back.addr && held.port == back.port;
+        // SAFETY: as above.
+        let live = (unsafe { PACKET_NAT_OUT.get(other) })
+            .is_some_and(|o| o.addr == to.addr && o.port == to.port);
+        if !mine && live {
+            return false;
+        }
+        if PACKET_NAT_BACK.insert(back_key, back, 0).is_err() {
+            return false;
+        }
     }
     if PACKET_NAT_OUT.insert(key, to, 0).is_err() {
         let _ = PACKET_NAT_BACK.remove(back_key);
@@ -176,19 +205,32 @@ fn redirect_to(key: &FlowKey, p: &UpstreamPolicy) -> bool {
     true
 }
 
-/// A SYN of flow `key` goes to its upstream again: whatever redirected these ports
-/// before is forgotten, so its segments are no longer rewritten.
-#[inline(always)]
-pub fn forget(key: &FlowKey) {
+/// A SYN from the client (sequence number `isn`) of flow `key`, before anything
+/// is decided for it: true when it is a redirected flow's SYN sent again (it goes
+/// the same way, decided and counted once). Otherwise these ports start anew:
+/// whatever redirected them before is forgotten, and so is any fallback's side of
+/// an ended redirected flow that this SYN's own tuple would be taken for. Out of
+/// line, a sibling of `decide`.
+#[inline(never)]
+pub fn syn_seen(key: &FlowKey, isn: u32) -> bool {
+    // This tuple as a fallback's side of an earlier redirected flow: over, since
+    // the client now starts a connect of its own on it.
+    let _ = PACKET_NAT_BACK.remove(key);
     // SAFETY: the value is copied out at once.
     let Some(to) = (unsafe { PACKET_NAT_OUT.get(key) }).copied() else {
-        return;
+        return false;
     };
-    let _ = PACKET_NAT_OUT.remove(key);
     let back_key = FlowKey {
         upstream: to.addr,
         upstream_port: to.port,
         ..*key
     };
+    if to.isn == isn {
+        // The BACK entry may have just been taken out above only when the
+        // fallback is the upstream itself, which check-config refuses.
+        return true;
+    }
+    let _ = PACKET_NAT_OUT.remove(key);
     let _ = PACKET_NAT_BACK.remove(back_key);
+    false
 }
