@@ -494,3 +494,84 @@ name = "vm0"
         &format!("tripped {opened} times, want once"),
     );
 }
+
+#[test]
+fn a_redirected_flow_carries_on_across_a_reload() {
+    use std::{
+        io::{Read, Write},
+        net::{SocketAddr, TcpListener, TcpStream},
+    };
+    let Some(mut lab) = lab("pkt-nat") else {
+        return;
+    };
+    // The fallback: a listener of the test's own in the upstream namespace, so the
+    // connection stays open as long as the test holds it.
+    let fallback = lab
+        .upstream
+        .within(|| TcpListener::bind("10.77.0.3:9001"))
+        .unwrap()
+        .unwrap();
+    lab.start_daemon(
+        r#"
+[[upstream]]
+name = "moved"
+endpoints = ["10.77.0.2:8086"]
+fallback = "10.77.0.3:9001"
+failure_threshold = 1
+open_duration = "1h"
+packet_action = "redirect"
+
+[[interface]]
+name = "vm0"
+"#,
+    )
+    .unwrap();
+    check(&lab, attached(&lab), "the daemon attached to vm0");
+    let _ = vm_connect(&lab, "10.77.0.2:8086", 1, 1, 2000);
+    check(
+        &lab,
+        state(&lab, "moved", "open", Duration::from_secs(2)),
+        "moved opened on the upstream's reset",
+    );
+    // The vm connects to the upstream; the packet path sends it to the fallback.
+    let to: SocketAddr = "10.77.0.2:8086".parse().unwrap();
+    let vm = lab.vm.as_ref().unwrap();
+    let mut client = vm
+        .within(move || TcpStream::connect_timeout(&to, Duration::from_secs(2)))
+        .unwrap()
+        .expect("the vm's connect, redirected");
+    let (mut served, _) = fallback.accept().expect("the fallback accepts it");
+    client
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    served
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let exchange = |client: &mut TcpStream, served: &mut TcpStream, word: &[u8]| -> bool {
+        let mut buf = vec![0u8; word.len()];
+        client.write_all(word).is_ok()
+            && served.read_exact(&mut buf).is_ok()
+            && buf == word
+            && served.write_all(word).is_ok()
+            && client.read_exact(&mut buf).is_ok()
+            && buf == word
+    };
+    check(
+        &lab,
+        exchange(&mut client, &mut served, b"before"),
+        "the redirected flow carries data both ways",
+    );
+    // A reload loads the programs anew; the flow's rewrites must carry on.
+    let pid = nix::unistd::Pid::from_raw(lab.daemon_pid().expect("daemon running") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let reloaded = breaker_lab::testing::eventually(Duration::from_secs(20), || {
+        lab.daemon_log().contains("config reloaded")
+    });
+    check(&lab, reloaded, "the daemon reloaded");
+    check(&lab, attached(&lab), "the reloaded programs are on vm0");
+    check(
+        &lab,
+        exchange(&mut client, &mut served, b"after the reload"),
+        "the redirected flow still carries data after the reload",
+    );
+}

@@ -1,6 +1,9 @@
 //! `[[interface]]`: the interfaces whose packets the packet path watches (a VM's
 //! tap, a bridge, a veth, the LAN side of a gateway), and `packet_action`.
-use std::{collections::HashSet, net::SocketAddr};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+};
 
 use serde::Deserialize;
 
@@ -133,11 +136,13 @@ impl Check<'_> {
                 format!("{at}.packet_action"),
                 "\"redirect\" needs a fallback: set `fallback` on this upstream",
             ),
-            // A packet from another host is never routed to the host's loopback.
-            Some("redirect") if fallback.iter().any(|a| a.ip().is_loopback()) => self.fail(
+            // A packet from another host is never routed to the host's loopback,
+            // nor to an address that names no one host: the kernel drops it, and
+            // every SYN sent again would be redirected into the same void.
+            Some("redirect") if fallback.iter().any(|a| !routable(a.ip())) => self.fail(
                 format!("{at}.packet_action"),
-                "\"redirect\" cannot reach a loopback fallback from another host's \
-                 packets: give the fallback an address the interface's traffic can reach",
+                "\"redirect\" needs a fallback another host's packets can be routed to: \
+                 not loopback, unspecified, multicast, broadcast or link-local",
             ),
             Some("redirect") => Ok(PacketAction::Redirect),
             Some(other) => self.fail(
@@ -146,6 +151,59 @@ impl Check<'_> {
                     "{other:?} is not a packet action: \"reject\" (the default), \"icmp\",                      \"drop\" or \"redirect\""
                 ),
             ),
+        }
+    }
+}
+
+/// Whether a forwarded packet rewritten to `ip` can be routed there: one host's
+/// unicast address beyond this link's own scope.
+fn routable(ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_loopback()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_link_local())
+        }
+        IpAddr::V6(v6) => {
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || v6.is_unicast_link_local())
+        }
+    }
+}
+
+impl Check<'_> {
+    /// A redirect's rewrites are done with TC's checksum helpers: an interface
+    /// explicitly on XDP cannot carry them.
+    pub(super) fn redirects_on_tc(
+        &self,
+        upstreams: &[super::Upstream],
+        interfaces: &[Interface],
+    ) -> Result<(), ConfigError> {
+        let Some(up) = upstreams
+            .iter()
+            .find(|u| u.packet_action == PacketAction::Redirect)
+        else {
+            return Ok(());
+        };
+        match interfaces.iter().position(|i| i.hook == Hook::Xdp) {
+            Some(i) => self.fail(
+                format!("interface[{i}].hook"),
+                format!(
+                    "\"xdp\" cannot carry upstream {:?}'s packet_action = \"redirect\": its \
+                     rewrites need TC (a tap's frames may carry offloaded checksums); use \
+                     \"auto\" or \"tc\"",
+                    up.name
+                ),
+            ),
+            None => Ok(()),
         }
     }
 }

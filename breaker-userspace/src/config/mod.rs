@@ -1118,6 +1118,7 @@ impl Config {
             .map(|(i, a)| check.alert(i, a, &upstreams))
             .collect::<Result<Vec<_>, _>>()?;
         let interfaces = check.interfaces(raw.interface)?;
+        check.redirects_on_tc(&upstreams, &interfaces)?;
         Ok(Config {
             cgroup: raw.cgroup,
             daemon,

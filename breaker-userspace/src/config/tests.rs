@@ -928,11 +928,41 @@ fn bad_interfaces_and_packet_actions_name_the_field_and_why() {
             "packet_action = 'redirect'\nfallback = ['10.0.9.1:80', '[::1]:80']\n",
             "loopback",
         ),
+        (
+            "packet_action = 'redirect'\nfallback = '0.0.0.0:80'\n",
+            "routed to",
+        ),
+        (
+            "packet_action = 'redirect'\nfallback = '224.0.0.1:80'\n",
+            "routed to",
+        ),
+        (
+            "packet_action = 'redirect'\nfallback = '255.255.255.255:80'\n",
+            "routed to",
+        ),
+        (
+            "packet_action = 'redirect'\nfallback = '[fe80::1]:80'\n",
+            "routed to",
+        ),
+        (
+            "packet_action = 'redirect'\nfallback = '[::ffff:127.0.0.1]:80'\n",
+            "routed to",
+        ),
     ] {
         let (f, reason) = invalid_field(&format!("{MINIMAL}{action}"));
         assert!(f.ends_with(".packet_action"), "{action}: {f}");
         assert!(reason.contains(says), "{action}: {reason}");
     }
+}
+
+#[test]
+fn a_redirect_beside_an_interface_on_xdp_is_refused() {
+    let (f, reason) = invalid_field(&format!(
+        "{MINIMAL}packet_action = 'redirect'\nfallback = '10.0.9.1:80'\n\
+         [[interface]]\nname = 'tap0'\n[[interface]]\nname = 'eth1'\nhook = 'xdp'\n"
+    ));
+    assert_eq!(f, "interface[1].hook");
+    assert!(reason.contains("need TC"), "{reason}");
 }
 
 #[test]

@@ -127,6 +127,9 @@ pub struct Kernel {
     heartbeat: Arc<Heartbeat>,
     /// The packet path's links on the watched interfaces.
     interface_links: Vec<packet::InterfaceLinks>,
+    /// The NAT maps have room: some upstream redirects, or did and its flows
+    /// may still be going. The packet path then stays on TC (see `packet.rs`).
+    packet_nat: bool,
 }
 
 /// The default policy's per-destination breakers, as the kernel holds them: what
@@ -242,8 +245,9 @@ const _: () = assert!(SOCKET_RECORD_SLOTS.is_power_of_two());
 const RECORD_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Maps that outlive a daemon: pinned, and adopted by the next one, which finds
-/// each upstream's state word and counters where it left them.
-const KEPT_MAPS: [&str; 8] = [
+/// each upstream's state word and counters where it left them (and the packet
+/// path's redirected flows, which a reload or restart must not cut).
+const KEPT_MAPS: [&str; 10] = [
     map_names::UPSTREAM_STATES,
     map_names::COUNTERS,
     map_names::UPSTREAM_NAMES,
@@ -252,11 +256,13 @@ const KEPT_MAPS: [&str; 8] = [
     map_names::SOCKET_RECORDS,
     map_names::PIN_METADATA,
     map_names::DAEMON_HEARTBEAT,
+    map_names::PACKET_NAT_OUT,
+    map_names::PACKET_NAT_BACK,
 ];
 
 /// Maps made anew from the config at each load, so the programs swapped in see a
 /// complete config from their first run; pinned too, for a person to inspect.
-const FRESH_MAPS: [&str; 11] = [
+const FRESH_MAPS: [&str; 9] = [
     map_names::SETTINGS,
     map_names::ENDPOINTS_EXACT,
     map_names::ENDPOINTS_V4,
@@ -266,17 +272,10 @@ const FRESH_MAPS: [&str; 11] = [
     map_names::RATE_WINDOWS,
     map_names::PACKET_FLOWS,
     map_names::PACKET_COUNTERS,
-    map_names::PACKET_NAT_OUT,
-    map_names::PACKET_NAT_BACK,
 ];
 
 /// Fresh maps only the packet path's programs use.
-const PACKET_ONLY_MAPS: [&str; 4] = [
-    map_names::PACKET_FLOWS,
-    map_names::PACKET_COUNTERS,
-    map_names::PACKET_NAT_OUT,
-    map_names::PACKET_NAT_BACK,
-];
+const PACKET_ONLY_MAPS: [&str; 2] = [map_names::PACKET_FLOWS, map_names::PACKET_COUNTERS];
 
 impl Kernel {
     /// Loads the programs with maps sized for `config`, adopting the maps pinned in
@@ -302,8 +301,10 @@ impl Kernel {
         };
         tracing::debug!(hz, "kernel tick rate, for trial SYN timeouts");
         let (ids, freed) = ids::assign(&mut ebpf, config, sizes.slots)?;
-        write_config(&mut ebpf, config, hz, &ids)?;
+        let packet_nat = sizes.nat > 1;
+        write_config(&mut ebpf, config, hz, &ids, packet_nat)?;
         let mut kernel = Kernel::assemble(ebpf, pins, config, sizes.slots, hz, (ids, freed))?;
+        kernel.packet_nat = packet_nat;
         kernel.load_programs()?;
         Ok(kernel)
     }
@@ -351,6 +352,7 @@ impl Kernel {
         };
         kernel.fresh_pinned = true;
         kernel.resumed_on = Some(identity);
+        kernel.packet_nat = sizes.nat > 1;
         tracing::info!(pins = %pins.root().display(), "resumed the pinned links and maps as they are: same programs, same config, every breaker's state and counters carry on");
         Ok(Some(kernel))
     }
@@ -423,6 +425,7 @@ impl Kernel {
             destinations: Arc::new(destinations),
             heartbeat: Arc::new(heartbeat),
             interface_links: Vec::new(),
+            packet_nat: false,
         })
     }
 
@@ -662,7 +665,13 @@ where
     prog.try_into().map_err(prog_err(name))
 }
 
-fn write_config(ebpf: &mut Ebpf, config: &Config, hz: u32, ids: &[u32]) -> Result<(), KernelError> {
+fn write_config(
+    ebpf: &mut Ebpf,
+    config: &Config,
+    hz: u32,
+    ids: &[u32],
+    packet_nat: bool,
+) -> Result<(), KernelError> {
     let upstream_id = |i: usize| ids[i];
     let mut policies: Array<_, UpstreamPolicy> = typed_map(ebpf, map_names::POLICIES)?;
     if let Some(d) = &config.default_policy {
@@ -742,7 +751,7 @@ fn write_config(ebpf: &mut Ebpf, config: &Config, hz: u32, ids: &[u32]) -> Resul
             .as_secs()
             .saturating_mul(hz as u64)
             .min(u32::MAX as u64) as u32,
-        packet_nat: config.packet_nat() as u32,
+        packet_nat: packet_nat as u32,
     };
     let mut map: Array<_, Settings> = typed_map(ebpf, map_names::SETTINGS)?;
     map.set(0, settings, 0)
@@ -810,6 +819,19 @@ fn check_pins(
         if pinned(name).is_some_and(|n| n != sizes.destinations) {
             tracing::warn!(map = name, "default_policy.max_destinations changed: the default policy's destinations start over");
             let _ = std::fs::remove_file(pins.map(name));
+        }
+    }
+    // Redirected flows carry on: NAT maps with room are adopted even when no
+    // upstream redirects any more (their flows end on their own); ones made
+    // without room (nothing redirected then) give way to ones with it.
+    let nat = [map_names::PACKET_NAT_OUT, map_names::PACKET_NAT_BACK].map(pinned);
+    match nat {
+        [Some(out), Some(back)] if out == back && out >= sizes.nat => sizes.nat = out,
+        [None, None] => {}
+        _ => {
+            for name in [map_names::PACKET_NAT_OUT, map_names::PACKET_NAT_BACK] {
+                let _ = std::fs::remove_file(pins.map(name));
+            }
         }
     }
     Ok(Some(meta))

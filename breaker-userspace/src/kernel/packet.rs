@@ -227,7 +227,18 @@ impl Kernel {
         // generic. On a veth native XDP_TX reaches the peer only when the peer
         // runs XDP too: `auto` takes TC there.
         let veth = driver(name).is_some_and(|d| d == "veth");
+        // A redirect's rewrites need TC's checksum helpers: a tap's frames may
+        // carry offloaded (partial) checksums, which XDP cannot tell from whole
+        // ones. check-config refuses `hook = "xdp"` beside a redirect; NAT maps
+        // kept from an earlier config keep an explicit one on TC too.
+        if self.packet_nat && iface.hook == Hook::Xdp {
+            tracing::warn!(
+                interface = name,
+                "hook = \"xdp\", but redirected flows may still be going: SYNs are looked at with TC"
+            );
+        }
         let modes: &[(XdpMode, &'static str)] = match (iface.hook, veth) {
+            _ if self.packet_nat => &[],
             (Hook::Tc, _) | (Hook::Auto, true) => &[],
             (Hook::Auto, false) => &[(XdpMode::Driver, "xdp (native)")],
             (Hook::Xdp, true) => &[(XdpMode::Skb, "xdp (generic)")],
