@@ -548,13 +548,13 @@ name = "vm0"
         .set_read_timeout(Some(Duration::from_secs(3)))
         .unwrap();
     let exchange = |client: &mut TcpStream, served: &mut TcpStream, word: &[u8]| -> bool {
-        let mut buf = vec![0u8; word.len()];
+        let (mut there, mut back) = (vec![0u8; word.len()], vec![0u8; word.len()]);
         client.write_all(word).is_ok()
-            && served.read_exact(&mut buf).is_ok()
-            && buf == word
-            && served.write_all(word).is_ok()
-            && client.read_exact(&mut buf).is_ok()
-            && buf == word
+            && served.read_exact(&mut there).is_ok()
+            && served.write_all(&there).is_ok()
+            && client.read_exact(&mut back).is_ok()
+            && there == word
+            && back == word
     };
     check(
         &lab,
