@@ -1147,6 +1147,25 @@ impl Config {
                 self.daemon.metrics_listen
             ));
         }
+        for up in &self.upstreams {
+            // A v4-mapped endpoint is an IPv4 connect on the wire.
+            let v4 = |ip: std::net::IpAddr| match ip {
+                std::net::IpAddr::V4(_) => true,
+                std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
+            };
+            let covered = up.endpoints.iter().any(|e| {
+                up.fallback
+                    .iter()
+                    .any(|f| v4(f.ip()) == v4(e.net.network()))
+            });
+            if up.packet_action == PacketAction::Redirect && !covered {
+                out.push(format!(
+                    "upstream {:?}: packet_action = \"redirect\", but no fallback has the family of \
+                     any of its endpoints: every rejected SYN gets a reset, as with \"reject\"",
+                    up.name
+                ));
+            }
+        }
         out
     }
 

@@ -956,6 +956,26 @@ fn bad_interfaces_and_packet_actions_name_the_field_and_why() {
 }
 
 #[test]
+fn a_redirect_with_no_fallback_of_its_endpoints_family_is_warned_about() {
+    let c = parse(&format!(
+        "{MINIMAL}packet_action = 'redirect'\nfallback = '[fd00::9]:80'\n"
+    ))
+    .unwrap();
+    assert!(
+        c.warnings()
+            .iter()
+            .any(|w| w.contains("no fallback has the family")),
+        "{:?}",
+        c.warnings()
+    );
+    let ok = parse(&format!(
+        "{MINIMAL}packet_action = 'redirect'\nfallback = '10.0.9.1:80'\n"
+    ))
+    .unwrap();
+    assert!(ok.warnings().iter().all(|w| !w.contains("family")));
+}
+
+#[test]
 fn a_redirect_beside_an_interface_on_xdp_is_refused() {
     let (f, reason) = invalid_field(&format!(
         "{MINIMAL}packet_action = 'redirect'\nfallback = '10.0.9.1:80'\n\
