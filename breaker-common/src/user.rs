@@ -18,5 +18,7 @@ unsafe impl aya::Pod for PinMetadata {}
 unsafe impl aya::Pod for crate::window::RateWindow {}
 unsafe impl aya::Pod for crate::packet::FlowKey {}
 unsafe impl aya::Pod for crate::packet::FlowRecord {}
+// SAFETY: repr(C), integers only, padding explicit (`_pad`).
+unsafe impl aya::Pod for crate::packet::NatTarget {}
 unsafe impl aya::Pod for crate::packet::ExpireQuery {}
 unsafe impl aya::Pod for crate::packet::PacketCounters {}

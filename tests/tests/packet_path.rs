@@ -963,8 +963,9 @@ const INGRESS_CASES: &[Case] = &[
             let me = client(port(23, xdp));
             f.set(f.moved, State::Open);
             f.run(ingress(xdp), &packets::syn_v4(me, MOVED4, 23_000));
-            // The client then talks to the fallback's address itself, from the
-            // same port: its answers must reach it as they are.
+            // While the redirected flow lives, its fallback side stays its own: a
+            // plain connect from the same port to the fallback's address collides
+            // with it on the wire, and the fallback's answers still go to it.
             f.set(f.moved, State::Closed);
             let direct = packets::syn_v4(me, FALLBACK4, 23_100);
             let s = observe(f, ingress(xdp), &direct);
@@ -972,18 +973,36 @@ const INGRESS_CASES: &[Case] = &[
                 s.run.data == direct,
                 "a direct SYN to the fallback was rewritten"
             );
-            let answer = packets::answer_v4(FALLBACK4, me, Reply::SynAck, 23_101);
+            let answer = packets::answer_v4(FALLBACK4, me, Reply::SynAck, 23_001);
+            let s = egress_run(f, &answer);
+            check_rewritten(&s.run.data, &answer, None, Some(MOVED4.into()))
+                .map_err(|e| format!("the live flow lost its side: {e}"))?;
+            // A new connect to the upstream from that port ends the redirect: from
+            // then on nothing on these ports is rewritten.
+            let again = packets::syn_v4(me, MOVED4, 23_200);
+            let s = observe(f, ingress(xdp), &again);
+            ensure!(
+                s.run.data == again,
+                "the new connect was sent to the fallback"
+            );
             let s = egress_run(f, &answer);
             ensure!(
                 s.run.data == answer,
-                "the fallback's answer to a direct connect was rewritten"
+                "the fallback's answer was rewritten after the redirect ended"
             );
-            // A connect not followed (TCP Fast Open) to the once-redirected
-            // upstream goes to that upstream, not to the fallback.
+            let direct = packets::syn_v4(me, FALLBACK4, 23_300);
+            let s = observe(f, ingress(xdp), &direct);
+            ensure!(
+                s.run.data == direct,
+                "a direct SYN to the fallback was rewritten"
+            );
+            // A connect not followed (TCP Fast Open) to a once-redirected upstream
+            // goes to that upstream, not to the fallback.
+            let other = client(port(23, xdp) + 1);
             f.set(f.moved, State::Open);
-            f.run(ingress(xdp), &packets::syn_v4(me, MOVED4, 23_200));
+            f.run(ingress(xdp), &packets::syn_v4(other, MOVED4, 23_400));
             f.set(f.moved, State::Closed);
-            let tfo = packets::syn_v4_with_data(me, MOVED4, 23_300, b"GET /");
+            let tfo = packets::syn_v4_with_data(other, MOVED4, 23_500, b"GET /");
             let s = observe(f, ingress(xdp), &tfo);
             ensure!(s.run.data == tfo, "a TFO SYN was sent to the old fallback");
             Ok(())

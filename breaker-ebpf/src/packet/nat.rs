@@ -171,38 +171,44 @@ fn redirect_to(key: &FlowKey, isn: u32, p: &UpstreamPolicy) -> bool {
         _pad: 0,
         isn,
     };
-    if PACKET_NAT_BACK
-        .insert(back_key, back, BPF_NOEXIST as u64)
-        .is_err()
-    {
-        // Taken: by this flow already, by a flow that ended (its client's
-        // entry gone or sent elsewhere), or by a live one, which must keep it.
-        // SAFETY: the value is copied out at once.
-        let Some(held) = (unsafe { PACKET_NAT_BACK.get(back_key) }).copied() else {
-            return false;
-        };
-        let other = FlowKey {
-            upstream: held.addr,
-            upstream_port: held.port,
-            ..*key
-        };
-        let mine = held.addr == back.addr && held.port == back.port;
-        // SAFETY: as above.
-        let live = (unsafe { PACKET_NAT_OUT.get(other) })
-            .is_some_and(|o| o.addr == to.addr && o.port == to.port);
-        if !mine && live {
-            return false;
-        }
-        if PACKET_NAT_BACK.insert(back_key, back, 0).is_err() {
-            return false;
-        }
-    }
+    // The client's side first: of two SYNs racing for one fallback side, the
+    // second to take it then finds the first's client side in place, live.
     if PACKET_NAT_OUT.insert(key, to, 0).is_err() {
-        let _ = PACKET_NAT_BACK.remove(back_key);
+        return false;
+    }
+    let taken = PACKET_NAT_BACK
+        .insert(back_key, back, BPF_NOEXIST as u64)
+        .is_ok()
+        || (!held_by_other(&back_key, &back) && PACKET_NAT_BACK.insert(back_key, back, 0).is_ok());
+    if !taken {
+        let _ = PACKET_NAT_OUT.remove(key);
         return false;
     }
     count(|c| c.flows_redirected += 1);
     true
+}
+
+/// Whether the fallback's side `back_key` is held by a live redirected flow other
+/// than the one `back` names: its entry points elsewhere, and that flow's client
+/// side still sends to this fallback. An entry whose client side is gone (ended,
+/// evicted) is no one's.
+#[inline(always)]
+fn held_by_other(back_key: &FlowKey, back: &NatTarget) -> bool {
+    // SAFETY: the value is copied out at once.
+    let Some(held) = (unsafe { PACKET_NAT_BACK.get(back_key) }).copied() else {
+        return false;
+    };
+    if held.addr == back.addr && held.port == back.port {
+        return false;
+    }
+    let client_side = FlowKey {
+        upstream: held.addr,
+        upstream_port: held.port,
+        ..*back_key
+    };
+    // SAFETY: as above.
+    (unsafe { PACKET_NAT_OUT.get(client_side) })
+        .is_some_and(|o| o.addr == back_key.upstream && o.port == back_key.upstream_port)
 }
 
 /// A SYN from the client (sequence number `isn`) of flow `key`, before anything
@@ -213,9 +219,13 @@ fn redirect_to(key: &FlowKey, isn: u32, p: &UpstreamPolicy) -> bool {
 /// line, a sibling of `decide`.
 #[inline(never)]
 pub fn syn_seen(key: &FlowKey, isn: u32) -> bool {
-    // This tuple as a fallback's side of an earlier redirected flow: over, since
-    // the client now starts a connect of its own on it.
-    let _ = PACKET_NAT_BACK.remove(key);
+    // This tuple as the fallback's side of an earlier redirected flow whose
+    // client side is gone: no one's, and never to rewrite this connect's answers.
+    // A live one keeps it (this connect then collides with it on the wire).
+    let nobody = NatTarget::default();
+    if !held_by_other(key, &nobody) {
+        let _ = PACKET_NAT_BACK.remove(key);
+    }
     // SAFETY: the value is copied out at once.
     let Some(to) = (unsafe { PACKET_NAT_OUT.get(key) }).copied() else {
         return false;

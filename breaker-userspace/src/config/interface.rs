@@ -164,8 +164,9 @@ fn routable(ip: IpAddr) -> bool {
     };
     match ip {
         IpAddr::V4(v4) => {
+            // 0.0.0.0/8 names this network's hosts only as a source.
             !(v4.is_loopback()
-                || v4.is_unspecified()
+                || v4.octets()[0] == 0
                 || v4.is_multicast()
                 || v4.is_broadcast()
                 || v4.is_link_local())

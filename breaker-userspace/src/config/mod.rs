@@ -1153,17 +1153,19 @@ impl Config {
                 std::net::IpAddr::V4(_) => true,
                 std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
             };
-            let covered = up.endpoints.iter().any(|e| {
-                up.fallback
-                    .iter()
-                    .any(|f| v4(f.ip()) == v4(e.net.network()))
-            });
-            if up.packet_action == PacketAction::Redirect && !covered {
-                out.push(format!(
-                    "upstream {:?}: packet_action = \"redirect\", but no fallback has the family of \
-                     any of its endpoints: every rejected SYN gets a reset, as with \"reject\"",
-                    up.name
-                ));
+            if up.packet_action != PacketAction::Redirect {
+                continue;
+            }
+            for (family, is_v4) in [("IPv4", true), ("IPv6", false)] {
+                let needed = up.endpoints.iter().any(|e| v4(e.net.network()) == is_v4);
+                let covered = up.fallback.iter().any(|f| v4(f.ip()) == is_v4);
+                if needed && !covered {
+                    out.push(format!(
+                        "upstream {:?}: packet_action = \"redirect\", but no {family} fallback: \
+                         its {family} endpoints' rejected SYNs get a reset, as with \"reject\"",
+                        up.name
+                    ));
+                }
             }
         }
         out

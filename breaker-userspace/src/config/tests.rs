@@ -933,6 +933,10 @@ fn bad_interfaces_and_packet_actions_name_the_field_and_why() {
             "routed to",
         ),
         (
+            "packet_action = 'redirect'\nfallback = '0.1.2.3:80'\n",
+            "routed to",
+        ),
+        (
             "packet_action = 'redirect'\nfallback = '224.0.0.1:80'\n",
             "routed to",
         ),
@@ -962,9 +966,7 @@ fn a_redirect_with_no_fallback_of_its_endpoints_family_is_warned_about() {
     ))
     .unwrap();
     assert!(
-        c.warnings()
-            .iter()
-            .any(|w| w.contains("no fallback has the family")),
+        c.warnings().iter().any(|w| w.contains("no IPv4 fallback")),
         "{:?}",
         c.warnings()
     );
@@ -972,7 +974,19 @@ fn a_redirect_with_no_fallback_of_its_endpoints_family_is_warned_about() {
         "{MINIMAL}packet_action = 'redirect'\nfallback = '10.0.9.1:80'\n"
     ))
     .unwrap();
-    assert!(ok.warnings().iter().all(|w| !w.contains("family")));
+    assert!(ok.warnings().iter().all(|w| !w.contains("fallback")));
+    let half = parse(
+        "[[upstream]]\nname = 'api'\nendpoints = ['10.1.2.3:80', '[fd00::3]:80']\n\
+         packet_action = 'redirect'\nfallback = '10.0.9.1:80'\n",
+    )
+    .unwrap();
+    assert!(
+        half.warnings()
+            .iter()
+            .any(|w| w.contains("no IPv6 fallback")),
+        "{:?}",
+        half.warnings()
+    );
 }
 
 #[test]

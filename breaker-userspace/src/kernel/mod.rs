@@ -821,17 +821,11 @@ fn check_pins(
             let _ = std::fs::remove_file(pins.map(name));
         }
     }
-    // Redirected flows carry on: NAT maps with room are adopted even when no
-    // upstream redirects any more (their flows end on their own); ones made
-    // without room (nothing redirected then) give way to ones with it.
-    let nat = [map_names::PACKET_NAT_OUT, map_names::PACKET_NAT_BACK].map(pinned);
-    match nat {
-        [Some(out), Some(back)] if out == back && out >= sizes.nat => sizes.nat = out,
-        [None, None] => {}
-        _ => {
-            for name in [map_names::PACKET_NAT_OUT, map_names::PACKET_NAT_BACK] {
-                let _ = std::fs::remove_file(pins.map(name));
-            }
+    if adopt_nat(pins, sizes.nat) {
+        sizes.nat = pinned(map_names::PACKET_NAT_OUT).unwrap_or(sizes.nat);
+    } else {
+        for name in [map_names::PACKET_NAT_OUT, map_names::PACKET_NAT_BACK] {
+            let _ = std::fs::remove_file(pins.map(name));
         }
     }
     Ok(Some(meta))
@@ -928,6 +922,57 @@ fn resumable(
         }
     }
     Ok(())
+}
+
+/// How long a daemon may have been gone for its redirected flows to be taken
+/// over: a reload, or a restart's stop and start.
+const NAT_HANDOVER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether the pinned NAT maps carry redirected flows on into this load: only
+/// across a handover (the last daemon beat within [`NAT_HANDOVER`]: while no
+/// program ran, a client may have opened plain connects on ports an old entry
+/// names, which that entry must never rewrite), of this layout, with at least the
+/// room `wanted`, and only if something redirects now or they hold flows. Maps
+/// without room (nothing redirected) are always kept.
+fn adopt_nat(pins: &PinFolder, wanted: u32) -> bool {
+    use breaker_common::packet::{FlowKey, NatTarget};
+    let info = |name| MapInfo::from_pin(pins.map(name)).ok();
+    let (Some(out), Some(back)) = (
+        info(map_names::PACKET_NAT_OUT),
+        info(map_names::PACKET_NAT_BACK),
+    ) else {
+        return false;
+    };
+    let layout = |i: &MapInfo| {
+        i.key_size() as usize == std::mem::size_of::<FlowKey>()
+            && i.value_size() as usize == std::mem::size_of::<NatTarget>()
+            && i.max_entries() >= wanted
+    };
+    if !layout(&out) || !layout(&back) || out.max_entries() != back.max_entries() {
+        return false;
+    }
+    // Without room nothing was ever redirected through them (no hook looks).
+    if out.max_entries() == 1 {
+        return true;
+    }
+    let beat = MapData::from_pin(pins.map(map_names::DAEMON_HEARTBEAT))
+        .ok()
+        .and_then(|d| Array::<MapData, u64>::try_from(Map::Array(d)).ok())
+        .and_then(|a| a.get(&0, 0).ok());
+    let fresh = beat.is_some_and(|b| {
+        u64::from(crate::state::now_ms().wrapping_sub(b as u32)) < NAT_HANDOVER.as_millis() as u64
+    });
+    if !fresh {
+        tracing::info!("the pinned redirected flows are older than a handover: they start over");
+        return false;
+    }
+    let holds_flows = || {
+        MapData::from_pin(pins.map(map_names::PACKET_NAT_OUT))
+            .ok()
+            .and_then(|d| HashMap::<MapData, FlowKey, NatTarget>::try_from(Map::LruHashMap(d)).ok())
+            .is_some_and(|m| m.keys().next().is_some())
+    };
+    wanted > 1 || holds_flows()
 }
 
 /// A map's name as the kernel keeps it (BPF_OBJ_NAME_LEN: 15 bytes and a NUL).
