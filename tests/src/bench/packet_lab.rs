@@ -135,7 +135,7 @@ pub fn throughput(lab_bin: &Path, plan: &Plan) -> anyhow::Result<Throughput> {
         "[[upstream]]\nname = \"bulk\"\nendpoints = [\"{UPSTREAM_V4}:5201\"]\n\n\
          [[interface]]\nname = \"{VM_LINK}\"\n"
     );
-    let (pairs, seconds) = if plan.quick { (2, 1) } else { (4, 3) };
+    let (pairs, seconds) = if plan.quick { (2, 1) } else { (6, 2) };
     let mut with = Vec::new();
     let mut without = Vec::new();
     let result = (|| -> anyhow::Result<()> {
