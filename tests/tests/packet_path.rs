@@ -366,6 +366,14 @@ fn check_icmp(out: &[u8], syn: &[u8]) -> Result<(), String> {
                 (q.source(), q.destination()) == (sh.source(), sh.destination()),
                 "the quote names other addresses"
             );
+            ensure!(
+                (q.total_len(), q.ttl()) == (sh.total_len(), sh.ttl()),
+                "quoted length {} and TTL {}, want the SYN's {} and {}",
+                q.total_len(),
+                q.ttl(),
+                sh.total_len(),
+                sh.ttl()
+            );
             quote_tcp(&icmp.payload()[20..])?;
             ensure!(
                 out.len() == 14 + 56,
@@ -399,6 +407,14 @@ fn check_icmp(out: &[u8], syn: &[u8]) -> Result<(), String> {
             ensure!(
                 (q.source(), q.destination()) == (sh.source(), sh.destination()),
                 "the quote names other addresses"
+            );
+            ensure!(
+                (q.payload_length(), q.hop_limit()) == (sh.payload_length(), sh.hop_limit()),
+                "quoted payload length {} and hop limit {}, want the SYN's {} and {}",
+                q.payload_length(),
+                q.hop_limit(),
+                sh.payload_length(),
+                sh.hop_limit()
             );
             quote_tcp(&icmp.slice()[48..])?;
             ensure!(

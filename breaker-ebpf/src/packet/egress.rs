@@ -13,7 +13,7 @@ use breaker_common::{
 };
 
 use super::{
-    count, ip, is_v4, nat, plain_tcp_flags, tcp, Frame, Ip, Packet, Skip, IPPROTO_ICMP,
+    count, flow_of, ip, is_v4, nat, plain_tcp_flags, tcp, Frame, Ip, Packet, Skip, IPPROTO_ICMP,
     IPPROTO_ICMPV6, IPPROTO_TCP,
 };
 use crate::{breaker::jiffies, detect::conclude, maps::PACKET_FLOWS};
@@ -75,14 +75,7 @@ fn segment(frame: &Frame, ip: &Ip, key: &mut FlowKey) -> Result<u32, Skip> {
     if tcp.flags & (TCP_SYN | TCP_RST) == 0 {
         return Ok(NO_ANSWER);
     }
-    *key = FlowKey {
-        client: ip.dst,
-        upstream: ip.src,
-        client_port: tcp.dst_port,
-        upstream_port: tcp.src_port,
-        family: ip.family,
-        _pad: 0,
-    };
+    *key = flow_of(ip, &tcp, false);
     // SAFETY: only the sequence number is read, at once.
     let Some(isn) = waiting_isn(key) else {
         return Ok(NO_ANSWER);

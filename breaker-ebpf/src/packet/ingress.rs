@@ -17,7 +17,7 @@ use breaker_common::{
     },
 };
 
-use super::{count, ip, is_v4, nat, plain_tcp_flags, tcp, Frame, Packet, IPPROTO_TCP};
+use super::{count, flow_of, ip, is_v4, nat, plain_tcp_flags, tcp, Frame, Packet, IPPROTO_TCP};
 use crate::{
     breaker::{self, jiffies, now_ms, Breaker},
     destination,
@@ -48,7 +48,8 @@ pub fn on_ingress<C: Packet>(ctx: &C) -> Verdict {
     };
     // A redirected flow's SYN sent again goes the same way, decided once; any
     // other SYN ends what redirected its ports before.
-    let again = syn != SYN_NONE && nat::active() && nat::syn_seen(&key, isn);
+    let nat = nat::active();
+    let again = syn != SYN_NONE && nat && nat::syn_seen(&key, isn);
     if syn == SYN_FOLLOWED && !again {
         // Nothing of the parse stays live across the decision (the packet is read
         // again from the context for a reply): the verifier's walks of the
@@ -68,7 +69,7 @@ pub fn on_ingress<C: Packet>(ctx: &C) -> Verdict {
     if again {
         count(|c| c.syns_retransmitted += 1);
     }
-    if nat::active() {
+    if nat {
         let mut rw = nat::Rewrite::default();
         if nat::rewrite_of(&ctx.frame(), nat::OUT, &mut rw) && ctx.rewrite(&rw) {
             count(|c| c.segments_rewritten += 1);
@@ -109,14 +110,7 @@ fn connect_of(frame: &Frame, key: &mut FlowKey, isn: &mut u32) -> u32 {
     if !is_connect(tcp.flags) {
         return SYN_NONE;
     }
-    *key = FlowKey {
-        client: ip.src,
-        upstream: ip.dst,
-        client_port: tcp.src_port,
-        upstream_port: tcp.dst_port,
-        family: ip.family,
-        _pad: 0,
-    };
+    *key = flow_of(&ip, &tcp, true);
     *isn = tcp.seq;
     // A SYN this host will not forward (its hops are spent), or one whose
     // lengths do not add up, never reaches the upstream: it must not count as
@@ -202,10 +196,8 @@ fn syn_of(frame: &Frame, syn: &mut Syn) -> bool {
         return false;
     };
     let v4 = is_v4(ip.family);
-    let len_at = if v4 { ip.l3 + 2 } else { ip.l3 + 4 };
-    let Some(ip_len) = frame.raw_u16(len_at) else {
-        return false;
-    };
+    // The length field as sent: IPv4's counts its header, IPv6's does not.
+    let ip_len = (ip.end - ip.l3 - if v4 { 0 } else { 40 }) as u16;
     *syn = Syn {
         v4: v4 as u32,
         l3: ip.l3,
@@ -215,7 +207,7 @@ fn syn_of(frame: &Frame, syn: &mut Syn) -> bool {
         upstream_port: tcp.dst_port,
         quoted: QuotedSyn {
             isn: tcp.seq,
-            ip_len: u16::from_be(ip_len),
+            ip_len,
             hops: ip.hops,
         },
     };

@@ -18,7 +18,7 @@ pub mod nat;
 use breaker_common::{
     abi::{AF_INET, AF_INET6},
     dest::v4_mapped,
-    packet::{csum_replace2, csum_replace4, PacketCounters},
+    packet::{csum_replace2, csum_replace4, FlowKey, PacketCounters},
 };
 
 use aya_ebpf::{
@@ -392,6 +392,25 @@ pub fn tcp(frame: &Frame, l4: usize) -> Result<Tcp, Skip> {
         flags: h[13],
         header_len: (h[12] >> 4) as usize * 4,
     })
+}
+
+/// The flow a TCP segment belongs to, as the client sends it (`from_client`:
+/// source = client) or as the upstream answers it (destination = client).
+#[inline(always)]
+pub fn flow_of(ip: &Ip, tcp: &Tcp, from_client: bool) -> FlowKey {
+    let (client, upstream, client_port, upstream_port) = if from_client {
+        (ip.src, ip.dst, tcp.src_port, tcp.dst_port)
+    } else {
+        (ip.dst, ip.src, tcp.dst_port, tcp.src_port)
+    };
+    FlowKey {
+        client,
+        upstream,
+        client_port,
+        upstream_port,
+        family: ip.family,
+        _pad: 0,
+    }
 }
 
 /// Bumps the packet path's own counters on this CPU.

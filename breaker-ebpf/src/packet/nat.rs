@@ -9,7 +9,7 @@ use breaker_common::{
     packet::{FlowKey, NatTarget},
 };
 
-use super::{count, ip, is_v4, tcp, Frame, IPPROTO_TCP};
+use super::{count, flow_of, ip, is_v4, tcp, Frame, IPPROTO_TCP};
 use crate::{
     breaker,
     maps::{PACKET_NAT_BACK, PACKET_NAT_OUT, POLICIES, SETTINGS},
@@ -65,25 +65,7 @@ pub fn rewrite_of(frame: &Frame, way: u32, rw: &mut Rewrite) -> bool {
     };
     let v4 = is_v4(ip.family);
     let out = way == OUT;
-    let key = if out {
-        FlowKey {
-            client: ip.src,
-            upstream: ip.dst,
-            client_port: tcp.src_port,
-            upstream_port: tcp.dst_port,
-            family: ip.family,
-            _pad: 0,
-        }
-    } else {
-        FlowKey {
-            client: ip.dst,
-            upstream: ip.src,
-            client_port: tcp.dst_port,
-            upstream_port: tcp.src_port,
-            family: ip.family,
-            _pad: 0,
-        }
-    };
+    let key = flow_of(&ip, &tcp, out);
     let map = if out {
         &PACKET_NAT_OUT
     } else {

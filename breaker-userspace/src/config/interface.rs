@@ -156,12 +156,9 @@ impl Check<'_> {
 }
 
 /// Whether a forwarded packet rewritten to `ip` can be routed there: one host's
-/// unicast address beyond this link's own scope.
+/// unicast address beyond this link's own scope. Fallbacks are stored unmapped
+/// (a v4-mapped one is IPv4 here).
 fn routable(ip: IpAddr) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    };
     match ip {
         IpAddr::V4(v4) => {
             // 0.0.0.0/8 names this network's hosts only as a source.

@@ -1148,17 +1148,16 @@ impl Config {
             ));
         }
         for up in &self.upstreams {
-            // A v4-mapped endpoint is an IPv4 connect on the wire.
-            let v4 = |ip: std::net::IpAddr| match ip {
-                std::net::IpAddr::V4(_) => true,
-                std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
-            };
             if up.packet_action != PacketAction::Redirect {
                 continue;
             }
             for (family, is_v4) in [("IPv4", true), ("IPv6", false)] {
-                let needed = up.endpoints.iter().any(|e| v4(e.net.network()) == is_v4);
-                let covered = up.fallback.iter().any(|f| v4(f.ip()) == is_v4);
+                // Both are stored unmapped: a v4-mapped one is IPv4 here.
+                let needed = up
+                    .endpoints
+                    .iter()
+                    .any(|e| matches!(e.net, IpNet::V4(_)) == is_v4);
+                let covered = up.fallback.iter().any(|f| f.is_ipv4() == is_v4);
                 if needed && !covered {
                     out.push(format!(
                         "upstream {:?}: packet_action = \"redirect\", but no {family} fallback: \
