@@ -253,6 +253,10 @@ pub struct UpstreamPolicy {
     pub rate_minimum: u32,
     /// One window bucket's width in jiffies (`window` / [`crate::window::BUCKETS`]).
     pub rate_bucket_jiffies: u32,
+    /// `max_open_duration`: the open time doubles at each reopen up to this.
+    pub max_open_duration_ms: u32,
+    /// `jitter`: up to this percent more open time, chosen per trip.
+    pub open_jitter_pct: u32,
 }
 
 impl UpstreamPolicy {
@@ -271,6 +275,8 @@ impl UpstreamPolicy {
             success_threshold: self.success_threshold,
             half_open_max_connections: self.half_open_max_connections,
             open_duration_ms: self.open_duration_ms,
+            max_open_duration_ms: self.max_open_duration_ms,
+            open_jitter_pct: self.open_jitter_pct,
             trial_lease_ms: self.trial_lease_ms,
         }
     }
@@ -437,7 +443,7 @@ pub struct TransitionEvent {
 const _: () = assert!(core::mem::size_of::<Settings>() == 24);
 const _: () = assert!(core::mem::size_of::<EndpointV4>() == 6);
 const _: () = assert!(core::mem::size_of::<EndpointV6>() == 18);
-const _: () = assert!(core::mem::size_of::<UpstreamPolicy>() == 76);
+const _: () = assert!(core::mem::size_of::<UpstreamPolicy>() == 84);
 const _: () = assert!(core::mem::size_of::<crate::window::RateWindow>() == 80);
 const _: () = assert!(core::mem::size_of::<DestKey>() == 20);
 const _: () = assert!(core::mem::size_of::<BreakerCell>() == 8);

@@ -10,7 +10,7 @@
 //! |--------|------------------------------------------------------------------|
 //! | 0..32  | `since_ms`: monotonic milliseconds (wrapping) of the last trip (OPEN), or of the entry to HALF_OPEN or its newest trial |
 //! | 32..34 | state: CLOSED, OPEN, HALF_OPEN                                    |
-//! | 34..46 | `count`: consecutive failures (CLOSED) or successes (HALF_OPEN)    |
+//! | 34..46 | `count`: in its low 8 bits the streak, consecutive failures (CLOSED) or successes (HALF_OPEN); in its high 4, the `reopens` since the breaker last closed |
 //! | 46..48 | `mode`: automatic, or an operator's override: forced open, forced closed, disabled |
 //! | 48..56 | `in_flight`: trial connects admitted and not yet finished (HALF_OPEN) |
 //! | 56..64 | `epoch`: bumped on every entry to HALF_OPEN, tags trial connects; only ever moves forward |
@@ -29,6 +29,13 @@ pub mod layout {
     pub const IN_FLIGHT_BITS: u32 = 8;
     pub const EPOCH_SHIFT: u32 = 56;
     pub const EPOCH_BITS: u32 = 8;
+    /// Inside `count`: the streak (CLOSED's failures, HALF_OPEN's successes) in
+    /// the low bits, the reopens since the breaker last closed above them. One
+    /// layout in every state, read without branching on it (the packet path's
+    /// verifier budget has no room for branches).
+    pub const STREAK_BITS: u32 = 8;
+    pub const REOPENS_SHIFT: u32 = STREAK_BITS;
+    pub const REOPENS_BITS: u32 = COUNT_BITS - STREAK_BITS;
 
     /// The mask of a field `bits` wide, in the low bits.
     pub const fn mask(bits: u32) -> u64 {
@@ -46,8 +53,13 @@ pub mod layout {
 
 use layout::*;
 
-/// Largest `failure_threshold` / `success_threshold` the word can count to.
+/// The `count` field's largest value.
 pub const MAX_COUNT: u32 = mask(COUNT_BITS) as u32;
+/// Largest `failure_threshold` and `success_threshold` the word can count to.
+pub const MAX_STREAK: u32 = mask(STREAK_BITS) as u32;
+/// Reopens the word remembers; the open time stops doubling long before (it
+/// reaches `max_open_duration`).
+pub const MAX_REOPENS: u32 = mask(REOPENS_BITS) as u32;
 /// Largest `half_open_max_connections` the word can track.
 pub const MAX_IN_FLIGHT: u32 = mask(IN_FLIGHT_BITS) as u32;
 /// Compare-and-swap attempts before giving up on one update. Contention on one
@@ -102,6 +114,12 @@ pub struct Thresholds {
     /// Application trials HALF_OPEN admits at once; 0 leaves recovery to probes.
     pub half_open_max_connections: u32,
     pub open_duration_ms: u32,
+    /// The open time doubles at each reopen since the breaker last closed, up to
+    /// this (never below `open_duration_ms`).
+    pub max_open_duration_ms: u32,
+    /// Up to this percent more open time, different for each trip (see
+    /// [`open_duration_ms`]), so a fleet of hosts does not probe in step.
+    pub open_jitter_pct: u32,
     /// How long HALF_OPEN may hold every trial slot taken before it treats the
     /// trials as lost and starts a new epoch: a trial whose end nobody saw must not
     /// hold the breaker shut.
@@ -209,6 +227,18 @@ impl BreakerWord {
     pub const fn count(self) -> u32 {
         ((self.0 >> COUNT_SHIFT) & mask(COUNT_BITS)) as u32
     }
+    /// Consecutive failures (CLOSED) or successes (HALF_OPEN); 0 while OPEN.
+    #[inline(always)]
+    pub const fn streak(self) -> u32 {
+        self.count() & mask(STREAK_BITS) as u32
+    }
+    /// How many times the breaker reopened since it last closed: 0 after a trip
+    /// from CLOSED (and while CLOSED), one more at each failed HALF_OPEN trial, up
+    /// to [`MAX_REOPENS`].
+    #[inline(always)]
+    pub const fn reopens(self) -> u32 {
+        self.count() >> REOPENS_SHIFT
+    }
     #[inline(always)]
     pub const fn mode(self) -> Mode {
         Mode::from_u32(((self.0 >> MODE_SHIFT) & mask(MODE_BITS)) as u32)
@@ -237,6 +267,13 @@ impl BreakerWord {
                 | (in_flight as u64) << IN_FLIGHT_SHIFT
                 | (epoch as u64) << EPOCH_SHIFT,
         )
+    }
+
+    /// The same word with `streak` (below the thresholds, so within its bits),
+    /// its reopens kept.
+    #[inline(always)]
+    fn with_streak(self, streak: u32) -> Self {
+        self.with_count(self.reopens() << REOPENS_SHIFT | streak)
     }
 
     #[inline(always)]
@@ -275,16 +312,35 @@ impl BreakerWord {
         Self::pack(State::Closed, 0, 0, 0, self.epoch())
     }
 
-    /// OPEN, tripped at `now_ms`. Keeps the epoch so stale trials stay stale.
+    /// OPEN, tripped at `now_ms`: a reopen if it was not CLOSED (its open time
+    /// grows), the first open otherwise. Keeps the epoch so stale trials stay stale.
     #[inline(always)]
     fn tripped(self, now_ms: u32) -> Self {
-        Self::pack(State::Open, now_ms, 0, 0, self.epoch())
+        // Without branches: 1 for OPEN (1) and HALF_OPEN (2), 0 for CLOSED; a
+        // CLOSED word has no reopens; 16 saturates to 15.
+        let state_bits = ((self.0 >> STATE_SHIFT) & mask(STATE_BITS)) as u32;
+        let reopens = self.reopens() + ((state_bits + 1) >> 1 & 1);
+        let reopens = reopens - (reopens >> REOPENS_BITS);
+        Self::pack(
+            State::Open,
+            now_ms,
+            reopens << REOPENS_SHIFT,
+            0,
+            self.epoch(),
+        )
     }
 
-    /// HALF_OPEN from `now_ms`, with no trials yet, in a new epoch.
+    /// HALF_OPEN from `now_ms`, with no trials nor successes yet, in a new epoch;
+    /// the reopens carry on until it closes.
     #[inline(always)]
     fn half_opened(self, now_ms: u32) -> Self {
-        Self::pack(State::HalfOpen, now_ms, 0, 0, self.epoch().wrapping_add(1))
+        Self::pack(
+            State::HalfOpen,
+            now_ms,
+            self.reopens() << REOPENS_SHIFT,
+            0,
+            self.epoch().wrapping_add(1),
+        )
     }
 }
 
@@ -352,12 +408,52 @@ impl<T> Step<T> {
     }
 }
 
-/// OPEN for at least `open_duration` moves to HALF_OPEN; anything else is unchanged.
+/// How long `w`, OPEN, stays open: `open_duration` doubled at each reopen since
+/// the breaker last closed, at most `max_open_duration` (Envoy's growing ejection
+/// time, Linkerd's backoff), plus up to `open_jitter_pct` percent. The jitter comes
+/// from the trip time, so the kernel and the daemon agree on it and it never
+/// changes within one open phase, while hosts that tripped at different moments
+/// (their clocks count from their own boots) spread out.
+#[inline(always)]
+///
+/// The daemon writes `max_open_duration_ms >= open_duration_ms`, both at most 24 h,
+/// and `open_jitter_pct <= 100`, so nothing here overflows; without a branch (the
+/// packet path's verifier budget has no room), other values give other times,
+/// never a fault.
+#[inline(always)]
+pub const fn open_duration_ms(w: BreakerWord, t: &Thresholds) -> u32 {
+    // At most 15 doublings of less than 2^32: fits.
+    let grown = (t.open_duration_ms as i64) << w.reopens();
+    let max = t.max_open_duration_ms as i64;
+    // min(grown, max) by the sign of their difference.
+    let over = grown - max;
+    let open = (max + (over & (over >> 63))) as u64;
+    let extra = (open.wrapping_mul(t.open_jitter_pct as u64) / 100)
+        .wrapping_mul(spread(w.since_ms()) as u64)
+        >> 32;
+    open.wrapping_add(extra) as u32
+}
+
+/// A well-mixed 32-bit value of `x` (murmur3's finaliser): nearby trip times give
+/// unrelated jitter.
+#[inline(always)]
+const fn spread(x: u32) -> u32 {
+    let mut h = x;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+/// OPEN for at least its open time ([`open_duration_ms`]) moves to HALF_OPEN;
+/// anything else is unchanged.
 #[inline(always)]
 pub fn expire_open(w: BreakerWord, now_ms: u32, t: &Thresholds) -> BreakerWord {
     if w.mode() == Mode::Auto
         && w.state() == State::Open
-        && w.phase_ms(now_ms) >= t.open_duration_ms
+        && w.phase_ms(now_ms) >= open_duration_ms(w, t)
     {
         w.half_opened(now_ms)
     } else {
@@ -447,10 +543,10 @@ pub fn record(w: BreakerWord, outcome: Outcome, now_ms: u32, t: &Thresholds) -> 
         State::Closed => {
             let next = if outcome.success {
                 w.with_count(0)
-            } else if w.count() + 1 >= t.failure_threshold {
+            } else if w.streak() + 1 >= t.failure_threshold {
                 w.tripped(now_ms)
             } else {
-                w.with_count(w.count() + 1)
+                w.with_streak(w.streak() + 1)
             };
             Step { next, result: true }
         }
@@ -462,18 +558,14 @@ pub fn record(w: BreakerWord, outcome: Outcome, now_ms: u32, t: &Thresholds) -> 
         State::HalfOpen => match outcome.trial_epoch {
             Some(epoch) if epoch == w.epoch() => {
                 let next = if !outcome.success {
-                    // A failed application trial reopens for a full open_duration.
+                    // A failed application trial reopens, for longer each time
+                    // (see open_duration_ms).
                     w.tripped(now_ms)
-                } else if w.count() + 1 >= t.success_threshold {
+                } else if w.streak() + 1 >= t.success_threshold {
                     w.closed()
                 } else {
-                    BreakerWord::pack(
-                        State::HalfOpen,
-                        w.since_ms(),
-                        w.count() + 1,
-                        w.in_flight().saturating_sub(1),
-                        w.epoch(),
-                    )
+                    w.with_streak(w.streak() + 1)
+                        .with_in_flight(w.in_flight().saturating_sub(1))
                 };
                 Step { next, result: true }
             }
@@ -563,11 +655,11 @@ pub fn probe(w: BreakerWord, success: bool, now_ms: u32, t: &Thresholds) -> Step
     match w.state() {
         State::HalfOpen => {
             let next = if !success {
-                w.with_count(0)
-            } else if w.count() + 1 >= t.success_threshold {
+                w.with_streak(0)
+            } else if w.streak() + 1 >= t.success_threshold {
                 w.closed()
             } else {
-                w.with_count(w.count() + 1)
+                w.with_streak(w.streak() + 1)
             };
             Step { next, result: true }
         }

@@ -148,7 +148,10 @@ pub async fn run(
                     p.last_probe = None;
                     continue;
                 }
-                State::Open => word.phase_ms(now) >= p.thresholds.open_duration_ms,
+                State::Open => {
+                    word.phase_ms(now)
+                        >= breaker_common::machine::open_duration_ms(word, &p.thresholds)
+                }
                 State::HalfOpen => true,
             };
             let due = recovering

@@ -45,6 +45,9 @@ pub struct ClientOptions {
     /// Cancel a connect that timed out with shutdown() before closing it (which
     /// the kernel turns into a disconnect of the connecting socket).
     pub cancel_with_shutdown: bool,
+    /// Attempt `n` of each client goes to `to`'s port plus `n`: many destinations
+    /// from one process (a process per destination is slow under emulation).
+    pub each_port: bool,
 }
 
 /// CLOCK_MONOTONIC in milliseconds.
@@ -147,6 +150,15 @@ pub fn run(opts: &ClientOptions, emit: impl Fn(&Attempt) + Send + Sync) {
                     let start = Instant::now();
                     let mono = mono_ms();
                     let mut keep = None;
+                    let moved;
+                    let opts = if opts.each_port {
+                        let mut o = opts.clone();
+                        o.to.set_port(opts.to.port().wrapping_add(seq as u16));
+                        moved = o;
+                        &moved
+                    } else {
+                        opts
+                    };
                     let (outcome, errno, body) = one(opts, &mut keep);
                     let attempt = Attempt {
                         client,

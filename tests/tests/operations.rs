@@ -464,9 +464,12 @@ fn reload_under_load_lets_no_connect_through_to_an_open_upstream() {
     let out = load.wait_with_output().unwrap();
     let attempts =
         breaker_lab::client::parse_attempts(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    // A connect let through to the blackhole waits at least its first SYN RTO
+    // (1 s) for anything; one failed fast but stalled behind 64 busy clients
+    // (under emulation, 100-250 ms have been seen) is still failed fast.
     let through: Vec<_> = attempts
         .iter()
-        .filter(|a| a.errno != Some(libc::ECONNREFUSED) || a.latency_us >= 100_000.0)
+        .filter(|a| a.errno != Some(libc::ECONNREFUSED) || a.latency_us >= 500_000.0)
         .collect();
     check(
         &lab,
@@ -684,7 +687,7 @@ fn an_upstream_given_a_freed_id_starts_closed() {
     let keep = "[[upstream]]\nname = \"keep\"\nendpoints = [\"10.77.0.9:9\"]\n";
     // Never trips on its own (threshold far above what the test sends).
     let gone = format!(
-        "[[upstream]]\nname = \"gone\"\nendpoints = [\"{BLACKHOLE_V4}:80\"]\nfailure_threshold = 4000\n"
+        "[[upstream]]\nname = \"gone\"\nendpoints = [\"{BLACKHOLE_V4}:80\"]\nfailure_threshold = 255\n"
     );
     let fresh = "[[upstream]]\nname = \"fresh\"\nendpoints = [\"10.77.0.3:8080\"]\nopen_duration = \"1h\"\n";
     lab.start_daemon(&format!("{keep}{gone}")).unwrap();

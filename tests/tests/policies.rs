@@ -409,3 +409,116 @@ probe_interval = "1h"
         .unwrap();
     check(&lab, half == 1.0, "api stays half-open");
 }
+
+/// A flapping upstream whose recovery is its trials' (probes aimed at a port
+/// nothing answers): open 200 ms, doubling at each reopen up to 800 ms.
+const FLAPPING: &str = r#"
+[[upstream]]
+name = "flap"
+endpoints = ["10.77.0.2:8090"]
+failure_threshold = 1
+half_open_max_connections = 1
+trial_connect_timeout = "100ms"
+connect_timeout = "200ms"
+open_duration = "200ms"
+max_open_duration = "800ms"
+probe_interval = "1h"
+
+[upstream.probe]
+address = "10.77.0.2:8099"
+"#;
+
+/// `status flap --json`: its state and its reopens since it last closed.
+fn flap_status(lab: &Lab) -> (String, u64) {
+    let out = lab.cli(&["status", "flap", "--json"]).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let up = &json["upstreams"][0];
+    (
+        up["state"].as_str().unwrap_or_default().to_string(),
+        up["reopens"].as_u64().unwrap_or(u64::MAX),
+    )
+}
+
+/// Each failed trial reopens the breaker for twice as long, up to the maximum, so
+/// a dead upstream sees fewer and fewer trials; a full close starts over.
+#[test]
+fn each_reopen_doubles_the_open_time_until_the_breaker_closes() {
+    let Some(mut lab) = lab("backoff") else {
+        return;
+    };
+    lab.serve(&format!("{UPSTREAM_V4}:8090"), "flap").unwrap();
+    lab.start_daemon(FLAPPING).unwrap();
+    lab.blackhole(UPSTREAM_V4).unwrap();
+
+    // A client that tries every 10 ms: the first connect times out and trips the
+    // breaker; from then on each trial it is let through times out and reopens.
+    let to = format!("{UPSTREAM_V4}:8090");
+    let started = std::time::Instant::now();
+    lab.client(&[
+        "--to",
+        &to,
+        "--count",
+        "250",
+        "--interval-ms",
+        "10",
+        "--timeout-ms",
+        "300",
+    ])
+    .unwrap();
+    let took = started.elapsed().as_secs_f64();
+    let failures = lab
+        .metric("breaker_connect_failures_total", &[("upstream", "flap")])
+        .unwrap();
+    let (_, reopens) = flap_status(&lab);
+    // Open phases of 0.2, 0.4, then 0.8 s (each trial's 0.1 s on top): a fixed
+    // 0.2 s would let a trial through every 0.3 s.
+    let growing = 3.0 + (took / 0.9).ceil();
+    let fixed = (took / 0.3).floor();
+    check(
+        &lab,
+        failures >= 3.0 && failures <= growing && growing < fixed,
+        &format!(
+            "{failures} connects failed in {took:.2} s: at least the trip and two trials, at most {growing} (a fixed open time: {fixed})"
+        ),
+    );
+    check(
+        &lab,
+        reopens + 1 == failures as u64,
+        &format!("each failed trial reopened: {reopens} reopens, {failures} failures"),
+    );
+
+    // The upstream comes back: the next trial closes the breaker, which forgets
+    // its reopens; the next trip opens for open_duration again.
+    lab.restore(UPSTREAM_V4).unwrap();
+    let mut closed = false;
+    for _ in 0..40 {
+        let got = lab
+            .client(&["--to", &to, "--count", "1", "--timeout-ms", "1000"])
+            .unwrap();
+        if got[0].outcome == "ok" {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    check(
+        &lab,
+        closed,
+        "a trial reached the upstream once it came back",
+    );
+    let (state, reopens) = flap_status(&lab);
+    check(
+        &lab,
+        state == "closed" && reopens == 0,
+        &format!("closed, no reopens: {state}, {reopens}"),
+    );
+    lab.blackhole(UPSTREAM_V4).unwrap();
+    lab.client(&["--to", &to, "--count", "1", "--timeout-ms", "300"])
+        .unwrap();
+    let (state, reopens) = flap_status(&lab);
+    check(
+        &lab,
+        state != "closed" && reopens == 0,
+        &format!("tripped again, a first open: {state}, {reopens} reopens"),
+    );
+}

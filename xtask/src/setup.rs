@@ -393,6 +393,11 @@ fn debian_packages(packages: &[(Probe, &'static str)]) -> anyhow::Result<Option<
     must("apt-get", &["update", "-q"], &[])?;
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(&missing);
-    must("apt-get", &args, &[])?;
+    // iperf3 asks debconf whether to start a daemon: never wait on a question.
+    must(
+        "apt-get",
+        &args,
+        &[("DEBIAN_FRONTEND", Path::new("noninteractive"))],
+    )?;
     Ok(Some(format!("installed {}", missing.join(" "))))
 }

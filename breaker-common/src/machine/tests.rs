@@ -7,6 +7,8 @@ const T: Thresholds = Thresholds {
     success_threshold: 2,
     half_open_max_connections: 2,
     open_duration_ms: 1000,
+    max_open_duration_ms: 1000,
+    open_jitter_pct: 0,
     trial_lease_ms: 5000,
 };
 
@@ -315,9 +317,11 @@ proptest! {
             prop_assert!(w.in_flight() <= T.half_open_max_connections);
             match w.state() {
                 State::Closed => prop_assert!(w.count() < T.failure_threshold),
-                State::HalfOpen => prop_assert!(w.count() < T.success_threshold),
+                State::HalfOpen => prop_assert!(w.streak() < T.success_threshold),
                 State::Open => prop_assert_eq!(w.in_flight(), 0),
             }
+            prop_assert!(w.reopens() <= MAX_REOPENS);
+            prop_assert!(w.state() != State::Closed || w.reopens() == 0);
         }
     }
 
@@ -368,6 +372,8 @@ fn race(cell: &(impl WordCell + Sync)) -> RaceResult {
         success_threshold: 1,
         half_open_max_connections: 3,
         open_duration_ms: 0,
+        max_open_duration_ms: 0,
+        open_jitter_pct: 0,
         trial_lease_ms: u32::MAX,
     };
     let fail = Outcome {
@@ -603,4 +609,164 @@ fn a_rated_record_is_the_record_then_the_rate_trip() {
         record_rated(w, failure, 9, &T, Some(w.epoch())).next,
         record(w, failure, 9, &T).next
     );
+}
+
+/// A breaker that fails its trial `n` times in a row under `t`, from a trip at 0:
+/// each open phase's length, as admission sees it (the first ms a trial passes).
+fn open_phases(t: &Thresholds, n: usize) -> (Vec<u32>, BreakerWord) {
+    let mut w = trip(0);
+    let mut phases = Vec::new();
+    let mut now = 0u32;
+    for _ in 0..n {
+        let tripped_at = now;
+        // Rejected up to the last ms of the open time, a trial from then on.
+        let open = open_duration_ms(w, t);
+        assert_eq!(admit(w, tripped_at + open - 1, t).result, Admission::Reject);
+        let s = admit(w, tripped_at + open, t);
+        let Admission::Trial { epoch } = s.result else {
+            panic!("no trial after {open} ms: {:?}", s.result);
+        };
+        phases.push(open);
+        now = tripped_at + open;
+        let failed = Outcome {
+            success: false,
+            trial_epoch: Some(epoch),
+        };
+        w = record(s.next, failed, now, t).next;
+        assert_eq!(w.state(), State::Open);
+    }
+    (phases, w)
+}
+
+#[test]
+fn each_reopen_doubles_the_open_time_up_to_the_maximum() {
+    let t = Thresholds {
+        max_open_duration_ms: 6_000,
+        ..T
+    };
+    let (phases, w) = open_phases(&t, 6);
+    assert_eq!(phases, [1_000, 2_000, 4_000, 6_000, 6_000, 6_000]);
+    assert_eq!(w.reopens(), 6);
+    // Without a maximum above open_duration, it never grows (the default).
+    let (phases, _) = open_phases(&T, 4);
+    assert_eq!(phases, [1_000; 4]);
+}
+
+#[test]
+fn a_full_close_starts_the_open_time_over_and_a_failed_probe_does_not() {
+    let t = Thresholds {
+        max_open_duration_ms: 60_000,
+        ..T
+    };
+    let (_, w) = open_phases(&t, 3);
+    assert_eq!(w.reopens(), 3);
+    let now = w.since_ms() + open_duration_ms(w, &t);
+    // Failed probes keep it HALF_OPEN and keep the reopens; one success is not
+    // yet a close (success_threshold 2).
+    let half = probe(w, false, now, &t).next;
+    assert_eq!((half.state(), half.reopens()), (State::HalfOpen, 3));
+    let half = probe(half, true, now + 1, &t).next;
+    assert_eq!((half.streak(), half.reopens()), (1, 3));
+    let half = probe(half, false, now + 2, &t).next;
+    assert_eq!((half.streak(), half.reopens()), (0, 3));
+    let half = probe(half, true, now + 3, &t).next;
+    let closed = probe(half, true, now + 4, &t).next;
+    assert_eq!((closed.state(), closed.reopens()), (State::Closed, 0));
+    let mut again = closed;
+    for _ in 0..t.failure_threshold {
+        again = record(
+            again,
+            Outcome {
+                success: false,
+                trial_epoch: None,
+            },
+            now + 10,
+            &t,
+        )
+        .next;
+    }
+    assert_eq!(again.state(), State::Open);
+    assert_eq!(open_duration_ms(again, &t), 1_000);
+}
+
+#[test]
+fn reopens_saturate_and_the_open_time_stays_at_its_maximum() {
+    let day = 24 * 3600 * 1000;
+    let t = Thresholds {
+        open_duration_ms: day,
+        max_open_duration_ms: day,
+        open_jitter_pct: 100,
+        ..T
+    };
+    let (_, w) = open_phases(
+        &Thresholds {
+            max_open_duration_ms: u32::MAX,
+            ..T
+        },
+        MAX_REOPENS as usize + 3,
+    );
+    assert_eq!(w.reopens(), MAX_REOPENS);
+    let open = open_duration_ms(w, &t);
+    assert!((day..=2 * day).contains(&open), "{open}");
+}
+
+#[test]
+fn jitter_spreads_trips_over_the_whole_range_and_never_shortens() {
+    let t = Thresholds {
+        open_duration_ms: 10_000,
+        max_open_duration_ms: 10_000,
+        open_jitter_pct: 20,
+        ..T
+    };
+    // A thousand hosts tripping within one second of each other.
+    let opens: Vec<u32> = (0..1_000u32)
+        .map(|ms| open_duration_ms(trip(5_000_000 + ms), &t))
+        .collect();
+    let (min, max) = (opens.iter().min().unwrap(), opens.iter().max().unwrap());
+    assert!(*min >= 10_000 && *max < 12_000, "{min}..{max}");
+    // Spread out: the range is covered, and no tenth of it holds most of them.
+    assert!(*min < 10_200 && *max > 11_800, "{min}..{max}");
+    let mut tenths = [0u32; 10];
+    for o in &opens {
+        tenths[((o - 10_000) / 200) as usize] += 1;
+    }
+    assert!(
+        tenths.iter().all(|&n| (50..=150).contains(&n)),
+        "{tenths:?}"
+    );
+    // The same trip always gets the same time: kernel and daemon agree.
+    assert_eq!(
+        open_duration_ms(trip(77), &t),
+        open_duration_ms(trip(77), &t)
+    );
+}
+
+proptest! {
+    /// Any open time lies between open_duration and the maximum plus its jitter,
+    /// whatever the reopens, the trip time and the settings.
+    #[test]
+    fn the_open_time_stays_within_its_bounds(
+        base in 1u32..=86_400_000,
+        above in 0u32..=86_400_000,
+        jitter in 0u32..=100,
+        reopens in 0u32..=MAX_REOPENS,
+        since: u32,
+    ) {
+        // As the daemon writes them: a maximum of at least open_duration, at most 24 h.
+        let max = base.saturating_add(above).min(86_400_000);
+        let t = Thresholds {
+            open_duration_ms: base,
+            max_open_duration_ms: max,
+            open_jitter_pct: jitter,
+            ..T
+        };
+        let w = BreakerWord::pack(State::Open, since, reopens << REOPENS_SHIFT, 0, 0);
+        let open = open_duration_ms(w, &t) as u64;
+        let top = base.max(max) as u64;
+        prop_assert!(open >= base as u64);
+        prop_assert!(open <= top + top * jitter as u64 / 100);
+        if jitter == 0 {
+            prop_assert_eq!(open, (base as u64) .saturating_mul(1 << reopens).min(top));
+        }
+    }
 }

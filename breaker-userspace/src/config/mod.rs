@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use breaker_common::machine::{State, MAX_COUNT, MAX_IN_FLIGHT};
+use breaker_common::machine::{State, MAX_IN_FLIGHT, MAX_STREAK};
 use ipnet::IpNet;
 use serde::Deserialize;
 
@@ -128,6 +128,11 @@ pub struct Policy {
     /// initial SYN RTO); `None` leaves the kernel's 1 s.
     pub connect_timeout: Option<Duration>,
     pub open_duration: Duration,
+    /// Each reopen since the last close doubles the open time, up to this (at
+    /// least `open_duration`; equal to it by default: no growth).
+    pub max_open_duration: Duration,
+    /// Up to this percent more open time, chosen per trip (0 by default).
+    pub jitter_pct: u32,
     pub probe_interval: Duration,
     pub probe_timeout: Duration,
     /// Failure-rate tripping, beside the consecutive count; `None`: off.
@@ -289,6 +294,9 @@ struct RawPolicy {
     #[serde(default, with = "humantime_serde")]
     open_duration: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    max_open_duration: Option<Duration>,
+    jitter: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
     probe_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     probe_timeout: Option<Duration>,
@@ -311,6 +319,8 @@ macro_rules! raw_policy_of {
             trial_connect_timeout: $raw.trial_connect_timeout,
             connect_timeout: $raw.connect_timeout,
             open_duration: $raw.open_duration,
+            max_open_duration: $raw.max_open_duration,
+            jitter: $raw.jitter,
             probe_interval: $raw.probe_interval,
             probe_timeout: $raw.probe_timeout,
             failure_rate_threshold: $raw.failure_rate_threshold,
@@ -344,6 +354,9 @@ struct RawUpstream {
     connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     open_duration: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    max_open_duration: Option<Duration>,
+    jitter: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     probe_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -387,6 +400,9 @@ struct RawDefaultPolicy {
     #[serde(default, with = "humantime_serde")]
     open_duration: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    max_open_duration: Option<Duration>,
+    jitter: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
     probe_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     probe_timeout: Option<Duration>,
@@ -413,6 +429,8 @@ impl RawPolicy {
             trial_connect_timeout: self.trial_connect_timeout.or(base.trial_connect_timeout),
             connect_timeout: self.connect_timeout.or(base.connect_timeout),
             open_duration: self.open_duration.or(base.open_duration),
+            max_open_duration: self.max_open_duration.or(base.max_open_duration),
+            jitter: self.jitter.or(base.jitter),
             probe_interval: self.probe_interval.or(base.probe_interval),
             probe_timeout: self.probe_timeout.or(base.probe_timeout),
             failure_rate_threshold: self.failure_rate_threshold.or(base.failure_rate_threshold),
@@ -466,6 +484,11 @@ impl Check<'_> {
                 .unwrap_or(defaults::TRIAL_CONNECT_TIMEOUT),
             connect_timeout: raw.connect_timeout,
             open_duration: raw.open_duration.unwrap_or(defaults::OPEN_DURATION),
+            max_open_duration: raw
+                .max_open_duration
+                .or(raw.open_duration)
+                .unwrap_or(defaults::OPEN_DURATION),
+            jitter_pct: raw.jitter.unwrap_or(0),
             probe_interval: raw.probe_interval.unwrap_or(defaults::PROBE_INTERVAL),
             probe_timeout: raw.probe_timeout.unwrap_or(defaults::PROBE_TIMEOUT),
             rate: raw.failure_rate_threshold.map(|threshold_pct| RatePolicy {
@@ -476,20 +499,20 @@ impl Check<'_> {
             count: raw.count.unwrap_or_default(),
         };
         let field = |name: &str| format!("{at}{name}");
-        if !(1..=MAX_COUNT).contains(&p.failure_threshold) {
+        if !(1..=MAX_STREAK).contains(&p.failure_threshold) {
             return self.fail(
                 field("failure_threshold"),
                 format!(
-                    "must be between 1 and {MAX_COUNT}, got {}",
+                    "must be between 1 and {MAX_STREAK}, got {}",
                     p.failure_threshold
                 ),
             );
         }
-        if !(1..=MAX_COUNT).contains(&p.success_threshold) {
+        if !(1..=MAX_STREAK).contains(&p.success_threshold) {
             return self.fail(
                 field("success_threshold"),
                 format!(
-                    "must be between 1 and {MAX_COUNT}, got {}",
+                    "must be between 1 and {MAX_STREAK}, got {}",
                     p.success_threshold
                 ),
             );
@@ -555,6 +578,22 @@ impl Check<'_> {
             return self.fail(
                 field("open_duration"),
                 format!("must be between 1ms and 24h, got {:?}", p.open_duration),
+            );
+        }
+        if p.max_open_duration < p.open_duration || p.max_open_duration > MAX_OPEN_DURATION {
+            return self.fail(
+                field("max_open_duration"),
+                format!(
+                    "must be between open_duration ({}) and 24h, got {}",
+                    humantime::format_duration(p.open_duration),
+                    humantime::format_duration(p.max_open_duration)
+                ),
+            );
+        }
+        if p.jitter_pct > 100 {
+            return self.fail(
+                field("jitter"),
+                format!("must be a percent between 0 and 100, got {}", p.jitter_pct),
             );
         }
         if !(MIN_PROBE_INTERVAL..=MAX_PROBE_INTERVAL).contains(&p.probe_interval) {
@@ -1335,8 +1374,20 @@ fn describe_policy(p: &Policy) -> String {
     } else {
         format!(" (counting {} only)", p.count.names().join(", "))
     };
+    let growth = if p.max_open_duration > p.open_duration {
+        format!(
+            ", doubling at each reopen up to {}",
+            humantime::format_duration(p.max_open_duration)
+        )
+    } else {
+        String::new()
+    };
+    let jitter = match p.jitter_pct {
+        0 => String::new(),
+        j => format!(" plus up to {j} % at random"),
+    };
     format!(
-        "opens after {} consecutive failures{rate}{counted} ({timeout}); open {}; {trials}; closes after {} successes; probe every {} (timeout {})",
+        "opens after {} consecutive failures{rate}{counted} ({timeout}); open {}{growth}{jitter}; {trials}; closes after {} successes; probe every {} (timeout {})",
         p.failure_threshold,
         humantime::format_duration(p.open_duration),
         p.success_threshold,

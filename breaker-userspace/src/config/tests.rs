@@ -1014,3 +1014,57 @@ fn icmp_and_redirect_parse_and_say_what_a_rejected_syn_gets() {
     assert_eq!(redirect.map_sizes().nat, crate::config::PACKET_FLOW_SLOTS);
     assert_eq!(icmp.map_sizes().nat, 1);
 }
+
+#[test]
+fn the_open_time_grows_only_when_asked_and_its_bounds_are_refused_with_the_key_named() {
+    let c = parse(MINIMAL).unwrap();
+    let p = c.upstreams[0].policy;
+    assert_eq!(
+        (p.max_open_duration, p.jitter_pct),
+        (p.open_duration, 0),
+        "no growth, no jitter by default"
+    );
+    // A longer open_duration carries the default ceiling with it.
+    let c = parse(&format!("{MINIMAL}open_duration = '10m'\n")).unwrap();
+    assert_eq!(
+        c.upstreams[0].policy.max_open_duration,
+        Duration::from_secs(600)
+    );
+    // [defaults] gives both to every upstream, and an upstream overrides them.
+    let c = parse(&format!(
+        "[defaults]\nmax_open_duration = '5m'\njitter = 10\n{MINIMAL}jitter = 20\n"
+    ))
+    .unwrap();
+    let p = c.upstreams[0].policy;
+    assert_eq!(
+        (p.max_open_duration, p.jitter_pct),
+        (Duration::from_secs(300), 20)
+    );
+    let text = describe_policy(&p);
+    assert!(
+        text.contains("open 30s, doubling at each reopen up to 5m plus up to 20 % at random;"),
+        "{text}"
+    );
+    for (extra, key, says) in [
+        (
+            "max_open_duration = '10s'",
+            "max_open_duration",
+            "between open_duration (30s) and 24h, got 10s",
+        ),
+        (
+            "max_open_duration = '25h'",
+            "max_open_duration",
+            "between open_duration (30s) and 24h",
+        ),
+        ("jitter = 101", "jitter", "between 0 and 100, got 101"),
+        (
+            "success_threshold = 256",
+            "success_threshold",
+            "between 1 and 255",
+        ),
+    ] {
+        let (field, reason) = invalid_field(&format!("{MINIMAL}{extra}\n"));
+        assert!(field.ends_with(key), "{extra}: {field}");
+        assert!(reason.contains(says), "{extra}: {reason}");
+    }
+}

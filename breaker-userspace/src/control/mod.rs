@@ -113,9 +113,15 @@ impl View<'_> {
                     _ => Some(phase),
                 };
                 let open_ms = up.policy.open_duration.as_millis() as u64;
-                let next_probe_ms = match (word.mode(), word.state()) {
-                    (Mode::Auto, State::Open) => Some(open_ms.saturating_sub(phase)),
-                    (Mode::Auto, State::HalfOpen) => {
+                let this_open = (word.state() == State::Open).then(|| {
+                    u64::from(breaker_common::machine::open_duration_ms(
+                        word,
+                        &crate::kernel::thresholds(&up.policy),
+                    ))
+                });
+                let next_probe_ms = match (word.mode(), word.state(), this_open) {
+                    (Mode::Auto, State::Open, Some(open)) => Some(open.saturating_sub(phase)),
+                    (Mode::Auto, State::HalfOpen, _) => {
                         Some(up.policy.probe_interval.as_millis() as u64)
                     }
                     _ => None,
@@ -128,6 +134,8 @@ impl View<'_> {
                         success_threshold: up.policy.success_threshold,
                         half_open_max_connections: up.policy.half_open_max_connections,
                         open_duration_ms: open_ms,
+                        max_open_duration_ms: up.policy.max_open_duration.as_millis() as u64,
+                        jitter_percent: up.policy.jitter_pct,
                         trial_connect_timeout_ms: up.policy.trial_connect_timeout.as_millis()
                             as u64,
                         probe_interval_ms: up.policy.probe_interval.as_millis() as u64,
@@ -146,7 +154,9 @@ impl View<'_> {
                     mode: word.mode().name().to_string(),
                     dry_run: up.dry_run || self.dry_run_all,
                     since_ms,
-                    count: word.count(),
+                    count: word.streak(),
+                    reopens: word.reopens(),
+                    open_ms: this_open,
                     last_minute: history.window(now, *id, &counters),
                     total: Some(history::totals(&counters)),
                     next_probe_ms,
@@ -303,7 +313,7 @@ pub fn render_status(status: &Status) -> String {
         let Some(detail) = &u.detail else { continue };
         let p = &detail.policy;
         out.push_str(&format!(
-            "\n{}\n  endpoints: {}\n  fallback:  {}\n  policy:    failure_threshold {}{}, success_threshold {}, half_open_max_connections {}, open_duration {}, trial_connect_timeout {}, probe every {} (timeout {})\n  transitions:\n",
+            "\n{}\n  endpoints: {}\n  fallback:  {}\n  policy:    failure_threshold {}{}, success_threshold {}, half_open_max_connections {}, open_duration {}{}, trial_connect_timeout {}, probe every {} (timeout {})\n{}  transitions:\n",
             u.name,
             detail.endpoints.join(", "),
             if detail.fallback.is_empty() { "none".to_string() } else { detail.fallback.join(", ") },
@@ -317,9 +327,27 @@ pub fn render_status(status: &Status) -> String {
             p.success_threshold,
             p.half_open_max_connections,
             ms(Some(p.open_duration_ms)),
+            match (p.max_open_duration_ms > p.open_duration_ms, p.jitter_percent) {
+                (false, 0) => String::new(),
+                (true, 0) => format!(" doubling to {}", ms(Some(p.max_open_duration_ms))),
+                (false, j) => format!(" (jitter {j} %)"),
+                (true, j) => format!(
+                    " doubling to {} (jitter {j} %)",
+                    ms(Some(p.max_open_duration_ms))
+                ),
+            },
             ms(Some(p.trial_connect_timeout_ms)),
             ms(Some(p.probe_interval_ms)),
             ms(Some(p.probe_timeout_ms)),
+            match (u.open_ms, u.reopens) {
+                (Some(open), 0) => format!("  open:      {} this time\n", ms(Some(open))),
+                (Some(open), n) => format!(
+                    "  open:      {} this time, reopened {n} time(s) since it last closed\n",
+                    ms(Some(open))
+                ),
+                (None, 0) => String::new(),
+                (None, n) => format!("  reopened:  {n} time(s) since it last closed\n"),
+            },
         ));
         if detail.transitions.is_empty() {
             out.push_str("    none since the daemon started\n");

@@ -87,6 +87,13 @@ pub struct UpstreamStatus {
     pub since_ms: Option<u64>,
     /// Consecutive failures (CLOSED) or successes (HALF_OPEN).
     pub count: u32,
+    /// Times the breaker reopened (a failed trial) since it last closed: each
+    /// doubles the open time, up to `max_open_duration`.
+    #[serde(default)]
+    pub reopens: u32,
+    /// OPEN: how long this open phase lasts, its growth and jitter included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_ms: Option<u64>,
     pub last_minute: Window,
     /// Counts since the kernel's counters began, for rates: `breaker top` divides
     /// the difference between two answers by the time between them. Absent from
@@ -134,6 +141,12 @@ pub struct PolicyView {
     pub success_threshold: u32,
     pub half_open_max_connections: u32,
     pub open_duration_ms: u64,
+    /// The open time's ceiling as reopens double it (equal to `open_duration_ms`:
+    /// no growth).
+    #[serde(default)]
+    pub max_open_duration_ms: u64,
+    #[serde(default)]
+    pub jitter_percent: u32,
     pub trial_connect_timeout_ms: u64,
     pub probe_interval_ms: u64,
     pub probe_timeout_ms: u64,

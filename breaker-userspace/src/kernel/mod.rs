@@ -1095,6 +1095,8 @@ pub fn thresholds(p: &Policy) -> Thresholds {
         success_threshold: p.success_threshold,
         half_open_max_connections: p.half_open_max_connections,
         open_duration_ms: ms(p.open_duration),
+        max_open_duration_ms: ms(p.max_open_duration),
+        open_jitter_pct: p.jitter_pct,
         // A trial ends within trial_connect_timeout; twice that, and its slot is lost.
         trial_lease_ms: ms(p.trial_connect_timeout).saturating_mul(2),
     }
@@ -1151,6 +1153,8 @@ pub fn policy_abi(p: &Policy, fallback: &[SocketAddr], hz: u32) -> UpstreamPolic
         success_threshold: t.success_threshold,
         half_open_max_connections: t.half_open_max_connections,
         open_duration_ms: t.open_duration_ms,
+        max_open_duration_ms: t.max_open_duration_ms,
+        open_jitter_pct: t.open_jitter_pct,
         trial_lease_ms: t.trial_lease_ms,
         trial_rto_jiffies: trial_rto_jiffies(p.trial_connect_timeout, hz),
         trial_syn_retries: TRIAL_SYN_RETRIES,

@@ -21,6 +21,8 @@ fn upstream(name: &str, state: &str, connects: u64, failures: u64) -> UpstreamSt
         dry_run: false,
         since_ms: Some(42_000),
         count: 0,
+        reopens: 0,
+        open_ms: None,
         last_minute: Window {
             seconds: 60,
             connects,
@@ -209,6 +211,8 @@ fn enter_shows_the_selected_upstreams_transitions_newest_first() {
                 success_threshold: 2,
                 half_open_max_connections: 1,
                 open_duration_ms: 30_000,
+                max_open_duration_ms: 30_000,
+                jitter_percent: 0,
                 trial_connect_timeout_ms: 1_000,
                 probe_interval_ms: 1_000,
                 probe_timeout_ms: 1_000,

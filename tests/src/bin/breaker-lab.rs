@@ -47,6 +47,9 @@ struct ConnectArgs {
     /// Cancel a timed-out connect with shutdown() before closing the socket.
     #[arg(long)]
     cancel_with_shutdown: bool,
+    /// Attempt N goes to the port of --to plus N (one destination per attempt).
+    #[arg(long)]
+    each_port: bool,
 }
 
 #[derive(Subcommand)]
@@ -86,6 +89,7 @@ fn main() -> anyhow::Result<()> {
                 linger0: a.linger0,
                 hold: Duration::from_millis(a.hold_ms),
                 cancel_with_shutdown: a.cancel_with_shutdown,
+                each_port: a.each_port,
             };
             let stdout = std::sync::Mutex::new(std::io::BufWriter::new(std::io::stdout()));
             client::run(&opts, |a| {
