@@ -24,6 +24,7 @@ pub mod map_names {
     pub const DEFAULT_TRIPPED: &str = "DEFAULT_TRIPPED";
     pub const SOCKET_RECORDS: &str = "SOCKET_RECORDS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const CONNECT_DURATIONS: &str = "CONNECT_DURATIONS";
     pub const EVENTS: &str = "EVENTS";
     pub const UPSTREAM_NAMES: &str = "UPSTREAM_NAMES";
     pub const PIN_METADATA: &str = "PIN_METADATA";
@@ -387,6 +388,31 @@ pub struct Counters {
     pub failures_unreachable: u64,
 }
 
+/// Buckets of [`ConnectDurations`]. Bucket `i` counts the connects whose
+/// SYN-to-ESTABLISHED time, in the kernel's ticks, has `i` significant bits (0;
+/// 1; 2-3; 4-7; ...): under `2^i` ticks. The last counts every longer one.
+pub const DURATION_BUCKETS: usize = 14;
+
+/// How long one upstream's successful connects took, per CPU in
+/// `CONNECT_DURATIONS`, summed by the daemon into a Prometheus histogram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectDurations {
+    pub buckets: [u64; DURATION_BUCKETS],
+    /// Every counted connect's time added up, in ticks.
+    pub sum_ticks: u64,
+}
+
+/// The [`ConnectDurations`] bucket of a connect that took `ticks`: the tick
+/// count's bit length, at most the last. An unsigned compare, so that the
+/// verifier sees the index bounded.
+#[inline(always)]
+pub const fn duration_bucket(ticks: u64) -> usize {
+    let bits = 64 - ticks.leading_zeros();
+    let last = DURATION_BUCKETS as u32 - 1;
+    (if bits > last { last } else { bits }) as usize
+}
+
 /// Why a transition happened.
 pub const CAUSE_FAILURE_REFUSED: u32 = 1;
 pub const CAUSE_FAILURE_TIMEOUT: u32 = 2;
@@ -450,5 +476,36 @@ const _: () = assert!(core::mem::size_of::<BreakerCell>() == 8);
 const _: () = assert!(core::mem::size_of::<SocketRecord>() == 56);
 const _: () = assert!(core::mem::size_of::<ResolveQuery>() == 24);
 const _: () = assert!(core::mem::size_of::<Counters>() == 88);
+const _: () = assert!(core::mem::size_of::<ConnectDurations>() == 8 * (DURATION_BUCKETS + 1));
 const _: () = assert!(core::mem::size_of::<TransitionEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<PinMetadata>() == 104);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connect_time_falls_in_the_bucket_of_its_bit_length_the_last_taking_the_rest() {
+        for (ticks, bucket) in [
+            (0, 0),
+            (1, 1),
+            (2, 2),
+            (3, 2),
+            (4, 3),
+            (7, 3),
+            (8, 4),
+            (4095, 12),
+            (4096, 13),
+            (8191, 13),
+            (8192, 13),
+            (u64::MAX, 13),
+        ] {
+            assert_eq!(duration_bucket(ticks), bucket, "{ticks} ticks");
+        }
+        // Under 2^i ticks for every bucket but the last.
+        for i in 0..DURATION_BUCKETS - 1 {
+            assert_eq!(duration_bucket((1 << i) - 1), i);
+            assert_eq!(duration_bucket(1 << i), i + 1);
+        }
+    }
+}

@@ -414,7 +414,6 @@ impl<T> Step<T> {
 /// from the trip time, so the kernel and the daemon agree on it and it never
 /// changes within one open phase, while hosts that tripped at different moments
 /// (their clocks count from their own boots) spread out.
-#[inline(always)]
 ///
 /// The daemon writes `max_open_duration_ms >= open_duration_ms`, both at most 24 h,
 /// and `open_jitter_pct <= 100`, so nothing here overflows; without a branch (the

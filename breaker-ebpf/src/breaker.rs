@@ -8,15 +8,18 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use breaker_common::{
     abi::CAUSE_OPEN_EXPIRED,
-    abi::{BreakerCell, Counters, DestKey, TransitionEvent, UpstreamPolicy, DEFAULT_UPSTREAM_ID},
+    abi::{
+        duration_bucket, BreakerCell, Counters, DestKey, TransitionEvent, UpstreamPolicy,
+        DEFAULT_UPSTREAM_ID,
+    },
     machine::{self, admit, Admission, BreakerWord, Mode, State, Step, WordCell},
 };
 
 use crate::{
     atomic::cas_u64,
     maps::{
-        COUNTERS, DAEMON_HEARTBEAT, DEFAULT_STATES, DEFAULT_TRIPPED, EVENTS, POLICIES,
-        UPSTREAM_STATES,
+        CONNECT_DURATIONS, COUNTERS, DAEMON_HEARTBEAT, DEFAULT_STATES, DEFAULT_TRIPPED, EVENTS,
+        POLICIES, UPSTREAM_STATES,
     },
 };
 
@@ -73,6 +76,21 @@ pub fn count(upstream: u32, f: impl FnOnce(&mut Counters)) {
     if let Some(c) = COUNTERS.get_ptr_mut(upstream) {
         // SAFETY: this CPU's slot; no other writer while this program runs.
         f(unsafe { &mut *c });
+    }
+}
+
+/// Adds a successful connect that started at `started_jiffies` to upstream
+/// `upstream`'s histogram on this CPU.
+#[inline(always)]
+pub fn count_duration(upstream: u32, started_jiffies: u64) {
+    let ticks = jiffies().wrapping_sub(started_jiffies);
+    if let Some(d) = CONNECT_DURATIONS.get_ptr_mut(upstream) {
+        // SAFETY: this CPU's slot; no other writer while this program runs.
+        let d = unsafe { &mut *d };
+        if let Some(b) = d.buckets.get_mut(duration_bucket(ticks)) {
+            *b += 1;
+        }
+        d.sum_ticks = d.sum_ticks.wrapping_add(ticks);
     }
 }
 

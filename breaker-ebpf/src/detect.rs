@@ -41,7 +41,7 @@ use breaker_common::{
 
 use crate::{
     atomic::cas_u64,
-    breaker::{count, jiffies, now_ms, Breaker},
+    breaker::{count, count_duration, jiffies, now_ms, Breaker},
     maps::{POLICIES, RATE_WINDOWS},
     record,
     release::count_abandoned,
@@ -212,7 +212,14 @@ fn finish(ctx: &SockOpsContext, end: End) -> Result<(), i32> {
     }
     found.free();
     let r = &found.record;
-    conclude(ctx, r.upstream, &r.dest, cause, trial_epoch);
+    conclude(
+        ctx,
+        r.upstream,
+        &r.dest,
+        cause,
+        trial_epoch,
+        r.started_jiffies,
+    );
     Ok(())
 }
 
@@ -226,7 +233,11 @@ pub fn conclude<C: EbpfContext>(
     dest: &DestKey,
     cause: u32,
     trial_epoch: Option<u8>,
+    started_jiffies: u64,
 ) {
+    if cause == CAUSE_SUCCESS {
+        count_duration(upstream, started_jiffies);
+    }
     count(upstream, |c| match cause {
         CAUSE_SUCCESS => c.successes += 1,
         CAUSE_FAILURE_TIMEOUT => c.failures_timeout += 1,

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use breaker_common::{
     abi::{
-        BreakerCell, Counters, DestKey, EndpointV4, EndpointV6, PinMetadata, Settings,
-        SocketRecord, UpstreamName, UpstreamPolicy,
+        BreakerCell, ConnectDurations, Counters, DestKey, EndpointV4, EndpointV6, PinMetadata,
+        Settings, SocketRecord, UpstreamName, UpstreamPolicy,
     },
     packet::{FlowKey, FlowRecord, NatTarget, PacketCounters},
     window::RateWindow,
@@ -101,6 +101,11 @@ pub static PACKET_COUNTERS: PerCpuArray<PacketCounters> = PerCpuArray::with_max_
 /// Upstream id -> counters, per CPU (written on every watched connect).
 #[map]
 pub static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+
+/// Upstream id -> how long its successful connects took (a histogram in ticks),
+/// per CPU; written by sock_ops and the packet path's egress at each success.
+#[map]
+pub static CONNECT_DURATIONS: PerCpuArray<ConnectDurations> = PerCpuArray::with_max_entries(1, 0);
 
 /// State transitions, to the daemon.
 #[map]

@@ -17,11 +17,24 @@ use crate::{
     state::StateTable,
 };
 
+pub mod durations;
 pub mod packet;
 pub mod server;
 pub use server::serve;
 
 const STATES: [State; 3] = [State::Closed, State::Open, State::HalfOpen];
+
+/// A collector the registry and [`Metrics`] share.
+struct SharedCollector<C>(Arc<C>);
+
+impl<C: prometheus::core::Collector> prometheus::core::Collector for SharedCollector<C> {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.collect()
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -41,6 +54,8 @@ pub struct Metrics {
     mode: IntGaugeVec,
     probes: IntCounterVec,
     default_open: IntGaugeVec,
+    /// Connect-time histograms, read from the kernel at each scrape.
+    durations: Arc<durations::DurationHistograms>,
     /// Kernel counters as of the last scrape, to turn totals into increments.
     last: Mutex<HashMap<u32, Counters>>,
     /// Default-policy destinations currently not CLOSED, from transition events.
@@ -89,6 +104,15 @@ impl Metrics {
             .collect();
         names.sort_unstable_by_key(|(id, _)| *id);
         let m = Metrics {
+            durations: {
+                let d = Arc::new(
+                    durations::DurationHistograms::new().expect("static metric definition"),
+                );
+                registry
+                    .register(Box::new(SharedCollector(d.clone())))
+                    .expect("metric registered once");
+                d
+            },
             names: RwLock::new(Vec::new()),
             reloads: counter(&registry, "breaker_config_reloads_total", "Config reloads (SIGHUP), by result: success, or failure (the running config stays).", &["result"]),
             last_reload: {
@@ -523,6 +547,17 @@ impl Metrics {
                 prev.would_reject,
             );
         }
+        let histograms = names
+            .iter()
+            .filter_map(|(id, name)| match counters.durations(*id) {
+                Ok(d) => Some((name.clone(), d)),
+                Err(e) => {
+                    tracing::warn!(upstream = name.as_str(), error = %e, "reading connect durations failed");
+                    None
+                }
+            })
+            .collect();
+        self.durations.set(counters.hz(), histograms);
         let destinations = self
             .destinations
             .lock()

@@ -1041,3 +1041,77 @@ fn connect_timeout_counts_a_blackholed_connect_sooner() {
         &format!("took {took:?}"),
     );
 }
+
+/// Each successful watched connect adds its time to its upstream's histogram,
+/// once; failed connects add nothing, nor do other upstreams' connects.
+#[test]
+fn successful_connects_fill_their_upstreams_duration_histogram() {
+    let Some(mut lab) = lab("durations") else {
+        return;
+    };
+    lab.serve("10.77.0.2:8080", "api").unwrap();
+    lab.start_daemon(
+        r#"
+[[upstream]]
+name = "api"
+endpoints = ["10.77.0.2:8080", "10.77.0.2:8081"]
+failure_threshold = 100
+
+[[upstream]]
+name = "other"
+endpoints = ["10.77.0.3:80"]
+"#,
+    )
+    .unwrap();
+    let ok = lab
+        .client(&["--to", "10.77.0.2:8080", "--count", "5"])
+        .unwrap();
+    let refused = lab
+        .client(&["--to", "10.77.0.2:8081", "--count", "3"])
+        .unwrap();
+    check(
+        &lab,
+        outcomes(&ok) == ["ok"; 5] && outcomes(&refused) == ["refused"; 3],
+        &format!("{ok:?} {refused:?}"),
+    );
+    let samples = breaker_lab::metrics::parse(&lab.metrics_text().unwrap());
+    let of = |name: &str, upstream: &str| -> Vec<(String, f64)> {
+        samples
+            .iter()
+            .filter(|s| {
+                s.name == name
+                    && s.labels
+                        .iter()
+                        .any(|(k, v)| k == "upstream" && v == upstream)
+            })
+            .map(|s| {
+                let le = s.labels.iter().find(|(k, _)| k == "le");
+                (le.map(|(_, v)| v.clone()).unwrap_or_default(), s.value)
+            })
+            .collect()
+    };
+    let buckets = of("breaker_connect_duration_seconds_bucket", "api");
+    let count = of("breaker_connect_duration_seconds_count", "api");
+    let sum = of("breaker_connect_duration_seconds_sum", "api");
+    let bounds: Vec<f64> = buckets
+        .iter()
+        .filter_map(|(le, _)| le.parse::<f64>().ok())
+        .filter(|b| b.is_finite())
+        .collect();
+    let cumulative: Vec<f64> = buckets.iter().map(|(_, v)| *v).collect();
+    check(
+        &lab,
+        count == [(String::new(), 5.0)]
+            && buckets.last() == Some(&("+Inf".to_string(), 5.0))
+            && cumulative.windows(2).all(|w| w[0] <= w[1])
+            && bounds.len() == 13
+            && bounds.windows(2).all(|w| w[1] == 2.0 * w[0])
+            && matches!(sum.as_slice(), [(_, s)] if (0.0..5.0).contains(s)),
+        &format!("api's histogram: five connects in powers of two ticks: {buckets:?} count {count:?} sum {sum:?}"),
+    );
+    check(
+        &lab,
+        of("breaker_connect_duration_seconds_count", "other") == [(String::new(), 0.0)],
+        "another upstream's histogram is empty",
+    );
+}

@@ -176,6 +176,19 @@ fn a_vm_behind_the_host_is_protected_by_the_packet_path_alone() {
         successes >= 3.0,
         &format!("the vm's successes counted from SYN-ACKs: {successes}"),
     );
+    // Each timed from its SYN to the SYN-ACK, into the same histogram as the
+    // socket path's.
+    let timed = lab
+        .metric(
+            "breaker_connect_duration_seconds_count",
+            &[("upstream", "refusing")],
+        )
+        .unwrap();
+    check(
+        &lab,
+        timed == successes,
+        &format!("every success timed once: {timed} timed, {successes} successes"),
+    );
 
     // Unreachable: the host's ICMP errors quote the vm's SYNs. One connect at a
     // time until the breaker opens. Under emulation (the kernel matrix) an ICMP

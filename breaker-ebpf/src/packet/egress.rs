@@ -191,5 +191,12 @@ fn end<C: EbpfContext>(ctx: &C, key: &FlowKey, cause: u32) {
         let _ = PACKET_FLOWS.insert(key, ended, BPF_NOEXIST as u64);
     }
     let trial = (flow.flags & FLOW_TRIAL != 0).then_some(flow.epoch as u8);
-    conclude(ctx, flow.upstream, &flow.dest, cause, trial);
+    conclude(
+        ctx,
+        flow.upstream,
+        &flow.dest,
+        cause,
+        trial,
+        flow.started_jiffies,
+    );
 }

@@ -1,16 +1,17 @@
 //! Upstream ids by name. Id 0 is the default policy; a configured upstream keeps
 //! its id for as long as its name stays in the config, across restarts and
 //! reloads, because `UPSTREAM_NAMES` (pinned) remembers whose id is whose. Its
-//! state word and counters live at that id, so they carry on too.
+//! state word, counters and connect-time histogram live at that id, so they
+//! carry on too.
 use std::collections::HashMap;
 
 use aya::{
     maps::{Array, Map, MapData, PerCpuArray, PerCpuValues},
     Ebpf,
 };
-use breaker_common::abi::{map_names, Counters, UpstreamName};
+use breaker_common::abi::{map_names, ConnectDurations, Counters, UpstreamName};
 
-use super::{map_err, typed_map, KernelError};
+use super::{map_err, pins::PinFolder, typed_map, KernelError};
 use crate::{config::Config, state::StateTable};
 
 /// Ids for the config's upstreams (in config order), and the ids of upstreams
@@ -66,26 +67,44 @@ pub fn assign(
             .map_err(map_err(map_names::UPSTREAM_STATES))?;
         let mut counters: PerCpuArray<_, Counters> = typed_map(ebpf, map_names::COUNTERS)?;
         counters
-            .set(id, zero_counters()?, 0)
+            .set(id, zeros()?, 0)
             .map_err(map_err(map_names::COUNTERS))?;
+        let mut durations: PerCpuArray<_, ConnectDurations> =
+            typed_map(ebpf, map_names::CONNECT_DURATIONS)?;
+        durations
+            .set(id, zeros()?, 0)
+            .map_err(map_err(map_names::CONNECT_DURATIONS))?;
     }
     let freed = had.into_values().collect();
     Ok((ids, freed))
 }
 
-fn zero_counters() -> Result<PerCpuValues<Counters>, KernelError> {
+/// A zero value for every CPU.
+fn zeros<T: aya::Pod + Default>() -> Result<PerCpuValues<T>, KernelError> {
     let cpus =
         aya::util::nr_cpus().map_err(|(_, e)| KernelError::Ids(format!("counting CPUs: {e}")))?;
-    PerCpuValues::try_from(vec![Counters::default(); cpus])
+    PerCpuValues::try_from(vec![T::default(); cpus])
         .map_err(|e| KernelError::Ids(format!("zero counters: {e}")))
 }
 
-/// Frees `id`: no name, a CLOSED word, zero counters. `counters` is the pinned
-/// COUNTERS map (the loaded one is held by the daemon's counter table).
+/// Zeroes `id` in the pinned per-CPU map `name` (the loaded one is held by the
+/// daemon's counter table).
+fn zero_pinned<T: aya::Pod + Default>(
+    pins: &PinFolder,
+    name: &'static str,
+    id: u32,
+) -> Result<(), KernelError> {
+    let data = MapData::from_pin(pins.map(name)).map_err(map_err(name))?;
+    let mut map: PerCpuArray<_, T> =
+        PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(map_err(name))?;
+    map.set(id, zeros()?, 0).map_err(map_err(name))
+}
+
+/// Frees `id`: no name, a CLOSED word, zero counters and histogram.
 pub fn clear(
     ebpf: &mut Ebpf,
     states: &StateTable,
-    counters: &std::path::Path,
+    pins: &PinFolder,
     id: u32,
 ) -> Result<(), KernelError> {
     let mut names: Array<_, UpstreamName> = typed_map(ebpf, map_names::UPSTREAM_NAMES)?;
@@ -93,14 +112,6 @@ pub fn clear(
         .set(id, UpstreamName::default(), 0)
         .map_err(map_err(map_names::UPSTREAM_NAMES))?;
     states.reset(id);
-    let data = MapData::from_pin(counters).map_err(map_err(map_names::COUNTERS))?;
-    let mut counters: PerCpuArray<_, Counters> =
-        PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(map_err(map_names::COUNTERS))?;
-    let cpus =
-        aya::util::nr_cpus().map_err(|(_, e)| KernelError::Ids(format!("counting CPUs: {e}")))?;
-    let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus])
-        .map_err(|e| KernelError::Ids(format!("zero counters: {e}")))?;
-    counters
-        .set(id, zeros, 0)
-        .map_err(map_err(map_names::COUNTERS))
+    zero_pinned::<Counters>(pins, map_names::COUNTERS, id)?;
+    zero_pinned::<ConnectDurations>(pins, map_names::CONNECT_DURATIONS, id)
 }

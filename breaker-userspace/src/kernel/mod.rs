@@ -33,10 +33,10 @@ use aya::{
 };
 use breaker_common::{
     abi::{
-        map_names, program_names, BreakerCell, Counters, DestKey, EndpointV4, EndpointV6,
-        PinMetadata, Settings, UpstreamPolicy, ABI_VERSION, DEFAULT_UPSTREAM_ID, POLICY_DRY_RUN,
-        POLICY_FALLBACK_V4, POLICY_FALLBACK_V6, POLICY_IGNORE_REFUSED, POLICY_IGNORE_TIMEOUT,
-        POLICY_IGNORE_UNREACHABLE, PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6,
+        map_names, program_names, BreakerCell, ConnectDurations, Counters, DestKey, EndpointV4,
+        EndpointV6, PinMetadata, Settings, UpstreamPolicy, ABI_VERSION, DEFAULT_UPSTREAM_ID,
+        POLICY_DRY_RUN, POLICY_FALLBACK_V4, POLICY_FALLBACK_V6, POLICY_IGNORE_REFUSED,
+        POLICY_IGNORE_TIMEOUT, POLICY_IGNORE_UNREACHABLE, PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6,
     },
     dest::{endpoint_prefix_len, port_ne},
     machine::{BreakerWord, State, Thresholds},
@@ -198,9 +198,12 @@ impl DefaultDestinations {
     }
 }
 
-/// The per-CPU counters of every upstream.
+/// The per-CPU counters of every upstream, and its connect-time histogram.
 pub struct CounterTable {
     map: PerCpuArray<MapData, Counters>,
+    durations: PerCpuArray<MapData, ConnectDurations>,
+    /// The kernel's tick rate: the histogram's unit.
+    hz: u32,
 }
 
 impl CounterTable {
@@ -221,6 +224,28 @@ impl CounterTable {
             sum.failures_unreachable += c.failures_unreachable;
             sum
         }))
+    }
+
+    /// The kernel's ticks per second, the unit of [`CounterTable::durations`].
+    pub fn hz(&self) -> u32 {
+        self.hz
+    }
+
+    /// How long upstream `id`'s successful connects took, summed over CPUs.
+    pub fn durations(&self, id: u32) -> Result<ConnectDurations, KernelError> {
+        let per_cpu = self
+            .durations
+            .get(&id, 0)
+            .map_err(map_err(map_names::CONNECT_DURATIONS))?;
+        Ok(per_cpu
+            .iter()
+            .fold(ConnectDurations::default(), |mut sum, d| {
+                for (s, b) in sum.buckets.iter_mut().zip(d.buckets) {
+                    *s += b;
+                }
+                sum.sum_ticks = sum.sum_ticks.wrapping_add(d.sum_ticks);
+                sum
+            }))
     }
 }
 
@@ -247,9 +272,10 @@ const RECORD_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3
 /// Maps that outlive a daemon: pinned, and adopted by the next one, which finds
 /// each upstream's state word and counters where it left them (and the packet
 /// path's redirected flows, which a reload or restart must not cut).
-const KEPT_MAPS: [&str; 10] = [
+const KEPT_MAPS: [&str; 11] = [
     map_names::UPSTREAM_STATES,
     map_names::COUNTERS,
+    map_names::CONNECT_DURATIONS,
     map_names::UPSTREAM_NAMES,
     map_names::DEFAULT_STATES,
     map_names::DEFAULT_TRIPPED,
@@ -385,6 +411,13 @@ impl Kernel {
                 name: map_names::COUNTERS,
             })?;
         let counters = PerCpuArray::try_from(counters).map_err(map_err(map_names::COUNTERS))?;
+        let durations =
+            ebpf.take_map(map_names::CONNECT_DURATIONS)
+                .ok_or(KernelError::MissingMap {
+                    name: map_names::CONNECT_DURATIONS,
+                })?;
+        let durations =
+            PerCpuArray::try_from(durations).map_err(map_err(map_names::CONNECT_DURATIONS))?;
         let destinations =
             ebpf.take_map(map_names::DEFAULT_STATES)
                 .ok_or(KernelError::MissingMap {
@@ -421,7 +454,11 @@ impl Kernel {
             resumed_on: None,
             attached: None,
             states: Arc::new(states),
-            counters: Arc::new(CounterTable { map: counters }),
+            counters: Arc::new(CounterTable {
+                map: counters,
+                durations,
+                hz,
+            }),
             destinations: Arc::new(destinations),
             heartbeat: Arc::new(heartbeat),
             interface_links: Vec::new(),
@@ -496,6 +533,7 @@ impl Kernel {
                 [
                     (map_names::UPSTREAM_STATES, self.states.slots()),
                     (map_names::COUNTERS, self.states.slots()),
+                    (map_names::CONNECT_DURATIONS, self.states.slots()),
                 ]
                 .map(|(n, c)| (n.to_string(), c)),
             )
@@ -583,8 +621,7 @@ impl Kernel {
         // `resumable`).
         write_metadata(&mut self.ebpf, self.config_digest, self.hz, cgroup)?;
         for id in std::mem::take(&mut self.freed) {
-            let counters = self.pins.map(map_names::COUNTERS);
-            ids::clear(&mut self.ebpf, &self.states, &counters, id)?;
+            ids::clear(&mut self.ebpf, &self.states, &self.pins, id)?;
         }
         Ok(())
     }
@@ -843,6 +880,7 @@ fn loader_for(sizes: &crate::config::MapSizes) -> EbpfLoader<'static> {
         .map_max_entries(map_names::ENDPOINTS_V6, sizes.v6)
         .map_max_entries(map_names::UPSTREAM_STATES, slots)
         .map_max_entries(map_names::COUNTERS, slots)
+        .map_max_entries(map_names::CONNECT_DURATIONS, slots)
         .map_max_entries(map_names::UPSTREAM_NAMES, slots)
         .map_max_entries(map_names::DEFAULT_STATES, sizes.destinations)
         .map_max_entries(map_names::DEFAULT_TRIPPED, sizes.destinations)
