@@ -316,10 +316,11 @@ impl BreakerWord {
     /// grows), the first open otherwise. Keeps the epoch so stale trials stay stale.
     #[inline(always)]
     fn tripped(self, now_ms: u32) -> Self {
-        // Without branches: 1 for OPEN (1) and HALF_OPEN (2), 0 for CLOSED; a
-        // CLOSED word has no reopens; 16 saturates to 15.
+        // Without branches: one more for OPEN (1) and HALF_OPEN (2), none from
+        // CLOSED (whatever its high bits hold); 16 saturates to 15.
         let state_bits = ((self.0 >> STATE_SHIFT) & mask(STATE_BITS)) as u32;
-        let reopens = self.reopens() + ((state_bits + 1) >> 1 & 1);
+        let reopened = (state_bits + 1) >> 1 & 1;
+        let reopens = (self.reopens() + 1) * reopened;
         let reopens = reopens - (reopens >> REOPENS_BITS);
         Self::pack(
             State::Open,
@@ -364,6 +365,18 @@ pub fn reset(w: BreakerWord) -> Step<bool> {
     Step {
         next: BreakerWord::pack(State::Closed, 0, 0, 0, w.epoch().wrapping_add(1)),
         result: true,
+    }
+}
+
+/// A CLOSED word whose count holds more than a streak (left by a daemon from
+/// before reopens shared the field, when thresholds went to 4095) counts from 0
+/// again: its high bits would read as reopens. Anything else is unchanged.
+#[inline(always)]
+pub fn settle_closed(w: BreakerWord) -> Step<bool> {
+    let stale = w.state() == State::Closed && w.count() > MAX_STREAK;
+    Step {
+        next: if stale { w.with_count(0) } else { w },
+        result: stale,
     }
 }
 

@@ -330,7 +330,7 @@ fn rate_window(upstream: u32, p: &UpstreamPolicy, before: BreakerWord, failure: 
     if !failure || !window_exceeded(buckets, slot, epoch, p.rate_threshold_pct, p.rate_minimum) {
         return 0;
     }
-    if before.count() + 1 < p.failure_threshold {
+    if before.streak() + 1 < p.failure_threshold {
         RATE_TRIPS | RATE_NAMES_TRIP
     } else {
         RATE_TRIPS

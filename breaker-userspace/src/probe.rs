@@ -104,7 +104,7 @@ struct Probed {
 }
 
 /// Probes every upstream whose breaker is due, forever: not CLOSED, OPEN for at least
-/// `open_duration`, and `probe_interval` since its last probe. One task scans all the
+/// its open time (`open_duration`, grown by reopens), and `probe_interval` since its last probe. One task scans all the
 /// words; each probe runs in a task of its own.
 pub async fn run(
     upstreams: Vec<(u32, Upstream)>,

@@ -483,8 +483,8 @@ fn each_reopen_doubles_the_open_time_until_the_breaker_closes() {
     );
     check(
         &lab,
-        reopens + 1 == failures as u64,
-        &format!("each failed trial reopened: {reopens} reopens, {failures} failures"),
+        reopens == (failures as u64 - 1).min(15),
+        &format!("each failed trial reopened (up to 15): {reopens} reopens, {failures} failures"),
     );
 
     // The upstream comes back: the next trial closes the breaker, which forgets
@@ -513,7 +513,9 @@ fn each_reopen_doubles_the_open_time_until_the_breaker_closes() {
         &format!("closed, no reopens: {state}, {reopens}"),
     );
     lab.blackhole(UPSTREAM_V4).unwrap();
-    lab.client(&["--to", &to, "--count", "1", "--timeout-ms", "300"])
+    // Its connect_timeout (200 ms) decides the failure, well before the client
+    // gives up.
+    lab.client(&["--to", &to, "--count", "1", "--timeout-ms", "1000"])
         .unwrap();
     let (state, reopens) = flap_status(&lab);
     check(

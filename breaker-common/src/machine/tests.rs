@@ -770,3 +770,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_closed_word_with_a_count_beyond_the_streak_settles_and_never_trips_as_a_reopen() {
+    // As a daemon that allowed thresholds up to 4095 may have left it: 600 failures.
+    let old = BreakerWord::pack(State::Closed, 0, 600, 0, 7);
+    assert_eq!(old.reopens(), 2);
+    // Tripped as it is, it is a first open all the same.
+    let t = Thresholds {
+        max_open_duration_ms: 60_000,
+        ..T
+    };
+    let tripped = trip_on_rate(old, 10, 7).next;
+    assert_eq!((tripped.state(), tripped.reopens()), (State::Open, 0));
+    assert_eq!(open_duration_ms(tripped, &t), 1_000);
+    // Settled, it counts from 0; anything else is left as it is.
+    let s = settle_closed(old);
+    assert!(s.result);
+    assert_eq!((s.next.count(), s.next.epoch()), (0, 7));
+    for w in [BreakerWord::pack(State::Closed, 0, 3, 0, 1), trip(5)] {
+        assert_eq!(
+            settle_closed(w),
+            Step {
+                next: w,
+                result: false
+            }
+        );
+    }
+}

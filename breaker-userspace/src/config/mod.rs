@@ -584,7 +584,7 @@ impl Check<'_> {
             return self.fail(
                 field("max_open_duration"),
                 format!(
-                    "must be between open_duration ({}) and 24h, got {}",
+                    "must be between open_duration ({}) and 24h, got {} (here or from [defaults])",
                     humantime::format_duration(p.open_duration),
                     humantime::format_duration(p.max_open_duration)
                 ),

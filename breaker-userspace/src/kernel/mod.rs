@@ -405,6 +405,10 @@ impl Kernel {
                 })
             }
         };
+        // Words an older daemon left may count past a streak while CLOSED.
+        for id in 0..slots {
+            states.update(id, breaker_common::machine::settle_closed);
+        }
         let counters = ebpf
             .take_map(map_names::COUNTERS)
             .ok_or(KernelError::MissingMap {
