@@ -78,9 +78,7 @@ pub const EXPIRE_NOT_YET: u32 = 0;
 pub struct NatTarget {
     pub addr: [u32; 4],
     pub port: u16,
-    /// `NAT_*` bits, on the client's side (`PACKET_NAT_OUT`) only: how far the
-    /// flow has closed. 0 in the fallback's side.
-    pub flags: u16,
+    pub _pad: u16,
     /// The redirected SYN's sequence number (host order): the same SYN sent again
     /// is a retransmission of this flow, one with another is a new connect.
     pub isn: u32,
@@ -161,21 +159,6 @@ impl PacketCounters {
 }
 
 /// TCP header flags.
-/// `NatTarget.flags`: the client sent a FIN.
-pub const NAT_FIN_OUT: u16 = 1 << 0;
-/// `NatTarget.flags`: the fallback sent a FIN.
-pub const NAT_FIN_BACK: u16 = 1 << 1;
-/// `NatTarget.flags`: either side sent a reset.
-pub const NAT_RESET: u16 = 1 << 2;
-
-/// Whether a redirected flow whose client side carries `flags` has closed (a
-/// reset, or a FIN each way): its fallback side is then no one's, and another
-/// flow may take it (its last ACKs are still rewritten until one does).
-#[inline(always)]
-pub const fn nat_closed(flags: u16) -> bool {
-    flags & NAT_RESET != 0 || flags & (NAT_FIN_OUT | NAT_FIN_BACK) == NAT_FIN_OUT | NAT_FIN_BACK
-}
-
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;

@@ -107,25 +107,6 @@ pub fn data_v4(client: SocketAddrV4, upstream: SocketAddrV4, seq: u32, ack: u32)
     out
 }
 
-/// A FIN|ACK (or, with `reset`, an RST|ACK) of an established flow, from `from`
-/// to `to`: one side closing.
-pub fn closing_v4(from: SocketAddrV4, to: SocketAddrV4, reset: bool) -> Vec<u8> {
-    let mut tcp = TcpHeader::new(from.port(), to.port(), 9_000_000, WINDOW);
-    tcp.ack = true;
-    tcp.acknowledgment_number = 8_000_000;
-    if reset {
-        tcp.rst = true;
-    } else {
-        tcp.fin = true;
-    }
-    let b = PacketBuilder::ethernet2(CLIENT_MAC, HOST_MAC)
-        .ipv4(from.ip().octets(), to.ip().octets(), 64)
-        .tcp_header(tcp);
-    let mut out = Vec::new();
-    b.write(&mut out, &[]).expect("a segment");
-    out
-}
-
 /// How an upstream answers a SYN.
 #[derive(Clone, Copy, Debug)]
 pub enum Reply {

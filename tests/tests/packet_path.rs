@@ -1048,46 +1048,6 @@ const INGRESS_CASES: &[Case] = &[
                 .map_err(|e| format!("the first flow's answer: {e}"))
         },
     },
-    Case {
-        name: "a redirected flow closed by a FIN each way, or a reset, gives its fallback side up",
-        run: |f, xdp| {
-            for (n, reset) in [(0u16, false), (1, true)] {
-                let me = client(port(25, xdp) + n);
-                f.set(f.moved, State::Open);
-                f.set(f.moved2, State::Open);
-                f.run(ingress(xdp), &packets::syn_v4(me, MOVED4, 25_000));
-                let second = packets::syn_v4(me, MOVED2_4, 25_100);
-                // The client's FIN (rewritten like any segment of the flow) is
-                // half a close: the fallback's side is still the first flow's.
-                let fin = packets::closing_v4(me, MOVED4, reset);
-                let s = observe(f, ingress(xdp), &fin);
-                check_rewritten(&s.run.data, &fin, Some(FALLBACK4.into()), None)
-                    .map_err(|e| format!("the client's FIN/RST: {e}"))?;
-                if !reset {
-                    let s = observe(f, ingress(xdp), &second);
-                    ensure!(
-                        s.run.return_value == replied(xdp),
-                        "half closed, the side was given up: verdict {}",
-                        s.run.return_value
-                    );
-                    let fin_back = packets::closing_v4(FALLBACK4, me, false);
-                    let s = egress_run(f, &fin_back);
-                    check_rewritten(&s.run.data, &fin_back, None, Some(MOVED4.into()))
-                        .map_err(|e| format!("the fallback's FIN: {e}"))?;
-                }
-                // Closed: the second flow takes the fallback's side, and its
-                // answers go to it.
-                let s = observe(f, ingress(xdp), &second);
-                check_rewritten(&s.run.data, &second, Some(FALLBACK4.into()), None)
-                    .map_err(|e| format!("reset {reset}: the second flow after the close: {e}"))?;
-                let answer = packets::answer_v4(FALLBACK4, me, Reply::SynAck, 25_101);
-                let s = egress_run(f, &answer);
-                check_rewritten(&s.run.data, &answer, None, Some(MOVED2_4.into()))
-                    .map_err(|e| format!("reset {reset}: the second flow's answer: {e}"))?;
-            }
-            Ok(())
-        },
-    },
 ];
 
 fn egress_run(f: &mut Fixture, frame: &[u8]) -> Seen {

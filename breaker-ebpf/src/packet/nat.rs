@@ -6,9 +6,7 @@ use aya_ebpf::bindings::BPF_NOEXIST;
 use breaker_common::{
     abi::{UpstreamPolicy, POLICY_FALLBACK_V4, POLICY_FALLBACK_V6},
     dest::v4_mapped,
-    packet::{
-        nat_closed, FlowKey, NatTarget, NAT_FIN_BACK, NAT_FIN_OUT, NAT_RESET, TCP_FIN, TCP_RST,
-    },
+    packet::{FlowKey, NatTarget},
 };
 
 use super::{count, flow_of, ip, is_v4, tcp, Frame, IPPROTO_TCP};
@@ -77,9 +75,6 @@ pub fn rewrite_of(frame: &Frame, way: u32, rw: &mut Rewrite) -> bool {
     let Some(to) = (unsafe { map.get(key) }).copied() else {
         return false;
     };
-    if tcp.flags & (TCP_FIN | TCP_RST) != 0 {
-        closing(way, &key, &to, tcp.flags);
-    }
     // Destination (out) or source (back): address and port.
     let (addr_off, port_off) = match (v4, out) {
         (true, true) => (ip.l3 + 16, ip.l4 + 2),
@@ -99,36 +94,6 @@ pub fn rewrite_of(frame: &Frame, way: u32, rw: &mut Rewrite) -> bool {
         new_port: to.port,
     };
     true
-}
-
-/// Notes on the client's side of a redirected flow that a segment going `way`
-/// (`key`, rewritten to `to`) carried a FIN or a reset, so that once it has
-/// closed its fallback side can go to another flow. Flags are only ever added; two
-/// CPUs adding at once may lose one, and the flow then keeps its side until its
-/// client's port is used again (as before it closed). Out of line: rare.
-#[inline(never)]
-fn closing(way: u32, key: &FlowKey, to: &NatTarget, tcp_flags: u8) {
-    let client_side = if way == OUT {
-        *key
-    } else {
-        FlowKey {
-            upstream: to.addr,
-            upstream_port: to.port,
-            ..*key
-        }
-    };
-    let bit = if tcp_flags & TCP_RST != 0 {
-        NAT_RESET
-    } else if way == OUT {
-        NAT_FIN_OUT
-    } else {
-        NAT_FIN_BACK
-    };
-    if let Some(entry) = PACKET_NAT_OUT.get_ptr_mut(client_side) {
-        // SAFETY: a map value, valid while this program runs; the write is one
-        // u16 (see above for the race it tolerates).
-        unsafe { (*entry).flags |= bit };
-    }
 }
 
 /// Sends flow `key` (its SYN's sequence number `isn`) to the fallback of
@@ -163,7 +128,7 @@ fn redirect_to(key: &FlowKey, isn: u32, p: &UpstreamPolicy) -> bool {
             addr: v4_mapped(p.fallback_ip4),
             // The low half, in memory order: the port as the packet has it.
             port: p.fallback_port_v4 as u16,
-            flags: 0,
+            _pad: 0,
             isn,
         }
     } else {
@@ -173,7 +138,7 @@ fn redirect_to(key: &FlowKey, isn: u32, p: &UpstreamPolicy) -> bool {
         NatTarget {
             addr: p.fallback_ip6,
             port: p.fallback_port_v6 as u16,
-            flags: 0,
+            _pad: 0,
             isn,
         }
     };
@@ -185,7 +150,7 @@ fn redirect_to(key: &FlowKey, isn: u32, p: &UpstreamPolicy) -> bool {
     let back = NatTarget {
         addr: key.upstream,
         port: key.upstream_port,
-        flags: 0,
+        _pad: 0,
         isn,
     };
     // The client's side first: of two SYNs racing for one fallback side, the
@@ -207,8 +172,8 @@ fn redirect_to(key: &FlowKey, isn: u32, p: &UpstreamPolicy) -> bool {
 
 /// Whether the fallback's side `back_key` is held by a live redirected flow other
 /// than the one `back` names: its entry points elsewhere, and that flow's client
-/// side still sends to this fallback and has not closed. An entry whose client
-/// side is gone (ended, evicted, closed) is no one's.
+/// side still sends to this fallback. An entry whose client side is gone (ended,
+/// evicted) is no one's.
 #[inline(always)]
 fn held_by_other(back_key: &FlowKey, back: &NatTarget) -> bool {
     // SAFETY: the value is copied out at once.
@@ -224,9 +189,8 @@ fn held_by_other(back_key: &FlowKey, back: &NatTarget) -> bool {
         ..*back_key
     };
     // SAFETY: as above.
-    (unsafe { PACKET_NAT_OUT.get(client_side) }).is_some_and(|o| {
-        o.addr == back_key.upstream && o.port == back_key.upstream_port && !nat_closed(o.flags)
-    })
+    (unsafe { PACKET_NAT_OUT.get(client_side) })
+        .is_some_and(|o| o.addr == back_key.upstream && o.port == back_key.upstream_port)
 }
 
 /// A SYN from the client (sequence number `isn`) of flow `key`, before anything
