@@ -375,7 +375,12 @@ pub fn reset(w: BreakerWord) -> Step<bool> {
 pub fn settle_closed(w: BreakerWord) -> Step<bool> {
     let stale = w.state() == State::Closed && w.count() > MAX_STREAK;
     Step {
-        next: if stale { w.with_count(0) } else { w },
+        // Only the count: an operator's override lives in the word too.
+        next: if stale {
+            BreakerWord(w.0 & !(mask(COUNT_BITS) << COUNT_SHIFT))
+        } else {
+            w
+        },
         result: stale,
     }
 }

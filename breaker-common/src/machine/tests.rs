@@ -788,6 +788,15 @@ fn a_closed_word_with_a_count_beyond_the_streak_settles_and_never_trips_as_a_reo
     let s = settle_closed(old);
     assert!(s.result);
     assert_eq!((s.next.count(), s.next.epoch()), (0, 7));
+    // An operator's override stays.
+    for mode in Mode::ALL {
+        let forced = set_mode(old, mode).next;
+        let s = settle_closed(forced).next;
+        assert_eq!(
+            (s.mode(), s.count(), s.since_ms()),
+            (mode, 0, forced.since_ms())
+        );
+    }
     for w in [BreakerWord::pack(State::Closed, 0, 3, 0, 1), trip(5)] {
         assert_eq!(
             settle_closed(w),
