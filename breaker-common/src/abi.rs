@@ -25,6 +25,7 @@ pub mod map_names {
     pub const SOCKET_RECORDS: &str = "SOCKET_RECORDS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const CONNECT_DURATIONS: &str = "CONNECT_DURATIONS";
+    pub const SLOW_CONNECTS: &str = "SLOW_CONNECTS";
     pub const EVENTS: &str = "EVENTS";
     pub const UPSTREAM_NAMES: &str = "UPSTREAM_NAMES";
     pub const PIN_METADATA: &str = "PIN_METADATA";
@@ -219,6 +220,9 @@ pub const POLICY_PACKET_ICMP: u32 = 1 << 7;
 /// fallback of its family, addresses rewritten both ways (`packet_action =
 /// "redirect"`); without a fallback of that family it is answered with a reset.
 pub const POLICY_PACKET_REDIRECT: u32 = 1 << 8;
+/// `count` names `"slow"`: a slow connect (see `slow_jiffies`) counts toward
+/// opening as a failure would. Opt-in, so a bit that includes.
+pub const POLICY_COUNT_SLOW: u32 = 1 << 9;
 
 /// Per-upstream configuration, written by the daemon, read by the connect hooks.
 #[repr(C)]
@@ -258,6 +262,12 @@ pub struct UpstreamPolicy {
     pub max_open_duration_ms: u32,
     /// `jitter`: up to this percent more open time, chosen per trip.
     pub open_jitter_pct: u32,
+    /// `slow_connect_threshold` in jiffies: a successful connect whose SYN took at
+    /// least this long to be answered is slow. 0: nothing is slow.
+    pub slow_jiffies: u32,
+    /// `slow_rate_threshold`: the breaker opens when this percent of the connects
+    /// in its window are slow. 0: no slow-rate tripping.
+    pub slow_rate_pct: u32,
 }
 
 impl UpstreamPolicy {
@@ -267,6 +277,19 @@ impl UpstreamPolicy {
     #[inline(always)]
     pub const fn is_configured(&self) -> bool {
         self.failure_threshold != 0
+    }
+
+    /// Whether a successful connect that took `ticks` (jiffies) is slow.
+    #[inline(always)]
+    pub const fn is_slow(&self, ticks: u64) -> bool {
+        self.slow_jiffies != 0 && ticks >= self.slow_jiffies as u64
+    }
+
+    /// Whether the upstream keeps a window (for the failure rate, the slow rate
+    /// or both).
+    #[inline(always)]
+    pub const fn keeps_window(&self) -> bool {
+        self.rate_threshold_pct != 0 || self.slow_rate_pct != 0
     }
 
     #[inline(always)]
@@ -425,6 +448,10 @@ pub const CAUSE_PROBE_FAILURE: u32 = 7;
 /// The failure-rate window reached its threshold.
 pub const CAUSE_FAILURE_RATE: u32 = 8;
 pub const CAUSE_FAILURE_UNREACHABLE: u32 = 9;
+/// A successful but slow connect, counted as a failure (`count` names "slow").
+pub const CAUSE_FAILURE_SLOW: u32 = 10;
+/// The slow-connect rate in the window reached its threshold.
+pub const CAUSE_SLOW_RATE: u32 = 11;
 
 /// The `POLICY_IGNORE_` bit of a failure cause (0 for anything else).
 pub const fn ignore_bit(cause: u32) -> u32 {
@@ -447,6 +474,8 @@ pub const fn cause_name(cause: u32) -> &'static str {
         CAUSE_PROBE_FAILURE => "probe_failure",
         CAUSE_FAILURE_RATE => "failure_rate",
         CAUSE_FAILURE_UNREACHABLE => "unreachable",
+        CAUSE_FAILURE_SLOW => "slow",
+        CAUSE_SLOW_RATE => "slow_rate",
         _ => "unknown",
     }
 }
@@ -469,8 +498,8 @@ pub struct TransitionEvent {
 const _: () = assert!(core::mem::size_of::<Settings>() == 24);
 const _: () = assert!(core::mem::size_of::<EndpointV4>() == 6);
 const _: () = assert!(core::mem::size_of::<EndpointV6>() == 18);
-const _: () = assert!(core::mem::size_of::<UpstreamPolicy>() == 84);
-const _: () = assert!(core::mem::size_of::<crate::window::RateWindow>() == 80);
+const _: () = assert!(core::mem::size_of::<UpstreamPolicy>() == 92);
+const _: () = assert!(core::mem::size_of::<crate::window::RateWindow>() == 160);
 const _: () = assert!(core::mem::size_of::<DestKey>() == 20);
 const _: () = assert!(core::mem::size_of::<BreakerCell>() == 8);
 const _: () = assert!(core::mem::size_of::<SocketRecord>() == 56);

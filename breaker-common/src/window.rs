@@ -24,11 +24,14 @@ pub const BUCKET_MAX: u32 = u16::MAX as u32;
 pub const SLOT_BITS: u32 = 24;
 const SLOT_MASK: u32 = (1 << SLOT_BITS) - 1;
 
-/// One upstream's window: `RATE_WINDOWS` value.
+/// One upstream's windows: `RATE_WINDOWS` value. Two rings over the same time
+/// buckets: failures among connects, and slow connects among connects (a bucket's
+/// `failures` count the slow ones there).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RateWindow {
     pub buckets: [u64; BUCKETS],
+    pub slow: [u64; BUCKETS],
 }
 
 /// A bucket as its fields.

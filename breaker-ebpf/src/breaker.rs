@@ -19,7 +19,7 @@ use crate::{
     atomic::cas_u64,
     maps::{
         CONNECT_DURATIONS, COUNTERS, DAEMON_HEARTBEAT, DEFAULT_STATES, DEFAULT_TRIPPED, EVENTS,
-        POLICIES, UPSTREAM_STATES,
+        POLICIES, SLOW_CONNECTS, UPSTREAM_STATES,
     },
 };
 
@@ -80,9 +80,9 @@ pub fn count(upstream: u32, f: impl FnOnce(&mut Counters)) {
 }
 
 /// Adds a successful connect that started at `started_jiffies` to upstream
-/// `upstream`'s histogram on this CPU.
+/// `upstream`'s histogram on this CPU; returns how long it took, in ticks.
 #[inline(always)]
-pub fn count_duration(upstream: u32, started_jiffies: u64) {
+pub fn count_duration(upstream: u32, started_jiffies: u64) -> u64 {
     let ticks = jiffies().wrapping_sub(started_jiffies);
     if let Some(d) = CONNECT_DURATIONS.get_ptr_mut(upstream) {
         // SAFETY: this CPU's slot; no other writer while this program runs.
@@ -91,6 +91,16 @@ pub fn count_duration(upstream: u32, started_jiffies: u64) {
             *b += 1;
         }
         d.sum_ticks = d.sum_ticks.wrapping_add(ticks);
+    }
+    ticks
+}
+
+/// Counts a slow connect of upstream `upstream` on this CPU.
+#[inline(always)]
+pub fn count_slow(upstream: u32) {
+    if let Some(n) = SLOW_CONNECTS.get_ptr_mut(upstream) {
+        // SAFETY: this CPU's slot; no other writer while this program runs.
+        unsafe { *n += 1 };
     }
 }
 

@@ -32,8 +32,9 @@ use aya_ebpf::{
 use breaker_common::{
     abi::{
         ignore_bit, DestKey, SocketRecord, UpstreamPolicy, CAUSE_ABANDONED, CAUSE_FAILURE_RATE,
-        CAUSE_FAILURE_REFUSED, CAUSE_FAILURE_TIMEOUT, CAUSE_FAILURE_UNREACHABLE, CAUSE_SUCCESS,
-        DEFAULT_UPSTREAM_ID,
+        CAUSE_FAILURE_REFUSED, CAUSE_FAILURE_SLOW, CAUSE_FAILURE_TIMEOUT,
+        CAUSE_FAILURE_UNREACHABLE, CAUSE_SLOW_RATE, CAUSE_SUCCESS, DEFAULT_UPSTREAM_ID,
+        POLICY_COUNT_SLOW,
     },
     machine::{self, record_rated, BreakerWord, Mode, Outcome, State, CAS_RETRIES},
     window,
@@ -41,7 +42,7 @@ use breaker_common::{
 
 use crate::{
     atomic::cas_u64,
-    breaker::{count, count_duration, jiffies, now_ms, Breaker},
+    breaker::{count, count_duration, count_slow, jiffies, now_ms, Breaker},
     maps::{POLICIES, RATE_WINDOWS},
     record,
     release::count_abandoned,
@@ -235,11 +236,19 @@ pub fn conclude<C: EbpfContext>(
     trial_epoch: Option<u8>,
     started_jiffies: u64,
 ) {
-    if cause == CAUSE_SUCCESS {
-        count_duration(upstream, started_jiffies);
-    }
+    let verdict = if cause == CAUSE_SUCCESS {
+        time_success(upstream, started_jiffies)
+    } else {
+        0
+    };
+    let slow = verdict & SUCCESS_SLOW != 0;
+    let cause = if verdict & SUCCESS_SLOW_COUNTS != 0 {
+        CAUSE_FAILURE_SLOW
+    } else {
+        cause
+    };
     count(upstream, |c| match cause {
-        CAUSE_SUCCESS => c.successes += 1,
+        CAUSE_SUCCESS | CAUSE_FAILURE_SLOW => c.successes += 1,
         CAUSE_FAILURE_TIMEOUT => c.failures_timeout += 1,
         CAUSE_FAILURE_UNREACHABLE => c.failures_unreachable += 1,
         _ => c.failures_refused += 1,
@@ -265,17 +274,15 @@ pub fn conclude<C: EbpfContext>(
         trial_epoch,
     };
     let thresholds = breaker.policy.thresholds();
-    // Only a failure reads the clock (it may trip the breaker at `now`).
-    let now = if success { 0 } else { now_ms() };
-    // The word as the outcome found it, read only for an upstream with a rate
-    // policy: the CLOSED path of every other upstream pays nothing for it.
-    let (rate, rate_epoch) = if breaker.policy.rate_threshold_pct != 0
+    // The word as the outcome found it, read only for an upstream with a window:
+    // the CLOSED path of every other upstream pays nothing for it.
+    let (rate, rate_epoch) = if breaker.policy.keeps_window()
         && upstream != DEFAULT_UPSTREAM_ID
         && trial_epoch.is_none()
     {
         let before = breaker.peek();
         (
-            rate_window(upstream, breaker.policy, before, !success),
+            rate_window(upstream, breaker.policy, before, !success, slow),
             before.epoch(),
         )
     } else {
@@ -283,13 +290,46 @@ pub fn conclude<C: EbpfContext>(
     };
     let cause = if rate & RATE_NAMES_TRIP != 0 {
         CAUSE_FAILURE_RATE
+    } else if rate & SLOW_NAMES_TRIP != 0 {
+        CAUSE_SLOW_RATE
     } else {
         cause
     };
     let rate_trips = (rate & RATE_TRIPS != 0).then_some(rate_epoch);
+    // Only what may trip the breaker reads the clock (it trips at `now`).
+    let now = if success && rate_trips.is_none() {
+        0
+    } else {
+        now_ms()
+    };
     breaker.update(ctx, cause, |w| {
         record_rated(w, outcome, now, &thresholds, rate_trips)
     });
+}
+
+/// [`time_success`]'s verdict: the connect was slow...
+const SUCCESS_SLOW: u32 = 1;
+/// ...and the upstream's `count` names "slow": it counts as a failure.
+const SUCCESS_SLOW_COUNTS: u32 = 2;
+
+/// Adds a successful connect's time to its upstream's histogram and says whether
+/// it was slow (the `SUCCESS_` bits), counting it if so. Out of line and on
+/// scalars, like [`rate_window`].
+#[inline(never)]
+fn time_success(upstream: u32, started_jiffies: u64) -> u32 {
+    let ticks = count_duration(upstream, started_jiffies);
+    let Some(p) = POLICIES.get(upstream) else {
+        return 0;
+    };
+    if !p.is_slow(ticks) {
+        return 0;
+    }
+    count_slow(upstream);
+    if p.flags & POLICY_COUNT_SLOW != 0 {
+        SUCCESS_SLOW | SUCCESS_SLOW_COUNTS
+    } else {
+        SUCCESS_SLOW
+    }
 }
 
 /// Whether upstream `upstream`'s `count` leaves out failures of `cause`.
@@ -303,38 +343,68 @@ fn uncounted(upstream: u32, cause: u32) -> bool {
 /// [`rate_window`]'s verdict: the window reached its threshold: the breaker trips...
 const RATE_TRIPS: u32 = 1;
 /// ...and the consecutive count would not have tripped it anyway (the transition
-/// is the rate's).
+/// is the failure rate's)...
 const RATE_NAMES_TRIP: u32 = 2;
+/// ...or it is the slow rate's.
+const SLOW_NAMES_TRIP: u32 = 4;
 
-/// Adds one outcome of a configured upstream to its failure-rate window, if the
-/// breaker was CLOSED (the window counts no trials, nothing while open), in the
-/// breaker's epoch (a new closed period counts afresh), and says what follows (the
-/// `RATE_` bits). Scalars only: a `&Breaker` would put the whole struct on the
-/// caller's stack. Kept out of line, like the functions it calls: sock_ops' own
-/// stack frame is near the verifier's 512 bytes.
+/// Adds one outcome of a configured upstream to its windows (failures, slow
+/// connects: whichever it keeps), if the breaker was CLOSED (the windows count no
+/// trials, nothing while open), in the breaker's epoch (a new closed period counts
+/// afresh), and says what follows (the `RATE_` bits). Scalars only: a `&Breaker`
+/// would put the whole struct on the caller's stack. Kept out of line, like the
+/// functions it calls: sock_ops' own stack frame is near the verifier's 512 bytes.
 #[inline(never)]
-fn rate_window(upstream: u32, p: &UpstreamPolicy, before: BreakerWord, failure: bool) -> u32 {
+fn rate_window(
+    upstream: u32,
+    p: &UpstreamPolicy,
+    before: BreakerWord,
+    failure: bool,
+    slow: bool,
+) -> u32 {
     if before.state() != State::Closed || before.mode() != Mode::Auto {
         return 0;
     }
     let Some(w) = RATE_WINDOWS.get_ptr_mut(upstream) else {
         return 0;
     };
-    let buckets = bucket_ptr(w);
     let slot = window::slot_of(jiffies(), p.rate_bucket_jiffies);
     let epoch = before.epoch();
-    if !add_to_window(buckets, slot, epoch, failure) {
-        count(upstream, |c| c.contention_misses += 1);
-        return 0;
+    // Whether the consecutive count trips the breaker with this outcome anyway.
+    let streak_trips = failure && before.streak() + 1 >= p.failure_threshold;
+    let mut verdict = 0;
+    if p.rate_threshold_pct != 0 {
+        // SAFETY: `w` is a live map value; only a field's address is taken.
+        let ring = unsafe { core::ptr::addr_of_mut!((*w).buckets).cast::<u64>() };
+        if !add_to_window(ring, slot, epoch, failure) {
+            count(upstream, |c| c.contention_misses += 1);
+        } else if failure
+            && window_exceeded(ring, slot, epoch, p.rate_threshold_pct, p.rate_minimum)
+        {
+            verdict = if streak_trips {
+                RATE_TRIPS
+            } else {
+                RATE_TRIPS | RATE_NAMES_TRIP
+            };
+        }
     }
-    if !failure || !window_exceeded(buckets, slot, epoch, p.rate_threshold_pct, p.rate_minimum) {
-        return 0;
+    if p.slow_rate_pct != 0 {
+        // SAFETY: as above.
+        let ring = unsafe { core::ptr::addr_of_mut!((*w).slow).cast::<u64>() };
+        if !add_to_window(ring, slot, epoch, slow) {
+            count(upstream, |c| c.contention_misses += 1);
+        } else if slow
+            && verdict == 0
+            && window_exceeded(ring, slot, epoch, p.slow_rate_pct, p.rate_minimum)
+        {
+            verdict = if streak_trips {
+                RATE_TRIPS
+            } else {
+                RATE_TRIPS | SLOW_NAMES_TRIP
+            };
+        }
     }
-    if before.streak() + 1 < p.failure_threshold {
-        RATE_TRIPS | RATE_NAMES_TRIP
-    } else {
-        RATE_TRIPS
-    }
+    verdict
 }
 
 /// Adds one outcome to the bucket of `slot` in a failure-rate window; false if
@@ -395,11 +465,4 @@ fn window_exceeded(
         i = index + 1;
     }
     window::exceeded(attempts, failures, threshold_pct, minimum)
-}
-
-/// The first bucket of a window in a map value.
-#[inline(always)]
-fn bucket_ptr(w: *mut window::RateWindow) -> *mut u64 {
-    // SAFETY: `w` is a live map value; only a field's address is taken.
-    unsafe { core::ptr::addr_of_mut!((*w).buckets).cast::<u64>() }
 }

@@ -65,8 +65,8 @@ pub static DEFAULT_TRIPPED: HashMap<DestKey, BreakerCell> =
 #[map]
 pub static SOCKET_RECORDS: Array<SocketRecord> = Array::with_max_entries(1, 0);
 
-/// Upstream id -> its failure-rate window (a ring of time buckets), for upstreams
-/// with `failure_rate_threshold`. Each bucket changed by compare-and-swap by
+/// Upstream id -> its windows (rings of time buckets: failures, slow connects),
+/// for upstreams with `failure_rate_threshold` or `slow_rate_threshold`. Each bucket changed by compare-and-swap by
 /// sock_ops at each outcome of a connect made while CLOSED; zeroed at a trip.
 /// Made anew at each load: a reload starts every window empty.
 #[map]
@@ -106,6 +106,11 @@ pub static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0)
 /// per CPU; written by sock_ops and the packet path's egress at each success.
 #[map]
 pub static CONNECT_DURATIONS: PerCpuArray<ConnectDurations> = PerCpuArray::with_max_entries(1, 0);
+
+/// Upstream id -> its successful connects that were slow (`slow_connect_threshold`),
+/// per CPU; written beside `CONNECT_DURATIONS`. Kept like `COUNTERS`.
+#[map]
+pub static SLOW_CONNECTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// State transitions, to the daemon.
 #[map]

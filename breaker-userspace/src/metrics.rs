@@ -51,13 +51,15 @@ pub struct Metrics {
     abandoned: IntCounterVec,
     unwatched: IntCounterVec,
     would_reject: IntCounterVec,
+    slow: IntCounterVec,
     mode: IntGaugeVec,
     probes: IntCounterVec,
     default_open: IntGaugeVec,
     /// Connect-time histograms, read from the kernel at each scrape.
     durations: Arc<durations::DurationHistograms>,
-    /// Kernel counters as of the last scrape, to turn totals into increments.
-    last: Mutex<HashMap<u32, Counters>>,
+    /// Kernel counters (and slow connects) as of the last scrape, to turn totals
+    /// into increments.
+    last: Mutex<HashMap<u32, (Counters, u64)>>,
     /// Default-policy destinations currently not CLOSED, from transition events.
     /// The default policy's destinations in the kernel, counted at each scrape.
     destinations: Mutex<Option<Arc<DefaultDestinations>>>,
@@ -132,6 +134,7 @@ impl Metrics {
             abandoned: counter(&registry, "breaker_connects_abandoned_total", "Watched connects the application closed before they reached an outcome; they count neither as a success nor as a failure.", &["upstream"]),
             unwatched: counter(&registry, "breaker_connects_unwatched_total", "Connects passed without watching their outcome, because too many connects were in flight at once to keep a record for each.", &["upstream"]),
             would_reject: counter(&registry, "breaker_connects_would_reject_total", "Connects a dry-run breaker would have rejected or redirected, and let through.", &["upstream"]),
+            slow: counter(&registry, "breaker_connects_slow_total", "Watched connects that succeeded but whose SYN took at least slow_connect_threshold to be answered (also in breaker_connect_successes_total).", &["upstream"]),
             mode: gauge(&registry, "breaker_mode", "1 for the mode each configured upstream's breaker is in (auto, force_open, force_closed, disabled), 0 for the others.", &["upstream", "mode"]),
             probes: counter(&registry, "breaker_probes_total", "Half-open probes by the daemon, by result.", &["upstream", "result"]),
             default_open: gauge(&registry, "breaker_default_policy_destinations", "Default-policy destinations in the kernel's maps, by state: closed (with failures), open, half_open.", &["state"]),
@@ -221,9 +224,10 @@ impl Metrics {
         }
     }
 
-    fn per_upstream(&self) -> [&IntCounterVec; 8] {
+    fn per_upstream(&self) -> [&IntCounterVec; 9] {
         [
             &self.would_reject,
+            &self.slow,
             &self.attempts,
             &self.successes,
             &self.rejected,
@@ -506,7 +510,15 @@ impl Metrics {
                     continue;
                 }
             };
-            let prev = last.insert(id, now).unwrap_or_default();
+            let (prev, prev_slow) = last.get(&id).copied().unwrap_or_default();
+            let slow = match counters.slow(id) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(upstream = name.as_str(), error = %e, "reading slow connects failed");
+                    prev_slow
+                }
+            };
+            last.insert(id, (now, slow));
             let inc = |c: &IntCounterVec, labels: &[&str], new: u64, old: u64| {
                 c.with_label_values(labels).inc_by(new.saturating_sub(old));
             };
@@ -530,6 +542,7 @@ impl Metrics {
                 now.failures_unreachable,
                 prev.failures_unreachable,
             );
+            inc(&self.slow, &[name], slow, prev_slow);
             inc(&self.rejected, &[name], now.rejected, prev.rejected);
             inc(&self.redirected, &[name], now.redirected, prev.redirected);
             inc(
@@ -616,6 +629,7 @@ mod tests {
                 "breaker_state_contention_total",
                 "breaker_connects_abandoned_total",
                 "breaker_connects_unwatched_total",
+                "breaker_connects_slow_total",
             ] {
                 assert!(has(name, upstream), "{name}{{upstream={upstream:?}}}");
             }

@@ -114,6 +114,12 @@ const MIN_WINDOW: Duration = Duration::from_secs(1);
 const MAX_WINDOW: Duration = Duration::from_secs(600);
 /// Largest minimum_connects: ten buckets of at most 65 535 connects each.
 const MAX_MINIMUM_CONNECTS: u32 = 100_000;
+/// The kernel's initial SYN RTO: without `connect_timeout`, a connect unanswered
+/// this long counts as a timeout.
+const KERNEL_SYN_RTO: Duration = Duration::from_secs(1);
+/// Shortest slow_connect_threshold: a few ticks of the coarsest kernel clock
+/// (100 Hz), which measures connect times.
+const MIN_SLOW_CONNECT_THRESHOLD: Duration = Duration::from_millis(10);
 
 /// The thresholds and timings of one breaker, after defaults and overrides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +145,27 @@ pub struct Policy {
     pub rate: Option<RatePolicy>,
     /// Which failures count toward opening (both the streak and the rate).
     pub count: CountSet,
+    /// Slow-connect detection; `None`: no connect is slow.
+    pub slow: Option<SlowPolicy>,
+}
+
+impl Policy {
+    /// The window's size and minimum volume, when the upstream keeps one (for the
+    /// failure rate, the slow rate or both: they share it).
+    pub fn window(&self) -> Option<RatePolicy> {
+        self.rate.or(self.slow.and_then(|s| s.rate))
+    }
+}
+
+/// A successful connect whose SYN took at least `threshold` to be answered is
+/// slow (Resilience4j's slow calls); slow connects are counted, count toward
+/// opening where `count` names "slow", and open the breaker when `rate` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlowPolicy {
+    pub threshold: Duration,
+    /// `slow_rate_threshold`: `threshold_pct` percent of the connects in the
+    /// window are slow (same `window` and `minimum_connects` as the failure rate).
+    pub rate: Option<RatePolicy>,
 }
 
 /// The breaker also opens when `threshold_pct` percent of the connects in the
@@ -305,6 +332,9 @@ struct RawPolicy {
     #[serde(default, with = "humantime_serde")]
     window: Option<Duration>,
     count: Option<CountSet>,
+    #[serde(default, with = "humantime_serde")]
+    slow_connect_threshold: Option<Duration>,
+    slow_rate_threshold: Option<u32>,
 }
 
 // The policy keys are spelled out in RawUpstream and RawDefaultPolicy rather than
@@ -327,6 +357,8 @@ macro_rules! raw_policy_of {
             minimum_connects: $raw.minimum_connects,
             window: $raw.window,
             count: $raw.count,
+            slow_connect_threshold: $raw.slow_connect_threshold,
+            slow_rate_threshold: $raw.slow_rate_threshold,
         }
     };
 }
@@ -366,6 +398,9 @@ struct RawUpstream {
     #[serde(default, with = "humantime_serde")]
     window: Option<Duration>,
     count: Option<CountSet>,
+    #[serde(default, with = "humantime_serde")]
+    slow_connect_threshold: Option<Duration>,
+    slow_rate_threshold: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -411,6 +446,9 @@ struct RawDefaultPolicy {
     #[serde(default, with = "humantime_serde")]
     window: Option<Duration>,
     count: Option<CountSet>,
+    #[serde(default, with = "humantime_serde")]
+    slow_connect_threshold: Option<Duration>,
+    slow_rate_threshold: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -437,6 +475,8 @@ impl RawPolicy {
             minimum_connects: self.minimum_connects.or(base.minimum_connects),
             window: self.window.or(base.window),
             count: self.count.or(base.count),
+            slow_connect_threshold: self.slow_connect_threshold.or(base.slow_connect_threshold),
+            slow_rate_threshold: self.slow_rate_threshold.or(base.slow_rate_threshold),
         }
     }
 }
@@ -497,6 +537,14 @@ impl Check<'_> {
                 window: raw.window.unwrap_or(defaults::WINDOW),
             }),
             count: raw.count.unwrap_or_default(),
+            slow: raw.slow_connect_threshold.map(|threshold| SlowPolicy {
+                threshold,
+                rate: raw.slow_rate_threshold.map(|threshold_pct| RatePolicy {
+                    threshold_pct,
+                    minimum_connects: raw.minimum_connects.unwrap_or(defaults::MINIMUM_CONNECTS),
+                    window: raw.window.unwrap_or(defaults::WINDOW),
+                }),
+            }),
         };
         let field = |name: &str| format!("{at}{name}");
         if !(1..=MAX_STREAK).contains(&p.failure_threshold) {
@@ -545,16 +593,51 @@ impl Check<'_> {
                 );
             }
         }
-        if let Some(r) = p.rate {
-            if !(1..=100).contains(&r.threshold_pct) {
+        for (key, rate) in [
+            ("failure_rate_threshold", p.rate),
+            ("slow_rate_threshold", p.slow.and_then(|s| s.rate)),
+        ] {
+            if let Some(r) = rate {
+                if !(1..=100).contains(&r.threshold_pct) {
+                    return self.fail(
+                        field(key),
+                        format!(
+                            "must be a percent between 1 and 100, got {}",
+                            r.threshold_pct
+                        ),
+                    );
+                }
+            }
+        }
+        if raw.slow_connect_threshold.is_none() {
+            if let Some(pct) = raw.slow_rate_threshold {
                 return self.fail(
-                    field("failure_rate_threshold"),
+                    field("slow_rate_threshold"),
+                    format!("{pct} % of slow connects needs slow_connect_threshold (here or in [defaults]) to say what slow is"),
+                );
+            }
+            if p.count.slow {
+                return self.fail(
+                    field("count"),
+                    "names \"slow\", which needs slow_connect_threshold (here or in [defaults]) to say what slow is",
+                );
+            }
+        }
+        if let Some(slow) = p.slow {
+            let timeout = p.connect_timeout.unwrap_or(KERNEL_SYN_RTO);
+            if slow.threshold < MIN_SLOW_CONNECT_THRESHOLD || slow.threshold >= timeout {
+                return self.fail(
+                    field("slow_connect_threshold"),
                     format!(
-                        "must be a percent between 1 and 100, got {}",
-                        r.threshold_pct
+                        "must be at least 10ms and shorter than connect_timeout ({}{}): a connect unanswered that long counts as a timeout, never as slow; got {}",
+                        humantime::format_duration(timeout),
+                        if p.connect_timeout.is_none() { ", the kernel's" } else { "" },
+                        humantime::format_duration(slow.threshold)
                     ),
                 );
             }
+        }
+        if let Some(r) = p.window() {
             if !(1..=MAX_MINIMUM_CONNECTS).contains(&r.minimum_connects) {
                 return self.fail(
                     field("minimum_connects"),
@@ -784,7 +867,7 @@ impl Check<'_> {
             raw_policy_of!(up).over(base),
             defaults::UPSTREAM_HALF_OPEN_MAX_CONNECTIONS,
         )?;
-        if policy.rate.is_none() {
+        if policy.window().is_none() {
             for (key, set) in [
                 ("minimum_connects", up.minimum_connects.is_some()),
                 ("window", up.window.is_some()),
@@ -792,7 +875,7 @@ impl Check<'_> {
                 if set {
                     return self.fail(
                         format!("{at}.{key}"),
-                        "has no effect without failure_rate_threshold (here or in [defaults])",
+                        "has no effect without failure_rate_threshold or slow_rate_threshold (here or in [defaults])",
                     );
                 }
             }
@@ -1046,6 +1129,7 @@ impl Check<'_> {
         // window would let a few failing destinations trip healthy ones.
         for (key, set) in [
             ("failure_rate_threshold", d.failure_rate_threshold.is_some()),
+            ("slow_rate_threshold", d.slow_rate_threshold.is_some()),
             ("minimum_connects", d.minimum_connects.is_some()),
             ("window", d.window.is_some()),
         ] {
@@ -1064,6 +1148,7 @@ impl Check<'_> {
             raw_policy_of!(d).over(RawPolicy {
                 connect_timeout: None,
                 failure_rate_threshold: None,
+                slow_rate_threshold: None,
                 ..base
             }),
             defaults::DEFAULT_POLICY_HALF_OPEN_MAX_CONNECTIONS,
@@ -1369,6 +1454,28 @@ fn describe_policy(p: &Policy) -> String {
         ),
         None => String::new(),
     };
+    let slow = match p.slow {
+        Some(s) => {
+            let rate = s.rate.map_or(String::new(), |r| {
+                format!(
+                    "; opens when {} % of at least {} connects in {} are slow",
+                    r.threshold_pct,
+                    r.minimum_connects,
+                    humantime::format_duration(r.window)
+                )
+            });
+            format!(
+                "; a connect answered after {} or more is slow{}{rate}",
+                humantime::format_duration(s.threshold),
+                if p.count.slow {
+                    " and counts as a failure"
+                } else {
+                    ""
+                }
+            )
+        }
+        None => String::new(),
+    };
     let counted = if p.count == CountSet::ALL {
         String::new()
     } else {
@@ -1387,7 +1494,7 @@ fn describe_policy(p: &Policy) -> String {
         j => format!(" plus up to {j} % at random"),
     };
     format!(
-        "opens after {} consecutive failures{rate}{counted} ({timeout}); open {}{growth}{jitter}; {trials}; closes after {} successes; probe every {} (timeout {})",
+        "opens after {} consecutive failures{rate}{counted} ({timeout}{slow}); open {}{growth}{jitter}; {trials}; closes after {} successes; probe every {} (timeout {})",
         p.failure_threshold,
         humantime::format_duration(p.open_duration),
         p.success_threshold,

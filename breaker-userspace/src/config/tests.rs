@@ -808,7 +808,7 @@ fn a_rate_key_without_a_threshold_in_an_upstream_is_refused() {
             "{key}: {field}"
         );
         assert!(
-            reason.contains("no effect without failure_rate_threshold"),
+            reason.contains("no effect without failure_rate_threshold or slow_rate_threshold"),
             "{reason}"
         );
     }
@@ -838,10 +838,9 @@ fn count_defaults_to_every_failure_and_names_what_it_leaves_out() {
 }
 
 #[test]
-fn count_refuses_unknown_slow_and_empty_lists_in_one_line() {
+fn count_refuses_unknown_and_empty_lists_in_one_line() {
     for (list, says) in [
         ("['refused', 'reset']", "\"reset\" is not an outcome"),
-        ("['slow']", "\"slow\" is not measured yet"),
         ("[]", "counts nothing, so the breaker would never open"),
     ] {
         let err = parse(&format!("{MINIMAL}count = {list}\n")).unwrap_err();
@@ -1067,4 +1066,96 @@ fn the_open_time_grows_only_when_asked_and_its_bounds_are_refused_with_the_key_n
         assert!(field.ends_with(key), "{extra}: {field}");
         assert!(reason.contains(says), "{extra}: {reason}");
     }
+}
+
+#[test]
+fn slow_connects_are_off_by_default_and_take_the_rate_window() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.upstreams[0].policy.slow, None);
+    assert!(!c.upstreams[0].policy.count.slow);
+    let c = parse(&format!(
+        "[defaults]\nslow_connect_threshold = '300ms'\n{MINIMAL}slow_rate_threshold = 50\nminimum_connects = 4\ncount = ['refused', 'timeout', 'unreachable', 'slow']\n"
+    ))
+    .unwrap();
+    let p = c.upstreams[0].policy;
+    assert_eq!(
+        p.slow,
+        Some(SlowPolicy {
+            threshold: Duration::from_millis(300),
+            rate: Some(RatePolicy {
+                threshold_pct: 50,
+                minimum_connects: 4,
+                window: Duration::from_secs(10),
+            }),
+        })
+    );
+    assert!(p.count.slow);
+    assert_eq!(p.rate, None, "the failure rate stays off");
+    assert_eq!(p.window(), p.slow.unwrap().rate);
+    let text = describe_policy(&p);
+    assert!(
+        text.contains("a connect answered after 300ms or more is slow and counts as a failure; opens when 50 % of at least 4 connects in 10s are slow"),
+        "{text}"
+    );
+    // The default policy may count slow connects, but keeps no window.
+    let c = parse("[default_policy]\nslow_connect_threshold = '200ms'\ncount = ['slow']\n").unwrap();
+    let d = c.default_policy.unwrap().policy;
+    assert_eq!(d.slow.unwrap().threshold, Duration::from_millis(200));
+    assert_eq!(d.count.names(), ["slow"]);
+}
+
+#[test]
+fn slow_connect_keys_are_refused_with_the_reason_named() {
+    for (extra, key, says) in [
+        (
+            "slow_rate_threshold = 50",
+            "slow_rate_threshold",
+            "needs slow_connect_threshold",
+        ),
+        (
+            "count = ['slow']",
+            "count",
+            "needs slow_connect_threshold",
+        ),
+        (
+            "slow_connect_threshold = '5ms'",
+            "slow_connect_threshold",
+            "at least 10ms",
+        ),
+        (
+            "slow_connect_threshold = '1s'",
+            "slow_connect_threshold",
+            "shorter than connect_timeout (1s, the kernel's)",
+        ),
+        (
+            "connect_timeout = '300ms'\nslow_connect_threshold = '400ms'",
+            "slow_connect_threshold",
+            "shorter than connect_timeout (300ms)",
+        ),
+        (
+            "slow_connect_threshold = '100ms'\nslow_rate_threshold = 0",
+            "slow_rate_threshold",
+            "between 1 and 100",
+        ),
+        (
+            "slow_connect_threshold = '100ms'\nslow_rate_threshold = 50\nwindow = '500ms'",
+            "window",
+            "between 1s and 10m",
+        ),
+    ] {
+        let (field, reason) = invalid_field(&format!("{MINIMAL}{extra}\n"));
+        assert!(field.ends_with(key), "{extra}: {field}");
+        assert!(reason.contains(says), "{extra}: {reason}");
+    }
+    let (field, reason) = invalid_field(
+        "[default_policy]\nslow_connect_threshold = '100ms'\nslow_rate_threshold = 50\n",
+    );
+    assert_eq!(field, "default_policy.slow_rate_threshold");
+    assert!(reason.contains("not supported for the default policy"), "{reason}");
+    // A window key is the slow rate's as much as the failure rate's.
+    let c = parse(&format!(
+        "{MINIMAL}slow_connect_threshold = '100ms'\nslow_rate_threshold = 50\nwindow = '20s'\n"
+    ))
+    .unwrap();
+    assert_eq!(c.upstreams[0].policy.window().unwrap().window, Duration::from_secs(20));
 }

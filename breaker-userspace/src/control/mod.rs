@@ -14,7 +14,8 @@ use std::time::Instant;
 use breaker_common::machine::{self, Mode, State};
 pub use history::{History, SAMPLE_EVERY};
 use protocol::{
-    DestinationCounts, Detail, FailureRateView, PolicyView, Request, Response, Status,
+    DestinationCounts, Detail, FailureRateView, PolicyView, Request, Response, SlowConnectsView,
+    Status,
     TrippedDestination, UpstreamStatus,
 };
 
@@ -144,6 +145,15 @@ impl View<'_> {
                             threshold_percent: r.threshold_pct,
                             minimum_connects: r.minimum_connects,
                             window_ms: r.window.as_millis() as u64,
+                        }),
+                        slow_connects: up.policy.slow.map(|s| SlowConnectsView {
+                            threshold_ms: s.threshold.as_millis() as u64,
+                            counted: up.policy.count.slow,
+                            rate: s.rate.map(|r| FailureRateView {
+                                threshold_percent: r.threshold_pct,
+                                minimum_connects: r.minimum_connects,
+                                window_ms: r.window.as_millis() as u64,
+                            }),
                         }),
                     },
                     transitions: history.transitions(*id),
@@ -313,7 +323,7 @@ pub fn render_status(status: &Status) -> String {
         let Some(detail) = &u.detail else { continue };
         let p = &detail.policy;
         out.push_str(&format!(
-            "\n{}\n  endpoints: {}\n  fallback:  {}\n  policy:    failure_threshold {}{}, success_threshold {}, half_open_max_connections {}, open_duration {}{}, trial_connect_timeout {}, probe every {} (timeout {})\n{}  transitions:\n",
+            "\n{}\n  endpoints: {}\n  fallback:  {}\n  policy:    failure_threshold {}{}, success_threshold {}, half_open_max_connections {}, open_duration {}{}, trial_connect_timeout {}, probe every {} (timeout {})\n{}{}  transitions:\n",
             u.name,
             detail.endpoints.join(", "),
             if detail.fallback.is_empty() { "none".to_string() } else { detail.fallback.join(", ") },
@@ -348,6 +358,17 @@ pub fn render_status(status: &Status) -> String {
                 (None, 0) => String::new(),
                 (None, n) => format!("  reopened:  {n} time(s) since it last closed\n"),
             },
+            p.slow_connects.map_or(String::new(), |s| format!(
+                "  slow:      a connect answered after {} or more{}{}\n",
+                ms(Some(s.threshold_ms)),
+                if s.counted { ", counted as a failure" } else { "" },
+                s.rate.map_or(String::new(), |r| format!(
+                    ", slow_rate_threshold {} % of at least {} in {}",
+                    r.threshold_percent,
+                    r.minimum_connects,
+                    ms(Some(r.window_ms))
+                )),
+            )),
         ));
         if detail.transitions.is_empty() {
             out.push_str("    none since the daemon started\n");

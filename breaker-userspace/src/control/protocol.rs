@@ -153,6 +153,19 @@ pub struct PolicyView {
     /// Failure-rate tripping, when configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_rate: Option<FailureRateView>,
+    /// What a slow connect is, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_connects: Option<SlowConnectsView>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlowConnectsView {
+    pub threshold_ms: u64,
+    /// Whether a slow connect counts toward opening as a failure (`count`).
+    pub counted: bool,
+    /// Slow-rate tripping, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<FailureRateView>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

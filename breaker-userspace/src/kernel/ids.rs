@@ -74,6 +74,9 @@ pub fn assign(
         durations
             .set(id, zeros()?, 0)
             .map_err(map_err(map_names::CONNECT_DURATIONS))?;
+        let mut slow: PerCpuArray<_, u64> = typed_map(ebpf, map_names::SLOW_CONNECTS)?;
+        slow.set(id, zeros()?, 0)
+            .map_err(map_err(map_names::SLOW_CONNECTS))?;
     }
     let freed = had.into_values().collect();
     Ok((ids, freed))
@@ -100,7 +103,7 @@ fn zero_pinned<T: aya::Pod + Default>(
     map.set(id, zeros()?, 0).map_err(map_err(name))
 }
 
-/// Frees `id`: no name, a CLOSED word, zero counters and histogram.
+/// Frees `id`: no name, a CLOSED word, zero counters, histogram and slow count.
 pub fn clear(
     ebpf: &mut Ebpf,
     states: &StateTable,
@@ -113,5 +116,6 @@ pub fn clear(
         .map_err(map_err(map_names::UPSTREAM_NAMES))?;
     states.reset(id);
     zero_pinned::<Counters>(pins, map_names::COUNTERS, id)?;
-    zero_pinned::<ConnectDurations>(pins, map_names::CONNECT_DURATIONS, id)
+    zero_pinned::<ConnectDurations>(pins, map_names::CONNECT_DURATIONS, id)?;
+    zero_pinned::<u64>(pins, map_names::SLOW_CONNECTS, id)
 }

@@ -36,7 +36,7 @@ use breaker_common::{
         map_names, program_names, BreakerCell, ConnectDurations, Counters, DestKey, EndpointV4,
         EndpointV6, PinMetadata, Settings, UpstreamPolicy, ABI_VERSION, DEFAULT_UPSTREAM_ID,
         POLICY_DRY_RUN, POLICY_FALLBACK_V4, POLICY_FALLBACK_V6, POLICY_IGNORE_REFUSED,
-        POLICY_IGNORE_TIMEOUT, POLICY_IGNORE_UNREACHABLE, PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6,
+        POLICY_COUNT_SLOW, POLICY_IGNORE_TIMEOUT, POLICY_IGNORE_UNREACHABLE, PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6,
     },
     dest::{endpoint_prefix_len, port_ne},
     machine::{BreakerWord, State, Thresholds},
@@ -198,10 +198,12 @@ impl DefaultDestinations {
     }
 }
 
-/// The per-CPU counters of every upstream, and its connect-time histogram.
+/// The per-CPU counters of every upstream, its connect-time histogram and its
+/// slow connects.
 pub struct CounterTable {
     map: PerCpuArray<MapData, Counters>,
     durations: PerCpuArray<MapData, ConnectDurations>,
+    slow: PerCpuArray<MapData, u64>,
     /// The kernel's tick rate: the histogram's unit.
     hz: u32,
 }
@@ -229,6 +231,15 @@ impl CounterTable {
     /// The kernel's ticks per second, the unit of [`CounterTable::durations`].
     pub fn hz(&self) -> u32 {
         self.hz
+    }
+
+    /// Upstream `id`'s slow connects (`slow_connect_threshold`), summed over CPUs.
+    pub fn slow(&self, id: u32) -> Result<u64, KernelError> {
+        let per_cpu = self
+            .slow
+            .get(&id, 0)
+            .map_err(map_err(map_names::SLOW_CONNECTS))?;
+        Ok(per_cpu.iter().sum())
     }
 
     /// How long upstream `id`'s successful connects took, summed over CPUs.
@@ -272,10 +283,11 @@ const RECORD_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3
 /// Maps that outlive a daemon: pinned, and adopted by the next one, which finds
 /// each upstream's state word and counters where it left them (and the packet
 /// path's redirected flows, which a reload or restart must not cut).
-const KEPT_MAPS: [&str; 11] = [
+const KEPT_MAPS: [&str; 12] = [
     map_names::UPSTREAM_STATES,
     map_names::COUNTERS,
     map_names::CONNECT_DURATIONS,
+    map_names::SLOW_CONNECTS,
     map_names::UPSTREAM_NAMES,
     map_names::DEFAULT_STATES,
     map_names::DEFAULT_TRIPPED,
@@ -422,6 +434,12 @@ impl Kernel {
                 })?;
         let durations =
             PerCpuArray::try_from(durations).map_err(map_err(map_names::CONNECT_DURATIONS))?;
+        let slow = ebpf
+            .take_map(map_names::SLOW_CONNECTS)
+            .ok_or(KernelError::MissingMap {
+                name: map_names::SLOW_CONNECTS,
+            })?;
+        let slow = PerCpuArray::try_from(slow).map_err(map_err(map_names::SLOW_CONNECTS))?;
         let destinations =
             ebpf.take_map(map_names::DEFAULT_STATES)
                 .ok_or(KernelError::MissingMap {
@@ -461,6 +479,7 @@ impl Kernel {
             counters: Arc::new(CounterTable {
                 map: counters,
                 durations,
+                slow,
                 hz,
             }),
             destinations: Arc::new(destinations),
@@ -538,6 +557,7 @@ impl Kernel {
                     (map_names::UPSTREAM_STATES, self.states.slots()),
                     (map_names::COUNTERS, self.states.slots()),
                     (map_names::CONNECT_DURATIONS, self.states.slots()),
+                    (map_names::SLOW_CONNECTS, self.states.slots()),
                 ]
                 .map(|(n, c)| (n.to_string(), c)),
             )
@@ -885,6 +905,7 @@ fn loader_for(sizes: &crate::config::MapSizes) -> EbpfLoader<'static> {
         .map_max_entries(map_names::UPSTREAM_STATES, slots)
         .map_max_entries(map_names::COUNTERS, slots)
         .map_max_entries(map_names::CONNECT_DURATIONS, slots)
+        .map_max_entries(map_names::SLOW_CONNECTS, slots)
         .map_max_entries(map_names::UPSTREAM_NAMES, slots)
         .map_max_entries(map_names::DEFAULT_STATES, sizes.destinations)
         .map_max_entries(map_names::DEFAULT_TRIPPED, sizes.destinations)
@@ -1214,9 +1235,20 @@ pub fn policy_abi(p: &Policy, fallback: &[SocketAddr], hz: u32) -> UpstreamPolic
     }
     if let Some(r) = p.rate {
         abi.rate_threshold_pct = r.threshold_pct;
-        abi.rate_minimum = r.minimum_connects;
+    }
+    if let Some(s) = p.slow {
+        abi.slow_jiffies = duration_jiffies(s.threshold, hz);
+        if p.count.slow {
+            abi.flags |= POLICY_COUNT_SLOW;
+        }
+        if let Some(r) = s.rate {
+            abi.slow_rate_pct = r.threshold_pct;
+        }
+    }
+    if let Some(w) = p.window() {
+        abi.rate_minimum = w.minimum_connects;
         abi.rate_bucket_jiffies =
-            duration_jiffies(r.window / breaker_common::window::BUCKETS as u32, hz);
+            duration_jiffies(w.window / breaker_common::window::BUCKETS as u32, hz);
     }
     for addr in fallback {
         let key = DestKey::from_socket_addr(*addr);
@@ -1284,6 +1316,40 @@ mod tests {
         off.rate = None;
         let abi = policy_abi(&off, &[], 250);
         assert_eq!((abi.rate_threshold_pct, abi.rate_bucket_jiffies), (0, 0));
+    }
+
+    #[test]
+    fn slow_connects_reach_the_kernel_in_ticks_with_their_window() {
+        let policy = |extra: &str| {
+            crate::config::Config::parse(
+                std::path::Path::new("t.toml"),
+                &format!("[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\n{extra}"),
+            )
+            .unwrap()
+            .upstreams[0]
+                .policy
+        };
+        let off = policy_abi(&policy(""), &[], 250);
+        assert_eq!((off.slow_jiffies, off.slow_rate_pct), (0, 0));
+        assert!(!off.keeps_window());
+        // 100 ms at HZ 250: 25 ticks; at HZ 300 (3.33 ms ticks), rounded up to 30.
+        let p = policy("slow_connect_threshold='100ms'\n");
+        let abi = policy_abi(&p, &[], 250);
+        assert_eq!(abi.slow_jiffies, 25);
+        assert!(abi.is_slow(25) && !abi.is_slow(24));
+        assert_eq!(abi.flags & POLICY_COUNT_SLOW, 0, "counted only when named");
+        assert!(!abi.keeps_window());
+        assert_eq!(policy_abi(&p, &[], 300).slow_jiffies, 30);
+        let abi = policy_abi(
+            &policy("slow_connect_threshold='100ms'\nslow_rate_threshold=40\nwindow='5s'\nminimum_connects=8\ncount=['timeout','slow']\n"),
+            &[],
+            1000,
+        );
+        assert_ne!(abi.flags & POLICY_COUNT_SLOW, 0);
+        assert_ne!(abi.flags & POLICY_IGNORE_REFUSED, 0);
+        assert_eq!((abi.slow_rate_pct, abi.rate_threshold_pct), (40, 0));
+        assert_eq!((abi.rate_minimum, abi.rate_bucket_jiffies), (8, 500));
+        assert!(abi.keeps_window());
     }
 
     #[test]

@@ -217,6 +217,7 @@ fn enter_shows_the_selected_upstreams_transitions_newest_first() {
                 probe_interval_ms: 1_000,
                 probe_timeout_ms: 1_000,
                 failure_rate: None,
+                slow_connects: None,
             },
             transitions: vec![
                 transition(1_700_000_000_000, "closed", "open", "timeout"),
