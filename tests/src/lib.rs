@@ -5,6 +5,7 @@
 //! - [`lab`]: a client namespace and an upstream namespace joined by veth, a cgroup
 //!   for the clients, the daemon process, blackholing and metrics scraping.
 //! - [`server`]: a small TCP/HTTP server that answers with its name.
+//! - [`slow_upstream`]: a TUN answerer whose SYN-ACKs come late (slow connects).
 //! - [`client`]: the connect client (`breaker-lab connect`), one JSON line per attempt.
 //! - [`metrics`]: reading the Prometheus text format.
 pub mod bench;
@@ -17,6 +18,7 @@ pub mod netns;
 pub mod packets;
 pub mod privileges;
 pub mod server;
+pub mod slow_upstream;
 pub mod stats;
 pub mod testing;
 

@@ -68,6 +68,8 @@ endpoints = ["10.7.0.3:80"]
 probe = { address = "127.0.0.1:9" }
 packet_action = "drop"
 open_duration = "10m"
+slow_connect_threshold = "20ms"
+count = ["refused", "timeout", "unreachable", "slow"]
 
 [[upstream]]
 name = "unreach"
@@ -1063,6 +1065,43 @@ fn start_flow(f: &mut Fixture, client: SocketAddrV4, upstream: SocketAddrV4, isn
 }
 
 const EGRESS_CASES: &[Case] = &[
+    Case {
+        name: "a SYN-ACK later than slow_connect_threshold is a slow success, a failure where count says",
+        run: |f, _| {
+            f.set(f.quiet, State::Closed);
+            let streak = |f: &Fixture| f.kernel.states().load(f.quiet).expect("a word").streak();
+            let slow = |f: &Fixture| f.kernel.counters().slow(f.quiet).expect("slow connects");
+            for (port, late, slow_after, streak_after) in [
+                (50_101u16, false, 0, 0),
+                (50_102, true, 1, 1),
+                (50_103, false, 0, 0),
+            ] {
+                let before = slow(f);
+                start_flow(f, client(port), QUIET4, 700);
+                if late {
+                    // 60 ms: three times the threshold, whatever the tick rate.
+                    std::thread::sleep(std::time::Duration::from_millis(60));
+                }
+                let s = egress_run(f, &packets::answer_v4(QUIET4, client(port), Reply::SynAck, 701));
+                ensure!(
+                    s.quiet.successes == 1,
+                    "port {port}: successes {}",
+                    s.quiet.successes
+                );
+                ensure!(
+                    slow(f) - before == slow_after,
+                    "port {port}: {} slow, not {slow_after}",
+                    slow(f) - before
+                );
+                ensure!(
+                    streak(f) == streak_after,
+                    "port {port}: a streak of {}, not {streak_after}",
+                    streak(f)
+                );
+            }
+            Ok(())
+        },
+    },
     Case {
         name: "a SYN-ACK acking the SYN is a success and ends the flow",
         run: |f, _| {

@@ -524,3 +524,151 @@ fn each_reopen_doubles_the_open_time_until_the_breaker_closes() {
         &format!("tripped again, a first open: {state}, {reopens} reopens"),
     );
 }
+
+/// Three upstreams behind one slow answerer (a TUN device in the client namespace:
+/// this kernel has no netem to delay a real upstream's SYN-ACKs), each connect
+/// answered after 250 ms except those to `rated`'s port 80, answered at once.
+/// Slow means 100 ms or more for all three:
+/// - `counted` counts slow connects as failures: 3 in a row open it;
+/// - `rated` opens when 50 % of at least 6 connects in its window are slow, with
+///   never a failure: fast, slow, fast, slow, ... opens at the 6th;
+/// - `measured` only measures: slow connects are counted in the metrics and move
+///   nothing, although one failure would open it.
+const SLOW_UPSTREAMS: &str = r#"
+[[upstream]]
+name = "counted"
+endpoints = ["10.77.7.1:80"]
+failure_threshold = 3
+slow_connect_threshold = "100ms"
+count = ["refused", "timeout", "unreachable", "slow"]
+open_duration = "1h"
+
+[[upstream]]
+name = "rated"
+endpoints = ["10.77.7.2:80", "10.77.7.2:81"]
+failure_threshold = 3
+slow_connect_threshold = "100ms"
+slow_rate_threshold = 50
+minimum_connects = 6
+window = "1m"
+open_duration = "1h"
+
+[[upstream]]
+name = "measured"
+endpoints = ["10.77.7.3:80"]
+failure_threshold = 1
+slow_connect_threshold = "100ms"
+open_duration = "1h"
+"#;
+
+#[test]
+fn slow_connects_open_a_breaker_that_counts_them_or_rates_them_and_no_other() {
+    let Some(mut lab) = lab("slow") else {
+        return;
+    };
+    let slow = std::time::Duration::from_millis(250);
+    breaker_lab::slow_upstream::start(&lab.client, "brkslow", "10.77.7.0/24", move |to, port| {
+        if to.octets()[3] == 2 && port == 80 {
+            std::time::Duration::ZERO
+        } else {
+            slow
+        }
+    })
+    .unwrap();
+    lab.start_daemon(SLOW_UPSTREAMS).unwrap();
+    let connect_to = |to: &str| {
+        let attempts = lab
+            .client(&["--to", to, "--count", "1", "--timeout-ms", "2000"])
+            .unwrap();
+        (attempts[0].outcome.clone(), attempts[0].latency_us)
+    };
+
+    // counted: three slow successes, then the breaker is open: failed fast.
+    let counted: Vec<_> = (0..4).map(|_| connect_to("10.77.7.1:80")).collect();
+    check(
+        &lab,
+        counted[..3]
+            .iter()
+            .all(|(o, us)| o == "ok" && *us >= 200_000.0)
+            && counted[3].0 == "refused"
+            && counted[3].1 < 100_000.0,
+        &format!("counted: 3 slow successes, then failed fast: {counted:?}"),
+    );
+
+    // rated: fast, slow, ... the 6th connect (3 slow of 6) opens it.
+    let rated: Vec<_> = (0..7)
+        .map(|i| {
+            connect_to(if i % 2 == 0 {
+                "10.77.7.2:80"
+            } else {
+                "10.77.7.2:81"
+            })
+        })
+        .collect();
+    let outcomes: Vec<&str> = rated.iter().map(|(o, _)| o.as_str()).collect();
+    check(
+        &lab,
+        outcomes == ["ok", "ok", "ok", "ok", "ok", "ok", "refused"]
+            && rated[0].1 < 100_000.0
+            && rated[1].1 >= 200_000.0,
+        &format!("rated: 6 successes, then failed fast: {rated:?}"),
+    );
+
+    // measured: slow, and nothing else.
+    let measured: Vec<_> = (0..3).map(|_| connect_to("10.77.7.3:80")).collect();
+    check(
+        &lab,
+        measured.iter().all(|(o, _)| o == "ok"),
+        &format!("measured: every connect went: {measured:?}"),
+    );
+
+    for (upstream, slow, successes, state) in [
+        ("counted", 3.0, 3.0, "open"),
+        ("rated", 3.0, 6.0, "open"),
+        ("measured", 3.0, 3.0, "closed"),
+    ] {
+        let got = lab
+            .wait_metric(
+                "breaker_connects_slow_total",
+                &[("upstream", upstream)],
+                slow,
+                std::time::Duration::from_secs(5),
+            )
+            .unwrap();
+        check(
+            &lab,
+            got == slow,
+            &format!("{upstream}: {got} slow connects, not {slow}"),
+        );
+        let ok = lab
+            .metric("breaker_connect_successes_total", &[("upstream", upstream)])
+            .unwrap();
+        check(
+            &lab,
+            ok == successes,
+            &format!("{upstream}: {ok} successes, not {successes}"),
+        );
+        let in_state = lab
+            .metric("breaker_state", &[("upstream", upstream), ("state", state)])
+            .unwrap();
+        check(&lab, in_state == 1.0, &format!("{upstream} is {state}"));
+    }
+    let events = lab.cli(&["events"]).unwrap();
+    let events = String::from_utf8_lossy(&events.stdout);
+    for (upstream, cause) in [("counted", "(slow)"), ("rated", "(slow_rate)")] {
+        check(
+            &lab,
+            events
+                .lines()
+                .any(|l| l.contains(upstream) && l.contains(&format!("closed -> open  {cause}"))),
+            &format!("{upstream}'s trip names {cause}:\n{events}"),
+        );
+    }
+    let status = lab.cli(&["status", "counted"]).unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    check(
+        &lab,
+        status.contains("slow:      a connect answered after 100ms or more, counted as a failure"),
+        &format!("status shows what slow is:\n{status}"),
+    );
+}

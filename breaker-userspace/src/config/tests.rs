@@ -1098,7 +1098,8 @@ fn slow_connects_are_off_by_default_and_take_the_rate_window() {
         "{text}"
     );
     // The default policy may count slow connects, but keeps no window.
-    let c = parse("[default_policy]\nslow_connect_threshold = '200ms'\ncount = ['slow']\n").unwrap();
+    let c =
+        parse("[default_policy]\nslow_connect_threshold = '200ms'\ncount = ['slow']\n").unwrap();
     let d = c.default_policy.unwrap().policy;
     assert_eq!(d.slow.unwrap().threshold, Duration::from_millis(200));
     assert_eq!(d.count.names(), ["slow"]);
@@ -1112,11 +1113,7 @@ fn slow_connect_keys_are_refused_with_the_reason_named() {
             "slow_rate_threshold",
             "needs slow_connect_threshold",
         ),
-        (
-            "count = ['slow']",
-            "count",
-            "needs slow_connect_threshold",
-        ),
+        ("count = ['slow']", "count", "needs slow_connect_threshold"),
         (
             "slow_connect_threshold = '5ms'",
             "slow_connect_threshold",
@@ -1151,11 +1148,17 @@ fn slow_connect_keys_are_refused_with_the_reason_named() {
         "[default_policy]\nslow_connect_threshold = '100ms'\nslow_rate_threshold = 50\n",
     );
     assert_eq!(field, "default_policy.slow_rate_threshold");
-    assert!(reason.contains("not supported for the default policy"), "{reason}");
+    assert!(
+        reason.contains("not supported for the default policy"),
+        "{reason}"
+    );
     // A window key is the slow rate's as much as the failure rate's.
     let c = parse(&format!(
         "{MINIMAL}slow_connect_threshold = '100ms'\nslow_rate_threshold = 50\nwindow = '20s'\n"
     ))
     .unwrap();
-    assert_eq!(c.upstreams[0].policy.window().unwrap().window, Duration::from_secs(20));
+    assert_eq!(
+        c.upstreams[0].policy.window().unwrap().window,
+        Duration::from_secs(20)
+    );
 }

@@ -15,8 +15,7 @@ use breaker_common::machine::{self, Mode, State};
 pub use history::{History, SAMPLE_EVERY};
 use protocol::{
     DestinationCounts, Detail, FailureRateView, PolicyView, Request, Response, SlowConnectsView,
-    Status,
-    TrippedDestination, UpstreamStatus,
+    Status, TrippedDestination, UpstreamStatus,
 };
 
 /// Tripped default-policy destinations `status` lists.

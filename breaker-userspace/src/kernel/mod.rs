@@ -35,8 +35,9 @@ use breaker_common::{
     abi::{
         map_names, program_names, BreakerCell, ConnectDurations, Counters, DestKey, EndpointV4,
         EndpointV6, PinMetadata, Settings, UpstreamPolicy, ABI_VERSION, DEFAULT_UPSTREAM_ID,
-        POLICY_DRY_RUN, POLICY_FALLBACK_V4, POLICY_FALLBACK_V6, POLICY_IGNORE_REFUSED,
-        POLICY_COUNT_SLOW, POLICY_IGNORE_TIMEOUT, POLICY_IGNORE_UNREACHABLE, PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6,
+        POLICY_COUNT_SLOW, POLICY_DRY_RUN, POLICY_FALLBACK_V4, POLICY_FALLBACK_V6,
+        POLICY_IGNORE_REFUSED, POLICY_IGNORE_TIMEOUT, POLICY_IGNORE_UNREACHABLE,
+        PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6,
     },
     dest::{endpoint_prefix_len, port_ne},
     machine::{BreakerWord, State, Thresholds},
