@@ -25,7 +25,7 @@ pub mod map_names {
     pub const SOCKET_RECORDS: &str = "SOCKET_RECORDS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const CONNECT_DURATIONS: &str = "CONNECT_DURATIONS";
-    pub const SLOW_CONNECTS: &str = "SLOW_CONNECTS";
+    pub const EXTRA_COUNTERS: &str = "EXTRA_COUNTERS";
     pub const EVENTS: &str = "EVENTS";
     pub const UPSTREAM_NAMES: &str = "UPSTREAM_NAMES";
     pub const PIN_METADATA: &str = "PIN_METADATA";
@@ -279,10 +279,14 @@ impl UpstreamPolicy {
         self.failure_threshold != 0
     }
 
-    /// Whether a successful connect that took `ticks` (jiffies) is slow.
+    /// Whether a successful connect that took `ticks` (jiffies) is slow. Ticks
+    /// count the tick boundaries a connect crossed, one more than its length in
+    /// whole ticks at most: more than `slow_jiffies` of them is surely as long as
+    /// the threshold (rounded up to ticks). A connect is never called slow early;
+    /// it may be called so up to a tick late, which fails open.
     #[inline(always)]
     pub const fn is_slow(&self, ticks: u64) -> bool {
-        self.slow_jiffies != 0 && ticks >= self.slow_jiffies as u64
+        self.slow_jiffies != 0 && ticks > self.slow_jiffies as u64
     }
 
     /// Whether the upstream keeps a window (for the failure rate, the slow rate
@@ -411,6 +415,21 @@ pub struct Counters {
     pub failures_unreachable: u64,
 }
 
+/// Per-upstream counters added after [`Counters`]'s layout was kept (a kept map
+/// keeps its layout), per CPU in `EXTRA_COUNTERS`, with spare room so that the
+/// next ones need no new map: an older map reads zeros there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExtraCounters {
+    /// Successful connects that took `slow_connect_threshold` or more.
+    pub slow: u64,
+    /// Connects in flight when their breaker turned connects away, whose SYN had
+    /// gone unanswered for `connect_timeout`: failed by the kernel at once rather
+    /// than left to retransmit into a dead upstream.
+    pub aborted: u64,
+    pub _spare: [u64; 6],
+}
+
 /// Buckets of [`ConnectDurations`]. Bucket `i` counts the connects whose
 /// SYN-to-ESTABLISHED time, in the kernel's ticks, has `i` significant bits (0;
 /// 1; 2-3; 4-7; ...): under `2^i` ticks. The last counts every longer one.
@@ -507,6 +526,7 @@ const _: () = assert!(core::mem::size_of::<ResolveQuery>() == 24);
 const _: () = assert!(core::mem::size_of::<Counters>() == 88);
 const _: () = assert!(core::mem::size_of::<ConnectDurations>() == 8 * (DURATION_BUCKETS + 1));
 const _: () = assert!(core::mem::size_of::<TransitionEvent>() == 48);
+const _: () = assert!(core::mem::size_of::<ExtraCounters>() == 64);
 const _: () = assert!(core::mem::size_of::<PinMetadata>() == 104);
 
 #[cfg(test)]

@@ -130,6 +130,18 @@ pub struct Thresholds {
 /// every probe-scheduler pass (20 ms), so only a dead or stuck daemon misses it.
 pub const DAEMON_AWAY_MS: u32 = 3_000;
 
+/// Whether the breaker turns new connects away (rejects or redirects all but
+/// trials): automatic and not CLOSED, or forced open. What a connect still in
+/// flight is judged by when its SYN has gone unanswered.
+#[inline(always)]
+pub fn turns_away(w: BreakerWord) -> bool {
+    match w.mode() {
+        Mode::Auto => w.state() != State::Closed,
+        Mode::ForceOpen => true,
+        Mode::ForceClosed | Mode::Disabled => false,
+    }
+}
+
 /// Whether the daemon is gone: its newest heartbeat (`beat_ms`, 0 before the first)
 /// is older than [`DAEMON_AWAY_MS`] at `now_ms`. Both wrap, like `since_ms`.
 #[inline(always)]

@@ -13,6 +13,7 @@ unsafe impl aya::Pod for SocketRecord {}
 unsafe impl aya::Pod for ResolveQuery {}
 unsafe impl aya::Pod for Counters {}
 unsafe impl aya::Pod for ConnectDurations {}
+unsafe impl aya::Pod for ExtraCounters {}
 unsafe impl aya::Pod for TransitionEvent {}
 unsafe impl aya::Pod for UpstreamName {}
 unsafe impl aya::Pod for PinMetadata {}

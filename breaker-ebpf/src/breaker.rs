@@ -9,8 +9,8 @@ use aya_log_ebpf::debug;
 use breaker_common::{
     abi::CAUSE_OPEN_EXPIRED,
     abi::{
-        duration_bucket, BreakerCell, Counters, DestKey, TransitionEvent, UpstreamPolicy,
-        DEFAULT_UPSTREAM_ID,
+        duration_bucket, BreakerCell, Counters, DestKey, ExtraCounters, TransitionEvent,
+        UpstreamPolicy, DEFAULT_UPSTREAM_ID,
     },
     machine::{self, admit, Admission, BreakerWord, Mode, State, Step, WordCell},
 };
@@ -19,7 +19,7 @@ use crate::{
     atomic::cas_u64,
     maps::{
         CONNECT_DURATIONS, COUNTERS, DAEMON_HEARTBEAT, DEFAULT_STATES, DEFAULT_TRIPPED, EVENTS,
-        POLICIES, SLOW_CONNECTS, UPSTREAM_STATES,
+        EXTRA_COUNTERS, POLICIES, UPSTREAM_STATES,
     },
 };
 
@@ -95,12 +95,12 @@ pub fn count_duration(upstream: u32, started_jiffies: u64) -> u64 {
     ticks
 }
 
-/// Counts a slow connect of upstream `upstream` on this CPU.
+/// Bumps upstream `upstream`'s extra counters on this CPU.
 #[inline(always)]
-pub fn count_slow(upstream: u32) {
-    if let Some(n) = SLOW_CONNECTS.get_ptr_mut(upstream) {
+pub fn count_extra(upstream: u32, f: impl FnOnce(&mut ExtraCounters)) {
+    if let Some(c) = EXTRA_COUNTERS.get_ptr_mut(upstream) {
         // SAFETY: this CPU's slot; no other writer while this program runs.
-        unsafe { *n += 1 };
+        f(unsafe { &mut *c });
     }
 }
 

@@ -34,7 +34,7 @@ use breaker_common::{
         ignore_bit, DestKey, SocketRecord, UpstreamPolicy, CAUSE_ABANDONED, CAUSE_FAILURE_RATE,
         CAUSE_FAILURE_REFUSED, CAUSE_FAILURE_SLOW, CAUSE_FAILURE_TIMEOUT,
         CAUSE_FAILURE_UNREACHABLE, CAUSE_SLOW_RATE, CAUSE_SUCCESS, DEFAULT_UPSTREAM_ID,
-        POLICY_COUNT_SLOW,
+        POLICY_COUNT_SLOW, POLICY_DRY_RUN, POLICY_IGNORE_TIMEOUT,
     },
     machine::{self, record_rated, BreakerWord, Mode, Outcome, State, CAS_RETRIES},
     window,
@@ -42,7 +42,7 @@ use breaker_common::{
 
 use crate::{
     atomic::cas_u64,
-    breaker::{count, count_duration, count_slow, jiffies, now_ms, Breaker},
+    breaker::{count, count_duration, count_extra, jiffies, now_ms, Breaker},
     maps::{POLICIES, RATE_WINDOWS},
     record,
     release::count_abandoned,
@@ -188,7 +188,12 @@ fn finish(ctx: &SockOpsContext, end: End) -> Result<(), i32> {
         return Ok(());
     };
     if !found.is_open() {
-        // Ended already (abandoned, or counted): only tidy up after it.
+        // Ended already (abandoned, or counted). A timeout counted while its
+        // breaker let connects through waits here, at each SYN retransmission, for
+        // the breaker to turn connects away; anything else only tidies up.
+        if end == End::FirstTimeout && !abort_if_turned_away(ctx, &found.record) {
+            return Ok(());
+        }
         stop_watching(ctx, &found.record);
         found.free();
         return Ok(());
@@ -207,11 +212,10 @@ fn finish(ctx: &SockOpsContext, end: End) -> Result<(), i32> {
             return Ok(());
         }
     };
-    stop_watching(ctx, &found.record);
     if !found.claim_end() {
+        stop_watching(ctx, &found.record);
         return Ok(());
     }
-    found.free();
     let r = &found.record;
     conclude(
         ctx,
@@ -221,7 +225,64 @@ fn finish(ctx: &SockOpsContext, end: End) -> Result<(), i32> {
         trial_epoch,
         r.started_jiffies,
     );
+    // A connect whose SYN went unanswered for `connect_timeout`, while its breaker
+    // turns connects away (this timeout may have tripped it), fails now; while it
+    // lets them through, the connect keeps its record and callbacks, and is judged
+    // again at each retransmission, if the breaker could ever turn it away.
+    if end == End::FirstTimeout && !abort_if_turned_away(ctx, r) && may_turn_away(r.upstream) {
+        return Ok(());
+    }
+    stop_watching(ctx, r);
+    found.free();
     Ok(())
+}
+
+/// TCP_USER_TIMEOUT, in ms. A connect whose SYN was already retransmitted has
+/// been waiting longer than 1 ms: the kernel clamps the next retransmission
+/// timer to the time left (none) and then fails the connect with ETIMEDOUT.
+const TCP_USER_TIMEOUT: i32 = 18;
+const ABORT_USER_TIMEOUT_MS: i32 = 1;
+
+/// Fails the connect of `ctx` (in SYN_SENT, its SYN unanswered for
+/// `connect_timeout`) if the breaker its record names turns connects away:
+/// no application waits on a dead upstream once its breaker has tripped.
+/// Returns whether it did. Never for a dry-run upstream, which changes nothing.
+#[inline(never)]
+fn abort_if_turned_away(ctx: &SockOpsContext, r: &SocketRecord) -> bool {
+    let Some(breaker) = Breaker::of_record(r.upstream, &r.dest, false) else {
+        return false;
+    };
+    if breaker.policy.flags & POLICY_DRY_RUN != 0 || !machine::turns_away(breaker.peek()) {
+        return false;
+    }
+    let mut value = ABORT_USER_TIMEOUT_MS;
+    // SAFETY: a sock_ops context (RTO_CB runs under the socket lock) and a
+    // pointer to an int of the given size.
+    let set = unsafe {
+        bpf_setsockopt(
+            ctx.ops.cast(),
+            SOL_TCP,
+            TCP_USER_TIMEOUT,
+            core::ptr::from_mut(&mut value).cast(),
+            core::mem::size_of::<i32>() as i32,
+        )
+    };
+    if set != 0 {
+        // Refused: the connect goes on retransmitting, as without breaker.
+        return false;
+    }
+    count_extra(r.upstream, |c| c.aborted += 1);
+    true
+}
+
+/// Whether upstream `upstream`'s breaker can ever turn away a connect that timed
+/// out: not in dry run, and its `count` counts timeouts (otherwise a blackhole
+/// never opens it, and the record would wait for nothing).
+#[inline(always)]
+fn may_turn_away(upstream: u32) -> bool {
+    POLICIES
+        .get(upstream)
+        .is_some_and(|p| p.flags & (POLICY_DRY_RUN | POLICY_IGNORE_TIMEOUT) == 0)
 }
 
 /// Counts one watched connect's outcome (`CAUSE_SUCCESS` or a failure cause) and
@@ -324,7 +385,7 @@ fn time_success(upstream: u32, started_jiffies: u64) -> u32 {
     if !p.is_slow(ticks) {
         return 0;
     }
-    count_slow(upstream);
+    count_extra(upstream, |c| c.slow += 1);
     if p.flags & POLICY_COUNT_SLOW != 0 {
         SUCCESS_SLOW | SUCCESS_SLOW_COUNTS
     } else {

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use breaker_common::{
     abi::{
-        BreakerCell, ConnectDurations, Counters, DestKey, EndpointV4, EndpointV6, PinMetadata,
-        Settings, SocketRecord, UpstreamName, UpstreamPolicy,
+        BreakerCell, ConnectDurations, Counters, DestKey, EndpointV4, EndpointV6, ExtraCounters,
+        PinMetadata, Settings, SocketRecord, UpstreamName, UpstreamPolicy,
     },
     packet::{FlowKey, FlowRecord, NatTarget, PacketCounters},
     window::RateWindow,
@@ -107,10 +107,11 @@ pub static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0)
 #[map]
 pub static CONNECT_DURATIONS: PerCpuArray<ConnectDurations> = PerCpuArray::with_max_entries(1, 0);
 
-/// Upstream id -> its successful connects that were slow (`slow_connect_threshold`),
-/// per CPU; written beside `CONNECT_DURATIONS`. Kept like `COUNTERS`.
+/// Upstream id -> counters added since `COUNTERS` was kept (slow connects, aborted
+/// in-flight connects), per CPU; written by sock_ops and the packet path's egress.
+/// Kept like `COUNTERS`.
 #[map]
-pub static SLOW_CONNECTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static EXTRA_COUNTERS: PerCpuArray<ExtraCounters> = PerCpuArray::with_max_entries(1, 0);
 
 /// State transitions, to the daemon.
 #[map]

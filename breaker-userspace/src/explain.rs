@@ -62,6 +62,8 @@ pub fn explain(error: &KernelError, config: &Config) -> Option<Explained> {
         map_names::POLICIES
         | map_names::UPSTREAM_STATES
         | map_names::COUNTERS
+        | map_names::CONNECT_DURATIONS
+        | map_names::EXTRA_COUNTERS
         | map_names::RATE_WINDOWS => (
             format!("upstream ({} upstreams)", config.upstreams.len()),
             true,

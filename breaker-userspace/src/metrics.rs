@@ -6,7 +6,7 @@ use std::{
 };
 
 use breaker_common::{
-    abi::Counters,
+    abi::{Counters, ExtraCounters},
     machine::{Mode, State},
 };
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
@@ -52,14 +52,15 @@ pub struct Metrics {
     unwatched: IntCounterVec,
     would_reject: IntCounterVec,
     slow: IntCounterVec,
+    aborted: IntCounterVec,
     mode: IntGaugeVec,
     probes: IntCounterVec,
     default_open: IntGaugeVec,
     /// Connect-time histograms, read from the kernel at each scrape.
     durations: Arc<durations::DurationHistograms>,
-    /// Kernel counters (and slow connects) as of the last scrape, to turn totals
+    /// Kernel counters (extra ones too) as of the last scrape, to turn totals
     /// into increments.
-    last: Mutex<HashMap<u32, (Counters, u64)>>,
+    last: Mutex<HashMap<u32, (Counters, ExtraCounters)>>,
     /// Default-policy destinations currently not CLOSED, from transition events.
     /// The default policy's destinations in the kernel, counted at each scrape.
     destinations: Mutex<Option<Arc<DefaultDestinations>>>,
@@ -135,6 +136,7 @@ impl Metrics {
             unwatched: counter(&registry, "breaker_connects_unwatched_total", "Connects passed without watching their outcome, because too many connects were in flight at once to keep a record for each.", &["upstream"]),
             would_reject: counter(&registry, "breaker_connects_would_reject_total", "Connects a dry-run breaker would have rejected or redirected, and let through.", &["upstream"]),
             slow: counter(&registry, "breaker_connects_slow_total", "Watched connects that succeeded but whose SYN took at least slow_connect_threshold to be answered (also in breaker_connect_successes_total).", &["upstream"]),
+            aborted: counter(&registry, "breaker_connects_aborted_total", "Watched connects in flight when their breaker turned connects away, whose SYN had gone unanswered for connect_timeout: failed at once (ETIMEDOUT) instead of retransmitting into a dead upstream.", &["upstream"]),
             mode: gauge(&registry, "breaker_mode", "1 for the mode each configured upstream's breaker is in (auto, force_open, force_closed, disabled), 0 for the others.", &["upstream", "mode"]),
             probes: counter(&registry, "breaker_probes_total", "Half-open probes by the daemon, by result.", &["upstream", "result"]),
             default_open: gauge(&registry, "breaker_default_policy_destinations", "Default-policy destinations in the kernel's maps, by state: closed (with failures), open, half_open.", &["state"]),
@@ -224,10 +226,11 @@ impl Metrics {
         }
     }
 
-    fn per_upstream(&self) -> [&IntCounterVec; 9] {
+    fn per_upstream(&self) -> [&IntCounterVec; 10] {
         [
             &self.would_reject,
             &self.slow,
+            &self.aborted,
             &self.attempts,
             &self.successes,
             &self.rejected,
@@ -510,15 +513,15 @@ impl Metrics {
                     continue;
                 }
             };
-            let (prev, prev_slow) = last.get(&id).copied().unwrap_or_default();
-            let slow = match counters.slow(id) {
-                Ok(n) => n,
+            let (prev, prev_extra) = last.get(&id).copied().unwrap_or_default();
+            let extra = match counters.extra(id) {
+                Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(upstream = name.as_str(), error = %e, "reading slow connects failed");
-                    prev_slow
+                    tracing::warn!(upstream = name.as_str(), error = %e, "reading kernel counters failed");
+                    prev_extra
                 }
             };
-            last.insert(id, (now, slow));
+            last.insert(id, (now, extra));
             let inc = |c: &IntCounterVec, labels: &[&str], new: u64, old: u64| {
                 c.with_label_values(labels).inc_by(new.saturating_sub(old));
             };
@@ -542,7 +545,8 @@ impl Metrics {
                 now.failures_unreachable,
                 prev.failures_unreachable,
             );
-            inc(&self.slow, &[name], slow, prev_slow);
+            inc(&self.slow, &[name], extra.slow, prev_extra.slow);
+            inc(&self.aborted, &[name], extra.aborted, prev_extra.aborted);
             inc(&self.rejected, &[name], now.rejected, prev.rejected);
             inc(&self.redirected, &[name], now.redirected, prev.redirected);
             inc(
@@ -630,6 +634,7 @@ mod tests {
                 "breaker_connects_abandoned_total",
                 "breaker_connects_unwatched_total",
                 "breaker_connects_slow_total",
+                "breaker_connects_aborted_total",
             ] {
                 assert!(has(name, upstream), "{name}{{upstream={upstream:?}}}");
             }

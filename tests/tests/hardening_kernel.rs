@@ -417,3 +417,113 @@ max_destinations = 64
         "one destination open",
     );
 }
+
+/// The attempts a backgrounded client printed.
+fn attempts_of(child: std::process::Child) -> Vec<breaker_lab::client::Attempt> {
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Connects already in flight when a blackholed upstream's breaker trips do not
+/// wait on it: the kernel retransmits an unanswered SYN for minutes (here the
+/// client would give up at 15 s), but once the breaker turns connects away,
+/// sock_ops fails each of them (ETIMEDOUT) at its next retransmission timeout: the
+/// ones whose timeout tripped it at once, the one counted before the trip at its
+/// next (600 ms after its SYN, with `connect_timeout` 200 ms).
+#[test]
+fn connects_in_flight_when_the_breaker_trips_fail_instead_of_waiting_on_the_blackhole() {
+    let Some(mut lab) = lab("inflight") else {
+        return;
+    };
+    lab.start_daemon(
+        "[[upstream]]\nname = \"dark\"\nendpoints = [\"10.77.0.2:8080\"]\nfailure_threshold = 2\nconnect_timeout = \"200ms\"\nopen_duration = \"1h\"\n",
+    )
+    .unwrap();
+    lab.blackhole("10.77.0.2").unwrap();
+    let attempts = lab
+        .client(&[
+            "--to",
+            "10.77.0.2:8080",
+            "--count",
+            "1",
+            "--concurrency",
+            "3",
+            "--timeout-ms",
+            "15000",
+        ])
+        .unwrap();
+    check(
+        &lab,
+        attempts.len() == 3
+            && attempts
+                .iter()
+                .all(|a| a.errno == Some(libc::ETIMEDOUT) && a.latency_us < 3e6),
+        &format!("each connect failed by the kernel (ETIMEDOUT) within 3 s, none waited for the client's 15 s: {attempts:?}"),
+    );
+    let aborted = metric(&lab, "breaker_connects_aborted_total", "dark", &[]);
+    check(&lab, aborted == 3.0, &format!("3 aborted, not {aborted}"));
+    let timeouts = metric(
+        &lab,
+        "breaker_connect_failures_total",
+        "dark",
+        &[("reason", "timeout")],
+    );
+    check(
+        &lab,
+        timeouts == 3.0,
+        &format!("3 timeouts, each counted once, not {timeouts}"),
+    );
+}
+
+/// The other side: while its breaker lets connects through, a connect whose SYN
+/// went unanswered is counted as a timeout but left to the kernel, which may still
+/// get it through (a lost SYN, a route back); and a dry-run breaker, open or not,
+/// never fails a connect.
+#[test]
+fn a_connect_is_left_to_retransmit_while_its_breaker_lets_connects_through() {
+    let Some(mut lab) = lab("retransmit") else {
+        return;
+    };
+    lab.serve("10.77.0.2:8080", "closed").unwrap();
+    lab.serve("10.77.0.2:8081", "dry").unwrap();
+    lab.start_daemon(
+        "[[upstream]]\nname = \"closed\"\nendpoints = [\"10.77.0.2:8080\"]\nfailure_threshold = 5\nconnect_timeout = \"200ms\"\nopen_duration = \"1h\"\n\n[[upstream]]\nname = \"dry\"\nmode = \"dry_run\"\nendpoints = [\"10.77.0.2:8081\"]\nfailure_threshold = 1\nopen_duration = \"1h\"\n",
+    )
+    .unwrap();
+    lab.blackhole("10.77.0.2").unwrap();
+    let spawn = |port: &str| {
+        lab.client_command(&["--to", port, "--count", "1", "--timeout-ms", "30000"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let closed = spawn("10.77.0.2:8080");
+    let dry = spawn("10.77.0.2:8081");
+    // Both SYNs timed out once (the dry run's at the kernel's 1 s) and `dry` is
+    // open; then the route comes back, and the next retransmissions get through.
+    for (up, state) in [("closed", "closed"), ("dry", "open")] {
+        lab.wait_metric(
+            "breaker_connect_failures_total",
+            &[("upstream", up), ("reason", "timeout")],
+            1.0,
+            breaker_lab::testing::patience(Duration::from_secs(10)),
+        )
+        .unwrap();
+        let in_state = metric(&lab, "breaker_state", up, &[("state", state)]);
+        check(&lab, in_state == 1.0, &format!("{up} is {state}"));
+    }
+    lab.restore("10.77.0.2").unwrap();
+    for (up, child) in [("closed", closed), ("dry", dry)] {
+        let attempts = attempts_of(child);
+        check(
+            &lab,
+            outcomes(&attempts) == ["ok"],
+            &format!("{up}: the connect got through once the route was back: {attempts:?}"),
+        );
+        let aborted = metric(&lab, "breaker_connects_aborted_total", up, &[]);
+        check(&lab, aborted == 0.0, &format!("{up}: {aborted} aborted"));
+    }
+}

@@ -807,3 +807,25 @@ fn a_closed_word_with_a_count_beyond_the_streak_settles_and_never_trips_as_a_reo
         );
     }
 }
+
+#[test]
+fn in_flight_connects_are_turned_away_only_by_a_breaker_that_turns_new_ones_away() {
+    let closed = BreakerWord::CLOSED;
+    assert!(!turns_away(closed));
+    assert!(turns_away(trip(1_000)));
+    let half_open = BreakerWord::pack(State::HalfOpen, 1_000, 0, 0, 1);
+    assert!(turns_away(half_open));
+    for (mode, away) in [
+        (Mode::ForceOpen, true),
+        (Mode::ForceClosed, false),
+        (Mode::Disabled, false),
+    ] {
+        for w in [closed, trip(1_000)] {
+            assert_eq!(
+                turns_away(set_mode(w, mode).next),
+                away,
+                "{mode:?} over {w:?}"
+            );
+        }
+    }
+}

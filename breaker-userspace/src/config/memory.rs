@@ -10,8 +10,8 @@
 use std::mem::size_of;
 
 use breaker_common::abi::{
-    BreakerCell, Counters, DestKey, EndpointV4, EndpointV6, PinMetadata, Settings, SocketRecord,
-    UpstreamName, UpstreamPolicy,
+    BreakerCell, ConnectDurations, Counters, DestKey, EndpointV4, EndpointV6, ExtraCounters,
+    PinMetadata, Settings, SocketRecord, UpstreamName, UpstreamPolicy,
 };
 use breaker_common::packet::{FlowKey, FlowRecord, NatTarget, PacketCounters};
 use breaker_common::window::RateWindow;
@@ -178,6 +178,8 @@ impl Config {
             hash_map(destinations, size_of::<DestKey>(), size_of::<BreakerCell>()),
             array(SOCKET_RECORD_SLOTS, size_of::<SocketRecord>()),
             per_cpu_array(slots, size_of::<Counters>(), possible_cpus),
+            per_cpu_array(slots, size_of::<ConnectDurations>(), possible_cpus),
+            per_cpu_array(slots, size_of::<ExtraCounters>(), possible_cpus),
             array(slots, size_of::<UpstreamName>()),
             array(1, size_of::<PinMetadata>()),
             array(1, size_of::<u64>()).next_multiple_of(PAGE),
@@ -234,10 +236,16 @@ mod tests {
     #[test]
     fn per_cpu_counters_grow_with_cpus() {
         let c = config("[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\n");
-        // The upstream counters, and the packet path's one set of counters.
+        // The upstream counters (extra ones and histograms too), and the packet
+        // path's one set of counters.
         assert_eq!(
             c.kernel_memory_estimate(3) - c.kernel_memory_estimate(2),
-            u64::from(c.map_sizes().slots) * round8(size_of::<Counters>())
+            u64::from(c.map_sizes().slots)
+                * round8(
+                    size_of::<Counters>()
+                        + size_of::<ConnectDurations>()
+                        + size_of::<ExtraCounters>()
+                )
                 + round8(size_of::<PacketCounters>())
         );
     }

@@ -1136,7 +1136,7 @@ impl Check<'_> {
             if set {
                 return self.fail(
                     format!("default_policy.{key}"),
-                    "is not supported for the default policy (its destinations keep no failure-rate window); use failure_threshold, or name the upstream",
+                    "is not supported for the default policy (its destinations keep no window); use failure_threshold (with \"slow\" in count for slow connects), or name the upstream",
                 );
             }
         }
@@ -1148,7 +1148,11 @@ impl Check<'_> {
             raw_policy_of!(d).over(RawPolicy {
                 connect_timeout: None,
                 failure_rate_threshold: None,
+                // Nor slow connects: a far destination's every connect may be
+                // slow, and a default-policy breaker recovers only by trials.
+                slow_connect_threshold: None,
                 slow_rate_threshold: None,
+                count: base.count.map(CountSet::without_slow),
                 ..base
             }),
             defaults::DEFAULT_POLICY_HALF_OPEN_MAX_CONNECTIONS,
@@ -1476,10 +1480,14 @@ fn describe_policy(p: &Policy) -> String {
         }
         None => String::new(),
     };
-    let counted = if p.count == CountSet::ALL {
-        String::new()
-    } else {
-        format!(" (counting {} only)", p.count.names().join(", "))
+    let failures = CountSet {
+        slow: false,
+        ..p.count
+    };
+    let counted = match failures.names().as_slice() {
+        _ if failures == CountSet::ALL => String::new(),
+        [] => " (counting no failures, slow connects only)".to_string(),
+        names => format!(" (counting {} only)", names.join(", ")),
     };
     let growth = if p.max_open_duration > p.open_duration {
         format!(

@@ -1162,3 +1162,27 @@ fn slow_connect_keys_are_refused_with_the_reason_named() {
         Duration::from_secs(20)
     );
 }
+
+#[test]
+fn the_default_policy_does_not_inherit_slow_connects_from_defaults() {
+    let c = parse(&format!(
+        "[defaults]\nslow_connect_threshold = '300ms'\ncount = ['timeout', 'slow']\n{MINIMAL}[default_policy]\n"
+    ))
+    .unwrap();
+    assert!(c.upstreams[0].policy.slow.is_some() && c.upstreams[0].policy.count.slow);
+    let d = c.default_policy.unwrap().policy;
+    assert_eq!(d.slow, None);
+    assert_eq!(d.count.names(), ["timeout"]);
+    // "slow" alone in [defaults]: the default policy counts every failure rather
+    // than nothing.
+    let c = parse(&format!(
+        "[defaults]\nslow_connect_threshold = '300ms'\ncount = ['slow']\n{MINIMAL}[default_policy]\n"
+    ))
+    .unwrap();
+    assert_eq!(c.default_policy.unwrap().policy.count, CountSet::ALL);
+    let text = describe_policy(&c.upstreams[0].policy);
+    assert!(
+        text.contains("(counting no failures, slow connects only"),
+        "{text}"
+    );
+}

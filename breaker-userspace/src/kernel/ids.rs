@@ -9,7 +9,7 @@ use aya::{
     maps::{Array, Map, MapData, PerCpuArray, PerCpuValues},
     Ebpf,
 };
-use breaker_common::abi::{map_names, ConnectDurations, Counters, UpstreamName};
+use breaker_common::abi::{map_names, ConnectDurations, Counters, ExtraCounters, UpstreamName};
 
 use super::{map_err, pins::PinFolder, typed_map, KernelError};
 use crate::{config::Config, state::StateTable};
@@ -74,9 +74,10 @@ pub fn assign(
         durations
             .set(id, zeros()?, 0)
             .map_err(map_err(map_names::CONNECT_DURATIONS))?;
-        let mut slow: PerCpuArray<_, u64> = typed_map(ebpf, map_names::SLOW_CONNECTS)?;
-        slow.set(id, zeros()?, 0)
-            .map_err(map_err(map_names::SLOW_CONNECTS))?;
+        let mut extra: PerCpuArray<_, ExtraCounters> = typed_map(ebpf, map_names::EXTRA_COUNTERS)?;
+        extra
+            .set(id, zeros()?, 0)
+            .map_err(map_err(map_names::EXTRA_COUNTERS))?;
     }
     let freed = had.into_values().collect();
     Ok((ids, freed))
@@ -103,7 +104,7 @@ fn zero_pinned<T: aya::Pod + Default>(
     map.set(id, zeros()?, 0).map_err(map_err(name))
 }
 
-/// Frees `id`: no name, a CLOSED word, zero counters, histogram and slow count.
+/// Frees `id`: no name, a CLOSED word, zero counters (extra ones too) and histogram.
 pub fn clear(
     ebpf: &mut Ebpf,
     states: &StateTable,
@@ -117,5 +118,5 @@ pub fn clear(
     states.reset(id);
     zero_pinned::<Counters>(pins, map_names::COUNTERS, id)?;
     zero_pinned::<ConnectDurations>(pins, map_names::CONNECT_DURATIONS, id)?;
-    zero_pinned::<u64>(pins, map_names::SLOW_CONNECTS, id)
+    zero_pinned::<ExtraCounters>(pins, map_names::EXTRA_COUNTERS, id)
 }

@@ -34,10 +34,10 @@ use aya::{
 use breaker_common::{
     abi::{
         map_names, program_names, BreakerCell, ConnectDurations, Counters, DestKey, EndpointV4,
-        EndpointV6, PinMetadata, Settings, UpstreamPolicy, ABI_VERSION, DEFAULT_UPSTREAM_ID,
-        POLICY_COUNT_SLOW, POLICY_DRY_RUN, POLICY_FALLBACK_V4, POLICY_FALLBACK_V6,
-        POLICY_IGNORE_REFUSED, POLICY_IGNORE_TIMEOUT, POLICY_IGNORE_UNREACHABLE,
-        PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6,
+        EndpointV6, ExtraCounters, PinMetadata, Settings, UpstreamPolicy, ABI_VERSION,
+        DEFAULT_UPSTREAM_ID, POLICY_COUNT_SLOW, POLICY_DRY_RUN, POLICY_FALLBACK_V4,
+        POLICY_FALLBACK_V6, POLICY_IGNORE_REFUSED, POLICY_IGNORE_TIMEOUT,
+        POLICY_IGNORE_UNREACHABLE, PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6,
     },
     dest::{endpoint_prefix_len, port_ne},
     machine::{BreakerWord, State, Thresholds},
@@ -199,12 +199,12 @@ impl DefaultDestinations {
     }
 }
 
-/// The per-CPU counters of every upstream, its connect-time histogram and its
-/// slow connects.
+/// The per-CPU counters of every upstream, extra counters included, and its
+/// connect-time histogram.
 pub struct CounterTable {
     map: PerCpuArray<MapData, Counters>,
     durations: PerCpuArray<MapData, ConnectDurations>,
-    slow: PerCpuArray<MapData, u64>,
+    extra: PerCpuArray<MapData, ExtraCounters>,
     /// The kernel's tick rate: the histogram's unit.
     hz: u32,
 }
@@ -234,13 +234,17 @@ impl CounterTable {
         self.hz
     }
 
-    /// Upstream `id`'s slow connects (`slow_connect_threshold`), summed over CPUs.
-    pub fn slow(&self, id: u32) -> Result<u64, KernelError> {
+    /// Upstream `id`'s extra counters (slow, aborted), summed over CPUs.
+    pub fn extra(&self, id: u32) -> Result<ExtraCounters, KernelError> {
         let per_cpu = self
-            .slow
+            .extra
             .get(&id, 0)
-            .map_err(map_err(map_names::SLOW_CONNECTS))?;
-        Ok(per_cpu.iter().sum())
+            .map_err(map_err(map_names::EXTRA_COUNTERS))?;
+        Ok(per_cpu.iter().fold(ExtraCounters::default(), |mut sum, c| {
+            sum.slow += c.slow;
+            sum.aborted += c.aborted;
+            sum
+        }))
     }
 
     /// How long upstream `id`'s successful connects took, summed over CPUs.
@@ -288,7 +292,7 @@ const KEPT_MAPS: [&str; 12] = [
     map_names::UPSTREAM_STATES,
     map_names::COUNTERS,
     map_names::CONNECT_DURATIONS,
-    map_names::SLOW_CONNECTS,
+    map_names::EXTRA_COUNTERS,
     map_names::UPSTREAM_NAMES,
     map_names::DEFAULT_STATES,
     map_names::DEFAULT_TRIPPED,
@@ -435,12 +439,12 @@ impl Kernel {
                 })?;
         let durations =
             PerCpuArray::try_from(durations).map_err(map_err(map_names::CONNECT_DURATIONS))?;
-        let slow = ebpf
-            .take_map(map_names::SLOW_CONNECTS)
+        let extra = ebpf
+            .take_map(map_names::EXTRA_COUNTERS)
             .ok_or(KernelError::MissingMap {
-                name: map_names::SLOW_CONNECTS,
+                name: map_names::EXTRA_COUNTERS,
             })?;
-        let slow = PerCpuArray::try_from(slow).map_err(map_err(map_names::SLOW_CONNECTS))?;
+        let extra = PerCpuArray::try_from(extra).map_err(map_err(map_names::EXTRA_COUNTERS))?;
         let destinations =
             ebpf.take_map(map_names::DEFAULT_STATES)
                 .ok_or(KernelError::MissingMap {
@@ -480,7 +484,7 @@ impl Kernel {
             counters: Arc::new(CounterTable {
                 map: counters,
                 durations,
-                slow,
+                extra,
                 hz,
             }),
             destinations: Arc::new(destinations),
@@ -558,7 +562,7 @@ impl Kernel {
                     (map_names::UPSTREAM_STATES, self.states.slots()),
                     (map_names::COUNTERS, self.states.slots()),
                     (map_names::CONNECT_DURATIONS, self.states.slots()),
-                    (map_names::SLOW_CONNECTS, self.states.slots()),
+                    (map_names::EXTRA_COUNTERS, self.states.slots()),
                 ]
                 .map(|(n, c)| (n.to_string(), c)),
             )
@@ -906,7 +910,7 @@ fn loader_for(sizes: &crate::config::MapSizes) -> EbpfLoader<'static> {
         .map_max_entries(map_names::UPSTREAM_STATES, slots)
         .map_max_entries(map_names::COUNTERS, slots)
         .map_max_entries(map_names::CONNECT_DURATIONS, slots)
-        .map_max_entries(map_names::SLOW_CONNECTS, slots)
+        .map_max_entries(map_names::EXTRA_COUNTERS, slots)
         .map_max_entries(map_names::UPSTREAM_NAMES, slots)
         .map_max_entries(map_names::DEFAULT_STATES, sizes.destinations)
         .map_max_entries(map_names::DEFAULT_TRIPPED, sizes.destinations)
@@ -1337,7 +1341,8 @@ mod tests {
         let p = policy("slow_connect_threshold='100ms'\n");
         let abi = policy_abi(&p, &[], 250);
         assert_eq!(abi.slow_jiffies, 25);
-        assert!(abi.is_slow(25) && !abi.is_slow(24));
+        // Never early: 25 ticks crossed may be just over 24 ticks long.
+        assert!(abi.is_slow(26) && !abi.is_slow(25));
         assert_eq!(abi.flags & POLICY_COUNT_SLOW, 0, "counted only when named");
         assert!(!abi.keeps_window());
         assert_eq!(policy_abi(&p, &[], 300).slow_jiffies, 30);
