@@ -335,6 +335,12 @@ pub const RECORD_PROBES: u32 = 2;
 pub const RECORD_WATCHED: u64 = 1 << 0;
 /// `SocketRecord.flags`: the connect is a HALF_OPEN trial of `SocketRecord.epoch`.
 pub const RECORD_TRIAL: u64 = 1 << 1;
+/// `SocketRecord.flags`: the connect, ended (its timeout counted), is being failed
+/// because its breaker turns connects away: sock_ops set its `TCP_USER_TIMEOUT`
+/// to 1 ms, and `SocketRecord.epoch` holds the socket's own, to give back if the
+/// last SYN it sent gets through after all. Kept until its socket's next state
+/// change, and never taken over by another connect before that.
+pub const RECORD_ABORTING: u64 = 1 << 2;
 /// In a slot's owner word (`SocketRecord.cookie`): the connect has ended (outcome
 /// counted, or abandoned). Set by compare-and-swap of the whole owner word, so the
 /// one program that sees the end first claims it, and only while the slot is

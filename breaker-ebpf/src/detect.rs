@@ -25,7 +25,7 @@ use aya_ebpf::{
         BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TIMEOUT_INIT,
         BPF_TCP_CLOSE, BPF_TCP_ESTABLISHED, BPF_TCP_SYN_SENT,
     },
-    helpers::generated::bpf_setsockopt,
+    helpers::generated::{bpf_getsockopt, bpf_setsockopt},
     programs::SockOpsContext,
     EbpfContext,
 };
@@ -34,7 +34,7 @@ use breaker_common::{
         ignore_bit, DestKey, SocketRecord, UpstreamPolicy, CAUSE_ABANDONED, CAUSE_FAILURE_RATE,
         CAUSE_FAILURE_REFUSED, CAUSE_FAILURE_SLOW, CAUSE_FAILURE_TIMEOUT,
         CAUSE_FAILURE_UNREACHABLE, CAUSE_SLOW_RATE, CAUSE_SUCCESS, DEFAULT_UPSTREAM_ID,
-        POLICY_COUNT_SLOW, POLICY_DRY_RUN, POLICY_IGNORE_TIMEOUT,
+        POLICY_COUNT_SLOW, POLICY_DRY_RUN, POLICY_IGNORE_TIMEOUT, RECORD_ABORTING,
     },
     machine::{self, record_rated, BreakerWord, Mode, Outcome, State, CAS_RETRIES},
     window,
@@ -44,7 +44,7 @@ use crate::{
     atomic::cas_u64,
     breaker::{count, count_duration, count_extra, jiffies, now_ms, Breaker},
     maps::{POLICIES, RATE_WINDOWS},
-    record,
+    record::{self, Found},
     release::count_abandoned,
 };
 
@@ -188,11 +188,18 @@ fn finish(ctx: &SockOpsContext, end: End) -> Result<(), i32> {
         return Ok(());
     };
     if !found.is_open() {
-        // Ended already (abandoned, or counted). A timeout counted while its
-        // breaker let connects through waits here, at each SYN retransmission, for
-        // the breaker to turn connects away; anything else only tidies up.
-        if end == End::FirstTimeout && !abort_if_turned_away(ctx, &found.record) {
+        // Ended already (abandoned, or counted).
+        if end == End::FirstTimeout {
+            // A timeout counted while its breaker let connects through waits here,
+            // at each SYN retransmission, for the breaker to turn connects away;
+            // one being failed waits for its end.
+            if found.record.flags & RECORD_ABORTING == 0 && !kernel_gives_up(ctx) {
+                abort_if_turned_away(ctx, &found);
+            }
             return Ok(());
+        }
+        if found.record.flags & RECORD_ABORTING != 0 {
+            aborted(ctx, &found, end);
         }
         stop_watching(ctx, &found.record);
         found.free();
@@ -226,10 +233,13 @@ fn finish(ctx: &SockOpsContext, end: End) -> Result<(), i32> {
         r.started_jiffies,
     );
     // A connect whose SYN went unanswered for `connect_timeout`, while its breaker
-    // turns connects away (this timeout may have tripped it), fails now; while it
-    // lets them through, the connect keeps its record and callbacks, and is judged
-    // again at each retransmission, if the breaker could ever turn it away.
-    if end == End::FirstTimeout && !abort_if_turned_away(ctx, r) && may_turn_away(r.upstream) {
+    // turns connects away (this timeout may have tripped it), is failed now; while
+    // it lets them through, the connect keeps its record and callbacks, and is
+    // judged again at each retransmission, if the breaker could ever turn it away.
+    if end == End::FirstTimeout
+        && !kernel_gives_up(ctx)
+        && (abort_if_turned_away(ctx, &found) || may_turn_away(r.upstream))
+    {
         return Ok(());
     }
     stop_watching(ctx, r);
@@ -237,27 +247,83 @@ fn finish(ctx: &SockOpsContext, end: End) -> Result<(), i32> {
     Ok(())
 }
 
+/// RTO_CB's third argument: the kernel has judged the connect timed out and is
+/// failing it itself.
+#[inline(always)]
+fn kernel_gives_up(ctx: &SockOpsContext) -> bool {
+    ctx.arg(2) != 0
+}
+
 /// TCP_USER_TIMEOUT, in ms. A connect whose SYN was already retransmitted has
-/// been waiting longer than 1 ms: the kernel clamps the next retransmission
-/// timer to the time left (none) and then fails the connect with ETIMEDOUT.
+/// been waiting longer than 1 ms: the kernel clamps the retransmission timer it
+/// arms next to the time left (none) and then fails the connect with ETIMEDOUT.
 const TCP_USER_TIMEOUT: i32 = 18;
-const ABORT_USER_TIMEOUT_MS: i32 = 1;
+const ABORT_USER_TIMEOUT_MS: u32 = 1;
 
 /// Fails the connect of `ctx` (in SYN_SENT, its SYN unanswered for
-/// `connect_timeout`) if the breaker its record names turns connects away:
-/// no application waits on a dead upstream once its breaker has tripped.
-/// Returns whether it did. Never for a dry-run upstream, which changes nothing.
+/// `connect_timeout`) if the breaker its record names turns connects away: no
+/// application waits on a dead upstream once its breaker has tripped. The socket's
+/// own `TCP_USER_TIMEOUT` is kept in the record, marked `RECORD_ABORTING`, and
+/// given back if the SYN the kernel sends along with this timeout gets through
+/// after all. Returns whether it did. Never for a dry-run upstream, which changes
+/// nothing, nor when the socket's own timeout cannot be read back.
 #[inline(never)]
-fn abort_if_turned_away(ctx: &SockOpsContext, r: &SocketRecord) -> bool {
+fn abort_if_turned_away(ctx: &SockOpsContext, found: &Found) -> bool {
+    let r = &found.record;
     let Some(breaker) = Breaker::of_record(r.upstream, &r.dest, false) else {
         return false;
     };
     if breaker.policy.flags & POLICY_DRY_RUN != 0 || !machine::turns_away(breaker.peek()) {
         return false;
     }
-    let mut value = ABORT_USER_TIMEOUT_MS;
-    // SAFETY: a sock_ops context (RTO_CB runs under the socket lock) and a
-    // pointer to an int of the given size.
+    let Some(own) = user_timeout(ctx) else {
+        return false;
+    };
+    // SAFETY: this socket's record (it owns the slot; sock_ops runs under the
+    // socket lock); the mark goes in before the timeout, so whichever end comes
+    // finds it.
+    unsafe {
+        (*found.slot).epoch = own;
+        (*found.slot).flags = r.flags | RECORD_ABORTING;
+    }
+    set_user_timeout(ctx, ABORT_USER_TIMEOUT_MS)
+}
+
+/// The end of a connect being failed: counted as aborted when the kernel closed
+/// it; given its own `TCP_USER_TIMEOUT` back when its last SYN got through.
+#[inline(never)]
+fn aborted(ctx: &SockOpsContext, found: &Found, end: End) {
+    if end == End::Outcome(CAUSE_SUCCESS) {
+        set_user_timeout(ctx, found.record.epoch);
+    } else {
+        count_extra(found.record.upstream, |c| c.aborted += 1);
+    }
+}
+
+/// The socket's `TCP_USER_TIMEOUT`, in ms.
+#[inline(always)]
+fn user_timeout(ctx: &SockOpsContext) -> Option<u32> {
+    let mut value: i32 = 0;
+    // SAFETY: a sock_ops context of a locked op (RTO_CB) and a pointer to an int
+    // of the given size.
+    let got = unsafe {
+        bpf_getsockopt(
+            ctx.ops.cast(),
+            SOL_TCP,
+            TCP_USER_TIMEOUT,
+            core::ptr::from_mut(&mut value).cast(),
+            core::mem::size_of::<i32>() as i32,
+        )
+    };
+    (got == 0 && value >= 0).then_some(value as u32)
+}
+
+/// Sets the socket's `TCP_USER_TIMEOUT` to `ms`; whether the kernel took it.
+#[inline(always)]
+fn set_user_timeout(ctx: &SockOpsContext, ms: u32) -> bool {
+    let mut value = ms as i32;
+    // SAFETY: a sock_ops context of a locked op (RTO_CB, STATE_CB) and a pointer
+    // to an int of the given size.
     let set = unsafe {
         bpf_setsockopt(
             ctx.ops.cast(),
@@ -267,12 +333,7 @@ fn abort_if_turned_away(ctx: &SockOpsContext, r: &SocketRecord) -> bool {
             core::mem::size_of::<i32>() as i32,
         )
     };
-    if set != 0 {
-        // Refused: the connect goes on retransmitting, as without breaker.
-        return false;
-    }
-    count_extra(r.upstream, |c| c.aborted += 1);
-    true
+    set == 0
 }
 
 /// Whether upstream `upstream`'s breaker can ever turn away a connect that timed

@@ -17,7 +17,8 @@
 //! lock and no allocation.
 use aya_ebpf::{helpers::bpf_get_socket_cookie, EbpfContext};
 use breaker_common::abi::{
-    Settings, SocketRecord, RECORD_OWNER_DONE, RECORD_PROBES, RECORD_TRIAL, RECORD_WATCHED,
+    Settings, SocketRecord, RECORD_ABORTING, RECORD_OWNER_DONE, RECORD_PROBES, RECORD_TRIAL,
+    RECORD_WATCHED,
 };
 
 use crate::{
@@ -98,6 +99,14 @@ impl Found {
     }
 }
 
+/// Whether the slot at `p` holds a connect being failed (`RECORD_ABORTING`), which
+/// must stay until its socket gives its own timeout back.
+#[inline(always)]
+fn aborting(p: *mut SocketRecord) -> bool {
+    // SAFETY: a live map value; a torn read only delays a takeover.
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*p).flags)) & RECORD_ABORTING != 0 }
+}
+
 /// Takes a slot for `record.cookie` and writes `record` there: this socket's own
 /// (from an earlier connect() on it), else a free, ended or stale one. `None`
 /// when every slot it may use belongs to another live socket: the connect then
@@ -121,7 +130,7 @@ pub fn write(record: &SocketRecord) -> Option<()> {
             let found = load_owner(p);
             // An ended connect's slot is free to take: its socket only gives it
             // back, and that fails harmlessly once the slot is someone else's.
-            let ended = found & RECORD_OWNER_DONE != 0;
+            let ended = found & RECORD_OWNER_DONE != 0 && !aborting(p);
             let stale = found != 0 && {
                 // SAFETY: a live map value; a torn read only makes it look fresh.
                 let since = unsafe { core::ptr::read_volatile(p) }.started_jiffies;

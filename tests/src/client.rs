@@ -25,6 +25,9 @@ pub struct Attempt {
     pub errno: Option<i32>,
     /// The response body with `--http` (the server's name).
     pub body: Option<String>,
+    /// With `--user-timeout-ms`: the socket's TCP_USER_TIMEOUT once connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_timeout_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -48,6 +51,8 @@ pub struct ClientOptions {
     /// Attempt `n` of each client goes to `to`'s port plus `n`: many destinations
     /// from one process (a process per destination is slow under emulation).
     pub each_port: bool,
+    /// TCP_USER_TIMEOUT set before connect(), and read back once connected.
+    pub user_timeout: Option<Duration>,
 }
 
 /// CLOCK_MONOTONIC in milliseconds.
@@ -89,13 +94,26 @@ fn one_udp(opts: &ClientOptions) -> (String, Option<i32>, Option<String>) {
     }
 }
 
+/// One attempt: outcome, errno, body, and the socket's TCP_USER_TIMEOUT once
+/// connected (with [`ClientOptions::user_timeout`]).
 fn one(
     opts: &ClientOptions,
     keep: &mut Option<socket2::Socket>,
+) -> (String, Option<i32>, Option<String>, Option<u64>) {
+    let mut user_timeout = None;
+    let (outcome, errno, body) = if opts.udp {
+        one_udp(opts)
+    } else {
+        one_tcp(opts, keep, &mut user_timeout)
+    };
+    (outcome, errno, body, user_timeout)
+}
+
+fn one_tcp(
+    opts: &ClientOptions,
+    keep: &mut Option<socket2::Socket>,
+    user_timeout: &mut Option<u64>,
 ) -> (String, Option<i32>, Option<String>) {
-    if opts.udp {
-        return one_udp(opts);
-    }
     let domain = socket2::Domain::for_address(opts.to);
     let socket =
         match socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP)) {
@@ -105,6 +123,11 @@ fn one(
     if opts.linger0 {
         let _ = socket.set_linger(Some(Duration::ZERO));
     }
+    if let Some(t) = opts.user_timeout {
+        if let Err(e) = socket.set_tcp_user_timeout(Some(t)) {
+            return (classify(&e).into(), e.raw_os_error(), None);
+        }
+    }
     if let Err(e) = socket.connect_timeout(&opts.to.into(), opts.timeout) {
         if opts.cancel_with_shutdown {
             let _ = socket.shutdown(std::net::Shutdown::Both);
@@ -113,6 +136,12 @@ fn one(
             *keep = Some(socket);
         }
         return (classify(&e).into(), e.raw_os_error(), None);
+    }
+    if opts.user_timeout.is_some() {
+        *user_timeout = socket
+            .tcp_user_timeout()
+            .ok()
+            .map(|t| t.map_or(0, |t| t.as_millis() as u64));
     }
     if !opts.http {
         // The socket closes here, inside the measured time: connect() plus close.
@@ -159,7 +188,7 @@ pub fn run(opts: &ClientOptions, emit: impl Fn(&Attempt) + Send + Sync) {
                     } else {
                         opts
                     };
-                    let (outcome, errno, body) = one(opts, &mut keep);
+                    let (outcome, errno, body, user_timeout_ms) = one(opts, &mut keep);
                     let attempt = Attempt {
                         client,
                         seq,
@@ -169,6 +198,7 @@ pub fn run(opts: &ClientOptions, emit: impl Fn(&Attempt) + Send + Sync) {
                         outcome,
                         errno,
                         body,
+                        user_timeout_ms,
                     };
                     emit(&attempt);
                     held.extend(keep.map(|s| (Instant::now(), s)));

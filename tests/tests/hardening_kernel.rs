@@ -429,52 +429,139 @@ fn attempts_of(child: std::process::Child) -> Vec<breaker_lab::client::Attempt> 
 
 /// Connects already in flight when a blackholed upstream's breaker trips do not
 /// wait on it: the kernel retransmits an unanswered SYN for minutes (here the
-/// client would give up at 15 s), but once the breaker turns connects away,
-/// sock_ops fails each of them (ETIMEDOUT) at its next retransmission timeout: the
-/// ones whose timeout tripped it at once, the one counted before the trip at its
-/// next (600 ms after its SYN, with `connect_timeout` 200 ms).
+/// clients would give up at 20 s), but once the breaker turns connects away,
+/// sock_ops fails each of them (ETIMEDOUT) at its next retransmission timeout.
+/// The first connect times out while the breaker is still closed (1 of 2): it is
+/// left to retransmit, and failed at a later timeout, once the second connect's
+/// timeout has tripped the breaker and been failed at once.
 #[test]
 fn connects_in_flight_when_the_breaker_trips_fail_instead_of_waiting_on_the_blackhole() {
     let Some(mut lab) = lab("inflight") else {
         return;
     };
     lab.start_daemon(
-        "[[upstream]]\nname = \"dark\"\nendpoints = [\"10.77.0.2:8080\"]\nfailure_threshold = 2\nconnect_timeout = \"200ms\"\nopen_duration = \"1h\"\n",
+        "[[upstream]]\nname = \"dark\"\nendpoints = [\"10.77.0.2:8080\"]\nfailure_threshold = 2\nconnect_timeout = \"1s\"\nopen_duration = \"1h\"\n",
     )
     .unwrap();
     lab.blackhole("10.77.0.2").unwrap();
-    let attempts = lab
-        .client(&[
+    let spawn = || {
+        lab.client_command(&[
             "--to",
             "10.77.0.2:8080",
             "--count",
             "1",
-            "--concurrency",
-            "3",
             "--timeout-ms",
-            "15000",
+            "20000",
         ])
-        .unwrap();
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let first = spawn();
+    let timeouts = |lab: &Lab, n: f64| {
+        lab.wait_metric(
+            "breaker_connect_failures_total",
+            &[("upstream", "dark"), ("reason", "timeout")],
+            n,
+            breaker_lab::testing::patience(Duration::from_secs(10)),
+        )
+        .unwrap()
+    };
+    timeouts(&lab, 1.0);
+    let second = spawn();
+    let first = attempts_of(first);
+    let second = attempts_of(second);
     check(
         &lab,
-        attempts.len() == 3
-            && attempts
-                .iter()
-                .all(|a| a.errno == Some(libc::ETIMEDOUT) && a.latency_us < 3e6),
-        &format!("each connect failed by the kernel (ETIMEDOUT) within 3 s, none waited for the client's 15 s: {attempts:?}"),
+        first.len() == 1
+            && first[0].errno == Some(libc::ETIMEDOUT)
+            && (1.5e6..15e6).contains(&first[0].latency_us),
+        &format!("the connect counted before the trip was failed by the kernel (ETIMEDOUT) at a later retransmission, well before the client's 20 s: {first:?}"),
+    );
+    check(
+        &lab,
+        second.len() == 1 && second[0].errno == Some(libc::ETIMEDOUT) && second[0].latency_us < 5e6,
+        &format!("the connect whose timeout tripped the breaker was failed at once (ETIMEDOUT): {second:?}"),
     );
     let aborted = metric(&lab, "breaker_connects_aborted_total", "dark", &[]);
-    check(&lab, aborted == 3.0, &format!("3 aborted, not {aborted}"));
+    check(&lab, aborted == 2.0, &format!("2 aborted, not {aborted}"));
+    let counted = timeouts(&lab, 2.0);
+    check(
+        &lab,
+        counted == 2.0,
+        &format!("2 timeouts, each counted once, not {counted}"),
+    );
+}
+
+/// The race an abort runs: the kernel sends one more SYN as it arms the timer that
+/// fails the connect, and if that SYN is answered first the connect succeeds. It
+/// then gets its own TCP_USER_TIMEOUT back (an application's, as gRPC sets one),
+/// never the 1 ms that would kill the healthy connection at its first loss. Here
+/// the route comes back before the first timeout, which trips the breaker
+/// (threshold 1): the SYN sent with the abort reaches the upstream, whose answer
+/// comes back within the same softirq, before the next tick. Under emulation it
+/// may come after the tick instead, and then the connect fails, also acceptable.
+#[test]
+fn a_connect_that_gets_through_as_it_is_failed_keeps_its_own_user_timeout() {
+    let Some(mut lab) = lab("abortrace") else {
+        return;
+    };
+    lab.serve("10.77.0.2:8080", "up").unwrap();
+    lab.start_daemon(
+        "[[upstream]]\nname = \"race\"\nendpoints = [\"10.77.0.2:8080\"]\nfailure_threshold = 1\nconnect_timeout = \"2s\"\nopen_duration = \"1h\"\n",
+    )
+    .unwrap();
+    lab.blackhole("10.77.0.2").unwrap();
+    let client = lab
+        .client_command(&[
+            "--to",
+            "10.77.0.2:8080",
+            "--count",
+            "1",
+            "--timeout-ms",
+            "30000",
+            "--user-timeout-ms",
+            "20000",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // connect4 has seen it: its first SYN is gone into the blackhole.
+    lab.wait_metric(
+        "breaker_connect_attempts_total",
+        &[("upstream", "race")],
+        1.0,
+        breaker_lab::testing::patience(Duration::from_secs(10)),
+    )
+    .unwrap();
+    lab.restore("10.77.0.2").unwrap();
+    let attempts = attempts_of(client);
+    let emulated = breaker_lab::testing::patience(Duration::from_secs(1)) > Duration::from_secs(1);
+    let got_through = attempts.len() == 1
+        && attempts[0].outcome == "ok"
+        && attempts[0].user_timeout_ms == Some(20_000);
+    let failed = attempts.len() == 1 && attempts[0].errno == Some(libc::ETIMEDOUT);
+    check(
+        &lab,
+        got_through || (emulated && failed),
+        &format!("the connect got through with its own 20 s user timeout: {attempts:?}"),
+    );
     let timeouts = metric(
         &lab,
         "breaker_connect_failures_total",
-        "dark",
+        "race",
         &[("reason", "timeout")],
     );
     check(
         &lab,
-        timeouts == 3.0,
-        &format!("3 timeouts, each counted once, not {timeouts}"),
+        timeouts == 1.0,
+        &format!("the first SYN timed out (and tripped the breaker): {timeouts}"),
+    );
+    let aborted = metric(&lab, "breaker_connects_aborted_total", "race", &[]);
+    check(
+        &lab,
+        aborted == if got_through { 0.0 } else { 1.0 },
+        &format!("aborted {aborted}: only a connect that failed counts"),
     );
 }
 
@@ -495,7 +582,7 @@ fn a_connect_is_left_to_retransmit_while_its_breaker_lets_connects_through() {
     .unwrap();
     lab.blackhole("10.77.0.2").unwrap();
     let spawn = |port: &str| {
-        lab.client_command(&["--to", port, "--count", "1", "--timeout-ms", "30000"])
+        lab.client_command(&["--to", port, "--count", "1", "--timeout-ms", "70000"])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap()

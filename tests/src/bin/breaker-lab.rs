@@ -50,6 +50,11 @@ struct ConnectArgs {
     /// Attempt N goes to the port of --to plus N (one destination per attempt).
     #[arg(long)]
     each_port: bool,
+    /// Set TCP_USER_TIMEOUT to this many milliseconds before connecting, and
+    /// report the socket's value once connected (an application that sets its
+    /// own, as gRPC does).
+    #[arg(long)]
+    user_timeout_ms: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -90,6 +95,7 @@ fn main() -> anyhow::Result<()> {
                 hold: Duration::from_millis(a.hold_ms),
                 cancel_with_shutdown: a.cancel_with_shutdown,
                 each_port: a.each_port,
+                user_timeout: a.user_timeout_ms.map(Duration::from_millis),
             };
             let stdout = std::sync::Mutex::new(std::io::BufWriter::new(std::io::stdout()));
             client::run(&opts, |a| {
