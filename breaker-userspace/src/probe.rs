@@ -31,29 +31,50 @@ pub enum ProbeError {
     Http { addr: SocketAddr, message: String },
     #[error("{addr} answered HTTP {status}, not 2xx")]
     Status { addr: SocketAddr, status: u16 },
+    #[error("connect to {addr} took {took:?}, slow (slow_connect_threshold {threshold:?})")]
+    Slow {
+        addr: SocketAddr,
+        took: Duration,
+        threshold: Duration,
+    },
 }
 
 /// A marked TCP connection to `addr`.
 async fn connect_marked(addr: SocketAddr, mark: u32) -> std::io::Result<TcpStream> {
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    socket.set_mark(mark)?;
+    // 0 is never a configured mark (the config refuses it): unmarked, for tests.
+    if mark != 0 {
+        socket.set_mark(mark)?;
+    }
     socket.set_nonblocking(true)?;
     let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
     socket.connect(addr).await
 }
 
 /// One probe of `target`: a marked TCP connect, then the HTTP GET if a path is set.
+/// With `slow` (an upstream whose slow connects open its breaker), a connect that
+/// took that long fails the probe: a slow upstream must not close at every probe.
 pub async fn probe_once(
     addr: SocketAddr,
     http_path: Option<&str>,
     mark: u32,
     timeout: Duration,
+    slow: Option<Duration>,
 ) -> Result<(), ProbeError> {
     let exchange = async {
+        let started = std::time::Instant::now();
         let stream = connect_marked(addr, mark)
             .await
             .map_err(|source| ProbeError::Connect { addr, source })?;
+        let took = started.elapsed();
+        if let Some(threshold) = slow.filter(|t| took >= *t) {
+            return Err(ProbeError::Slow {
+                addr,
+                took,
+                threshold,
+            });
+        }
         let Some(path) = http_path else { return Ok(()) };
         let http = |e: &dyn std::fmt::Display| ProbeError::Http {
             addr,
@@ -223,6 +244,7 @@ async fn probe_and_apply(
         upstream.probe.http_path.as_deref(),
         mark,
         policy.probe_timeout,
+        policy.slow_opens(),
     )
     .await;
     let success = result.is_ok();
@@ -255,5 +277,67 @@ async fn probe_and_apply(
                 transition(metrics, id, from, to, why);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loopback listener: connects to it take microseconds.
+    async fn listener() -> (tokio::net::TcpListener, SocketAddr) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback listener");
+        let addr = l.local_addr().expect("its address");
+        (l, addr)
+    }
+
+    #[tokio::test]
+    async fn a_probe_slower_than_the_slow_threshold_fails() {
+        let (_l, addr) = listener().await;
+        let timeout = Duration::from_secs(5);
+        probe_once(addr, None, 0, timeout, None)
+            .await
+            .expect("no threshold: any connect passes");
+        probe_once(addr, None, 0, timeout, Some(Duration::from_secs(4)))
+            .await
+            .expect("well under the threshold");
+        match probe_once(addr, None, 0, timeout, Some(Duration::from_nanos(1))).await {
+            Err(ProbeError::Slow {
+                took, threshold, ..
+            }) => {
+                assert!(took >= threshold, "{took:?} < {threshold:?}")
+            }
+            other => panic!("a connect over the threshold passed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_a_slow_threshold_that_can_open_the_breaker_judges_probes() {
+        let policy = |extra: &str| {
+            crate::config::Config::parse(
+                std::path::Path::new("t.toml"),
+                &format!("[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\n{extra}"),
+            )
+            .expect("a valid config")
+            .upstreams[0]
+                .policy
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(policy("").slow_opens(), None);
+        // Measured only: it opens nothing, so probes are not held to it.
+        assert_eq!(
+            policy("slow_connect_threshold='300ms'\n").slow_opens(),
+            None
+        );
+        assert_eq!(
+            policy("slow_connect_threshold='300ms'\ncount=['timeout','slow']\n").slow_opens(),
+            Some(ms(300))
+        );
+        assert_eq!(
+            policy("slow_connect_threshold='300ms'\nslow_rate_threshold=50\n").slow_opens(),
+            Some(ms(300))
+        );
     }
 }

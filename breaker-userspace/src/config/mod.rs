@@ -155,6 +155,14 @@ impl Policy {
     pub fn window(&self) -> Option<RatePolicy> {
         self.rate.or(self.slow.and_then(|s| s.rate))
     }
+
+    /// The slow-connect threshold, when slow connects can open the breaker
+    /// (`count` names "slow", or a slow rate is set): what a probe must beat.
+    pub fn slow_opens(&self) -> Option<Duration> {
+        self.slow
+            .filter(|s| self.count.slow || s.rate.is_some())
+            .map(|s| s.threshold)
+    }
 }
 
 /// A successful connect whose SYN took at least `threshold` to be answered is
