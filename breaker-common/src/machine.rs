@@ -244,9 +244,10 @@ impl BreakerWord {
     pub const fn streak(self) -> u32 {
         self.count() & mask(STREAK_BITS) as u32
     }
-    /// How many times the breaker reopened since it last closed: 0 after a trip
-    /// from CLOSED (and while CLOSED), one more at each failed HALF_OPEN trial, up
-    /// to [`MAX_REOPENS`].
+    /// Failed recovery attempts since the breaker last closed: 0 after a trip from
+    /// CLOSED (and while CLOSED), one more at each failed HALF_OPEN trial (which
+    /// reopens it) or failed probe (which keeps it HALF_OPEN), up to
+    /// [`MAX_REOPENS`].
     #[inline(always)]
     pub const fn reopens(self) -> u32 {
         self.count() >> REOPENS_SHIFT
@@ -463,6 +464,30 @@ pub const fn open_duration_ms(w: BreakerWord, t: &Thresholds) -> u32 {
     open.wrapping_add(extra) as u32
 }
 
+/// How long after a probe of `w` (HALF_OPEN, probed every `interval_ms`) the next
+/// one is due: with growth configured (`max_open_duration_ms` above
+/// `open_duration_ms`), the interval doubled at each failed recovery attempt
+/// since the breaker last closed (failed probes and trials: its reopens), at most
+/// `max_open_duration_ms` (or the interval, if longer), plus up to
+/// `open_jitter_pct` percent, chosen per attempt. Without growth, the interval.
+/// Daemon-only (the probe scheduler and `status`): branches are fine.
+pub const fn probe_interval_ms(w: BreakerWord, interval_ms: u32, t: &Thresholds) -> u32 {
+    if t.max_open_duration_ms <= t.open_duration_ms {
+        return interval_ms;
+    }
+    let grown = (interval_ms as u64) << w.reopens();
+    let cap = if t.max_open_duration_ms > interval_ms {
+        t.max_open_duration_ms
+    } else {
+        interval_ms
+    } as u64;
+    let wait = if grown < cap { grown } else { cap };
+    let extra = (wait * t.open_jitter_pct as u64 / 100)
+        * spread(w.since_ms() ^ w.reopens().rotate_right(4)) as u64
+        >> 32;
+    (wait + extra) as u32
+}
+
 /// A well-mixed 32-bit value of `x` (murmur3's finaliser): nearby trip times give
 /// unrelated jitter.
 #[inline(always)]
@@ -670,8 +695,10 @@ pub fn abandon(w: BreakerWord, epoch: u8) -> Step<bool> {
 
 /// A daemon probe's result. A probe is only meaningful once the open time has passed:
 /// the word moves to HALF_OPEN first, then the probe counts toward closing. A failed
-/// probe keeps the breaker HALF_OPEN (probing goes on every `probe_interval`) rather
-/// than restarting `open_duration`; only a failed application trial reopens.
+/// probe keeps the breaker HALF_OPEN (probing goes on, [`probe_interval_ms`] apart)
+/// rather than restarting `open_duration`; only a failed application trial reopens.
+/// Either counts as a failed recovery attempt in the reopens, which grow the wait
+/// before the next one.
 #[inline(always)]
 pub fn probe(w: BreakerWord, success: bool, now_ms: u32, t: &Thresholds) -> Step<bool> {
     if w.mode() != Mode::Auto {
@@ -684,7 +711,9 @@ pub fn probe(w: BreakerWord, success: bool, now_ms: u32, t: &Thresholds) -> Step
     match w.state() {
         State::HalfOpen => {
             let next = if !success {
-                w.with_streak(0)
+                // Saturating at MAX_REOPENS, like `tripped`.
+                let reopens = w.reopens() + 1;
+                w.with_count((reopens - (reopens >> REOPENS_BITS)) << REOPENS_SHIFT)
             } else if w.streak() + 1 >= t.success_threshold {
                 w.closed()
             } else {

@@ -125,7 +125,8 @@ struct Probed {
 }
 
 /// Probes every upstream whose breaker is due, forever: not CLOSED, OPEN for at least
-/// its open time (`open_duration`, grown by reopens), and `probe_interval` since its last probe. One task scans all the
+/// its open time (`open_duration`, grown by reopens), and `probe_interval` (grown
+/// by failed recovery attempts, with `max_open_duration`) since its last probe. One task scans all the
 /// words; each probe runs in a task of its own.
 pub async fn run(
     upstreams: Vec<(u32, Upstream)>,
@@ -175,9 +176,13 @@ pub async fn run(
                 }
                 State::HalfOpen => true,
             };
-            let due = recovering
-                && p.last_probe
-                    .is_none_or(|t| t.elapsed() >= p.upstream.policy.probe_interval);
+            // The interval grows with failed probes when max_open_duration says so.
+            let interval = Duration::from_millis(u64::from(machine::probe_interval_ms(
+                word,
+                p.upstream.policy.probe_interval.as_millis() as u32,
+                &p.thresholds,
+            )));
+            let due = recovering && p.last_probe.is_none_or(|t| t.elapsed() >= interval);
             if !due || p.busy.swap(true, Ordering::AcqRel) {
                 continue;
             }

@@ -410,8 +410,10 @@ probe_interval = "1h"
     check(&lab, half == 1.0, "api stays half-open");
 }
 
-/// A flapping upstream whose recovery is its trials' (probes aimed at a port
-/// nothing answers): open 200 ms, doubling at each reopen up to 800 ms.
+/// A flapping upstream whose recovery is its trials' (its one probe, at a port
+/// nothing answers, is still waiting for its answer when the test ends, so no
+/// failed probe adds to the reopens): open 200 ms, doubling at each reopen up to
+/// 800 ms.
 const FLAPPING: &str = r#"
 [[upstream]]
 name = "flap"
@@ -423,6 +425,7 @@ connect_timeout = "200ms"
 open_duration = "200ms"
 max_open_duration = "800ms"
 probe_interval = "1h"
+probe_timeout = "1m"
 
 [upstream.probe]
 address = "10.77.0.2:8099"
@@ -670,5 +673,98 @@ fn slow_connects_open_a_breaker_that_counts_them_or_rates_them_and_no_other() {
         &lab,
         status.contains("slow:      a connect answered after 100ms or more, counted as a failure"),
         &format!("status shows what slow is:\n{status}"),
+    );
+}
+
+/// Two probe-driven upstreams whose probes time out, one with growth
+/// (`max_open_duration`), one without: each failed probe doubles the growing one's
+/// probe interval (0.2, 0.4, 0.8, then 1.6 s), while the other probes every
+/// 100 ms; a probe that passes closes it and forgets the failed attempts.
+const PROBED: &str = r#"
+[[upstream]]
+name = "growing"
+endpoints = ["10.77.0.2:8095"]
+failure_threshold = 1
+connect_timeout = "200ms"
+open_duration = "100ms"
+max_open_duration = "1600ms"
+probe_interval = "100ms"
+probe_timeout = "50ms"
+
+[[upstream]]
+name = "steady"
+endpoints = ["10.77.0.2:8096"]
+failure_threshold = 1
+connect_timeout = "200ms"
+open_duration = "100ms"
+probe_interval = "100ms"
+probe_timeout = "50ms"
+"#;
+
+#[test]
+fn each_failed_probe_doubles_the_probe_interval_where_growth_is_set() {
+    let Some(mut lab) = lab("probegrow") else {
+        return;
+    };
+    lab.serve(&format!("{UPSTREAM_V4}:8095"), "growing")
+        .unwrap();
+    lab.start_daemon(PROBED).unwrap();
+    lab.blackhole(UPSTREAM_V4).unwrap();
+    for port in [8095, 8096] {
+        connect(&lab, port);
+    }
+    let started = std::time::Instant::now();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let failed = |up: &str| {
+        lab.metric(
+            "breaker_probes_total",
+            &[("upstream", up), ("result", "failure")],
+        )
+        .unwrap()
+    };
+    let (growing, steady) = (failed("growing"), failed("steady"));
+    let took = started.elapsed().as_secs_f64();
+    // Growing: probes at about 0.1, 0.3, 0.7, 1.5 and 3.1 s (the status read a
+    // moment later may have seen one more); steady: one every
+    // 0.1 s or so (fewer on a loaded machine, never as few).
+    check(
+        &lab,
+        (3.0..=6.0).contains(&growing) && steady >= 10.0,
+        &format!("in {took:.1} s, {growing} failed probes with growth, {steady} without"),
+    );
+    let out = lab.cli(&["status", "growing", "--json"]).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let up = &json["upstreams"][0];
+    let reopens = up["reopens"].as_u64().unwrap_or(u64::MAX);
+    let next = up["next_probe_ms"].as_u64().unwrap_or(0);
+    check(
+        &lab,
+        (growing - 1.0..=growing + 1.0).contains(&(reopens as f64)) && next >= 800,
+        &format!(
+            "its failed probes are its failed attempts ({reopens}), the next probe waits {next} ms"
+        ),
+    );
+
+    // Back: the next probe (within the grown 1.6 s) closes it, which forgets them.
+    lab.restore(UPSTREAM_V4).unwrap();
+    let closed = lab
+        .wait_metric(
+            "breaker_state",
+            &[("upstream", "growing"), ("state", "closed")],
+            1.0,
+            breaker_lab::testing::patience(std::time::Duration::from_secs(5)),
+        )
+        .unwrap();
+    check(
+        &lab,
+        closed == 1.0,
+        "a probe closed it once the upstream was back",
+    );
+    let out = lab.cli(&["status", "growing", "--json"]).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    check(
+        &lab,
+        json["upstreams"][0]["reopens"].as_u64() == Some(0),
+        &format!("closed, no failed attempts left: {json}"),
     );
 }

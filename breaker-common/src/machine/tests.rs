@@ -169,10 +169,10 @@ fn probes_close_after_success_threshold_and_keep_probing_on_failure() {
     let failed = probe(s.next, false, 1002, &T);
     assert!(failed.result);
     assert_eq!(failed.next.state(), State::HalfOpen);
-    assert_eq!(failed.next.count(), 0);
+    assert_eq!((failed.next.streak(), failed.next.reopens()), (0, 1));
     assert_eq!(failed.next.epoch(), s.next.epoch());
     let again = probe(failed.next, true, 1003, &T).next;
-    assert_eq!((again.state(), again.count()), (State::HalfOpen, 1));
+    assert_eq!((again.state(), again.streak()), (State::HalfOpen, 1));
     assert_eq!(probe(again, true, 1004, &T).next.state(), State::Closed);
 }
 
@@ -653,7 +653,7 @@ fn each_reopen_doubles_the_open_time_up_to_the_maximum() {
 }
 
 #[test]
-fn a_full_close_starts_the_open_time_over_and_a_failed_probe_does_not() {
+fn a_full_close_starts_the_open_time_over_and_failed_probes_add_to_the_reopens() {
     let t = Thresholds {
         max_open_duration_ms: 60_000,
         ..T
@@ -661,14 +661,14 @@ fn a_full_close_starts_the_open_time_over_and_a_failed_probe_does_not() {
     let (_, w) = open_phases(&t, 3);
     assert_eq!(w.reopens(), 3);
     let now = w.since_ms() + open_duration_ms(w, &t);
-    // Failed probes keep it HALF_OPEN and keep the reopens; one success is not
-    // yet a close (success_threshold 2).
+    // Failed probes keep it HALF_OPEN and add to the reopens (failed recovery
+    // attempts); one success is not yet a close (success_threshold 2).
     let half = probe(w, false, now, &t).next;
-    assert_eq!((half.state(), half.reopens()), (State::HalfOpen, 3));
+    assert_eq!((half.state(), half.reopens()), (State::HalfOpen, 4));
     let half = probe(half, true, now + 1, &t).next;
-    assert_eq!((half.streak(), half.reopens()), (1, 3));
+    assert_eq!((half.streak(), half.reopens()), (1, 4));
     let half = probe(half, false, now + 2, &t).next;
-    assert_eq!((half.streak(), half.reopens()), (0, 3));
+    assert_eq!((half.streak(), half.reopens()), (0, 5));
     let half = probe(half, true, now + 3, &t).next;
     let closed = probe(half, true, now + 4, &t).next;
     assert_eq!((closed.state(), closed.reopens()), (State::Closed, 0));
@@ -827,5 +827,58 @@ fn in_flight_connects_are_turned_away_only_by_a_breaker_that_turns_new_ones_away
                 "{mode:?} over {w:?}"
             );
         }
+    }
+}
+
+/// Probing a dead upstream: the wait before each next probe after `failures`
+/// failed probes in a row, from the first HALF_OPEN probe on.
+fn probe_waits(t: &Thresholds, interval_ms: u32, failures: usize) -> (Vec<u32>, BreakerWord) {
+    let mut w = trip(0);
+    let mut now = open_duration_ms(w, t);
+    let mut waits = Vec::new();
+    for _ in 0..failures {
+        w = probe(w, false, now, t).next;
+        let wait = probe_interval_ms(w, interval_ms, t);
+        waits.push(wait);
+        now += wait;
+    }
+    (waits, w)
+}
+
+#[test]
+fn failed_probes_double_the_probe_interval_up_to_the_maximum_open_time() {
+    let t = Thresholds {
+        max_open_duration_ms: 6_000,
+        ..T
+    };
+    let (waits, w) = probe_waits(&t, 500, 6);
+    assert_eq!(waits, [1_000, 2_000, 4_000, 6_000, 6_000, 6_000]);
+    assert_eq!((w.state(), w.reopens()), (State::HalfOpen, 6));
+    // A success closes it, and a next outage probes at the interval again.
+    let closed = probe(probe(w, true, 100_000, &t).next, true, 100_001, &t).next;
+    assert_eq!((closed.state(), closed.reopens()), (State::Closed, 0));
+    // No growth unless max_open_duration is above open_duration (the default).
+    let (waits, _) = probe_waits(&T, 500, 4);
+    assert_eq!(waits, [500; 4]);
+    // An interval longer than the maximum is never shortened.
+    let (waits, _) = probe_waits(&t, 10_000, 3);
+    assert_eq!(waits, [10_000; 3]);
+}
+
+#[test]
+fn probe_jitter_stays_within_its_percent_and_never_shortens() {
+    let t = Thresholds {
+        max_open_duration_ms: 600_000,
+        open_jitter_pct: 10,
+        ..T
+    };
+    for failures in 1..=12 {
+        let (waits, _) = probe_waits(&t, 1_000, failures);
+        let last = *waits.last().unwrap();
+        let base = (1_000u32 << failures.min(15)).min(600_000);
+        assert!(
+            (base..=base + base / 10).contains(&last),
+            "{failures}: {last} for {base}"
+        );
     }
 }

@@ -121,8 +121,14 @@ impl View<'_> {
                 });
                 let next_probe_ms = match (word.mode(), word.state(), this_open) {
                     (Mode::Auto, State::Open, Some(open)) => Some(open.saturating_sub(phase)),
+                    // The probe interval, grown by failed attempts (the scheduler's
+                    // own last probe time is not shared: at most this long).
                     (Mode::Auto, State::HalfOpen, _) => {
-                        Some(up.policy.probe_interval.as_millis() as u64)
+                        Some(u64::from(breaker_common::machine::probe_interval_ms(
+                            word,
+                            up.policy.probe_interval.as_millis() as u32,
+                            &crate::kernel::thresholds(&up.policy),
+                        )))
                     }
                     _ => None,
                 };
@@ -351,11 +357,11 @@ pub fn render_status(status: &Status) -> String {
             match (u.open_ms, u.reopens) {
                 (Some(open), 0) => format!("  open:      {} this time\n", ms(Some(open))),
                 (Some(open), n) => format!(
-                    "  open:      {} this time, reopened {n} time(s) since it last closed\n",
+                    "  open:      {} this time, after {n} failed recovery attempt(s) since it last closed\n",
                     ms(Some(open))
                 ),
                 (None, 0) => String::new(),
-                (None, n) => format!("  reopened:  {n} time(s) since it last closed\n"),
+                (None, n) => format!("  recovery:  {n} failed attempt(s) since it last closed\n"),
             },
             p.slow_connects.map_or(String::new(), |s| format!(
                 "  slow:      a connect answered after {} or more{}{}\n",

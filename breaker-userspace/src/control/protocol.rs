@@ -87,8 +87,9 @@ pub struct UpstreamStatus {
     pub since_ms: Option<u64>,
     /// Consecutive failures (CLOSED) or successes (HALF_OPEN).
     pub count: u32,
-    /// Times the breaker reopened (a failed trial) since it last closed: each
-    /// doubles the open time, up to `max_open_duration`.
+    /// Failed recovery attempts since the breaker last closed (trials that
+    /// reopened it, probes that failed): with `max_open_duration`, each doubles
+    /// the open time and the probe interval, up to it.
     #[serde(default)]
     pub reopens: u32,
     /// OPEN: how long this open phase lasts, its growth and jitter included.
