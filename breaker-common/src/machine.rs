@@ -482,8 +482,8 @@ pub const fn probe_interval_ms(w: BreakerWord, interval_ms: u32, t: &Thresholds)
         interval_ms
     } as u64;
     let wait = if grown < cap { grown } else { cap };
-    let extra = (wait * t.open_jitter_pct as u64 / 100)
-        * spread(w.since_ms() ^ w.reopens().rotate_right(4)) as u64
+    let extra = ((wait * t.open_jitter_pct as u64 / 100)
+        * spread(w.since_ms() ^ w.reopens().rotate_right(4)) as u64)
         >> 32;
     (wait + extra) as u32
 }
