@@ -335,17 +335,20 @@ pub const RECORD_PROBES: u32 = 2;
 pub const RECORD_WATCHED: u64 = 1 << 0;
 /// `SocketRecord.flags`: the connect is a HALF_OPEN trial of `SocketRecord.epoch`.
 pub const RECORD_TRIAL: u64 = 1 << 1;
-/// `SocketRecord.flags`: the connect, ended (its timeout counted), is being failed
-/// because its breaker turns connects away: sock_ops set its `TCP_USER_TIMEOUT`
-/// to 1 ms, and `SocketRecord.epoch` holds the socket's own, to give back if the
-/// last SYN it sent gets through after all. Kept until its socket's next state
-/// change, and never taken over by another connect before that.
-pub const RECORD_ABORTING: u64 = 1 << 2;
 /// In a slot's owner word (`SocketRecord.cookie`): the connect has ended (outcome
 /// counted, or abandoned). Set by compare-and-swap of the whole owner word, so the
 /// one program that sees the end first claims it, and only while the slot is
 /// still that socket's. Socket cookies count up from 1 and never reach bit 63.
 pub const RECORD_OWNER_DONE: u64 = 1 << 63;
+/// In a slot's owner word, beside [`RECORD_OWNER_DONE`]: the connect (its timeout
+/// counted) is being failed because its breaker turns connects away. sock_ops set
+/// its `TCP_USER_TIMEOUT` to 1 ms, and `SocketRecord.epoch` holds the socket's
+/// own, given back at its next state change whatever it is. Set by
+/// compare-and-swap from the socket's done owner word, so only while the slot is
+/// its own, and no other connect takes the slot over while it is set.
+pub const RECORD_OWNER_ABORTING: u64 = 1 << 62;
+/// The owner word's marks: the rest is the cookie.
+pub const RECORD_OWNER_MARKS: u64 = RECORD_OWNER_DONE | RECORD_OWNER_ABORTING;
 
 /// What connect4/6 decided for one socket, in its slot of `SOCKET_RECORDS`:
 /// written once by the connect hook, read by sock_ops and sock_release. The outcome
@@ -433,7 +436,10 @@ pub struct ExtraCounters {
     /// gone unanswered for `connect_timeout`: failed by the kernel at once rather
     /// than left to retransmit into a dead upstream.
     pub aborted: u64,
-    pub _spare: [u64; 6],
+    /// Connects set to be failed so whose last SYN was answered first: they went
+    /// through, their own `TCP_USER_TIMEOUT` given back.
+    pub abort_raced: u64,
+    pub _spare: [u64; 5],
 }
 
 /// Buckets of [`ConnectDurations`]. Bucket `i` counts the connects whose

@@ -34,7 +34,7 @@ use breaker_common::{
         ignore_bit, DestKey, SocketRecord, UpstreamPolicy, CAUSE_ABANDONED, CAUSE_FAILURE_RATE,
         CAUSE_FAILURE_REFUSED, CAUSE_FAILURE_SLOW, CAUSE_FAILURE_TIMEOUT,
         CAUSE_FAILURE_UNREACHABLE, CAUSE_SLOW_RATE, CAUSE_SUCCESS, DEFAULT_UPSTREAM_ID,
-        POLICY_COUNT_SLOW, POLICY_DRY_RUN, POLICY_IGNORE_TIMEOUT, RECORD_ABORTING,
+        POLICY_COUNT_SLOW, POLICY_DRY_RUN, POLICY_IGNORE_TIMEOUT,
     },
     machine::{self, record_rated, BreakerWord, Mode, Outcome, State, CAS_RETRIES},
     window,
@@ -193,12 +193,12 @@ fn finish(ctx: &SockOpsContext, end: End) -> Result<(), i32> {
             // A timeout counted while its breaker let connects through waits here,
             // at each SYN retransmission, for the breaker to turn connects away;
             // one being failed waits for its end.
-            if found.record.flags & RECORD_ABORTING == 0 && !kernel_gives_up(ctx) {
+            if !found.aborting() && !kernel_gives_up(ctx) {
                 abort_if_turned_away(ctx, &found);
             }
             return Ok(());
         }
-        if found.record.flags & RECORD_ABORTING != 0 {
+        if found.aborting() {
             aborted(ctx, &found, end);
         }
         stop_watching(ctx, &found.record);
@@ -263,10 +263,12 @@ const ABORT_USER_TIMEOUT_MS: u32 = 1;
 /// Fails the connect of `ctx` (in SYN_SENT, its SYN unanswered for
 /// `connect_timeout`) if the breaker its record names turns connects away: no
 /// application waits on a dead upstream once its breaker has tripped. The socket's
-/// own `TCP_USER_TIMEOUT` is kept in the record, marked `RECORD_ABORTING`, and
-/// given back if the SYN the kernel sends along with this timeout gets through
-/// after all. Returns whether it did. Never for a dry-run upstream, which changes
-/// nothing, nor when the socket's own timeout cannot be read back.
+/// own `TCP_USER_TIMEOUT` is kept in the record, marked aborting, and given back
+/// at the socket's next state change: the SYN the kernel sends along with this
+/// timeout may get through after all, and the socket may connect again. STATE_CB
+/// is turned on if another program had it off, so that change is seen. Returns
+/// whether it did. Never for a dry-run upstream, which changes nothing, nor when
+/// the socket's own timeout cannot be read back (kernels before 6.1).
 #[inline(never)]
 fn abort_if_turned_away(ctx: &SockOpsContext, found: &Found) -> bool {
     let r = &found.record;
@@ -279,24 +281,39 @@ fn abort_if_turned_away(ctx: &SockOpsContext, found: &Found) -> bool {
     let Some(own) = user_timeout(ctx) else {
         return false;
     };
-    // SAFETY: this socket's record (it owns the slot; sock_ops runs under the
-    // socket lock); the mark goes in before the timeout, so whichever end comes
-    // finds it.
+    // From here the slot cannot change hands until the mark is undone or freed.
+    if !found.mark_aborting() {
+        return false;
+    }
+    let flags = ctx.cb_flags();
+    let missing = BPF_SOCK_OPS_STATE_CB_FLAG & !flags;
+    if (missing != 0 && ctx.set_cb_flags((flags | missing) as i32).is_err())
+        || !set_user_timeout(ctx, ABORT_USER_TIMEOUT_MS)
+    {
+        found.unmark_aborting();
+        return false;
+    }
+    // SAFETY: this socket's record, marked aborting by the compare-and-swap
+    // above: no other connect takes the slot, and sock_ops runs under the
+    // socket lock.
     unsafe {
         (*found.slot).epoch = own;
-        (*found.slot).flags = r.flags | RECORD_ABORTING;
+        (*found.slot).cb_flags_set = r.cb_flags_set | missing;
     }
-    set_user_timeout(ctx, ABORT_USER_TIMEOUT_MS)
+    true
 }
 
-/// The end of a connect being failed: counted as aborted when the kernel closed
-/// it; given its own `TCP_USER_TIMEOUT` back when its last SYN got through.
+/// The end of a connect being failed, whatever it is: its own `TCP_USER_TIMEOUT`
+/// back (it may go on, or connect again); counted as aborted when the kernel
+/// failed it, as raced when its last SYN got through.
 #[inline(never)]
 fn aborted(ctx: &SockOpsContext, found: &Found, end: End) {
-    if end == End::Outcome(CAUSE_SUCCESS) {
-        set_user_timeout(ctx, found.record.epoch);
-    } else {
-        count_extra(found.record.upstream, |c| c.aborted += 1);
+    set_user_timeout(ctx, found.record.epoch);
+    let upstream = found.record.upstream;
+    match end {
+        End::Outcome(CAUSE_FAILURE_TIMEOUT) => count_extra(upstream, |c| c.aborted += 1),
+        End::Outcome(CAUSE_SUCCESS) => count_extra(upstream, |c| c.abort_raced += 1),
+        _ => {}
     }
 }
 

@@ -17,8 +17,8 @@
 //! lock and no allocation.
 use aya_ebpf::{helpers::bpf_get_socket_cookie, EbpfContext};
 use breaker_common::abi::{
-    Settings, SocketRecord, RECORD_ABORTING, RECORD_OWNER_DONE, RECORD_PROBES, RECORD_TRIAL,
-    RECORD_WATCHED,
+    Settings, SocketRecord, RECORD_OWNER_ABORTING, RECORD_OWNER_DONE, RECORD_OWNER_MARKS,
+    RECORD_PROBES, RECORD_TRIAL, RECORD_WATCHED,
 };
 
 use crate::{
@@ -93,18 +93,43 @@ impl Found {
     /// Gives the slot back, if this socket still owns it.
     #[inline(always)]
     pub fn free(&self) {
-        if !swap_owner(self.slot, self.cookie | RECORD_OWNER_DONE, 0) {
-            swap_owner(self.slot, self.cookie, 0);
+        for owner in [
+            self.cookie | RECORD_OWNER_DONE,
+            self.cookie | RECORD_OWNER_MARKS,
+            self.cookie,
+        ] {
+            if swap_owner(self.slot, owner, 0) {
+                return;
+            }
         }
     }
-}
 
-/// Whether the slot at `p` holds a connect being failed (`RECORD_ABORTING`), which
-/// must stay until its socket gives its own timeout back.
-#[inline(always)]
-fn aborting(p: *mut SocketRecord) -> bool {
-    // SAFETY: a live map value; a torn read only delays a takeover.
-    unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*p).flags)) & RECORD_ABORTING != 0 }
+    /// Whether the connect was being failed when the record was read.
+    #[inline(always)]
+    pub fn aborting(&self) -> bool {
+        self.record.cookie & RECORD_OWNER_ABORTING != 0
+    }
+
+    /// Marks the ended connect as being failed; false if the slot is no longer
+    /// this socket's done record.
+    #[inline(always)]
+    pub fn mark_aborting(&self) -> bool {
+        swap_owner(
+            self.slot,
+            self.cookie | RECORD_OWNER_DONE,
+            self.cookie | RECORD_OWNER_MARKS,
+        )
+    }
+
+    /// Undoes [`Found::mark_aborting`] (the abort could not be made).
+    #[inline(always)]
+    pub fn unmark_aborting(&self) {
+        swap_owner(
+            self.slot,
+            self.cookie | RECORD_OWNER_MARKS,
+            self.cookie | RECORD_OWNER_DONE,
+        );
+    }
 }
 
 /// Takes a slot for `record.cookie` and writes `record` there: this socket's own
@@ -119,7 +144,7 @@ pub fn write(record: &SocketRecord) -> Option<()> {
     for probe in 0..RECORD_PROBES {
         let p = slot(settings, cookie, probe)?;
         let found = load_owner(p);
-        if found & !RECORD_OWNER_DONE == cookie && swap_owner(p, found, cookie) {
+        if found & !RECORD_OWNER_MARKS == cookie && swap_owner(p, found, cookie) {
             own = Some(p);
             break;
         }
@@ -130,7 +155,8 @@ pub fn write(record: &SocketRecord) -> Option<()> {
             let found = load_owner(p);
             // An ended connect's slot is free to take: its socket only gives it
             // back, and that fails harmlessly once the slot is someone else's.
-            let ended = found & RECORD_OWNER_DONE != 0 && !aborting(p);
+            // Not one being failed: its socket still has a timeout to get back.
+            let ended = found & RECORD_OWNER_MARKS == RECORD_OWNER_DONE;
             let stale = found != 0 && {
                 // SAFETY: a live map value; a torn read only makes it look fresh.
                 let since = unsafe { core::ptr::read_volatile(p) }.started_jiffies;
@@ -156,13 +182,13 @@ pub fn read(cookie: u64) -> Option<Found> {
     let settings = SETTINGS.get(0)?;
     for probe in 0..RECORD_PROBES {
         let p = slot(settings, cookie, probe)?;
-        if load_owner(p) & !RECORD_OWNER_DONE != cookie {
+        if load_owner(p) & !RECORD_OWNER_MARKS != cookie {
             continue;
         }
         // SAFETY: a live map value, read while this program runs.
         let mut record = unsafe { core::ptr::read_volatile(p) };
         let now = load_owner(p);
-        if now & !RECORD_OWNER_DONE != cookie {
+        if now & !RECORD_OWNER_MARKS != cookie {
             return None;
         }
         record.cookie = now;

@@ -53,6 +53,7 @@ pub struct Metrics {
     would_reject: IntCounterVec,
     slow: IntCounterVec,
     aborted: IntCounterVec,
+    abort_raced: IntCounterVec,
     mode: IntGaugeVec,
     probes: IntCounterVec,
     default_open: IntGaugeVec,
@@ -137,6 +138,7 @@ impl Metrics {
             would_reject: counter(&registry, "breaker_connects_would_reject_total", "Connects a dry-run breaker would have rejected or redirected, and let through.", &["upstream"]),
             slow: counter(&registry, "breaker_connects_slow_total", "Watched connects that succeeded but whose SYN took at least slow_connect_threshold to be answered (also in breaker_connect_successes_total).", &["upstream"]),
             aborted: counter(&registry, "breaker_connects_aborted_total", "Watched connects in flight when their breaker turned connects away, whose SYN had gone unanswered for connect_timeout: failed at once (ETIMEDOUT) instead of retransmitting into a dead upstream.", &["upstream"]),
+            abort_raced: counter(&registry, "breaker_connects_abort_raced_total", "Connects set to be failed (see breaker_connects_aborted_total) whose last SYN was answered first: they went through, given their own TCP_USER_TIMEOUT back.", &["upstream"]),
             mode: gauge(&registry, "breaker_mode", "1 for the mode each configured upstream's breaker is in (auto, force_open, force_closed, disabled), 0 for the others.", &["upstream", "mode"]),
             probes: counter(&registry, "breaker_probes_total", "Half-open probes by the daemon, by result.", &["upstream", "result"]),
             default_open: gauge(&registry, "breaker_default_policy_destinations", "Default-policy destinations in the kernel's maps, by state: closed (with failures), open, half_open.", &["state"]),
@@ -226,11 +228,12 @@ impl Metrics {
         }
     }
 
-    fn per_upstream(&self) -> [&IntCounterVec; 10] {
+    fn per_upstream(&self) -> [&IntCounterVec; 11] {
         [
             &self.would_reject,
             &self.slow,
             &self.aborted,
+            &self.abort_raced,
             &self.attempts,
             &self.successes,
             &self.rejected,
@@ -547,6 +550,12 @@ impl Metrics {
             );
             inc(&self.slow, &[name], extra.slow, prev_extra.slow);
             inc(&self.aborted, &[name], extra.aborted, prev_extra.aborted);
+            inc(
+                &self.abort_raced,
+                &[name],
+                extra.abort_raced,
+                prev_extra.abort_raced,
+            );
             inc(&self.rejected, &[name], now.rejected, prev.rejected);
             inc(&self.redirected, &[name], now.redirected, prev.redirected);
             inc(
@@ -635,6 +644,7 @@ mod tests {
                 "breaker_connects_unwatched_total",
                 "breaker_connects_slow_total",
                 "breaker_connects_aborted_total",
+                "breaker_connects_abort_raced_total",
             ] {
                 assert!(has(name, upstream), "{name}{{upstream={upstream:?}}}");
             }

@@ -53,8 +53,10 @@ async fn connect_marked(addr: SocketAddr, mark: u32) -> std::io::Result<TcpStrea
 }
 
 /// One probe of `target`: a marked TCP connect, then the HTTP GET if a path is set.
-/// With `slow` (an upstream whose slow connects open its breaker), a connect that
-/// took that long fails the probe: a slow upstream must not close at every probe.
+/// With `slow` (an upstream that counts slow connects as failures), a connect that
+/// took that long fails the probe, as it would fail a trial: a slow upstream must
+/// not close at every probe. Timed here, so a busy daemon may see a connect a
+/// little slower than the kernel did: probes err on the side of staying open.
 pub async fn probe_once(
     addr: SocketAddr,
     http_path: Option<&str>,
@@ -120,6 +122,9 @@ struct Probed {
     upstream: Arc<Upstream>,
     thresholds: breaker_common::machine::Thresholds,
     last_probe: Option<Instant>,
+    /// How long after `last_probe` the next one is due, fixed once that probe's
+    /// result is in (its jitter drawn once, not at every scan).
+    wait: Option<Duration>,
     /// A probe of this upstream is running: never two at once.
     busy: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -143,6 +148,7 @@ pub async fn run(
             thresholds: crate::kernel::thresholds(&upstream.policy),
             upstream: Arc::new(upstream),
             last_probe: None,
+            wait: None,
             busy: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
         .collect();
@@ -155,12 +161,15 @@ pub async fn run(
         heartbeat.beat();
         let now = now_ms();
         for p in &mut probed {
+            // Read before the word: idle means the last probe's result is in it.
+            let idle = !p.busy.load(Ordering::Acquire);
             let Some(word) = states.load(p.id) else {
                 continue;
             };
             // An operator's override decides, not probes.
             if word.mode() != breaker_common::machine::Mode::Auto {
                 p.last_probe = None;
+                p.wait = None;
                 continue;
             }
             // HALF_OPEN is a breaker being probed: open_duration has passed, and a
@@ -168,6 +177,7 @@ pub async fn run(
             let recovering = match word.state() {
                 State::Closed => {
                     p.last_probe = None;
+                    p.wait = None;
                     continue;
                 }
                 State::Open => {
@@ -176,12 +186,18 @@ pub async fn run(
                 }
                 State::HalfOpen => true,
             };
-            // The interval grows with failed probes when max_open_duration says so.
-            let interval = Duration::from_millis(u64::from(machine::probe_interval_ms(
-                word,
-                p.upstream.policy.probe_interval.as_millis() as u32,
-                &p.thresholds,
-            )));
+            // The interval grows with failed probes when max_open_duration says so;
+            // it is fixed once the last probe's result is in the word.
+            let interval = p.wait.unwrap_or_else(|| {
+                Duration::from_millis(u64::from(machine::probe_interval_ms(
+                    word,
+                    p.upstream.policy.probe_interval.as_millis() as u32,
+                    &p.thresholds,
+                )))
+            });
+            if p.wait.is_none() && p.last_probe.is_some() && idle {
+                p.wait = Some(interval);
+            }
             let due = recovering && p.last_probe.is_none_or(|t| t.elapsed() >= interval);
             if !due || p.busy.swap(true, Ordering::AcqRel) {
                 continue;
@@ -190,6 +206,7 @@ pub async fn run(
             // not when the probe's answer comes back.
             expire(p.id, &p.thresholds, now, &states, &metrics);
             p.last_probe = Some(Instant::now());
+            p.wait = None;
             let (id, upstream, thresholds, busy) =
                 (p.id, p.upstream.clone(), p.thresholds, p.busy.clone());
             let (states, metrics) = (states.clone(), metrics.clone());
@@ -249,7 +266,7 @@ async fn probe_and_apply(
         upstream.probe.http_path.as_deref(),
         mark,
         policy.probe_timeout,
-        policy.slow_opens(),
+        policy.slow_fails(),
     )
     .await;
     let success = result.is_ok();
@@ -319,7 +336,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_slow_threshold_that_can_open_the_breaker_judges_probes() {
+    fn only_a_slow_threshold_that_counts_as_a_failure_judges_probes() {
         let policy = |extra: &str| {
             crate::config::Config::parse(
                 std::path::Path::new("t.toml"),
@@ -330,19 +347,20 @@ mod tests {
                 .policy
         };
         let ms = Duration::from_millis;
-        assert_eq!(policy("").slow_opens(), None);
-        // Measured only: it opens nothing, so probes are not held to it.
+        assert_eq!(policy("").slow_fails(), None);
+        // Measured only: it fails nothing, so probes are not held to it.
         assert_eq!(
-            policy("slow_connect_threshold='300ms'\n").slow_opens(),
+            policy("slow_connect_threshold='300ms'\n").slow_fails(),
             None
         );
         assert_eq!(
-            policy("slow_connect_threshold='300ms'\ncount=['timeout','slow']\n").slow_opens(),
+            policy("slow_connect_threshold='300ms'\ncount=['timeout','slow']\n").slow_fails(),
             Some(ms(300))
         );
+        // A slow rate judges a closed breaker's connects, not its recovery.
         assert_eq!(
-            policy("slow_connect_threshold='300ms'\nslow_rate_threshold=50\n").slow_opens(),
-            Some(ms(300))
+            policy("slow_connect_threshold='300ms'\nslow_rate_threshold=50\n").slow_fails(),
+            None
         );
     }
 }

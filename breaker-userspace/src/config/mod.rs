@@ -156,12 +156,11 @@ impl Policy {
         self.rate.or(self.slow.and_then(|s| s.rate))
     }
 
-    /// The slow-connect threshold, when slow connects can open the breaker
-    /// (`count` names "slow", or a slow rate is set): what a probe must beat.
-    pub fn slow_opens(&self) -> Option<Duration> {
-        self.slow
-            .filter(|s| self.count.slow || s.rate.is_some())
-            .map(|s| s.threshold)
+    /// The slow-connect threshold, when a slow connect counts as a failure
+    /// (`count` names "slow"): what a probe must beat, as a trial must. (A slow
+    /// rate counts no trials, and no probes either.)
+    pub fn slow_fails(&self) -> Option<Duration> {
+        self.slow.filter(|_| self.count.slow).map(|s| s.threshold)
     }
 }
 

@@ -243,6 +243,7 @@ impl CounterTable {
         Ok(per_cpu.iter().fold(ExtraCounters::default(), |mut sum, c| {
             sum.slow += c.slow;
             sum.aborted += c.aborted;
+            sum.abort_raced += c.abort_raced;
             sum
         }))
     }
