@@ -452,16 +452,37 @@ impl<T> Step<T> {
 /// never a fault.
 #[inline(always)]
 pub const fn open_duration_ms(w: BreakerWord, t: &Thresholds) -> u32 {
+    grown_wait_ms(
+        t.open_duration_ms,
+        w.reopens(),
+        t.max_open_duration_ms,
+        t.open_jitter_pct,
+        w.since_ms(),
+    )
+}
+
+/// `base_ms` doubled `doublings` times, at most `max_ms`, plus up to
+/// `jitter_pct` percent chosen by `seed`: the one growth of every wait (the open
+/// time, the probe interval). Without a branch, for the packet path's verifier
+/// budget; for `base_ms` and `max_ms` under 2^32, `doublings` at most 15 and
+/// `jitter_pct` at most 100, nothing overflows.
+#[inline(always)]
+const fn grown_wait_ms(
+    base_ms: u32,
+    doublings: u32,
+    max_ms: u32,
+    jitter_pct: u32,
+    seed: u32,
+) -> u32 {
     // At most 15 doublings of less than 2^32: fits.
-    let grown = (t.open_duration_ms as i64) << w.reopens();
-    let max = t.max_open_duration_ms as i64;
+    let grown = (base_ms as i64) << doublings;
+    let max = max_ms as i64;
     // min(grown, max) by the sign of their difference.
     let over = grown - max;
-    let open = (max + (over & (over >> 63))) as u64;
-    let extra = (open.wrapping_mul(t.open_jitter_pct as u64) / 100)
-        .wrapping_mul(spread(w.since_ms()) as u64)
-        >> 32;
-    open.wrapping_add(extra) as u32
+    let wait = (max + (over & (over >> 63))) as u64;
+    let extra =
+        (wait.wrapping_mul(jitter_pct as u64) / 100).wrapping_mul(spread(seed) as u64) >> 32;
+    wait.wrapping_add(extra) as u32
 }
 
 /// How long after a probe of `w` (HALF_OPEN, probed every `interval_ms`) the next
@@ -475,17 +496,14 @@ pub const fn probe_interval_ms(w: BreakerWord, interval_ms: u32, t: &Thresholds)
     if t.max_open_duration_ms <= t.open_duration_ms {
         return interval_ms;
     }
-    let grown = (interval_ms as u64) << w.reopens();
-    let cap = if t.max_open_duration_ms > interval_ms {
+    let max = if t.max_open_duration_ms > interval_ms {
         t.max_open_duration_ms
     } else {
         interval_ms
-    } as u64;
-    let wait = if grown < cap { grown } else { cap };
-    let extra = ((wait * t.open_jitter_pct as u64 / 100)
-        * spread(w.since_ms() ^ w.reopens().rotate_right(4)) as u64)
-        >> 32;
-    (wait + extra) as u32
+    };
+    // Seeded per attempt: the HALF_OPEN phase's start and the attempts so far.
+    let seed = w.since_ms() ^ w.reopens().rotate_right(4);
+    grown_wait_ms(interval_ms, w.reopens(), max, t.open_jitter_pct, seed)
 }
 
 /// A well-mixed 32-bit value of `x` (murmur3's finaliser): nearby trip times give

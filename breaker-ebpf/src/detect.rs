@@ -128,17 +128,7 @@ fn watch(ctx: &SockOpsContext) -> Result<(), i32> {
             .get(found.record.upstream)
             .map_or(0, |p| p.trial_syn_retries);
         if retries > 0 {
-            let mut value = retries as i32;
-            // SAFETY: a sock_ops context and a pointer to an int of the given size.
-            unsafe {
-                bpf_setsockopt(
-                    ctx.ops.cast(),
-                    SOL_TCP,
-                    TCP_SYNCNT,
-                    core::ptr::from_mut(&mut value).cast(),
-                    core::mem::size_of::<i32>() as i32,
-                )
-            };
+            set_tcp_option(ctx, TCP_SYNCNT, retries as i32);
         }
     }
     Ok(())
@@ -258,7 +248,7 @@ fn kernel_gives_up(ctx: &SockOpsContext) -> bool {
 /// been waiting longer than 1 ms: the kernel clamps the retransmission timer it
 /// arms next to the time left (none) and then fails the connect with ETIMEDOUT.
 const TCP_USER_TIMEOUT: i32 = 18;
-const ABORT_USER_TIMEOUT_MS: u32 = 1;
+const ABORT_USER_TIMEOUT_MS: i32 = 1;
 
 /// Fails the connect of `ctx` (in SYN_SENT, its SYN unanswered for
 /// `connect_timeout`) if the breaker its record names turns connects away: no
@@ -288,7 +278,7 @@ fn abort_if_turned_away(ctx: &SockOpsContext, found: &Found) -> bool {
     let flags = ctx.cb_flags();
     let missing = BPF_SOCK_OPS_STATE_CB_FLAG & !flags;
     if (missing != 0 && ctx.set_cb_flags((flags | missing) as i32).is_err())
-        || !set_user_timeout(ctx, ABORT_USER_TIMEOUT_MS)
+        || !set_tcp_option(ctx, TCP_USER_TIMEOUT, ABORT_USER_TIMEOUT_MS)
     {
         found.unmark_aborting();
         return false;
@@ -308,7 +298,7 @@ fn abort_if_turned_away(ctx: &SockOpsContext, found: &Found) -> bool {
 /// failed it, as raced when its last SYN got through.
 #[inline(never)]
 fn aborted(ctx: &SockOpsContext, found: &Found, end: End) {
-    set_user_timeout(ctx, found.record.epoch);
+    set_tcp_option(ctx, TCP_USER_TIMEOUT, found.record.epoch as i32);
     let upstream = found.record.upstream;
     match end {
         End::Outcome(CAUSE_FAILURE_TIMEOUT) => count_extra(upstream, |c| c.aborted += 1),
@@ -335,17 +325,19 @@ fn user_timeout(ctx: &SockOpsContext) -> Option<u32> {
     (got == 0 && value >= 0).then_some(value as u32)
 }
 
-/// Sets the socket's `TCP_USER_TIMEOUT` to `ms`; whether the kernel took it.
+/// Sets the SOL_TCP option `name` of the socket to `value` (from sock_ops ops
+/// that hold the socket lock: TCP_CONNECT_CB, RTO_CB, STATE_CB); whether the
+/// kernel took it.
 #[inline(always)]
-fn set_user_timeout(ctx: &SockOpsContext, ms: u32) -> bool {
-    let mut value = ms as i32;
-    // SAFETY: a sock_ops context of a locked op (RTO_CB, STATE_CB) and a pointer
-    // to an int of the given size.
+fn set_tcp_option(ctx: &SockOpsContext, name: i32, value: i32) -> bool {
+    let mut value = value;
+    // SAFETY: a sock_ops context of a locked op and a pointer to an int of the
+    // given size.
     let set = unsafe {
         bpf_setsockopt(
             ctx.ops.cast(),
             SOL_TCP,
-            TCP_USER_TIMEOUT,
+            name,
             core::ptr::from_mut(&mut value).cast(),
             core::mem::size_of::<i32>() as i32,
         )

@@ -7,9 +7,7 @@
 //! only at the first RTO.
 use std::{net::Ipv4Addr, time::Duration};
 
-use anyhow::Context;
 use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type, Ipv4HeaderSlice, PacketBuilder};
-use tun_tap::{Iface, Mode};
 
 use crate::netns::Netns;
 
@@ -29,11 +27,7 @@ pub fn start(
     code: DestUnreachableHeader,
     delay: Duration,
 ) -> anyhow::Result<()> {
-    let iface = netns
-        .within(|| Iface::without_packet_info(name, Mode::Tun))?
-        .context("creating the TUN device (needs /dev/net/tun)")?;
-    netns.ip(&["link", "set", iface.name(), "up"])?;
-    netns.ip(&["route", "replace", prefix, "dev", iface.name()])?;
+    let iface = netns.tun(name, prefix)?;
     std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
         // Ends when the namespace, and with it the device, is removed.

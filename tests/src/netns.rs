@@ -61,6 +61,19 @@ impl Netns {
     }
 
     /// Runs `f` on a fresh thread inside the namespace.
+    /// A TUN device named `name` (IPv4 packets, no packet info) in the namespace,
+    /// up, with `prefix` (a CIDR) routed into it: what a userspace router or
+    /// upstream reads and answers.
+    pub fn tun(&self, name: &'static str, prefix: &str) -> anyhow::Result<tun_tap::Iface> {
+        use anyhow::Context;
+        let iface = self
+            .within(|| tun_tap::Iface::without_packet_info(name, tun_tap::Mode::Tun))?
+            .context("creating the TUN device (needs /dev/net/tun)")?;
+        self.ip(&["link", "set", iface.name(), "up"])?;
+        self.ip(&["route", "replace", prefix, "dev", iface.name()])?;
+        Ok(iface)
+    }
+
     pub fn within<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,

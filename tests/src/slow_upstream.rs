@@ -7,9 +7,7 @@
 //! upstream behind veth cannot be slowed down; a userspace answerer can.
 use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
-use anyhow::Context;
 use etherparse::{IpNumber, Ipv4HeaderSlice, PacketBuilder, TcpHeaderSlice};
-use tun_tap::{Iface, Mode};
 
 use crate::netns::Netns;
 
@@ -25,12 +23,7 @@ pub fn start(
     prefix: &str,
     delay: impl Fn(Ipv4Addr, u16) -> Duration + Send + 'static,
 ) -> anyhow::Result<()> {
-    let iface = netns
-        .within(|| Iface::without_packet_info(name, Mode::Tun))?
-        .context("creating the TUN device (needs /dev/net/tun)")?;
-    netns.ip(&["link", "set", iface.name(), "up"])?;
-    netns.ip(&["route", "replace", prefix, "dev", iface.name()])?;
-    let iface = Arc::new(iface);
+    let iface = Arc::new(netns.tun(name, prefix)?);
     std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
         // Ends when the namespace, and with it the device, is removed.

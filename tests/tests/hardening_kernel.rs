@@ -421,10 +421,7 @@ max_destinations = 64
 /// The attempts a backgrounded client printed.
 fn attempts_of(child: std::process::Child) -> Vec<breaker_lab::client::Attempt> {
     let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    breaker_lab::client::parse_attempts(&String::from_utf8_lossy(&out.stdout)).unwrap()
 }
 
 /// Connects already in flight when a blackholed upstream's breaker trips do not
