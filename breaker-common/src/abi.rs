@@ -196,10 +196,8 @@ pub struct EndpointV6 {
 /// Bits of prefix the port takes in an endpoint key.
 pub const PORT_PREFIX_BITS: u32 = 16;
 
-/// `UpstreamPolicy.flags`: a fallback is set for IPv4 connects.
-pub const POLICY_FALLBACK_V4: u32 = 1 << 0;
-/// `UpstreamPolicy.flags`: a fallback is set for IPv6 connects.
-pub const POLICY_FALLBACK_V6: u32 = 1 << 1;
+// Bits 0 and 1 of `UpstreamPolicy.flags` were the one fallback per family;
+// the ordered `fallbacks` replaced them. Free for reuse.
 /// Dry run: the state machine runs and reports, but nothing is rejected or
 /// redirected; what would have been is counted in `would_reject`.
 pub const POLICY_DRY_RUN: u32 = 1 << 2;
@@ -217,12 +215,49 @@ pub const POLICY_PACKET_DROP: u32 = 1 << 6;
 /// port unreachable from the upstream's address (`packet_action = "icmp"`).
 pub const POLICY_PACKET_ICMP: u32 = 1 << 7;
 /// `UpstreamPolicy.flags`: the packet path sends a rejected SYN's flow to the
-/// fallback of its family, addresses rewritten both ways (`packet_action =
-/// "redirect"`); without a fallback of that family it is answered with a reset.
+/// first fallback of its family that may take it, addresses rewritten both ways
+/// (`packet_action = "redirect"`); without one it is answered with a reset.
 pub const POLICY_PACKET_REDIRECT: u32 = 1 << 8;
 /// `count` names `"slow"`: a slow connect (see `slow_jiffies`) counts toward
 /// opening as a failure would. Opt-in, so a bit that includes.
 pub const POLICY_COUNT_SLOW: u32 = 1 << 9;
+
+/// Most entries of an upstream's ordered fallbacks, after the fallbacks of the
+/// upstreams it names are followed (check-config refuses longer chains).
+pub const MAX_FALLBACKS: usize = 4;
+
+/// `FallbackHop.upstream` of an address: no breaker of its own decides for it.
+pub const FALLBACK_ADDRESS: u32 = u32::MAX;
+/// `FallbackHop.flags`: the hop takes IPv4 connects (`ip4`, `port_v4` are set).
+pub const FALLBACK_HAS_V4: u32 = 1 << 0;
+/// `FallbackHop.flags`: the hop takes IPv6 connects (`ip6`, `port_v6` are set).
+pub const FALLBACK_HAS_V6: u32 = 1 << 1;
+
+/// One entry of an upstream's ordered fallbacks: an address, or another upstream
+/// (its first single-address endpoint of each family), whose own breaker decides
+/// whether the hop is taken.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FallbackHop {
+    /// The upstream's id, or [`FALLBACK_ADDRESS`].
+    pub upstream: u32,
+    pub flags: u32,
+    /// Network byte order, as in `bpf_sock_addr.user_port`.
+    pub port_v4: u32,
+    pub port_v6: u32,
+    /// Network byte order, as in `bpf_sock_addr.user_ip4`.
+    pub ip4: u32,
+    pub ip6: [u32; 4],
+}
+
+impl FallbackHop {
+    /// Whether the hop has an address of the connect's family.
+    #[inline(always)]
+    pub const fn serves(&self, v4: bool) -> bool {
+        let bit = if v4 { FALLBACK_HAS_V4 } else { FALLBACK_HAS_V6 };
+        self.flags & bit != 0
+    }
+}
 
 /// Per-upstream configuration, written by the daemon, read by the connect hooks.
 #[repr(C)]
@@ -233,12 +268,9 @@ pub struct UpstreamPolicy {
     pub half_open_max_connections: u32,
     pub open_duration_ms: u32,
     pub flags: u32,
-    /// Network byte order, as in `bpf_sock_addr.user_port`.
-    pub fallback_port_v4: u32,
-    pub fallback_port_v6: u32,
-    /// Network byte order, as in `bpf_sock_addr.user_ip4`.
-    pub fallback_ip4: u32,
-    pub fallback_ip6: [u32; 4],
+    /// How many of `fallbacks` are set, in the order they are tried.
+    pub fallback_count: u32,
+    pub fallbacks: [FallbackHop; MAX_FALLBACKS],
     /// HALF_OPEN with every trial slot taken for this long starts a new epoch.
     pub trial_lease_ms: u32,
     /// Initial SYN retransmission timeout of a trial socket, in jiffies (the
@@ -439,7 +471,11 @@ pub struct ExtraCounters {
     /// Connects set to be failed so whose last SYN was answered first: they went
     /// through, their own `TCP_USER_TIMEOUT` given back.
     pub abort_raced: u64,
-    pub _spare: [u64; 5],
+    /// Redirected connects (and packet-path flows) by the fallback hop they went
+    /// to, in the order of `UpstreamPolicy.fallbacks`; they add up to
+    /// `Counters.redirected`.
+    pub redirected_to: [u64; MAX_FALLBACKS],
+    pub _spare: [u64; 1],
 }
 
 /// Buckets of [`ConnectDurations`]. Bucket `i` counts the connects whose
@@ -529,7 +565,8 @@ pub struct TransitionEvent {
 const _: () = assert!(core::mem::size_of::<Settings>() == 24);
 const _: () = assert!(core::mem::size_of::<EndpointV4>() == 6);
 const _: () = assert!(core::mem::size_of::<EndpointV6>() == 18);
-const _: () = assert!(core::mem::size_of::<UpstreamPolicy>() == 92);
+const _: () = assert!(core::mem::size_of::<UpstreamPolicy>() == 212);
+const _: () = assert!(core::mem::size_of::<FallbackHop>() == 36);
 const _: () = assert!(core::mem::size_of::<crate::window::RateWindow>() == 160);
 const _: () = assert!(core::mem::size_of::<DestKey>() == 20);
 const _: () = assert!(core::mem::size_of::<BreakerCell>() == 8);

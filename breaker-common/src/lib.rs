@@ -7,12 +7,14 @@
 //! - [`abi`]: the `#[repr(C)]` map keys, values, counters and events that cross the
 //!   kernel boundary.
 //! - [`dest`]: the one encoder of destination and endpoint keys.
+//! - [`fallback`]: which of an upstream's ordered fallbacks a rejected connect takes.
 //! - [`window`]: the failure-rate window, a ring of time buckets per upstream.
 //! - [`packet`]: the packet path's flows, answers and the reset it replies with.
 #![cfg_attr(not(test), no_std)]
 
 pub mod abi;
 pub mod dest;
+pub mod fallback;
 pub mod machine;
 pub mod packet;
 pub mod window;

@@ -10,8 +10,9 @@ use breaker_common::{
     abi::CAUSE_OPEN_EXPIRED,
     abi::{
         duration_bucket, BreakerCell, Counters, DestKey, ExtraCounters, TransitionEvent,
-        UpstreamPolicy, DEFAULT_UPSTREAM_ID,
+        UpstreamPolicy, DEFAULT_UPSTREAM_ID, POLICY_DRY_RUN,
     },
+    fallback::{self, HopUse},
     machine::{self, admit, Admission, BreakerWord, Mode, State, Step, WordCell},
 };
 
@@ -102,6 +103,20 @@ pub fn count_extra(upstream: u32, f: impl FnOnce(&mut ExtraCounters)) {
         // SAFETY: this CPU's slot; no other writer while this program runs.
         f(unsafe { &mut *c });
     }
+}
+
+/// What a fallback hop naming upstream `upstream` does with a rejected connect,
+/// by that upstream's own breaker. An id with no breaker takes it unwatched:
+/// breaker never fails a connect it cannot judge.
+#[inline(always)]
+pub fn hop_use(upstream: u32) -> HopUse {
+    let (Some(policy), Some(word)) = (
+        POLICIES.get(upstream).filter(|p| p.is_configured()),
+        UPSTREAM_STATES.get(upstream),
+    ) else {
+        return HopUse::Go;
+    };
+    fallback::hop_use(BreakerWord(*word), policy.flags & POLICY_DRY_RUN != 0)
 }
 
 /// Whether the daemon's heartbeat is stale (or the map unreadable: then no daemon

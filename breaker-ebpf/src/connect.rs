@@ -7,16 +7,16 @@
 use aya_ebpf::{bindings::bpf_sock_addr, helpers::bpf_set_retval, programs::SockAddrContext};
 use breaker_common::{
     abi::{
-        DestKey, Settings, SocketRecord, CAUSE_OPEN_EXPIRED, DEFAULT_UPSTREAM_ID, ECONNREFUSED,
-        IPPROTO_TCP, POLICY_DRY_RUN, POLICY_FALLBACK_V4, POLICY_FALLBACK_V6, RECORD_TRIAL,
-        RECORD_WATCHED,
+        DestKey, FallbackHop, Settings, SocketRecord, CAUSE_OPEN_EXPIRED, DEFAULT_UPSTREAM_ID,
+        ECONNREFUSED, IPPROTO_TCP, POLICY_DRY_RUN, RECORD_TRIAL, RECORD_WATCHED,
     },
     dest::v4_mapped,
+    fallback::{self, HopUse},
     machine::{abandon, Admission},
 };
 
 use crate::{
-    breaker::{count, jiffies, Breaker},
+    breaker::{count, count_extra, hop_use, jiffies, Breaker},
     destination,
     maps::SETTINGS,
     probe_mark::is_probe_socket,
@@ -145,9 +145,10 @@ fn watch(ctx: &SockAddrContext, upstream: u32, dest: DestKey, flags: u64, epoch:
     written
 }
 
-/// Rewrites the destination to the fallback of the same family, or fails the connect
-/// with ECONNREFUSED before any SYN leaves. Neither is watched: a redirected
-/// connect's outcome is the fallback's, not the upstream's.
+/// Rewrites the destination to the first fallback of its family that takes it,
+/// or fails the connect with ECONNREFUSED before any SYN leaves. A connect sent to
+/// another upstream is that upstream's, watched by its breaker; one sent to an
+/// address is no breaker's: its outcome is the fallback's, not the upstream's.
 #[inline(always)]
 fn reject<const V6_HOOK: bool>(
     ctx: &SockAddrContext,
@@ -155,30 +156,52 @@ fn reject<const V6_HOOK: bool>(
     dest: &DestKey,
 ) -> Verdict {
     let p = breaker.policy;
+    let v4 = dest.is_ipv4();
+    // connect4's destination is always IPv4; only connect6 sees both.
+    if v4 || V6_HOOK {
+        if let Some((i, how)) = fallback::choose(p, v4, hop_use) {
+            if let Some(hop) = p.fallbacks.get(i) {
+                let to = redirect::<V6_HOOK>(ctx, hop, v4);
+                breaker.count(|c| c.redirected += 1);
+                count_extra(breaker.upstream, |c| {
+                    if let Some(n) = c.redirected_to.get_mut(i) {
+                        *n += 1;
+                    }
+                });
+                if how == HopUse::GoWatched {
+                    count(hop.upstream, |c| c.attempts += 1);
+                    watch(ctx, hop.upstream, to, 0, 0);
+                }
+                return Verdict::Allow;
+            }
+        }
+    }
+    breaker.count(|c| c.rejected += 1);
+    // SAFETY: a helper taking a plain integer; allowed in cgroup hooks (5.18+).
+    unsafe { bpf_set_retval(-ECONNREFUSED) };
+    Verdict::Deny
+}
+
+/// Points the connect at `hop`'s address of its family; returns the new
+/// destination.
+#[inline(always)]
+fn redirect<const V6_HOOK: bool>(ctx: &SockAddrContext, hop: &FallbackHop, v4: bool) -> DestKey {
     // SAFETY: the kernel hands connect hooks a valid, writable context.
     let sa = unsafe { &mut *ctx.sock_addr };
-    let v4 = dest.is_ipv4();
-    if v4 && p.flags & POLICY_FALLBACK_V4 != 0 {
+    if v4 {
         if V6_HOOK {
-            set_user_ip6(sa, v4_mapped(p.fallback_ip4));
+            set_user_ip6(sa, v4_mapped(hop.ip4));
         } else {
-            sa.user_ip4 = p.fallback_ip4;
+            sa.user_ip4 = hop.ip4;
         }
-        sa.user_port = p.fallback_port_v4;
-        breaker.count(|c| c.redirected += 1);
-        Verdict::Allow
-    } else if V6_HOOK && !v4 && p.flags & POLICY_FALLBACK_V6 != 0 {
-        // Only connect6 may write user_ip6 (the verifier refuses it in connect4).
-        // A connect4 destination is IPv4 anyway.
-        set_user_ip6(sa, p.fallback_ip6);
-        sa.user_port = p.fallback_port_v6;
-        breaker.count(|c| c.redirected += 1);
-        Verdict::Allow
+        sa.user_port = hop.port_v4;
+        DestKey::ipv4(hop.ip4, hop.port_v4 as u16)
     } else {
-        breaker.count(|c| c.rejected += 1);
-        // SAFETY: a helper taking a plain integer; allowed in cgroup hooks (5.18+).
-        unsafe { bpf_set_retval(-ECONNREFUSED) };
-        Verdict::Deny
+        // Only connect6 may write user_ip6 (the verifier refuses it in connect4);
+        // the caller sends no IPv6 connect here from connect4.
+        set_user_ip6(sa, hop.ip6);
+        sa.user_port = hop.port_v6;
+        DestKey::ipv6(hop.ip6, hop.port_v6 as u16)
     }
 }
 

@@ -71,6 +71,7 @@ pub async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
 
     // What happens when each task ends (ARCHITECTURE.md, "What ends the daemon").
     let metrics = Arc::new(Metrics::new(&names_of(&kernel, &config)));
+    metrics.set_fallbacks(&fallbacks_of(&kernel, &config));
     let mut tasks = tokio::task::JoinSet::new();
     // A service restart removes the cgroup and makes a new one: attach again.
     let (cgroup_changes, mut cgroup_changed) = tokio::sync::mpsc::channel(4);
@@ -251,6 +252,18 @@ fn names_of(kernel: &Kernel, config: &Config) -> Vec<(u32, String)> {
         .upstreams(config)
         .into_iter()
         .map(|(id, u)| (id, u.name))
+        .collect()
+}
+
+/// Each upstream's id, name and fallback hops' labels, for the redirected series.
+fn fallbacks_of(kernel: &Kernel, config: &Config) -> Vec<(u32, String, Vec<String>)> {
+    kernel
+        .upstreams(config)
+        .into_iter()
+        .map(|(id, u)| {
+            let hops = u.fallbacks.iter().map(|f| f.label.clone()).collect();
+            (id, u.name, hops)
+        })
         .collect()
 }
 
@@ -447,6 +460,7 @@ fn apply_reload(
     current.stop();
     let names = names_of(&kernel, &config);
     metrics.set_upstreams(&names);
+    metrics.set_fallbacks(&fallbacks_of(&kernel, &config));
     // An interface takes one XDP program: the old ones make room for the new
     // (SYNs pass unwatched for that moment: fail open).
     current.kernel.detach_interfaces();

@@ -40,6 +40,9 @@ pub struct Metrics {
     registry: Registry,
     /// Upstream id -> name, sorted by id; id 0 is "default". Replaced at a reload.
     names: RwLock<Vec<(u32, String)>>,
+    /// Upstream id -> its name and its fallback hops' labels, in the kernel's
+    /// order (`ExtraCounters.redirected_to`). Replaced at a reload.
+    fallbacks: RwLock<HashMap<u32, (String, Vec<String>)>>,
     state: IntGaugeVec,
     transitions: IntCounterVec,
     attempts: IntCounterVec,
@@ -118,6 +121,7 @@ impl Metrics {
                 d
             },
             names: RwLock::new(Vec::new()),
+            fallbacks: RwLock::new(HashMap::new()),
             reloads: counter(&registry, "breaker_config_reloads_total", "Config reloads (SIGHUP), by result: success, or failure (the running config stays).", &["result"]),
             last_reload: {
                 let g = prometheus::Gauge::new("breaker_config_last_reload_success_timestamp_seconds", "When the config was last loaded successfully (start or reload), in seconds since the Unix epoch.")
@@ -131,7 +135,7 @@ impl Metrics {
             successes: counter(&registry, "breaker_connect_successes_total", "Watched connects that reached ESTABLISHED (on the packet path: answered by a SYN-ACK).", &["upstream"]),
             failures: counter(&registry, "breaker_connect_failures_total", "Watched connects that failed, by reason: refused (an RST), unreachable (an ICMP error), timeout (a SYN retransmission timeout).", &["upstream", "reason"]),
             rejected: counter(&registry, "breaker_connects_rejected_total", "Connects failed fast with ECONNREFUSED while the breaker rejected.", &["upstream"]),
-            redirected: counter(&registry, "breaker_connects_redirected_total", "Connects rewritten to the fallback while the breaker rejected.", &["upstream"]),
+            redirected: counter(&registry, "breaker_connects_redirected_total", "Connects (and packet-path flows) sent to a fallback while the breaker rejected, by the fallback they went to: another upstream's name, or an address.", &["upstream", "to"]),
             contention: counter(&registry, "breaker_state_contention_total", "Kernel state updates given up after repeated compare-and-swap races.", &["upstream"]),
             abandoned: counter(&registry, "breaker_connects_abandoned_total", "Watched connects the application closed before they reached an outcome; they count neither as a success nor as a failure.", &["upstream"]),
             unwatched: counter(&registry, "breaker_connects_unwatched_total", "Connects passed without watching their outcome, because too many connects were in flight at once to keep a record for each.", &["upstream"]),
@@ -228,7 +232,7 @@ impl Metrics {
         }
     }
 
-    fn per_upstream(&self) -> [&IntCounterVec; 11] {
+    fn per_upstream(&self) -> [&IntCounterVec; 10] {
         [
             &self.would_reject,
             &self.slow,
@@ -237,7 +241,6 @@ impl Metrics {
             &self.attempts,
             &self.successes,
             &self.rejected,
-            &self.redirected,
             &self.contention,
             &self.abandoned,
             &self.unwatched,
@@ -283,6 +286,30 @@ impl Metrics {
             self.precreate(name);
         }
         *names = next;
+    }
+
+    /// A loaded config's fallbacks (upstream id, name, hop labels in order): a
+    /// series per hop from zero, and those of hops that left go.
+    pub fn set_fallbacks(&self, upstreams: &[(u32, String, Vec<String>)]) {
+        let mut current = self.fallbacks.write().unwrap_or_else(|e| e.into_inner());
+        let next: HashMap<u32, (String, Vec<String>)> = upstreams
+            .iter()
+            .map(|(id, name, hops)| (*id, (name.clone(), hops.clone())))
+            .collect();
+        for (name, hops) in current.values() {
+            for hop in hops {
+                let kept = next.values().any(|(n, h)| n == name && h.contains(hop));
+                if !kept {
+                    let _ = self.redirected.remove_label_values(&[name, hop]);
+                }
+            }
+        }
+        for (name, hops) in next.values() {
+            for hop in hops {
+                self.redirected.with_label_values(&[name, hop]);
+            }
+        }
+        *current = next;
     }
 
     /// A loaded config's maps: each one's capacity, and the entries of those
@@ -492,6 +519,7 @@ impl Metrics {
 
     fn refresh(&self, counters: &CounterTable, states: &StateTable) {
         let names = self.names.read().unwrap_or_else(|e| e.into_inner());
+        let fallbacks = self.fallbacks.read().unwrap_or_else(|e| e.into_inner());
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         for (id, name) in names.iter() {
             let id = *id;
@@ -557,7 +585,14 @@ impl Metrics {
                 prev_extra.abort_raced,
             );
             inc(&self.rejected, &[name], now.rejected, prev.rejected);
-            inc(&self.redirected, &[name], now.redirected, prev.redirected);
+            if let Some((_, hops)) = fallbacks.get(&id) {
+                for (i, hop) in hops.iter().enumerate() {
+                    let (new, old) = (extra.redirected_to.get(i), prev_extra.redirected_to.get(i));
+                    if let (Some(new), Some(old)) = (new, old) {
+                        inc(&self.redirected, &[name, hop], *new, *old);
+                    }
+                }
+            }
             inc(
                 &self.contention,
                 &[name],
@@ -638,7 +673,6 @@ mod tests {
                 "breaker_connect_successes_total",
                 "breaker_connect_failures_total",
                 "breaker_connects_rejected_total",
-                "breaker_connects_redirected_total",
                 "breaker_state_contention_total",
                 "breaker_connects_abandoned_total",
                 "breaker_connects_unwatched_total",

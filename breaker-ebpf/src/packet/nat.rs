@@ -4,14 +4,15 @@
 //! with, so the client's stack sees the upstream it asked for throughout.
 use aya_ebpf::bindings::BPF_NOEXIST;
 use breaker_common::{
-    abi::{UpstreamPolicy, POLICY_FALLBACK_V4, POLICY_FALLBACK_V6},
+    abi::UpstreamPolicy,
     dest::v4_mapped,
+    fallback,
     packet::{FlowKey, NatTarget},
 };
 
 use super::{count, flow_of, ip, is_v4, tcp, Frame, IPPROTO_TCP};
 use crate::{
-    breaker,
+    breaker::{self, count_extra, hop_use},
     maps::{PACKET_NAT_BACK, PACKET_NAT_OUT, POLICIES, SETTINGS},
 };
 
@@ -96,18 +97,21 @@ pub fn rewrite_of(frame: &Frame, way: u32, rw: &mut Rewrite) -> bool {
     true
 }
 
-/// Sends flow `key` (its SYN's sequence number `isn`) to the fallback of
-/// `upstream` of its family: both NAT entries written, and the connect counted as
-/// redirected. False, counted as rejected, when there is no such fallback, the
-/// tables refused an entry, or the fallback's side of the flow is taken by a live
-/// redirected flow of another upstream (the same client port, the same fallback):
-/// the caller answers with a reset. Out of line, a sibling of `decide`.
+/// Sends flow `key` (its SYN's sequence number `isn`) to the first fallback of
+/// `upstream` of its family that takes it (as on the socket path: another
+/// upstream's hop while that upstream's breaker lets its own connects through;
+/// the flow is not watched as that upstream's): both NAT entries written, and the
+/// connect counted as redirected. False, counted as rejected, when no hop takes
+/// it, the tables refused an entry, or the fallback's side of the flow is taken
+/// by a live redirected flow of another upstream (the same client port, the same
+/// fallback): the caller answers with a reset. Out of line, a sibling of `decide`.
 #[inline(never)]
 pub fn redirect(key: &FlowKey, isn: u32, upstream: u32) -> bool {
     let Some(p) = POLICIES.get(upstream) else {
         return false;
     };
-    let sent = redirect_to(key, isn, p);
+    let hop = fallback::choose(p, is_v4(key.family), hop_use).map(|(i, _)| i);
+    let sent = hop.is_some_and(|i| redirect_to(key, isn, p, i));
     breaker::count(upstream, |c| {
         if sent {
             c.redirected += 1
@@ -115,29 +119,33 @@ pub fn redirect(key: &FlowKey, isn: u32, upstream: u32) -> bool {
             c.rejected += 1
         }
     });
+    if let (true, Some(i)) = (sent, hop) {
+        count_extra(upstream, |c| {
+            if let Some(n) = c.redirected_to.get_mut(i) {
+                *n += 1;
+            }
+        });
+    }
     sent
 }
 
 #[inline(always)]
-fn redirect_to(key: &FlowKey, isn: u32, p: &UpstreamPolicy) -> bool {
+fn redirect_to(key: &FlowKey, isn: u32, p: &UpstreamPolicy, hop: usize) -> bool {
+    let Some(hop) = p.fallbacks.get(hop) else {
+        return false;
+    };
     let to = if is_v4(key.family) {
-        if p.flags & POLICY_FALLBACK_V4 == 0 {
-            return false;
-        }
         NatTarget {
-            addr: v4_mapped(p.fallback_ip4),
+            addr: v4_mapped(hop.ip4),
             // The low half, in memory order: the port as the packet has it.
-            port: p.fallback_port_v4 as u16,
+            port: hop.port_v4 as u16,
             _pad: 0,
             isn,
         }
     } else {
-        if p.flags & POLICY_FALLBACK_V6 == 0 {
-            return false;
-        }
         NatTarget {
-            addr: p.fallback_ip6,
-            port: p.fallback_port_v6 as u16,
+            addr: hop.ip6,
+            port: hop.port_v6 as u16,
             _pad: 0,
             isn,
         }

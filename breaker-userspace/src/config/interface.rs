@@ -1,9 +1,6 @@
 //! `[[interface]]`: the interfaces whose packets the packet path watches (a VM's
 //! tap, a bridge, a veth, the LAN side of a gateway), and `packet_action`.
-use std::{
-    collections::HashSet,
-    net::{IpAddr, SocketAddr},
-};
+use std::{collections::HashSet, net::IpAddr};
 
 use serde::Deserialize;
 
@@ -126,24 +123,18 @@ impl Check<'_> {
         &self,
         at: &str,
         raw: Option<&str>,
-        fallback: &[SocketAddr],
+        has_fallback: bool,
     ) -> Result<PacketAction, ConfigError> {
         match raw {
             None | Some("reject") => Ok(PacketAction::Reject),
             Some("drop") => Ok(PacketAction::Drop),
             Some("icmp") => Ok(PacketAction::Icmp),
-            Some("redirect") if fallback.is_empty() => self.fail(
+            Some("redirect") if !has_fallback => self.fail(
                 format!("{at}.packet_action"),
-                "\"redirect\" needs a fallback: set `fallback` on this upstream",
+                "\"redirect\" needs a fallback: set `fallbacks` on this upstream",
             ),
-            // A packet from another host is never routed to the host's loopback,
-            // nor to an address that names no one host: the kernel drops it, and
-            // every SYN sent again would be redirected into the same void.
-            Some("redirect") if fallback.iter().any(|a| !routable(a.ip())) => self.fail(
-                format!("{at}.packet_action"),
-                "\"redirect\" needs a fallback another host's packets can be routed to: \
-                 not loopback, unspecified, multicast, broadcast or link-local",
-            ),
+            // Whether its fallbacks can take another host's packets is checked once
+            // they are resolved (`redirects_routable`).
             Some("redirect") => Ok(PacketAction::Redirect),
             Some(other) => self.fail(
                 format!("{at}.packet_action"),
@@ -178,6 +169,37 @@ fn routable(ip: IpAddr) -> bool {
 }
 
 impl Check<'_> {
+    /// A packet from another host is never routed to the host's loopback, nor to
+    /// an address that names no one host: the kernel drops it, and every SYN sent
+    /// again would be redirected into the same void. Checked once fallbacks are
+    /// resolved (a named upstream's address is known only then).
+    pub(super) fn redirects_routable(
+        &self,
+        upstreams: &[super::Upstream],
+    ) -> Result<(), ConfigError> {
+        for (i, up) in upstreams.iter().enumerate() {
+            if up.packet_action != PacketAction::Redirect {
+                continue;
+            }
+            let stray = up
+                .fallbacks
+                .iter()
+                .find_map(|f| f.addresses().find(|a| !routable(a.ip())).map(|a| (f, a)));
+            if let Some((hop, addr)) = stray {
+                return self.fail(
+                    format!("upstream[{i}] ({:?}).packet_action", up.name),
+                    format!(
+                        "\"redirect\" needs fallbacks another host's packets can be routed \
+                         to: not loopback, unspecified, multicast, broadcast or link-local \
+                         ({} sends to {addr})",
+                        hop.label
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// A redirect's rewrites are done with TC's checksum helpers: an interface
     /// explicitly on XDP cannot carry them.
     pub(super) fn redirects_on_tc(

@@ -4,6 +4,7 @@
 //! or attached until a config has passed [`Config::from_file`].
 mod count;
 mod endpoint;
+mod fallback;
 mod interface;
 mod memory;
 
@@ -21,6 +22,7 @@ use serde::Deserialize;
 
 pub use count::CountSet;
 pub use endpoint::{unmap_v4_addr, Endpoint, EndpointParseError};
+pub use fallback::Fallback;
 pub use interface::{Hook, Interface, PacketAction};
 pub use memory::{possible_cpus, MapSizes, PACKET_FLOW_SLOTS};
 
@@ -196,8 +198,8 @@ pub struct Probe {
 pub struct Upstream {
     pub name: String,
     pub endpoints: Vec<Endpoint>,
-    /// At most one per address family.
-    pub fallback: Vec<SocketAddr>,
+    /// Where rejected connects go, in the order tried (see [`Fallback`]).
+    pub fallbacks: Vec<Fallback>,
     pub policy: Policy,
     pub probe: Probe,
     /// `mode = "dry_run"`: the breaker runs and reports, but never rejects.
@@ -377,6 +379,8 @@ struct RawUpstream {
     endpoints: Vec<String>,
     #[serde(default)]
     fallback: OneOrMany,
+    #[serde(default)]
+    fallbacks: OneOrMany,
     probe: Option<RawProbe>,
     #[serde(default)]
     allow_catch_all: bool,
@@ -411,12 +415,25 @@ struct RawUpstream {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(untagged, expecting = "an address:port, or a list of them")]
+#[serde(
+    untagged,
+    expecting = "an upstream's name or an address:port, or a list of them"
+)]
 enum OneOrMany {
     #[default]
     None,
     One(String),
     Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::None => vec![],
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -864,11 +881,11 @@ impl Check<'_> {
         up: RawUpstream,
         base: RawPolicy,
         seen: &mut Seen,
-    ) -> Result<Upstream, ConfigError> {
+    ) -> Result<(Upstream, Vec<fallback::Written>), ConfigError> {
         let at = format!("upstream[{i}] ({:?})", up.name);
         self.upstream_name(i, &at, &up.name, seen)?;
         let endpoints = self.endpoints(&at, &up, seen)?;
-        let fallback = self.fallback(&at, up.fallback, &endpoints)?;
+        let fallbacks = self.fallback_targets(&at, up.fallback, up.fallbacks, &endpoints)?;
         let policy = self.policy(
             &format!("{at}."),
             raw_policy_of!(up).over(base),
@@ -898,16 +915,19 @@ impl Check<'_> {
                 )
             }
         };
-        let packet_action = self.packet_action(&at, up.packet_action.as_deref(), &fallback)?;
-        Ok(Upstream {
+        let packet_action =
+            self.packet_action(&at, up.packet_action.as_deref(), !fallbacks.is_empty())?;
+        let upstream = Upstream {
             name: up.name,
             endpoints,
-            fallback,
+            // Resolved once every upstream is known.
+            fallbacks: Vec::new(),
             policy,
             probe,
             dry_run,
             packet_action,
-        })
+        };
+        Ok((upstream, fallbacks))
     }
 
     fn upstream_name(
@@ -994,75 +1014,6 @@ impl Check<'_> {
             endpoints.push(ep);
         }
         Ok(endpoints)
-    }
-
-    fn fallback(
-        &self,
-        at: &str,
-        raw: OneOrMany,
-        endpoints: &[Endpoint],
-    ) -> Result<Vec<SocketAddr>, ConfigError> {
-        let texts = match raw {
-            OneOrMany::None => vec![],
-            OneOrMany::One(s) => vec![s],
-            OneOrMany::Many(v) => v,
-        };
-        let mut fallback: Vec<SocketAddr> = Vec::new();
-        for (j, text) in texts.iter().enumerate() {
-            let field = format!("{at}.fallback[{j}]");
-            let addr = text.parse::<SocketAddr>().map(unmap_v4_addr).or_else(|e| {
-                self.fail(
-                    field.as_str(),
-                    format!("{text:?} is not an address:port ({e})"),
-                )
-            })?;
-            if addr.port() == 0 {
-                return self.fail(field, format!("{text:?} needs a port"));
-            }
-            if fallback.iter().any(|f| f.is_ipv4() == addr.is_ipv4()) {
-                return self.fail(field, "at most one fallback per address family");
-            }
-            if endpoints.iter().any(|e| e.matches(addr)) {
-                return self.fail(
-                    field,
-                    format!("{text:?} is one of the upstream's own endpoints"),
-                );
-            }
-            fallback.push(addr);
-        }
-        Ok(fallback)
-    }
-
-    /// A fallback inside another upstream's endpoints would let connects redirected
-    /// there bypass that upstream's breaker (a redirected connect is not matched
-    /// again). Runs after every upstream is known, since the other may come later.
-    fn fallbacks_outside_other_upstreams(
-        &self,
-        upstreams: &[Upstream],
-        seen: &Seen,
-    ) -> Result<(), ConfigError> {
-        for (i, up) in upstreams.iter().enumerate() {
-            for (j, addr) in up.fallback.iter().enumerate() {
-                let Some((owner, owner_text)) = endpoint_owner(seen, *addr) else {
-                    continue;
-                };
-                if *owner == up.name {
-                    // fallback() has refused these already; kept for completeness.
-                    return self.fail(
-                        format!("upstream[{i}] ({:?}).fallback[{j}]", up.name),
-                        format!("{addr} is one of the upstream's own endpoints ({owner_text:?})"),
-                    );
-                }
-                return self.fail(
-                    format!("upstream[{i}] ({:?}).fallback[{j}]", up.name),
-                    format!(
-                        "{addr} is inside endpoint {owner_text:?} of upstream {owner:?}: connects \
-                         redirected there would bypass {owner:?}'s breaker"
-                    ),
-                );
-            }
-        }
-        Ok(())
     }
 
     /// The probe as configured, or a TCP connect to the first single-address endpoint.
@@ -1238,13 +1189,16 @@ impl Config {
         let base = raw.defaults;
 
         let mut seen = Seen::default();
-        let upstreams = raw
+        let (mut upstreams, fallbacks): (Vec<_>, Vec<_>) = raw
             .upstream
             .into_iter()
             .enumerate()
             .map(|(i, up)| check.upstream(i, up, base, &mut seen))
-            .collect::<Result<Vec<_>, _>>()?;
-        check.fallbacks_outside_other_upstreams(&upstreams, &seen)?;
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip();
+        check.resolve_fallbacks(&mut upstreams, &fallbacks, &seen)?;
+        check.redirects_routable(&upstreams)?;
         let default_policy = check.default_policy(raw.default_policy, base)?;
         let alerts = raw
             .alert
@@ -1292,7 +1246,7 @@ impl Config {
                     .endpoints
                     .iter()
                     .any(|e| matches!(e.net, IpNet::V4(_)) == is_v4);
-                let covered = up.fallback.iter().any(|f| f.is_ipv4() == is_v4);
+                let covered = up.fallbacks.iter().any(|f| f.serves(is_v4));
                 if needed && !covered {
                     out.push(format!(
                         "upstream {:?}: packet_action = \"redirect\", but no {family} fallback: \
@@ -1325,9 +1279,14 @@ impl Config {
             let _ = writeln!(out, "upstream {}:", up.name);
             let eps: Vec<String> = up.endpoints.iter().map(|e| e.to_string()).collect();
             let _ = writeln!(out, "  endpoints: {}", eps.join(", "));
-            if !up.fallback.is_empty() {
-                let fb: Vec<String> = up.fallback.iter().map(|a| a.to_string()).collect();
-                let _ = writeln!(out, "  fallback:  {}", fb.join(", "));
+            if !up.fallbacks.is_empty() {
+                let fb: Vec<String> = up.fallbacks.iter().map(Fallback::describe).collect();
+                let _ = writeln!(
+                    out,
+                    "  fallbacks: {} (while open, a connect goes to the first that is not \
+                     itself open; it fails fast when every one is)",
+                    fb.join(", then ")
+                );
             }
             let _ = writeln!(out, "  {}", describe_policy(&up.policy));
             let how = match &up.probe.http_path {
@@ -1344,8 +1303,8 @@ impl Config {
                         PacketAction::Drop => "dropped",
                         PacketAction::Icmp => "answered with an ICMP port unreachable",
                         PacketAction::Redirect =>
-                            "sent to the fallback, its flow rewritten both ways \
-                             (a reset for a family without one)",
+                            "sent to the first fallback that is not itself open, its flow \
+                             rewritten both ways (a reset when there is none)",
                     }
                 );
             }

@@ -63,7 +63,7 @@ failure_threshold = 2
     let up = &c.upstreams[0];
     assert_eq!(up.policy.failure_threshold, 3);
     assert_eq!(up.policy.open_duration, Duration::from_millis(500));
-    assert_eq!(up.fallback.len(), 2);
+    assert_eq!(up.fallbacks.len(), 2);
     assert_eq!(up.probe.http_path.as_deref(), Some("/healthz"));
     let d = c.default_policy.unwrap();
     assert_eq!(d.policy.failure_threshold, 2);
@@ -216,8 +216,9 @@ fn v4_mapped_fallback_and_probe_become_ipv4() {
     )
     .unwrap();
     let up = &c.upstreams[0];
+    let addresses: Vec<SocketAddr> = up.fallbacks.iter().flat_map(|f| f.addresses()).collect();
     assert_eq!(
-        up.fallback,
+        addresses,
         vec![
             "127.0.0.1:9000".parse::<SocketAddr>().unwrap(),
             "[::1]:9000".parse().unwrap()
@@ -1008,7 +1009,9 @@ fn icmp_and_redirect_parse_and_say_what_a_rejected_syn_gets() {
     assert!(!icmp.packet_nat(), "no redirect, no NAT tables");
     let redirect = with("packet_action = 'redirect'\nfallback = '10.0.9.1:80'\n");
     assert_eq!(redirect.upstreams[0].packet_action, PacketAction::Redirect);
-    assert!(redirect.describe().contains("sent to the fallback"));
+    assert!(redirect
+        .describe()
+        .contains("sent to the first fallback that is not itself open"));
     assert!(redirect.packet_nat());
     assert_eq!(redirect.map_sizes().nat, crate::config::PACKET_FLOW_SLOTS);
     assert_eq!(icmp.map_sizes().nat, 1);
@@ -1185,4 +1188,141 @@ fn the_default_policy_does_not_inherit_slow_connects_from_defaults() {
         text.contains("(counting no failures, slow connects only"),
         "{text}"
     );
+}
+
+/// `a`'s chain: label and where each family goes.
+fn chain(c: &Config, name: &str) -> Vec<(String, Option<String>, Option<String>)> {
+    let up = c.upstreams.iter().find(|u| u.name == name).unwrap();
+    up.fallbacks
+        .iter()
+        .map(|f| {
+            (
+                f.label.clone(),
+                f.v4.map(|a| a.to_string()),
+                f.v6.map(|a| a.to_string()),
+            )
+        })
+        .collect()
+}
+
+const SECONDARY: &str =
+    "[[upstream]]\nname='b'\nendpoints=['10.0.2.1:80', '10.0.2.0/24:*', '[fd00::2]:443']\n";
+
+#[test]
+fn ordered_fallbacks_name_upstreams_by_their_first_single_address_and_follow_their_chains() {
+    let c = parse(&format!(
+        "[[upstream]]\nname='a'\nendpoints=['10.0.1.1:80']\nfallbacks=['b', '10.0.9.1:80']\n\
+         {SECONDARY}fallbacks=['[fd00::9]:80']\n\
+         [[upstream]]\nname='c'\nendpoints=['10.0.3.1:80']\nfallbacks='b'\n"
+    ))
+    .unwrap();
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        chain(&c, "a"),
+        [
+            ("b".into(), s("10.0.2.1:80"), s("[fd00::2]:443")),
+            // b's own fallback right after b: where b's connects would go.
+            ("[fd00::9]:80".into(), None, s("[fd00::9]:80")),
+            ("10.0.9.1:80".into(), s("10.0.9.1:80"), None),
+        ]
+    );
+    assert_eq!(chain(&c, "c").len(), 2);
+    assert_eq!(c.upstreams[0].fallbacks[0].upstream.as_deref(), Some("b"));
+    assert_eq!(c.upstreams[0].fallbacks[2].upstream, None);
+    // check-config says it in words.
+    let d = c.describe();
+    assert!(
+        d.contains(
+            "fallbacks: b (10.0.2.1:80, [fd00::2]:443), then [fd00::9]:80, then 10.0.9.1:80"
+        ),
+        "{d}"
+    );
+}
+
+#[test]
+fn a_fallback_no_connect_could_reach_is_left_out_of_the_chain() {
+    // a's address takes every IPv4 connect before b's chain is reached; b itself
+    // still takes IPv6 ones. A name met twice is tried once.
+    let c = parse(&format!(
+        "[[upstream]]\nname='a'\nendpoints=['10.0.1.1:80']\nfallbacks=['10.0.9.1:80', 'b', 'd']\n\
+         {SECONDARY}fallbacks=['10.0.9.2:80', 'd']\n\
+         [[upstream]]\nname='d'\nendpoints=['10.0.4.1:80']\n"
+    ))
+    .unwrap();
+    let labels: Vec<String> = chain(&c, "a").into_iter().map(|h| h.0).collect();
+    assert_eq!(labels, ["10.0.9.1:80", "b"]);
+}
+
+#[test]
+fn bad_fallbacks_are_refused_with_the_entry_that_is_wrong() {
+    let a = "[[upstream]]\nname='a'\nendpoints=['10.0.1.1:80']\n";
+    for (text, field, says) in [
+        (
+            format!("{a}fallbacks=['nobody']\n"),
+            "upstream[0] (\"a\").fallbacks[0]",
+            "neither an upstream's name nor an address:port",
+        ),
+        (
+            format!("{a}fallbacks=['a']\n"),
+            "upstream[0] (\"a\").fallbacks[0]",
+            "its own fallback",
+        ),
+        (
+            format!("{a}fallbacks=['10.0.9.1']\n"),
+            "upstream[0] (\"a\").fallbacks[0]",
+            "needs a port",
+        ),
+        (
+            format!("{a}fallbacks=['10.0.9.1:80', '10.0.9.2:80']\n"),
+            "upstream[0] (\"a\").fallbacks[1]",
+            "never tried",
+        ),
+        (
+            format!("{a}fallbacks=['b']\nfallback='10.0.9.1:80'\n{SECONDARY}"),
+            "upstream[0] (\"a\").fallbacks",
+            "not both",
+        ),
+        (
+            format!("{a}fallbacks=['b']\n{SECONDARY}fallbacks=['c']\n[[upstream]]\nname='c'\nendpoints=['10.0.3.1:80']\nfallbacks=['a']\n"),
+            "upstream[2] (\"c\").fallbacks[0]",
+            "\"a\" leads back (a -> b -> c -> a)",
+        ),
+        (
+            format!("{a}fallbacks=['b']\n[[upstream]]\nname='b'\nendpoints=['10.0.2.0/24:80', '10.0.3.1']\nprobe={{address='10.0.2.1:80'}}\n"),
+            "upstream[0] (\"a\").fallbacks[0]",
+            "no endpoint of a single address and port",
+        ),
+        (
+            format!(
+                "{a}fallbacks=['b', '[fd00::9]:1']\n{SECONDARY}fallbacks=['c', '10.0.9.1:80']\n\
+                 [[upstream]]\nname='c'\nendpoints=['10.0.3.1:80']\nfallbacks=['d']\n\
+                 [[upstream]]\nname='d'\nendpoints=['10.0.4.1:80']\n"
+            ),
+            "upstream[0] (\"a\").fallbacks",
+            "the chain is b, c, d, 10.0.9.1:80, [fd00::9]:1 (5 hops): at most 4",
+        ),
+        (
+            format!("{a}fallbacks=[5]\n"),
+            "upstream[0].fallbacks",
+            "an upstream's name or an address:port",
+        ),
+    ] {
+        let (f, reason) = match Config::parse(Path::new("t.toml"), &text) {
+            Err(ConfigError::Invalid { field, reason, .. }) => (field, reason),
+            Err(ConfigError::Parse { at, message, .. }) => (at, message),
+            other => panic!("{text}: {other:?}"),
+        };
+        assert!(f.contains(field), "{text}: {f}");
+        assert!(reason.contains(says), "{text}: {reason}");
+    }
+}
+
+#[test]
+fn a_redirect_checks_a_named_fallbacks_address_too() {
+    let (field, reason) = invalid_field(
+        "[[upstream]]\nname='a'\nendpoints=['10.0.1.1:80']\nfallbacks=['b']\npacket_action='redirect'\n\
+         [[upstream]]\nname='b'\nendpoints=['127.0.0.1:80']\nallow_loopback=true\n",
+    );
+    assert_eq!(field, "upstream[0] (\"a\").packet_action");
+    assert!(reason.contains("b sends to 127.0.0.1:80"), "{reason}");
 }

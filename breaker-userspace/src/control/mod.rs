@@ -134,7 +134,7 @@ impl View<'_> {
                 };
                 let detail = name.map(|_| Detail {
                     endpoints: up.endpoints.iter().map(|e| e.to_string()).collect(),
-                    fallback: up.fallback.iter().map(|a| a.to_string()).collect(),
+                    fallback: up.fallbacks.iter().map(|f| f.describe()).collect(),
                     policy: PolicyView {
                         failure_threshold: up.policy.failure_threshold,
                         success_threshold: up.policy.success_threshold,

@@ -21,7 +21,6 @@ pub mod watch;
 
 use std::{
     fs::File,
-    net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -35,8 +34,8 @@ use breaker_common::{
     abi::{
         map_names, program_names, BreakerCell, ConnectDurations, Counters, DestKey, EndpointV4,
         EndpointV6, ExtraCounters, PinMetadata, Settings, UpstreamPolicy, ABI_VERSION,
-        DEFAULT_UPSTREAM_ID, POLICY_COUNT_SLOW, POLICY_DRY_RUN, POLICY_FALLBACK_V4,
-        POLICY_FALLBACK_V6, POLICY_IGNORE_REFUSED, POLICY_IGNORE_TIMEOUT,
+        DEFAULT_UPSTREAM_ID, FALLBACK_ADDRESS, FALLBACK_HAS_V4, FALLBACK_HAS_V6, MAX_FALLBACKS,
+        POLICY_COUNT_SLOW, POLICY_DRY_RUN, POLICY_IGNORE_REFUSED, POLICY_IGNORE_TIMEOUT,
         POLICY_IGNORE_UNREACHABLE, PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6,
     },
     dest::{endpoint_prefix_len, port_ne},
@@ -745,7 +744,7 @@ fn write_config(
         policies
             .set(
                 DEFAULT_UPSTREAM_ID,
-                dry_run(policy_abi(&d.policy, &[], hz), config.daemon.dry_run),
+                dry_run(policy_abi(&d.policy, hz), config.daemon.dry_run),
                 0,
             )
             .map_err(map_err(map_names::POLICIES))?;
@@ -756,7 +755,13 @@ fn write_config(
                 upstream_id(i),
                 packet_action(
                     dry_run(
-                        policy_abi(&up.policy, &up.fallback, hz),
+                        fallbacks_abi(policy_abi(&up.policy, hz), &up.fallbacks, |name| {
+                            config
+                                .upstreams
+                                .iter()
+                                .position(|u| u.name == name)
+                                .map(upstream_id)
+                        }),
                         up.dry_run || config.daemon.dry_run,
                     ),
                     up.packet_action,
@@ -1215,7 +1220,7 @@ fn dry_run(mut policy: UpstreamPolicy, on: bool) -> UpstreamPolicy {
 
 /// The kernel form of a policy. Ports and addresses in network byte order as the
 /// connect hooks read them from `bpf_sock_addr`.
-pub fn policy_abi(p: &Policy, fallback: &[SocketAddr], hz: u32) -> UpstreamPolicy {
+pub fn policy_abi(p: &Policy, hz: u32) -> UpstreamPolicy {
     let t = thresholds(p);
     let mut abi = UpstreamPolicy {
         failure_threshold: t.failure_threshold,
@@ -1256,20 +1261,38 @@ pub fn policy_abi(p: &Policy, fallback: &[SocketAddr], hz: u32) -> UpstreamPolic
         abi.rate_bucket_jiffies =
             duration_jiffies(w.window / breaker_common::window::BUCKETS as u32, hz);
     }
-    for addr in fallback {
-        let key = DestKey::from_socket_addr(*addr);
-        let port = port_ne(addr.port()) as u32;
-        if key.is_ipv4() {
-            abi.flags |= POLICY_FALLBACK_V4;
-            abi.fallback_ip4 = key.addr[3];
-            abi.fallback_port_v4 = port;
-        } else {
-            abi.flags |= POLICY_FALLBACK_V6;
-            abi.fallback_ip6 = key.addr;
-            abi.fallback_port_v6 = port;
+    abi
+}
+
+/// `policy` with its ordered fallbacks, each named upstream by its id
+/// (`id_of`). The config has resolved the chain to at most [`MAX_FALLBACKS`] hops.
+pub fn fallbacks_abi(
+    mut policy: UpstreamPolicy,
+    hops: &[crate::config::Fallback],
+    id_of: impl Fn(&str) -> Option<u32>,
+) -> UpstreamPolicy {
+    for (slot, hop) in policy.fallbacks.iter_mut().zip(hops) {
+        slot.upstream = hop
+            .upstream
+            .as_deref()
+            .and_then(&id_of)
+            .unwrap_or(FALLBACK_ADDRESS);
+        for addr in hop.addresses() {
+            let key = DestKey::from_socket_addr(addr);
+            let port = port_ne(addr.port()) as u32;
+            if key.is_ipv4() {
+                slot.flags |= FALLBACK_HAS_V4;
+                slot.ip4 = key.addr[3];
+                slot.port_v4 = port;
+            } else {
+                slot.flags |= FALLBACK_HAS_V6;
+                slot.ip6 = key.addr;
+                slot.port_v6 = port;
+            }
         }
     }
-    abi
+    policy.fallback_count = hops.len().min(MAX_FALLBACKS) as u32;
+    policy
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
@@ -1300,7 +1323,7 @@ mod tests {
             .upstreams[0]
                 .policy;
             p.rate.as_mut().unwrap().window = window;
-            policy_abi(&p, &[], hz)
+            policy_abi(&p, hz)
         };
         // 10 s: buckets of 1 s, in ticks of each tick rate.
         for (hz, ticks) in [(100, 100), (250, 250), (1000, 1000)] {
@@ -1320,8 +1343,41 @@ mod tests {
         .upstreams[0]
             .policy;
         off.rate = None;
-        let abi = policy_abi(&off, &[], 250);
+        let abi = policy_abi(&off, 250);
         assert_eq!((abi.rate_threshold_pct, abi.rate_bucket_jiffies), (0, 0));
+    }
+
+    #[test]
+    fn fallbacks_reach_the_kernel_in_order_with_their_upstreams_ids() {
+        let config = crate::config::Config::parse(
+            std::path::Path::new("t.toml"),
+            "[[upstream]]\nname='a'\nendpoints=['10.0.1.1:80']\nfallbacks=['b', '10.0.9.1:8080']\n\
+             [[upstream]]\nname='b'\nendpoints=['10.0.2.1:80', '[fd00::2]:443']\n",
+        )
+        .unwrap();
+        let up = &config.upstreams[0];
+        let id_of = |name: &str| (name == "b").then_some(7);
+        let abi = fallbacks_abi(policy_abi(&up.policy, 250), &up.fallbacks, id_of);
+        assert_eq!(abi.fallback_count, 2);
+        let [b, addr, rest @ ..] = abi.fallbacks;
+        assert_eq!(
+            (b.upstream, b.flags),
+            (7, FALLBACK_HAS_V4 | FALLBACK_HAS_V6)
+        );
+        assert_eq!(b.ip4, u32::from_ne_bytes([10, 0, 2, 1]));
+        assert_eq!(b.port_v4, port_ne(80) as u32);
+        assert_eq!(
+            b.ip6,
+            DestKey::from_socket_addr("[fd00::2]:443".parse().unwrap()).addr
+        );
+        assert_eq!(b.port_v6, port_ne(443) as u32);
+        assert_eq!(
+            (addr.upstream, addr.flags),
+            (FALLBACK_ADDRESS, FALLBACK_HAS_V4)
+        );
+        assert_eq!(addr.ip4, u32::from_ne_bytes([10, 0, 9, 1]));
+        assert_eq!(addr.port_v4, port_ne(8080) as u32);
+        assert!(rest.iter().all(|h| *h == Default::default()));
     }
 
     #[test]
@@ -1335,21 +1391,20 @@ mod tests {
             .upstreams[0]
                 .policy
         };
-        let off = policy_abi(&policy(""), &[], 250);
+        let off = policy_abi(&policy(""), 250);
         assert_eq!((off.slow_jiffies, off.slow_rate_pct), (0, 0));
         assert!(!off.keeps_window());
         // 100 ms at HZ 250: 25 ticks; at HZ 300 (3.33 ms ticks), rounded up to 30.
         let p = policy("slow_connect_threshold='100ms'\n");
-        let abi = policy_abi(&p, &[], 250);
+        let abi = policy_abi(&p, 250);
         assert_eq!(abi.slow_jiffies, 25);
         // Never early: 25 ticks crossed may be just over 24 ticks long.
         assert!(abi.is_slow(26) && !abi.is_slow(25));
         assert_eq!(abi.flags & POLICY_COUNT_SLOW, 0, "counted only when named");
         assert!(!abi.keeps_window());
-        assert_eq!(policy_abi(&p, &[], 300).slow_jiffies, 30);
+        assert_eq!(policy_abi(&p, 300).slow_jiffies, 30);
         let abi = policy_abi(
             &policy("slow_connect_threshold='100ms'\nslow_rate_threshold=40\nwindow='5s'\nminimum_connects=8\ncount=['timeout','slow']\n"),
-            &[],
             1000,
         );
         assert_ne!(abi.flags & POLICY_COUNT_SLOW, 0);
@@ -1426,7 +1481,7 @@ mod tests {
             "[[upstream]]\nname='a'\nendpoints=['10.0.0.1:80']\nconnect_timeout='200ms'\n[[upstream]]\nname='b'\nendpoints=['10.0.0.2:80']\n",
         )
         .unwrap();
-        let abi = |i: usize, hz| policy_abi(&config.upstreams[i].policy, &[], hz);
+        let abi = |i: usize, hz| policy_abi(&config.upstreams[i].policy, hz);
         assert_eq!(abi(0, 250).connect_rto_jiffies, 50);
         assert_eq!(abi(0, 1000).connect_rto_jiffies, 200);
         assert_eq!(abi(1, 250).connect_rto_jiffies, 0, "unset: the kernel's");

@@ -1,0 +1,100 @@
+use super::*;
+use crate::{
+    abi::{FallbackHop, FALLBACK_HAS_V4, FALLBACK_HAS_V6},
+    machine::{set_mode, State},
+};
+
+const OPEN: BreakerWord = BreakerWord::pack(State::Open, 5, 0, 0, 1);
+const HALF_OPEN: BreakerWord = BreakerWord::pack(State::HalfOpen, 5, 0, 1, 1);
+
+fn address(flags: u32) -> FallbackHop {
+    FallbackHop {
+        upstream: FALLBACK_ADDRESS,
+        flags,
+        ..Default::default()
+    }
+}
+
+fn upstream(id: u32, flags: u32) -> FallbackHop {
+    FallbackHop {
+        upstream: id,
+        flags,
+        ..Default::default()
+    }
+}
+
+fn policy(hops: &[FallbackHop]) -> UpstreamPolicy {
+    let mut p = UpstreamPolicy {
+        fallback_count: hops.len() as u32,
+        ..Default::default()
+    };
+    p.fallbacks[..hops.len()].copy_from_slice(hops);
+    p
+}
+
+#[test]
+fn a_hop_takes_redirected_connects_while_its_breaker_takes_its_own() {
+    assert_eq!(hop_use(BreakerWord::CLOSED, false), HopUse::GoWatched);
+    assert_eq!(hop_use(OPEN, false), HopUse::Skip);
+    assert_eq!(hop_use(HALF_OPEN, false), HopUse::Skip);
+    // Dry run turns nothing away, so it takes them, still watched.
+    assert_eq!(hop_use(OPEN, true), HopUse::GoWatched);
+    let forced = |w, m| set_mode(w, m).next;
+    assert_eq!(
+        hop_use(forced(BreakerWord::CLOSED, Mode::ForceOpen), false),
+        HopUse::Skip
+    );
+    assert_eq!(
+        hop_use(forced(OPEN, Mode::ForceClosed), false),
+        HopUse::GoWatched
+    );
+    // Disabled: as if breaker were not there, so neither skipped nor watched.
+    assert_eq!(hop_use(forced(OPEN, Mode::Disabled), false), HopUse::Go);
+}
+
+#[test]
+fn the_first_hop_of_the_family_whose_breaker_lets_it_through_is_chosen() {
+    let p = policy(&[
+        upstream(7, FALLBACK_HAS_V4 | FALLBACK_HAS_V6),
+        address(FALLBACK_HAS_V6),
+        upstream(8, FALLBACK_HAS_V4),
+        address(FALLBACK_HAS_V4),
+    ]);
+    let open = |ids: &'static [u32]| {
+        move |id: u32| {
+            if ids.contains(&id) {
+                HopUse::Skip
+            } else {
+                HopUse::GoWatched
+            }
+        }
+    };
+    assert_eq!(choose(&p, true, open(&[])), Some((0, HopUse::GoWatched)));
+    assert_eq!(choose(&p, true, open(&[7])), Some((2, HopUse::GoWatched)));
+    assert_eq!(choose(&p, true, open(&[7, 8])), Some((3, HopUse::Go)));
+    assert_eq!(choose(&p, false, open(&[7, 8])), Some((1, HopUse::Go)));
+    assert_eq!(choose(&p, false, open(&[])), Some((0, HopUse::GoWatched)));
+}
+
+#[test]
+fn every_hop_open_or_of_the_other_family_leaves_none() {
+    let p = policy(&[upstream(7, FALLBACK_HAS_V4), address(FALLBACK_HAS_V6)]);
+    assert_eq!(choose(&p, true, |_| HopUse::Skip), None);
+    assert_eq!(choose(&policy(&[]), true, |_| HopUse::Go), None);
+}
+
+#[test]
+fn hops_past_the_count_are_never_tried_nor_judged() {
+    let mut p = policy(&[upstream(7, FALLBACK_HAS_V4)]);
+    p.fallbacks[1] = address(FALLBACK_HAS_V4);
+    let mut judged = Vec::new();
+    let chosen = choose(&p, true, |id| {
+        judged.push(id);
+        HopUse::Skip
+    });
+    assert_eq!(chosen, None);
+    assert_eq!(judged, [7]);
+    // A count beyond the array is bounded by it.
+    p.fallback_count = u32::MAX;
+    assert_eq!(choose(&p, true, |_| HopUse::Skip), Some((1, HopUse::Go)));
+}

@@ -1,0 +1,353 @@
+//! `fallbacks`: where an upstream's rejected connects go, in order. Each entry is
+//! another upstream's name or an address; a connect goes to the first entry that
+//! is not itself open (an address never is), and fails fast when every one is.
+//!
+//! The kernel tries a flat list of at most [`MAX_FALLBACKS`] hops, so a chain is
+//! resolved here: an upstream named as a fallback brings its own fallbacks right
+//! after it (the connects it would send on), loops are refused, and a hop that can
+//! never be reached (after an address of its family) is left out.
+use std::{collections::HashMap, net::SocketAddr};
+
+use breaker_common::abi::MAX_FALLBACKS;
+
+use super::{
+    endpoint_owner, unmap_v4_addr, Check, ConfigError, Endpoint, OneOrMany, Seen, Upstream,
+};
+
+/// One hop of an upstream's fallback chain, as the kernel tries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fallback {
+    /// As written: an upstream's name, or an address.
+    pub label: String,
+    /// The upstream whose breaker decides whether the hop is taken, and whose
+    /// connects the redirected ones become. None: an address, always taken.
+    pub upstream: Option<String>,
+    /// Where an IPv4 connect goes (an upstream's first single-address endpoint).
+    pub v4: Option<SocketAddr>,
+    /// Where an IPv6 connect goes.
+    pub v6: Option<SocketAddr>,
+}
+
+impl Fallback {
+    fn address(addr: SocketAddr) -> Fallback {
+        Fallback {
+            label: addr.to_string(),
+            upstream: None,
+            v4: addr.is_ipv4().then_some(addr),
+            v6: addr.is_ipv6().then_some(addr),
+        }
+    }
+
+    /// Whether the hop takes connects of this family.
+    pub fn serves(&self, v4: bool) -> bool {
+        if v4 {
+            self.v4.is_some()
+        } else {
+            self.v6.is_some()
+        }
+    }
+
+    /// Where the hop sends connects, per family.
+    pub fn addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.v4.iter().chain(self.v6.iter()).copied()
+    }
+
+    /// "secondary (10.0.2.1:80, [fd00::2]:80)", or the address.
+    pub fn describe(&self) -> String {
+        match &self.upstream {
+            Some(name) => {
+                let to: Vec<String> = self.addresses().map(|a| a.to_string()).collect();
+                format!("{name} ({})", to.join(", "))
+            }
+            None => self.label.clone(),
+        }
+    }
+}
+
+/// A fallback as written, before the upstreams it names are known.
+pub(super) enum Target {
+    Upstream(String),
+    Address(SocketAddr),
+}
+
+/// One entry as written, with the field it came from (for errors).
+pub(super) struct Written {
+    field: String,
+    target: Target,
+}
+
+impl Check<'_> {
+    /// The entries of `fallbacks` (or of `fallback`, its older spelling), parsed
+    /// as far as they can be without the other upstreams.
+    pub(super) fn fallback_targets(
+        &self,
+        at: &str,
+        fallback: OneOrMany,
+        fallbacks: OneOrMany,
+        endpoints: &[Endpoint],
+    ) -> Result<Vec<Written>, ConfigError> {
+        let (key, texts) = match (fallback.into_vec(), fallbacks.into_vec()) {
+            (old, new) if old.is_empty() => ("fallbacks", new),
+            (old, new) if new.is_empty() => ("fallback", old),
+            _ => {
+                return self.fail(
+                    format!("{at}.fallbacks"),
+                    "set `fallbacks` or its older spelling `fallback`, not both",
+                )
+            }
+        };
+        let mut written: Vec<Written> = Vec::new();
+        for (j, text) in texts.iter().enumerate() {
+            let field = format!("{at}.{key}[{j}]");
+            let target = if looks_like_name(text) {
+                Target::Upstream(text.clone())
+            } else {
+                let addr = self.fallback_address(&field, text, endpoints)?;
+                let earlier = written.iter().find_map(|w| match w.target {
+                    Target::Address(a) if a.is_ipv4() == addr.is_ipv4() => Some(a),
+                    _ => None,
+                });
+                if let Some(earlier) = earlier {
+                    return self.fail(
+                        field,
+                        format!(
+                            "never tried: {earlier} comes first and takes every connect of \
+                             its family (an address has no breaker to skip it); at most one \
+                             fallback per address family, unless the earlier is an upstream's name"
+                        ),
+                    );
+                }
+                Target::Address(addr)
+            };
+            written.push(Written { field, target });
+        }
+        Ok(written)
+    }
+
+    fn fallback_address(
+        &self,
+        field: &str,
+        text: &str,
+        endpoints: &[Endpoint],
+    ) -> Result<SocketAddr, ConfigError> {
+        if text.parse::<std::net::IpAddr>().is_ok() {
+            return self.fail(field, format!("{text:?} needs a port"));
+        }
+        let addr = text.parse::<SocketAddr>().map(unmap_v4_addr).or_else(|e| {
+            self.fail(
+                field,
+                format!("{text:?} is neither an upstream's name nor an address:port ({e})"),
+            )
+        })?;
+        if addr.port() == 0 {
+            return self.fail(field, format!("{text:?} needs a port"));
+        }
+        if endpoints.iter().any(|e| e.matches(addr)) {
+            return self.fail(
+                field,
+                format!("{text:?} is one of the upstream's own endpoints"),
+            );
+        }
+        Ok(addr)
+    }
+
+    /// Resolves every upstream's chain once all upstreams are known: names exist,
+    /// chains do not loop or grow past what the kernel tries, and addresses stay
+    /// out of other upstreams' endpoints.
+    pub(super) fn resolve_fallbacks(
+        &self,
+        upstreams: &mut [Upstream],
+        written: &[Vec<Written>],
+        seen: &Seen,
+    ) -> Result<(), ConfigError> {
+        let index: HashMap<&str, usize> = upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, up)| (up.name.as_str(), i))
+            .collect();
+        for (i, entries) in written.iter().enumerate() {
+            for w in entries {
+                match &w.target {
+                    Target::Upstream(name) => {
+                        self.named_fallback(&w.field, &upstreams[i].name, name, &index, upstreams)?
+                    }
+                    Target::Address(addr) => self.address_outside_others(&w.field, *addr, seen)?,
+                }
+            }
+        }
+        for (i, entries) in written.iter().enumerate() {
+            let mut path = vec![i];
+            self.no_loop(entries, written, &index, upstreams, &mut path)?;
+        }
+        let chains: Vec<Vec<Fallback>> = (0..upstreams.len())
+            .map(|i| {
+                let mut hops = Vec::new();
+                flatten(i, written, &index, upstreams, &mut hops);
+                reachable(hops)
+            })
+            .collect();
+        for (i, hops) in chains.into_iter().enumerate() {
+            if hops.len() > MAX_FALLBACKS {
+                let labels: Vec<&str> = hops.iter().map(|h| h.label.as_str()).collect();
+                return self.fail(
+                    format!("upstream[{i}] ({:?}).fallbacks", upstreams[i].name),
+                    format!(
+                        "with the fallbacks of the upstreams it names, the chain is {} \
+                         ({} hops): at most {MAX_FALLBACKS}",
+                        labels.join(", "),
+                        hops.len()
+                    ),
+                );
+            }
+            upstreams[i].fallbacks = hops;
+        }
+        Ok(())
+    }
+
+    fn named_fallback(
+        &self,
+        field: &str,
+        own: &str,
+        name: &str,
+        index: &HashMap<&str, usize>,
+        upstreams: &[Upstream],
+    ) -> Result<(), ConfigError> {
+        if name == own {
+            return self.fail(field, "an upstream cannot be its own fallback");
+        }
+        let Some(&k) = index.get(name) else {
+            return self.fail(
+                field,
+                format!("{name:?} is neither an upstream's name nor an address:port"),
+            );
+        };
+        if hop_of(&upstreams[k]).addresses().next().is_none() {
+            return self.fail(
+                field,
+                format!(
+                    "upstream {name:?} has no endpoint of a single address and port to send \
+                     connects to"
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// A fallback address inside another upstream's endpoints would let connects
+    /// redirected there bypass that upstream's breaker (a redirected connect is not
+    /// matched again): name the upstream instead.
+    fn address_outside_others(
+        &self,
+        field: &str,
+        addr: SocketAddr,
+        seen: &Seen,
+    ) -> Result<(), ConfigError> {
+        let Some((owner, owner_text)) = endpoint_owner(seen, addr) else {
+            return Ok(());
+        };
+        self.fail(
+            field,
+            format!(
+                "{addr} is inside endpoint {owner_text:?} of upstream {owner:?}: connects \
+                 redirected there would bypass {owner:?}'s breaker; name {owner:?} as the \
+                 fallback instead"
+            ),
+        )
+    }
+
+    /// Depth-first along named fallbacks; `path` holds the upstreams on the way.
+    fn no_loop(
+        &self,
+        entries: &[Written],
+        written: &[Vec<Written>],
+        index: &HashMap<&str, usize>,
+        upstreams: &[Upstream],
+        path: &mut Vec<usize>,
+    ) -> Result<(), ConfigError> {
+        for w in entries {
+            let Target::Upstream(name) = &w.target else {
+                continue;
+            };
+            let k = index[name.as_str()];
+            if path.contains(&k) {
+                let mut names: Vec<&str> =
+                    path.iter().map(|&p| upstreams[p].name.as_str()).collect();
+                names.push(name);
+                return self.fail(
+                    w.field.clone(),
+                    format!(
+                        "{name:?} leads back ({}): a chain of fallbacks may not loop",
+                        names.join(" -> ")
+                    ),
+                );
+            }
+            path.push(k);
+            self.no_loop(&written[k], written, index, upstreams, path)?;
+            path.pop();
+        }
+        Ok(())
+    }
+}
+
+/// Names are ASCII letters, digits, '-', '_' and '.'; an address has ':' (IPv6,
+/// or a port) or is all digits and dots (an IPv4 address, perhaps without port).
+fn looks_like_name(text: &str) -> bool {
+    !text.contains(':') && !text.chars().all(|c| c.is_ascii_digit() || c == '.')
+}
+
+/// The hop of upstream `up`: its first single-address endpoint of each family.
+fn hop_of(up: &Upstream) -> Fallback {
+    let first = |v4: bool| {
+        up.endpoints
+            .iter()
+            .filter_map(Endpoint::single_address)
+            .find(|a| a.is_ipv4() == v4)
+    };
+    Fallback {
+        label: up.name.clone(),
+        upstream: Some(up.name.clone()),
+        v4: first(true),
+        v6: first(false),
+    }
+}
+
+/// Upstream `i`'s chain, each named upstream followed by its own (loops refused).
+fn flatten(
+    i: usize,
+    written: &[Vec<Written>],
+    index: &HashMap<&str, usize>,
+    upstreams: &[Upstream],
+    out: &mut Vec<Fallback>,
+) {
+    for w in &written[i] {
+        match &w.target {
+            Target::Address(addr) => out.push(Fallback::address(*addr)),
+            Target::Upstream(name) => {
+                let k = index[name.as_str()];
+                out.push(hop_of(&upstreams[k]));
+                flatten(k, written, index, upstreams, out);
+            }
+        }
+    }
+}
+
+/// The hops a connect can reach: the first of each label, and none of a family
+/// an earlier address already takes every connect of.
+fn reachable(hops: Vec<Fallback>) -> Vec<Fallback> {
+    let mut taken = [false, false];
+    let mut out: Vec<Fallback> = Vec::new();
+    for hop in hops {
+        let open = [
+            hop.serves(true) && !taken[0],
+            hop.serves(false) && !taken[1],
+        ];
+        if out.iter().any(|h| h.label == hop.label) || open == [false, false] {
+            continue;
+        }
+        if hop.upstream.is_none() {
+            taken = [taken[0] || open[0], taken[1] || open[1]];
+        }
+        out.push(hop);
+    }
+    out
+}
