@@ -478,6 +478,27 @@ pub struct ExtraCounters {
     pub _spare: [u64; 1],
 }
 
+impl ExtraCounters {
+    /// Adds another CPU's counts, field by field (the spare ones too, so a field
+    /// given a meaning later is summed without a change here).
+    pub fn add(&mut self, other: &ExtraCounters) {
+        let pairs = [
+            (&mut self.slow, other.slow),
+            (&mut self.aborted, other.aborted),
+            (&mut self.abort_raced, other.abort_raced),
+        ];
+        for (sum, n) in pairs {
+            *sum = sum.wrapping_add(n);
+        }
+        for (sum, n) in self.redirected_to.iter_mut().zip(other.redirected_to) {
+            *sum = sum.wrapping_add(n);
+        }
+        for (sum, n) in self._spare.iter_mut().zip(other._spare) {
+            *sum = sum.wrapping_add(n);
+        }
+    }
+}
+
 /// Buckets of [`ConnectDurations`]. Bucket `i` counts the connects whose
 /// SYN-to-ESTABLISHED time, in the kernel's ticks, has `i` significant bits (0;
 /// 1; 2-3; 4-7; ...): under `2^i` ticks. The last counts every longer one.
@@ -581,6 +602,22 @@ const _: () = assert!(core::mem::size_of::<PinMetadata>() == 104);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extra_counters_add_up_every_field() {
+        // Each u64 field set to a distinct value, through the struct's bytes, so a
+        // field added later and left out of `add` fails here.
+        const FIELDS: usize = core::mem::size_of::<ExtraCounters>() / 8;
+        let words: [u64; FIELDS] = core::array::from_fn(|i| i as u64 + 1);
+        // SAFETY: ExtraCounters is FIELDS plain u64s, repr(C), no padding.
+        let one: ExtraCounters = unsafe { core::mem::transmute(words) };
+        let mut sum = ExtraCounters::default();
+        sum.add(&one);
+        sum.add(&one);
+        // SAFETY: as above.
+        let out: [u64; FIELDS] = unsafe { core::mem::transmute(sum) };
+        assert_eq!(out, core::array::from_fn(|i| 2 * (i as u64 + 1)));
+    }
 
     #[test]
     fn a_connect_time_falls_in_the_bucket_of_its_bit_length_the_last_taking_the_rest() {

@@ -216,6 +216,165 @@ open_duration = "60s"
     );
 }
 
+/// `fallbacks` are tried in order: an upstream named there takes redirected
+/// connects while its own breaker is CLOSED, and they are its connects (watched,
+/// counted, able to trip it); once it is open the next hop takes them; when every
+/// hop is open the connect fails fast.
+#[test]
+fn ordered_fallbacks_skip_an_open_upstream_and_fail_fast_when_every_one_is_open() {
+    let Some(mut lab) = lab("fallbacks") else {
+        return;
+    };
+    lab.serve("10.77.0.3:9001", "live").unwrap();
+    lab.serve("10.77.0.3:9002", "last").unwrap();
+    // Nothing listens on 10.77.0.3:9003: "dead" refuses every connect.
+    lab.start_daemon(
+        r#"
+[defaults]
+failure_threshold = 2
+open_duration = "60s"
+
+[[upstream]]
+name = "api"
+endpoints = ["10.77.0.2:81"]
+fallbacks = ["live", "10.77.0.3:9002"]
+
+[[upstream]]
+name = "api2"
+endpoints = ["10.77.0.2:82"]
+fallbacks = ["dead", "10.77.0.3:9002"]
+
+[[upstream]]
+name = "solo"
+endpoints = ["10.77.0.2:83"]
+fallbacks = ["dead"]
+failure_threshold = 1
+
+[[upstream]]
+name = "live"
+endpoints = ["10.77.0.3:9001"]
+
+[[upstream]]
+name = "dead"
+endpoints = ["10.77.0.3:9003"]
+"#,
+    )
+    .unwrap();
+    let redirected = |from: &str, to: &str| {
+        lab.metric(
+            "breaker_connects_redirected_total",
+            &[("upstream", from), ("to", to)],
+        )
+        .unwrap()
+    };
+    let bodies = |attempts: &[breaker_lab::client::Attempt]| -> Vec<String> {
+        attempts
+            .iter()
+            .map(|a| a.body.clone().unwrap_or_else(|| a.outcome.clone()))
+            .collect()
+    };
+
+    // A CLOSED upstream hop takes the connects, as its own.
+    let attempts = lab
+        .client(&["--to", "10.77.0.2:81", "--count", "4", "--http"])
+        .unwrap();
+    check(
+        &lab,
+        bodies(&attempts) == ["refused", "refused", "live", "live"],
+        &format!("api: its own 2 failures, then \"live\": {attempts:?}"),
+    );
+    check(
+        &lab,
+        redirected("api", "live") == 2.0,
+        "2 redirected to live",
+    );
+    check(
+        &lab,
+        redirected("api", "10.77.0.3:9002") == 0.0,
+        "none past live",
+    );
+    let live = [("upstream", "live")];
+    check(
+        &lab,
+        lab.metric("breaker_connect_attempts_total", &live).unwrap() == 2.0
+            && lab
+                .metric("breaker_connect_successes_total", &live)
+                .unwrap()
+                == 2.0,
+        "the redirected connects are live's, watched to their outcome",
+    );
+
+    // A failing upstream hop trips on the redirected connects; the next hop
+    // takes over.
+    let attempts = lab
+        .client(&["--to", "10.77.0.2:82", "--count", "6", "--http"])
+        .unwrap();
+    check(
+        &lab,
+        bodies(&attempts) == ["refused", "refused", "refused", "refused", "last", "last"],
+        &format!("api2: its own 2 failures, dead's 2, then the address: {attempts:?}"),
+    );
+    let dead = [("upstream", "dead")];
+    check(
+        &lab,
+        lab.metric(
+            "breaker_connect_failures_total",
+            &[("upstream", "dead"), ("reason", "refused")],
+        )
+        .unwrap()
+            == 2.0,
+        "dead's breaker counted the redirected connects' failures",
+    );
+    check(
+        &lab,
+        lab.metric("breaker_state", &[("upstream", "dead"), ("state", "open")])
+            .unwrap()
+            == 1.0,
+        "and opened",
+    );
+    check(
+        &lab,
+        redirected("api2", "dead") == 2.0 && redirected("api2", "10.77.0.3:9002") == 2.0,
+        "2 to dead, 2 to the address",
+    );
+    check(
+        &lab,
+        lab.server("last").unwrap().accepted() == 2,
+        "the address took the 2",
+    );
+
+    // Every hop open: fail fast.
+    let started = Instant::now();
+    let attempts = lab
+        .client(&["--to", "10.77.0.2:83", "--count", "3"])
+        .unwrap();
+    let took = started.elapsed();
+    check(
+        &lab,
+        attempts.iter().all(|a| a.outcome == "refused"),
+        &format!("{:?}", outcomes(&attempts)),
+    );
+    let solo = [("upstream", "solo")];
+    check(
+        &lab,
+        lab.metric("breaker_connects_rejected_total", &solo)
+            .unwrap()
+            == 2.0
+            && redirected("solo", "dead") == 0.0,
+        "solo's connects after its trip were rejected, not sent to the open \"dead\"",
+    );
+    check(
+        &lab,
+        lab.metric("breaker_connect_attempts_total", &dead).unwrap() == 2.0,
+        "dead saw no connect of solo's",
+    );
+    check(
+        &lab,
+        took < Duration::from_secs(5),
+        &format!("took {took:?}"),
+    );
+}
+
 #[test]
 fn probe_closes_the_breaker_after_the_upstream_returns() {
     let Some(mut lab) = lab("recovery") else {

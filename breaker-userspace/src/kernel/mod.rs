@@ -240,9 +240,7 @@ impl CounterTable {
             .get(&id, 0)
             .map_err(map_err(map_names::EXTRA_COUNTERS))?;
         Ok(per_cpu.iter().fold(ExtraCounters::default(), |mut sum, c| {
-            sum.slow += c.slow;
-            sum.aborted += c.aborted;
-            sum.abort_raced += c.abort_raced;
+            sum.add(c);
             sum
         }))
     }
