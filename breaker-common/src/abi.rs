@@ -257,6 +257,16 @@ impl FallbackHop {
         let bit = if v4 { FALLBACK_HAS_V4 } else { FALLBACK_HAS_V6 };
         self.flags & bit != 0
     }
+
+    /// Where a connect of the family sent to this hop goes.
+    #[inline(always)]
+    pub const fn dest(&self, v4: bool) -> DestKey {
+        if v4 {
+            DestKey::ipv4(self.ip4, self.port_v4 as u16)
+        } else {
+            DestKey::ipv6(self.ip6, self.port_v6 as u16)
+        }
+    }
 }
 
 /// Per-upstream configuration, written by the daemon, read by the connect hooks.

@@ -106,8 +106,8 @@ pub fn count_extra(upstream: u32, f: impl FnOnce(&mut ExtraCounters)) {
 }
 
 /// What a fallback hop naming upstream `upstream` does with a rejected connect,
-/// by that upstream's own breaker. An id with no breaker takes it unwatched:
-/// breaker never fails a connect it cannot judge.
+/// by that upstream's breaker word (read, never written). An id with no breaker
+/// takes it unwatched: breaker never fails a connect it cannot judge.
 #[inline(always)]
 pub fn hop_use(upstream: u32) -> HopUse {
     let (Some(policy), Some(word)) = (

@@ -1,5 +1,6 @@
 //! cgroup connect4/connect6: find the breaker of the destination, ask it whether the
-//! connect may go, and fail it fast or redirect it to the fallback when it may not.
+//! connect may go, and fail it fast or redirect it to the first of its fallbacks
+//! that takes it when it may not.
 //!
 //! The destination is resolved here, once per connect, and the answer kept in the
 //! socket's record for sock_ops and sock_release. The common case (CLOSED) costs map
@@ -18,7 +19,7 @@ use breaker_common::{
 use crate::{
     breaker::{count, count_extra, hop_use, jiffies, Breaker},
     destination,
-    maps::SETTINGS,
+    maps::{POLICIES, SETTINGS},
     probe_mark::is_probe_socket,
     record,
 };
@@ -146,9 +147,10 @@ fn watch(ctx: &SockAddrContext, upstream: u32, dest: DestKey, flags: u64, epoch:
 }
 
 /// Rewrites the destination to the first fallback of its family that takes it,
-/// or fails the connect with ECONNREFUSED before any SYN leaves. A connect sent to
-/// another upstream is that upstream's, watched by its breaker; one sent to an
-/// address is no breaker's: its outcome is the fallback's, not the upstream's.
+/// or fails the connect with ECONNREFUSED before any SYN leaves. Another
+/// upstream named there takes it while its breaker lets its own connects
+/// through, watched by that breaker; one sent to an address is no breaker's:
+/// its outcome is the fallback's.
 #[inline(always)]
 fn reject<const V6_HOOK: bool>(
     ctx: &SockAddrContext,
@@ -159,20 +161,19 @@ fn reject<const V6_HOOK: bool>(
     let v4 = dest.is_ipv4();
     // connect4's destination is always IPv4; only connect6 sees both.
     if v4 || V6_HOOK {
-        if let Some((i, how)) = fallback::choose(p, v4, hop_use) {
+        let chosen = first_hop(breaker.upstream, v4);
+        if let Some((i, how)) = chosen {
             if let Some(hop) = p.fallbacks.get(i) {
-                let to = redirect::<V6_HOOK>(ctx, hop, v4);
-                breaker.count(|c| c.redirected += 1);
-                count_extra(breaker.upstream, |c| {
-                    if let Some(n) = c.redirected_to.get_mut(i) {
-                        *n += 1;
-                    }
-                });
-                if how == HopUse::GoWatched {
-                    count(hop.upstream, |c| c.attempts += 1);
-                    watch(ctx, hop.upstream, to, 0, 0);
+                if take(ctx, hop, how, v4) {
+                    redirect::<V6_HOOK>(ctx, hop, v4);
+                    breaker.count(|c| c.redirected += 1);
+                    count_extra(breaker.upstream, |c| {
+                        if let Some(n) = c.redirected_to.get_mut(i) {
+                            *n += 1;
+                        }
+                    });
+                    return Verdict::Allow;
                 }
-                return Verdict::Allow;
             }
         }
     }
@@ -182,10 +183,57 @@ fn reject<const V6_HOOK: bool>(
     Verdict::Deny
 }
 
-/// Points the connect at `hop`'s address of its family; returns the new
-/// destination.
+/// The first of upstream `upstream`'s fallbacks that serves the family and
+/// takes the connect, judged by the hops' words.
 #[inline(always)]
-fn redirect<const V6_HOOK: bool>(ctx: &SockAddrContext, hop: &FallbackHop, v4: bool) -> DestKey {
+fn first_hop(upstream: u32, v4: bool) -> Option<(usize, HopUse)> {
+    let packed = first_hop_packed(upstream, v4 as u32);
+    (packed != u32::MAX).then(|| ((packed & 0xff) as usize, HopUse::from_u32(packed >> 8)))
+}
+
+/// [`first_hop`] as one integer (index in the low byte, the [`HopUse`] above
+/// it; `u32::MAX` for none). Out of line, with scalar arguments: the verifier
+/// walks the hops once, not once per path into a reject.
+#[inline(never)]
+fn first_hop_packed(upstream: u32, v4: u32) -> u32 {
+    let Some(p) = POLICIES.get(upstream) else {
+        return u32::MAX;
+    };
+    match fallback::choose(p, v4 != 0, 0, hop_use) {
+        Some((i, how)) => (i as u32 & 0xff) | how.to_u32() << 8,
+        None => u32::MAX,
+    }
+}
+
+/// The hop's upstream's side of a connect it takes: counted, and watched by
+/// its breaker.
+#[inline(always)]
+fn take(ctx: &SockAddrContext, hop: &FallbackHop, how: HopUse, v4: bool) -> bool {
+    let to = hop.dest(v4);
+    let upstream = hop.upstream;
+    match how {
+        // Never chosen: choose passes a skipping hop by.
+        HopUse::Skip => false,
+        HopUse::Go => true,
+        HopUse::GoWatched => {
+            count(upstream, |c| c.attempts += 1);
+            watch(ctx, upstream, to, 0, 0);
+            true
+        }
+        HopUse::WouldSkip => {
+            count(upstream, |c| {
+                c.attempts += 1;
+                c.would_reject += 1;
+            });
+            watch(ctx, upstream, to, 0, 0);
+            true
+        }
+    }
+}
+
+/// Points the connect at `hop`'s address of its family.
+#[inline(always)]
+fn redirect<const V6_HOOK: bool>(ctx: &SockAddrContext, hop: &FallbackHop, v4: bool) {
     // SAFETY: the kernel hands connect hooks a valid, writable context.
     let sa = unsafe { &mut *ctx.sock_addr };
     if v4 {
@@ -195,13 +243,11 @@ fn redirect<const V6_HOOK: bool>(ctx: &SockAddrContext, hop: &FallbackHop, v4: b
             sa.user_ip4 = hop.ip4;
         }
         sa.user_port = hop.port_v4;
-        DestKey::ipv4(hop.ip4, hop.port_v4 as u16)
     } else {
         // Only connect6 may write user_ip6 (the verifier refuses it in connect4);
         // the caller sends no IPv6 connect here from connect4.
         set_user_ip6(sa, hop.ip6);
         sa.user_port = hop.port_v6;
-        DestKey::ipv6(hop.ip6, hop.port_v6 as u16)
     }
 }
 

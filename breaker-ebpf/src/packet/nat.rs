@@ -6,11 +6,11 @@ use aya_ebpf::bindings::BPF_NOEXIST;
 use breaker_common::{
     abi::UpstreamPolicy,
     dest::v4_mapped,
-    fallback,
+    fallback::{self, HopUse},
     packet::{FlowKey, NatTarget},
 };
 
-use super::{count, flow_of, ip, is_v4, tcp, Frame, IPPROTO_TCP};
+use super::{count, flow_of, ingress::track, ip, is_v4, tcp, Frame, IPPROTO_TCP};
 use crate::{
     breaker::{self, count_extra, hop_use},
     maps::{PACKET_NAT_BACK, PACKET_NAT_OUT, POLICIES, SETTINGS},
@@ -98,9 +98,9 @@ pub fn rewrite_of(frame: &Frame, way: u32, rw: &mut Rewrite) -> bool {
 }
 
 /// Sends flow `key` (its SYN's sequence number `isn`) to the first fallback of
-/// `upstream` of its family that takes it (as on the socket path: another
-/// upstream's hop while that upstream's breaker lets its own connects through;
-/// the flow is not watched as that upstream's): both NAT entries written, and the
+/// `upstream` of its family that takes it (an address, or another upstream
+/// while its breaker lets its own connects through, the flow then tracked as
+/// that upstream's): both NAT entries written, and the
 /// connect counted as redirected. False, counted as rejected, when no hop takes
 /// it, the tables refused an entry, or the fallback's side of the flow is taken
 /// by a live redirected flow of another upstream (the same client port, the same
@@ -110,8 +110,18 @@ pub fn redirect(key: &FlowKey, isn: u32, upstream: u32) -> bool {
     let Some(p) = POLICIES.get(upstream) else {
         return false;
     };
-    let hop = fallback::choose(p, is_v4(key.family), hop_use).map(|(i, _)| i);
+    let v4 = is_v4(key.family);
+    let chosen = fallback::choose(p, v4, 0, hop_use);
+    let hop = chosen.map(|(i, _)| i);
     let sent = hop.is_some_and(|i| redirect_to(key, isn, p, i));
+    // A flow sent to another upstream is that upstream's: tracked under it, so
+    // its answer (or silence) counts for its breaker.
+    if let (true, Some((i, HopUse::GoWatched | HopUse::WouldSkip))) = (sent, chosen) {
+        if let Some(to) = p.fallbacks.get(i) {
+            breaker::count(to.upstream, |c| c.attempts += 1);
+            track(key, to.upstream, to.dest(v4), isn, 0, 0);
+        }
+    }
     breaker::count(upstream, |c| {
         if sent {
             c.redirected += 1

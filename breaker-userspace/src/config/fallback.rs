@@ -1,6 +1,7 @@
 //! `fallbacks`: where an upstream's rejected connects go, in order. Each entry is
-//! another upstream's name or an address; a connect goes to the first entry that
-//! is not itself open (an address never is), and fails fast when every one is.
+//! another upstream's name or an address; a connect goes to the first entry of
+//! its family that takes it (an address always does, an upstream while its
+//! breaker lets its own connects through), and fails fast when none does.
 //!
 //! The kernel tries a flat list of at most [`MAX_FALLBACKS`] hops, so a chain is
 //! resolved here: an upstream named as a fallback brings its own fallbacks right
@@ -99,7 +100,7 @@ impl Check<'_> {
         let mut written: Vec<Written> = Vec::new();
         for (j, text) in texts.iter().enumerate() {
             let field = format!("{at}.{key}[{j}]");
-            let target = if looks_like_name(text) {
+            let target = if !looks_like_address(text) {
                 Target::Upstream(text.clone())
             } else {
                 let addr = self.fallback_address(&field, text, endpoints)?;
@@ -130,13 +131,14 @@ impl Check<'_> {
         text: &str,
         endpoints: &[Endpoint],
     ) -> Result<SocketAddr, ConfigError> {
-        if text.parse::<std::net::IpAddr>().is_ok() {
+        let bare = text.trim_start_matches('[').trim_end_matches(']');
+        if bare.parse::<std::net::IpAddr>().is_ok() {
             return self.fail(field, format!("{text:?} needs a port"));
         }
         let addr = text.parse::<SocketAddr>().map(unmap_v4_addr).or_else(|e| {
             self.fail(
                 field,
-                format!("{text:?} is neither an upstream's name nor an address:port ({e})"),
+                format!("{text:?} is not an address:port ({e}), nor an upstream's name"),
             )
         })?;
         if addr.port() == 0 {
@@ -175,31 +177,44 @@ impl Check<'_> {
                 }
             }
         }
+        // Each upstream is walked once (done), so a config of many upstreams
+        // naming each other costs linear time, never one walk per path.
+        let mut done = vec![false; upstreams.len()];
         for (i, entries) in written.iter().enumerate() {
             let mut path = vec![i];
-            self.no_loop(entries, written, &index, upstreams, &mut path)?;
+            self.no_loop(entries, written, &index, upstreams, &mut path, &mut done)?;
         }
-        let chains: Vec<Vec<Fallback>> = (0..upstreams.len())
+        let chains: Vec<(Vec<Fallback>, Vec<String>)> = (0..upstreams.len())
             .map(|i| {
                 let mut hops = Vec::new();
                 flatten(i, written, &index, upstreams, &mut hops);
                 reachable(hops)
             })
             .collect();
-        for (i, hops) in chains.into_iter().enumerate() {
+        for (i, (hops, unreached)) in chains.into_iter().enumerate() {
             if hops.len() > MAX_FALLBACKS {
                 let labels: Vec<&str> = hops.iter().map(|h| h.label.as_str()).collect();
+                // The key as written: `fallbacks`, or its older spelling.
+                let key = written[i]
+                    .first()
+                    .and_then(|w| w.field.rsplit_once('[').map(|(key, _)| key.to_string()))
+                    .unwrap_or_else(|| {
+                        format!("upstream[{i}] ({:?}).fallbacks", upstreams[i].name)
+                    });
                 return self.fail(
-                    format!("upstream[{i}] ({:?}).fallbacks", upstreams[i].name),
+                    key,
                     format!(
-                        "with the fallbacks of the upstreams it names, the chain is {} \
-                         ({} hops): at most {MAX_FALLBACKS}",
+                        "with the fallbacks of the upstreams it names, the chain is {}{} \
+                         ({} hops{}): at most {MAX_FALLBACKS}",
                         labels.join(", "),
-                        hops.len()
+                        if hops.len() > MAX_FALLBACKS * 2 { ", ..." } else { "" },
+                        hops.len(),
+                        if hops.len() > MAX_FALLBACKS * 2 { " or more" } else { "" },
                     ),
                 );
             }
             upstreams[i].fallbacks = hops;
+            upstreams[i].fallbacks_unreached = unreached;
         }
         Ok(())
     }
@@ -255,7 +270,8 @@ impl Check<'_> {
         )
     }
 
-    /// Depth-first along named fallbacks; `path` holds the upstreams on the way.
+    /// Depth-first along named fallbacks; `path` holds the upstreams on the way,
+    /// `done` those whose every chain was walked already and found no loop.
     fn no_loop(
         &self,
         entries: &[Written],
@@ -263,6 +279,7 @@ impl Check<'_> {
         index: &HashMap<&str, usize>,
         upstreams: &[Upstream],
         path: &mut Vec<usize>,
+        done: &mut [bool],
     ) -> Result<(), ConfigError> {
         for w in entries {
             let Target::Upstream(name) = &w.target else {
@@ -281,18 +298,23 @@ impl Check<'_> {
                     ),
                 );
             }
+            if done[k] {
+                continue;
+            }
             path.push(k);
-            self.no_loop(&written[k], written, index, upstreams, path)?;
+            self.no_loop(&written[k], written, index, upstreams, path, done)?;
             path.pop();
+            done[k] = true;
         }
         Ok(())
     }
 }
 
-/// Names are ASCII letters, digits, '-', '_' and '.'; an address has ':' (IPv6,
-/// or a port) or is all digits and dots (an IPv4 address, perhaps without port).
-fn looks_like_name(text: &str) -> bool {
-    !text.contains(':') && !text.chars().all(|c| c.is_ascii_digit() || c == '.')
+/// Names are ASCII letters, digits, '-', '_' and '.', and never an IP address
+/// (`upstream_name` refuses those); an address has ':' (IPv6, or a port), a
+/// bracket, or is an IP address without its port.
+pub(super) fn looks_like_address(text: &str) -> bool {
+    text.contains(':') || text.starts_with('[') || text.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// The hop of upstream `up`: its first single-address endpoint of each family.
@@ -312,6 +334,8 @@ fn hop_of(up: &Upstream) -> Fallback {
 }
 
 /// Upstream `i`'s chain, each named upstream followed by its own (loops refused).
+/// An upstream met again is not walked again (its hops are in already), and the
+/// walk stops once the chain is well past what the kernel tries (refused then).
 fn flatten(
     i: usize,
     written: &[Vec<Written>],
@@ -320,9 +344,15 @@ fn flatten(
     out: &mut Vec<Fallback>,
 ) {
     for w in &written[i] {
+        if out.len() > MAX_FALLBACKS * 2 {
+            return;
+        }
         match &w.target {
             Target::Address(addr) => out.push(Fallback::address(*addr)),
             Target::Upstream(name) => {
+                if out.iter().any(|h| h.upstream.as_deref() == Some(name.as_str())) {
+                    continue;
+                }
                 let k = index[name.as_str()];
                 out.push(hop_of(&upstreams[k]));
                 flatten(k, written, index, upstreams, out);
@@ -332,16 +362,24 @@ fn flatten(
 }
 
 /// The hops a connect can reach: the first of each label, and none of a family
-/// an earlier address already takes every connect of.
-fn reachable(hops: Vec<Fallback>) -> Vec<Fallback> {
+/// an earlier address already takes every connect of; with the labels of those
+/// left out for that reason (check-config warns about them).
+fn reachable(hops: Vec<Fallback>) -> (Vec<Fallback>, Vec<String>) {
     let mut taken = [false, false];
     let mut out: Vec<Fallback> = Vec::new();
+    let mut unreached: Vec<String> = Vec::new();
     for hop in hops {
         let open = [
             hop.serves(true) && !taken[0],
             hop.serves(false) && !taken[1],
         ];
-        if out.iter().any(|h| h.label == hop.label) || open == [false, false] {
+        if out.iter().any(|h| h.label == hop.label) {
+            continue;
+        }
+        if open == [false, false] {
+            if !unreached.contains(&hop.label) {
+                unreached.push(hop.label);
+            }
             continue;
         }
         if hop.upstream.is_none() {
@@ -349,5 +387,5 @@ fn reachable(hops: Vec<Fallback>) -> Vec<Fallback> {
         }
         out.push(hop);
     }
-    out
+    (out, unreached)
 }

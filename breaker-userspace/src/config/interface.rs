@@ -58,8 +58,8 @@ pub enum PacketAction {
     /// An ICMP port unreachable from the upstream's address: the client's connect
     /// fails at once with ECONNREFUSED; what some stacks and firewalls prefer.
     Icmp,
-    /// The flow goes to the upstream's fallback (addresses rewritten both ways);
-    /// a reset where there is no fallback of the SYN's family.
+    /// The flow goes to the first of the upstream's fallbacks that takes it
+    /// (addresses rewritten both ways); a reset where none does.
     Redirect,
 }
 

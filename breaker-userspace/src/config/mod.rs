@@ -200,6 +200,9 @@ pub struct Upstream {
     pub endpoints: Vec<Endpoint>,
     /// Where rejected connects go, in the order tried (see [`Fallback`]).
     pub fallbacks: Vec<Fallback>,
+    /// Entries of the chain no connect could reach (an earlier address takes
+    /// every connect of their families), for check-config's warnings.
+    pub fallbacks_unreached: Vec<String>,
     pub policy: Policy,
     pub probe: Probe,
     /// `mode = "dry_run"`: the breaker runs and reports, but never rejects.
@@ -922,6 +925,7 @@ impl Check<'_> {
             endpoints,
             // Resolved once every upstream is known.
             fallbacks: Vec::new(),
+            fallbacks_unreached: Vec::new(),
             policy,
             probe,
             dry_run,
@@ -955,6 +959,15 @@ impl Check<'_> {
             return self.fail(
                 format!("{at}.name"),
                 "\"default\" is reserved for the default policy",
+            );
+        }
+        if fallback::looks_like_address(name) {
+            return self.fail(
+                format!("{at}.name"),
+                format!(
+                    "{name:?} reads as an address, which a name must not (`fallbacks` \
+                     holds names and addresses alike)"
+                ),
             );
         }
         if !seen.names.insert(name.to_string()) {
@@ -1237,6 +1250,17 @@ impl Config {
             ));
         }
         for up in &self.upstreams {
+            for label in &up.fallbacks_unreached {
+                let tried: Vec<&str> = up.fallbacks.iter().map(|f| f.label.as_str()).collect();
+                out.push(format!(
+                    "upstream {:?}: fallback {label:?} is never reached: {} before it take every \
+                     connect of its address family",
+                    up.name,
+                    tried.join(", ")
+                ));
+            }
+        }
+        for up in &self.upstreams {
             if up.packet_action != PacketAction::Redirect {
                 continue;
             }
@@ -1283,8 +1307,9 @@ impl Config {
                 let fb: Vec<String> = up.fallbacks.iter().map(Fallback::describe).collect();
                 let _ = writeln!(
                     out,
-                    "  fallbacks: {} (while open, a connect goes to the first that is not \
-                     itself open; it fails fast when every one is)",
+                    "  fallbacks: {} (while open, a connect goes to the first of its family \
+                     that takes it: an address always, an upstream while its breaker lets its \
+                     own connects through; it fails fast when none does)",
                     fb.join(", then ")
                 );
             }
@@ -1303,7 +1328,7 @@ impl Config {
                         PacketAction::Drop => "dropped",
                         PacketAction::Icmp => "answered with an ICMP port unreachable",
                         PacketAction::Redirect =>
-                            "sent to the first fallback that is not itself open, its flow \
+                            "sent to the first fallback that takes it, its flow \
                              rewritten both ways (a reset when there is none)",
                     }
                 );

@@ -596,7 +596,13 @@ fn the_readme_examples_are_valid() {
     // Its cgroup is an example path that need not exist here; parse checks no paths.
     let config = Config::parse(std::path::Path::new("README.md"), example)
         .unwrap_or_else(|e| panic!("the README's example: {e}"));
-    assert_eq!(config.upstreams.len(), 1);
+    assert_eq!(config.upstreams.len(), 2);
+    let labels: Vec<&str> = config.upstreams[0]
+        .fallbacks
+        .iter()
+        .map(|f| f.label.as_str())
+        .collect();
+    assert_eq!(labels, ["payments-dr", "127.0.0.1:9090"]);
     assert!(config.default_policy.is_some());
     let with_alert = format!("{example}{}", block_after("**Alerts.**"));
     let config = Config::parse(std::path::Path::new("README.md"), &with_alert)
@@ -1011,7 +1017,7 @@ fn icmp_and_redirect_parse_and_say_what_a_rejected_syn_gets() {
     assert_eq!(redirect.upstreams[0].packet_action, PacketAction::Redirect);
     assert!(redirect
         .describe()
-        .contains("sent to the first fallback that is not itself open"));
+        .contains("sent to the first fallback that takes it"));
     assert!(redirect.packet_nat());
     assert_eq!(redirect.map_sizes().nat, crate::config::PACKET_FLOW_SLOTS);
     assert_eq!(icmp.map_sizes().nat, 1);
@@ -1251,6 +1257,15 @@ fn a_fallback_no_connect_could_reach_is_left_out_of_the_chain() {
     .unwrap();
     let labels: Vec<String> = chain(&c, "a").into_iter().map(|h| h.0).collect();
     assert_eq!(labels, ["10.0.9.1:80", "b"]);
+    let warnings = c.warnings();
+    for gone in ["10.0.9.2:80", "d"] {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains(&format!("fallback \"{gone}\" is never reached"))),
+            "{gone}: {warnings:?}"
+        );
+    }
 }
 
 #[test]
@@ -1302,6 +1317,21 @@ fn bad_fallbacks_are_refused_with_the_entry_that_is_wrong() {
             "the chain is b, c, d, 10.0.9.1:80, [fd00::9]:1 (5 hops): at most 4",
         ),
         (
+            // The older spelling is named as written.
+            format!(
+                "{a}fallback=['b', '[fd00::9]:1']\n{SECONDARY}fallbacks=['c', '10.0.9.1:80']\n\
+                 [[upstream]]\nname='c'\nendpoints=['10.0.3.1:80']\nfallbacks=['d']\n\
+                 [[upstream]]\nname='d'\nendpoints=['10.0.4.1:80']\n"
+            ),
+            "upstream[0] (\"a\").fallback",
+            "(5 hops): at most 4",
+        ),
+        (
+            format!("{a}fallbacks=['[fd00::1]']\n"),
+            "upstream[0] (\"a\").fallbacks[0]",
+            "needs a port",
+        ),
+        (
             format!("{a}fallbacks=[5]\n"),
             "upstream[0].fallbacks",
             "an upstream's name or an address:port",
@@ -1325,4 +1355,49 @@ fn a_redirect_checks_a_named_fallbacks_address_too() {
     );
     assert_eq!(field, "upstream[0] (\"a\").packet_action");
     assert!(reason.contains("b sends to 127.0.0.1:80"), "{reason}");
+}
+
+#[test]
+fn names_of_digits_and_dots_are_upstreams_and_names_that_are_addresses_are_refused() {
+    let c = parse(
+        "[[upstream]]\nname='a'\nendpoints=['10.0.1.1:80']\nfallbacks=['2024', '1.2']\n\
+         [[upstream]]\nname='2024'\nendpoints=['10.0.2.1:80']\n\
+         [[upstream]]\nname='1.2'\nendpoints=['[fd00::2]:80']\n",
+    )
+    .unwrap();
+    let labels: Vec<String> = chain(&c, "a").into_iter().map(|h| h.0).collect();
+    assert_eq!(labels, ["2024", "1.2"]);
+    for name in ["10.0.0.1", "1.2.3.4"] {
+        let (field, reason) = invalid_field(&format!(
+            "[[upstream]]\nname='{name}'\nendpoints=['10.0.1.1:80']\n"
+        ));
+        assert!(field.ends_with(".name"), "{name}: {field}");
+        assert!(reason.contains("reads as an address"), "{name}: {reason}");
+    }
+}
+
+/// Many upstreams each naming the next two: resolved at once (each upstream
+/// walked once, not once per path), and refused for the chain's length.
+#[test]
+fn a_ladder_of_upstreams_naming_each_other_resolves_in_linear_time() {
+    let n = 60;
+    let mut text = String::new();
+    for i in 0..n {
+        let next: Vec<String> = [i + 1, i + 2]
+            .iter()
+            .filter(|&&k| k < n)
+            .map(|k| format!("'u{k}'"))
+            .collect();
+        text.push_str(&format!(
+            "[[upstream]]\nname='u{i}'\nendpoints=['10.1.0.{}:80']\nfallbacks=[{}]\n",
+            i + 1,
+            next.join(", ")
+        ));
+    }
+    let started = std::time::Instant::now();
+    let (field, reason) = invalid_field(&text);
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+    assert_eq!(field, "upstream[0] (\"u0\").fallbacks");
+    assert!(reason.contains("or more): at most 4"), "{reason}");
 }
