@@ -71,10 +71,16 @@ fn the_first_hop_of_the_family_whose_breaker_lets_it_through_is_chosen() {
         }
     };
     assert_eq!(choose(&p, true, 0, open(&[])), Some((0, HopUse::GoWatched)));
-    assert_eq!(choose(&p, true, 0, open(&[7])), Some((2, HopUse::GoWatched)));
+    assert_eq!(
+        choose(&p, true, 0, open(&[7])),
+        Some((2, HopUse::GoWatched))
+    );
     assert_eq!(choose(&p, true, 0, open(&[7, 8])), Some((3, HopUse::Go)));
     assert_eq!(choose(&p, false, 0, open(&[7, 8])), Some((1, HopUse::Go)));
-    assert_eq!(choose(&p, false, 0, open(&[])), Some((0, HopUse::GoWatched)));
+    assert_eq!(
+        choose(&p, false, 0, open(&[])),
+        Some((0, HopUse::GoWatched))
+    );
 }
 
 #[test]

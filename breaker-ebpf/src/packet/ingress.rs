@@ -417,7 +417,14 @@ fn retransmitted(key: &FlowKey, flow: &FlowRecord) -> u32 {
 
 /// Starts a flow; false (counted) when the table refused it.
 #[inline(always)]
-pub(super) fn track(key: &FlowKey, upstream: u32, dest: DestKey, isn: u32, flags: u32, epoch: u8) -> bool {
+pub(super) fn track(
+    key: &FlowKey,
+    upstream: u32,
+    dest: DestKey,
+    isn: u32,
+    flags: u32,
+    epoch: u8,
+) -> bool {
     let flow = FlowRecord {
         started_jiffies: jiffies(),
         dest,

@@ -207,9 +207,17 @@ impl Check<'_> {
                         "with the fallbacks of the upstreams it names, the chain is {}{} \
                          ({} hops{}): at most {MAX_FALLBACKS}",
                         labels.join(", "),
-                        if hops.len() > MAX_FALLBACKS * 2 { ", ..." } else { "" },
+                        if hops.len() > MAX_FALLBACKS * 2 {
+                            ", ..."
+                        } else {
+                            ""
+                        },
                         hops.len(),
-                        if hops.len() > MAX_FALLBACKS * 2 { " or more" } else { "" },
+                        if hops.len() > MAX_FALLBACKS * 2 {
+                            " or more"
+                        } else {
+                            ""
+                        },
                     ),
                 );
             }
@@ -350,7 +358,10 @@ fn flatten(
         match &w.target {
             Target::Address(addr) => out.push(Fallback::address(*addr)),
             Target::Upstream(name) => {
-                if out.iter().any(|h| h.upstream.as_deref() == Some(name.as_str())) {
+                if out
+                    .iter()
+                    .any(|h| h.upstream.as_deref() == Some(name.as_str()))
+                {
                     continue;
                 }
                 let k = index[name.as_str()];

@@ -69,7 +69,25 @@ pub struct Healthy {
     pub pairs: Vec<HealthyPair>,
     pub per_round: u32,
     pub kernel: Vec<KernelPair>,
+    /// Scenario 4 again with every policy of the config on ([`EVERY_POLICY`]).
+    pub kernel_every_policy: Vec<KernelPair>,
 }
+
+/// Every policy on at once, for scenario 4's second table: the failure rate and
+/// the slow rate (a window written at each outcome), slow connects counted,
+/// `connect_timeout` (a reply to sock_ops' TIMEOUT_INIT), growing open time with
+/// jitter, and a fallback chain.
+pub const EVERY_POLICY: &str = "failure_threshold = 5
+failure_rate_threshold = 50
+minimum_connects = 20
+window = \"10s\"
+slow_connect_threshold = \"300ms\"
+slow_rate_threshold = 50
+count = [\"refused\", \"timeout\", \"unreachable\", \"slow\"]
+connect_timeout = \"200ms\"
+max_open_duration = \"5m\"
+jitter = 10
+fallbacks = [\"10.77.0.3:9000\"]";
 
 /// ABBA order: pair 0 runs the breaker first, pair 1 the bare side first, and so
 /// on, so that a drift over the scenario falls on both sides alike.
@@ -141,6 +159,7 @@ pub fn healthy(lab_bin: &Path, plan: &Plan) -> anyhow::Result<Healthy> {
         pairs: Vec::new(),
         per_round: plan.healthy_per_round,
         kernel: Vec::new(),
+        kernel_every_policy: Vec::new(),
     };
     // One daemon for the whole scenario; rounds move the client between the cgroup
     // the breaker is attached to and a bare sibling, so the daemon's mere presence
@@ -167,30 +186,39 @@ pub fn healthy(lab_bin: &Path, plan: &Plan) -> anyhow::Result<Healthy> {
     // Scenario 4, after the latency rounds (stats and the empty programs cost time
     // too): the empty programs go on the bare cgroup, so breaker rounds and empty
     // rounds can alternate without restarting anything.
-    let daemon = lab.daemon_pid().context("daemon pid")?;
     let calibration = Calibration::start(&lab.bare_cgroup)?;
     let n = plan.kernel_per_round.to_string();
     let args = ["--to", SINK, "--count", &n, "--linger0"];
     let _stats = StatsEnabled::on()?;
-    for pair in 0..plan.kernel_rounds {
-        let (mut breaker, mut empty) = (Vec::new(), Vec::new());
-        for breaker_side in [breaker_first(pair), !breaker_first(pair)] {
-            if breaker_side {
-                breaker = cost_of(daemon, &kernel_stats::BREAKER_PROGRAMS, || {
-                    lab.client(&args).map(drop)
-                })?;
-            } else {
-                empty = cost_of(calibration.pid(), &kernel_stats::EMPTY_PROGRAMS, || {
-                    lab.client_bare(&args).map(drop)
-                })?;
+    let pairs = |lab: &Lab| -> anyhow::Result<Vec<KernelPair>> {
+        let daemon = lab.daemon_pid().context("daemon pid")?;
+        let mut out = Vec::new();
+        for pair in 0..plan.kernel_rounds {
+            let (mut breaker, mut empty) = (Vec::new(), Vec::new());
+            for breaker_side in [breaker_first(pair), !breaker_first(pair)] {
+                if breaker_side {
+                    breaker = cost_of(daemon, &kernel_stats::BREAKER_PROGRAMS, || {
+                        lab.client(&args).map(drop)
+                    })?;
+                } else {
+                    empty = cost_of(calibration.pid(), &kernel_stats::EMPTY_PROGRAMS, || {
+                        lab.client_bare(&args).map(drop)
+                    })?;
+                }
             }
+            out.push(KernelPair {
+                breaker,
+                empty,
+                connects: plan.kernel_per_round,
+            });
         }
-        h.kernel.push(KernelPair {
-            breaker,
-            empty,
-            connects: plan.kernel_per_round,
-        });
-    }
+        Ok(out)
+    };
+    h.kernel = pairs(&lab)?;
+    // The same with every policy on: a daemon of that config, started anew.
+    lab.stop_daemon()?;
+    lab.start_daemon(&api_config(&[SINK.to_string()], EVERY_POLICY))?;
+    h.kernel_every_policy = pairs(&lab)?;
     drop(calibration);
     lab.stop_daemon()?;
     Ok(h)
@@ -285,9 +313,12 @@ pub struct Outage {
     pub requests: usize,
     /// Latencies (µs) of requests started while the upstream was dark.
     pub during: Vec<f64>,
-    /// Requests started while dark that hung until the client's timeout: they reached
-    /// the dead upstream.
+    /// Requests started while dark whose connect went into the dark: failed by a
+    /// timeout, the kernel's (ETIMEDOUT: a SYN unanswered, the connect failed once
+    /// its breaker turned connects away) or the client's.
     pub reached_dead: usize,
+    /// Of those, the ones that hung until the client's timeout.
+    pub hung: usize,
     pub served_by_fallback: usize,
     pub failed_fast: usize,
     /// Upstream back -> breaker closed (breaker variants), from the daemon's state.
@@ -398,19 +429,21 @@ pub fn outage(lab_bin: &Path, plan: &Plan, variant: OutageVariant) -> anyhow::Re
         .filter(|a| a.mono_ms >= dark_mono && a.mono_ms < back_mono)
         .collect();
     let hung = |a: &Attempt| a.latency_us >= 0.9 * CLIENT_TIMEOUT_MS as f64 * 1000.0;
+    let dark = |a: &Attempt| hung(a) || a.outcome == "timeout";
     Ok(Outage {
         variant,
         clients: CLIENTS,
         requests: attempts.len(),
         during: during.iter().map(|a| a.latency_us).collect(),
-        reached_dead: during.iter().filter(|a| hung(a)).count(),
+        reached_dead: during.iter().filter(|a| dark(a)).count(),
+        hung: during.iter().filter(|a| hung(a)).count(),
         served_by_fallback: during
             .iter()
             .filter(|a| a.body.as_deref() == Some("fallback"))
             .count(),
         failed_fast: during
             .iter()
-            .filter(|a| a.outcome != "ok" && !hung(a))
+            .filter(|a| a.outcome != "ok" && !dark(a))
             .count(),
         close_after_ms: closed_mono.map(|c| c - back_mono),
         first_served_after_ms: attempts
