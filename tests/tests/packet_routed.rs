@@ -600,3 +600,131 @@ name = "vm0"
         "the redirected flow still carries data after the reload",
     );
 }
+
+/// `fallbacks` naming another upstream, on the packet path: a vm flow sent there
+/// is that upstream's flow, so its failures open that upstream's breaker and the
+/// next entry takes over; and once a blackholed one has opened, the vm's SYN sent
+/// again is reset instead of left to the dark.
+#[test]
+fn a_vm_flow_sent_to_an_upstream_fallback_counts_for_that_upstream() {
+    let Some(mut lab) = lab("pkt-hops") else {
+        return;
+    };
+    lab.serve("10.77.0.3:9002", "last").unwrap();
+    // Nothing listens on 10.77.0.2:8087/8088 nor on 10.77.0.3:9003 (resets);
+    // 10.77.9.0/24 goes to the dark link.
+    lab.start_daemon(
+        r#"
+[[upstream]]
+name = "moved"
+endpoints = ["10.77.0.2:8087"]
+fallbacks = ["standby", "10.77.0.3:9002"]
+failure_threshold = 1
+open_duration = "1h"
+packet_action = "redirect"
+
+[[upstream]]
+name = "standby"
+endpoints = ["10.77.0.3:9003"]
+failure_threshold = 2
+open_duration = "1h"
+
+[[upstream]]
+name = "moved2"
+endpoints = ["10.77.0.2:8088"]
+fallbacks = ["dark"]
+failure_threshold = 1
+open_duration = "1h"
+packet_action = "redirect"
+
+[[upstream]]
+name = "dark"
+endpoints = ["10.77.9.5:80"]
+failure_threshold = 1
+open_duration = "1h"
+
+[[interface]]
+name = "vm0"
+"#,
+    )
+    .unwrap();
+    check(&lab, attached(&lab), "the daemon attached to vm0");
+    let redirected = |from: &str, to: &str| {
+        lab.metric(
+            "breaker_connects_redirected_total",
+            &[("upstream", from), ("to", to)],
+        )
+        .unwrap_or(-1.0)
+    };
+
+    let first = vm_connect(&lab, "10.77.0.2:8087", 1, 1, 3000);
+    check(
+        &lab,
+        outcomes(&first) == ["refused"] && state(&lab, "moved", "open", Duration::from_secs(2)),
+        &format!("moved opened on its own reset: {:?}", outcomes(&first)),
+    );
+    let attempts = lab
+        .vm_client(&[
+            "--to",
+            "10.77.0.2:8087",
+            "--count",
+            "4",
+            "--timeout-ms",
+            "3000",
+            "--http",
+        ])
+        .expect("the vm's client");
+    let got: Vec<String> = attempts
+        .iter()
+        .map(|a| a.body.clone().unwrap_or_else(|| a.outcome.clone()))
+        .collect();
+    check(
+        &lab,
+        got == ["refused", "refused", "last", "last"],
+        &format!("standby's 2 resets, then the address: {got:?}"),
+    );
+    let standby_refused = lab
+        .metric(
+            "breaker_connect_failures_total",
+            &[("upstream", "standby"), ("reason", "refused")],
+        )
+        .unwrap();
+    check(
+        &lab,
+        standby_refused == 2.0 && state(&lab, "standby", "open", Duration::from_secs(2)),
+        &format!("standby's breaker saw the 2 flows' resets ({standby_refused}) and opened"),
+    );
+    check(
+        &lab,
+        redirected("moved", "standby") == 2.0 && redirected("moved", "10.77.0.3:9002") == 2.0,
+        "2 to standby, 2 to the address",
+    );
+
+    // A blackholed hop: its flow times out, its breaker opens, and the vm's SYN
+    // sent again gets a reset, long before the client's own 6 s.
+    let _ = vm_connect(&lab, "10.77.0.2:8088", 1, 1, 3000);
+    check(
+        &lab,
+        state(&lab, "moved2", "open", Duration::from_secs(2)),
+        "moved2 opened on its own reset",
+    );
+    let start = Instant::now();
+    let dark = vm_connect(&lab, "10.77.0.2:8088", 1, 1, 6000);
+    let took = start.elapsed();
+    check(
+        &lab,
+        outcomes(&dark) == ["refused"] && took < Duration::from_millis(4500),
+        &format!("the flow sent to dark: {:?} in {took:?}", outcomes(&dark)),
+    );
+    let timeouts = lab
+        .metric(
+            "breaker_connect_failures_total",
+            &[("upstream", "dark"), ("reason", "timeout")],
+        )
+        .unwrap();
+    check(
+        &lab,
+        timeouts == 1.0 && state(&lab, "dark", "open", Duration::from_secs(1)),
+        &format!("dark counted the flow's timeout ({timeouts}) and opened"),
+    );
+}

@@ -142,8 +142,15 @@ fn icmp_error(frame: &Frame, ip: &Ip, key: &mut FlowKey) -> Result<u32, Skip> {
         _pad: 0,
     };
     let seq = u32::from_be(frame.raw_u32(l4 + 4).ok_or(Skip)?);
-    // SAFETY: only the sequence number is read, at once.
-    match waiting_isn(key) {
+    // Not a flow of its own: perhaps a redirected flow's, quoted as it left for
+    // the fallback (the client's side of it is what is tracked).
+    let isn = match waiting_isn(key) {
+        Some(isn) => Some(isn),
+        None => nat::redirected_isn(key)
+            .filter(|isn| *isn == seq)
+            .and_then(|_| waiting_isn(key)),
+    };
+    match isn {
         Some(isn) if isn == seq => Ok(CAUSE_FAILURE_UNREACHABLE),
         _ => {
             count(|c| c.icmp_unmatched += 1);

@@ -68,6 +68,9 @@ pub fn on_ingress<C: Packet>(ctx: &C) -> Verdict {
     }
     if again {
         count(|c| c.syns_retransmitted += 1);
+        if syn == SYN_FOLLOWED && redirected_gives_up(&key, isn) {
+            return reply(ctx, DECIDED_RESET);
+        }
     }
     if nat {
         let mut rw = nat::Rewrite::default();
@@ -393,8 +396,45 @@ fn retransmitted(key: &FlowKey, flow: &FlowRecord) -> u32 {
     let Some(breaker) = Breaker::of_record(flow.upstream, &flow.dest, false) else {
         return DECIDED_PASS;
     };
-    // As admission would see the word now: an OPEN past its open_duration is
-    // HALF_OPEN, and an operator's override wins.
+    if !gives_up(&breaker, flow) {
+        return DECIDED_PASS;
+    }
+    // Only the one that removes the flow acts on it.
+    if PACKET_FLOWS.remove(key).is_err() {
+        return DECIDED_PASS;
+    }
+    reject(&breaker)
+}
+
+/// A redirected flow's SYN sent again, whose flow is another upstream's (the
+/// fallback hop it went to): if that upstream's breaker has turned connects
+/// away since, as [`retransmitted`] judges, the client stops waiting on it now,
+/// with a reset (the flow was redirected once already: it is not sent on
+/// again). Out of line, a sibling of `decide`.
+#[inline(never)]
+fn redirected_gives_up(key: &FlowKey, isn: u32) -> bool {
+    // SAFETY: the value is copied out at once.
+    let Some(flow) = (unsafe { PACKET_FLOWS.get(key) }).copied() else {
+        return false;
+    };
+    if flow.isn != isn {
+        return false;
+    }
+    let Some(breaker) = Breaker::of_record(flow.upstream, &flow.dest, false) else {
+        return false;
+    };
+    if !gives_up(&breaker, &flow) || PACKET_FLOWS.remove(key).is_err() {
+        return false;
+    }
+    breaker.count(|c| c.rejected += 1);
+    true
+}
+
+/// Whether a flow's breaker now turns its SYN sent again away: as admission
+/// would see the word now (an OPEN past its open_duration is HALF_OPEN, and an
+/// operator's override wins); never in dry run.
+#[inline(always)]
+fn gives_up(breaker: &Breaker, flow: &FlowRecord) -> bool {
     let word = machine::expire_open(breaker.peek(), now_ms(), &breaker.policy.thresholds());
     let state = word.state();
     let rejects = match word.mode() {
@@ -405,14 +445,7 @@ fn retransmitted(key: &FlowKey, flow: &FlowRecord) -> u32 {
         // Still waiting: only OPEN gives up on it (a trial is HALF_OPEN's own).
         Mode::Auto => state == State::Open && flow.flags & FLOW_TRIAL == 0,
     };
-    if !rejects || breaker.policy.flags & POLICY_DRY_RUN != 0 {
-        return DECIDED_PASS;
-    }
-    // Only the one that removes the flow acts on it.
-    if PACKET_FLOWS.remove(key).is_err() {
-        return DECIDED_PASS;
-    }
-    reject(&breaker)
+    rejects && breaker.policy.flags & POLICY_DRY_RUN == 0
 }
 
 /// Starts a flow; false (counted) when the table refused it.

@@ -39,6 +39,21 @@ pub struct Rewrite {
 /// headers of at most 2 KiB each).
 pub const OFFSET_MASK: usize = 0x3fff;
 
+/// The sequence number of the SYN of the redirected flow whose fallback side is
+/// `key` (as an ICMP error from the fallback's way quotes it); the client's side
+/// of the flow then in `key`, so the error ends the flow it is about.
+#[inline(always)]
+pub fn redirected_isn(key: &mut FlowKey) -> Option<u32> {
+    if !active() {
+        return None;
+    }
+    // SAFETY: the value is copied out at once.
+    let back = (unsafe { PACKET_NAT_BACK.get(*key) }).copied()?;
+    key.upstream = back.addr;
+    key.upstream_port = back.port;
+    Some(back.isn)
+}
+
 /// Whether some upstream redirects on the packet path (else no segment is looked up).
 #[inline(always)]
 pub fn active() -> bool {
@@ -116,9 +131,14 @@ pub fn redirect(key: &FlowKey, isn: u32, upstream: u32) -> bool {
     let sent = hop.is_some_and(|i| redirect_to(key, isn, p, i));
     // A flow sent to another upstream is that upstream's: tracked under it, so
     // its answer (or silence) counts for its breaker.
-    if let (true, Some((i, HopUse::GoWatched | HopUse::WouldSkip))) = (sent, chosen) {
+    if let (true, Some((i, how @ (HopUse::GoWatched | HopUse::WouldSkip)))) = (sent, chosen) {
         if let Some(to) = p.fallbacks.get(i) {
-            breaker::count(to.upstream, |c| c.attempts += 1);
+            breaker::count(to.upstream, |c| {
+                c.attempts += 1;
+                if how == HopUse::WouldSkip {
+                    c.would_reject += 1;
+                }
+            });
             track(key, to.upstream, to.dest(v4), isn, 0, 0);
         }
     }

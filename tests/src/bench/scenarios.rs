@@ -81,7 +81,7 @@ pub const EVERY_POLICY: &str = "failure_threshold = 5
 failure_rate_threshold = 50
 minimum_connects = 20
 window = \"10s\"
-slow_connect_threshold = \"300ms\"
+slow_connect_threshold = \"100ms\"
 slow_rate_threshold = 50
 count = [\"refused\", \"timeout\", \"unreachable\", \"slow\"]
 connect_timeout = \"200ms\"
@@ -313,9 +313,10 @@ pub struct Outage {
     pub requests: usize,
     /// Latencies (µs) of requests started while the upstream was dark.
     pub during: Vec<f64>,
-    /// Requests started while dark whose connect went into the dark: failed by a
-    /// timeout, the kernel's (ETIMEDOUT: a SYN unanswered, the connect failed once
-    /// its breaker turned connects away) or the client's.
+    /// Requests started while dark that waited on the dark: 0.9 s or more, most
+    /// of the first SYN's timeout (the kernel fails such a connect with ETIMEDOUT
+    /// once its breaker turns connects away; a proxy's connect timeout ends its
+    /// try), or until the client's timeout.
     pub reached_dead: usize,
     /// Of those, the ones that hung until the client's timeout.
     pub hung: usize,
@@ -429,7 +430,10 @@ pub fn outage(lab_bin: &Path, plan: &Plan, variant: OutageVariant) -> anyhow::Re
         .filter(|a| a.mono_ms >= dark_mono && a.mono_ms < back_mono)
         .collect();
     let hung = |a: &Attempt| a.latency_us >= 0.9 * CLIENT_TIMEOUT_MS as f64 * 1000.0;
-    let dark = |a: &Attempt| hung(a) || a.outcome == "timeout";
+    // Waited on the dark: at least most of the first SYN's timeout (1 s), at
+    // which the kernel fails a connect its breaker turns away (ETIMEDOUT) and a
+    // proxy's connect timeout ends its try, whatever the client then hears.
+    let dark = |a: &Attempt| hung(a) || a.latency_us >= 0.9 * 1e6;
     Ok(Outage {
         variant,
         clients: CLIENTS,
