@@ -727,4 +727,23 @@ name = "vm0"
         timeouts == 1.0 && state(&lab, "dark", "open", Duration::from_secs(1)),
         &format!("dark counted the flow's timeout ({timeouts}) and opened"),
     );
+    // Every hop open now: a new connect is reset at once, sent nowhere.
+    let fast = vm_connect(&lab, "10.77.0.2:8088", 3, 1, 3000);
+    let slowest = fast.iter().map(|a| a.latency_us).fold(0.0, f64::max);
+    check(
+        &lab,
+        outcomes(&fast) == ["refused"; 3] && slowest < 500_000.0,
+        &format!(
+            "every hop open: {:?}, slowest {slowest} µs",
+            outcomes(&fast)
+        ),
+    );
+    check(
+        &lab,
+        redirected("moved2", "dark") == 1.0,
+        &format!(
+            "only the first went to dark: {}",
+            redirected("moved2", "dark")
+        ),
+    );
 }

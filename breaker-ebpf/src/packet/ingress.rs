@@ -409,8 +409,9 @@ fn retransmitted(key: &FlowKey, flow: &FlowRecord) -> u32 {
 /// A redirected flow's SYN sent again, whose flow is another upstream's (the
 /// fallback hop it went to): if that upstream's breaker has turned connects
 /// away since, as [`retransmitted`] judges, the client stops waiting on it now,
-/// with a reset (the flow was redirected once already: it is not sent on
-/// again). Out of line, a sibling of `decide`.
+/// with a reset, whatever that upstream's own `packet_action` (the flow was
+/// redirected once already: it is not sent on again). Out of line, a sibling of
+/// `decide`.
 #[inline(never)]
 fn redirected_gives_up(key: &FlowKey, isn: u32) -> bool {
     // SAFETY: the value is copied out at once.
@@ -426,6 +427,9 @@ fn redirected_gives_up(key: &FlowKey, isn: u32) -> bool {
     if !gives_up(&breaker, &flow) || PACKET_FLOWS.remove(key).is_err() {
         return false;
     }
+    // The redirect ends with it: a SYN sent again is decided anew (reset again,
+    // should this reset be lost), and the hop's side of the ports is free.
+    nat::forget(key);
     breaker.count(|c| c.rejected += 1);
     true
 }

@@ -231,6 +231,24 @@ fn held_by_other(back_key: &FlowKey, back: &NatTarget) -> bool {
         .is_some_and(|o| o.addr == back_key.upstream && o.port == back_key.upstream_port)
 }
 
+/// Ends the redirect of flow `key`: both its entries go, so the client's SYN
+/// sent again on these ports is decided anew (and reset again if its reset was
+/// lost), and the fallback's side of the flow is no one's.
+#[inline(always)]
+pub fn forget(key: &FlowKey) {
+    // SAFETY: the value is copied out at once.
+    let Some(to) = (unsafe { PACKET_NAT_OUT.get(key) }).copied() else {
+        return;
+    };
+    let back_key = FlowKey {
+        upstream: to.addr,
+        upstream_port: to.port,
+        ..*key
+    };
+    let _ = PACKET_NAT_OUT.remove(key);
+    let _ = PACKET_NAT_BACK.remove(back_key);
+}
+
 /// A SYN from the client (sequence number `isn`) of flow `key`, before anything
 /// is decided for it: true when it is a redirected flow's SYN sent again (it goes
 /// the same way, decided and counted once). Otherwise these ports start anew:
