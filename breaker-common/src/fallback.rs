@@ -66,18 +66,17 @@ pub fn hop_use(word: BreakerWord, dry_run: bool) -> HopUse {
     }
 }
 
-/// The index of the first of `p`'s fallbacks from `from` on that serves the
-/// family (`v4`) and does not skip the connect, with what it does; `judge` says
+/// The index of the first of `p`'s fallbacks that serves the family (`v4`) and
+/// does not skip the connect, with what it does; `judge` says
 /// what a hop naming an upstream does (by the upstream's id). None: every hop is
 /// open or of the other family.
 #[inline(always)]
 pub fn choose(
     p: &UpstreamPolicy,
     v4: bool,
-    from: usize,
     mut judge: impl FnMut(u32) -> HopUse,
 ) -> Option<(usize, HopUse)> {
-    let mut i = from;
+    let mut i = 0;
     while i < MAX_FALLBACKS {
         if i as u32 >= p.fallback_count {
             break;

@@ -199,7 +199,7 @@ fn first_hop_packed(upstream: u32, v4: u32) -> u32 {
     let Some(p) = POLICIES.get(upstream) else {
         return u32::MAX;
     };
-    match fallback::choose(p, v4 != 0, 0, hop_use) {
+    match fallback::choose(p, v4 != 0, hop_use) {
         Some((i, how)) => (i as u32 & 0xff) | how.to_u32() << 8,
         None => u32::MAX,
     }

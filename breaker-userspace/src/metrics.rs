@@ -652,6 +652,50 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    /// Each fallback hop has its series from zero; a reload that drops a hop (or
+    /// its upstream) removes that hop's series and keeps the others'.
+    #[test]
+    fn redirected_series_follow_the_fallback_hops_across_a_reload() {
+        let m = Metrics::new(&[(1, "api".to_string()), (2, "db".to_string())]);
+        let hops = |v: &[&str]| v.iter().map(|h| h.to_string()).collect::<Vec<_>>();
+        let series = |m: &Metrics| {
+            let mut out: Vec<(String, String)> = m
+                .registry
+                .gather()
+                .iter()
+                .filter(|f| f.name() == "breaker_connects_redirected_total")
+                .flat_map(|f| f.get_metric().to_vec())
+                .map(|s| {
+                    let label = |n: &str| {
+                        s.get_label()
+                            .iter()
+                            .find(|l| l.name() == n)
+                            .map(|l| l.value().to_string())
+                            .unwrap_or_default()
+                    };
+                    (label("upstream"), label("to"))
+                })
+                .collect();
+            out.sort();
+            out
+        };
+        m.set_fallbacks(&[
+            (1, "api".into(), hops(&["db", "10.0.9.1:80"])),
+            (2, "db".into(), hops(&["10.0.9.2:80"])),
+        ]);
+        let own = |u: &str, t: &str| (u.to_string(), t.to_string());
+        assert_eq!(
+            series(&m),
+            [
+                own("api", "10.0.9.1:80"),
+                own("api", "db"),
+                own("db", "10.0.9.2:80")
+            ]
+        );
+        m.set_fallbacks(&[(1, "api".into(), hops(&["10.0.9.1:80"]))]);
+        assert_eq!(series(&m), [own("api", "10.0.9.1:80")]);
+    }
+
     /// Series that exist before any scrape: dashboards and tests can rely on them.
     #[test]
     fn every_upstream_has_its_counters_from_the_start() {

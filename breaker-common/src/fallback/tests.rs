@@ -70,24 +70,18 @@ fn the_first_hop_of_the_family_whose_breaker_lets_it_through_is_chosen() {
             }
         }
     };
-    assert_eq!(choose(&p, true, 0, open(&[])), Some((0, HopUse::GoWatched)));
-    assert_eq!(
-        choose(&p, true, 0, open(&[7])),
-        Some((2, HopUse::GoWatched))
-    );
-    assert_eq!(choose(&p, true, 0, open(&[7, 8])), Some((3, HopUse::Go)));
-    assert_eq!(choose(&p, false, 0, open(&[7, 8])), Some((1, HopUse::Go)));
-    assert_eq!(
-        choose(&p, false, 0, open(&[])),
-        Some((0, HopUse::GoWatched))
-    );
+    assert_eq!(choose(&p, true, open(&[])), Some((0, HopUse::GoWatched)));
+    assert_eq!(choose(&p, true, open(&[7])), Some((2, HopUse::GoWatched)));
+    assert_eq!(choose(&p, true, open(&[7, 8])), Some((3, HopUse::Go)));
+    assert_eq!(choose(&p, false, open(&[7, 8])), Some((1, HopUse::Go)));
+    assert_eq!(choose(&p, false, open(&[])), Some((0, HopUse::GoWatched)));
 }
 
 #[test]
 fn every_hop_open_or_of_the_other_family_leaves_none() {
     let p = policy(&[upstream(7, FALLBACK_HAS_V4), address(FALLBACK_HAS_V6)]);
-    assert_eq!(choose(&p, true, 0, |_| HopUse::Skip), None);
-    assert_eq!(choose(&policy(&[]), true, 0, |_| HopUse::Go), None);
+    assert_eq!(choose(&p, true, |_| HopUse::Skip), None);
+    assert_eq!(choose(&policy(&[]), true, |_| HopUse::Go), None);
 }
 
 #[test]
@@ -95,7 +89,7 @@ fn hops_past_the_count_are_never_tried_nor_judged() {
     let mut p = policy(&[upstream(7, FALLBACK_HAS_V4)]);
     p.fallbacks[1] = address(FALLBACK_HAS_V4);
     let mut judged = Vec::new();
-    let chosen = choose(&p, true, 0, |id| {
+    let chosen = choose(&p, true, |id| {
         judged.push(id);
         HopUse::Skip
     });
@@ -103,7 +97,7 @@ fn hops_past_the_count_are_never_tried_nor_judged() {
     assert_eq!(judged, [7]);
     // A count beyond the array is bounded by it.
     p.fallback_count = u32::MAX;
-    assert_eq!(choose(&p, true, 0, |_| HopUse::Skip), Some((1, HopUse::Go)));
+    assert_eq!(choose(&p, true, |_| HopUse::Skip), Some((1, HopUse::Go)));
 }
 
 #[test]
@@ -119,19 +113,4 @@ fn a_hop_use_survives_its_integer_form_and_stray_integers_never_fail_a_connect()
     for stray in [4, 0xff, 0x1_00] {
         assert_eq!(HopUse::from_u32(stray), HopUse::Go, "{stray:#x}");
     }
-}
-
-#[test]
-fn choosing_starts_where_it_is_told() {
-    let p = policy(&[
-        upstream(7, FALLBACK_HAS_V4),
-        upstream(8, FALLBACK_HAS_V4),
-        address(FALLBACK_HAS_V4),
-    ]);
-    let all = |_: u32| HopUse::GoWatched;
-    assert_eq!(choose(&p, true, 0, all), Some((0, HopUse::GoWatched)));
-    assert_eq!(choose(&p, true, 1, all), Some((1, HopUse::GoWatched)));
-    assert_eq!(choose(&p, true, 2, all), Some((2, HopUse::Go)));
-    assert_eq!(choose(&p, true, 3, all), None);
-    assert_eq!(choose(&p, true, usize::MAX, all), None);
 }
