@@ -31,6 +31,7 @@ pub mod map_names {
     pub const PIN_METADATA: &str = "PIN_METADATA";
     pub const DAEMON_HEARTBEAT: &str = "DAEMON_HEARTBEAT";
     pub const RATE_WINDOWS: &str = "RATE_WINDOWS";
+    pub const SERVICE_EJECTIONS: &str = "SERVICE_EJECTIONS";
     pub const PACKET_FLOWS: &str = "PACKET_FLOWS";
     pub const PACKET_COUNTERS: &str = "PACKET_COUNTERS";
     pub const PACKET_NAT_OUT: &str = "PACKET_NAT_OUT";
@@ -310,6 +311,17 @@ pub struct UpstreamPolicy {
     /// `slow_rate_threshold`: the breaker opens when this percent of the connects
     /// in its window are slow. 0: no slow-rate tripping.
     pub slow_rate_pct: u32,
+    /// How many of the first `fallbacks` are this endpoint's siblings in a
+    /// `per_endpoint` service: tried from a random one on (steering spreads a
+    /// dead endpoint's connects over the healthy), before the rest in order.
+    pub steer_count: u32,
+    /// `per_endpoint` services: the id whose `SERVICE_EJECTIONS` slot counts the
+    /// service's endpoints out of CLOSED. 0: no service (no ejection cap).
+    pub service: u32,
+    /// How many of the service's endpoints may be out of CLOSED at once
+    /// (`max_ejected_percent`, `min_healthy_percent`); a trip past it is held
+    /// back and counted in `ExtraCounters.ejection_overflow`.
+    pub eject_cap: u32,
 }
 
 impl UpstreamPolicy {
@@ -485,25 +497,23 @@ pub struct ExtraCounters {
     /// to, in the order of `UpstreamPolicy.fallbacks`; they add up to
     /// `Counters.redirected`.
     pub redirected_to: [u64; MAX_FALLBACKS],
-    pub _spare: [u64; 1],
+    /// Trips held back by the service's ejection cap: the endpoint stayed CLOSED.
+    pub ejection_overflow: u64,
 }
 
 impl ExtraCounters {
-    /// Adds another CPU's counts, field by field (the spare ones too, so a field
-    /// given a meaning later is summed without a change here).
+    /// Adds another CPU's counts, field by field.
     pub fn add(&mut self, other: &ExtraCounters) {
         let pairs = [
             (&mut self.slow, other.slow),
             (&mut self.aborted, other.aborted),
             (&mut self.abort_raced, other.abort_raced),
+            (&mut self.ejection_overflow, other.ejection_overflow),
         ];
         for (sum, n) in pairs {
             *sum = sum.wrapping_add(n);
         }
         for (sum, n) in self.redirected_to.iter_mut().zip(other.redirected_to) {
-            *sum = sum.wrapping_add(n);
-        }
-        for (sum, n) in self._spare.iter_mut().zip(other._spare) {
             *sum = sum.wrapping_add(n);
         }
     }
@@ -596,7 +606,7 @@ pub struct TransitionEvent {
 const _: () = assert!(core::mem::size_of::<Settings>() == 24);
 const _: () = assert!(core::mem::size_of::<EndpointV4>() == 6);
 const _: () = assert!(core::mem::size_of::<EndpointV6>() == 18);
-const _: () = assert!(core::mem::size_of::<UpstreamPolicy>() == 212);
+const _: () = assert!(core::mem::size_of::<UpstreamPolicy>() == 224);
 const _: () = assert!(core::mem::size_of::<FallbackHop>() == 36);
 const _: () = assert!(core::mem::size_of::<crate::window::RateWindow>() == 160);
 const _: () = assert!(core::mem::size_of::<DestKey>() == 20);

@@ -67,20 +67,35 @@ pub fn hop_use(word: BreakerWord, dry_run: bool) -> HopUse {
 }
 
 /// The index of the first of `p`'s fallbacks that serves the family (`v4`) and
-/// does not skip the connect, with what it does; `judge` says
-/// what a hop naming an upstream does (by the upstream's id). None: every hop is
-/// open or of the other family.
+/// does not skip the connect, with what it does; `judge` says what a hop naming
+/// an upstream does (by the upstream's id). The first `p.steer_count` hops (a
+/// service's other endpoints) are tried from the one `spread` picks on, round,
+/// so that a dead endpoint's connects spread over the healthy ones; the rest in
+/// order after them. None: every hop is open or of the other family.
 #[inline(always)]
 pub fn choose(
     p: &UpstreamPolicy,
     v4: bool,
+    spread: u32,
     mut judge: impl FnMut(u32) -> HopUse,
 ) -> Option<(usize, HopUse)> {
-    let mut i = 0;
-    while i < MAX_FALLBACKS {
-        if i as u32 >= p.fallback_count {
+    let steer = if p.steer_count as usize <= MAX_FALLBACKS {
+        p.steer_count
+    } else {
+        0
+    };
+    let start = if steer > 0 { spread % steer } else { 0 };
+    let mut j = 0;
+    while j < MAX_FALLBACKS {
+        if j as u32 >= p.fallback_count {
             break;
         }
+        let i = if (j as u32) < steer {
+            let k = start + j as u32;
+            (if k >= steer { k - steer } else { k }) as usize
+        } else {
+            j
+        };
         let Some(hop) = p.fallbacks.get(i) else {
             break;
         };
@@ -94,7 +109,7 @@ pub fn choose(
                 return Some((i, how));
             }
         }
-        i += 1;
+        j += 1;
     }
     None
 }

@@ -791,5 +791,110 @@ pub fn update<T: Copy>(
     None
 }
 
+/// A `per_endpoint` service's count of endpoints out of CLOSED, which its
+/// ejection cap bounds. Every step that takes an endpoint out of CLOSED reserves
+/// one before its compare-and-swap (and gives it back if the swap loses); the
+/// step that closes it gives one back after its swap wins. So the count is never
+/// below the endpoints out of CLOSED, and the cap holds under any interleaving.
+pub trait Ejections {
+    /// Takes one if fewer than the cap are taken; false: the trip is held back.
+    fn reserve(&self) -> bool;
+    fn release(&self);
+}
+
+/// A breaker of no service: nothing to count.
+pub struct Uncapped;
+
+impl Ejections for Uncapped {
+    #[inline(always)]
+    fn reserve(&self) -> bool {
+        true
+    }
+    #[inline(always)]
+    fn release(&self) {}
+}
+
+/// Takes one of `cap` from a count in `cell`. Contention past the retry bound
+/// holds the trip back: the endpoint stays CLOSED, as under a full cap, so
+/// breaker never ejects more than the cap to save itself a retry.
+#[inline(always)]
+pub fn reserve_ejection(cell: &impl WordCell, cap: u32) -> bool {
+    let mut current = cell.load();
+    for _ in 0..CAS_RETRIES {
+        if current >= cap as u64 {
+            return false;
+        }
+        match cell.compare_exchange(current, current + 1) {
+            Ok(_) => return true,
+            Err(actual) => current = actual,
+        }
+    }
+    false
+}
+
+/// Gives one back to a count in `cell` (never below zero).
+#[inline(always)]
+pub fn release_ejection(cell: &impl WordCell) {
+    let mut current = cell.load();
+    for _ in 0..CAS_RETRIES {
+        if current == 0 {
+            return;
+        }
+        match cell.compare_exchange(current, current - 1) {
+            Ok(_) => return,
+            Err(actual) => current = actual,
+        }
+    }
+}
+
+/// [`update`] for an endpoint of a service with an ejection cap (see
+/// [`Ejections`]). A step that would take the endpoint out of CLOSED past the
+/// cap is not applied: the word stays as it was (CLOSED), and the step's result
+/// is returned as if it had been.
+#[inline(always)]
+pub fn update_capped<T: Copy>(
+    cell: &impl WordCell,
+    ejections: &impl Ejections,
+    mut f: impl FnMut(BreakerWord) -> Step<T>,
+) -> Option<(BreakerWord, Step<T>)> {
+    let mut current = cell.load();
+    for _ in 0..CAS_RETRIES {
+        let prev = BreakerWord(current);
+        let step = f(prev);
+        if step.next == prev {
+            return Some((prev, step));
+        }
+        let closed_before = prev.state() == State::Closed;
+        let closed_after = step.next.state() == State::Closed;
+        let ejects = closed_before && !closed_after;
+        if ejects && !ejections.reserve() {
+            return Some((
+                prev,
+                Step {
+                    next: prev,
+                    result: step.result,
+                },
+            ));
+        }
+        match cell.compare_exchange(current, step.next.0) {
+            Ok(_) => {
+                if !closed_before && closed_after {
+                    ejections.release();
+                }
+                return Some((prev, step));
+            }
+            Err(actual) => {
+                if ejects {
+                    ejections.release();
+                }
+                current = actual;
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod ejection_tests;
 #[cfg(test)]
 mod tests;

@@ -13,14 +13,14 @@ use breaker_common::{
         UpstreamPolicy, DEFAULT_UPSTREAM_ID, POLICY_DRY_RUN,
     },
     fallback::{self, HopUse},
-    machine::{self, admit, Admission, BreakerWord, Mode, State, Step, WordCell},
+    machine::{self, admit, Admission, BreakerWord, Ejections, Mode, State, Step, WordCell},
 };
 
 use crate::{
     atomic::cas_u64,
     maps::{
         CONNECT_DURATIONS, COUNTERS, DAEMON_HEARTBEAT, DEFAULT_STATES, DEFAULT_TRIPPED, EVENTS,
-        EXTRA_COUNTERS, POLICIES, UPSTREAM_STATES,
+        EXTRA_COUNTERS, POLICIES, SERVICE_EJECTIONS, UPSTREAM_STATES,
     },
 };
 
@@ -49,6 +49,53 @@ impl WordCell for KernelWord {
         // SAFETY: as in `load`; map values are 8-byte aligned.
         unsafe { cas_u64(self.0, current, new) }
     }
+}
+
+/// The ejection count of the service a breaker belongs to (none: service 0).
+struct ServiceCap {
+    service: u32,
+    cap: u32,
+    upstream: u32,
+}
+
+impl Ejections for ServiceCap {
+    #[inline(always)]
+    fn reserve(&self) -> bool {
+        self.service == 0 || eject_reserve(self.service, self.cap, self.upstream) != 0
+    }
+    #[inline(always)]
+    fn release(&self) {
+        if self.service != 0 {
+            eject_release(self.service);
+        }
+    }
+}
+
+/// Takes one of service `service`'s `cap` ejections for upstream `upstream`
+/// (counted in its `ejection_overflow` when the cap holds). Out of line, with
+/// scalar arguments, so the verifier walks it once rather than once per retry
+/// of every update that calls it. A service without its slot ejects freely:
+/// breaker never holds a failing endpoint shut for a fault of its own.
+#[inline(never)]
+fn eject_reserve(service: u32, cap: u32, upstream: u32) -> u32 {
+    let Some(count) = SERVICE_EJECTIONS.get_ptr_mut(service) else {
+        return 1;
+    };
+    if machine::reserve_ejection(&KernelWord(count), cap) {
+        return 1;
+    }
+    count_extra(upstream, |c| c.ejection_overflow += 1);
+    0
+}
+
+/// Gives one of service `service`'s ejections back. Out of line like
+/// [`eject_reserve`].
+#[inline(never)]
+fn eject_release(service: u32) -> u32 {
+    if let Some(count) = SERVICE_EJECTIONS.get_ptr_mut(service) {
+        machine::release_ejection(&KernelWord(count));
+    }
+    0
 }
 
 #[inline(always)]
@@ -255,7 +302,12 @@ impl Breaker {
         cause: u32,
         f: impl FnMut(BreakerWord) -> Step<T>,
     ) -> Option<T> {
-        match machine::update(&KernelWord(self.word), f) {
+        let cap = ServiceCap {
+            service: self.policy.service,
+            cap: self.policy.eject_cap,
+            upstream: self.upstream,
+        };
+        match machine::update_capped(&KernelWord(self.word), &cap, f) {
             Some((prev, step)) => {
                 if let Some((from, to)) = step.transition(prev) {
                     self.relocate(to, step.next);

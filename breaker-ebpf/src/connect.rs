@@ -5,7 +5,11 @@
 //! The destination is resolved here, once per connect, and the answer kept in the
 //! socket's record for sock_ops and sock_release. The common case (CLOSED) costs map
 //! lookups and the record: no write to any breaker word.
-use aya_ebpf::{bindings::bpf_sock_addr, helpers::bpf_set_retval, programs::SockAddrContext};
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    helpers::{bpf_get_prandom_u32, bpf_set_retval},
+    programs::SockAddrContext,
+};
 use breaker_common::{
     abi::{
         DestKey, FallbackHop, Settings, SocketRecord, CAUSE_OPEN_EXPIRED, DEFAULT_UPSTREAM_ID,
@@ -184,10 +188,13 @@ fn reject<const V6_HOOK: bool>(
 }
 
 /// The first of upstream `upstream`'s fallbacks that serves the family and
-/// takes the connect, judged by the hops' words.
+/// takes the connect, judged by the hops' words; a service's other endpoints
+/// tried from a random one on.
 #[inline(always)]
 fn first_hop(upstream: u32, v4: bool) -> Option<(usize, HopUse)> {
-    let packed = first_hop_packed(upstream, v4 as u32);
+    // SAFETY: a helper without arguments.
+    let spread = unsafe { bpf_get_prandom_u32() };
+    let packed = first_hop_packed(upstream, v4 as u32, spread);
     (packed != u32::MAX).then(|| ((packed & 0xff) as usize, HopUse::from_u32(packed >> 8)))
 }
 
@@ -195,11 +202,11 @@ fn first_hop(upstream: u32, v4: bool) -> Option<(usize, HopUse)> {
 /// it; `u32::MAX` for none). Out of line, with scalar arguments: the verifier
 /// walks the hops once, not once per path into a reject.
 #[inline(never)]
-fn first_hop_packed(upstream: u32, v4: u32) -> u32 {
+fn first_hop_packed(upstream: u32, v4: u32, spread: u32) -> u32 {
     let Some(p) = POLICIES.get(upstream) else {
         return u32::MAX;
     };
-    match fallback::choose(p, v4 != 0, hop_use) {
+    match fallback::choose(p, v4 != 0, spread, hop_use) {
         Some((i, how)) => (i as u32 & 0xff) | how.to_u32() << 8,
         None => u32::MAX,
     }

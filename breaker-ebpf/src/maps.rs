@@ -117,6 +117,13 @@ pub static EXTRA_COUNTERS: PerCpuArray<ExtraCounters> = PerCpuArray::with_max_en
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
+/// Service id (the `UpstreamPolicy.service` of its endpoints) -> how many of its
+/// endpoints are out of CLOSED, which its ejection cap bounds. Changed only by
+/// compare-and-swap: by the programs at a trip or a close, by the daemon at a
+/// close (probes, resets, through an mmap) and recounted at each load.
+#[map]
+pub static SERVICE_EJECTIONS: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
 /// When the daemon last showed it is alive (monotonic ms, wrapping; 0 never).
 /// Written by the daemon's probe scheduler through an mmap (hence MMAPABLE); read
 /// by the connect hooks, which let application trials through HALF_OPEN while no

@@ -70,18 +70,24 @@ fn the_first_hop_of_the_family_whose_breaker_lets_it_through_is_chosen() {
             }
         }
     };
-    assert_eq!(choose(&p, true, open(&[])), Some((0, HopUse::GoWatched)));
-    assert_eq!(choose(&p, true, open(&[7])), Some((2, HopUse::GoWatched)));
-    assert_eq!(choose(&p, true, open(&[7, 8])), Some((3, HopUse::Go)));
-    assert_eq!(choose(&p, false, open(&[7, 8])), Some((1, HopUse::Go)));
-    assert_eq!(choose(&p, false, open(&[])), Some((0, HopUse::GoWatched)));
+    assert_eq!(choose(&p, true, 0, open(&[])), Some((0, HopUse::GoWatched)));
+    assert_eq!(
+        choose(&p, true, 0, open(&[7])),
+        Some((2, HopUse::GoWatched))
+    );
+    assert_eq!(choose(&p, true, 0, open(&[7, 8])), Some((3, HopUse::Go)));
+    assert_eq!(choose(&p, false, 0, open(&[7, 8])), Some((1, HopUse::Go)));
+    assert_eq!(
+        choose(&p, false, 0, open(&[])),
+        Some((0, HopUse::GoWatched))
+    );
 }
 
 #[test]
 fn every_hop_open_or_of_the_other_family_leaves_none() {
     let p = policy(&[upstream(7, FALLBACK_HAS_V4), address(FALLBACK_HAS_V6)]);
-    assert_eq!(choose(&p, true, |_| HopUse::Skip), None);
-    assert_eq!(choose(&policy(&[]), true, |_| HopUse::Go), None);
+    assert_eq!(choose(&p, true, 0, |_| HopUse::Skip), None);
+    assert_eq!(choose(&policy(&[]), true, 0, |_| HopUse::Go), None);
 }
 
 #[test]
@@ -89,7 +95,7 @@ fn hops_past_the_count_are_never_tried_nor_judged() {
     let mut p = policy(&[upstream(7, FALLBACK_HAS_V4)]);
     p.fallbacks[1] = address(FALLBACK_HAS_V4);
     let mut judged = Vec::new();
-    let chosen = choose(&p, true, |id| {
+    let chosen = choose(&p, true, 0, |id| {
         judged.push(id);
         HopUse::Skip
     });
@@ -97,7 +103,7 @@ fn hops_past_the_count_are_never_tried_nor_judged() {
     assert_eq!(judged, [7]);
     // A count beyond the array is bounded by it.
     p.fallback_count = u32::MAX;
-    assert_eq!(choose(&p, true, |_| HopUse::Skip), Some((1, HopUse::Go)));
+    assert_eq!(choose(&p, true, 0, |_| HopUse::Skip), Some((1, HopUse::Go)));
 }
 
 #[test]
@@ -113,4 +119,59 @@ fn a_hop_use_survives_its_integer_form_and_stray_integers_never_fail_a_connect()
     for stray in [4, 0xff, 0x1_00] {
         assert_eq!(HopUse::from_u32(stray), HopUse::Go, "{stray:#x}");
     }
+}
+
+#[test]
+fn steering_tries_the_siblings_from_the_spread_on_then_the_rest_in_order() {
+    let p = UpstreamPolicy {
+        steer_count: 3,
+        ..policy(&[
+            upstream(11, FALLBACK_HAS_V4),
+            upstream(12, FALLBACK_HAS_V4),
+            upstream(13, FALLBACK_HAS_V4),
+            address(FALLBACK_HAS_V4),
+        ])
+    };
+    let healthy = |open: &'static [u32]| {
+        move |id: u32| {
+            if open.contains(&id) {
+                HopUse::Skip
+            } else {
+                HopUse::GoWatched
+            }
+        }
+    };
+    // Every sibling healthy: the spread picks which takes the connect.
+    let picked: Vec<usize> = (0..6)
+        .map(|spread| choose(&p, true, spread, healthy(&[])).unwrap().0)
+        .collect();
+    assert_eq!(picked, [0, 1, 2, 0, 1, 2]);
+    // An open sibling is passed by, to the next one round.
+    assert_eq!(
+        choose(&p, true, 1, healthy(&[12])),
+        Some((2, HopUse::GoWatched))
+    );
+    assert_eq!(
+        choose(&p, true, 2, healthy(&[13])),
+        Some((0, HopUse::GoWatched))
+    );
+    // Only when every sibling is open does the address after them take it.
+    assert_eq!(
+        choose(&p, true, 2, healthy(&[11, 12, 13])),
+        Some((3, HopUse::Go))
+    );
+    // Only open siblings are never chosen, whatever the spread.
+    for spread in 0..20 {
+        let (i, _) = choose(&p, true, spread, healthy(&[11, 13])).unwrap();
+        assert_eq!(i, 1);
+    }
+    // A steer count past the array is ignored: plain order.
+    let q = UpstreamPolicy {
+        steer_count: 99,
+        ..p
+    };
+    assert_eq!(
+        choose(&q, true, 2, healthy(&[])),
+        Some((0, HopUse::GoWatched))
+    );
 }

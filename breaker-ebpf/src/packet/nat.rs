@@ -126,7 +126,9 @@ pub fn redirect(key: &FlowKey, isn: u32, upstream: u32) -> bool {
         return false;
     };
     let v4 = is_v4(key.family);
-    let chosen = fallback::choose(p, v4, hop_use);
+    // A service's endpoints are tried from one its random sequence number picks:
+    // random per flow, the same for its retransmitted SYN.
+    let chosen = fallback::choose(p, v4, isn, hop_use);
     let hop = chosen.map(|(i, _)| i);
     let sent = hop.is_some_and(|i| redirect_to(key, isn, p, i));
     // A flow sent to another upstream is that upstream's: tracked under it, so

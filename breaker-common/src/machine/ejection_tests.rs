@@ -1,0 +1,175 @@
+//! The ejection cap of a `per_endpoint` service: [`update_capped`] with a count.
+use super::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const T: Thresholds = Thresholds {
+    failure_threshold: 2,
+    success_threshold: 1,
+    half_open_max_connections: 1,
+    open_duration_ms: 60_000,
+    max_open_duration_ms: 60_000,
+    open_jitter_pct: 0,
+    trial_lease_ms: 5000,
+};
+
+const FAIL: Outcome = Outcome {
+    success: false,
+    trial_epoch: None,
+};
+
+/// A service's count with its cap, over any cell.
+struct Count<'a, C> {
+    cell: &'a C,
+    cap: u32,
+}
+
+impl<C: WordCell> Ejections for Count<'_, C> {
+    fn reserve(&self) -> bool {
+        reserve_ejection(self.cell, self.cap)
+    }
+    fn release(&self) {
+        release_ejection(self.cell)
+    }
+}
+
+fn out_of_closed(words: &[AtomicU64]) -> u64 {
+    words
+        .iter()
+        .filter(|w| BreakerWord(w.load(Ordering::SeqCst)).state() != State::Closed)
+        .count() as u64
+}
+
+#[test]
+fn a_trip_past_the_cap_is_held_back_and_a_close_makes_room() {
+    let count = AtomicU64::new(0);
+    let cap = Count {
+        cell: &count,
+        cap: 1,
+    };
+    let (a, b) = (AtomicU64::new(0), AtomicU64::new(0));
+    let fail = |w: &AtomicU64| update_capped(w, &cap, |x| record(x, FAIL, 5, &T));
+    for _ in 0..2 {
+        fail(&a);
+    }
+    assert_eq!(BreakerWord(a.load(Ordering::SeqCst)).state(), State::Open);
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    // b reaches its threshold, again and again: it stays CLOSED, its streak
+    // where it was, and the step's result still says the outcome counted.
+    fail(&b);
+    for _ in 0..3 {
+        let (prev, step) = fail(&b).unwrap();
+        assert_eq!(step.next, prev);
+        assert!(step.result);
+        assert_eq!(BreakerWord(b.load(Ordering::SeqCst)).state(), State::Closed);
+    }
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    // A's recovery (HALF_OPEN, then closed by a probe) gives its one back.
+    let half = update_capped(&a, &cap, |w| admit(w, 60_005, &T)).unwrap();
+    assert_eq!(half.1.next.state(), State::HalfOpen);
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        1,
+        "HALF_OPEN is still ejected"
+    );
+    update_capped(&a, &cap, |w| probe(w, true, 60_006, &T));
+    assert_eq!(BreakerWord(a.load(Ordering::SeqCst)).state(), State::Closed);
+    assert_eq!(count.load(Ordering::SeqCst), 0);
+    fail(&b);
+    assert_eq!(BreakerWord(b.load(Ordering::SeqCst)).state(), State::Open);
+    // An operator's reset closes it too, and gives back.
+    update_capped(&b, &cap, reset);
+    assert_eq!(count.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_count_never_goes_below_zero() {
+    let count = AtomicU64::new(0);
+    release_ejection(&count);
+    assert_eq!(count.load(Ordering::SeqCst), 0);
+    assert!(!reserve_ejection(&count, 0), "a cap of 0 ejects nothing");
+}
+
+/// 64 threads fail and close the ten endpoints of a service with a cap of 3.
+/// Phase one only trips (no word goes back to CLOSED), so endpoints out of
+/// CLOSED only grow and the count at the end is the most there ever were.
+/// Phase two closes and trips at once; at the end the count must be exact (no
+/// reservation lost or given back twice). Returns (most out, out at the end,
+/// the count at the end).
+fn service_race(count: &(impl WordCell + Sync)) -> (u64, u64, u64) {
+    let words: Vec<AtomicU64> = (0..10).map(|_| AtomicU64::new(0)).collect();
+    let cap = Count {
+        cell: count,
+        cap: 3,
+    };
+    std::thread::scope(|scope| {
+        for k in 0..64usize {
+            let (words, cap) = (&words, &cap);
+            scope.spawn(move || {
+                for j in 0..40usize {
+                    let w = &words[(k * 7 + j * 3) % words.len()];
+                    update_capped(w, cap, |x| record(x, FAIL, 1, &T));
+                }
+            });
+        }
+    });
+    let most = out_of_closed(&words);
+    std::thread::scope(|scope| {
+        for k in 0..64usize {
+            let (words, cap) = (&words, &cap);
+            scope.spawn(move || {
+                for j in 0..40usize {
+                    let w = &words[(k * 5 + j) % words.len()];
+                    if (k + j) % 3 == 0 {
+                        update_capped(w, cap, reset);
+                    } else {
+                        update_capped(w, cap, |x| record(x, FAIL, 2, &T));
+                    }
+                }
+            });
+        }
+    });
+    (most, out_of_closed(&words), count.load())
+}
+
+#[test]
+fn ejected_endpoints_never_exceed_the_cap_under_64_racing_threads() {
+    for _ in 0..20 {
+        let count = AtomicU64::new(0);
+        let (most, out, left) = service_race(&count);
+        assert_eq!(most, 3, "phase one must fill the cap, never pass it");
+        assert!(out <= 3);
+        assert_eq!(
+            left, out,
+            "the count must match the endpoints out of CLOSED"
+        );
+    }
+}
+
+/// A count without a real compare-and-swap (see `NonAtomicCell` in tests.rs).
+struct RacyCount(AtomicU64);
+
+impl WordCell for RacyCount {
+    fn load(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+    fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64> {
+        let found = self.0.load(Ordering::Relaxed);
+        if found != current {
+            return Err(found);
+        }
+        std::thread::yield_now();
+        self.0.store(new, Ordering::Relaxed);
+        Ok(found)
+    }
+}
+
+/// Proof that the race above can fail: a count changed without a real
+/// compare-and-swap lets more than the cap out, or loses track.
+#[test]
+fn the_service_race_catches_a_non_atomic_count() {
+    let caught = (0..20).any(|_| {
+        let (most, out, left) = service_race(&RacyCount(AtomicU64::new(0)));
+        most != 3 || out > 3 || left != out
+    });
+    assert!(caught, "a non-atomic count went unnoticed in 20 races");
+}
