@@ -255,14 +255,19 @@ fn names_of(kernel: &Kernel, config: &Config) -> Vec<(u32, String)> {
         .collect()
 }
 
-/// Each upstream's id, name and fallback hops' labels, for the redirected series.
-fn fallbacks_of(kernel: &Kernel, config: &Config) -> Vec<(u32, String, Vec<String>)> {
+/// Each upstream's id, name, fallback hops' labels and steering hops, for the
+/// redirected and steered series.
+fn fallbacks_of(kernel: &Kernel, config: &Config) -> Vec<(u32, String, Vec<String>, usize)> {
     kernel
         .upstreams(config)
         .into_iter()
         .map(|(id, u)| {
-            let hops = u.fallbacks.iter().map(|f| f.label.clone()).collect();
-            (id, u.name, hops)
+            let hops: Vec<String> = u.fallbacks.iter().map(|f| f.label.clone()).collect();
+            let steer = u
+                .service
+                .as_ref()
+                .map_or(0, |s| (s.members.len() - 1).min(hops.len()));
+            (id, u.name, hops, steer)
         })
         .collect()
 }

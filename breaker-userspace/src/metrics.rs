@@ -40,9 +40,10 @@ pub struct Metrics {
     registry: Registry,
     /// Upstream id -> name, sorted by id; id 0 is "default". Replaced at a reload.
     names: RwLock<Vec<(u32, String)>>,
-    /// Upstream id -> its name and its fallback hops' labels, in the kernel's
-    /// order (`ExtraCounters.redirected_to`). Replaced at a reload.
-    fallbacks: RwLock<HashMap<u32, (String, Vec<String>)>>,
+    /// Upstream id -> its name, its fallback hops' labels, in the kernel's
+    /// order (`ExtraCounters.redirected_to`), and how many of the first are its
+    /// service's other endpoints (steering). Replaced at a reload.
+    fallbacks: RwLock<HashMap<u32, (String, Vec<String>, usize)>>,
     state: IntGaugeVec,
     transitions: IntCounterVec,
     attempts: IntCounterVec,
@@ -57,6 +58,8 @@ pub struct Metrics {
     slow: IntCounterVec,
     aborted: IntCounterVec,
     abort_raced: IntCounterVec,
+    steered: IntCounterVec,
+    ejection_overflow: IntCounterVec,
     mode: IntGaugeVec,
     probes: IntCounterVec,
     default_open: IntGaugeVec,
@@ -143,6 +146,8 @@ impl Metrics {
             slow: counter(&registry, "breaker_connects_slow_total", "Watched connects that succeeded but whose SYN took at least slow_connect_threshold to be answered (also in breaker_connect_successes_total).", &["upstream"]),
             aborted: counter(&registry, "breaker_connects_aborted_total", "Watched connects in flight when their breaker turned connects away, whose SYN had gone unanswered for connect_timeout: failed at once (ETIMEDOUT) instead of retransmitting into a dead upstream.", &["upstream"]),
             abort_raced: counter(&registry, "breaker_connects_abort_raced_total", "Connects set to be failed (see breaker_connects_aborted_total) whose last SYN was answered first: they went through, given their own TCP_USER_TIMEOUT back.", &["upstream"]),
+            steered: counter(&registry, "breaker_connects_steered_total", "Connects (and packet-path flows) to this endpoint of a per_endpoint service, while its breaker rejected, sent to another endpoint of the service that was CLOSED (a part of breaker_connects_redirected_total).", &["upstream"]),
+            ejection_overflow: counter(&registry, "breaker_ejection_overflow_total", "Trips of this endpoint of a per_endpoint service held back by the service's ejection cap (max_ejected_percent, min_healthy_percent): it stayed CLOSED.", &["upstream"]),
             mode: gauge(&registry, "breaker_mode", "1 for the mode each configured upstream's breaker is in (auto, force_open, force_closed, disabled), 0 for the others.", &["upstream", "mode"]),
             probes: counter(&registry, "breaker_probes_total", "Half-open probes by the daemon, by result.", &["upstream", "result"]),
             default_open: gauge(&registry, "breaker_default_policy_destinations", "Default-policy destinations in the kernel's maps, by state: closed (with failures), open, half_open.", &["state"]),
@@ -232,12 +237,14 @@ impl Metrics {
         }
     }
 
-    fn per_upstream(&self) -> [&IntCounterVec; 10] {
+    fn per_upstream(&self) -> [&IntCounterVec; 12] {
         [
             &self.would_reject,
             &self.slow,
             &self.aborted,
             &self.abort_raced,
+            &self.steered,
+            &self.ejection_overflow,
             &self.attempts,
             &self.successes,
             &self.rejected,
@@ -288,23 +295,24 @@ impl Metrics {
         *names = next;
     }
 
-    /// A loaded config's fallbacks (upstream id, name, hop labels in order): a
-    /// series per hop from zero, and those of hops that left go.
-    pub fn set_fallbacks(&self, upstreams: &[(u32, String, Vec<String>)]) {
+    /// A loaded config's fallbacks (upstream id, name, hop labels in order, how
+    /// many of the first are steering hops): a series per hop from zero, and
+    /// those of hops that left go.
+    pub fn set_fallbacks(&self, upstreams: &[(u32, String, Vec<String>, usize)]) {
         let mut current = self.fallbacks.write().unwrap_or_else(|e| e.into_inner());
-        let next: HashMap<u32, (String, Vec<String>)> = upstreams
+        let next: HashMap<u32, (String, Vec<String>, usize)> = upstreams
             .iter()
-            .map(|(id, name, hops)| (*id, (name.clone(), hops.clone())))
+            .map(|(id, name, hops, steer)| (*id, (name.clone(), hops.clone(), *steer)))
             .collect();
-        for (name, hops) in current.values() {
+        for (name, hops, _) in current.values() {
             for hop in hops {
-                let kept = next.values().any(|(n, h)| n == name && h.contains(hop));
+                let kept = next.values().any(|(n, h, _)| n == name && h.contains(hop));
                 if !kept {
                     let _ = self.redirected.remove_label_values(&[name, hop]);
                 }
             }
         }
-        for (name, hops) in next.values() {
+        for (name, hops, _) in next.values() {
             for hop in hops {
                 self.redirected.with_label_values(&[name, hop]);
             }
@@ -585,14 +593,23 @@ impl Metrics {
                 prev_extra.abort_raced,
             );
             inc(&self.rejected, &[name], now.rejected, prev.rejected);
-            if let Some((_, hops)) = fallbacks.get(&id) {
+            if let Some((_, hops, steer)) = fallbacks.get(&id) {
                 for (i, hop) in hops.iter().enumerate() {
                     let (new, old) = (extra.redirected_to.get(i), prev_extra.redirected_to.get(i));
                     if let (Some(new), Some(old)) = (new, old) {
                         inc(&self.redirected, &[name, hop], *new, *old);
+                        if i < *steer {
+                            inc(&self.steered, &[name], *new, *old);
+                        }
                     }
                 }
             }
+            inc(
+                &self.ejection_overflow,
+                &[name],
+                extra.ejection_overflow,
+                prev_extra.ejection_overflow,
+            );
             inc(
                 &self.contention,
                 &[name],
@@ -680,8 +697,8 @@ mod tests {
             out
         };
         m.set_fallbacks(&[
-            (1, "api".into(), hops(&["db", "10.0.9.1:80"])),
-            (2, "db".into(), hops(&["10.0.9.2:80"])),
+            (1, "api".into(), hops(&["db", "10.0.9.1:80"]), 0),
+            (2, "db".into(), hops(&["10.0.9.2:80"]), 0),
         ]);
         let own = |u: &str, t: &str| (u.to_string(), t.to_string());
         assert_eq!(
@@ -692,7 +709,7 @@ mod tests {
                 own("db", "10.0.9.2:80")
             ]
         );
-        m.set_fallbacks(&[(1, "api".into(), hops(&["10.0.9.1:80"]))]);
+        m.set_fallbacks(&[(1, "api".into(), hops(&["10.0.9.1:80"]), 0)]);
         assert_eq!(series(&m), [own("api", "10.0.9.1:80")]);
     }
 
@@ -723,6 +740,8 @@ mod tests {
                 "breaker_connects_slow_total",
                 "breaker_connects_aborted_total",
                 "breaker_connects_abort_raced_total",
+                "breaker_connects_steered_total",
+                "breaker_ejection_overflow_total",
             ] {
                 assert!(has(name, upstream), "{name}{{upstream={upstream:?}}}");
             }

@@ -3,7 +3,7 @@
 use std::sync::atomic::AtomicU64;
 
 use aya::maps::MapData;
-use breaker_common::machine::{self, BreakerWord, Step};
+use breaker_common::machine::{self, BreakerWord, Ejections, State, Step};
 use memmap2::{MmapOptions, MmapRaw};
 
 pub struct StateTable {
@@ -11,6 +11,34 @@ pub struct StateTable {
     _map: MapData,
     mmap: MmapRaw,
     slots: u32,
+    services: Option<Services>,
+}
+
+/// The ejection counts of `per_endpoint` services (`SERVICE_EJECTIONS`, mmapped),
+/// and which service each upstream id belongs to, so that the daemon's own
+/// closes (probes, resets) give an ejection back as the kernel's do.
+struct Services {
+    counts: Box<StateTable>,
+    /// Upstream id -> (service id, cap); service 0: none.
+    of: Vec<(u32, u32)>,
+}
+
+/// One service's count, for [`machine::update_capped`].
+struct ServiceCount<'a> {
+    cell: Option<&'a AtomicU64>,
+    cap: u32,
+}
+
+impl Ejections for ServiceCount<'_> {
+    fn reserve(&self) -> bool {
+        self.cell
+            .is_none_or(|c| machine::reserve_ejection(c, self.cap))
+    }
+    fn release(&self) {
+        if let Some(c) = self.cell {
+            machine::release_ejection(c);
+        }
+    }
 }
 
 impl StateTable {
@@ -24,7 +52,43 @@ impl StateTable {
             _map: map,
             mmap,
             slots,
+            services: None,
         })
+    }
+
+    /// Gives the table its services: `counts` is `SERVICE_EJECTIONS`, `of` says
+    /// each id's service and cap. Each service's count is set to its endpoints
+    /// out of CLOSED now (a new config may have regrouped them); an endpoint that
+    /// leaves CLOSED at this very moment may go uncounted until the next load.
+    pub(crate) fn set_services(&mut self, counts: StateTable, of: Vec<(u32, u32)>) {
+        let mut out = vec![0u64; counts.slots as usize];
+        for (id, &(service, _)) in of.iter().enumerate() {
+            let out_of_closed = self
+                .load(id as u32)
+                .is_some_and(|w| w.state() != State::Closed);
+            if service != 0 && out_of_closed {
+                if let Some(n) = out.get_mut(service as usize) {
+                    *n += 1;
+                }
+            }
+        }
+        for (service, n) in out.into_iter().enumerate() {
+            if let Some(cell) = counts.cell(service as u32) {
+                cell.store(n, std::sync::atomic::Ordering::Release);
+            }
+        }
+        self.services = Some(Services {
+            counts: Box::new(counts),
+            of,
+        });
+    }
+
+    /// How many endpoints of service `service` are out of CLOSED, as counted.
+    pub fn ejected(&self, service: u32) -> u64 {
+        self.services
+            .as_ref()
+            .and_then(|s| s.counts.cell(service))
+            .map_or(0, |c| c.load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// Upstream ids the table holds.
@@ -59,7 +123,19 @@ impl StateTable {
         id: u32,
         f: impl FnMut(BreakerWord) -> Step<T>,
     ) -> Option<(BreakerWord, Step<T>)> {
-        machine::update(self.cell(id)?, f)
+        let (service, cap) = self
+            .services
+            .as_ref()
+            .and_then(|s| s.of.get(id as usize))
+            .copied()
+            .unwrap_or((0, 0));
+        let count = ServiceCount {
+            cell: (service != 0)
+                .then(|| self.services.as_ref().and_then(|s| s.counts.cell(service)))
+                .flatten(),
+            cap,
+        };
+        machine::update_capped(self.cell(id)?, &count, f)
     }
 }
 

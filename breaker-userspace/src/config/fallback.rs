@@ -66,12 +66,14 @@ impl Fallback {
 }
 
 /// A fallback as written, before the upstreams it names are known.
+#[derive(Clone)]
 pub(super) enum Target {
     Upstream(String),
     Address(SocketAddr),
 }
 
 /// One entry as written, with the field it came from (for errors).
+#[derive(Clone)]
 pub(super) struct Written {
     field: String,
     target: Target,
@@ -162,16 +164,12 @@ impl Check<'_> {
         written: &[Vec<Written>],
         seen: &Seen,
     ) -> Result<(), ConfigError> {
-        let index: HashMap<&str, usize> = upstreams
-            .iter()
-            .enumerate()
-            .map(|(i, up)| (up.name.as_str(), i))
-            .collect();
+        let index = Names::of(upstreams);
         for (i, entries) in written.iter().enumerate() {
             for w in entries {
                 match &w.target {
                     Target::Upstream(name) => {
-                        self.named_fallback(&w.field, &upstreams[i].name, name, &index, upstreams)?
+                        self.named_fallback(&w.field, &upstreams[i], name, &index, upstreams)?
                     }
                     Target::Address(addr) => self.address_outside_others(&w.field, *addr, seen)?,
                 }
@@ -181,12 +179,19 @@ impl Check<'_> {
         // naming each other costs linear time, never one walk per path.
         let mut done = vec![false; upstreams.len()];
         for (i, entries) in written.iter().enumerate() {
-            let mut path = vec![i];
+            let mut path = vec![index.node(i, upstreams)];
             self.no_loop(entries, written, &index, upstreams, &mut path, &mut done)?;
         }
         let chains: Vec<(Vec<Fallback>, Vec<String>)> = (0..upstreams.len())
             .map(|i| {
-                let mut hops = Vec::new();
+                // A service's endpoint steers to its siblings first.
+                let mut hops: Vec<Fallback> = match &upstreams[i].service {
+                    Some(service) => service
+                        .siblings(&upstreams[i].name)
+                        .map(|m| hop_of(&upstreams[index.upstreams[m]]))
+                        .collect(),
+                    None => Vec::new(),
+                };
                 flatten(i, written, &index, upstreams, &mut hops);
                 reachable(hops)
             })
@@ -222,15 +227,18 @@ impl Check<'_> {
     fn named_fallback(
         &self,
         field: &str,
-        own: &str,
+        own: &Upstream,
         name: &str,
-        index: &HashMap<&str, usize>,
+        index: &Names,
         upstreams: &[Upstream],
     ) -> Result<(), ConfigError> {
-        if name == own {
+        if name == own.name || own.service.as_ref().is_some_and(|s| s.name == name) {
             return self.fail(field, "an upstream cannot be its own fallback");
         }
-        let Some(&k) = index.get(name) else {
+        if index.services.contains_key(name) {
+            return Ok(());
+        }
+        let Some(&k) = index.upstreams.get(name) else {
             return self.fail(
                 field,
                 format!("{name:?} is neither an upstream's name nor an address:port"),
@@ -276,7 +284,7 @@ impl Check<'_> {
         &self,
         entries: &[Written],
         written: &[Vec<Written>],
-        index: &HashMap<&str, usize>,
+        index: &Names,
         upstreams: &[Upstream],
         path: &mut Vec<usize>,
         done: &mut [bool],
@@ -285,10 +293,10 @@ impl Check<'_> {
             let Target::Upstream(name) = &w.target else {
                 continue;
             };
-            let k = index[name.as_str()];
+            let k = index.node_of(name, upstreams);
             if path.contains(&k) {
                 let mut names: Vec<&str> =
-                    path.iter().map(|&p| upstreams[p].name.as_str()).collect();
+                    path.iter().map(|&p| index.shown(&upstreams[p])).collect();
                 names.push(name);
                 return self.fail(
                     w.field.clone(),
@@ -339,7 +347,7 @@ fn hop_of(up: &Upstream) -> Fallback {
 fn flatten(
     i: usize,
     written: &[Vec<Written>],
-    index: &HashMap<&str, usize>,
+    index: &Names,
     upstreams: &[Upstream],
     out: &mut Vec<Fallback>,
 ) {
@@ -347,17 +355,76 @@ fn flatten(
         match &w.target {
             Target::Address(addr) => out.push(Fallback::address(*addr)),
             Target::Upstream(name) => {
+                // A service stands for its endpoints, in order, then its fallbacks.
+                let hops: Vec<usize> = match index.services.get(name.as_str()) {
+                    Some(members) => members.clone(),
+                    None => vec![index.upstreams[name.as_str()]],
+                };
+                let Some(&head) = hops.first() else {
+                    continue;
+                };
                 if out
                     .iter()
-                    .any(|h| h.upstream.as_deref() == Some(name.as_str()))
+                    .any(|h| h.upstream.as_deref() == Some(upstreams[head].name.as_str()))
                 {
                     continue;
                 }
-                let k = index[name.as_str()];
-                out.push(hop_of(&upstreams[k]));
-                flatten(k, written, index, upstreams, out);
+                for k in hops {
+                    out.push(hop_of(&upstreams[k]));
+                }
+                flatten(head, written, index, upstreams, out);
             }
         }
+    }
+}
+
+/// The names a fallback may give: upstreams (a service's endpoints by their
+/// own names too) and services (standing for their endpoints).
+struct Names<'a> {
+    upstreams: HashMap<&'a str, usize>,
+    /// Service name -> its endpoints' upstreams, in order.
+    services: HashMap<&'a str, Vec<usize>>,
+}
+
+impl<'a> Names<'a> {
+    fn of(upstreams: &'a [Upstream]) -> Names<'a> {
+        let mut services: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, up) in upstreams.iter().enumerate() {
+            if let Some(s) = &up.service {
+                services.entry(s.name.as_str()).or_default().push(i);
+            }
+        }
+        Names {
+            upstreams: upstreams
+                .iter()
+                .enumerate()
+                .map(|(i, up)| (up.name.as_str(), i))
+                .collect(),
+            services,
+        }
+    }
+
+    /// The node a loop is looked for on: a service's first endpoint stands for
+    /// every one of them (they share the service's fallbacks).
+    fn node(&self, i: usize, upstreams: &[Upstream]) -> usize {
+        match &upstreams[i].service {
+            Some(s) => self.services[s.name.as_str()][0],
+            None => i,
+        }
+    }
+
+    fn node_of(&self, name: &str, upstreams: &[Upstream]) -> usize {
+        match self.services.get(name) {
+            Some(members) => members[0],
+            None => self.node(self.upstreams[name], upstreams),
+        }
+    }
+
+    /// How a loop's message names a node.
+    fn shown<'u>(&self, up: &'u Upstream) -> &'u str {
+        up.service
+            .as_ref()
+            .map_or(up.name.as_str(), |s| s.name.as_str())
     }
 }
 

@@ -170,7 +170,8 @@ impl Config {
             lpm_trie(v6, size_of::<EndpointV6>(), u32_size),
             array(slots, size_of::<UpstreamPolicy>()),
             array(slots, size_of::<RateWindow>()),
-            // Mmapable: whole pages.
+            // UPSTREAM_STATES, SERVICE_EJECTIONS. Mmapable: whole pages.
+            array(slots, size_of::<u64>()).next_multiple_of(PAGE),
             array(slots, size_of::<u64>()).next_multiple_of(PAGE),
             hash_map(destinations, size_of::<DestKey>(), size_of::<BreakerCell>()),
             // DEFAULT_TRIPPED: not preallocated, so this is its most, with as many

@@ -7,6 +7,7 @@ mod endpoint;
 mod fallback;
 mod interface;
 mod memory;
+mod service;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -25,6 +26,7 @@ pub use endpoint::{unmap_v4_addr, Endpoint, EndpointParseError};
 pub use fallback::Fallback;
 pub use interface::{Hook, Interface, PacketAction};
 pub use memory::{possible_cpus, MapSizes, PACKET_FLOW_SLOTS};
+pub use service::Service;
 
 /// Where a config went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +211,9 @@ pub struct Upstream {
     pub dry_run: bool,
     /// What the packet path does with a SYN this breaker rejects.
     pub packet_action: PacketAction,
+    /// Set for one endpoint of a `per_endpoint = true` upstream (a service):
+    /// this breaker guards that endpoint alone, named `service/address`.
+    pub service: Option<Service>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -415,6 +420,10 @@ struct RawUpstream {
     #[serde(default, with = "humantime_serde")]
     slow_connect_threshold: Option<Duration>,
     slow_rate_threshold: Option<u32>,
+    #[serde(default)]
+    per_endpoint: bool,
+    max_ejected_percent: Option<u32>,
+    min_healthy_percent: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -439,7 +448,7 @@ impl OneOrMany {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProbe {
     address: Option<String>,
@@ -823,16 +832,28 @@ impl Check<'_> {
                 )
             }
         };
-        let names = raw.upstreams.unwrap_or_default();
-        if let Some(unknown) = names
-            .iter()
-            .find(|n| !upstreams.iter().any(|u| &u.name == *n))
-        {
+        let written = raw.upstreams.unwrap_or_default();
+        if let Some(unknown) = written.iter().find(|n| {
+            !upstreams
+                .iter()
+                .any(|u| &u.name == *n || u.service.as_ref().is_some_and(|s| &s.name == *n))
+        }) {
             return self.fail(
                 format!("{at}.upstreams"),
                 format!("no [[upstream]] is named {unknown:?}"),
             );
         }
+        // A service's name stands for each of its endpoints' breakers.
+        let names: Vec<String> = upstreams
+            .iter()
+            .filter(|u| {
+                written.contains(&u.name)
+                    || u.service
+                        .as_ref()
+                        .is_some_and(|s| written.contains(&s.name))
+            })
+            .map(|u| u.name.clone())
+            .collect();
         let mut to = Vec::new();
         for t in raw.transitions.unwrap_or_default() {
             to.push(match t.as_str() {
@@ -884,10 +905,11 @@ impl Check<'_> {
         up: RawUpstream,
         base: RawPolicy,
         seen: &mut Seen,
-    ) -> Result<(Upstream, Vec<fallback::Written>), ConfigError> {
+    ) -> Result<Vec<(Upstream, Vec<fallback::Written>)>, ConfigError> {
         let at = format!("upstream[{i}] ({:?})", up.name);
         self.upstream_name(i, &at, &up.name, seen)?;
         let endpoints = self.endpoints(&at, &up, seen)?;
+        let service = self.service(&at, &up, &endpoints)?;
         let fallbacks = self.fallback_targets(&at, up.fallback, up.fallbacks, &endpoints)?;
         let policy = self.policy(
             &format!("{at}."),
@@ -907,7 +929,7 @@ impl Check<'_> {
                 }
             }
         }
-        let probe = self.probe(&at, up.probe, &endpoints)?;
+        let probe = self.probe(&at, up.probe.clone(), &endpoints)?;
         let dry_run = match up.mode.as_deref() {
             None | Some("enforce") => false,
             Some("dry_run") => true,
@@ -930,8 +952,12 @@ impl Check<'_> {
             probe,
             dry_run,
             packet_action,
+            service: None,
         };
-        Ok((upstream, fallbacks))
+        match service {
+            None => Ok(vec![(upstream, fallbacks)]),
+            Some(service) => self.members(&at, upstream, up.probe, service, fallbacks),
+        }
     }
 
     fn upstream_name(
@@ -1209,6 +1235,7 @@ impl Config {
             .map(|(i, up)| check.upstream(i, up, base, &mut seen))
             .collect::<Result<Vec<_>, _>>()?
             .into_iter()
+            .flatten()
             .unzip();
         check.resolve_fallbacks(&mut upstreams, &fallbacks, &seen)?;
         check.redirects_routable(&upstreams)?;
@@ -1504,5 +1531,7 @@ fn describe_policy(p: &Policy) -> String {
 
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod service_tests;
 #[cfg(test)]
 mod tests;

@@ -286,8 +286,9 @@ const RECORD_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3
 /// Maps that outlive a daemon: pinned, and adopted by the next one, which finds
 /// each upstream's state word and counters where it left them (and the packet
 /// path's redirected flows, which a reload or restart must not cut).
-const KEPT_MAPS: [&str; 12] = [
+const KEPT_MAPS: [&str; 13] = [
     map_names::UPSTREAM_STATES,
+    map_names::SERVICE_EJECTIONS,
     map_names::COUNTERS,
     map_names::CONNECT_DURATIONS,
     map_names::EXTRA_COUNTERS,
@@ -412,7 +413,7 @@ impl Kernel {
                 .ok_or(KernelError::MissingMap {
                     name: map_names::UPSTREAM_STATES,
                 })?;
-        let states = match states_map {
+        let mut states = match states_map {
             Map::Array(data) => StateTable::map(data, slots).map_err(KernelError::Mmap)?,
             _ => {
                 return Err(KernelError::MissingMap {
@@ -420,6 +421,15 @@ impl Kernel {
                 })
             }
         };
+        let ejections = match ebpf.take_map(map_names::SERVICE_EJECTIONS) {
+            Some(Map::Array(data)) => StateTable::map(data, slots).map_err(KernelError::Mmap)?,
+            _ => {
+                return Err(KernelError::MissingMap {
+                    name: map_names::SERVICE_EJECTIONS,
+                })
+            }
+        };
+        states.set_services(ejections, services_of(config, &ids, slots));
         // Words an older daemon left may count past a streak while CLOSED.
         for id in 0..slots {
             states.update(id, breaker_common::machine::settle_closed);
@@ -737,6 +747,13 @@ fn write_config(
     packet_nat: bool,
 ) -> Result<(), KernelError> {
     let upstream_id = |i: usize| ids[i];
+    let id_of = |name: &str| {
+        config
+            .upstreams
+            .iter()
+            .position(|u| u.name == name)
+            .map(upstream_id)
+    };
     let mut policies: Array<_, UpstreamPolicy> = typed_map(ebpf, map_names::POLICIES)?;
     if let Some(d) = &config.default_policy {
         policies
@@ -753,13 +770,11 @@ fn write_config(
                 upstream_id(i),
                 packet_action(
                     dry_run(
-                        fallbacks_abi(policy_abi(&up.policy, hz), &up.fallbacks, |name| {
-                            config
-                                .upstreams
-                                .iter()
-                                .position(|u| u.name == name)
-                                .map(upstream_id)
-                        }),
+                        service_abi(
+                            fallbacks_abi(policy_abi(&up.policy, hz), &up.fallbacks, id_of),
+                            up.service.as_ref(),
+                            id_of,
+                        ),
                         up.dry_run || config.daemon.dry_run,
                     ),
                     up.packet_action,
@@ -912,6 +927,7 @@ fn loader_for(sizes: &crate::config::MapSizes) -> EbpfLoader<'static> {
         .map_max_entries(map_names::ENDPOINTS_V4, sizes.v4)
         .map_max_entries(map_names::ENDPOINTS_V6, sizes.v6)
         .map_max_entries(map_names::UPSTREAM_STATES, slots)
+        .map_max_entries(map_names::SERVICE_EJECTIONS, slots)
         .map_max_entries(map_names::COUNTERS, slots)
         .map_max_entries(map_names::CONNECT_DURATIONS, slots)
         .map_max_entries(map_names::EXTRA_COUNTERS, slots)
@@ -1290,6 +1306,51 @@ pub fn fallbacks_abi(
         }
     }
     policy.fallback_count = hops.len().min(MAX_FALLBACKS) as u32;
+    policy
+}
+
+/// Upstream id -> (its service's id, the service's ejection cap), for the
+/// endpoints of `per_endpoint` services; (0, 0) for every other id.
+fn services_of(config: &Config, ids: &[u32], slots: u32) -> Vec<(u32, u32)> {
+    let mut of = vec![(0, 0); slots as usize];
+    let id_of = |name: &str| {
+        config
+            .upstreams
+            .iter()
+            .position(|u| u.name == name)
+            .map(|i| ids[i])
+    };
+    for (i, up) in config.upstreams.iter().enumerate() {
+        let Some(service) = &up.service else {
+            continue;
+        };
+        let Some(head) = service.members.first().and_then(|m| id_of(m)) else {
+            continue;
+        };
+        if let Some(slot) = of.get_mut(ids[i] as usize) {
+            *slot = (head, service.eject_cap());
+        }
+    }
+    of
+}
+
+/// An endpoint of a `per_endpoint` service: how many of its first fallbacks are
+/// its siblings (steering), and the service's ejection count and cap. The
+/// service's count lives at its first endpoint's id.
+pub fn service_abi(
+    mut policy: UpstreamPolicy,
+    service: Option<&crate::config::Service>,
+    id_of: impl Fn(&str) -> Option<u32>,
+) -> UpstreamPolicy {
+    let Some(service) = service else {
+        return policy;
+    };
+    let Some(head) = service.members.first().and_then(|m| id_of(m)) else {
+        return policy;
+    };
+    policy.steer_count = (service.members.len() as u32 - 1).min(policy.fallback_count);
+    policy.service = head;
+    policy.eject_cap = service.eject_cap();
     policy
 }
 

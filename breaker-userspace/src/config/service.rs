@@ -1,0 +1,173 @@
+//! `per_endpoint = true`: an upstream that is a service of several addresses keeps
+//! a breaker per endpoint, so one dead endpoint is ejected alone. Each endpoint
+//! becomes an upstream of its own, named `service/address`, with the service's
+//! policy and probe; its fallbacks are the service's other endpoints (steering:
+//! tried from a random one on, so that a dead endpoint's connects spread over
+//! the healthy), then the service's own `fallbacks`. An ejection cap
+//! (`max_ejected_percent`, `min_healthy_percent`) holds back trips that would
+//! take more of the service out of CLOSED than it allows.
+use std::net::SocketAddr;
+
+use breaker_common::abi::{MAX_FALLBACKS, UPSTREAM_NAME_MAX};
+
+use super::{fallback::Written, Check, ConfigError, Endpoint, RawProbe, RawUpstream, Upstream};
+
+/// The most endpoints a service steers among: each tries the others as its
+/// fallbacks, and the kernel tries at most [`MAX_FALLBACKS`].
+pub const MAX_SERVICE_ENDPOINTS: usize = MAX_FALLBACKS + 1;
+
+/// `max_ejected_percent` when unset: every endpoint may be ejected, so a service
+/// whose every endpoint is dead fails fast (or goes to its fallbacks) like any
+/// upstream. Envoy's default is 10 % (at least one host); set it to keep part of
+/// a service reachable whatever its failures.
+pub const MAX_EJECTED_PERCENT: u32 = 100;
+/// `min_healthy_percent` when unset (Istio's panic threshold is off at 0 too).
+pub const MIN_HEALTHY_PERCENT: u32 = 0;
+
+/// What an endpoint's breaker knows of the service it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// The service's name as configured (`name` of its `[[upstream]]`).
+    pub name: String,
+    /// Its endpoints' breakers, in the order of `endpoints`.
+    pub members: Vec<String>,
+    pub max_ejected_percent: u32,
+    pub min_healthy_percent: u32,
+}
+
+impl Service {
+    /// How many endpoints may be out of CLOSED at once: at most
+    /// `max_ejected_percent` of them (rounded down) and no more than leaves
+    /// `min_healthy_percent` (rounded up) in; always at least one, as in Envoy,
+    /// so a one-endpoint service trips like any upstream.
+    pub fn eject_cap(&self) -> u32 {
+        let n = self.members.len() as u32;
+        let by_percent = n * self.max_ejected_percent / 100;
+        let healthy = (n * self.min_healthy_percent).div_ceil(100);
+        by_percent.min(n.saturating_sub(healthy)).max(1)
+    }
+
+    /// The endpoints' breakers other than `member`, in order: its steering hops.
+    pub fn siblings<'a>(&'a self, member: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.members
+            .iter()
+            .map(String::as_str)
+            .filter(move |m| *m != member)
+    }
+
+    /// "payments/10.0.1.1:443": the breaker of one endpoint.
+    pub fn member_name(service: &str, addr: SocketAddr) -> String {
+        format!("{service}/{addr}")
+    }
+}
+
+impl Check<'_> {
+    /// The service an upstream is, when `per_endpoint` is set; its keys checked.
+    pub(super) fn service(
+        &self,
+        at: &str,
+        up: &RawUpstream,
+        endpoints: &[Endpoint],
+    ) -> Result<Option<Service>, ConfigError> {
+        if !up.per_endpoint {
+            for (key, set) in [
+                ("max_ejected_percent", up.max_ejected_percent.is_some()),
+                ("min_healthy_percent", up.min_healthy_percent.is_some()),
+            ] {
+                if set {
+                    return self.fail(
+                        format!("{at}.{key}"),
+                        "has no effect without per_endpoint = true",
+                    );
+                }
+            }
+            return Ok(None);
+        }
+        let mut members = Vec::with_capacity(endpoints.len());
+        for (j, (ep, text)) in endpoints.iter().zip(&up.endpoints).enumerate() {
+            let Some(addr) = ep.single_address() else {
+                return self.fail(
+                    format!("{at}.endpoints[{j}]"),
+                    format!(
+                        "{text:?} is not a single address with a port: per_endpoint = true \
+                         keeps a breaker per listed address, so list each one"
+                    ),
+                );
+            };
+            let name = Service::member_name(&up.name, addr);
+            if name.len() > UPSTREAM_NAME_MAX {
+                return self.fail(
+                    format!("{at}.name"),
+                    format!(
+                        "the breaker of endpoint {addr} would be named {name:?}, longer than                          {UPSTREAM_NAME_MAX}: shorten the name"
+                    ),
+                );
+            }
+            members.push(name);
+        }
+        if members.len() > MAX_SERVICE_ENDPOINTS {
+            return self.fail(
+                format!("{at}.endpoints"),
+                format!(
+                    "{} endpoints: per_endpoint = true steers among at most \
+                     {MAX_SERVICE_ENDPOINTS} (each tries the others as fallbacks, at most \
+                     {MAX_FALLBACKS}); split the service, or keep one breaker for it",
+                    members.len()
+                ),
+            );
+        }
+        let max_ejected_percent = up.max_ejected_percent.unwrap_or(MAX_EJECTED_PERCENT);
+        if !(1..=100).contains(&max_ejected_percent) {
+            return self.fail(
+                format!("{at}.max_ejected_percent"),
+                format!("{max_ejected_percent} must be 1 to 100"),
+            );
+        }
+        let min_healthy_percent = up.min_healthy_percent.unwrap_or(MIN_HEALTHY_PERCENT);
+        if min_healthy_percent > 100 {
+            return self.fail(
+                format!("{at}.min_healthy_percent"),
+                format!("{min_healthy_percent} must be 0 to 100"),
+            );
+        }
+        if up.probe.as_ref().is_some_and(|p| p.address.is_some()) {
+            return self.fail(
+                format!("{at}.probe.address"),
+                "per_endpoint = true probes each endpoint at its own address: leave \
+                 probe.address out (probe.http_path applies to each)",
+            );
+        }
+        Ok(Some(Service {
+            name: up.name.clone(),
+            members,
+            max_ejected_percent,
+            min_healthy_percent,
+        }))
+    }
+
+    /// One upstream per endpoint of `service` (whose checked form is `up`), each
+    /// with the service's policy, its own probe, and the service's fallbacks as
+    /// written (its siblings go before them once the chains are resolved).
+    pub(super) fn members(
+        &self,
+        at: &str,
+        up: Upstream,
+        probe: Option<RawProbe>,
+        service: Service,
+        fallbacks: Vec<Written>,
+    ) -> Result<Vec<(Upstream, Vec<Written>)>, ConfigError> {
+        let mut out = Vec::with_capacity(service.members.len());
+        for (endpoint, name) in up.endpoints.iter().zip(&service.members) {
+            let endpoints = vec![endpoint.clone()];
+            let member = Upstream {
+                name: name.clone(),
+                probe: self.probe(at, probe.clone(), &endpoints)?,
+                endpoints,
+                service: Some(service.clone()),
+                ..up.clone()
+            };
+            out.push((member, fallbacks.clone()));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,259 @@
+//! `per_endpoint = true`: a service's endpoints as breakers of their own.
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("test.toml"), text)
+}
+
+fn invalid_field(text: &str) -> (String, String) {
+    match parse(text) {
+        Err(ConfigError::Invalid { field, reason, .. }) => (field, reason),
+        other => panic!("expected an Invalid error, got {other:?}"),
+    }
+}
+
+fn labels(up: &Upstream) -> Vec<&str> {
+    up.fallbacks.iter().map(|f| f.label.as_str()).collect()
+}
+
+const SERVICE: &str = r#"
+[[upstream]]
+name = "payments"
+endpoints = ["10.0.1.1:443", "10.0.1.2:443", "[fd00::3]:443"]
+per_endpoint = true
+failure_threshold = 3
+probe = { http_path = "/health" }
+fallbacks = ["10.0.9.1:443"]
+"#;
+
+#[test]
+fn each_endpoint_of_a_service_gets_its_own_breaker_with_the_service_policy() {
+    let c = parse(SERVICE).unwrap();
+    let names: Vec<&str> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "payments/10.0.1.1:443",
+            "payments/10.0.1.2:443",
+            "payments/[fd00::3]:443"
+        ]
+    );
+    for up in &c.upstreams {
+        assert_eq!(up.endpoints.len(), 1);
+        assert_eq!(up.policy.failure_threshold, 3);
+        // Each probed at its own address, with the service's HTTP path.
+        assert_eq!(
+            Some(up.probe.address),
+            up.endpoints[0].single_address(),
+            "{}",
+            up.name
+        );
+        assert_eq!(up.probe.http_path.as_deref(), Some("/health"));
+        let service = up.service.as_ref().unwrap();
+        assert_eq!(service.name, "payments");
+        assert_eq!(service.members, names);
+    }
+    // Siblings first (steering), then the service's own fallbacks.
+    assert_eq!(
+        labels(&c.upstreams[1]),
+        [
+            "payments/10.0.1.1:443",
+            "payments/[fd00::3]:443",
+            "10.0.9.1:443"
+        ]
+    );
+    assert_eq!(
+        c.upstreams[1].fallbacks[0].upstream.as_deref(),
+        Some("payments/10.0.1.1:443")
+    );
+}
+
+#[test]
+fn the_ejection_cap_takes_the_tighter_bound_and_always_lets_one_out() {
+    let cap = |n: usize, max: u32, min: u32| {
+        Service {
+            name: "s".into(),
+            members: (0..n).map(|i| i.to_string()).collect(),
+            max_ejected_percent: max,
+            min_healthy_percent: min,
+        }
+        .eject_cap()
+    };
+    // Defaults (100 %, 0 %): every endpoint may go.
+    assert_eq!(cap(1, 100, 0), 1);
+    assert_eq!(cap(2, 100, 0), 2);
+    assert_eq!(cap(3, 100, 0), 3);
+    assert_eq!(cap(10, 100, 0), 10);
+    // Envoy's 10 %: at least one, as in Envoy.
+    assert_eq!(cap(1, 10, 0), 1);
+    assert_eq!(cap(3, 10, 0), 1);
+    assert_eq!(cap(10, 10, 0), 1);
+    // 50 % of 3 rounds down to 1; of 2 is 1; of 10 is 5.
+    assert_eq!(cap(3, 50, 0), 1);
+    assert_eq!(cap(2, 50, 0), 1);
+    assert_eq!(cap(10, 50, 0), 5);
+    // min_healthy_percent rounds up the endpoints kept: 50 % of 3 keeps 2.
+    assert_eq!(cap(3, 100, 50), 1);
+    assert_eq!(cap(10, 100, 75), 2);
+    assert_eq!(cap(10, 30, 50), 3);
+    // A one-endpoint service trips as any upstream, whatever the settings.
+    assert_eq!(cap(1, 1, 100), 1);
+    assert_eq!(cap(2, 100, 100), 1);
+}
+
+#[test]
+fn another_upstream_naming_a_service_gets_its_endpoints_then_its_fallbacks() {
+    let c = parse(&format!(
+        r#"{SERVICE}
+[[upstream]]
+name = "checkout"
+endpoints = ["10.0.2.1:80"]
+fallbacks = ["payments"]
+"#
+    ))
+    .unwrap();
+    let checkout = c.upstreams.iter().find(|u| u.name == "checkout").unwrap();
+    assert_eq!(
+        labels(checkout),
+        [
+            "payments/10.0.1.1:443",
+            "payments/10.0.1.2:443",
+            "payments/[fd00::3]:443",
+            "10.0.9.1:443"
+        ]
+    );
+    assert!(checkout.service.is_none());
+}
+
+#[test]
+fn a_service_too_big_to_steer_among_is_refused_with_its_size() {
+    let (field, reason) = invalid_field(
+        r#"
+[[upstream]]
+name = "big"
+per_endpoint = true
+endpoints = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80", "10.0.0.5:80", "10.0.0.6:80"]
+"#,
+    );
+    assert_eq!(field, "upstream[0] (\"big\").endpoints");
+    assert!(
+        reason.contains("6 endpoints") && reason.contains("at most 5"),
+        "{reason}"
+    );
+    // Five endpoints and a fallback: the chain is too long, said as such.
+    let (field, reason) = invalid_field(
+        r#"
+[[upstream]]
+name = "big"
+per_endpoint = true
+endpoints = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80", "10.0.0.5:80"]
+fallbacks = ["10.0.9.1:80"]
+"#,
+    );
+    assert_eq!(field, "upstream[0] (\"big\").fallbacks");
+    assert!(reason.contains("(5 hops): at most 4"), "{reason}");
+}
+
+#[test]
+fn bad_service_keys_name_what_is_wrong() {
+    let cases = [
+        (
+            r#"endpoints = ["10.0.0.0/24:80"]
+per_endpoint = true"#,
+            "upstream[0] (\"s\").endpoints[0]",
+            "not a single address with a port",
+        ),
+        (
+            r#"endpoints = ["10.0.0.1:*", "10.0.0.2:80"]
+per_endpoint = true"#,
+            "upstream[0] (\"s\").endpoints[0]",
+            "list each one",
+        ),
+        (
+            r#"endpoints = ["10.0.0.1:80"]
+max_ejected_percent = 50"#,
+            "upstream[0] (\"s\").max_ejected_percent",
+            "without per_endpoint = true",
+        ),
+        (
+            r#"endpoints = ["10.0.0.1:80"]
+min_healthy_percent = 50"#,
+            "upstream[0] (\"s\").min_healthy_percent",
+            "without per_endpoint = true",
+        ),
+        (
+            r#"endpoints = ["10.0.0.1:80"]
+per_endpoint = true
+max_ejected_percent = 0"#,
+            "upstream[0] (\"s\").max_ejected_percent",
+            "must be 1 to 100",
+        ),
+        (
+            r#"endpoints = ["10.0.0.1:80"]
+per_endpoint = true
+min_healthy_percent = 101"#,
+            "upstream[0] (\"s\").min_healthy_percent",
+            "must be 0 to 100",
+        ),
+        (
+            r#"endpoints = ["10.0.0.1:80", "10.0.0.2:80"]
+per_endpoint = true
+probe = { address = "10.0.0.1:80" }"#,
+            "upstream[0] (\"s\").probe.address",
+            "its own address",
+        ),
+        (
+            r#"endpoints = ["10.0.0.1:80", "10.0.0.2:80"]
+per_endpoint = true
+fallbacks = ["s"]"#,
+            "upstream[0] (\"s\").fallbacks[0]",
+            "its own fallback",
+        ),
+    ];
+    for (keys, want_field, want) in cases {
+        let (field, reason) = invalid_field(&format!("[[upstream]]\nname = \"s\"\n{keys}\n"));
+        assert_eq!(field, want_field, "{keys}");
+        assert!(reason.contains(want), "{keys}: {reason}");
+    }
+}
+
+#[test]
+fn a_loop_through_services_is_refused_by_their_names() {
+    let (field, reason) = invalid_field(
+        r#"
+[[upstream]]
+name = "a"
+endpoints = ["10.0.0.1:80", "10.0.0.2:80"]
+per_endpoint = true
+fallbacks = ["b"]
+
+[[upstream]]
+name = "b"
+endpoints = ["10.0.1.1:80", "10.0.1.2:80"]
+per_endpoint = true
+fallbacks = ["a"]
+"#,
+    );
+    assert_eq!(field, "upstream[1] (\"b\").fallbacks[0]");
+    assert!(
+        reason.contains("(b -> a -> b)") || reason.contains("(a -> b -> a)"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn an_alert_may_name_a_service_for_each_of_its_endpoints() {
+    let c = parse(&format!(
+        r#"{SERVICE}
+[[alert]]
+url = "http://127.0.0.1:9/hook"
+upstreams = ["payments"]
+"#
+    ))
+    .unwrap();
+    assert_eq!(c.alerts[0].upstreams.len(), 3);
+    assert!(c.alerts[0]
+        .upstreams
+        .iter()
+        .all(|n| n.starts_with("payments/")));
+}
