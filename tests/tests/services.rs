@@ -1,0 +1,210 @@
+//! Services of several endpoints (`per_endpoint = true`) on a real kernel: a
+//! breaker per endpoint, connects to an ejected endpoint steered to the healthy
+//! ones, and the ejection cap. They need root; outside CI they skip with a
+//! reason, under CI=true they fail.
+use std::time::Duration;
+
+use breaker_lab::{
+    lab::Lab,
+    testing::{check, outcomes},
+};
+
+fn lab(tag: &str) -> Option<Lab> {
+    breaker_lab::testing::lab(tag, env!("CARGO_BIN_EXE_breaker-lab"))
+}
+
+fn bodies(attempts: &[breaker_lab::client::Attempt]) -> Vec<String> {
+    attempts
+        .iter()
+        .map(|a| a.body.clone().unwrap_or_else(|| a.outcome.clone()))
+        .collect()
+}
+
+/// One dead endpoint of three: its breaker trips on its own failures, and from
+/// then on an application that keeps connecting to it (a fixed address list)
+/// is served by the other two, spread over both, with no failed connect.
+#[test]
+fn a_service_with_one_dead_endpoint_keeps_serving_through_the_other_two() {
+    let Some(mut lab) = lab("steer") else {
+        return;
+    };
+    lab.serve("10.77.0.3:9101", "one").unwrap();
+    lab.serve("10.77.0.3:9102", "two").unwrap();
+    // Nothing listens on 10.77.0.3:9103: it refuses every connect.
+    lab.start_daemon(
+        r#"
+[[upstream]]
+name = "svc"
+endpoints = ["10.77.0.3:9101", "10.77.0.3:9102", "10.77.0.3:9103"]
+per_endpoint = true
+failure_threshold = 2
+open_duration = "60s"
+"#,
+    )
+    .unwrap();
+    let dead = "svc/10.77.0.3:9103";
+    let attempts = lab
+        .client(&["--to", "10.77.0.3:9103", "--count", "22", "--http"])
+        .unwrap();
+    let got = bodies(&attempts);
+    check(
+        &lab,
+        got[..2] == ["refused", "refused"],
+        &format!("the dead endpoint's own 2 failures trip it: {got:?}"),
+    );
+    check(
+        &lab,
+        got[2..].iter().all(|b| b == "one" || b == "two"),
+        &format!("after the trip every connect is served by a healthy endpoint: {got:?}"),
+    );
+    let (one, two) = (
+        got.iter().filter(|b| *b == "one").count(),
+        got.iter().filter(|b| *b == "two").count(),
+    );
+    // 20 connects, each to either at random: all to one side has odds of 2^-19.
+    check(
+        &lab,
+        one > 0 && two > 0,
+        &format!("steering spreads over both healthy endpoints: one {one}, two {two}"),
+    );
+    let steered = lab
+        .metric("breaker_connects_steered_total", &[("upstream", dead)])
+        .unwrap();
+    check(&lab, steered == 20.0, &format!("20 steered, got {steered}"));
+    check(
+        &lab,
+        lab.metric("breaker_state", &[("upstream", dead), ("state", "open")])
+            .unwrap()
+            == 1.0,
+        "the dead endpoint's breaker is open",
+    );
+    // The steered connects are the healthy endpoints' own: watched, counted.
+    let attempts_of = |up: &str| {
+        lab.metric("breaker_connect_successes_total", &[("upstream", up)])
+            .unwrap()
+    };
+    check(
+        &lab,
+        attempts_of("svc/10.77.0.3:9101") == one as f64
+            && attempts_of("svc/10.77.0.3:9102") == two as f64,
+        "each healthy endpoint's breaker counted the connects it took",
+    );
+    // A healthy endpoint's own connects still go to it.
+    let attempts = lab
+        .client(&["--to", "10.77.0.3:9101", "--count", "3", "--http"])
+        .unwrap();
+    check(
+        &lab,
+        bodies(&attempts) == ["one", "one", "one"],
+        &format!("{:?}", bodies(&attempts)),
+    );
+}
+
+/// `min_healthy_percent = 50` of three endpoints lets one out at a time: with
+/// two dead, the second stays CLOSED (its connects keep reaching it, its trips
+/// are counted as overflow) so that the service is never blackholed by its own
+/// breaker; once the first is back and its probe closes it (the daemon gives its
+/// ejection back), the second trips.
+#[test]
+fn the_ejection_cap_holds_a_second_dead_endpoint_closed_until_the_first_recovers() {
+    let Some(mut lab) = lab("eject-cap") else {
+        return;
+    };
+    lab.serve("10.77.0.3:9201", "alive").unwrap();
+    lab.start_daemon(
+        r#"
+[[upstream]]
+name = "capped"
+endpoints = ["10.77.0.3:9201", "10.77.0.3:9202", "10.77.0.3:9203"]
+per_endpoint = true
+min_healthy_percent = 50
+failure_threshold = 2
+open_duration = "1s"
+probe_interval = "200ms"
+"#,
+    )
+    .unwrap();
+    let (first, second) = ("capped/10.77.0.3:9202", "capped/10.77.0.3:9203");
+    let state = |lab: &Lab, up: &str, s: &str| {
+        lab.metric("breaker_state", &[("upstream", up), ("state", s)])
+            .unwrap()
+            == 1.0
+    };
+    let attempts = lab
+        .client(&["--to", "10.77.0.3:9202", "--count", "2"])
+        .unwrap();
+    check(
+        &lab,
+        outcomes(&attempts) == ["refused", "refused"],
+        &format!("{:?}", outcomes(&attempts)),
+    );
+    check(
+        &lab,
+        !state(&lab, first, "closed"),
+        "the first dead endpoint is ejected",
+    );
+    // The second dead endpoint fails 5 times: each trip past the first is held.
+    let attempts = lab
+        .client(&["--to", "10.77.0.3:9203", "--count", "5"])
+        .unwrap();
+    check(
+        &lab,
+        attempts.iter().all(|a| a.outcome == "refused"),
+        &format!("{:?}", outcomes(&attempts)),
+    );
+    check(
+        &lab,
+        state(&lab, second, "closed"),
+        "the cap keeps the second CLOSED",
+    );
+    let overflow = lab
+        .metric("breaker_ejection_overflow_total", &[("upstream", second)])
+        .unwrap();
+    check(
+        &lab,
+        overflow == 4.0,
+        &format!("its 2nd to 5th failures each reached the threshold and were held: {overflow}"),
+    );
+    check(
+        &lab,
+        lab.metric(
+            "breaker_connect_failures_total",
+            &[("upstream", second), ("reason", "refused")],
+        )
+        .unwrap()
+            == 5.0,
+        "its connects kept reaching it (none rejected or steered)",
+    );
+    // The first comes back: its probe closes it, which frees the cap.
+    lab.serve("10.77.0.3:9202", "back").unwrap();
+    let closed = lab
+        .wait_metric(
+            "breaker_state",
+            &[("upstream", first), ("state", "closed")],
+            1.0,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    check(
+        &lab,
+        closed == 1.0,
+        "the first recovered endpoint closes by its probe",
+    );
+    let attempts = lab
+        .client(&["--to", "10.77.0.3:9203", "--count", "4", "--http"])
+        .unwrap();
+    let got = bodies(&attempts);
+    check(
+        &lab,
+        got[0] == "refused" && got[1..].iter().all(|b| b == "alive" || b == "back"),
+        &format!(
+            "now the second trips at its next failure (its streak was held at the \
+             threshold's edge), and its connects are steered: {got:?}"
+        ),
+    );
+    check(
+        &lab,
+        !state(&lab, second, "closed"),
+        "the second is ejected now",
+    );
+}
