@@ -36,6 +36,10 @@ impl<C: prometheus::core::Collector> prometheus::core::Collector for SharedColle
     }
 }
 
+/// An upstream's name, its fallback hops' labels in the kernel's order, and how
+/// many of the first are steering hops (its service's other endpoints).
+type FallbackLabels = (String, Vec<String>, usize);
+
 pub struct Metrics {
     registry: Registry,
     /// Upstream id -> name, sorted by id; id 0 is "default". Replaced at a reload.
@@ -43,7 +47,7 @@ pub struct Metrics {
     /// Upstream id -> its name, its fallback hops' labels, in the kernel's
     /// order (`ExtraCounters.redirected_to`), and how many of the first are its
     /// service's other endpoints (steering). Replaced at a reload.
-    fallbacks: RwLock<HashMap<u32, (String, Vec<String>, usize)>>,
+    fallbacks: RwLock<HashMap<u32, FallbackLabels>>,
     state: IntGaugeVec,
     transitions: IntCounterVec,
     attempts: IntCounterVec,
@@ -300,7 +304,7 @@ impl Metrics {
     /// those of hops that left go.
     pub fn set_fallbacks(&self, upstreams: &[(u32, String, Vec<String>, usize)]) {
         let mut current = self.fallbacks.write().unwrap_or_else(|e| e.into_inner());
-        let next: HashMap<u32, (String, Vec<String>, usize)> = upstreams
+        let next: HashMap<u32, FallbackLabels> = upstreams
             .iter()
             .map(|(id, name, hops, steer)| (*id, (name.clone(), hops.clone(), *steer)))
             .collect();

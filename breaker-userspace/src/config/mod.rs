@@ -1330,6 +1330,9 @@ impl Config {
             let _ = writeln!(out, "upstream {}:", up.name);
             let eps: Vec<String> = up.endpoints.iter().map(|e| e.to_string()).collect();
             let _ = writeln!(out, "  endpoints: {}", eps.join(", "));
+            if let Some(service) = &up.service {
+                let _ = writeln!(out, "  service:   {}", service.describe());
+            }
             if !up.fallbacks.is_empty() {
                 let fb: Vec<String> = up.fallbacks.iter().map(Fallback::describe).collect();
                 let _ = writeln!(

@@ -47,6 +47,25 @@ impl Service {
         by_percent.min(n.saturating_sub(healthy)).max(1)
     }
 
+    /// For check-config: "one of 3 endpoints of payments (per_endpoint); ...".
+    pub fn describe(&self) -> String {
+        let n = self.members.len();
+        let cap = self.eject_cap();
+        let steering = if n > 1 {
+            "while open, its connects go to another endpoint of the service that is \
+             CLOSED (from a random one on), then to the service's fallbacks"
+        } else {
+            "a service of one endpoint: while open, its connects go to the fallbacks or fail \
+             fast, as any upstream's"
+        };
+        format!(
+            "one of {n} endpoints of {} (per_endpoint); {steering}; at most {cap} of the {n} \
+             out of CLOSED at once (max_ejected_percent {}, min_healthy_percent {}), a trip \
+             past that is held back and the endpoint stays CLOSED",
+            self.name, self.max_ejected_percent, self.min_healthy_percent
+        )
+    }
+
     /// The endpoints' breakers other than `member`, in order: its steering hops.
     pub fn siblings<'a>(&'a self, member: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.members
@@ -99,7 +118,8 @@ impl Check<'_> {
                 return self.fail(
                     format!("{at}.name"),
                     format!(
-                        "the breaker of endpoint {addr} would be named {name:?}, longer than                          {UPSTREAM_NAME_MAX}: shorten the name"
+                        "the breaker of endpoint {addr} would be named {name:?}, longer than \
+                         {UPSTREAM_NAME_MAX}: shorten the name"
                     ),
                 );
             }
@@ -158,7 +178,7 @@ impl Check<'_> {
     ) -> Result<Vec<(Upstream, Vec<Written>)>, ConfigError> {
         let mut out = Vec::with_capacity(service.members.len());
         for (endpoint, name) in up.endpoints.iter().zip(&service.members) {
-            let endpoints = vec![endpoint.clone()];
+            let endpoints = vec![*endpoint];
             let member = Upstream {
                 name: name.clone(),
                 probe: self.probe(at, probe.clone(), &endpoints)?,

@@ -257,3 +257,21 @@ upstreams = ["payments"]
         .iter()
         .all(|n| n.starts_with("payments/")));
 }
+
+#[test]
+fn check_config_says_what_a_service_endpoint_does() {
+    let c = parse(&format!("{SERVICE}max_ejected_percent = 50\n")).unwrap();
+    let text = c.describe();
+    assert!(text.contains("upstream payments/10.0.1.2:443:"), "{text}");
+    assert!(
+        text.contains(
+            "one of 3 endpoints of payments (per_endpoint); while open, its connects go to \
+             another endpoint of the service that is CLOSED"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("at most 1 of the 3 out of CLOSED at once (max_ejected_percent 50, min_healthy_percent 0)"),
+        "{text}"
+    );
+}
