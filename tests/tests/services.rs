@@ -89,6 +89,33 @@ open_duration = "60s"
             && attempts_of("svc/10.77.0.3:9102") == two as f64,
         "each healthy endpoint's breaker counted the connects it took",
     );
+    // `status` derives the service from its endpoints; the service's name shows
+    // each of them, and an override must name one.
+    let status = |args: &[&str]| {
+        let out = lab.cli(args).unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let all = status(&["status"]);
+    check(
+        &lab,
+        all.contains("service svc: degraded, 1 of 3 endpoints out of CLOSED (at most 3 at once)"),
+        &all,
+    );
+    let one = status(&["status", "svc"]);
+    check(
+        &lab,
+        ["9101", "9102", "9103"]
+            .iter()
+            .all(|p| one.contains(&format!("svc/10.77.0.3:{p}\n  endpoints:"))),
+        &one,
+    );
+    let out = lab.cli(&["force-close", "svc"]).unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    check(
+        &lab,
+        !out.status.success() && said.contains("is a service (per_endpoint)"),
+        &format!("{said}"),
+    );
     // A healthy endpoint's own connects still go to it.
     let attempts = lab
         .client(&["--to", "10.77.0.3:9101", "--count", "3", "--http"])
@@ -174,6 +201,15 @@ probe_interval = "200ms"
         .unwrap()
             == 5.0,
         "its connects kept reaching it (none rejected or steered)",
+    );
+    let out = lab.cli(&["status"]).unwrap();
+    let all = String::from_utf8_lossy(&out.stdout);
+    check(
+        &lab,
+        all.contains(
+            "service capped: degraded, 1 of 3 endpoints out of CLOSED (at most 1 at once)",
+        ),
+        &all,
     );
     // The first comes back: its probe closes it, which frees the cap.
     lab.serve("10.77.0.3:9202", "back").unwrap();

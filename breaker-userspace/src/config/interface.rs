@@ -131,7 +131,8 @@ impl Check<'_> {
             Some("icmp") => Ok(PacketAction::Icmp),
             Some("redirect") if !has_fallback => self.fail(
                 format!("{at}.packet_action"),
-                "\"redirect\" needs a fallback: set `fallbacks` on this upstream",
+                "\"redirect\" needs a fallback: set `fallbacks` on this upstream (or per_endpoint \
+                 = true with more than one endpoint)",
             ),
             // Whether its fallbacks can take another host's packets is checked once
             // they are resolved (`redirects_routable`).
@@ -139,7 +140,8 @@ impl Check<'_> {
             Some(other) => self.fail(
                 format!("{at}.packet_action"),
                 format!(
-                    "{other:?} is not a packet action: \"reject\" (the default), \"icmp\",                      \"drop\" or \"redirect\""
+                    "{other:?} is not a packet action: \"reject\" (the default), \"icmp\", \
+                     \"drop\" or \"redirect\""
                 ),
             ),
         }

@@ -940,8 +940,11 @@ impl Check<'_> {
                 )
             }
         };
-        let packet_action =
-            self.packet_action(&at, up.packet_action.as_deref(), !fallbacks.is_empty())?;
+        let packet_action = self.packet_action(&at, up.packet_action.as_deref(), {
+            // A service's endpoints fall back to each other.
+            let siblings = service.as_ref().is_some_and(|s| s.members.len() > 1);
+            !fallbacks.is_empty() || siblings
+        })?;
         let upstream = Upstream {
             name: up.name,
             endpoints,

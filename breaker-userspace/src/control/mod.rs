@@ -14,8 +14,8 @@ use std::time::Instant;
 use breaker_common::machine::{self, Mode, State};
 pub use history::{History, SAMPLE_EVERY};
 use protocol::{
-    DestinationCounts, Detail, FailureRateView, PolicyView, Request, Response, SlowConnectsView,
-    Status, TrippedDestination, UpstreamStatus,
+    DestinationCounts, Detail, FailureRateView, PolicyView, Request, Response, ServiceStatus,
+    SlowConnectsView, Status, TrippedDestination, UpstreamStatus,
 };
 
 /// Tripped default-policy destinations `status` lists.
@@ -70,6 +70,14 @@ impl View<'_> {
 
     /// The upstream called `name`, or the error line naming the ones there are.
     fn find(&self, name: &str) -> Result<&(u32, Upstream), String> {
+        let members = self.members(name);
+        if !members.is_empty() {
+            let names: Vec<&str> = members.iter().map(|(_, u)| u.name.as_str()).collect();
+            return Err(format!(
+                "{name:?} is a service (per_endpoint) with a breaker per endpoint: name one of {}",
+                names.join(", ")
+            ));
+        }
         self.upstreams
             .iter()
             .find(|(_, u)| u.name == name)
@@ -90,14 +98,62 @@ impl View<'_> {
             })
     }
 
+    /// The endpoints' breakers of service `name` (none: not a service).
+    fn members(&self, name: &str) -> Vec<&(u32, Upstream)> {
+        self.upstreams
+            .iter()
+            .filter(|(_, u)| u.service.as_ref().is_some_and(|s| s.name == name))
+            .collect()
+    }
+
+    /// Each `per_endpoint` service of `chosen`, derived from its endpoints' words.
+    fn services(&self, chosen: &[&(u32, Upstream)]) -> Vec<ServiceStatus> {
+        let mut out: Vec<ServiceStatus> = Vec::new();
+        for (id, up) in chosen {
+            let Some(service) = &up.service else {
+                continue;
+            };
+            let out_of_closed = self
+                .states
+                .load(*id)
+                .is_some_and(|w| w.state() != State::Closed);
+            let entry = match out.iter_mut().find(|s| s.name == service.name) {
+                Some(entry) => entry,
+                None => {
+                    out.push(ServiceStatus {
+                        name: service.name.clone(),
+                        state: String::new(),
+                        endpoints: service.members.len() as u32,
+                        ejected: 0,
+                        max_ejected: service.eject_cap(),
+                    });
+                    out.last_mut().expect("just pushed")
+                }
+            };
+            entry.ejected += u32::from(out_of_closed);
+        }
+        for s in &mut out {
+            s.state = match s.ejected {
+                0 => "closed",
+                n if n >= s.endpoints => "open",
+                _ => "degraded",
+            }
+            .to_string();
+        }
+        out
+    }
+
     fn status(&self, name: Option<&str>) -> Response {
         let chosen: Vec<&(u32, Upstream)> = match name {
+            // A service's name shows each of its endpoints in full.
+            Some(name) if !self.members(name).is_empty() => self.members(name),
             Some(name) => match self.find(name) {
                 Ok(found) => vec![found],
                 Err(e) => return Response::error(e),
             },
             None => self.upstreams.iter().collect(),
         };
+        let services = self.services(&chosen);
         let now = Instant::now();
         let upstreams = chosen
             .into_iter()
@@ -204,6 +260,7 @@ impl View<'_> {
             status: Some(Status {
                 upstreams,
                 default_policy,
+                services,
             }),
             ..Default::default()
         }
@@ -309,6 +366,12 @@ pub fn render_status(status: &Status) -> String {
             .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
+    }
+    for s in &status.services {
+        out.push_str(&format!(
+            "service {}: {}, {} of {} endpoints out of CLOSED (at most {} at once)\n",
+            s.name, s.state, s.ejected, s.endpoints, s.max_ejected
+        ));
     }
     if let Some(d) = &status.default_policy {
         out.push_str(&format!(

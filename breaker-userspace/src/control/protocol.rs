@@ -70,6 +70,24 @@ pub struct Status {
     /// Default-policy destinations by state, when the default policy is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_policy: Option<DestinationCounts>,
+    /// `per_endpoint` services, each derived from its endpoints' breakers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceStatus>,
+}
+
+/// A service of several endpoints, derived from its endpoints' breakers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    /// "closed" (every endpoint CLOSED), "degraded" (some out of CLOSED, connects
+    /// to them steered to the others), or "open" (none CLOSED: the service's
+    /// connects go to its fallbacks or fail fast).
+    pub state: String,
+    pub endpoints: u32,
+    /// Endpoints out of CLOSED now.
+    pub ejected: u32,
+    /// How many may be out of CLOSED at once.
+    pub max_ejected: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

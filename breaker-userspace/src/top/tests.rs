@@ -39,6 +39,7 @@ fn status(upstreams: Vec<UpstreamStatus>) -> Status {
     Status {
         upstreams,
         default_policy: None,
+        services: Vec::new(),
     }
 }
 
