@@ -596,7 +596,15 @@ fn the_readme_examples_are_valid() {
     // Its cgroup is an example path that need not exist here; parse checks no paths.
     let config = Config::parse(std::path::Path::new("README.md"), example)
         .unwrap_or_else(|e| panic!("the README's example: {e}"));
-    assert_eq!(config.upstreams.len(), 2);
+    // payments, payments-dr, and search's three endpoints.
+    assert_eq!(config.upstreams.len(), 5);
+    assert_eq!(
+        config.upstreams[2]
+            .service
+            .as_ref()
+            .map(|s| (s.name.as_str(), s.eject_cap())),
+        Some(("search", 2))
+    );
     let labels: Vec<&str> = config.upstreams[0]
         .fallbacks
         .iter()
