@@ -315,13 +315,10 @@ pub struct UpstreamPolicy {
     /// `per_endpoint` service: tried from a random one on (steering spreads a
     /// dead endpoint's connects over the healthy), before the rest in order.
     pub steer_count: u32,
-    /// `per_endpoint` services: the id whose `SERVICE_EJECTIONS` slot counts the
-    /// service's endpoints out of CLOSED. 0: no service (no ejection cap).
+    /// `per_endpoint` services: the id whose `SERVICE_EJECTIONS` slot holds the
+    /// service's ejection cap and count (`machine::ejection_slot`). 0: no
+    /// service (no cap).
     pub service: u32,
-    /// How many of the service's endpoints may be out of CLOSED at once
-    /// (`max_ejected_percent`, `min_healthy_percent`); a trip past it is held
-    /// back and counted in `ExtraCounters.ejection_overflow`.
-    pub eject_cap: u32,
 }
 
 impl UpstreamPolicy {
@@ -606,7 +603,7 @@ pub struct TransitionEvent {
 const _: () = assert!(core::mem::size_of::<Settings>() == 24);
 const _: () = assert!(core::mem::size_of::<EndpointV4>() == 6);
 const _: () = assert!(core::mem::size_of::<EndpointV6>() == 18);
-const _: () = assert!(core::mem::size_of::<UpstreamPolicy>() == 224);
+const _: () = assert!(core::mem::size_of::<UpstreamPolicy>() == 220);
 const _: () = assert!(core::mem::size_of::<FallbackHop>() == 36);
 const _: () = assert!(core::mem::size_of::<crate::window::RateWindow>() == 160);
 const _: () = assert!(core::mem::size_of::<DestKey>() == 20);

@@ -791,11 +791,29 @@ pub fn update<T: Copy>(
     None
 }
 
-/// A `per_endpoint` service's count of endpoints out of CLOSED, which its
-/// ejection cap bounds. Every step that takes an endpoint out of CLOSED reserves
-/// one before its compare-and-swap (and gives it back if the swap loses); the
-/// step that closes it gives one back after its swap wins. So the count is never
-/// below the endpoints out of CLOSED, and the cap holds under any interleaving.
+/// Whether a word counts as ejected for its service's cap: automatic and out of
+/// CLOSED. An operator's override is outside the cap: `force_open` ejects
+/// without counting (the operator decides), and `force_closed` or `disabled` on
+/// an ejected endpoint gives its place back, since it takes connects again.
+#[inline(always)]
+pub fn ejected(w: BreakerWord) -> bool {
+    w.mode() == Mode::Auto && w.state() != State::Closed
+}
+
+/// Compare-and-swap attempts on a service's ejection slot: few, as the verifier
+/// walks each one inside every retry of the word's own (sock_ops and the packet
+/// egress have no room for more). A reservation that loses them holds the trip
+/// back (the next failure tries again); a give-back that loses them leaves a
+/// place taken until the daemon's reconciliation (`recount_services`, every
+/// second) frees it.
+pub const EJECTION_RETRIES: usize = 2;
+
+/// A `per_endpoint` service's count of its endpoints that are [`ejected`],
+/// which its ejection cap bounds. Every step that ejects an endpoint reserves
+/// one before its compare-and-swap (and gives it back if the swap loses); a
+/// step that ends an ejection gives one back after its swap wins. So the count
+/// is never below the endpoints ejected, and the cap holds under any
+/// interleaving.
 pub trait Ejections {
     /// Takes one if fewer than the cap are taken; false: the trip is held back.
     fn reserve(&self) -> bool;
@@ -814,14 +832,36 @@ impl Ejections for Uncapped {
     fn release(&self) {}
 }
 
-/// Takes one of `cap` from a count in `cell`. Contention past the retry bound
-/// holds the trip back: the endpoint stays CLOSED, as under a full cap, so
-/// breaker never ejects more than the cap to save itself a retry.
+/// A service's slot in `SERVICE_EJECTIONS`: its cap in the high half (how
+/// many endpoints may be ejected at once; the daemon writes it), the count of
+/// those ejected in the low half. One word, so one compare-and-swap checks the
+/// cap and takes a place, and the kernel reads no policy for it.
 #[inline(always)]
-pub fn reserve_ejection(cell: &impl WordCell, cap: u32) -> bool {
+pub const fn ejection_slot(cap: u32, count: u32) -> u64 {
+    (cap as u64) << 32 | count as u64
+}
+
+/// The (cap, count) of a service's slot.
+#[inline(always)]
+pub const fn ejection_parts(slot: u64) -> (u32, u32) {
+    ((slot >> 32) as u32, slot as u32)
+}
+
+/// Takes one place from the slot in `cell` (see [`ejection_slot`]) while fewer
+/// than its cap are taken. A slot without a cap (0: the daemon has not written
+/// it yet) ejects freely: breaker never holds a failing endpoint shut for a
+/// fault of its own. Contention past the retry bound holds the trip back: the
+/// endpoint stays CLOSED, as under a full cap, so breaker never ejects more
+/// than the cap to save itself a retry.
+#[inline(always)]
+pub fn reserve_ejection(cell: &impl WordCell) -> bool {
     let mut current = cell.load();
-    for _ in 0..CAS_RETRIES {
-        if current >= cap as u64 {
+    for _ in 0..EJECTION_RETRIES {
+        let (cap, count) = ejection_parts(current);
+        if cap == 0 {
+            return true;
+        }
+        if count >= cap {
             return false;
         }
         match cell.compare_exchange(current, current + 1) {
@@ -832,12 +872,12 @@ pub fn reserve_ejection(cell: &impl WordCell, cap: u32) -> bool {
     false
 }
 
-/// Gives one back to a count in `cell` (never below zero).
+/// Gives one place back to the slot in `cell` (never below zero).
 #[inline(always)]
 pub fn release_ejection(cell: &impl WordCell) {
     let mut current = cell.load();
-    for _ in 0..CAS_RETRIES {
-        if current == 0 {
+    for _ in 0..EJECTION_RETRIES {
+        if ejection_parts(current).1 == 0 {
             return;
         }
         match cell.compare_exchange(current, current - 1) {
@@ -848,9 +888,9 @@ pub fn release_ejection(cell: &impl WordCell) {
 }
 
 /// [`update`] for an endpoint of a service with an ejection cap (see
-/// [`Ejections`]). A step that would take the endpoint out of CLOSED past the
-/// cap is not applied: the word stays as it was (CLOSED), and the step's result
-/// is returned as if it had been.
+/// [`Ejections`]). A step that would eject the endpoint past the cap is not
+/// applied: the word stays as it was (CLOSED), and the step's result is
+/// returned as if it had been.
 #[inline(always)]
 pub fn update_capped<T: Copy>(
     cell: &impl WordCell,
@@ -864,9 +904,8 @@ pub fn update_capped<T: Copy>(
         if step.next == prev {
             return Some((prev, step));
         }
-        let closed_before = prev.state() == State::Closed;
-        let closed_after = step.next.state() == State::Closed;
-        let ejects = closed_before && !closed_after;
+        let (before, after) = (ejected(prev), ejected(step.next));
+        let ejects = !before && after;
         if ejects && !ejections.reserve() {
             return Some((
                 prev,
@@ -878,7 +917,7 @@ pub fn update_capped<T: Copy>(
         }
         match cell.compare_exchange(current, step.next.0) {
             Ok(_) => {
-                if !closed_before && closed_after {
+                if before && !after {
                     ejections.release();
                 }
                 return Some((prev, step));

@@ -51,51 +51,114 @@ impl WordCell for KernelWord {
     }
 }
 
-/// The ejection count of the service a breaker belongs to (none: service 0).
+/// `record_capped`'s outcome bits: the connect succeeded...
+pub const OUTCOME_SUCCESS: u32 = 1 << 0;
+/// ...it was a trial of the epoch in bits 8-15...
+pub const OUTCOME_TRIAL: u32 = 1 << 1;
+/// ...and its window says the breaker trips, in the epoch in bits 16-23.
+pub const OUTCOME_RATE_TRIPS: u32 = 1 << 2;
+
+/// `record_capped`'s answer: the word was updated...
+pub const CAPPED_APPLIED: u32 = 1 << 0;
+/// ...and changed state, from the state in bits 8-15 to the one in bits 16-23.
+pub const CAPPED_TRANSITION: u32 = 1 << 1;
+/// The cap held a trip back (the caller counts it in `ejection_overflow`).
+pub const CAPPED_HELD: u32 = 1 << 2;
+
+/// A connect's outcome (`machine::record_rated`, from the `OUTCOME_` bits and
+/// `now`) applied to upstream `upstream`, an endpoint of a `per_endpoint`
+/// service, through the service's ejection cap (`machine::update_capped`).
+/// Out of line, on scalars, with a small frame: the verifier walks the cap once
+/// per call rather than on every path through the caller, and sock_ops' and
+/// the packet egress' stacks have room for little more. Returns the
+/// `CAPPED_` bits; without `CAPPED_APPLIED`: contention, nothing applied. The
+/// caller reports a transition and counts a trip held back.
+#[inline(never)]
+pub fn record_capped(upstream: u32, bits: u32, now: u32) -> u32 {
+    let (Some(policy), Some(word)) = (
+        POLICIES.get(upstream).filter(|p| p.is_configured()),
+        UPSTREAM_STATES.get_ptr_mut(upstream),
+    ) else {
+        return 0;
+    };
+    let outcome = machine::Outcome {
+        success: bits & OUTCOME_SUCCESS != 0,
+        trial_epoch: (bits & OUTCOME_TRIAL != 0).then_some((bits >> 8) as u8),
+    };
+    let rate_trips = (bits & OUTCOME_RATE_TRIPS != 0).then_some((bits >> 16) as u8);
+    let cap = ServiceCap {
+        slot: SERVICE_EJECTIONS
+            .get_ptr_mut(policy.service)
+            .unwrap_or(core::ptr::null_mut()),
+    };
+    // The thresholds read from the policy where they are used, not copied to
+    // the stack first: the frame must stay small (see above).
+    let applied = machine::update_capped(&KernelWord(word), &cap, |w| {
+        machine::record_rated(w, outcome, now, &policy.thresholds(), rate_trips)
+    });
+    match applied {
+        // Held back by the cap: the step would have ejected it, and left the
+        // word as it was.
+        Some((prev, step))
+            if step.next == prev
+                && !machine::ejected(prev)
+                && machine::ejected(
+                    machine::record_rated(prev, outcome, now, &policy.thresholds(), rate_trips)
+                        .next,
+                ) =>
+        {
+            CAPPED_APPLIED | CAPPED_HELD
+        }
+        Some((prev, step)) => match step.transition(prev) {
+            Some((from, to)) => {
+                CAPPED_APPLIED | CAPPED_TRANSITION | from.as_u32() << 8 | to.as_u32() << 16
+            }
+            None => CAPPED_APPLIED,
+        },
+        None => 0,
+    }
+}
+
+/// Reports a transition `record_capped` made (the `CAPPED_` bits in `done`)
+/// of configured upstream `upstream`. Out of line, so that the event is not in
+/// its caller's frame (see `record_capped`).
+#[inline(never)]
+pub fn emit_capped(upstream: u32, done: u32, cause: u32) -> u32 {
+    let event = TransitionEvent {
+        at_ns: now_ns(),
+        upstream,
+        from: (done >> 8) & 0xff,
+        to: (done >> 16) & 0xff,
+        cause,
+        dest: DestKey::default(),
+        _pad: 0,
+    };
+    // A full ring only loses the event; the state itself is in the map.
+    let _ = EVENTS.output::<TransitionEvent>(&event, 0);
+    0
+}
+
+/// The ejection count of the service an endpoint belongs to, looked up once
+/// before the compare-and-swap loop (a helper call inside it would make every
+/// value live across it spill to the stack, which has no room).
 struct ServiceCap {
-    service: u32,
-    cap: u32,
-    upstream: u32,
+    /// The service's slot (`machine::ejection_slot`: its cap and count). Null:
+    /// the service has none, and the endpoint ejects freely (breaker never
+    /// holds a failing endpoint shut for a fault of its own).
+    slot: *mut u64,
 }
 
 impl Ejections for ServiceCap {
     #[inline(always)]
     fn reserve(&self) -> bool {
-        self.service == 0 || eject_reserve(self.service, self.cap, self.upstream) != 0
+        self.slot.is_null() || machine::reserve_ejection(&KernelWord(self.slot))
     }
     #[inline(always)]
     fn release(&self) {
-        if self.service != 0 {
-            eject_release(self.service);
+        if !self.slot.is_null() {
+            machine::release_ejection(&KernelWord(self.slot));
         }
     }
-}
-
-/// Takes one of service `service`'s `cap` ejections for upstream `upstream`
-/// (counted in its `ejection_overflow` when the cap holds). Out of line, with
-/// scalar arguments, so the verifier walks it once rather than once per retry
-/// of every update that calls it. A service without its slot ejects freely:
-/// breaker never holds a failing endpoint shut for a fault of its own.
-#[inline(never)]
-fn eject_reserve(service: u32, cap: u32, upstream: u32) -> u32 {
-    let Some(count) = SERVICE_EJECTIONS.get_ptr_mut(service) else {
-        return 1;
-    };
-    if machine::reserve_ejection(&KernelWord(count), cap) {
-        return 1;
-    }
-    count_extra(upstream, |c| c.ejection_overflow += 1);
-    0
-}
-
-/// Gives one of service `service`'s ejections back. Out of line like
-/// [`eject_reserve`].
-#[inline(never)]
-fn eject_release(service: u32) -> u32 {
-    if let Some(count) = SERVICE_EJECTIONS.get_ptr_mut(service) {
-        machine::release_ejection(&KernelWord(count));
-    }
-    0
 }
 
 #[inline(always)]
@@ -294,7 +357,11 @@ impl Breaker {
         .unwrap_or(Admission::Pass)
     }
 
-    /// Applies one state-machine step with compare-and-swap and reports any transition.
+    /// Applies one state-machine step with compare-and-swap and reports any
+    /// transition. Not for an outcome of a service's endpoint, which may eject
+    /// it or end its ejection: that goes through [`record_capped`]. Admissions
+    /// and abandoned trials never do (`machine::ejected` is the same before and
+    /// after; a property test holds them to it).
     #[inline(always)]
     pub fn update<C: EbpfContext, T: Copy>(
         &self,
@@ -302,12 +369,8 @@ impl Breaker {
         cause: u32,
         f: impl FnMut(BreakerWord) -> Step<T>,
     ) -> Option<T> {
-        let cap = ServiceCap {
-            service: self.policy.service,
-            cap: self.policy.eject_cap,
-            upstream: self.upstream,
-        };
-        match machine::update_capped(&KernelWord(self.word), &cap, f) {
+        let applied = machine::update(&KernelWord(self.word), f);
+        match applied {
             Some((prev, step)) => {
                 if let Some((from, to)) = step.transition(prev) {
                     self.relocate(to, step.next);

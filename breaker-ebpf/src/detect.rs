@@ -42,7 +42,11 @@ use breaker_common::{
 
 use crate::{
     atomic::cas_u64,
-    breaker::{count, count_duration, count_extra, jiffies, now_ms, Breaker},
+    breaker::{
+        count, count_duration, count_extra, emit_capped, jiffies, now_ms, record_capped, Breaker,
+        CAPPED_APPLIED, CAPPED_HELD, CAPPED_TRANSITION, OUTCOME_RATE_TRIPS, OUTCOME_SUCCESS,
+        OUTCOME_TRIAL,
+    },
     maps::{POLICIES, RATE_WINDOWS},
     record::{self, Found},
     release::count_abandoned,
@@ -433,6 +437,22 @@ pub fn conclude<C: EbpfContext>(
     } else {
         now_ms()
     };
+    if breaker.dest.is_none() && breaker.policy.service != 0 {
+        // An endpoint of a service: through the service's ejection cap.
+        let bits = (u32::from(success) * OUTCOME_SUCCESS)
+            | trial_epoch.map_or(0, |e| OUTCOME_TRIAL | (e as u32) << 8)
+            | rate_trips.map_or(0, |e| OUTCOME_RATE_TRIPS | (e as u32) << 16);
+        let done = record_capped(upstream, bits, now);
+        if done & CAPPED_HELD != 0 {
+            count_extra(upstream, |c| c.ejection_overflow += 1);
+        }
+        if done & CAPPED_TRANSITION != 0 {
+            emit_capped(upstream, done, cause);
+        } else if done & CAPPED_APPLIED == 0 {
+            breaker.count(|c| c.contention_misses += 1);
+        }
+        return;
+    }
     breaker.update(ctx, cause, |w| {
         record_rated(w, outcome, now, &thresholds, rate_trips)
     });

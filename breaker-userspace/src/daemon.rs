@@ -296,6 +296,9 @@ impl Generation {
         tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
         kept_alerts: Option<Vec<tokio::task::AbortHandle>>,
     ) -> anyhow::Result<Generation> {
+        // Only this config's programs (attached) and probes (not started yet)
+        // change the words from now on: count each service's ejections anew.
+        kernel.states().recount_services();
         metrics.count_destinations_in(kernel.destinations());
         metrics.set_programs(&kernel.program_ids());
         let sizes = config.map_sizes();
@@ -637,6 +640,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Runs the task `make` builds, and builds and runs it again with a growing back-off
 /// each time it ends, fails or panics. With `budget = Some((n, window))`, the `n + 1`th
 /// end within `window` is an error: the daemon exits and says why.
+/// A spawned task that ends when its handle is dropped, as when the task that
+/// awaits it is aborted.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn restarting<F, Fut>(
     name: &'static str,
     budget: Option<(u32, Duration)>,
@@ -650,8 +663,11 @@ where
     let mut backoff = FIRST_BACKOFF;
     loop {
         let started = Instant::now();
-        // A task of its own, so that a panic ends only this run of it.
-        let why = match tokio::spawn(make()).await {
+        // A task of its own, so that a panic ends only this run of it; aborted
+        // with this one (a reload stops the old generation's tasks: its probe
+        // scheduler must not go on probing, and writing words, beside the new).
+        let mut run = AbortOnDrop(tokio::spawn(make()));
+        let why = match (&mut run.0).await {
             Ok(Ok(())) => "ended".to_string(),
             Ok(Err(e)) => format!("failed: {e:#}"),
             Err(e) => format!("panicked: {e}"),
@@ -811,6 +827,35 @@ mod tests {
         assert!(
             msg.contains("the test task failed: broken") && msg.contains("2 times within 1m"),
             "{msg}"
+        );
+    }
+
+    /// A reload aborts the old generation's tasks: the run a restarting task
+    /// spawned must end with it (it once went on, so an old probe scheduler
+    /// kept probing beside the new one after every reload).
+    #[tokio::test]
+    async fn aborting_a_restarting_task_ends_its_run() {
+        let beats = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = beats.clone();
+        let task = tokio::spawn(restarting("test task", None, move || {
+            let counted = counted.clone();
+            async move {
+                loop {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        task.abort();
+        let _ = task.await;
+        let at_abort = beats.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(at_abort > 0, "the run ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            beats.load(std::sync::atomic::Ordering::SeqCst),
+            at_abort,
+            "the run went on after its task was aborted"
         );
     }
 

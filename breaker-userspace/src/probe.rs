@@ -132,6 +132,12 @@ struct Probed {
 /// Probes every upstream whose breaker is due, forever: not CLOSED, OPEN for at least
 /// its open time (`open_duration`, grown by reopens), and `probe_interval` (grown
 /// by failed recovery attempts, with `max_open_duration`) since its last probe. One task scans all the
+/// Every this many passes (a second), each service's ejection slot is set to
+/// its endpoints ejected now: a place the kernel could not give back (its
+/// compare-and-swap lost to contention) is freed, and one lost at a reload
+/// is counted again.
+const RECONCILE_EVERY_PASSES: u32 = 50;
+
 /// words; each probe runs in a task of its own.
 pub async fn run(
     upstreams: Vec<(u32, Upstream)>,
@@ -154,11 +160,16 @@ pub async fn run(
         .collect();
     let mut tick = tokio::time::interval(SCAN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut passes: u32 = 0;
     loop {
         tick.tick().await;
         // Each pass tells the kernel a daemon is probing: while this is fresh,
         // HALF_OPEN waits for probes rather than letting applications try.
         heartbeat.beat();
+        passes = passes.wrapping_add(1);
+        if passes.is_multiple_of(RECONCILE_EVERY_PASSES) {
+            states.recount_services();
+        }
         let now = now_ms();
         for p in &mut probed {
             // Read before the word: idle means the last probe's result is in it.

@@ -3,7 +3,7 @@
 use std::sync::atomic::AtomicU64;
 
 use aya::maps::MapData;
-use breaker_common::machine::{self, BreakerWord, Ejections, State, Step};
+use breaker_common::machine::{self, BreakerWord, Ejections, Step};
 use memmap2::{MmapOptions, MmapRaw};
 
 pub struct StateTable {
@@ -23,16 +23,14 @@ struct Services {
     of: Vec<(u32, u32)>,
 }
 
-/// One service's count, for [`machine::update_capped`].
+/// One service's slot (its cap and count), for [`machine::update_capped`].
 struct ServiceCount<'a> {
     cell: Option<&'a AtomicU64>,
-    cap: u32,
 }
 
 impl Ejections for ServiceCount<'_> {
     fn reserve(&self) -> bool {
-        self.cell
-            .is_none_or(|c| machine::reserve_ejection(c, self.cap))
+        self.cell.is_none_or(machine::reserve_ejection)
     }
     fn release(&self) {
         if let Some(c) = self.cell {
@@ -57,38 +55,65 @@ impl StateTable {
     }
 
     /// Gives the table its services: `counts` is `SERVICE_EJECTIONS`, `of` says
-    /// each id's service and cap. Each service's count is set to its endpoints
-    /// out of CLOSED now (a new config may have regrouped them); an endpoint that
-    /// leaves CLOSED at this very moment may go uncounted until the next load.
+    /// each id's service and cap. The counts are left as they are until
+    /// [`StateTable::recount_services`].
     pub(crate) fn set_services(&mut self, counts: StateTable, of: Vec<(u32, u32)>) {
-        let mut out = vec![0u64; counts.slots as usize];
-        for (id, &(service, _)) in of.iter().enumerate() {
-            let out_of_closed = self
-                .load(id as u32)
-                .is_some_and(|w| w.state() != State::Closed);
-            if service != 0 && out_of_closed {
-                if let Some(n) = out.get_mut(service as usize) {
-                    *n += 1;
-                }
-            }
-        }
-        for (service, n) in out.into_iter().enumerate() {
-            if let Some(cell) = counts.cell(service as u32) {
-                cell.store(n, std::sync::atomic::Ordering::Release);
-            }
-        }
         self.services = Some(Services {
             counts: Box::new(counts),
             of,
         });
     }
 
-    /// How many endpoints of service `service` are out of CLOSED, as counted.
-    pub fn ejected(&self, service: u32) -> u64 {
-        self.services
-            .as_ref()
-            .and_then(|s| s.counts.cell(service))
-            .map_or(0, |c| c.load(std::sync::atomic::Ordering::Acquire))
+    /// Writes each service's slot: its cap, and its count set to its endpoints
+    /// ejected now (a new config may have regrouped them, added a service or
+    /// changed its cap). Run once only this config's
+    /// programs and probes change the words (after the attach, the old
+    /// generation stopped). A count changed while its endpoints are read is
+    /// read again, so a trip or a close racing the recount is not lost; only a
+    /// trip between its reservation and its own swap (a few instructions) may
+    /// be.
+    pub fn recount_services(&self) {
+        let Some(services) = &self.services else {
+            return;
+        };
+        let mut ids: Vec<(u32, u32)> = services.of.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        // Every other slot (a service gone, or never one) holds no count.
+        for service in (0..services.counts.slots).filter(|s| !ids.iter().any(|(id, _)| id == s)) {
+            if let Some(cell) = services.counts.cell(service) {
+                cell.store(0, std::sync::atomic::Ordering::Release);
+            }
+        }
+        for (service, cap) in ids.into_iter().filter(|&(s, _)| s != 0) {
+            let Some(cell) = services.counts.cell(service) else {
+                continue;
+            };
+            for _ in 0..machine::EJECTION_RETRIES {
+                let slot = cell.load(std::sync::atomic::Ordering::Acquire);
+                let ejected = services
+                    .of
+                    .iter()
+                    .enumerate()
+                    .filter(|(id, &(s, _))| {
+                        s == service && self.load(*id as u32).is_some_and(machine::ejected)
+                    })
+                    .count() as u32;
+                let wanted = machine::ejection_slot(cap, ejected);
+                if slot == wanted
+                    || cell
+                        .compare_exchange(
+                            slot,
+                            wanted,
+                            std::sync::atomic::Ordering::AcqRel,
+                            std::sync::atomic::Ordering::Acquire,
+                        )
+                        .is_ok()
+                {
+                    break;
+                }
+            }
+        }
     }
 
     /// Upstream ids the table holds.
@@ -123,7 +148,7 @@ impl StateTable {
         id: u32,
         f: impl FnMut(BreakerWord) -> Step<T>,
     ) -> Option<(BreakerWord, Step<T>)> {
-        let (service, cap) = self
+        let (service, _) = self
             .services
             .as_ref()
             .and_then(|s| s.of.get(id as usize))
@@ -133,7 +158,6 @@ impl StateTable {
             cell: (service != 0)
                 .then(|| self.services.as_ref().and_then(|s| s.counts.cell(service)))
                 .flatten(),
-            cap,
         };
         machine::update_capped(self.cell(id)?, &count, f)
     }

@@ -98,7 +98,7 @@ open_duration = "60s"
     let all = status(&["status"]);
     check(
         &lab,
-        all.contains("service svc: degraded, 1 of 3 endpoints out of CLOSED (at most 3 at once)"),
+        all.contains("service svc: degraded, 1 of 3 endpoints ejected (at most 3 at once)"),
         &all,
     );
     let one = status(&["status", "svc"]);
@@ -127,19 +127,7 @@ open_duration = "60s"
     );
 }
 
-/// `min_healthy_percent = 50` of three endpoints lets one out at a time: with
-/// two dead, the second stays CLOSED (its connects keep reaching it, its trips
-/// are counted as overflow) so that the service is never blackholed by its own
-/// breaker; once the first is back and its probe closes it (the daemon gives its
-/// ejection back), the second trips.
-#[test]
-fn the_ejection_cap_holds_a_second_dead_endpoint_closed_until_the_first_recovers() {
-    let Some(mut lab) = lab("eject-cap") else {
-        return;
-    };
-    lab.serve("10.77.0.3:9201", "alive").unwrap();
-    lab.start_daemon(
-        r#"
+const CAPPED: &str = r#"
 [[upstream]]
 name = "capped"
 endpoints = ["10.77.0.3:9201", "10.77.0.3:9202", "10.77.0.3:9203"]
@@ -148,9 +136,21 @@ min_healthy_percent = 50
 failure_threshold = 2
 open_duration = "1s"
 probe_interval = "200ms"
-"#,
-    )
-    .unwrap();
+"#;
+
+/// `min_healthy_percent = 50` of three endpoints lets one out at a time: with
+/// two dead, the second stays CLOSED (its connects keep reaching it, its trips
+/// are counted as overflow) so that the service is never blackholed by its own
+/// breaker; once the first is back and its probe closes it (the daemon gives its
+/// ejection back), the second trips. A reload that regroups the endpoints keeps
+/// the cap (each service's count is recounted once the new programs run).
+#[test]
+fn the_ejection_cap_holds_a_second_dead_endpoint_closed_until_the_first_recovers() {
+    let Some(mut lab) = lab("eject-cap") else {
+        return;
+    };
+    lab.serve("10.77.0.3:9201", "alive").unwrap();
+    lab.start_daemon(CAPPED).unwrap();
     let (first, second) = ("capped/10.77.0.3:9202", "capped/10.77.0.3:9203");
     let state = |lab: &Lab, up: &str, s: &str| {
         lab.metric("breaker_state", &[("upstream", up), ("state", s)])
@@ -206,9 +206,7 @@ probe_interval = "200ms"
     let all = String::from_utf8_lossy(&out.stdout);
     check(
         &lab,
-        all.contains(
-            "service capped: degraded, 1 of 3 endpoints out of CLOSED (at most 1 at once)",
-        ),
+        all.contains("service capped: degraded, 1 of 3 endpoints ejected (at most 1 at once)"),
         &all,
     );
     // The first comes back: its probe closes it, which frees the cap.
@@ -242,5 +240,64 @@ probe_interval = "200ms"
         &lab,
         !state(&lab, second, "closed"),
         "the second is ejected now",
+    );
+
+    // A reload that lists the endpoints the other way round keeps the count
+    // (now in another endpoint's slot): with the cap full, the live endpoint
+    // blackholed must stay CLOSED, its trips held back.
+    lab.write_config(&CAPPED.replace(
+        r#"["10.77.0.3:9201", "10.77.0.3:9202", "10.77.0.3:9203"]"#,
+        r#"["10.77.0.3:9203", "10.77.0.3:9202", "10.77.0.3:9201"]"#,
+    ))
+    .unwrap();
+    let pid = nix::unistd::Pid::from_raw(lab.daemon_pid().expect("daemon running") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let reloaded = lab
+        .wait_metric(
+            "breaker_config_reloads_total",
+            &[("result", "success")],
+            1.0,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    check(&lab, reloaded == 1.0, "the reload succeeded");
+    let live = "capped/10.77.0.3:9201";
+    lab.blackhole("10.77.0.3").unwrap();
+    let attempts = lab
+        .client(&[
+            "--to",
+            "10.77.0.3:9201",
+            "--count",
+            "3",
+            "--timeout-ms",
+            "1500",
+        ])
+        .unwrap();
+    lab.restore("10.77.0.3").unwrap();
+    let timeouts = lab
+        .metric(
+            "breaker_connect_failures_total",
+            &[("upstream", live), ("reason", "timeout")],
+        )
+        .unwrap();
+    check(
+        &lab,
+        timeouts >= 2.0,
+        &format!(
+            "the blackholed endpoint timed out: {timeouts}, {:?}",
+            outcomes(&attempts)
+        ),
+    );
+    check(
+        &lab,
+        state(&lab, live, "closed"),
+        "the recounted cap holds it CLOSED",
+    );
+    check(
+        &lab,
+        lab.metric("breaker_ejection_overflow_total", &[("upstream", live)])
+            .unwrap()
+            >= 1.0,
+        "its trip was held back",
     );
 }

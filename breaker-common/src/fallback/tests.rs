@@ -122,7 +122,7 @@ fn a_hop_use_survives_its_integer_form_and_stray_integers_never_fail_a_connect()
 }
 
 #[test]
-fn steering_tries_the_siblings_from_the_spread_on_then_the_rest_in_order() {
+fn steering_picks_a_sibling_that_takes_it_before_the_rest_in_order() {
     let p = UpstreamPolicy {
         steer_count: 3,
         ..policy(&[
@@ -142,19 +142,21 @@ fn steering_tries_the_siblings_from_the_spread_on_then_the_rest_in_order() {
         }
     };
     // Every sibling healthy: the spread picks which takes the connect.
-    let picked: Vec<usize> = (0..6)
-        .map(|spread| choose(&p, true, spread, healthy(&[])).unwrap().0)
+    let mut seen: Vec<usize> = (0..64u32)
+        .map(|k| {
+            choose(&p, true, k.wrapping_mul(0x9e37_79b9), healthy(&[]))
+                .unwrap()
+                .0
+        })
         .collect();
-    assert_eq!(picked, [0, 1, 2, 0, 1, 2]);
-    // An open sibling is passed by, to the next one round.
-    assert_eq!(
-        choose(&p, true, 1, healthy(&[12])),
-        Some((2, HopUse::GoWatched))
-    );
-    assert_eq!(
-        choose(&p, true, 2, healthy(&[13])),
-        Some((0, HopUse::GoWatched))
-    );
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen, [0, 1, 2], "each sibling is picked by some spread");
+    // An open sibling is never picked.
+    for k in 0..64u32 {
+        let (i, _) = choose(&p, true, k.wrapping_mul(0x9e37_79b9), healthy(&[12])).unwrap();
+        assert!(i == 0 || i == 2, "{i}");
+    }
     // Only when every sibling is open does the address after them take it.
     assert_eq!(
         choose(&p, true, 2, healthy(&[11, 12, 13])),
@@ -165,7 +167,7 @@ fn steering_tries_the_siblings_from_the_spread_on_then_the_rest_in_order() {
         let (i, _) = choose(&p, true, spread, healthy(&[11, 13])).unwrap();
         assert_eq!(i, 1);
     }
-    // A steer count past the array is ignored: plain order.
+    // A steer count past the hops is ignored: plain order.
     let q = UpstreamPolicy {
         steer_count: 99,
         ..p
@@ -174,4 +176,52 @@ fn steering_tries_the_siblings_from_the_spread_on_then_the_rest_in_order() {
         choose(&q, true, 2, healthy(&[])),
         Some((0, HopUse::GoWatched))
     );
+}
+
+/// Whatever is open, each sibling that takes connects gets the same share of
+/// random spreads: no sibling inherits an open neighbour's share.
+#[test]
+fn steering_shares_evenly_among_the_siblings_that_take_connects() {
+    let p = UpstreamPolicy {
+        steer_count: 4,
+        ..policy(&[
+            upstream(11, FALLBACK_HAS_V4),
+            upstream(12, FALLBACK_HAS_V4),
+            upstream(13, FALLBACK_HAS_V6),
+            upstream(14, FALLBACK_HAS_V4),
+        ])
+    };
+    const DRAWS: u32 = 60_000;
+    for open in [&[][..], &[11], &[12], &[14], &[11, 14]] {
+        let mut shares = [0u32; 4];
+        // A xorshift stream: the spreads a random source gives.
+        let mut x = 0x1234_5678u32;
+        for _ in 0..DRAWS {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let judge = |id: u32| {
+                if open.contains(&id) {
+                    HopUse::Skip
+                } else {
+                    HopUse::GoWatched
+                }
+            };
+            let (i, _) = choose(&p, true, x, judge).unwrap();
+            shares[i] += 1;
+        }
+        // Hop 2 is IPv6 only: never picked for an IPv4 connect.
+        assert_eq!(shares[2], 0);
+        let takers: Vec<u32> = [0usize, 1, 3]
+            .into_iter()
+            .filter(|&i| !open.contains(&(11 + i as u32)))
+            .map(|i| shares[i])
+            .collect();
+        let fair = DRAWS / takers.len() as u32;
+        assert!(
+            takers.iter().all(|&n| n.abs_diff(fair) < DRAWS / 50),
+            "open {open:?}: {shares:?}, each should be about {fair}"
+        );
+        assert!(open.iter().all(|&id| shares[(id - 11) as usize] == 0));
+    }
 }

@@ -1,5 +1,6 @@
 //! The ejection cap of a `per_endpoint` service: [`update_capped`] with a count.
 use super::*;
+use proptest::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const T: Thresholds = Thresholds {
@@ -17,19 +18,23 @@ const FAIL: Outcome = Outcome {
     trial_epoch: None,
 };
 
-/// A service's count with its cap, over any cell.
+/// A service's slot (its cap and count), over any cell.
 struct Count<'a, C> {
     cell: &'a C,
-    cap: u32,
 }
 
 impl<C: WordCell> Ejections for Count<'_, C> {
     fn reserve(&self) -> bool {
-        reserve_ejection(self.cell, self.cap)
+        reserve_ejection(self.cell)
     }
     fn release(&self) {
         release_ejection(self.cell)
     }
+}
+
+/// The places taken in a slot.
+fn taken(slot: &AtomicU64) -> u32 {
+    ejection_parts(slot.load(Ordering::SeqCst)).1
 }
 
 fn out_of_closed(words: &[AtomicU64]) -> u64 {
@@ -41,18 +46,15 @@ fn out_of_closed(words: &[AtomicU64]) -> u64 {
 
 #[test]
 fn a_trip_past_the_cap_is_held_back_and_a_close_makes_room() {
-    let count = AtomicU64::new(0);
-    let cap = Count {
-        cell: &count,
-        cap: 1,
-    };
+    let count = AtomicU64::new(ejection_slot(1, 0));
+    let cap = Count { cell: &count };
     let (a, b) = (AtomicU64::new(0), AtomicU64::new(0));
     let fail = |w: &AtomicU64| update_capped(w, &cap, |x| record(x, FAIL, 5, &T));
     for _ in 0..2 {
         fail(&a);
     }
     assert_eq!(BreakerWord(a.load(Ordering::SeqCst)).state(), State::Open);
-    assert_eq!(count.load(Ordering::SeqCst), 1);
+    assert_eq!(taken(&count), 1);
     // b reaches its threshold, again and again: it stays CLOSED, its streak
     // where it was, and the step's result still says the outcome counted.
     fail(&b);
@@ -62,45 +64,44 @@ fn a_trip_past_the_cap_is_held_back_and_a_close_makes_room() {
         assert!(step.result);
         assert_eq!(BreakerWord(b.load(Ordering::SeqCst)).state(), State::Closed);
     }
-    assert_eq!(count.load(Ordering::SeqCst), 1);
+    assert_eq!(taken(&count), 1);
     // A's recovery (HALF_OPEN, then closed by a probe) gives its one back.
     let half = update_capped(&a, &cap, |w| admit(w, 60_005, &T)).unwrap();
     assert_eq!(half.1.next.state(), State::HalfOpen);
-    assert_eq!(
-        count.load(Ordering::SeqCst),
-        1,
-        "HALF_OPEN is still ejected"
-    );
+    assert_eq!(taken(&count), 1, "HALF_OPEN is still ejected");
     update_capped(&a, &cap, |w| probe(w, true, 60_006, &T));
     assert_eq!(BreakerWord(a.load(Ordering::SeqCst)).state(), State::Closed);
-    assert_eq!(count.load(Ordering::SeqCst), 0);
+    assert_eq!(taken(&count), 0);
     fail(&b);
     assert_eq!(BreakerWord(b.load(Ordering::SeqCst)).state(), State::Open);
     // An operator's reset closes it too, and gives back.
     update_capped(&b, &cap, reset);
-    assert_eq!(count.load(Ordering::SeqCst), 0);
+    assert_eq!(taken(&count), 0);
 }
 
 #[test]
-fn a_count_never_goes_below_zero() {
-    let count = AtomicU64::new(0);
+fn a_count_never_goes_below_zero_and_a_slot_without_a_cap_ejects_freely() {
+    let count = AtomicU64::new(ejection_slot(2, 0));
     release_ejection(&count);
-    assert_eq!(count.load(Ordering::SeqCst), 0);
-    assert!(!reserve_ejection(&count, 0), "a cap of 0 ejects nothing");
+    assert_eq!(taken(&count), 0);
+    assert_eq!(ejection_parts(count.load(Ordering::SeqCst)).0, 2);
+    // No cap written yet (a fresh slot): never a reason to hold a trip.
+    let fresh = AtomicU64::new(0);
+    for _ in 0..5 {
+        assert!(reserve_ejection(&fresh));
+    }
 }
 
 /// 64 threads fail and close the ten endpoints of a service with a cap of 3.
 /// Phase one only trips (no word goes back to CLOSED), so endpoints out of
 /// CLOSED only grow and the count at the end is the most there ever were.
 /// Phase two closes and trips at once; at the end the count must be exact (no
-/// reservation lost or given back twice). Returns (most out, out at the end,
+/// reservation lost or given back twice). `count` is a slot with a cap of 3.
+/// Returns (most out, out at the end,
 /// the count at the end).
 fn service_race(count: &(impl WordCell + Sync)) -> (u64, u64, u64) {
     let words: Vec<AtomicU64> = (0..10).map(|_| AtomicU64::new(0)).collect();
-    let cap = Count {
-        cell: count,
-        cap: 3,
-    };
+    let cap = Count { cell: count };
     std::thread::scope(|scope| {
         for k in 0..64usize {
             let (words, cap) = (&words, &cap);
@@ -128,13 +129,17 @@ fn service_race(count: &(impl WordCell + Sync)) -> (u64, u64, u64) {
             });
         }
     });
-    (most, out_of_closed(&words), count.load())
+    (
+        most,
+        out_of_closed(&words),
+        u64::from(ejection_parts(count.load()).1),
+    )
 }
 
 #[test]
 fn ejected_endpoints_never_exceed_the_cap_under_64_racing_threads() {
     for _ in 0..20 {
-        let count = AtomicU64::new(0);
+        let count = AtomicU64::new(ejection_slot(3, 0));
         let (most, out, left) = service_race(&count);
         assert_eq!(most, 3, "phase one must fill the cap, never pass it");
         assert!(out <= 3);
@@ -168,8 +173,55 @@ impl WordCell for RacyCount {
 #[test]
 fn the_service_race_catches_a_non_atomic_count() {
     let caught = (0..20).any(|_| {
-        let (most, out, left) = service_race(&RacyCount(AtomicU64::new(0)));
+        let (most, out, left) = service_race(&RacyCount(AtomicU64::new(ejection_slot(3, 0))));
         most != 3 || out > 3 || left != out
     });
     assert!(caught, "a non-atomic count went unnoticed in 20 races");
+}
+
+/// An operator's override is outside the cap: forcing an ejected endpoint
+/// closed (or disabling it) gives its place back, since it takes connects
+/// again; forcing one open takes none.
+#[test]
+fn overrides_are_outside_the_cap() {
+    let count = AtomicU64::new(ejection_slot(1, 0));
+    let cap = Count { cell: &count };
+    let a = AtomicU64::new(0);
+    for _ in 0..2 {
+        update_capped(&a, &cap, |x| record(x, FAIL, 5, &T));
+    }
+    assert_eq!(taken(&count), 1);
+    for mode in [Mode::ForceClosed, Mode::Disabled] {
+        update_capped(&a, &cap, |x| set_mode(x, mode));
+        assert_eq!(taken(&count), 0, "{mode:?}");
+        // Back to automatic (a reset): CLOSED, nothing to give back.
+        update_capped(&a, &cap, reset);
+        assert_eq!(taken(&count), 0);
+        for _ in 0..2 {
+            update_capped(&a, &cap, |x| record(x, FAIL, 5, &T));
+        }
+        assert_eq!(taken(&count), 1);
+    }
+    let b = AtomicU64::new(0);
+    update_capped(&b, &cap, |x| set_mode(x, Mode::ForceOpen));
+    assert!(turns_away(BreakerWord(b.load(Ordering::SeqCst))));
+    assert_eq!(taken(&count), 1, "force_open takes no place");
+}
+
+proptest! {
+    /// The kernel applies admissions and abandoned trials without the cap (the
+    /// packet path's verifier budget has no room for it): they must never eject
+    /// an endpoint nor end an ejection, from any word, at any time.
+    #[test]
+    fn admissions_and_abandons_never_change_an_ejection(
+        raw in any::<u64>(),
+        now in any::<u32>(),
+        epoch in any::<u8>(),
+        away in any::<bool>(),
+    ) {
+        let w = BreakerWord(raw);
+        let t = if away { T.without_daemon() } else { T };
+        prop_assert_eq!(ejected(admit(w, now, &t).next), ejected(w));
+        prop_assert_eq!(ejected(abandon(w, epoch).next), ejected(w));
+    }
 }

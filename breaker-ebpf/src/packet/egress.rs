@@ -169,6 +169,20 @@ fn waiting_isn(key: &FlowKey) -> Option<u32> {
         .map(|f| f.isn)
 }
 
+/// Puts flow `key` back, ended (see [`end`]). Out of line, so that its copy of
+/// the record is not in `end`'s frame, which calls on into the breaker's cap
+/// (`record_capped`): the three frames must fit the 512-byte stack.
+#[inline(never)]
+fn keep_ended(key: &FlowKey, flow: &FlowRecord) -> u32 {
+    let ended = FlowRecord {
+        flags: flow.flags | FLOW_ENDED,
+        started_jiffies: jiffies(),
+        ..*flow
+    };
+    let _ = PACKET_FLOWS.insert(key, ended, BPF_NOEXIST as u64);
+    0
+}
+
 /// Ends a flow with its outcome, once: only the program that removes the flow
 /// concludes it. Out of line and given no packet pointer, so the verifier walks
 /// its paths (the state machine's) once whatever the packet's layout.
@@ -190,12 +204,7 @@ fn end<C: EbpfContext>(ctx: &C, key: &FlowKey, cause: u32) {
     // ended, so that SYN is known as a retransmission, not a second attempt to
     // count. A new SYN of the same ports in between keeps its own flow.
     if cause == CAUSE_FAILURE_UNREACHABLE {
-        let ended = FlowRecord {
-            flags: flow.flags | FLOW_ENDED,
-            started_jiffies: jiffies(),
-            ..flow
-        };
-        let _ = PACKET_FLOWS.insert(key, ended, BPF_NOEXIST as u64);
+        keep_ended(key, &flow);
     }
     let trial = (flow.flags & FLOW_TRIAL != 0).then_some(flow.epoch as u8);
     conclude(

@@ -204,9 +204,7 @@ impl Check<'_> {
                 let key = written[i]
                     .first()
                     .and_then(|w| w.field.rsplit_once('[').map(|(key, _)| key.to_string()))
-                    .unwrap_or_else(|| {
-                        format!("upstream[{i}] ({:?}).fallbacks", upstreams[i].name)
-                    });
+                    .unwrap_or_else(|| format!("{}.fallbacks", upstreams[i].written_at));
                 let more = if hops.len() > shown { ", ..." } else { "" };
                 return self.fail(
                     key,

@@ -179,7 +179,7 @@ impl Check<'_> {
         &self,
         upstreams: &[super::Upstream],
     ) -> Result<(), ConfigError> {
-        for (i, up) in upstreams.iter().enumerate() {
+        for up in upstreams {
             if up.packet_action != PacketAction::Redirect {
                 continue;
             }
@@ -189,7 +189,7 @@ impl Check<'_> {
                 .find_map(|f| f.addresses().find(|a| !routable(a.ip())).map(|a| (f, a)));
             if let Some((hop, addr)) = stray {
                 return self.fail(
-                    format!("upstream[{i}] ({:?}).packet_action", up.name),
+                    format!("{}.packet_action", up.written_at),
                     format!(
                         "\"redirect\" needs fallbacks another host's packets can be routed \
                          to: not loopback, unspecified, multicast, broadcast or link-local \

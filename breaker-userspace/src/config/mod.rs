@@ -214,6 +214,9 @@ pub struct Upstream {
     /// Set for one endpoint of a `per_endpoint = true` upstream (a service):
     /// this breaker guards that endpoint alone, named `service/address`.
     pub service: Option<Service>,
+    /// Where it was written, for errors found once every upstream is known:
+    /// `upstream[i] ("name")` (a service's name for each of its endpoints).
+    pub written_at: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -956,6 +959,7 @@ impl Check<'_> {
             dry_run,
             packet_action,
             service: None,
+            written_at: at.clone(),
         };
         match service {
             None => Ok(vec![(upstream, fallbacks)]),

@@ -144,10 +144,13 @@ impl Check<'_> {
             );
         }
         let min_healthy_percent = up.min_healthy_percent.unwrap_or(MIN_HEALTHY_PERCENT);
-        if min_healthy_percent > 100 {
+        if min_healthy_percent > 99 {
             return self.fail(
                 format!("{at}.min_healthy_percent"),
-                format!("{min_healthy_percent} must be 0 to 100"),
+                format!(
+                    "{min_healthy_percent} must be 0 to 99: one endpoint may always be \
+                     ejected (a dead one would otherwise hold its connects on a blackhole)"
+                ),
             );
         }
         if up.probe.as_ref().is_some_and(|p| p.address.is_some()) {

@@ -97,8 +97,8 @@ fn the_ejection_cap_takes_the_tighter_bound_and_always_lets_one_out() {
     assert_eq!(cap(10, 100, 75), 2);
     assert_eq!(cap(10, 30, 50), 3);
     // A one-endpoint service trips as any upstream, whatever the settings.
-    assert_eq!(cap(1, 1, 100), 1);
-    assert_eq!(cap(2, 100, 100), 1);
+    assert_eq!(cap(1, 1, 99), 1);
+    assert_eq!(cap(2, 100, 99), 1);
 }
 
 #[test]
@@ -191,9 +191,9 @@ max_ejected_percent = 0"#,
         (
             r#"endpoints = ["10.0.0.1:80"]
 per_endpoint = true
-min_healthy_percent = 101"#,
+min_healthy_percent = 100"#,
             "upstream[0] (\"s\").min_healthy_percent",
-            "must be 0 to 100",
+            "must be 0 to 99",
         ),
         (
             r#"endpoints = ["10.0.0.1:80", "10.0.0.2:80"]
@@ -274,4 +274,19 @@ fn check_config_says_what_a_service_endpoint_does() {
         text.contains("at most 1 of the 3 out of CLOSED at once (max_ejected_percent 50, min_healthy_percent 0)"),
         "{text}"
     );
+}
+
+#[test]
+fn errors_found_after_the_expansion_name_the_upstream_as_written() {
+    let (field, reason) = invalid_field(&format!(
+        r#"{SERVICE}
+[[upstream]]
+name = "b"
+endpoints = ["10.0.2.1:80"]
+fallbacks = ["127.0.0.1:80"]
+packet_action = "redirect"
+"#
+    ));
+    // The second [[upstream]], though it is the fourth breaker.
+    assert_eq!(field, "upstream[1] (\"b\").packet_action", "{reason}");
 }

@@ -113,10 +113,7 @@ impl View<'_> {
             let Some(service) = &up.service else {
                 continue;
             };
-            let out_of_closed = self
-                .states
-                .load(*id)
-                .is_some_and(|w| w.state() != State::Closed);
+            let ejected = self.states.load(*id).is_some_and(machine::ejected);
             let entry = match out.iter_mut().find(|s| s.name == service.name) {
                 Some(entry) => entry,
                 None => {
@@ -130,7 +127,7 @@ impl View<'_> {
                     out.last_mut().expect("just pushed")
                 }
             };
-            entry.ejected += u32::from(out_of_closed);
+            entry.ejected += u32::from(ejected);
         }
         for s in &mut out {
             s.state = match s.ejected {
@@ -369,7 +366,7 @@ pub fn render_status(status: &Status) -> String {
     }
     for s in &status.services {
         out.push_str(&format!(
-            "service {}: {}, {} of {} endpoints out of CLOSED (at most {} at once)\n",
+            "service {}: {}, {} of {} endpoints ejected (at most {} at once)\n",
             s.name, s.state, s.ejected, s.endpoints, s.max_ejected
         ));
     }

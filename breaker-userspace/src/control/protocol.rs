@@ -79,12 +79,13 @@ pub struct Status {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceStatus {
     pub name: String,
-    /// "closed" (every endpoint CLOSED), "degraded" (some out of CLOSED, connects
-    /// to them steered to the others), or "open" (none CLOSED: the service's
-    /// connects go to its fallbacks or fail fast).
+    /// "closed" (no endpoint ejected), "degraded" (some ejected: out of CLOSED,
+    /// connects to them steered to the others), or "open" (every one ejected:
+    /// the service's connects go to its fallbacks or fail fast). An endpoint
+    /// under an operator's override is not counted (see `machine::ejected`).
     pub state: String,
     pub endpoints: u32,
-    /// Endpoints out of CLOSED now.
+    /// Endpoints ejected now (automatic and out of CLOSED).
     pub ejected: u32,
     /// How many may be out of CLOSED at once.
     pub max_ejected: u32,

@@ -1335,8 +1335,9 @@ fn services_of(config: &Config, ids: &[u32], slots: u32) -> Vec<(u32, u32)> {
 }
 
 /// An endpoint of a `per_endpoint` service: how many of its first fallbacks are
-/// its siblings (steering), and the service's ejection count and cap. The
-/// service's count lives at its first endpoint's id.
+/// its siblings (steering), and where the service's ejection cap and count
+/// live (`SERVICE_EJECTIONS` at its first endpoint's id, written by
+/// `StateTable::recount_services`).
 pub fn service_abi(
     mut policy: UpstreamPolicy,
     service: Option<&crate::config::Service>,
@@ -1350,7 +1351,6 @@ pub fn service_abi(
     };
     policy.steer_count = (service.members.len() as u32 - 1).min(policy.fallback_count);
     policy.service = head;
-    policy.eject_cap = service.eject_cap();
     policy
 }
 

@@ -333,6 +333,12 @@ fn build_binaries() -> anyhow::Result<initramfs::Binaries> {
         // drives a terminal in tmux: the same on every kernel, so the host suite
         // runs them and the guests (which have neither tool) do not.
         .filter(|e| e.name != "deploy" && e.name != "top")
+        // BREAKER_VM_TESTS=packet_path,services: only these test files, for a
+        // quick look at one kernel (CI runs them all).
+        .filter(|e| {
+            std::env::var("BREAKER_VM_TESTS")
+                .map_or(true, |only| only.split(',').any(|n| n.trim() == e.name))
+        })
         .map(|e| e.path.clone())
         .collect();
     if tests.is_empty() {
