@@ -97,8 +97,9 @@ pub fn record_capped(upstream: u32, bits: u32, now: u32) -> u32 {
         machine::record_rated(w, outcome, now, &policy.thresholds(), rate_trips)
     });
     match applied {
-        // Held back by the cap: the step would have ejected it, and left the
-        // word as it was.
+        // Held back: the step would have ejected it, and left the word as it
+        // was; by the cap when the slot is full, else by contention on it
+        // (reported as not applied: the caller counts a contention miss).
         Some((prev, step))
             if step.next == prev
                 && !machine::ejected(prev)
@@ -107,7 +108,16 @@ pub fn record_capped(upstream: u32, bits: u32, now: u32) -> u32 {
                         .next,
                 ) =>
         {
-            CAPPED_APPLIED | CAPPED_HELD
+            // SAFETY: a map value pointer from the lookup above, or null.
+            let full = !cap.slot.is_null() && {
+                let (limit, taken) = machine::ejection_parts(unsafe { *cap.slot });
+                limit != 0 && taken >= limit
+            };
+            if full {
+                CAPPED_APPLIED | CAPPED_HELD
+            } else {
+                0
+            }
         }
         Some((prev, step)) => match step.transition(prev) {
             Some((from, to)) => {

@@ -637,11 +637,8 @@ const PROBE_RESTARTS: (u32, Duration) = (5, Duration::from_secs(600));
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Runs the task `make` builds, and builds and runs it again with a growing back-off
-/// each time it ends, fails or panics. With `budget = Some((n, window))`, the `n + 1`th
-/// end within `window` is an error: the daemon exits and says why.
 /// A spawned task that ends when its handle is dropped, as when the task that
-/// awaits it is aborted.
+/// awaits it is aborted (a reload stops the old generation's tasks).
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
@@ -650,6 +647,9 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// Runs the task `make` builds, and builds and runs it again with a growing back-off
+/// each time it ends, fails or panics. With `budget = Some((n, window))`, the `n + 1`th
+/// end within `window` is an error: the daemon exits and says why.
 async fn restarting<F, Fut>(
     name: &'static str,
     budget: Option<(u32, Duration)>,
@@ -700,7 +700,9 @@ async fn optional(
     name: &'static str,
     task: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
 ) -> anyhow::Result<()> {
-    match tokio::spawn(task).await {
+    // Aborted with this task, as in `restarting`.
+    let mut run = AbortOnDrop(tokio::spawn(task));
+    match (&mut run.0).await {
         Ok(Ok(())) => tracing::error!(task = name, "the {name} ended; going on without it"),
         Ok(Err(e)) => {
             tracing::error!(task = name, "the {name} failed: {e:#}; going on without it")
@@ -830,9 +832,9 @@ mod tests {
         );
     }
 
-    /// A reload aborts the old generation's tasks: the run a restarting task
-    /// spawned must end with it (it once went on, so an old probe scheduler
-    /// kept probing beside the new one after every reload).
+    /// A reload aborts the old generation's tasks: the run a restarting (or
+    /// optional) task spawned must end with it (it once went on, so an old probe
+    /// scheduler kept probing beside the new one after every reload).
     #[tokio::test]
     async fn aborting_a_restarting_task_ends_its_run() {
         let beats = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
@@ -846,6 +848,22 @@ mod tests {
                 }
             }
         }));
+        ends_with_its_task(task, &beats).await;
+        let beats = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = beats.clone();
+        let task = tokio::spawn(optional("test task", async move {
+            loop {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+        ends_with_its_task(task, &beats).await;
+    }
+
+    async fn ends_with_its_task(
+        task: tokio::task::JoinHandle<anyhow::Result<()>>,
+        beats: &std::sync::atomic::AtomicU32,
+    ) {
         tokio::time::sleep(Duration::from_millis(50)).await;
         task.abort();
         let _ = task.await;

@@ -166,10 +166,11 @@ pub async fn run(
         // Each pass tells the kernel a daemon is probing: while this is fresh,
         // HALF_OPEN waits for probes rather than letting applications try.
         heartbeat.beat();
-        passes = passes.wrapping_add(1);
+        // The first pass too: the slots are this config's from the start.
         if passes.is_multiple_of(RECONCILE_EVERY_PASSES) {
             states.recount_services();
         }
+        passes = passes.wrapping_add(1);
         let now = now_ms();
         for p in &mut probed {
             // Read before the word: idle means the last probe's result is in it.

@@ -1,6 +1,6 @@
 //! The daemon's view of the per-upstream breaker words: the UPSTREAM_STATES array map,
 //! mmapped, so the daemon changes a word with the same compare-and-swap as the kernel.
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aya::maps::MapData;
 use breaker_common::machine::{self, BreakerWord, Ejections, Step};
@@ -21,6 +21,8 @@ struct Services {
     counts: Box<StateTable>,
     /// Upstream id -> (service id, cap); service 0: none.
     of: Vec<(u32, u32)>,
+    /// Each service's slot as the last recount left it.
+    last_seen: std::sync::Mutex<std::collections::HashMap<u32, u64>>,
 }
 
 /// One service's slot (its cap and count), for [`machine::update_capped`].
@@ -61,17 +63,23 @@ impl StateTable {
         self.services = Some(Services {
             counts: Box::new(counts),
             of,
+            last_seen: Default::default(),
         });
     }
 
     /// Writes each service's slot: its cap, and its count set to its endpoints
     /// ejected now (a new config may have regrouped them, added a service or
-    /// changed its cap). Run once only this config's
-    /// programs and probes change the words (after the attach, the old
-    /// generation stopped). A count changed while its endpoints are read is
-    /// read again, so a trip or a close racing the recount is not lost; only a
-    /// trip between its reservation and its own swap (a few instructions) may
-    /// be.
+    /// changed its cap; a place the kernel could not give back is freed). Run
+    /// once only this config's programs and probes change the words (after the
+    /// attach, the old generation stopped), then every second.
+    ///
+    /// A count below the endpoints ejected is raised at once. One above is
+    /// lowered only when the slot has not changed since the last pass: a close
+    /// swaps its word to CLOSED before it gives its place back, and a trip
+    /// takes its place before it swaps, so a slot read between the two is one
+    /// above for a moment, and lowering it then would let one trip too many
+    /// through once the give-back lands. A place left taken stays unchanged, and
+    /// is freed at the next pass.
     pub fn recount_services(&self) {
         let Some(services) = &self.services else {
             return;
@@ -79,10 +87,13 @@ impl StateTable {
         let mut ids: Vec<(u32, u32)> = services.of.clone();
         ids.sort_unstable();
         ids.dedup();
+        let mut last = services.last_seen.lock().unwrap_or_else(|e| e.into_inner());
         // Every other slot (a service gone, or never one) holds no count.
         for service in (0..services.counts.slots).filter(|s| !ids.iter().any(|(id, _)| id == s)) {
             if let Some(cell) = services.counts.cell(service) {
-                cell.store(0, std::sync::atomic::Ordering::Release);
+                if cell.load(Ordering::Acquire) != 0 {
+                    cell.store(0, Ordering::Release);
+                }
             }
         }
         for (service, cap) in ids.into_iter().filter(|&(s, _)| s != 0) {
@@ -90,7 +101,7 @@ impl StateTable {
                 continue;
             };
             for _ in 0..machine::EJECTION_RETRIES {
-                let slot = cell.load(std::sync::atomic::Ordering::Acquire);
+                let slot = cell.load(Ordering::Acquire);
                 let ejected = services
                     .of
                     .iter()
@@ -99,17 +110,26 @@ impl StateTable {
                         s == service && self.load(*id as u32).is_some_and(machine::ejected)
                     })
                     .count() as u32;
-                let wanted = machine::ejection_slot(cap, ejected);
-                if slot == wanted
-                    || cell
-                        .compare_exchange(
-                            slot,
-                            wanted,
-                            std::sync::atomic::Ordering::AcqRel,
-                            std::sync::atomic::Ordering::Acquire,
-                        )
-                        .is_ok()
+                let (had_cap, counted) = machine::ejection_parts(slot);
+                let settled = last.get(&service) == Some(&slot);
+                let count = if ejected > counted || settled {
+                    ejected
+                } else {
+                    counted
+                };
+                let wanted = machine::ejection_slot(cap, count);
+                if slot == wanted {
+                    last.insert(service, slot);
+                    break;
+                }
+                if cell
+                    .compare_exchange(slot, wanted, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
                 {
+                    if had_cap != cap || count != counted {
+                        tracing::debug!(service, cap, count, counted, "ejection slot recounted");
+                    }
+                    last.insert(service, wanted);
                     break;
                 }
             }

@@ -107,37 +107,43 @@ impl View<'_> {
     }
 
     /// Each `per_endpoint` service of `chosen`, derived from its endpoints' words.
+    /// Each `per_endpoint` service with an endpoint in `chosen`, derived from
+    /// all of its endpoints' words: how many are ejected (what its cap counts),
+    /// and its state by how many turn connects away (an override too).
     fn services(&self, chosen: &[&(u32, Upstream)]) -> Vec<ServiceStatus> {
-        let mut out: Vec<ServiceStatus> = Vec::new();
-        for (id, up) in chosen {
-            let Some(service) = &up.service else {
-                continue;
-            };
-            let ejected = self.states.load(*id).is_some_and(machine::ejected);
-            let entry = match out.iter_mut().find(|s| s.name == service.name) {
-                Some(entry) => entry,
-                None => {
-                    out.push(ServiceStatus {
-                        name: service.name.clone(),
-                        state: String::new(),
-                        endpoints: service.members.len() as u32,
-                        ejected: 0,
-                        max_ejected: service.eject_cap(),
-                    });
-                    out.last_mut().expect("just pushed")
+        let mut names: Vec<&str> = Vec::new();
+        for (_, up) in chosen {
+            if let Some(service) = &up.service {
+                if !names.contains(&service.name.as_str()) {
+                    names.push(&service.name);
                 }
-            };
-            entry.ejected += u32::from(ejected);
-        }
-        for s in &mut out {
-            s.state = match s.ejected {
-                0 => "closed",
-                n if n >= s.endpoints => "open",
-                _ => "degraded",
             }
-            .to_string();
         }
-        out
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let members = self.members(name);
+                let service = members.first()?.1.service.as_ref()?;
+                let words: Vec<_> = members
+                    .iter()
+                    .filter_map(|(id, _)| self.states.load(*id))
+                    .collect();
+                let ejected = words.iter().filter(|w| machine::ejected(**w)).count();
+                let away = words.iter().filter(|w| machine::turns_away(**w)).count();
+                let state = match away {
+                    0 => "closed",
+                    n if n >= service.members.len() => "open",
+                    _ => "degraded",
+                };
+                Some(ServiceStatus {
+                    name: name.to_string(),
+                    state: state.to_string(),
+                    endpoints: service.members.len() as u32,
+                    ejected: ejected as u32,
+                    max_ejected: service.eject_cap(),
+                })
+            })
+            .collect()
     }
 
     fn status(&self, name: Option<&str>) -> Response {

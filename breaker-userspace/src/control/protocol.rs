@@ -79,13 +79,14 @@ pub struct Status {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceStatus {
     pub name: String,
-    /// "closed" (no endpoint ejected), "degraded" (some ejected: out of CLOSED,
-    /// connects to them steered to the others), or "open" (every one ejected:
-    /// the service's connects go to its fallbacks or fail fast). An endpoint
-    /// under an operator's override is not counted (see `machine::ejected`).
+    /// "closed" (no endpoint turns connects away), "degraded" (some do: connects
+    /// to them are steered to the others), or "open" (every one does: the
+    /// service's connects go to its fallbacks or fail fast); `force_open`
+    /// counts, as it turns connects away.
     pub state: String,
     pub endpoints: u32,
-    /// Endpoints ejected now (automatic and out of CLOSED).
+    /// Endpoints ejected now (automatic and out of CLOSED: what the cap counts;
+    /// an operator's override is outside it).
     pub ejected: u32,
     /// How many may be out of CLOSED at once.
     pub max_ejected: u32,
