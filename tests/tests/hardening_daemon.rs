@@ -345,8 +345,9 @@ fn every_signal_is_handled_and_only_term_int_quit_stop_the_daemon() {
         (Signal::SIGUSR2, "SIGUSR2"),
     ] {
         kill(pid, sig).unwrap();
-        // A reload loads and verifies the programs again: seconds, not milliseconds.
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // A reload loads and verifies the programs again: seconds, not
+        // milliseconds, and more in an emulated guest (a wait, so stretched).
+        let deadline = Instant::now() + breaker_lab::testing::patience(Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(300));
         while !lab.daemon_log().contains(says) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
