@@ -13,7 +13,10 @@ use breaker_common::{
         UpstreamPolicy, DEFAULT_UPSTREAM_ID, POLICY_DRY_RUN,
     },
     fallback::{self, HopUse},
-    machine::{self, admit, Admission, BreakerWord, Ejections, Mode, State, Step, WordCell},
+    machine::{
+        self, admit, Admission, BreakerWord, Ejections, Mode, State, Step, WordCell,
+        CAPPED_CAS_RETRIES,
+    },
 };
 
 use crate::{
@@ -93,21 +96,14 @@ pub fn record_capped(upstream: u32, bits: u32, now: u32) -> u32 {
     };
     // The thresholds read from the policy where they are used, not copied to
     // the stack first: the frame must stay small (see above).
-    let applied = machine::update_capped(&KernelWord(word), &cap, |w| {
-        machine::record_rated(w, outcome, now, &policy.thresholds(), rate_trips)
-    });
+    let applied =
+        machine::update_capped_within::<CAPPED_CAS_RETRIES, _>(&KernelWord(word), &cap, |w| {
+            machine::record_rated(w, outcome, now, &policy.thresholds(), rate_trips)
+        });
     match applied {
-        // Held back: the step would have ejected it, and left the word as it
-        // was; by the cap when the slot is full, else by contention on it
-        // (reported as not applied: the caller counts a contention miss).
-        Some((prev, step))
-            if step.next == prev
-                && !machine::ejected(prev)
-                && machine::ejected(
-                    machine::record_rated(prev, outcome, now, &policy.thresholds(), rate_trips)
-                        .next,
-                ) =>
-        {
+        // Held back: by the cap when the slot is full, else by contention on
+        // it (reported as not applied: the caller counts a contention miss).
+        Some(c) if c.held => {
             // SAFETY: a map value pointer from the lookup above, or null.
             let full = !cap.slot.is_null() && {
                 let (limit, taken) = machine::ejection_parts(unsafe { *cap.slot });
@@ -119,7 +115,7 @@ pub fn record_capped(upstream: u32, bits: u32, now: u32) -> u32 {
                 0
             }
         }
-        Some((prev, step)) => match step.transition(prev) {
+        Some(c) => match c.step.transition(c.prev) {
             Some((from, to)) => {
                 CAPPED_APPLIED | CAPPED_TRANSITION | from.as_u32() << 8 | to.as_u32() << 16
             }
