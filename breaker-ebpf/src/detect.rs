@@ -218,7 +218,7 @@ fn finish(ctx: &SockOpsContext, end: End) -> Result<(), i32> {
         return Ok(());
     }
     let r = &found.record;
-    conclude::<_, true>(
+    conclude(
         ctx,
         r.upstream,
         &r.dest,
@@ -362,13 +362,10 @@ fn may_turn_away(upstream: u32) -> bool {
 /// Counts one watched connect's outcome (`CAUSE_SUCCESS` or a failure cause) and
 /// applies it to the breaker `upstream` names (for the default policy, `dest`'s):
 /// the one conclusion of every hook that sees outcomes (sock_ops, the packet path).
-/// `CAPPED`: an outcome of a service's endpoint goes through the service's
-/// ejection cap (`record_capped`). The packet path's egress and expiry pass
-/// false: on 6.1 the cap takes their verification past the million steps, so
-/// their outcomes trip and close a service's endpoints uncapped, and the
-/// daemon's recount (every second) keeps the slot true to the words.
+/// An outcome of a service's endpoint goes through the service's ejection cap
+/// (`record_capped`).
 #[inline(always)]
-pub fn conclude<C: EbpfContext, const CAPPED: bool>(
+pub fn conclude<C: EbpfContext>(
     ctx: &C,
     upstream: u32,
     dest: &DestKey,
@@ -442,7 +439,7 @@ pub fn conclude<C: EbpfContext, const CAPPED: bool>(
     } else {
         now_ms()
     };
-    if CAPPED && breaker.dest.is_none() && breaker.policy.service != 0 {
+    if breaker.dest.is_none() && breaker.policy.service != 0 {
         // An endpoint of a service: through the service's ejection cap.
         let bits = (u32::from(success) * OUTCOME_SUCCESS)
             | trial_epoch.map_or(0, |e| OUTCOME_TRIAL | (e as u32) << 8)

@@ -747,3 +747,134 @@ name = "vm0"
         ),
     );
 }
+
+/// A service's ejection cap holds on the packet path too: the vm's flows end
+/// in the TC egress program, which goes through the service's slot as sock_ops
+/// does. With one place (`min_healthy_percent = 50` of three), the first dead
+/// endpoint opens and the second stays CLOSED however often it fails, each trip
+/// held counted as overflow, its flows still reaching it. Seen failing with the
+/// packet path's outcomes uncapped (the second opened on its first reset).
+#[test]
+fn the_ejection_cap_holds_on_the_packet_path() {
+    let Some(mut lab) = lab("pkt-cap") else {
+        return;
+    };
+    // Nothing listens on 10.77.0.2:8095-8097: each flow ends in a reset.
+    lab.start_daemon(
+        r#"
+[[upstream]]
+name = "pool"
+endpoints = ["10.77.0.2:8095", "10.77.0.2:8096", "10.77.0.2:8097"]
+per_endpoint = true
+min_healthy_percent = 50
+failure_threshold = 1
+open_duration = "1h"
+
+[[interface]]
+name = "vm0"
+"#,
+    )
+    .unwrap();
+    check(&lab, attached(&lab), "the daemon attached to vm0");
+    let (first, second) = ("pool/10.77.0.2:8095", "pool/10.77.0.2:8096");
+    let first_flow = vm_connect(&lab, "10.77.0.2:8095", 1, 1, 3000);
+    check(
+        &lab,
+        outcomes(&first_flow) == ["refused"] && state(&lab, first, "open", Duration::from_secs(2)),
+        &format!(
+            "the first dead endpoint opened: {:?}",
+            outcomes(&first_flow)
+        ),
+    );
+    let flows = vm_connect(&lab, "10.77.0.2:8096", 4, 1, 3000);
+    check(
+        &lab,
+        outcomes(&flows) == ["refused"; 4],
+        &format!("{:?}", outcomes(&flows)),
+    );
+    let failures = lab
+        .wait_metric(
+            "breaker_connect_failures_total",
+            &[("upstream", second), ("reason", "refused")],
+            4.0,
+            Duration::from_secs(2),
+        )
+        .unwrap_or(-1.0);
+    let overflow = lab
+        .metric("breaker_ejection_overflow_total", &[("upstream", second)])
+        .unwrap_or(-1.0);
+    check(
+        &lab,
+        failures == 4.0 && overflow == 4.0 && state(&lab, second, "closed", Duration::ZERO),
+        &format!(
+            "the second's 4 flows reached it ({failures} counted), each trip held ({overflow}), \
+             and it is still CLOSED"
+        ),
+    );
+}
+
+/// A service on the packet path, `packet_action = "redirect"`: once its dead
+/// endpoint trips, the vm's flows to it are steered to the live endpoints,
+/// spread over both by the SYN's sequence number, with no failed connect.
+#[test]
+fn a_vm_flow_to_an_ejected_endpoint_is_steered_to_the_live_ones() {
+    let Some(mut lab) = lab("pkt-steer") else {
+        return;
+    };
+    lab.serve("10.77.0.3:9301", "a").unwrap();
+    lab.serve("10.77.0.3:9302", "b").unwrap();
+    // Nothing listens on 10.77.0.3:9303: its flows end in a reset.
+    lab.start_daemon(
+        r#"
+[[upstream]]
+name = "web"
+endpoints = ["10.77.0.3:9301", "10.77.0.3:9302", "10.77.0.3:9303"]
+per_endpoint = true
+failure_threshold = 1
+open_duration = "1h"
+packet_action = "redirect"
+
+[[interface]]
+name = "vm0"
+"#,
+    )
+    .unwrap();
+    check(&lab, attached(&lab), "the daemon attached to vm0");
+    let dead = "web/10.77.0.3:9303";
+    let first = vm_connect(&lab, "10.77.0.3:9303", 1, 1, 3000);
+    check(
+        &lab,
+        outcomes(&first) == ["refused"] && state(&lab, dead, "open", Duration::from_secs(2)),
+        &format!("the dead endpoint opened: {:?}", outcomes(&first)),
+    );
+    let attempts = lab
+        .vm_client(&[
+            "--to",
+            "10.77.0.3:9303",
+            "--count",
+            "16",
+            "--timeout-ms",
+            "3000",
+            "--http",
+        ])
+        .expect("the vm's client");
+    let got: Vec<String> = attempts
+        .iter()
+        .map(|a| a.body.clone().unwrap_or_else(|| a.outcome.clone()))
+        .collect();
+    let (a, b) = (
+        got.iter().filter(|g| *g == "a").count(),
+        got.iter().filter(|g| *g == "b").count(),
+    );
+    // Both live endpoints serve: a chance of 2 in 2^16 that the spread picks
+    // one for all 16 on its own.
+    check(
+        &lab,
+        a + b == 16 && a > 0 && b > 0,
+        &format!("16 served, spread over both live endpoints: {got:?}"),
+    );
+    let steered = lab
+        .metric("breaker_connects_steered_total", &[("upstream", dead)])
+        .unwrap_or(-1.0);
+    check(&lab, steered == 16.0, &format!("16 steered, got {steered}"));
+}

@@ -207,7 +207,7 @@ fn end<C: EbpfContext>(ctx: &C, key: &FlowKey, cause: u32) {
         keep_ended(key, &flow);
     }
     let trial = (flow.flags & FLOW_TRIAL != 0).then_some(flow.epoch as u8);
-    conclude::<_, false>(
+    conclude(
         ctx,
         flow.upstream,
         &flow.dest,

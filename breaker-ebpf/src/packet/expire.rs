@@ -39,7 +39,7 @@ pub fn try_expire(ctx: &TcContext) -> Result<u32, i64> {
     let _ = PACKET_FLOWS.insert(q.flow, ended, BPF_NOEXIST as u64);
     count(|c| c.flows_timed_out += 1);
     let trial = (flow.flags & FLOW_TRIAL != 0).then_some(flow.epoch as u8);
-    conclude::<_, false>(
+    conclude(
         ctx,
         flow.upstream,
         &flow.dest,
