@@ -301,3 +301,101 @@ fn the_ejection_cap_holds_a_second_dead_endpoint_closed_until_the_first_recovers
         "its trip was held back",
     );
 }
+
+/// A daemon killed (SIGKILL) with a service at its cap: the kernel keeps the
+/// cap alone (a second dead endpoint's connects keep reaching it, none
+/// steered). Once the heartbeat is stale, an application's trial closes the
+/// first endpoint when it is back, and the kernel itself gives its place
+/// back: the second trips at its next failure and is steered around. A new
+/// daemon adopts the slot and agrees (status, states). Seen failing with the
+/// kernel's give-back after a close removed (the second stayed CLOSED).
+#[test]
+fn a_killed_daemon_leaves_the_cap_to_the_kernel_which_frees_a_place_on_a_trial() {
+    use nix::sys::signal::Signal;
+    let Some(mut lab) = lab("eject-kill") else {
+        return;
+    };
+    let config = r#"
+[[upstream]]
+name = "kcap"
+endpoints = ["10.77.0.3:9211", "10.77.0.3:9212", "10.77.0.3:9213"]
+per_endpoint = true
+min_healthy_percent = 50
+failure_threshold = 1
+open_duration = "1s"
+"#;
+    lab.serve("10.77.0.3:9211", "alive").unwrap();
+    lab.start_daemon(config).unwrap();
+    let (first, second) = ("kcap/10.77.0.3:9212", "kcap/10.77.0.3:9213");
+    let trip = lab
+        .client(&["--to", "10.77.0.3:9212", "--count", "1"])
+        .unwrap();
+    check(
+        &lab,
+        outcomes(&trip) == ["refused"]
+            && lab
+                .metric("breaker_state", &[("upstream", first), ("state", "closed")])
+                .unwrap()
+                == 0.0,
+        &format!("the first dead endpoint is ejected: {:?}", outcomes(&trip)),
+    );
+    lab.signal_daemon(Signal::SIGKILL).unwrap();
+
+    // No daemon: the second dead endpoint's connects all reach it (an ejected
+    // endpoint's would be steered to the live one and answered "alive").
+    let held = lab
+        .client(&["--to", "10.77.0.3:9213", "--count", "3", "--http"])
+        .unwrap();
+    check(
+        &lab,
+        bodies(&held) == ["refused"; 3],
+        &format!("the kernel holds the cap alone: {:?}", bodies(&held)),
+    );
+
+    // The first comes back; once the heartbeat is stale (3 s), a connect to it
+    // is an application trial, and its success closes it.
+    lab.serve("10.77.0.3:9212", "back").unwrap();
+    let recovered = breaker_lab::testing::eventually(Duration::from_secs(10), || {
+        lab.client(&["--to", "10.77.0.3:9212", "--count", "1", "--http"])
+            .is_ok_and(|a| a[0].body.as_deref() == Some("back"))
+    });
+    check(
+        &lab,
+        recovered,
+        "an application trial closes the first endpoint",
+    );
+    // Its place is free: the second trips at its next failure, and from then on
+    // its connects are steered to the live endpoints.
+    let after = lab
+        .client(&["--to", "10.77.0.3:9213", "--count", "4", "--http"])
+        .unwrap();
+    let got = bodies(&after);
+    check(
+        &lab,
+        got[0] == "refused" && got[1..].iter().all(|b| b == "alive" || b == "back"),
+        &format!("the second trips once the kernel gave the place back: {got:?}"),
+    );
+
+    // A new daemon adopts the pins and agrees.
+    lab.start_daemon(config).unwrap();
+    let out = lab.cli(&["status"]).unwrap();
+    let all = String::from_utf8_lossy(&out.stdout);
+    check(
+        &lab,
+        all.contains("service kcap: degraded, 1 of 3 endpoints ejected (at most 1 at once)"),
+        &all,
+    );
+    let closed = |up: &str| {
+        lab.metric("breaker_state", &[("upstream", up), ("state", "closed")])
+            .unwrap()
+    };
+    check(
+        &lab,
+        closed(first) == 1.0 && closed(second) == 0.0,
+        &format!(
+            "first closed, second ejected: {}, {}",
+            closed(first),
+            closed(second)
+        ),
+    );
+}
