@@ -399,3 +399,92 @@ open_duration = "1s"
         ),
     );
 }
+
+/// An operator's override is outside the cap: forcing an ejected endpoint
+/// closed gives its place back (a second dead endpoint then trips at its next
+/// failure), forcing one open takes none, and a reset back to automatic starts
+/// CLOSED (its next trip needs a place again). Seen failing with the daemon's
+/// overrides applied uncapped (force-close kept the place taken).
+#[test]
+fn overrides_on_a_service_endpoint_are_outside_the_cap() {
+    let Some(mut lab) = lab("eject-ovr") else {
+        return;
+    };
+    let config = r#"
+[[upstream]]
+name = "ocap"
+endpoints = ["10.77.0.3:9221", "10.77.0.3:9222", "10.77.0.3:9223"]
+per_endpoint = true
+min_healthy_percent = 50
+failure_threshold = 1
+open_duration = "1h"
+"#;
+    lab.serve("10.77.0.3:9221", "alive").unwrap();
+    lab.start_daemon(config).unwrap();
+    let (live, first, second) = (
+        "ocap/10.77.0.3:9221",
+        "ocap/10.77.0.3:9222",
+        "ocap/10.77.0.3:9223",
+    );
+    let in_state = |lab: &Lab, up: &str, s: &str| {
+        lab.metric("breaker_state", &[("upstream", up), ("state", s)])
+            .unwrap()
+            == 1.0
+    };
+    let fail = |lab: &Lab, to: &str| {
+        lab.client(&["--to", to, "--count", "1"]).unwrap();
+    };
+    let overflow = |lab: &Lab, up: &str| {
+        lab.metric("breaker_ejection_overflow_total", &[("upstream", up)])
+            .unwrap()
+    };
+    let cli = |lab: &Lab, args: &[&str]| {
+        let out = lab.cli(args).unwrap();
+        check(
+            lab,
+            out.status.success(),
+            &format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr)),
+        );
+    };
+    fail(&lab, "10.77.0.3:9222");
+    fail(&lab, "10.77.0.3:9223");
+    check(
+        &lab,
+        in_state(&lab, first, "open")
+            && in_state(&lab, second, "closed")
+            && overflow(&lab, second) == 1.0,
+        "the first is ejected, the second held CLOSED by the cap",
+    );
+    // Forcing the live one open takes no place: the second is still held.
+    cli(&lab, &["force-open", live]);
+    fail(&lab, "10.77.0.3:9223");
+    check(
+        &lab,
+        in_state(&lab, second, "closed") && overflow(&lab, second) == 2.0,
+        &format!(
+            "force-open took no place: overflow {}",
+            overflow(&lab, second)
+        ),
+    );
+    cli(&lab, &["reset", live]);
+    // Forcing the ejected one closed gives its place back.
+    cli(&lab, &["force-close", first]);
+    fail(&lab, "10.77.0.3:9223");
+    check(
+        &lab,
+        in_state(&lab, second, "open") && overflow(&lab, second) == 2.0,
+        "force-close gave the first's place back: the second tripped",
+    );
+    // Back to automatic, the first starts CLOSED; its next trip needs a place,
+    // and the second holds the only one.
+    cli(&lab, &["reset", first]);
+    fail(&lab, "10.77.0.3:9222");
+    check(
+        &lab,
+        in_state(&lab, first, "closed") && overflow(&lab, first) == 1.0,
+        &format!(
+            "the reset first is held by the cap: overflow {}",
+            overflow(&lab, first)
+        ),
+    );
+}
