@@ -263,10 +263,7 @@ fn fallbacks_of(kernel: &Kernel, config: &Config) -> Vec<(u32, String, Vec<Strin
         .into_iter()
         .map(|(id, u)| {
             let hops: Vec<String> = u.fallbacks.iter().map(|f| f.label.clone()).collect();
-            let steer = u
-                .service
-                .as_ref()
-                .map_or(0, |s| (s.members.len() - 1).min(hops.len()));
+            let steer = u.service.as_ref().map_or(0, |s| s.steer_count(hops.len()));
             (id, u.name, hops, steer)
         })
         .collect()

@@ -36,6 +36,13 @@ pub struct Service {
 }
 
 impl Service {
+    /// How many of an endpoint's first `fallbacks` hops are its siblings, over
+    /// which the kernel spreads steered connects (the rest are the service's
+    /// own fallbacks, tried in order).
+    pub fn steer_count(&self, fallbacks: usize) -> usize {
+        self.members.len().saturating_sub(1).min(fallbacks)
+    }
+
     /// How many endpoints may be out of CLOSED at once: at most
     /// `max_ejected_percent` of them (rounded down) and no more than leaves
     /// `min_healthy_percent` (rounded up) in; always at least one, as in Envoy,

@@ -66,6 +66,11 @@ fn each_endpoint_of_a_service_gets_its_own_breaker_with_the_service_policy() {
         c.upstreams[1].fallbacks[0].upstream.as_deref(),
         Some("payments/10.0.1.1:443")
     );
+    // The kernel spreads over the two siblings only, not the fallback.
+    for up in &c.upstreams {
+        let service = up.service.as_ref().unwrap();
+        assert_eq!(service.steer_count(up.fallbacks.len()), 2, "{}", up.name);
+    }
 }
 
 #[test]

@@ -1349,7 +1349,7 @@ pub fn service_abi(
     let Some(head) = service.members.first().and_then(|m| id_of(m)) else {
         return policy;
     };
-    policy.steer_count = (service.members.len() as u32 - 1).min(policy.fallback_count);
+    policy.steer_count = service.steer_count(policy.fallback_count as usize) as u32;
     policy.service = head;
     policy
 }
