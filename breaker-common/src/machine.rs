@@ -901,7 +901,7 @@ pub fn update_capped<T: Copy>(
 }
 
 /// Compare-and-swap attempts on the word of a service's endpoint in the kernel
-/// (sock_ops): the verifier walks the whole state machine and the slot's
+/// (sock_ops, the packet egress, the flow expiry): the verifier walks the whole state machine and the slot's
 /// attempts inside each one, and eight took sock_ops from 0.22 to 0.87 million
 /// steps (each daemon start verifies them). A lost race past them drops the
 /// outcome and is counted in `contention_misses`, as an uncapped update's.

@@ -61,7 +61,8 @@ pub const OUTCOME_TRIAL: u32 = 1 << 1;
 /// ...and its window says the breaker trips, in the epoch in bits 16-23.
 pub const OUTCOME_RATE_TRIPS: u32 = 1 << 2;
 
-/// `record_capped`'s answer: the word was updated...
+/// `record_capped`'s answer: the outcome was applied (the word updated, or a
+/// trip held back by a full cap)...
 pub const CAPPED_APPLIED: u32 = 1 << 0;
 /// ...and changed state, from the state in bits 8-15 to the one in bits 16-23.
 pub const CAPPED_TRANSITION: u32 = 1 << 1;
@@ -70,7 +71,8 @@ pub const CAPPED_HELD: u32 = 1 << 2;
 
 /// A connect's outcome (`machine::record_rated`, from the `OUTCOME_` bits and
 /// `now`) applied to upstream `upstream`, an endpoint of a `per_endpoint`
-/// service, through the service's ejection cap (`machine::update_capped`).
+/// service, through the service's ejection cap
+/// (`machine::update_capped_within::<CAPPED_CAS_RETRIES>`).
 /// Out of line, on scalars, with a small frame: the verifier walks the cap once
 /// per call rather than on every path through the caller, and sock_ops' and
 /// the packet egress' stacks have room for little more. Returns the

@@ -322,7 +322,7 @@ endpoints = ["10.77.0.3:9211", "10.77.0.3:9212", "10.77.0.3:9213"]
 per_endpoint = true
 min_healthy_percent = 50
 failure_threshold = 1
-open_duration = "1s"
+open_duration = "5s"
 "#;
     lab.serve("10.77.0.3:9211", "alive").unwrap();
     lab.start_daemon(config).unwrap();
@@ -352,10 +352,13 @@ open_duration = "1s"
         &format!("the kernel holds the cap alone: {:?}", bodies(&held)),
     );
 
-    // The first comes back; once the heartbeat is stale (3 s), a connect to it
-    // is an application trial, and its success closes it.
+    // The first comes back; once its open time (5 s) is over and the heartbeat
+    // stale (3 s), a connect to it is an application trial, and its success
+    // closes it. (With no daemon, the second, once tripped, would take a trial
+    // at the end of its own open time: 5 s leave room for the steered connects
+    // below on a slow machine.)
     lab.serve("10.77.0.3:9212", "back").unwrap();
-    let recovered = breaker_lab::testing::eventually(Duration::from_secs(10), || {
+    let recovered = breaker_lab::testing::eventually(Duration::from_secs(12), || {
         lab.client(&["--to", "10.77.0.3:9212", "--count", "1", "--http"])
             .is_ok_and(|a| a[0].body.as_deref() == Some("back"))
     });

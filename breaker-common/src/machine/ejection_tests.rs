@@ -79,6 +79,40 @@ fn a_trip_past_the_cap_is_held_back_and_a_close_makes_room() {
     assert_eq!(taken(&count), 0);
 }
 
+/// `held` says the slot refused a place, and only that: the kernel counts
+/// overflow by it instead of walking the state machine again.
+#[test]
+fn held_is_set_exactly_when_the_slot_refuses_a_place() {
+    let full = AtomicU64::new(ejection_slot(1, 1));
+    let room = AtomicU64::new(ejection_slot(1, 0));
+    let word = || AtomicU64::new(record(BreakerWord(0), FAIL, 5, &T).next.0);
+    let fail = |w: &AtomicU64, slot: &AtomicU64| {
+        update_capped_within::<CAPPED_CAS_RETRIES, _>(w, &Count { cell: slot }, |x| {
+            record(x, FAIL, 6, &T)
+        })
+        .unwrap()
+    };
+    // At the threshold's edge, a full slot: held, the word left as it was.
+    let w = word();
+    let before = w.load(Ordering::SeqCst);
+    let c = fail(&w, &full);
+    assert!(c.held);
+    assert_eq!(c.step.next, c.prev);
+    assert_eq!(w.load(Ordering::SeqCst), before);
+    // With room: applied, a transition, not held.
+    let w = word();
+    let c = fail(&w, &room);
+    assert!(!c.held);
+    assert_eq!(
+        c.step.transition(c.prev),
+        Some((State::Closed, State::Open))
+    );
+    assert_eq!(taken(&room), 1);
+    // A step that ejects nobody never asks the slot (OPEN stays OPEN).
+    let c = fail(&w, &full);
+    assert!(!c.held);
+}
+
 #[test]
 fn a_count_never_goes_below_zero_and_a_slot_without_a_cap_ejects_freely() {
     let count = AtomicU64::new(ejection_slot(2, 0));
@@ -98,7 +132,9 @@ fn a_count_never_goes_below_zero_and_a_slot_without_a_cap_ejects_freely() {
 /// Phase two closes and trips at once; at the end the count must not be below
 /// the endpoints out of CLOSED (no reservation lost, none given back twice).
 /// `count` is a slot with a cap of 3. Returns (most out, out at the end, the
-/// count at the end).
+/// count at the end). With the kernel's word attempts (`CAPPED_CAS_RETRIES`,
+/// fewer than the daemon's): an update that loses them all drops its outcome,
+/// never the count's consistency.
 fn service_race(count: &(impl WordCell + Sync)) -> (u64, u64, u64) {
     let words: Vec<AtomicU64> = (0..10).map(|_| AtomicU64::new(0)).collect();
     let cap = Count { cell: count };
@@ -108,7 +144,9 @@ fn service_race(count: &(impl WordCell + Sync)) -> (u64, u64, u64) {
             scope.spawn(move || {
                 for j in 0..40usize {
                     let w = &words[(k * 7 + j * 3) % words.len()];
-                    update_capped(w, cap, |x| record(x, FAIL, 1, &T));
+                    update_capped_within::<CAPPED_CAS_RETRIES, _>(w, cap, |x| {
+                        record(x, FAIL, 1, &T)
+                    });
                 }
             });
         }
@@ -121,9 +159,11 @@ fn service_race(count: &(impl WordCell + Sync)) -> (u64, u64, u64) {
                 for j in 0..40usize {
                     let w = &words[(k * 5 + j) % words.len()];
                     if (k + j) % 3 == 0 {
-                        update_capped(w, cap, reset);
+                        update_capped_within::<CAPPED_CAS_RETRIES, _>(w, cap, reset);
                     } else {
-                        update_capped(w, cap, |x| record(x, FAIL, 2, &T));
+                        update_capped_within::<CAPPED_CAS_RETRIES, _>(w, cap, |x| {
+                            record(x, FAIL, 2, &T)
+                        });
                     }
                 }
             });
