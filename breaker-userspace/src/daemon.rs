@@ -466,9 +466,10 @@ fn apply_reload(
     let names = names_of(&kernel, &config);
     metrics.set_upstreams(&names);
     metrics.set_fallbacks(&fallbacks_of(&kernel, &config));
-    // An interface takes one XDP program: the old ones make room for the new
-    // (SYNs pass unwatched for that moment: fail open).
-    current.kernel.detach_interfaces();
+    // Pinned links (XDP, TCX) stay for the new programs to be swapped in
+    // under them; clsact filters make room for the new ones (SYNs pass
+    // unwatched for that moment: fail open).
+    current.kernel.release_interfaces();
     *current = Generation::start(kernel, config, metrics, tasks, kept_alerts)
         .map_err(|e| anyhow::Error::new(GenerationFailed(e)))?;
     metrics.packet().new_load();

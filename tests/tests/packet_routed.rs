@@ -878,3 +878,58 @@ name = "vm0"
         .unwrap_or(-1.0);
     check(&lab, steered == 16.0, &format!("16 steered, got {steered}"));
 }
+
+/// The packet path outlives its daemon: a daemon killed (SIGKILL) leaves the
+/// interface's programs running on the pinned states (TCX and XDP links
+/// pinned, clsact filters left attached), so a vm client still fails fast on
+/// the blackhole it tripped on; the next daemon takes the interface over, and
+/// so does a reload, with no moment unwatched. Seen failing with the TCX links
+/// unpinned (the killed daemon took them along: the vm waited out its timeout).
+#[test]
+fn a_killed_daemon_leaves_the_packet_path_running_and_the_next_takes_it_over() {
+    use nix::sys::signal::Signal;
+    let Some(mut lab) = lab("pkt-kill") else {
+        return;
+    };
+    lab.start_daemon(CONFIG).unwrap();
+    check(&lab, attached(&lab), "the daemon attached to vm0");
+    let _ = vm_connect(&lab, "10.77.9.1:80", 1, 2, 5000);
+    check(
+        &lab,
+        state(&lab, "blackholed", "open", Duration::from_secs(1)),
+        "blackholed opened on timeouts",
+    );
+    // The blackhole answers nothing: only the packet path's reset can end a
+    // connect before the client's own 1.5 s.
+    let fails_fast = |lab: &Lab, what: &str| {
+        let fast = vm_connect(lab, "10.77.9.1:80", 3, 1, 1500);
+        let slowest = fast.iter().map(|a| a.latency_us).fold(0.0, f64::max);
+        check(
+            lab,
+            outcomes(&fast) == ["refused"; 3] && slowest < 500_000.0,
+            &format!("{what}: {:?}, slowest {slowest} µs", outcomes(&fast)),
+        );
+    };
+    lab.signal_daemon(Signal::SIGKILL).unwrap();
+    fails_fast(&lab, "with the daemon killed");
+
+    lab.start_daemon(CONFIG).unwrap();
+    check(&lab, attached(&lab), "the next daemon attached to vm0");
+    fails_fast(&lab, "under the next daemon");
+    let pid = nix::unistd::Pid::from_raw(lab.daemon_pid().expect("daemon running") as i32);
+    nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
+    let reloaded = lab
+        .wait_metric(
+            "breaker_config_reloads_total",
+            &[("result", "success")],
+            1.0,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    check(
+        &lab,
+        reloaded == 1.0,
+        &format!("the reload succeeded: {reloaded}"),
+    );
+    fails_fast(&lab, "after a reload");
+}

@@ -13,6 +13,7 @@
 //!   past their timeout, and its programs under BPF_PROG_TEST_RUN.
 mod hz;
 mod ids;
+mod interface_pins;
 mod links;
 pub mod packet;
 pub mod pins;

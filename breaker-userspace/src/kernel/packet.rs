@@ -2,11 +2,12 @@
 //! interfaces, the sweep that ends flows past their timeout (in the kernel, by
 //! `brk_flow_expire`), its counters, and its programs under BPF_PROG_TEST_RUN for
 //! the tests and the bench.
-use std::time::Duration;
+use std::{os::fd::AsFd, time::Duration};
 
 use aya::{
     maps::{Array, HashMap, PerCpuArray},
     programs::{
+        links::FdLink,
         tc::{self, SchedClassifierLinkId, TcAttachType},
         xdp::XdpLinkId,
         SchedClassifier, TestRun, TestRunOptions, Xdp, XdpMode,
@@ -20,7 +21,10 @@ use breaker_common::{
     },
 };
 
-use super::{map_err, prog_err, program, Kernel, KernelError};
+use super::{
+    interface_pins::{self, InterfacePin, Role},
+    map_err, prog_err, program, Kernel, KernelError,
+};
 use crate::config::{Hook, Interface};
 
 /// Where a watched interface's SYNs are looked at, as attached.
@@ -40,9 +44,12 @@ pub struct InterfaceLinks {
     /// The interface index attached to: another index under the same name is a
     /// new interface (a VM restarted recreates its tap), to attach again.
     ifindex: u32,
+    /// Links this `Kernel` holds (clsact filters; none once pinned).
     xdp: Option<XdpLinkId>,
     tc_ingress: Option<SchedClassifierLinkId>,
-    tc_egress: SchedClassifierLinkId,
+    tc_egress: Option<SchedClassifierLinkId>,
+    /// Links pinned in `links/` (XDP and TCX), which outlive the daemon.
+    pinned: Vec<InterfacePin>,
 }
 
 /// What one pass over the configured interfaces found.
@@ -92,6 +99,15 @@ impl Kernel {
     /// `Kernel` and go with it. Returns what changed.
     pub fn sync_interfaces(&mut self, interfaces: &[Interface]) -> Vec<InterfaceChange> {
         let mut changes = Vec::new();
+        // Pins of an interface not watched (any more), or of one since
+        // recreated: their links go (a link on a removed interface is defunct).
+        for pin in interface_pins::pinned(&self.pins) {
+            let current = interfaces.iter().any(|i| i.name == pin.interface)
+                && ifindex(&pin.interface) == Some(pin.ifindex);
+            if !current {
+                interface_pins::remove(&self.pins, &pin);
+            }
+        }
         if interfaces.is_empty() && self.interface_links.is_empty() {
             return changes;
         }
@@ -126,6 +142,13 @@ impl Kernel {
             let Some(index) = ifindex(&iface.name) else {
                 continue;
             };
+            // Left pinned by an earlier daemon or generation: these programs
+            // swapped in under them, no moment unwatched.
+            if let Some(links) = self.adopt_interface(iface, index) {
+                changes.push(InterfaceChange::Attached(links.attached.clone()));
+                self.interface_links.push(links);
+                continue;
+            }
             match self.attach_interface(iface, index) {
                 Ok(links) => {
                     changes.push(InterfaceChange::Attached(links.attached.clone()));
@@ -145,17 +168,22 @@ impl Kernel {
             .collect()
     }
 
-    /// Detaches the packet path from every interface (before a reload attaches
-    /// its own programs in their place).
-    pub fn detach_interfaces(&mut self) {
-        for link in std::mem::take(&mut self.interface_links) {
+    /// Before a reload attaches its own programs: detaches the links this
+    /// `Kernel` holds (clsact filters), and leaves the pinned ones running for
+    /// the new programs to be swapped in under them.
+    pub fn release_interfaces(&mut self) {
+        for mut link in std::mem::take(&mut self.interface_links) {
+            link.pinned.clear();
             self.detach_interface(link);
         }
     }
 
-    /// Detaches one interface's links. A link whose interface went is gone
-    /// already: detaching it again changes nothing.
+    /// Detaches one interface's links, pinned ones too. A link whose interface
+    /// went is gone already: detaching it again changes nothing.
     fn detach_interface(&mut self, link: InterfaceLinks) {
+        for pin in &link.pinned {
+            interface_pins::remove(&self.pins, pin);
+        }
         if let Some(id) = link.xdp {
             if let Ok(xdp) = program::<Xdp>(&mut self.ebpf, program_names::XDP_INGRESS) {
                 let _ = xdp.detach(id);
@@ -166,9 +194,145 @@ impl Kernel {
                 let _ = tc.detach(id);
             }
         }
-        if let Ok(tc) = program::<SchedClassifier>(&mut self.ebpf, program_names::TC_EGRESS) {
-            let _ = tc.detach(link.tc_egress);
+        if let Some(id) = link.tc_egress {
+            if let Ok(tc) = program::<SchedClassifier>(&mut self.ebpf, program_names::TC_EGRESS) {
+                let _ = tc.detach(id);
+            }
         }
+    }
+
+    /// Takes over the links an earlier daemon (or generation) pinned for
+    /// interface `iface` at `index`, running this `Kernel`'s programs under
+    /// them. None, with those pins removed, when there are none, when they do
+    /// not suit the interface's hook now, or when a swap fails: the caller
+    /// attaches anew.
+    fn adopt_interface(&mut self, iface: &Interface, index: u32) -> Option<InterfaceLinks> {
+        let found: Vec<InterfacePin> = interface_pins::pinned(&self.pins)
+            .into_iter()
+            .filter(|p| p.interface == iface.name && p.ifindex == index)
+            .collect();
+        if found.is_empty() {
+            return None;
+        }
+        let ingress: Vec<Role> = found
+            .iter()
+            .map(|p| p.role)
+            .filter(|r| *r != Role::TcEgress)
+            .collect();
+        let egress = found.iter().any(|p| p.role == Role::TcEgress);
+        // Only what `attach_interface` could pick now: a redirect (which needs
+        // TC) and `hook = "tc"` take TC, `auto` never generic XDP nor XDP on a
+        // veth, `hook = "xdp"` XDP.
+        let veth = driver(&iface.name).is_some_and(|d| d == "veth");
+        let suits = match (ingress.as_slice(), iface.hook) {
+            ([Role::TcIngress], hook) => self.packet_nat || hook != Hook::Xdp,
+            (_, _) if self.packet_nat => false,
+            ([Role::XdpNative], Hook::Xdp) | ([Role::XdpGeneric], Hook::Xdp) => true,
+            ([Role::XdpNative], Hook::Auto) => !veth,
+            _ => false,
+        };
+        let swapped = suits
+            && egress
+            && found.iter().all(|pin| {
+                let name = pin.role.program();
+                let fd = match pin.role {
+                    Role::XdpNative | Role::XdpGeneric => program::<Xdp>(&mut self.ebpf, name)
+                        .ok()
+                        .and_then(|p| p.fd().ok())
+                        .and_then(|fd| fd.try_clone().ok()),
+                    Role::TcIngress | Role::TcEgress => {
+                        program::<SchedClassifier>(&mut self.ebpf, name)
+                            .ok()
+                            .and_then(|p| p.fd().ok())
+                            .and_then(|fd| fd.try_clone().ok())
+                    }
+                };
+                fd.is_some_and(|fd| {
+                    interface_pins::swap(&self.pins, pin, fd.as_fd())
+                        .inspect_err(|e| {
+                            tracing::warn!(interface = %iface.name, error = %e, "a pinned interface link could not take the new program: attaching anew")
+                        })
+                        .is_ok()
+                })
+            });
+        if !swapped {
+            for pin in &found {
+                interface_pins::remove(&self.pins, pin);
+            }
+            return None;
+        }
+        Some(InterfaceLinks {
+            attached: Attached {
+                interface: iface.name.clone(),
+                ingress: ingress[0].label(),
+                egress: Role::TcEgress.label(),
+            },
+            ifindex: index,
+            xdp: None,
+            tc_ingress: None,
+            tc_egress: None,
+            pinned: found,
+        })
+    }
+
+    /// Pins the XDP and TCX links of a freshly attached interface, on 6.6+
+    /// only: before, its TC programs are clsact filters, no links, and an
+    /// interface's links are pinned all or none (an XDP ingress left running
+    /// without its egress would track flows nothing ends). On an error every
+    /// link of the interface is detached.
+    fn pin_interface(&mut self, links: &mut InterfaceLinks, tcx: bool) -> Result<(), KernelError> {
+        if !tcx {
+            return Ok(());
+        }
+        let name = links.attached.interface.clone();
+        let mut made: Vec<(InterfacePin, FdLink)> = Vec::new();
+        let mut taken = || -> Result<(), KernelError> {
+            if let Some(id) = links.xdp.take() {
+                let role = if links.attached.ingress == Role::XdpNative.label() {
+                    Role::XdpNative
+                } else {
+                    Role::XdpGeneric
+                };
+                let xdp: &mut Xdp = program(&mut self.ebpf, program_names::XDP_INGRESS)?;
+                let link = xdp
+                    .take_link(id)
+                    .map_err(prog_err(program_names::XDP_INGRESS))?;
+                made.push((pin_of(role, links.ifindex, &name), fd_link(role, link)?));
+            }
+            for (role, id) in [
+                (Role::TcIngress, links.tc_ingress.take()),
+                (Role::TcEgress, links.tc_egress.take()),
+            ] {
+                let Some(id) = id else { continue };
+                let tc: &mut SchedClassifier = program(&mut self.ebpf, role.program())?;
+                let link = tc.take_link(id).map_err(prog_err(role.program()))?;
+                made.push((pin_of(role, links.ifindex, &name), fd_link(role, link)?));
+            }
+            Ok(())
+        };
+        let result = taken();
+        // Until pinned, each taken link lives only in `made`: an error drops
+        // (detaches) them, and the rest go below.
+        let result = result.and_then(|()| {
+            for (pin, link) in made.drain(..) {
+                interface_pins::pin(&self.pins, &pin, link)?;
+                links.pinned.push(pin);
+            }
+            Ok(())
+        });
+        if result.is_err() {
+            drop(made);
+            let failed = InterfaceLinks {
+                attached: links.attached.clone(),
+                ifindex: links.ifindex,
+                xdp: links.xdp.take(),
+                tc_ingress: links.tc_ingress.take(),
+                tc_egress: links.tc_egress.take(),
+                pinned: std::mem::take(&mut links.pinned),
+            };
+            self.detach_interface(failed);
+        }
+        result
     }
 
     fn attach_interface(
@@ -309,7 +473,7 @@ impl Kernel {
                 )));
             }
         };
-        Ok(InterfaceLinks {
+        let mut links = InterfaceLinks {
             attached: Attached {
                 interface: name.to_string(),
                 ingress: ingress.unwrap_or(tc_kind),
@@ -318,8 +482,12 @@ impl Kernel {
             ifindex: index,
             xdp: xdp_link,
             tc_ingress,
-            tc_egress,
-        })
+            tc_egress: Some(tc_egress),
+            pinned: Vec::new(),
+        };
+        self.pin_interface(&mut links, tcx)
+            .map_err(|e| fail(format!("pinning its links: {}", chain(&e))))?;
+        Ok(links)
     }
 
     /// Ends every flow that has waited past its timeout for an answer: the
@@ -584,6 +752,38 @@ fn driver(name: &str) -> Option<String> {
     }
     let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
     Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+/// An error with its causes, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
+
+fn pin_of(role: Role, ifindex: u32, interface: &str) -> InterfacePin {
+    InterfacePin {
+        role,
+        ifindex,
+        interface: interface.to_string(),
+    }
+}
+
+fn fd_link<L>(role: Role, link: L) -> Result<FdLink, KernelError>
+where
+    FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
+{
+    FdLink::try_from(link).map_err(|e| KernelError::Program {
+        name: role.program(),
+        source: aya::programs::ProgramError::IOError(std::io::Error::other(format!(
+            "the kernel made no BPF link to pin: {e}"
+        ))),
+    })
 }
 
 /// Whether TC programs attach as TCX links (6.6+) rather than clsact filters.
