@@ -555,6 +555,15 @@ fn sync_interfaces(current: &mut Generation) -> Option<String> {
                     "packet path attached"
                 )
             }
+            InterfaceChange::TakenOver(a) => {
+                current.interface_failures.remove(&a.interface);
+                tracing::info!(
+                    interface = %a.interface,
+                    ingress = a.ingress,
+                    egress = a.egress,
+                    "packet path attached: the pinned links taken over, with no moment unwatched"
+                )
+            }
             InterfaceChange::Gone(name) => tracing::warn!(
                 interface = %name,
                 "interface gone: the packet path attaches again when it is back"

@@ -1400,3 +1400,36 @@ fn a_flow_without_an_answer_times_out_once_in_the_kernel() {
     );
     check_reset(&s.run.data, &syn, false).expect("the reset");
 }
+
+/// A flow swept seconds past its timeout waited through a daemon's absence (the
+/// pinned programs track flows while no daemon sweeps): forgotten, not counted,
+/// so a burst of old timeouts cannot trip an upstream that has answered since.
+/// Seen failing with every flow past its timeout counted.
+#[test]
+fn a_flow_swept_seconds_past_its_timeout_is_forgotten_not_counted() {
+    if !privileges::should_run("packet_path_stale") {
+        return;
+    }
+    let pins = Pins(PinFolder::new(format!(
+        "/sys/fs/bpf/breaker-packet-s-{}",
+        std::process::id()
+    )));
+    let mut f = fixture(&pins);
+    f.set(f.web, State::Closed);
+    start_flow(&mut f, client(51_002), WEB4, 100);
+    // No sweep through the kernel's 1 s RTO and the 2 s of grace after it.
+    std::thread::sleep(std::time::Duration::from_millis(3300));
+    let before = f.counters(f.web);
+    assert_eq!(
+        f.kernel.expire_flows().expect("a sweep"),
+        0,
+        "a stale flow was counted"
+    );
+    assert_eq!(f.counters(f.web).failures_timeout, before.failures_timeout);
+    // Gone from the table: a late answer finds no flow and counts nothing.
+    let s = egress_run(
+        &mut f,
+        &packets::answer_v4(WEB4, client(51_002), Reply::SynAck, 101),
+    );
+    assert_eq!(s.web.successes, 0, "the stale flow was still tracked");
+}

@@ -913,8 +913,17 @@ fn a_killed_daemon_leaves_the_packet_path_running_and_the_next_takes_it_over() {
     lab.signal_daemon(Signal::SIGKILL).unwrap();
     fails_fast(&lab, "with the daemon killed");
 
+    // On 6.6+ (TCX) the next daemon takes the pinned links over, and says so;
+    // before, it attaches anew (the killed one's clsact filters removed).
+    let taken_over = |lab: &Lab| lab.daemon_log().matches("pinned links taken over").count();
+    let tcx = lab.daemon_log().contains("tc (tcx)");
     lab.start_daemon(CONFIG).unwrap();
     check(&lab, attached(&lab), "the next daemon attached to vm0");
+    check(
+        &lab,
+        !tcx || breaker_lab::testing::eventually(Duration::from_secs(10), || taken_over(&lab) >= 1),
+        "the next daemon took the pinned links over",
+    );
     fails_fast(&lab, "under the next daemon");
     let pid = nix::unistd::Pid::from_raw(lab.daemon_pid().expect("daemon running") as i32);
     nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
@@ -932,4 +941,9 @@ fn a_killed_daemon_leaves_the_packet_path_running_and_the_next_takes_it_over() {
         &format!("the reload succeeded: {reloaded}"),
     );
     fails_fast(&lab, "after a reload");
+    check(
+        &lab,
+        !tcx || taken_over(&lab) >= 2,
+        "the reload took the pinned links over",
+    );
 }

@@ -56,6 +56,8 @@ pub struct InterfaceLinks {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InterfaceChange {
     Attached(Attached),
+    /// Pinned links taken over: this load's programs swapped in under them.
+    TakenOver(Attached),
     /// Gone since the last pass (its links went with it).
     Gone(String),
     /// Could not attach: the interface, and why.
@@ -95,8 +97,9 @@ impl Kernel {
     /// Brings the packet path's links in line with the configured interfaces:
     /// attaches to each that exists and is not attached (or was recreated since),
     /// and forgets those that went. Ingress as the interface's hook says (`auto`:
-    /// XDP, native then generic, then TC), egress as TC. The links belong to this
-    /// `Kernel` and go with it. Returns what changed.
+    /// XDP, native then generic, then TC), egress as TC. On 6.6+ the links are
+    /// pinned and taken over from an earlier daemon; clsact filters belong to
+    /// this `Kernel` and go with it. Returns what changed.
     pub fn sync_interfaces(&mut self, interfaces: &[Interface]) -> Vec<InterfaceChange> {
         let mut changes = Vec::new();
         // Pins of an interface not watched (any more), or of one since
@@ -112,6 +115,11 @@ impl Kernel {
             return changes;
         }
         if let Err(e) = self.load_packet_programs() {
+            // An earlier daemon's programs would go on under the pins with
+            // that daemon's config: gone, fail open.
+            for pin in interface_pins::pinned(&self.pins) {
+                interface_pins::remove(&self.pins, &pin);
+            }
             changes.extend(
                 interfaces
                     .iter()
@@ -121,7 +129,9 @@ impl Kernel {
         }
         for link in std::mem::take(&mut self.interface_links) {
             let wanted = interfaces.iter().any(|i| i.name == link.attached.interface);
-            if wanted && ifindex(&link.attached.interface) == Some(link.ifindex) {
+            // A pin removed by hand took its link along: attach again.
+            let pins_there = link.pinned.iter().all(|p| p.path(&self.pins).exists());
+            if wanted && pins_there && ifindex(&link.attached.interface) == Some(link.ifindex) {
                 self.interface_links.push(link);
                 continue;
             }
@@ -145,7 +155,7 @@ impl Kernel {
             // Left pinned by an earlier daemon or generation: these programs
             // swapped in under them, no moment unwatched.
             if let Some(links) = self.adopt_interface(iface, index) {
-                changes.push(InterfaceChange::Attached(links.attached.clone()));
+                changes.push(InterfaceChange::TakenOver(links.attached.clone()));
                 self.interface_links.push(links);
                 continue;
             }
@@ -313,6 +323,9 @@ impl Kernel {
         let result = taken();
         // Until pinned, each taken link lives only in `made`: an error drops
         // (detaches) them, and the rest go below.
+        // Egress first: a daemon killed in between leaves no ingress tracking
+        // flows that nothing ends.
+        made.sort_by_key(|(pin, _)| pin.role != Role::TcEgress);
         let result = result.and_then(|()| {
             for (pin, link) in made.drain(..) {
                 interface_pins::pin(&self.pins, &pin, link)?;
@@ -517,6 +530,7 @@ impl Kernel {
         .map_err(map_err(map_names::POLICIES))?;
         // One read of each upstream's policy per sweep, not one per flow.
         let mut known = std::collections::HashMap::new();
+        let mut stale = Vec::new();
         let due: Vec<ExpireQuery> = candidates
             .into_iter()
             .filter_map(|(flow, record)| {
@@ -524,6 +538,15 @@ impl Kernel {
                     .entry(record.upstream)
                     .or_insert_with(|| policies.get(&record.upstream, 0).unwrap_or_default());
                 let timeout = flow_timeout(&policy, &record, self.hz);
+                let grace = STALE_FLOW_SECS.saturating_mul(self.hz.max(1));
+                if timed_out(
+                    record.started_jiffies,
+                    now as u64,
+                    timeout.saturating_add(grace),
+                ) {
+                    stale.push(flow);
+                    return None;
+                }
                 timed_out(record.started_jiffies, now as u64, timeout).then_some(ExpireQuery {
                     flow,
                     timeout_jiffies: timeout,
@@ -531,6 +554,24 @@ impl Kernel {
                 })
             })
             .collect();
+        // Flows past their timeout by seconds were not swept in time: no
+        // daemon ran (the pinned programs went on tracking), or this one
+        // stalled. Their timeouts are old news; counted now, in a burst, they
+        // could trip an upstream that has answered since. Forgotten (fail
+        // open).
+        if !stale.is_empty() {
+            if let Some(map) = self.ebpf.map_mut(map_names::PACKET_FLOWS) {
+                if let Ok(mut flows) = HashMap::<_, FlowKey, FlowRecord>::try_from(map) {
+                    for flow in &stale {
+                        let _ = flows.remove(flow);
+                    }
+                }
+            }
+            tracing::debug!(
+                flows = stale.len(),
+                "flows past their timeout by {STALE_FLOW_SECS} s forgotten, not counted"
+            );
+        }
         let mut counted = 0;
         for query in due {
             let run = self.run_classifier(program_names::FLOW_EXPIRE, &query_frame(&query), 1)?;
@@ -627,6 +668,10 @@ where
 }
 
 /// How long flow `record` may wait for an answer, in jiffies.
+/// How far past its timeout a flow may be swept and still count (the sweep
+/// runs every 100 ms): beyond, it waited through a daemon's absence.
+const STALE_FLOW_SECS: u32 = 2;
+
 fn flow_timeout(policy: &UpstreamPolicy, record: &FlowRecord, hz: u32) -> u32 {
     if record.flags & FLOW_ENDED != 0 {
         // Counted already: kept only for its retransmitted SYNs.
