@@ -568,6 +568,10 @@ fn sync_interfaces(current: &mut Generation) -> Option<String> {
                 interface = %name,
                 "interface gone: the packet path attaches again when it is back"
             ),
+            InterfaceChange::Unpinned(name) => tracing::warn!(
+                interface = %name,
+                "a pin of the packet path's links was removed (its link went with it): attaching again"
+            ),
             InterfaceChange::Failed(name, why) => {
                 // Said once per reason, not every second it goes on.
                 if current.interface_failures.get(&name) != Some(&why) {

@@ -946,4 +946,74 @@ fn a_killed_daemon_leaves_the_packet_path_running_and_the_next_takes_it_over() {
         !tcx || taken_over(&lab) >= 2,
         "the reload took the pinned links over",
     );
+
+    // A pin removed by hand takes its link along: the daemon notices within a
+    // pass, says so, and attaches (and pins) again.
+    let interface_pins = |lab: &Lab| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(lab.pins.join("links"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with("if:"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let pinned = interface_pins(&lab);
+    check(
+        &lab,
+        pinned.len() == if tcx { 2 } else { 0 },
+        &format!("vm0's links pinned on tcx only: {pinned:?}"),
+    );
+    if tcx {
+        std::fs::remove_file(&pinned[0]).unwrap();
+        check(
+            &lab,
+            breaker_lab::testing::eventually(Duration::from_secs(10), || {
+                lab.daemon_log()
+                    .contains("a pin of the packet path's links was removed")
+                    && interface_pins(&lab).len() == 2
+            }),
+            "the daemon noticed the removed pin and pinned vm0's links again",
+        );
+        fails_fast(&lab, "after a pin was removed by hand");
+    }
+
+    // vm0 dropped from the config at a reload: its links go (pins too), and the
+    // vm's connects are left alone: the blackhole's connect times out.
+    let without_vm0 = CONFIG.replace("[[interface]]\nname = \"vm0\"\n", "");
+    assert_ne!(without_vm0, CONFIG);
+    lab.write_config(&without_vm0).unwrap();
+    nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
+    let reloaded = lab
+        .wait_metric(
+            "breaker_config_reloads_total",
+            &[("result", "success")],
+            2.0,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    check(
+        &lab,
+        reloaded == 2.0,
+        &format!("the reload without vm0 succeeded: {reloaded}"),
+    );
+    let left = interface_pins(&lab);
+    check(
+        &lab,
+        left.is_empty(),
+        &format!("no pin of vm0 is left: {left:?}"),
+    );
+    let alone = vm_connect(&lab, "10.77.9.1:80", 1, 1, 1500);
+    check(
+        &lab,
+        outcomes(&alone) == ["timeout"],
+        &format!(
+            "with vm0 unwatched the vm's connect goes into the blackhole: {:?}",
+            outcomes(&alone)
+        ),
+    );
 }

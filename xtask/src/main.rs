@@ -67,6 +67,18 @@ enum Cmd {
 }
 
 /// Runs `cargo ARGS` in the workspace root, failing on a non-zero exit.
+/// The release build of the demo, the bench and the package: one command, so
+/// that features are unified alike and none of them builds the others' again
+/// (the package built `breaker` alone, which rebuilt it, kernel programs too).
+pub const RELEASE_BUILD: &[&str] = &[
+    "build",
+    "--release",
+    "-p",
+    "breaker-userspace",
+    "-p",
+    "breaker-tests",
+];
+
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("+ cargo {}", args.join(" "));
@@ -188,14 +200,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Demo => {
             setup::run(setup::Verbosity::Quiet)?;
-            cargo(&[
-                "build",
-                "--release",
-                "-p",
-                "breaker-userspace",
-                "-p",
-                "breaker-tests",
-            ])?;
+            cargo(RELEASE_BUILD)?;
             let lab = workspace_root().join("target/release/breaker-lab");
             let status = Command::new(&lab)
                 .arg("demo")
@@ -226,14 +231,7 @@ fn main() -> anyhow::Result<()> {
                 .copied()
                 .collect();
             setup::run_with(setup::Verbosity::Quiet, &packages)?;
-            cargo(&[
-                "build",
-                "--release",
-                "-p",
-                "breaker-userspace",
-                "-p",
-                "breaker-tests",
-            ])?;
+            cargo(RELEASE_BUILD)?;
             let root = workspace_root();
             let out = if quick {
                 root.join("target/bench-quick")

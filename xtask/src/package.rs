@@ -48,7 +48,7 @@ fn cargo_deb() -> anyhow::Result<()> {
 /// Builds target/debian/breaker_VERSION_ARCH.deb and returns its path.
 pub fn build() -> anyhow::Result<PathBuf> {
     cargo_deb()?;
-    cargo(&["build", "--release", "-p", "breaker-userspace"])?;
+    cargo(crate::RELEASE_BUILD)?;
     let root = workspace_root();
     let breaker = root.join("target/release/breaker");
     let generated = root.join("target/package");

@@ -63,6 +63,10 @@ pub struct InterfacePin {
     pub role: Role,
     pub ifindex: u32,
     pub interface: String,
+    /// The pin's file name as found (or written): a name in another spelling
+    /// of the same fields (`if:tci:07:vm0`) is still removed and swapped where
+    /// it is.
+    file: String,
 }
 
 /// bpffs refuses dots in names (reserved), and interface names never hold a
@@ -70,13 +74,17 @@ pub struct InterfacePin {
 const PREFIX: &str = "if:";
 
 impl InterfacePin {
-    fn file_name(&self) -> String {
-        format!(
-            "{PREFIX}{}:{}:{}",
-            self.role.tag(),
-            self.ifindex,
-            self.interface.replace('.', ":")
-        )
+    pub fn new(role: Role, ifindex: u32, interface: &str) -> InterfacePin {
+        InterfacePin {
+            role,
+            ifindex,
+            interface: interface.to_string(),
+            file: format!(
+                "{PREFIX}{}:{ifindex}:{}",
+                role.tag(),
+                interface.replace('.', ":")
+            ),
+        }
     }
 
     /// The pin's fields from its file name; None for any other file.
@@ -90,11 +98,12 @@ impl InterfacePin {
             role,
             ifindex,
             interface,
+            file: file.to_string(),
         })
     }
 
     pub fn path(&self, pins: &PinFolder) -> PathBuf {
-        pins.link(&self.file_name())
+        pins.link(&self.file)
     }
 }
 
@@ -107,14 +116,22 @@ pub fn pinned(pins: &PinFolder) -> Vec<InterfacePin> {
         .filter_map(|e| e.ok())
         .filter_map(|e| InterfacePin::parse(&e.file_name().to_string_lossy()))
         .collect();
-    found.sort_by_key(|p| p.file_name());
+    found.sort_by(|a, b| a.file.cmp(&b.file));
     found
 }
 
-/// Removes `pin`: its link detaches once no descriptor holds it (the daemon
-/// keeps none).
+/// Removes `pin` and detaches its link then and there (not when the kernel
+/// gets round to freeing it), so that the interface is free for the next
+/// attach. A pin gone already is no error: nothing is left to do.
 pub fn remove(pins: &PinFolder, pin: &InterfacePin) {
-    let _ = std::fs::remove_file(pin.path(pins));
+    match pins::remove_and_detach(&pin.path(pins)) {
+        Ok(()) => {}
+        Err(pins::PinError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "an interface link's pin could not be removed cleanly")
+        }
+    }
 }
 
 /// Pins `link` as `pin` (in place of a pin of the same name, which detaches).
@@ -147,21 +164,21 @@ mod tests {
     fn a_pin_name_reads_back_as_written_and_other_files_are_not_pins() {
         for role in Role::ALL {
             for interface in ["vm0", "tap.100", "br-lan"] {
-                let pin = InterfacePin {
-                    role,
-                    ifindex: 42,
-                    interface: interface.to_string(),
-                };
-                assert_eq!(InterfacePin::parse(&pin.file_name()), Some(pin));
+                let pin = InterfacePin::new(role, 42, interface);
+                assert_eq!(InterfacePin::parse(&pin.file), Some(pin));
             }
         }
         // bpffs refuses a dot in a pin's name.
-        let pin = InterfacePin {
-            role: Role::TcEgress,
-            ifindex: 7,
-            interface: "eth0.100".to_string(),
-        };
-        assert_eq!(pin.file_name(), "if:tce:7:eth0:100");
+        let pin = InterfacePin::new(Role::TcEgress, 7, "eth0.100");
+        assert_eq!(pin.file, "if:tce:7:eth0:100");
+        // Another spelling of the same fields is kept as found, so that it is
+        // removed where it is.
+        let odd = InterfacePin::parse("if:tci:07:vm0").expect("a pin");
+        assert_eq!(
+            (odd.role, odd.ifindex, odd.interface.as_str()),
+            (Role::TcIngress, 7, "vm0")
+        );
+        assert_eq!(odd.file, "if:tci:07:vm0");
         for other in [
             "brk_connect4",
             "if:",

@@ -144,14 +144,16 @@ pub fn attach_and_pin(ebpf: &mut Ebpf, pins: &PinFolder, cgroup: &File) -> Resul
     Ok(())
 }
 
-fn fd_link<L>(name: &'static str, link: L) -> Result<FdLink, KernelError>
+/// `link` as a BPF link that can be pinned; an error when the kernel attached
+/// it another way (cgroup links need 5.7, TCX links 6.6).
+pub(super) fn fd_link<L>(name: &'static str, link: L) -> Result<FdLink, KernelError>
 where
     FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
 {
     FdLink::try_from(link).map_err(|e| KernelError::Program {
         name,
         source: aya::programs::ProgramError::IOError(std::io::Error::other(format!(
-            "the kernel made no BPF link (cgroup links need 5.7): {e}"
+            "the kernel made no BPF link (cgroup links need 5.7, TCX links 6.6): {e}"
         ))),
     })
 }

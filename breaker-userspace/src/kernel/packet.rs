@@ -23,6 +23,7 @@ use breaker_common::{
 
 use super::{
     interface_pins::{self, InterfacePin, Role},
+    links::fd_link,
     map_err, prog_err, program, Kernel, KernelError,
 };
 use crate::config::{Hook, Interface};
@@ -60,6 +61,9 @@ pub enum InterfaceChange {
     TakenOver(Attached),
     /// Gone since the last pass (its links went with it).
     Gone(String),
+    /// A pin of its links removed by another hand, which took the link along:
+    /// attached again in the same pass.
+    Unpinned(String),
     /// Could not attach: the interface, and why.
     Failed(String, String),
 }
@@ -136,9 +140,14 @@ impl Kernel {
                 continue;
             }
             let name = link.attached.interface.clone();
+            let recreated = ifindex(&name) != Some(link.ifindex);
             self.detach_interface(link);
             if wanted {
-                changes.push(InterfaceChange::Gone(name));
+                changes.push(if recreated || pins_there {
+                    InterfaceChange::Gone(name)
+                } else {
+                    InterfaceChange::Unpinned(name)
+                });
             }
         }
         for iface in interfaces {
@@ -244,19 +253,10 @@ impl Kernel {
         let swapped = suits
             && egress
             && found.iter().all(|pin| {
-                let name = pin.role.program();
-                let fd = match pin.role {
-                    Role::XdpNative | Role::XdpGeneric => program::<Xdp>(&mut self.ebpf, name)
-                        .ok()
-                        .and_then(|p| p.fd().ok())
-                        .and_then(|fd| fd.try_clone().ok()),
-                    Role::TcIngress | Role::TcEgress => {
-                        program::<SchedClassifier>(&mut self.ebpf, name)
-                            .ok()
-                            .and_then(|p| p.fd().ok())
-                            .and_then(|fd| fd.try_clone().ok())
-                    }
-                };
+                let fd = self
+                    .ebpf
+                    .program(pin.role.program())
+                    .and_then(|p| p.fd().ok());
                 fd.is_some_and(|fd| {
                     interface_pins::swap(&self.pins, pin, fd.as_fd())
                         .inspect_err(|e| {
@@ -307,7 +307,10 @@ impl Kernel {
                 let link = xdp
                     .take_link(id)
                     .map_err(prog_err(program_names::XDP_INGRESS))?;
-                made.push((pin_of(role, links.ifindex, &name), fd_link(role, link)?));
+                made.push((
+                    InterfacePin::new(role, links.ifindex, &name),
+                    fd_link(role.program(), link)?,
+                ));
             }
             for (role, id) in [
                 (Role::TcIngress, links.tc_ingress.take()),
@@ -316,7 +319,10 @@ impl Kernel {
                 let Some(id) = id else { continue };
                 let tc: &mut SchedClassifier = program(&mut self.ebpf, role.program())?;
                 let link = tc.take_link(id).map_err(prog_err(role.program()))?;
-                made.push((pin_of(role, links.ifindex, &name), fd_link(role, link)?));
+                made.push((
+                    InterfacePin::new(role, links.ifindex, &name),
+                    fd_link(role.program(), link)?,
+                ));
             }
             Ok(())
         };
@@ -809,26 +815,6 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     line
-}
-
-fn pin_of(role: Role, ifindex: u32, interface: &str) -> InterfacePin {
-    InterfacePin {
-        role,
-        ifindex,
-        interface: interface.to_string(),
-    }
-}
-
-fn fd_link<L>(role: Role, link: L) -> Result<FdLink, KernelError>
-where
-    FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
-{
-    FdLink::try_from(link).map_err(|e| KernelError::Program {
-        name: role.program(),
-        source: aya::programs::ProgramError::IOError(std::io::Error::other(format!(
-            "the kernel made no BPF link to pin: {e}"
-        ))),
-    })
 }
 
 /// Whether TC programs attach as TCX links (6.6+) rather than clsact filters.

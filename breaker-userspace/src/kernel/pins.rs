@@ -311,6 +311,30 @@ pub fn link_update(link: &Path, program: BorrowedFd<'_>) -> Result<(), PinError>
     Ok(())
 }
 
+/// Removes the pin at `link` and detaches its link at once (`BPF_LINK_DETACH`,
+/// 5.9+): an unlinked pin alone frees its link later, from a kernel work
+/// queue, and an XDP program attached again in between would find the
+/// interface still taken. Where the kernel cannot detach the link, removing
+/// the pin is all there is.
+pub fn remove_and_detach(link: &Path) -> Result<(), PinError> {
+    let link_fd = obj_get(link);
+    std::fs::remove_file(link).map_err(|source| PinError::Io {
+        path: link.to_path_buf(),
+        source,
+    })?;
+    let Ok(link_fd) = link_fd else {
+        return Ok(());
+    };
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&(link_fd.as_fd().as_raw_fd() as u32).to_ne_bytes());
+    bpf(BPF_LINK_DETACH, &mut attr).map_err(|source| PinError::Syscall {
+        call: "BPF_LINK_DETACH",
+        path: link.to_path_buf(),
+        source,
+    })?;
+    Ok(())
+}
+
 /// The cgroup (its id: the cgroup folder's inode number) that the cgroup link
 /// pinned at `link` is attached to; 0 once the link was detached (`bpftool link
 /// detach`, or its cgroup removed). `BPF_OBJ_GET_INFO_BY_FD` on the link.
@@ -347,6 +371,7 @@ pub fn link_cgroup_id(link: &Path) -> Result<u64, PinError> {
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_LINK_DETACH: libc::c_long = 34;
 
 fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<i32> {
     // SAFETY: bpf(2) reads (and may write) at most `size` bytes of `attr`.
