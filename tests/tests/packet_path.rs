@@ -1305,6 +1305,48 @@ fn fixture(pins: &Pins) -> Fixture {
     }
 }
 
+/// The verifier walks at most a million instructions per program: above
+/// that, a program does not load on that kernel, and the packet path (or the
+/// connect path) is off there. Each program must keep this much of it spare,
+/// so a change that nears the limit fails here, on every kernel of the matrix,
+/// naming the program, rather than at a user's start.
+const VERIFIER_ROOM: u32 = 15_000;
+
+#[test]
+fn every_program_verifies_with_room_under_the_verifiers_limit() {
+    if !privileges::should_run("verifier_room") {
+        return;
+    }
+    let pins = Pins(PinFolder::new(format!(
+        "/sys/fs/bpf/breaker-room-{}",
+        std::process::id()
+    )));
+    let f = fixture(&pins);
+    let counts = f.kernel.verified_instructions();
+    eprintln!("verified instructions: {counts:?}");
+    let loaded: Vec<&String> = counts.iter().map(|(n, _)| n).collect();
+    for name in [
+        program_names::CONNECT4,
+        program_names::SOCK_OPS,
+        program_names::XDP_INGRESS,
+        program_names::TC_INGRESS,
+        program_names::TC_EGRESS,
+    ] {
+        assert!(
+            loaded.iter().any(|n| *n == name),
+            "{name} is not among the loaded programs {loaded:?}"
+        );
+    }
+    let near: Vec<_> = counts
+        .iter()
+        .filter(|(_, n)| n.is_some_and(|n| n > 1_000_000 - VERIFIER_ROOM))
+        .collect();
+    assert!(
+        near.is_empty(),
+        "within {VERIFIER_ROOM} instructions of the verifier's limit: {near:?}"
+    );
+}
+
 #[test]
 fn the_packet_path_programs_decide_each_packet_as_the_table_says() {
     if !privileges::should_run("packet_path_table") {

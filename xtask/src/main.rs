@@ -45,7 +45,7 @@ enum Cmd {
         kernel: Vec<String>,
         /// Seconds a guest may run, boot to power-off, before it is killed and failed
         /// (the suite takes 6 to 7 minutes under emulation on 2 cores).
-        #[arg(long, value_name = "SECONDS", default_value_t = 900)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 1200)]
         timeout: u64,
     },
     /// The Debian package (cargo-deb, installed if missing): target/debian/*.deb.

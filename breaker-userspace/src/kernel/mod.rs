@@ -664,6 +664,22 @@ impl Kernel {
         Ok(())
     }
 
+    /// Each loaded program by name, with the instructions the verifier walked
+    /// to accept it (`verified_insns`, 5.16+; None before): what the kernel's
+    /// limit of a million is measured against.
+    pub fn verified_instructions(&self) -> Vec<(String, Option<u32>)> {
+        let mut counts: Vec<(String, Option<u32>)> = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                Some((name.to_string(), info.verified_instruction_count()))
+            })
+            .collect();
+        counts.sort();
+        counts
+    }
+
     pub fn states(&self) -> Arc<StateTable> {
         self.states.clone()
     }
@@ -1020,8 +1036,10 @@ const NAT_HANDOVER: std::time::Duration = std::time::Duration::from_secs(10);
 /// Whether the pinned NAT maps carry redirected flows on into this load: only
 /// across a handover (the last daemon beat within [`NAT_HANDOVER`]: while no
 /// program ran, a client may have opened plain connects on ports an old entry
-/// names, which that entry must never rewrite), of this layout, with at least the
-/// room `wanted`, and only if something redirects now or they hold flows. Maps
+/// names, which that entry must never rewrite) or while the packet path's
+/// pinned links kept its programs running on them however long no daemon ran
+/// (they saw every such connect), of this layout, with at least the room
+/// `wanted`, and only if something redirects now or they hold flows. Maps
 /// without room (nothing redirected) are always kept.
 fn adopt_nat(pins: &PinFolder, wanted: u32) -> bool {
     use breaker_common::packet::{FlowKey, NatTarget};
@@ -1051,7 +1069,8 @@ fn adopt_nat(pins: &PinFolder, wanted: u32) -> bool {
     let fresh = beat.is_some_and(|b| {
         u64::from(crate::state::now_ms().wrapping_sub(b as u32)) < NAT_HANDOVER.as_millis() as u64
     });
-    if !fresh {
+    let links_ran = !interface_pins::pinned(pins).is_empty();
+    if !fresh && !links_ran {
         tracing::info!("the pinned redirected flows are older than a handover: they start over");
         return false;
     }
