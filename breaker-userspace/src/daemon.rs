@@ -570,7 +570,7 @@ fn sync_interfaces(current: &mut Generation) -> Option<String> {
             ),
             InterfaceChange::Unpinned(name) => tracing::warn!(
                 interface = %name,
-                "a pin of the packet path's links was removed (its link went with it): attaching again"
+                "a pin of the packet path's links was removed, or its link detached, by another hand: attaching again"
             ),
             InterfaceChange::Failed(name, why) => {
                 // Said once per reason, not every second it goes on.

@@ -999,6 +999,27 @@ fn a_killed_daemon_leaves_the_packet_path_running_and_the_next_takes_it_over() {
             "the daemon noticed the removed pin and pinned vm0's links again",
         );
         fails_fast(&lab, "after a pin was removed by hand");
+
+        // A link detached by hand keeps its pin but runs nothing: noticed too.
+        let before = lab.daemon_log().matches("by another hand").count();
+        let egress = interface_pins(&lab)
+            .into_iter()
+            .find(|p| p.to_string_lossy().contains("if:tce:"))
+            .expect("vm0's egress pinned");
+        let out = std::process::Command::new("bpftool")
+            .args(["link", "detach", "pinned"])
+            .arg(&egress)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "bpftool link detach: {out:?}");
+        check(
+            &lab,
+            breaker_lab::testing::eventually(Duration::from_secs(10), || {
+                lab.daemon_log().matches("by another hand").count() > before
+            }),
+            "the daemon noticed the detached link and attached vm0 again",
+        );
+        fails_fast(&lab, "after a link was detached by hand");
     }
 
     // vm0 dropped from the config at a reload: its links go (pins too), and the

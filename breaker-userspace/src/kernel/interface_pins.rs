@@ -120,6 +120,13 @@ pub fn pinned(pins: &PinFolder) -> Vec<InterfacePin> {
     found
 }
 
+/// Whether `pin`'s link still runs its program on its interface: its file is
+/// there and the link was not detached by another hand (`bpftool link
+/// detach` leaves the pin to a link that runs nothing).
+pub fn live(pins: &PinFolder, pin: &InterfacePin) -> bool {
+    pins::link_ifindex(&pin.path(pins)).is_ok_and(|index| index == pin.ifindex)
+}
+
 /// Removes `pin` and detaches its link then and there (not when the kernel
 /// gets round to freeing it), so that the interface is free for the next
 /// attach. A pin gone already is no error: nothing is left to do.

@@ -61,8 +61,9 @@ pub enum InterfaceChange {
     TakenOver(Attached),
     /// Gone since the last pass (its links went with it).
     Gone(String),
-    /// A pin of its links removed by another hand, which took the link along:
-    /// attached again in the same pass.
+    /// A pin of its links removed by another hand, which took the link along,
+    /// or a link detached (`bpftool link detach`): attached again in the same
+    /// pass.
     Unpinned(String),
     /// Could not attach: the interface, and why.
     Failed(String, String),
@@ -133,8 +134,12 @@ impl Kernel {
         }
         for link in std::mem::take(&mut self.interface_links) {
             let wanted = interfaces.iter().any(|i| i.name == link.attached.interface);
-            // A pin removed by hand took its link along: attach again.
-            let pins_there = link.pinned.iter().all(|p| p.path(&self.pins).exists());
+            // A pin removed by hand took its link along, and a link detached
+            // by hand runs nothing: attach again.
+            let pins_there = link
+                .pinned
+                .iter()
+                .all(|p| interface_pins::live(&self.pins, p));
             if wanted && pins_there && ifindex(&link.attached.interface) == Some(link.ifindex) {
                 self.interface_links.push(link);
                 continue;

@@ -337,11 +337,29 @@ pub fn remove_and_detach(link: &Path) -> Result<(), PinError> {
 
 /// The cgroup (its id: the cgroup folder's inode number) that the cgroup link
 /// pinned at `link` is attached to; 0 once the link was detached (`bpftool link
-/// detach`, or its cgroup removed). `BPF_OBJ_GET_INFO_BY_FD` on the link.
+/// detach`, or its cgroup removed).
 pub fn link_cgroup_id(link: &Path) -> Result<u64, PinError> {
+    let info = link_info(link)?;
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&info[16..24]);
+    Ok(u64::from_ne_bytes(id))
+}
+
+/// The interface that the XDP or TCX link pinned at `link` is attached to; 0
+/// once the link was detached (`bpftool link detach`).
+pub fn link_ifindex(link: &Path) -> Result<u32, PinError> {
+    let info = link_info(link)?;
+    let mut index = [0u8; 4];
+    index.copy_from_slice(&info[16..20]);
+    Ok(u32::from_ne_bytes(index))
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` on the link pinned at `link`: struct bpf_link_info,
+/// whose type, id and prog_id come before the (8-aligned) union of per-type
+/// members at offset 16; the cgroup's starts with cgroup_id, XDP's and TCX's
+/// with ifindex.
+fn link_info(link: &Path) -> Result<[u8; 64], PinError> {
     let link_fd = obj_get(link)?;
-    // struct bpf_link_info: type, id, prog_id, then (8-aligned) the union whose
-    // cgroup member starts with cgroup_id.
     let mut info = [0u8; 64];
     #[repr(C)]
     struct GetInfo {
@@ -363,9 +381,7 @@ pub fn link_cgroup_id(link: &Path) -> Result<u64, PinError> {
         path: link.to_path_buf(),
         source,
     })?;
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&info[16..24]);
-    Ok(u64::from_ne_bytes(id))
+    Ok(info)
 }
 
 const BPF_OBJ_GET: libc::c_long = 7;
