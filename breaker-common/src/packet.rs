@@ -102,7 +102,8 @@ pub struct PacketCounters {
     pub replies_icmp: u64,
     /// Rejected SYNs whose flow was sent to the fallback (`packet_action = "redirect"`).
     pub flows_redirected: u64,
-    /// Segments of redirected flows rewritten, both ways.
+    /// Segments of redirected flows rewritten, both ways, and ICMP errors about
+    /// them on their way back (the quoted packet's destination).
     pub segments_rewritten: u64,
     /// Answers (SYN-ACK, reset, ICMP error) that ended a tracked flow.
     pub answers_matched: u64,
@@ -206,6 +207,20 @@ pub const fn icmp4_unreachable(icmp_type: u8, code: u8) -> bool {
 /// (every destination unreachable code; "packet too big" is path MTU discovery).
 pub const fn icmp6_unreachable(icmp_type: u8) -> bool {
     icmp_type == 1
+}
+
+/// Whether an ICMPv4 message of `icmp_type` is an error that quotes the packet
+/// it is about: destination unreachable (fragmentation needed among them), time
+/// exceeded, parameter problem. The client's stack matches each to its socket
+/// by the quoted header.
+pub const fn icmp4_error(icmp_type: u8) -> bool {
+    matches!(icmp_type, 3 | 11 | 12)
+}
+
+/// As [`icmp4_error`] for ICMPv6: destination unreachable, packet too big, time
+/// exceeded, parameter problem.
+pub const fn icmp6_error(icmp_type: u8) -> bool {
+    matches!(icmp_type, 1..=4)
 }
 
 /// Whether a flow started at `started` (jiffies) has gone unanswered for at least

@@ -15,7 +15,7 @@ use breaker_common::{
     fallback::{self, HopUse},
     machine::{
         self, admit, Admission, BreakerWord, Ejections, Mode, State, Step, WordCell,
-        CAPPED_CAS_RETRIES,
+        CAPPED_CAS_RETRIES, KERNEL_CAS_RETRIES,
     },
 };
 
@@ -377,7 +377,7 @@ impl Breaker {
         cause: u32,
         f: impl FnMut(BreakerWord) -> Step<T>,
     ) -> Option<T> {
-        let applied = machine::update(&KernelWord(self.word), f);
+        let applied = machine::update_within::<KERNEL_CAS_RETRIES, T>(&KernelWord(self.word), f);
         match applied {
             Some((prev, step)) => {
                 if let Some((from, to)) = step.transition(prev) {

@@ -507,6 +507,60 @@ fn check_rewritten(
     Ok(())
 }
 
+/// An ICMP error rewritten on its way back to a redirected flow's client: `out`
+/// is `before` with the quoted destination now `to`, and every other byte the
+/// same but the checksums it changes (the quoted IPv4 header's, the ICMP
+/// message's), which are valid.
+fn check_quote_rewritten(out: &[u8], before: &[u8], to: SocketAddr) -> Result<(), String> {
+    use breaker_common::packet::{fold, sum_words};
+    ensure!(out.len() == before.len(), "the length changed");
+    let l3 = 14;
+    let v4 = out[l3] >> 4 == 4;
+    let (l4, inner) = if v4 {
+        let ihl = (out[l3] & 0x0f) as usize * 4;
+        (l3 + ihl, l3 + ihl + 8)
+    } else {
+        (l3 + 40, l3 + 40 + 8)
+    };
+    let message = &out[l4..];
+    let sum = if v4 {
+        sum_words(message, 0)
+    } else {
+        // The pseudo-header: addresses, length, next header.
+        let mut pseudo = out[l3 + 8..l3 + 40].to_vec();
+        pseudo.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&58u32.to_be_bytes());
+        sum_words(message, sum_words(&pseudo, 0))
+    };
+    ensure!(fold(sum) == 0, "bad ICMP checksum");
+    let (dst_at, port_at, mut changed) = if v4 {
+        let ihl = (out[inner] & 0x0f) as usize * 4;
+        ensure!(
+            fold(sum_words(&out[inner..inner + ihl], 0)) == 0,
+            "bad quoted IPv4 header checksum"
+        );
+        (inner + 16, inner + ihl + 2, vec![inner + 10, inner + 11])
+    } else {
+        (inner + 24, inner + 40 + 2, Vec::new())
+    };
+    let (addr, port): (Vec<u8>, u16) = match to {
+        SocketAddr::V4(a) => (a.ip().octets().to_vec(), a.port()),
+        SocketAddr::V6(a) => (a.ip().octets().to_vec(), a.port()),
+    };
+    ensure!(
+        out[dst_at..dst_at + addr.len()] == addr[..]
+            && out[port_at..port_at + 2] == port.to_be_bytes(),
+        "the quote's destination is {:?}:{}, want {to}",
+        &out[dst_at..dst_at + addr.len()],
+        u16::from_be_bytes([out[port_at], out[port_at + 1]])
+    );
+    changed.extend(dst_at..dst_at + addr.len());
+    changed.extend([port_at, port_at + 1, l4 + 2, l4 + 3]);
+    let other = (0..out.len()).find(|i| !changed.contains(i) && out[*i] != before[*i]);
+    ensure!(other.is_none(), "byte {other:?} changed too");
+    Ok(())
+}
+
 /// One case: its name, the state to set up, the frame, and the checks. `xdp`:
 /// run on `brk_xdp_ingress` (true) or `brk_tc_ingress` (false) for ingress cases.
 struct Case {
@@ -952,6 +1006,59 @@ const INGRESS_CASES: &[Case] = &[
             let s = egress_run(f, &answer6);
             check_rewritten(&s.run.data, &answer6, None, Some(MOVED6.into()))
                 .map_err(|e| format!("IPv6 SYN-ACK: {e}"))
+        },
+    },
+    Case {
+        name: "an ICMP error about a redirected flow reaches its client as about the upstream",
+        run: |f, xdp| {
+            f.set(f.moved, State::Open);
+            let me = client(port(25, xdp));
+            let syn = packets::syn_v4(me, MOVED4, 25_000);
+            let sent = observe(f, ingress(xdp), &syn).run.data;
+            // The fallback cannot be reached: the router says so about the SYN as
+            // it left, and the client's stack must find its socket in the quote.
+            let error = packets::icmp4_unreachable(ROUTER, &sent, DestUnreachableHeader::Host);
+            let s = egress_run(f, &error);
+            ensure!(
+                s.run.return_value == TC_ACT_UNSPEC,
+                "verdict {}",
+                s.run.return_value
+            );
+            check_quote_rewritten(&s.run.data, &error, MOVED4.into())
+                .map_err(|e| format!("host unreachable: {e}"))?;
+            ensure!(
+                s.packet.segments_rewritten == 1,
+                "rewritten {}",
+                s.packet.segments_rewritten
+            );
+            // Path MTU discovery about a data segment of the established flow.
+            let data = packets::data_v4(me, MOVED4, 25_001, 9);
+            let sent = observe(f, ingress(xdp), &data).run.data;
+            let too_big = packets::icmp4_unreachable(
+                ROUTER,
+                &sent,
+                DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 },
+            );
+            let s = egress_run(f, &too_big);
+            check_quote_rewritten(&s.run.data, &too_big, MOVED4.into())
+                .map_err(|e| format!("fragmentation needed: {e}"))?;
+            // An error quoting the fallback for a client that never went there
+            // is not touched.
+            let stranger = packets::syn_v4(client(port(25, xdp) + 1), FALLBACK4, 25_100);
+            let error = packets::icmp4_unreachable(ROUTER, &stranger, DestUnreachableHeader::Host);
+            let s = egress_run(f, &error);
+            ensure!(
+                s.run.data == error && s.packet.segments_rewritten == 0,
+                "an error about another flow was rewritten"
+            );
+            // IPv6.
+            let me6 = client6(port(25, xdp));
+            let syn6 = packets::syn_v6(me6, MOVED6, 25_600);
+            let sent6 = observe(f, ingress(xdp), &syn6).run.data;
+            let error6 = packets::icmp6_unreachable(ROUTER6, &sent6);
+            let s = egress_run(f, &error6);
+            check_quote_rewritten(&s.run.data, &error6, MOVED6.into())
+                .map_err(|e| format!("IPv6: {e}"))
         },
     },
     Case {

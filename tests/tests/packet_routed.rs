@@ -329,6 +329,14 @@ failure_threshold = 2
 open_duration = "1h"
 packet_action = "redirect"
 
+[[upstream]]
+name = "moved_dark"
+endpoints = ["10.77.0.2:8084"]
+fallback = "10.77.8.1:80"
+failure_threshold = 2
+open_duration = "1h"
+packet_action = "redirect"
+
 [[interface]]
 name = "vm0"
 "#;
@@ -339,6 +347,12 @@ fn while_open_a_vm_gets_an_icmp_error_or_reaches_the_fallback() {
         return;
     };
     lab.serve("10.77.0.3:9000", "fallback").unwrap();
+    // moved_dark's fallback is routed nowhere: the host answers the vm with an
+    // ICMP host unreachable, every time.
+    lab.client
+        .ip(&["route", "add", "unreachable", "10.77.8.1/32"])
+        .unwrap();
+    lab.client_sysctl("net/ipv4/icmp_ratelimit", "0").unwrap();
     lab.start_daemon(ACTIONS).unwrap();
     check(&lab, attached(&lab), "the daemon attached to vm0");
     let events = |event: &str| {
@@ -437,6 +451,41 @@ fn while_open_a_vm_gets_an_icmp_error_or_reaches_the_fallback() {
             && events("flow_redirected") == 4.0
     });
     check(&lab, counted, "4 connects counted as redirected");
+
+    // A fallback that cannot be reached: the host's ICMP error quotes the SYN
+    // as it left for the fallback, and is rewritten to quote the upstream the vm
+    // asked for, so the vm's connect fails with it (at once, or at the first
+    // retransmission, as above) instead of waiting out its own 3 s.
+    let dark = "10.77.0.2:8084";
+    let first = vm_connect(&lab, dark, 2, 1, 3000);
+    check(
+        &lab,
+        outcomes(&first) == ["refused"; 2]
+            && state(&lab, "moved_dark", "open", Duration::from_secs(2)),
+        &format!("moved_dark opened on its refusals: {:?}", outcomes(&first)),
+    );
+    let rewritten_before = events("segment_rewritten");
+    let failed = vm_connect(&lab, dark, 2, 1, 3000);
+    let slowest = failed.iter().map(|a| a.latency_us).fold(0.0, f64::max);
+    check(
+        &lab,
+        outcomes(&failed) == ["unreachable"; 2] && slowest < 2_000_000.0,
+        &format!(
+            "the dark fallback's errors reached the vm: {:?}, slowest {slowest} µs",
+            outcomes(&failed)
+        ),
+    );
+    let counted = breaker_lab::testing::eventually(Duration::from_secs(3), || {
+        events("segment_rewritten") >= rewritten_before + 2.0
+    });
+    check(
+        &lab,
+        counted,
+        &format!(
+            "the errors were counted as rewritten: {} (before {rewritten_before})",
+            events("segment_rewritten")
+        ),
+    );
 }
 
 #[test]

@@ -362,8 +362,9 @@ struct RaceResult {
     trials_admitted: u64,
 }
 
-/// 64 threads race on one word the way 64 clients race in the kernel: first failures
-/// (to trip it), then admissions in HALF_OPEN whose trials never end.
+/// 64 threads race on one word the way 64 clients race in the kernel, with its
+/// compare-and-swap attempts (`KERNEL_CAS_RETRIES`): first failures (to trip
+/// it), then admissions in HALF_OPEN whose trials never end.
 fn race(cell: &(impl WordCell + Sync)) -> RaceResult {
     let trips = AtomicU64::new(0);
     let trials = AtomicU64::new(0);
@@ -384,7 +385,9 @@ fn race(cell: &(impl WordCell + Sync)) -> RaceResult {
         for _ in 0..64 {
             scope.spawn(|| {
                 for _ in 0..50 {
-                    if let Some((prev, step)) = update(cell, |w| record(w, fail, 0, &t)) {
+                    if let Some((prev, step)) =
+                        update_within::<KERNEL_CAS_RETRIES, _>(cell, |w| record(w, fail, 0, &t))
+                    {
                         if step.transition(prev) == Some((State::Closed, State::Open)) {
                             trips.fetch_add(1, Ordering::Relaxed);
                         }
@@ -399,7 +402,9 @@ fn race(cell: &(impl WordCell + Sync)) -> RaceResult {
         for _ in 0..64 {
             scope.spawn(|| {
                 for _ in 0..50 {
-                    if let Some((_, step)) = update(cell, |w| admit(w, 1, &t)) {
+                    if let Some((_, step)) =
+                        update_within::<KERNEL_CAS_RETRIES, _>(cell, |w| admit(w, 1, &t))
+                    {
                         if matches!(step.result, Admission::Trial { .. }) {
                             trials.fetch_add(1, Ordering::Relaxed);
                         }

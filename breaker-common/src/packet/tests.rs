@@ -132,6 +132,26 @@ fn unreachable_is_every_destination_unreachable_but_path_mtu() {
 }
 
 #[test]
+fn errors_that_quote_a_packet_are_rewritten_for_a_redirected_flow_and_nothing_else() {
+    // Destination unreachable, time exceeded, parameter problem.
+    for t in [3, 11, 12] {
+        assert!(icmp4_error(t), "ICMP type {t}");
+    }
+    // Echo reply and request, source quench, redirect, timestamps.
+    for t in [0, 4, 5, 8, 13, 14] {
+        assert!(!icmp4_error(t), "ICMP type {t}");
+    }
+    // Destination unreachable, packet too big, time exceeded, parameter problem.
+    for t in [1, 2, 3, 4] {
+        assert!(icmp6_error(t), "ICMPv6 type {t}");
+    }
+    // Echo, neighbour discovery, and the unassigned 0.
+    for t in [0, 128, 129, 135, 136] {
+        assert!(!icmp6_error(t), "ICMPv6 type {t}");
+    }
+}
+
+#[test]
 fn a_flow_times_out_at_its_timeout_across_the_wrap() {
     assert!(!timed_out(100, 149, 50));
     assert!(timed_out(100, 150, 50));

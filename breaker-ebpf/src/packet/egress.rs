@@ -24,10 +24,7 @@ pub fn on_egress<C: Packet>(ctx: &C) {
         plain_tcp_flags(&ctx.frame()).is_some_and(|flags| flags & (TCP_SYN | TCP_RST) == 0);
     // A redirected flow's segment first: from here on it is the upstream's.
     if nat::active() {
-        let mut rw = nat::Rewrite::default();
-        if nat::rewrite_of(&ctx.frame(), nat::BACK, &mut rw) && ctx.rewrite(&rw) {
-            count(|c| c.segments_rewritten += 1);
-        }
+        rewrite_back(ctx, answers_nothing);
     }
     if answers_nothing {
         return;
@@ -36,6 +33,21 @@ pub fn on_egress<C: Packet>(ctx: &C) {
     let cause = answer_of(&ctx.frame(), &mut key);
     if cause != NO_ANSWER {
         end(ctx, &key, cause);
+    }
+}
+
+/// A redirected flow's segment, or an ICMP error about one (unless the packet
+/// `answers_nothing`, a plain segment), rewritten as from the upstream the
+/// client asked for: an error then quotes the client's side of the flow, and
+/// ends it as any other flow's. Out of line, a sibling of [`end`]: its rewrite
+/// is never in the frames under `end`.
+#[inline(never)]
+fn rewrite_back<C: Packet>(ctx: &C, answers_nothing: bool) {
+    let mut rw = nat::Rewrite::default();
+    let found = nat::rewrite_of(&ctx.frame(), nat::BACK, &mut rw)
+        || (!answers_nothing && nat::quoted_rewrite_of(&ctx.frame(), &mut rw));
+    if found && ctx.rewrite(&rw) {
+        count(|c| c.segments_rewritten += 1);
     }
 }
 

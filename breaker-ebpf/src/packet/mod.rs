@@ -81,7 +81,10 @@ impl Packet for XdpContext {
                 };
                 let (old, new) = (rw.old_addr[3].to_ne_bytes(), rw.new_addr[3].to_ne_bytes());
                 *ip_sum = csum_replace4(*ip_sum, old, new);
-                check = csum_replace4(check, old, new);
+                // A quoted header's address and checksum cancel out.
+                if rw.quoted == 0 {
+                    check = csum_replace4(check, old, new);
+                }
                 *addr = new;
             } else {
                 let Some(addr) = f.at::<[[u8; 4]; 4]>(rw.addr_off & OFFSET_MASK) else {
@@ -121,12 +124,18 @@ impl Packet for TcContext {
     /// would break.
     #[inline(always)]
     fn rewrite(&self, rw: &Rewrite) -> bool {
-        let pseudo = BPF_F_PSEUDO_HDR as u64;
+        // A quoted packet's address is plain bytes of the ICMP message.
+        let pseudo = if rw.quoted == 0 {
+            BPF_F_PSEUDO_HDR as u64
+        } else {
+            0
+        };
         let tcp_sum = rw.tcp_csum_off;
         let ok = if rw.v4 != 0 {
             let (old, new) = (rw.old_addr[3] as u64, rw.new_addr[3] as u64);
+            // A quoted header's address and checksum cancel out of the ICMP one.
             self.l3_csum_replace(rw.ip_csum_off, old, new, 4).is_ok()
-                && self.l4_csum_replace(tcp_sum, old, new, pseudo | 4).is_ok()
+                && (rw.quoted != 0 || self.l4_csum_replace(tcp_sum, old, new, pseudo | 4).is_ok())
                 && self.store(rw.addr_off, &rw.new_addr[3], 0).is_ok()
         } else {
             let mut ok = true;

@@ -7,10 +7,13 @@ use breaker_common::{
     abi::UpstreamPolicy,
     dest::v4_mapped,
     fallback::{self, HopUse},
-    packet::{FlowKey, NatTarget},
+    packet::{icmp4_error, icmp6_error, FlowKey, NatTarget},
 };
 
-use super::{count, flow_of, ingress::track, ip, is_v4, tcp, Frame, IPPROTO_TCP};
+use super::{
+    count, flow_of, ingress::track, ip, is_v4, tcp, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_TCP,
+};
 use crate::{
     breaker::{self, count_extra, hop_use},
     maps::{PACKET_NAT_BACK, PACKET_NAT_OUT, POLICIES, SETTINGS},
@@ -26,8 +29,14 @@ pub struct Rewrite {
     pub port_off: usize,
     /// The IPv4 header checksum (unused for IPv6).
     pub ip_csum_off: usize,
-    /// The TCP checksum, whose pseudo-header holds the address.
+    /// The TCP checksum, whose pseudo-header holds the address; for a quoted
+    /// packet, the ICMP error's checksum.
     pub tcp_csum_off: usize,
+    /// Non-zero when the address and port are those of the packet an ICMP
+    /// error quotes: the ICMP checksum covers them as plain bytes (ICMPv6 with
+    /// no pseudo-header of theirs), and for IPv4 the quoted header's checksum
+    /// changes with its address, so the two cancel out of the ICMP checksum.
+    pub quoted: u32,
     pub old_addr: [u32; 4],
     pub new_addr: [u32; 4],
     pub old_port: u16,
@@ -104,9 +113,88 @@ pub fn rewrite_of(frame: &Frame, way: u32, rw: &mut Rewrite) -> bool {
         port_off,
         ip_csum_off: ip.l3 + 10,
         tcp_csum_off: ip.l4 + 16,
+        quoted: 0,
         old_addr: key.upstream,
         new_addr: to.addr,
         old_port: key.upstream_port,
+        new_port: to.port,
+    };
+    true
+}
+
+/// The rewrite an ICMP or ICMPv6 error on its way back to a client needs, into
+/// `rw`, when it quotes a redirected flow's SYN or segment as it left for the
+/// fallback: the quoted destination becomes the upstream's again, so that the
+/// client's stack finds its socket (a connect fails at once on an unreachable
+/// fallback; path MTU discovery goes on for an established flow). False for any
+/// other packet. Out of line, as [`rewrite_of`].
+#[inline(never)]
+pub fn quoted_rewrite_of(frame: &Frame, rw: &mut Rewrite) -> bool {
+    let Ok(Some(ip)) = ip(frame) else {
+        return false;
+    };
+    let v4 = is_v4(ip.family);
+    let is_error = match (ip.proto, frame.u8(ip.l4)) {
+        (IPPROTO_ICMP, Some(t)) => v4 && icmp4_error(t),
+        (IPPROTO_ICMPV6, Some(t)) => !v4 && icmp6_error(t),
+        _ => false,
+    };
+    if !is_error {
+        return false;
+    }
+    let inner = ip.l4 + 8;
+    let (client, fallback, dst_off, l4) = if v4 {
+        let Some(vihl) = frame.u8(inner) else {
+            return false;
+        };
+        let ihl = (vihl & 0x0f) as usize * 4;
+        if vihl >> 4 != 4 || ihl < 20 || frame.u8(inner + 9) != Some(IPPROTO_TCP) {
+            return false;
+        }
+        let (Some(src), Some(dst)) = (frame.raw_u32(inner + 12), frame.raw_u32(inner + 16)) else {
+            return false;
+        };
+        (v4_mapped(src), v4_mapped(dst), inner + 16, inner + ihl)
+    } else {
+        if frame.u8(inner + 6) != Some(IPPROTO_TCP) {
+            return false;
+        }
+        let (Some(src), Some(dst)) = (frame.raw_addr6(inner + 8), frame.raw_addr6(inner + 24))
+        else {
+            return false;
+        };
+        (src, dst, inner + 24, inner + 40)
+    };
+    // Only an error on its way to the client that sent the quoted packet.
+    if client != ip.dst {
+        return false;
+    }
+    let (Some(client_port), Some(fallback_port)) = (frame.raw_u16(l4), frame.raw_u16(l4 + 2))
+    else {
+        return false;
+    };
+    let key = FlowKey {
+        client,
+        upstream: fallback,
+        client_port,
+        upstream_port: fallback_port,
+        family: ip.family,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(to) = (unsafe { PACKET_NAT_BACK.get(key) }).copied() else {
+        return false;
+    };
+    *rw = Rewrite {
+        v4: v4 as u32,
+        addr_off: dst_off,
+        port_off: l4 + 2,
+        ip_csum_off: inner + 10,
+        tcp_csum_off: ip.l4 + 2,
+        quoted: 1,
+        old_addr: fallback,
+        new_addr: to.addr,
+        old_port: fallback_port,
         new_port: to.port,
     };
     true
