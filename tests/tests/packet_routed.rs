@@ -666,6 +666,33 @@ name = "vm0"
             exchange(&mut client, &mut served, b"under the next daemon"),
             "the redirected flow carries data under the next daemon, 11 s later",
         );
+
+        // A link detached by hand while no daemon ran: the programs did not see
+        // every connect since, so after a gap longer than a handover the
+        // redirected flows start over rather than rewrite a stranger's.
+        lab.signal_daemon(nix::sys::signal::Signal::SIGKILL)
+            .unwrap();
+        let egress = std::fs::read_dir(lab.pins.join("links"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().contains("if:tce:"))
+            .expect("vm0's egress pinned");
+        let out = std::process::Command::new("bpftool")
+            .args(["link", "detach", "pinned"])
+            .arg(&egress)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "bpftool link detach: {out:?}");
+        std::thread::sleep(Duration::from_secs(11));
+        lab.start_daemon(config).unwrap();
+        check(&lab, attached(&lab), "the third daemon is on vm0");
+        check(
+            &lab,
+            lab.daemon_log()
+                .contains("the pinned redirected flows are older than a handover"),
+            "with a link detached while no daemon ran, the old flows started over",
+        );
     }
 }
 

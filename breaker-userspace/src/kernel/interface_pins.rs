@@ -122,9 +122,31 @@ pub fn pinned(pins: &PinFolder) -> Vec<InterfacePin> {
 
 /// Whether `pin`'s link still runs its program on its interface: its file is
 /// there and the link was not detached by another hand (`bpftool link
-/// detach` leaves the pin to a link that runs nothing).
+/// detach` leaves the pin to a link that runs nothing). A link that cannot be
+/// asked now (out of descriptors, say) counts as live: re-attaching a working
+/// link would leave redirected flows unrewritten for a moment.
 pub fn live(pins: &PinFolder, pin: &InterfacePin) -> bool {
-    pins::link_ifindex(&pin.path(pins)).is_ok_and(|index| index == pin.ifindex)
+    match pins::link_ifindex(&pin.path(pins)) {
+        Ok(index) => index == pin.ifindex,
+        Err(pins::PinError::Syscall { source, .. } | pins::PinError::Io { source, .. }) => {
+            source.kind() != std::io::ErrorKind::NotFound
+        }
+        Err(_) => true,
+    }
+}
+
+/// Whether the packet path's programs kept running on their pinned links until
+/// now: some interface's links are pinned, and every pinned link is live on
+/// the interface that still has its ifindex, an ingress and an egress among
+/// them. Only then did they see every connect while no daemon ran.
+pub fn all_running(pins: &PinFolder, ifindex: impl Fn(&str) -> Option<u32>) -> bool {
+    let found = pinned(pins);
+    !found.is_empty()
+        && found.iter().any(|p| p.role == Role::TcEgress)
+        && found.iter().any(|p| p.role != Role::TcEgress)
+        && found
+            .iter()
+            .all(|p| ifindex(&p.interface) == Some(p.ifindex) && live(pins, p))
 }
 
 /// Removes `pin` and detaches its link then and there (not when the kernel

@@ -1038,7 +1038,8 @@ const NAT_HANDOVER: std::time::Duration = std::time::Duration::from_secs(10);
 /// program ran, a client may have opened plain connects on ports an old entry
 /// names, which that entry must never rewrite) or while the packet path's
 /// pinned links kept its programs running on them however long no daemon ran
-/// (they saw every such connect), of this layout, with at least the room
+/// (they saw every such connect: every pinned link live, on the interface it
+/// was attached to), of this layout, with at least the room
 /// `wanted`, and only if something redirects now or they hold flows. Maps
 /// without room (nothing redirected) are always kept.
 fn adopt_nat(pins: &PinFolder, wanted: u32) -> bool {
@@ -1069,7 +1070,7 @@ fn adopt_nat(pins: &PinFolder, wanted: u32) -> bool {
     let fresh = beat.is_some_and(|b| {
         u64::from(crate::state::now_ms().wrapping_sub(b as u32)) < NAT_HANDOVER.as_millis() as u64
     });
-    let links_ran = !interface_pins::pinned(pins).is_empty();
+    let links_ran = interface_pins::all_running(pins, packet::ifindex);
     if !fresh && !links_ran {
         tracing::info!("the pinned redirected flows are older than a handover: they start over");
         return false;

@@ -718,7 +718,7 @@ fn query_frame(q: &ExpireQuery) -> Vec<u8> {
 }
 
 /// The interface's index, if it exists.
-fn ifindex(name: &str) -> Option<u32> {
+pub(super) fn ifindex(name: &str) -> Option<u32> {
     let name = std::ffi::CString::new(name).ok()?;
     // SAFETY: a NUL-terminated string that outlives the call.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };

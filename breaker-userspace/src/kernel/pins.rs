@@ -318,21 +318,25 @@ pub fn link_update(link: &Path, program: BorrowedFd<'_>) -> Result<(), PinError>
 /// the pin is all there is.
 pub fn remove_and_detach(link: &Path) -> Result<(), PinError> {
     let link_fd = obj_get(link);
-    std::fs::remove_file(link).map_err(|source| PinError::Io {
+    // Detached even when the pin cannot go: a link left running beside the
+    // next attach would run two programs (TCX) or refuse it (XDP).
+    let removed = std::fs::remove_file(link).map_err(|source| PinError::Io {
         path: link.to_path_buf(),
         source,
-    })?;
+    });
     let Ok(link_fd) = link_fd else {
-        return Ok(());
+        return removed;
     };
     let mut attr = [0u8; 128];
     attr[..4].copy_from_slice(&(link_fd.as_fd().as_raw_fd() as u32).to_ne_bytes());
-    bpf(BPF_LINK_DETACH, &mut attr).map_err(|source| PinError::Syscall {
-        call: "BPF_LINK_DETACH",
-        path: link.to_path_buf(),
-        source,
-    })?;
-    Ok(())
+    let detached = bpf(BPF_LINK_DETACH, &mut attr)
+        .map(drop)
+        .map_err(|source| PinError::Syscall {
+            call: "BPF_LINK_DETACH",
+            path: link.to_path_buf(),
+            source,
+        });
+    removed.and(detached)
 }
 
 /// The cgroup (its id: the cgroup folder's inode number) that the cgroup link

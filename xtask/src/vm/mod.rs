@@ -312,9 +312,10 @@ fn print_table(rows: &[Row]) {
 /// every kernel: `deploy` checks files with host tools (promtool,
 /// systemd-analyze) and `top` drives a terminal in tmux, neither of which the
 /// guests have; `config_cli` refuses configs before the kernel is touched,
-/// `alerts` posts webhooks and `hardening_daemon` attacks the daemon's metrics
-/// port and sends it signals, all userspace (together about 85 s of each
-/// guest's time under emulation).
+/// `alerts` posts webhooks, and `hardening_daemon` attacks the daemon's metrics
+/// port and sends it signals, whose kernel side (the pinned programs enforcing
+/// while the daemon is down or busy) `operations` and `recovery` check on
+/// every kernel. Together about 85 s of each guest's time under emulation.
 const HOST_ONLY: &[&str] = &["deploy", "top", "config_cli", "alerts", "hardening_daemon"];
 
 /// Builds `breaker`, `breaker-lab` and the breaker-tests test binaries (the ones
