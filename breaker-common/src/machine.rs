@@ -783,8 +783,8 @@ pub fn update<T: Copy>(
 /// update there (the daemon makes [`CAS_RETRIES`]): the verifier walks the
 /// whole state machine once per attempt, and with eight the packet ingress
 /// programs took 0.91 of 6.18's million steps (0.42 with three), sock_ops
-/// 0.46 of 6.1's (0.32). A lost race past them drops the outcome, counted in
-/// `contention_misses`.
+/// 0.46 of 6.1's (0.32). Past them an outcome is dropped and an admission
+/// passes (fail open), each counted in `contention_misses`.
 pub const KERNEL_CAS_RETRIES: usize = 3;
 
 /// [`update`] with `RETRIES` compare-and-swap attempts.

@@ -126,8 +126,9 @@ pub fn rewrite_of(frame: &Frame, way: u32, rw: &mut Rewrite) -> bool {
 /// `rw`, when it quotes a redirected flow's SYN or segment as it left for the
 /// fallback: the quoted destination becomes the upstream's again, so that the
 /// client's stack finds its socket (a connect fails at once on an unreachable
-/// fallback; path MTU discovery goes on for an established flow). False for any
-/// other packet. Out of line, as [`rewrite_of`].
+/// fallback; the client learns a smaller path MTU towards it). False for any
+/// other packet. Out of line, as [`rewrite_of`]. The quote is read as
+/// `egress::icmp_error` reads it.
 #[inline(never)]
 pub fn quoted_rewrite_of(frame: &Frame, rw: &mut Rewrite) -> bool {
     let Ok(Some(ip)) = ip(frame) else {

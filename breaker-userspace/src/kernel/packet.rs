@@ -136,11 +136,11 @@ impl Kernel {
             let wanted = interfaces.iter().any(|i| i.name == link.attached.interface);
             // A pin removed by hand took its link along, and a link detached
             // by hand runs nothing: attach again.
-            let pins_there = link
+            let links_live = link
                 .pinned
                 .iter()
                 .all(|p| interface_pins::live(&self.pins, p));
-            if wanted && pins_there && ifindex(&link.attached.interface) == Some(link.ifindex) {
+            if wanted && links_live && ifindex(&link.attached.interface) == Some(link.ifindex) {
                 self.interface_links.push(link);
                 continue;
             }
@@ -148,7 +148,7 @@ impl Kernel {
             let recreated = ifindex(&name) != Some(link.ifindex);
             self.detach_interface(link);
             if wanted {
-                changes.push(if recreated || pins_there {
+                changes.push(if recreated || links_live {
                     InterfaceChange::Gone(name)
                 } else {
                     InterfaceChange::Unpinned(name)
@@ -542,6 +542,7 @@ impl Kernel {
         // One read of each upstream's policy per sweep, not one per flow.
         let mut known = std::collections::HashMap::new();
         let mut stale = Vec::new();
+        let grace = STALE_FLOW_SECS.saturating_mul(self.hz.max(1));
         let due: Vec<ExpireQuery> = candidates
             .into_iter()
             .filter_map(|(flow, record)| {
@@ -549,7 +550,6 @@ impl Kernel {
                     .entry(record.upstream)
                     .or_insert_with(|| policies.get(&record.upstream, 0).unwrap_or_default());
                 let timeout = flow_timeout(&policy, &record, self.hz);
-                let grace = STALE_FLOW_SECS.saturating_mul(self.hz.max(1));
                 if timed_out(
                     record.started_jiffies,
                     now as u64,
@@ -678,11 +678,11 @@ where
     })
 }
 
-/// How long flow `record` may wait for an answer, in jiffies.
 /// How far past its timeout a flow may be swept and still count (the sweep
 /// runs every 100 ms): beyond, it waited through a daemon's absence.
 const STALE_FLOW_SECS: u32 = 2;
 
+/// How long flow `record` may wait for an answer, in jiffies.
 fn flow_timeout(policy: &UpstreamPolicy, record: &FlowRecord, hz: u32) -> u32 {
     if record.flags & FLOW_ENDED != 0 {
         // Counted already: kept only for its retransmitted SYNs.
