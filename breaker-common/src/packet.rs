@@ -78,10 +78,32 @@ pub const EXPIRE_NOT_YET: u32 = 0;
 pub struct NatTarget {
     pub addr: [u32; 4],
     pub port: u16,
-    pub _pad: u16,
+    /// Non-zero once the side that sends with this key's source has sent a FIN
+    /// (the client's side in `PACKET_NAT_OUT`, the fallback's in
+    /// `PACKET_NAT_BACK`). Set by the hook that rewrites that side's segments,
+    /// only ever to 1, one byte: writers racing on it store the same value.
+    pub fin: u8,
+    /// As `fin`, for a reset.
+    pub reset: u8,
     /// The redirected SYN's sequence number (host order): the same SYN sent again
     /// is a retransmission of this flow, one with another is a new connect.
     pub isn: u32,
+}
+
+// The NAT maps are pinned and adopted by the next daemon only with this layout:
+// a redirected flow lives through an upgrade only if it stays.
+const _: () = assert!(core::mem::size_of::<NatTarget>() == 24);
+
+impl NatTarget {
+    /// Whether the redirected flow whose client side is `self` (its
+    /// `PACKET_NAT_OUT` entry) and whose fallback side is `back` has closed: a
+    /// reset either way, or a FIN both ways. Its fallback side is then no one's,
+    /// free for the next flow that needs it; its entries still rewrite its late
+    /// segments until then.
+    #[inline(always)]
+    pub const fn closed_with(&self, back: &NatTarget) -> bool {
+        self.reset != 0 || back.reset != 0 || (self.fin != 0 && back.fin != 0)
+    }
 }
 
 /// Packet-path counters that belong to no upstream, one slot per CPU in

@@ -107,6 +107,38 @@ pub fn data_v4(client: SocketAddrV4, upstream: SocketAddrV4, seq: u32, ack: u32)
     out
 }
 
+/// How one side ends a flow.
+#[derive(Clone, Copy, Debug)]
+pub enum Close {
+    /// FIN|ACK.
+    Fin,
+    /// RST|ACK.
+    Reset,
+}
+
+/// The workload's FIN or reset on an established flow.
+pub fn close_v4(
+    client: SocketAddrV4,
+    upstream: SocketAddrV4,
+    seq: u32,
+    ack: u32,
+    how: Close,
+) -> Vec<u8> {
+    let mut tcp = TcpHeader::new(client.port(), upstream.port(), seq, WINDOW);
+    tcp.ack = true;
+    tcp.acknowledgment_number = ack;
+    match how {
+        Close::Fin => tcp.fin = true,
+        Close::Reset => tcp.rst = true,
+    }
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, HOST_MAC)
+        .ipv4(client.ip().octets(), upstream.ip().octets(), 64)
+        .tcp_header(tcp);
+    let mut out = Vec::new();
+    b.write(&mut out, &[]).expect("a segment");
+    out
+}
+
 /// How an upstream answers a SYN.
 #[derive(Clone, Copy, Debug)]
 pub enum Reply {
@@ -114,6 +146,8 @@ pub enum Reply {
     Reset,
     /// A bare ACK (answers nothing).
     Ack,
+    /// FIN|ACK: the upstream ends an established flow.
+    Fin,
 }
 
 /// `reply` from `upstream` to `client`, acknowledging `ack`.
@@ -129,6 +163,7 @@ pub fn answer_v4(upstream: SocketAddrV4, client: SocketAddrV4, reply: Reply, ack
             tcp.window_size = 0;
         }
         Reply::Ack => {}
+        Reply::Fin => tcp.fin = true,
     }
     let b = PacketBuilder::ethernet2(HOST_MAC, CLIENT_MAC)
         .ipv4(upstream.ip().octets(), client.ip().octets(), 63)
@@ -147,6 +182,7 @@ pub fn answer_v6(upstream: SocketAddrV6, client: SocketAddrV6, reply: Reply, ack
         Reply::SynAck => tcp.syn = true,
         Reply::Reset => tcp.rst = true,
         Reply::Ack => {}
+        Reply::Fin => tcp.fin = true,
     }
     let b = PacketBuilder::ethernet2(HOST_MAC, CLIENT_MAC)
         .ipv6(upstream.ip().octets(), client.ip().octets(), 63)

@@ -18,7 +18,7 @@ use breaker_common::{
     packet::PacketCounters,
 };
 use breaker_lab::{
-    packets::{self, Reply, CLIENT_MAC, HOST_MAC},
+    packets::{self, Close, Reply, CLIENT_MAC, HOST_MAC},
     privileges,
 };
 use etherparse::{
@@ -1155,6 +1155,66 @@ const INGRESS_CASES: &[Case] = &[
             let s = egress_run(f, &answer);
             check_rewritten(&s.run.data, &answer, None, Some(MOVED4.into()))
                 .map_err(|e| format!("the first flow's answer: {e}"))
+        },
+    },
+    Case {
+        name: "a closed redirected flow leaves the fallback's side to the next: a FIN both ways, or a reset",
+        run: |f, xdp| {
+            let me = client(port(26, xdp));
+            f.set(f.moved, State::Open);
+            f.set(f.moved2, State::Open);
+            f.run(ingress(xdp), &packets::syn_v4(me, MOVED4, 26_000));
+            let answer = packets::answer_v4(FALLBACK4, me, Reply::SynAck, 26_001);
+            f.run(program_names::TC_EGRESS, &answer);
+            // The client closes its side: the flow still lives (the fallback may
+            // go on sending), and keeps the fallback's side.
+            let fin = packets::close_v4(me, MOVED4, 26_001, 7_000_001, Close::Fin);
+            let s = observe(f, ingress(xdp), &fin);
+            check_rewritten(&s.run.data, &fin, Some(FALLBACK4.into()), None)
+                .map_err(|e| format!("the client's FIN: {e}"))?;
+            let second = packets::syn_v4(me, MOVED2_4, 26_100);
+            let s = observe(f, ingress(xdp), &second);
+            ensure!(
+                s.run.return_value == replied(xdp),
+                "a SYN taking a half-closed flow's side: verdict {}",
+                s.run.return_value
+            );
+            // The fallback closes too: the flow has closed, its side is free.
+            let fin_back = packets::answer_v4(FALLBACK4, me, Reply::Fin, 26_002);
+            let s = egress_run(f, &fin_back);
+            check_rewritten(&s.run.data, &fin_back, None, Some(MOVED4.into()))
+                .map_err(|e| format!("the fallback's FIN: {e}"))?;
+            let third = packets::syn_v4(me, MOVED2_4, 26_200);
+            let s = observe(f, ingress(xdp), &third);
+            ensure!(
+                s.run.return_value == pass(xdp),
+                "a SYN after the flow closed: verdict {}",
+                s.run.return_value
+            );
+            check_rewritten(&s.run.data, &third, Some(FALLBACK4.into()), None)
+                .map_err(|e| format!("the next flow's SYN: {e}"))?;
+            let answer = packets::answer_v4(FALLBACK4, me, Reply::SynAck, 26_201);
+            let s = egress_run(f, &answer);
+            check_rewritten(&s.run.data, &answer, None, Some(MOVED2_4.into()))
+                .map_err(|e| format!("the next flow's answer: {e}"))?;
+            // A reset closes at once: a plain connect from that port to the
+            // fallback's address then gets its answers untouched.
+            let other = client(port(26, xdp) + 1);
+            f.run(ingress(xdp), &packets::syn_v4(other, MOVED4, 26_300));
+            let reset = packets::close_v4(other, MOVED4, 26_301, 0, Close::Reset);
+            let s = observe(f, ingress(xdp), &reset);
+            check_rewritten(&s.run.data, &reset, Some(FALLBACK4.into()), None)
+                .map_err(|e| format!("the client's reset: {e}"))?;
+            let direct = packets::syn_v4(other, FALLBACK4, 26_400);
+            let s = observe(f, ingress(xdp), &direct);
+            ensure!(s.run.data == direct, "the direct SYN was rewritten");
+            let answer = packets::answer_v4(FALLBACK4, other, Reply::SynAck, 26_401);
+            let s = egress_run(f, &answer);
+            ensure!(
+                s.run.data == answer,
+                "the fallback's answer to a plain connect was rewritten as the reset flow's"
+            );
+            Ok(())
         },
     },
 ];

@@ -290,3 +290,25 @@ fn an_incremental_checksum_update_matches_a_fresh_one() {
         assert_eq!(csum_replace2(fresh, old2, new2), fresh2, "2 bytes");
     }
 }
+
+#[test]
+fn a_redirected_flow_closes_on_a_reset_either_way_or_a_fin_both_ways() {
+    let side = |fin: u8, reset: u8| NatTarget {
+        fin,
+        reset,
+        ..NatTarget::default()
+    };
+    let cases = [
+        // (client side, fallback side, closed)
+        (side(0, 0), side(0, 0), false),
+        (side(1, 0), side(0, 0), false),
+        (side(0, 0), side(1, 0), false),
+        (side(1, 0), side(1, 0), true),
+        (side(0, 1), side(0, 0), true),
+        (side(0, 0), side(0, 1), true),
+        (side(1, 0), side(0, 1), true),
+    ];
+    for (out, back, closed) in cases {
+        assert_eq!(out.closed_with(&back), closed, "{out:?} / {back:?}");
+    }
+}

@@ -7,7 +7,7 @@ use breaker_common::{
     abi::UpstreamPolicy,
     dest::v4_mapped,
     fallback::{self, HopUse},
-    packet::{icmp4_error, icmp6_error, FlowKey, NatTarget},
+    packet::{icmp4_error, icmp6_error, FlowKey, NatTarget, TCP_FIN, TCP_RST},
 };
 
 use super::{
@@ -96,10 +96,24 @@ pub fn rewrite_of(frame: &Frame, way: u32, rw: &mut Rewrite) -> bool {
     } else {
         &PACKET_NAT_BACK
     };
-    // SAFETY: the value is copied out at once.
-    let Some(to) = (unsafe { map.get(key) }).copied() else {
+    let Some(entry) = map.get_ptr_mut(key) else {
         return false;
     };
+    // SAFETY: a map value pointer from the lookup above, copied out at once.
+    let to = unsafe { *entry };
+    // This side ends the flow: noted, so its fallback side is free once the
+    // flow has closed (`NatTarget::closed_with`).
+    if tcp.flags & (TCP_FIN | TCP_RST) != 0 {
+        // SAFETY: as above; one byte, only ever set to 1, so racing writers
+        // store the same value.
+        unsafe {
+            if tcp.flags & TCP_RST != 0 {
+                (*entry).reset = 1;
+            } else {
+                (*entry).fin = 1;
+            }
+        }
+    }
     // Destination (out) or source (back): address and port.
     let (addr_off, port_off) = match (v4, out) {
         (true, true) => (ip.l3 + 16, ip.l4 + 2),
@@ -260,15 +274,15 @@ fn redirect_to(key: &FlowKey, isn: u32, p: &UpstreamPolicy, hop: usize) -> bool 
             addr: v4_mapped(hop.ip4),
             // The low half, in memory order: the port as the packet has it.
             port: hop.port_v4 as u16,
-            _pad: 0,
             isn,
+            ..NatTarget::default()
         }
     } else {
         NatTarget {
             addr: hop.ip6,
             port: hop.port_v6 as u16,
-            _pad: 0,
             isn,
+            ..NatTarget::default()
         }
     };
     let back_key = FlowKey {
@@ -279,8 +293,8 @@ fn redirect_to(key: &FlowKey, isn: u32, p: &UpstreamPolicy, hop: usize) -> bool 
     let back = NatTarget {
         addr: key.upstream,
         port: key.upstream_port,
-        _pad: 0,
         isn,
+        ..NatTarget::default()
     };
     // The client's side first: of two SYNs racing for one fallback side, the
     // second to take it then finds the first's client side in place, live.
@@ -301,8 +315,9 @@ fn redirect_to(key: &FlowKey, isn: u32, p: &UpstreamPolicy, hop: usize) -> bool 
 
 /// Whether the fallback's side `back_key` is held by a live redirected flow other
 /// than the one `back` names: its entry points elsewhere, and that flow's client
-/// side still sends to this fallback. An entry whose client side is gone (ended,
-/// evicted) is no one's.
+/// side still sends to this fallback, and it has not closed. An entry whose
+/// client side is gone (ended, evicted) or whose flow closed (a reset, a FIN
+/// both ways) is no one's.
 #[inline(always)]
 fn held_by_other(back_key: &FlowKey, back: &NatTarget) -> bool {
     // SAFETY: the value is copied out at once.
@@ -318,8 +333,9 @@ fn held_by_other(back_key: &FlowKey, back: &NatTarget) -> bool {
         ..*back_key
     };
     // SAFETY: as above.
-    (unsafe { PACKET_NAT_OUT.get(client_side) })
-        .is_some_and(|o| o.addr == back_key.upstream && o.port == back_key.upstream_port)
+    (unsafe { PACKET_NAT_OUT.get(client_side) }).is_some_and(|o| {
+        o.addr == back_key.upstream && o.port == back_key.upstream_port && !o.closed_with(&held)
+    })
 }
 
 /// Ends the redirect of flow `key`: both its entries go, so the client's SYN
