@@ -32,6 +32,7 @@ pub mod map_names {
     pub const DAEMON_HEARTBEAT: &str = "DAEMON_HEARTBEAT";
     pub const RATE_WINDOWS: &str = "RATE_WINDOWS";
     pub const SERVICE_EJECTIONS: &str = "SERVICE_EJECTIONS";
+    pub const SERVICE_ENDPOINTS: &str = "SERVICE_ENDPOINTS";
     pub const PACKET_FLOWS: &str = "PACKET_FLOWS";
     pub const PACKET_COUNTERS: &str = "PACKET_COUNTERS";
     pub const PACKET_NAT_OUT: &str = "PACKET_NAT_OUT";
@@ -227,6 +228,37 @@ pub const POLICY_COUNT_SLOW: u32 = 1 << 9;
 /// upstreams it names are followed (check-config refuses longer chains).
 pub const MAX_FALLBACKS: usize = 4;
 
+/// The slot of `ExtraCounters.redirected_to` that counts an endpoint's connects
+/// steered to another endpoint of its `per_endpoint` service (its own fallbacks
+/// then have the slots before it: check-config keeps such a chain one shorter).
+pub const STEERED_SLOT: usize = MAX_FALLBACKS - 1;
+
+/// Most endpoints of a `per_endpoint` service (check-config refuses more): the
+/// kernel walks them in a `bpf_loop`, so the count costs the verifier nothing.
+pub const MAX_SERVICE_ENDPOINTS: usize = 64;
+
+/// `SERVICE_ENDPOINTS` value: a `per_endpoint` service's endpoints, each as a
+/// hop to steer a connect to (its own breaker's id and address), in the order
+/// of the config. Written by the daemon at each load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceEndpoints {
+    /// How many of `hops` are set.
+    pub count: u32,
+    pub _pad: u32,
+    pub hops: [FallbackHop; MAX_SERVICE_ENDPOINTS],
+}
+
+impl Default for ServiceEndpoints {
+    fn default() -> Self {
+        ServiceEndpoints {
+            count: 0,
+            _pad: 0,
+            hops: [FallbackHop::default(); MAX_SERVICE_ENDPOINTS],
+        }
+    }
+}
+
 /// `FallbackHop.upstream` of an address: no breaker of its own decides for it.
 pub const FALLBACK_ADDRESS: u32 = u32::MAX;
 /// `FallbackHop.flags`: the hop takes IPv4 connects (`ip4`, `port_v4` are set).
@@ -311,10 +343,12 @@ pub struct UpstreamPolicy {
     /// `slow_rate_threshold`: the breaker opens when this percent of the connects
     /// in its window are slow. 0: no slow-rate tripping.
     pub slow_rate_pct: u32,
-    /// How many of the first `fallbacks` are this endpoint's siblings in a
-    /// `per_endpoint` service: tried from a random one on (steering spreads a
-    /// dead endpoint's connects over the healthy), before the rest in order.
-    pub steer_count: u32,
+    /// An endpoint of a `per_endpoint` service of several: 1 + its service's
+    /// row in `SERVICE_ENDPOINTS`, whose other endpoints take its connects while
+    /// its breaker rejects (one picked at random among those that take them:
+    /// steering spreads a dead endpoint's connects over the healthy), before
+    /// `fallbacks` in order. 0: no steering.
+    pub steer_row: u32,
     /// `per_endpoint` services: the id whose `SERVICE_EJECTIONS` slot holds the
     /// service's ejection cap and count (`machine::ejection_slot`). 0: no
     /// service (no cap).

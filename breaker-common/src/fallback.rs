@@ -4,9 +4,13 @@
 //! word, never written), and the connect is then that upstream's, watched and
 //! counted by its breaker. A hop whose breaker is OPEN or HALF_OPEN is passed
 //! by: it makes no trial of a redirected connect (its probes, or its own
-//! applications' trials, close it).
+//! applications' trials, close it). An endpoint of a `per_endpoint` service
+//! first steers the connect to another endpoint of its service ([`Steer`]).
 use crate::{
-    abi::{UpstreamPolicy, FALLBACK_ADDRESS, MAX_FALLBACKS},
+    abi::{
+        FallbackHop, ServiceEndpoints, UpstreamPolicy, FALLBACK_ADDRESS, MAX_FALLBACKS,
+        MAX_SERVICE_ENDPOINTS,
+    },
     machine::{turns_away, BreakerWord, Mode},
 };
 
@@ -68,37 +72,17 @@ pub fn hop_use(word: BreakerWord, dry_run: bool) -> HopUse {
 
 /// The index of the first of `p`'s fallbacks that serves the family (`v4`) and
 /// does not skip the connect, with what it does; `judge` says what a hop naming
-/// an upstream does (by the upstream's id). The first `p.steer_count` hops (a
-/// service's other endpoints) come first: one of those that take the connect,
-/// picked alike by `spread` (a random number), so that a dead endpoint's
-/// connects spread over the healthy ones evenly; the rest in order after them.
-/// None: every hop is open or of the other family.
-///
-/// One pass, each hop judged once, no array (the packet path's stack and
-/// verifier budget have no room for more): the `k`th steering hop that takes
-/// the connect (hop `i`) replaces the pick when the `i`th byte of `spread` is a
-/// multiple of `k` (reservoir sampling), which gives each of `n` takers `1/n`,
-/// within a third of a percent for three.
+/// an upstream does (by the upstream's id). None: every hop is open or of the
+/// other family. A service's endpoints come before these ([`Steer`]).
 #[inline(always)]
 pub fn choose(
     p: &UpstreamPolicy,
     v4: bool,
-    spread: u32,
     mut judge: impl FnMut(u32) -> HopUse,
 ) -> Option<(usize, HopUse)> {
-    let steer = if p.steer_count as usize <= MAX_FALLBACKS {
-        p.steer_count as usize
-    } else {
-        0
-    };
-    let mut picked: Option<(usize, HopUse)> = None;
-    let mut takers = 0u32;
     let mut i = 0;
     while i < MAX_FALLBACKS {
         if i as u32 >= p.fallback_count {
-            break;
-        }
-        if i >= steer && picked.is_some() {
             break;
         }
         let Some(hop) = p.fallbacks.get(i) else {
@@ -111,21 +95,106 @@ pub fn choose(
                 judge(hop.upstream)
             };
             if how != HopUse::Skip {
-                if i >= steer {
-                    return Some((i, how));
-                }
-                // `i` is below 4, so the shift is too; `checked_rem` keeps a
-                // division by zero's panic (which the verifier refuses) out.
-                let byte = (spread >> (8 * i as u32)) & 0xff;
-                takers += 1;
-                if byte.checked_rem(takers) == Some(0) {
-                    picked = Some((i, how));
-                }
+                return Some((i, how));
             }
         }
         i += 1;
     }
-    picked
+    None
+}
+
+/// [`Steer::picked`]: no endpoint picked yet.
+const NOT_PICKED: u32 = u32::MAX;
+
+/// Which other endpoint of a `per_endpoint` service takes a connect to endpoint
+/// `me` while its breaker rejects, built one endpoint at a time (the kernel
+/// walks a service's endpoints in a `bpf_loop`, this its state between
+/// calls): one picked at random among those that serve the family and take
+/// connects, each with the same chance, so a dead endpoint's connects spread
+/// evenly over the healthy and no endpoint inherits an open neighbour's share.
+/// Reservoir sampling: the `k`th endpoint that takes the connect replaces the
+/// pick with chance `1/k`, drawn from a xorshift stream seeded by a random
+/// number. Integers only: it lives on the kernel's stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Steer {
+    me: u32,
+    v4: u32,
+    random: u32,
+    takers: u32,
+    picked: u32,
+    how: u32,
+}
+
+impl Steer {
+    /// A pick for a connect of the family `v4` to endpoint `me`, drawn with `spread`.
+    #[inline(always)]
+    pub const fn new(me: u32, v4: bool, spread: u32) -> Steer {
+        Steer {
+            me,
+            v4: v4 as u32,
+            // A xorshift stream never leaves 0.
+            random: if spread == 0 { 0x9e37_79b9 } else { spread },
+            takers: 0,
+            picked: NOT_PICKED,
+            how: 0,
+        }
+    }
+
+    /// Considers the service's endpoint `j`, `hop`; `judge` says what it does
+    /// with the connect (by its breaker's id), asked only of an endpoint of the
+    /// family other than `me`.
+    #[inline(always)]
+    pub fn consider(&mut self, j: u32, hop: &FallbackHop, judge: impl FnOnce(u32) -> HopUse) {
+        if hop.upstream == self.me || hop.upstream == FALLBACK_ADDRESS || !hop.serves(self.v4 != 0)
+        {
+            return;
+        }
+        let how = judge(hop.upstream);
+        if how == HopUse::Skip {
+            return;
+        }
+        self.takers += 1;
+        let mut x = self.random;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.random = x;
+        // `checked_rem` keeps a division by zero's panic (which the verifier
+        // refuses) out; `takers` is never zero here.
+        if x.checked_rem(self.takers) == Some(0) {
+            self.picked = j;
+            self.how = how.to_u32();
+        }
+    }
+
+    /// The endpoint picked (its index among the service's) and what it does
+    /// with the connect; None when no endpoint takes it.
+    #[inline(always)]
+    pub const fn picked(&self) -> Option<(usize, HopUse)> {
+        if self.picked == NOT_PICKED {
+            None
+        } else {
+            Some((self.picked as usize, HopUse::from_u32(self.how)))
+        }
+    }
+}
+
+/// The other endpoint of `service` that takes a connect to endpoint `me`, as
+/// the kernel picks it (the same [`Steer`], an endpoint at a time).
+pub fn steer(
+    service: &ServiceEndpoints,
+    me: u32,
+    v4: bool,
+    spread: u32,
+    mut judge: impl FnMut(u32) -> HopUse,
+) -> Option<(usize, HopUse)> {
+    let mut pick = Steer::new(me, v4, spread);
+    let count = (service.count as usize).min(MAX_SERVICE_ENDPOINTS);
+    for (j, hop) in service.hops[..count].iter().enumerate() {
+        pick.consider(j as u32, hop, &mut judge);
+    }
+    pick.picked()
 }
 
 #[cfg(test)]

@@ -17,10 +17,12 @@ unsafe impl aya::Pod for ExtraCounters {}
 unsafe impl aya::Pod for TransitionEvent {}
 unsafe impl aya::Pod for UpstreamName {}
 unsafe impl aya::Pod for PinMetadata {}
+unsafe impl aya::Pod for ServiceEndpoints {}
 unsafe impl aya::Pod for crate::window::RateWindow {}
 unsafe impl aya::Pod for crate::packet::FlowKey {}
 unsafe impl aya::Pod for crate::packet::FlowRecord {}
-// SAFETY: repr(C), integers only, padding explicit (`_pad`).
+// SAFETY: repr(C), integers only (the closing flags are plain bytes), no
+// implicit padding.
 unsafe impl aya::Pod for crate::packet::NatTarget {}
 unsafe impl aya::Pod for crate::packet::ExpireQuery {}
 unsafe impl aya::Pod for crate::packet::PacketCounters {}

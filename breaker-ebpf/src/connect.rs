@@ -16,14 +16,14 @@ use breaker_common::{
         ECONNREFUSED, IPPROTO_TCP, POLICY_DRY_RUN, RECORD_TRIAL, RECORD_WATCHED,
     },
     dest::v4_mapped,
-    fallback::{self, HopUse},
+    fallback::HopUse,
     machine::{abandon, Admission},
 };
 
 use crate::{
-    breaker::{count, count_extra, hop_use, jiffies, Breaker},
-    destination,
-    maps::{POLICIES, SETTINGS},
+    breaker::{count, count_extra, jiffies, Breaker},
+    destination, hops,
+    maps::SETTINGS,
     probe_mark::is_probe_socket,
     record,
 };
@@ -150,34 +150,33 @@ fn watch(ctx: &SockAddrContext, upstream: u32, dest: DestKey, flags: u64, epoch:
     written
 }
 
-/// Rewrites the destination to the first fallback of its family that takes it,
-/// or fails the connect with ECONNREFUSED before any SYN leaves. Another
-/// upstream named there takes it while its breaker lets its own connects
-/// through, watched by that breaker; one sent to an address is no breaker's:
-/// its outcome is the fallback's.
+/// Rewrites the destination to another endpoint of its service that takes it
+/// (a `per_endpoint` service's), else to the first fallback of its family that
+/// takes it, or fails the connect with ECONNREFUSED before any SYN leaves.
+/// Another upstream (or endpoint) takes it while its breaker lets its own
+/// connects through, watched by that breaker; one sent to an address is no
+/// breaker's: its outcome is the fallback's.
 #[inline(always)]
 fn reject<const V6_HOOK: bool>(
     ctx: &SockAddrContext,
     breaker: &Breaker,
     dest: &DestKey,
 ) -> Verdict {
-    let p = breaker.policy;
     let v4 = dest.is_ipv4();
     // connect4's destination is always IPv4; only connect6 sees both.
     if v4 || V6_HOOK {
-        let chosen = first_hop(breaker.upstream, v4);
-        if let Some((i, how)) = chosen {
-            if let Some(hop) = p.fallbacks.get(i) {
-                if take(ctx, hop, how, v4) {
-                    redirect::<V6_HOOK>(ctx, hop, v4);
-                    breaker.count(|c| c.redirected += 1);
-                    count_extra(breaker.upstream, |c| {
-                        if let Some(n) = c.redirected_to.get_mut(i) {
-                            *n += 1;
-                        }
-                    });
-                    return Verdict::Allow;
-                }
+        // SAFETY: a helper without arguments.
+        let spread = unsafe { bpf_get_prandom_u32() };
+        if let Some(chosen) = hops::choose(breaker.upstream, v4, spread) {
+            if take(ctx, &chosen.hop, chosen.how, v4) {
+                redirect::<V6_HOOK>(ctx, &chosen.hop, v4);
+                breaker.count(|c| c.redirected += 1);
+                count_extra(breaker.upstream, |c| {
+                    if let Some(n) = c.redirected_to.get_mut(chosen.slot) {
+                        *n += 1;
+                    }
+                });
+                return Verdict::Allow;
             }
         }
     }
@@ -185,31 +184,6 @@ fn reject<const V6_HOOK: bool>(
     // SAFETY: a helper taking a plain integer; allowed in cgroup hooks (5.18+).
     unsafe { bpf_set_retval(-ECONNREFUSED) };
     Verdict::Deny
-}
-
-/// The first of upstream `upstream`'s fallbacks that serves the family and
-/// takes the connect, judged by the hops' words; a service's other endpoints
-/// tried from a random one on.
-#[inline(always)]
-fn first_hop(upstream: u32, v4: bool) -> Option<(usize, HopUse)> {
-    // SAFETY: a helper without arguments.
-    let spread = unsafe { bpf_get_prandom_u32() };
-    let packed = first_hop_packed(upstream, v4 as u32, spread);
-    (packed != u32::MAX).then(|| ((packed & 0xff) as usize, HopUse::from_u32(packed >> 8)))
-}
-
-/// [`first_hop`] as one integer (index in the low byte, the [`HopUse`] above
-/// it; `u32::MAX` for none). Out of line, with scalar arguments: the verifier
-/// walks the hops once, not once per path into a reject.
-#[inline(never)]
-fn first_hop_packed(upstream: u32, v4: u32, spread: u32) -> u32 {
-    let Some(p) = POLICIES.get(upstream) else {
-        return u32::MAX;
-    };
-    match fallback::choose(p, v4 != 0, spread, hop_use) {
-        Some((i, how)) => (i as u32 & 0xff) | how.to_u32() << 8,
-        None => u32::MAX,
-    }
 }
 
 /// The hop's upstream's side of a connect it takes: counted, and watched by

@@ -19,6 +19,8 @@ mod detect;
 #[cfg(target_arch = "bpf")]
 mod features;
 #[cfg(target_arch = "bpf")]
+mod hops;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod packet;

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use breaker_common::{
     abi::{
         BreakerCell, ConnectDurations, Counters, DestKey, EndpointV4, EndpointV6, ExtraCounters,
-        PinMetadata, Settings, SocketRecord, UpstreamName, UpstreamPolicy,
+        PinMetadata, ServiceEndpoints, Settings, SocketRecord, UpstreamName, UpstreamPolicy,
     },
     packet::{FlowKey, FlowRecord, NatTarget, PacketCounters},
     window::RateWindow,
@@ -123,6 +123,12 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 /// close (probes, resets, through an mmap) and recounted at each load.
 #[map]
 pub static SERVICE_EJECTIONS: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// `UpstreamPolicy.steer_row` - 1 -> a `per_endpoint` service's endpoints, where
+/// a connect to an endpoint whose breaker rejects is steered. Written by the
+/// daemon at each load; read by the connect hooks and the packet ingress.
+#[map]
+pub static SERVICE_ENDPOINTS: Array<ServiceEndpoints> = Array::with_max_entries(1, 0);
 
 /// When the daemon last showed it is alive (monotonic ms, wrapping; 0 never).
 /// Written by the daemon's probe scheduler through an mmap (hence MMAPABLE); read

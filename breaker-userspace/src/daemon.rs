@@ -255,16 +255,19 @@ fn names_of(kernel: &Kernel, config: &Config) -> Vec<(u32, String)> {
         .collect()
 }
 
-/// Each upstream's id, name, fallback hops' labels and steering hops, for the
-/// redirected and steered series.
-fn fallbacks_of(kernel: &Kernel, config: &Config) -> Vec<(u32, String, Vec<String>, usize)> {
+/// Each upstream's id, name, fallback hops' labels and the service it steers
+/// within, for the redirected and steered series.
+fn fallbacks_of(
+    kernel: &Kernel,
+    config: &Config,
+) -> Vec<(u32, String, Vec<String>, Option<String>)> {
     kernel
         .upstreams(config)
         .into_iter()
         .map(|(id, u)| {
             let hops: Vec<String> = u.fallbacks.iter().map(|f| f.label.clone()).collect();
-            let steer = u.service.as_ref().map_or(0, |s| s.steer_count(hops.len()));
-            (id, u.name, hops, steer)
+            let service = u.service.filter(|s| s.steers()).map(|s| s.name);
+            (id, u.name, hops, service)
         })
         .collect()
 }

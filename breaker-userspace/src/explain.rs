@@ -65,7 +65,8 @@ pub fn explain(error: &KernelError, config: &Config) -> Option<Explained> {
         | map_names::CONNECT_DURATIONS
         | map_names::EXTRA_COUNTERS
         | map_names::RATE_WINDOWS
-        | map_names::SERVICE_EJECTIONS => (
+        | map_names::SERVICE_EJECTIONS
+        | map_names::SERVICE_ENDPOINTS => (
             format!("upstream ({} upstreams)", config.upstreams.len()),
             true,
         ),

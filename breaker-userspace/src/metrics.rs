@@ -6,7 +6,7 @@ use std::{
 };
 
 use breaker_common::{
-    abi::{Counters, ExtraCounters},
+    abi::{Counters, ExtraCounters, STEERED_SLOT},
     machine::{Mode, State},
 };
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
@@ -36,17 +36,18 @@ impl<C: prometheus::core::Collector> prometheus::core::Collector for SharedColle
     }
 }
 
-/// An upstream's name, its fallback hops' labels in the kernel's order, and how
-/// many of the first are steering hops (its service's other endpoints).
-type FallbackLabels = (String, Vec<String>, usize);
+/// An upstream's name, its fallback hops' labels in the kernel's order
+/// (`ExtraCounters.redirected_to`), and for an endpoint of a `per_endpoint`
+/// service that steers, the service's name: the `to` of its steered connects
+/// (counted at `STEERED_SLOT`).
+type FallbackLabels = (String, Vec<String>, Option<String>);
 
 pub struct Metrics {
     registry: Registry,
     /// Upstream id -> name, sorted by id; id 0 is "default". Replaced at a reload.
     names: RwLock<Vec<(u32, String)>>,
-    /// Upstream id -> its name, its fallback hops' labels, in the kernel's
-    /// order (`ExtraCounters.redirected_to`), and how many of the first are its
-    /// service's other endpoints (steering). Replaced at a reload.
+    /// Upstream id -> its name, its fallback hops' labels, and the service it
+    /// steers within ([`FallbackLabels`]). Replaced at a reload.
     fallbacks: RwLock<HashMap<u32, FallbackLabels>>,
     state: IntGaugeVec,
     transitions: IntCounterVec,
@@ -299,26 +300,31 @@ impl Metrics {
         *names = next;
     }
 
-    /// A loaded config's fallbacks (upstream id, name, hop labels in order, how
-    /// many of the first are steering hops): a series per hop from zero, and
-    /// those of hops that left go.
-    pub fn set_fallbacks(&self, upstreams: &[(u32, String, Vec<String>, usize)]) {
+    /// A loaded config's fallbacks (upstream id, name, hop labels in order, the
+    /// service it steers within): a series per `to` from zero, and those of
+    /// hops that left go.
+    pub fn set_fallbacks(&self, upstreams: &[(u32, String, Vec<String>, Option<String>)]) {
         let mut current = self.fallbacks.write().unwrap_or_else(|e| e.into_inner());
         let next: HashMap<u32, FallbackLabels> = upstreams
             .iter()
-            .map(|(id, name, hops, steer)| (*id, (name.clone(), hops.clone(), *steer)))
+            .map(|(id, name, hops, service)| (*id, (name.clone(), hops.clone(), service.clone())))
             .collect();
-        for (name, hops, _) in current.values() {
-            for hop in hops {
-                let kept = next.values().any(|(n, h, _)| n == name && h.contains(hop));
+        let targets = |(_, hops, service): &FallbackLabels| -> Vec<String> {
+            hops.iter().chain(service).cloned().collect()
+        };
+        for labels in current.values() {
+            for hop in targets(labels) {
+                let kept = next
+                    .values()
+                    .any(|l| l.0 == labels.0 && targets(l).contains(&hop));
                 if !kept {
-                    let _ = self.redirected.remove_label_values(&[name, hop]);
+                    let _ = self.redirected.remove_label_values(&[&labels.0, &hop]);
                 }
             }
         }
-        for (name, hops, _) in next.values() {
-            for hop in hops {
-                self.redirected.with_label_values(&[name, hop]);
+        for labels in next.values() {
+            for hop in targets(labels) {
+                self.redirected.with_label_values(&[&labels.0, &hop]);
             }
         }
         *current = next;
@@ -597,15 +603,16 @@ impl Metrics {
                 prev_extra.abort_raced,
             );
             inc(&self.rejected, &[name], now.rejected, prev.rejected);
-            if let Some((_, hops, steer)) = fallbacks.get(&id) {
+            if let Some((_, hops, service)) = fallbacks.get(&id) {
+                let slot = |i: usize| (extra.redirected_to.get(i), prev_extra.redirected_to.get(i));
                 for (i, hop) in hops.iter().enumerate() {
-                    let (new, old) = (extra.redirected_to.get(i), prev_extra.redirected_to.get(i));
-                    if let (Some(new), Some(old)) = (new, old) {
+                    if let (Some(new), Some(old)) = slot(i) {
                         inc(&self.redirected, &[name, hop], *new, *old);
-                        if i < *steer {
-                            inc(&self.steered, &[name], *new, *old);
-                        }
                     }
+                }
+                if let (Some(service), (Some(new), Some(old))) = (service, slot(STEERED_SLOT)) {
+                    inc(&self.redirected, &[name, service], *new, *old);
+                    inc(&self.steered, &[name], *new, *old);
                 }
             }
             inc(
@@ -701,8 +708,8 @@ mod tests {
             out
         };
         m.set_fallbacks(&[
-            (1, "api".into(), hops(&["db", "10.0.9.1:80"]), 0),
-            (2, "db".into(), hops(&["10.0.9.2:80"]), 0),
+            (1, "api".into(), hops(&["db", "10.0.9.1:80"]), None),
+            (2, "db".into(), hops(&["10.0.9.2:80"]), Some("svc".into())),
         ]);
         let own = |u: &str, t: &str| (u.to_string(), t.to_string());
         assert_eq!(
@@ -710,10 +717,11 @@ mod tests {
             [
                 own("api", "10.0.9.1:80"),
                 own("api", "db"),
-                own("db", "10.0.9.2:80")
+                own("db", "10.0.9.2:80"),
+                own("db", "svc")
             ]
         );
-        m.set_fallbacks(&[(1, "api".into(), hops(&["10.0.9.1:80"]), 0)]);
+        m.set_fallbacks(&[(1, "api".into(), hops(&["10.0.9.1:80"]), None)]);
         assert_eq!(series(&m), [own("api", "10.0.9.1:80")]);
     }
 

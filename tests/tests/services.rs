@@ -127,6 +127,84 @@ open_duration = "60s"
     );
 }
 
+/// A service of twelve endpoints, four of them dead: each dead one trips on
+/// its own failures, and from then on its connects are served by the eight
+/// live ones, spread over them, with no failed connect. More endpoints than an
+/// upstream has fallbacks: the kernel walks the service's row in SERVICE_ENDPOINTS.
+#[test]
+fn a_service_of_twelve_endpoints_steers_around_its_four_dead_ones() {
+    let Some(mut lab) = lab("steer12") else {
+        return;
+    };
+    let addr = |i: usize| format!("10.77.0.3:{}", 9300 + i);
+    for i in 1..=8 {
+        lab.serve(&addr(i), &format!("e{i}")).unwrap();
+    }
+    // Nothing listens on endpoints 9 to 12: they refuse every connect.
+    let endpoints: Vec<String> = (1..=12).map(|i| format!("\"{}\"", addr(i))).collect();
+    lab.start_daemon(&format!(
+        "[[upstream]]\nname = \"big\"\nendpoints = [{}]\nper_endpoint = true\n\
+         failure_threshold = 2\nopen_duration = \"60s\"\n",
+        endpoints.join(", ")
+    ))
+    .unwrap();
+    // Each dead endpoint trips on its own 2 failures. (A dead endpoint not
+    // tripped yet is CLOSED, and takes steered connects like any: they fail,
+    // and count towards its trip.)
+    for i in 9..=12 {
+        let dead = addr(i);
+        let got = bodies(&lab.client(&["--to", &dead, "--count", "2"]).unwrap());
+        check(
+            &lab,
+            got == ["refused", "refused"],
+            &format!("{dead}'s own 2 failures trip it: {got:?}"),
+        );
+    }
+    let mut served = std::collections::BTreeSet::new();
+    for i in 9..=12 {
+        let dead = addr(i);
+        let attempts = lab
+            .client(&["--to", &dead, "--count", "10", "--http"])
+            .unwrap();
+        let got = bodies(&attempts);
+        check(
+            &lab,
+            got.iter().all(|b| b.starts_with('e')),
+            &format!("every connect to the ejected {dead} is served by a live endpoint: {got:?}"),
+        );
+        served.extend(got);
+        let name = format!("big/{dead}");
+        let steered = lab
+            .metric("breaker_connects_steered_total", &[("upstream", &name)])
+            .unwrap();
+        let redirected = lab
+            .metric(
+                "breaker_connects_redirected_total",
+                &[("upstream", &name), ("to", "big")],
+            )
+            .unwrap();
+        check(
+            &lab,
+            steered == 10.0 && redirected == 10.0,
+            &format!("{name}: 10 steered, got {steered}, redirected to big {redirected}"),
+        );
+    }
+    // 40 connects, each to one of 8 at random: fewer than 6 of them served has
+    // odds below 10^-5.
+    check(
+        &lab,
+        served.len() >= 6,
+        &format!("steering spreads over the live endpoints: {served:?}"),
+    );
+    let all = lab.cli(&["status"]).unwrap();
+    let all = String::from_utf8_lossy(&all.stdout);
+    check(
+        &lab,
+        all.contains("service big: degraded, 4 of 12 endpoints ejected"),
+        &all,
+    );
+}
+
 const CAPPED: &str = r#"
 [[upstream]]
 name = "capped"

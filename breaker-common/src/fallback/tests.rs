@@ -70,24 +70,18 @@ fn the_first_hop_of_the_family_whose_breaker_lets_it_through_is_chosen() {
             }
         }
     };
-    assert_eq!(choose(&p, true, 0, open(&[])), Some((0, HopUse::GoWatched)));
-    assert_eq!(
-        choose(&p, true, 0, open(&[7])),
-        Some((2, HopUse::GoWatched))
-    );
-    assert_eq!(choose(&p, true, 0, open(&[7, 8])), Some((3, HopUse::Go)));
-    assert_eq!(choose(&p, false, 0, open(&[7, 8])), Some((1, HopUse::Go)));
-    assert_eq!(
-        choose(&p, false, 0, open(&[])),
-        Some((0, HopUse::GoWatched))
-    );
+    assert_eq!(choose(&p, true, open(&[])), Some((0, HopUse::GoWatched)));
+    assert_eq!(choose(&p, true, open(&[7])), Some((2, HopUse::GoWatched)));
+    assert_eq!(choose(&p, true, open(&[7, 8])), Some((3, HopUse::Go)));
+    assert_eq!(choose(&p, false, open(&[7, 8])), Some((1, HopUse::Go)));
+    assert_eq!(choose(&p, false, open(&[])), Some((0, HopUse::GoWatched)));
 }
 
 #[test]
 fn every_hop_open_or_of_the_other_family_leaves_none() {
     let p = policy(&[upstream(7, FALLBACK_HAS_V4), address(FALLBACK_HAS_V6)]);
-    assert_eq!(choose(&p, true, 0, |_| HopUse::Skip), None);
-    assert_eq!(choose(&policy(&[]), true, 0, |_| HopUse::Go), None);
+    assert_eq!(choose(&p, true, |_| HopUse::Skip), None);
+    assert_eq!(choose(&policy(&[]), true, |_| HopUse::Go), None);
 }
 
 #[test]
@@ -95,7 +89,7 @@ fn hops_past_the_count_are_never_tried_nor_judged() {
     let mut p = policy(&[upstream(7, FALLBACK_HAS_V4)]);
     p.fallbacks[1] = address(FALLBACK_HAS_V4);
     let mut judged = Vec::new();
-    let chosen = choose(&p, true, 0, |id| {
+    let chosen = choose(&p, true, |id| {
         judged.push(id);
         HopUse::Skip
     });
@@ -103,7 +97,7 @@ fn hops_past_the_count_are_never_tried_nor_judged() {
     assert_eq!(judged, [7]);
     // A count beyond the array is bounded by it.
     p.fallback_count = u32::MAX;
-    assert_eq!(choose(&p, true, 0, |_| HopUse::Skip), Some((1, HopUse::Go)));
+    assert_eq!(choose(&p, true, |_| HopUse::Skip), Some((1, HopUse::Go)));
 }
 
 #[test]
@@ -121,107 +115,126 @@ fn a_hop_use_survives_its_integer_form_and_stray_integers_never_fail_a_connect()
     }
 }
 
-#[test]
-fn steering_picks_a_sibling_that_takes_it_before_the_rest_in_order() {
-    let p = UpstreamPolicy {
-        steer_count: 3,
-        ..policy(&[
-            upstream(11, FALLBACK_HAS_V4),
-            upstream(12, FALLBACK_HAS_V4),
-            upstream(13, FALLBACK_HAS_V4),
-            address(FALLBACK_HAS_V4),
-        ])
+fn service(hops: &[FallbackHop]) -> ServiceEndpoints {
+    let mut s = ServiceEndpoints {
+        count: hops.len() as u32,
+        ..Default::default()
     };
-    let healthy = |open: &'static [u32]| {
-        move |id: u32| {
-            if open.contains(&id) {
-                HopUse::Skip
-            } else {
-                HopUse::GoWatched
-            }
+    s.hops[..hops.len()].copy_from_slice(hops);
+    s
+}
+
+fn healthy(open: &[u32]) -> impl FnMut(u32) -> HopUse + '_ {
+    move |id: u32| {
+        if open.contains(&id) {
+            HopUse::Skip
+        } else {
+            HopUse::GoWatched
         }
-    };
-    // Every sibling healthy: the spread picks which takes the connect.
+    }
+}
+
+#[test]
+fn steering_picks_another_endpoint_that_takes_it_never_itself_nor_an_open_one() {
+    // Endpoint 12 is the one whose breaker rejects.
+    let s = service(&[
+        upstream(11, FALLBACK_HAS_V4),
+        upstream(12, FALLBACK_HAS_V4),
+        upstream(13, FALLBACK_HAS_V4),
+    ]);
     let mut seen: Vec<usize> = (0..64u32)
         .map(|k| {
-            choose(&p, true, k.wrapping_mul(0x9e37_79b9), healthy(&[]))
+            steer(&s, 12, true, k.wrapping_mul(0x9e37_79b9), healthy(&[]))
                 .unwrap()
                 .0
         })
         .collect();
     seen.sort_unstable();
     seen.dedup();
-    assert_eq!(seen, [0, 1, 2], "each sibling is picked by some spread");
-    // An open sibling is never picked.
-    for k in 0..64u32 {
-        let (i, _) = choose(&p, true, k.wrapping_mul(0x9e37_79b9), healthy(&[12])).unwrap();
-        assert!(i == 0 || i == 2, "{i}");
+    assert_eq!(seen, [0, 2], "each other endpoint is picked by some spread");
+    for spread in 0..64 {
+        assert_eq!(
+            steer(&s, 12, true, spread, healthy(&[13])),
+            Some((0, HopUse::GoWatched))
+        );
     }
-    // Only when every sibling is open does the address after them take it.
+    // Every other endpoint open, or of the other family: none.
+    assert_eq!(steer(&s, 12, true, 7, healthy(&[11, 13])), None);
+    assert_eq!(steer(&s, 12, false, 7, healthy(&[])), None);
+    // A count past the array is bounded by it.
+    let mut big = s;
+    big.count = u32::MAX;
+    assert!(steer(&big, 12, true, 7, healthy(&[])).is_some());
+    // Endpoint itself never judged; an address (never written) never picked.
+    let mut judged = Vec::new();
+    let mut odd = service(&[upstream(12, FALLBACK_HAS_V4), address(FALLBACK_HAS_V4)]);
     assert_eq!(
-        choose(&p, true, 2, healthy(&[11, 12, 13])),
-        Some((3, HopUse::Go))
+        steer(&odd, 12, true, 1, |id| {
+            judged.push(id);
+            HopUse::Go
+        }),
+        None
     );
-    // Only open siblings are never chosen, whatever the spread.
-    for spread in 0..20 {
-        let (i, _) = choose(&p, true, spread, healthy(&[11, 13])).unwrap();
-        assert_eq!(i, 1);
-    }
-    // A steer count past the hops is ignored: plain order.
-    let q = UpstreamPolicy {
-        steer_count: 99,
-        ..p
-    };
-    assert_eq!(
-        choose(&q, true, 2, healthy(&[])),
-        Some((0, HopUse::GoWatched))
-    );
+    assert!(judged.is_empty());
+    odd.count = 0;
+    assert_eq!(steer(&odd, 12, true, 1, |_| HopUse::Go), None);
 }
 
-/// Whatever is open, each sibling that takes connects gets the same share of
-/// random spreads: no sibling inherits an open neighbour's share.
+/// Whatever is open, each endpoint that takes connects gets the same share of
+/// random spreads, for a service of every size up to the most there may be:
+/// no endpoint inherits an open neighbour's share.
 #[test]
-fn steering_shares_evenly_among_the_siblings_that_take_connects() {
-    let p = UpstreamPolicy {
-        steer_count: 4,
-        ..policy(&[
-            upstream(11, FALLBACK_HAS_V4),
-            upstream(12, FALLBACK_HAS_V4),
-            upstream(13, FALLBACK_HAS_V6),
-            upstream(14, FALLBACK_HAS_V4),
-        ])
-    };
-    const DRAWS: u32 = 60_000;
-    for open in [&[][..], &[11], &[12], &[14], &[11, 14]] {
-        let mut shares = [0u32; 4];
-        // A xorshift stream: the spreads a random source gives.
-        let mut x = 0x1234_5678u32;
-        for _ in 0..DRAWS {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            let judge = |id: u32| {
-                if open.contains(&id) {
-                    HopUse::Skip
+fn steering_shares_evenly_among_the_endpoints_that_take_connects() {
+    const DRAWS: u32 = 64_000;
+    for n in [3usize, 10, MAX_SERVICE_ENDPOINTS] {
+        let hops: Vec<FallbackHop> = (0..n as u32)
+            .map(|i| {
+                // Every fifth endpoint is IPv6 only.
+                let family = if i % 5 == 4 {
+                    FALLBACK_HAS_V6
                 } else {
-                    HopUse::GoWatched
-                }
-            };
-            let (i, _) = choose(&p, true, x, judge).unwrap();
-            shares[i] += 1;
-        }
-        // Hop 2 is IPv6 only: never picked for an IPv4 connect.
-        assert_eq!(shares[2], 0);
-        let takers: Vec<u32> = [0usize, 1, 3]
-            .into_iter()
-            .filter(|&i| !open.contains(&(11 + i as u32)))
-            .map(|i| shares[i])
+                    FALLBACK_HAS_V4
+                };
+                upstream(100 + i, family)
+            })
             .collect();
-        let fair = DRAWS / takers.len() as u32;
-        assert!(
-            takers.iter().all(|&n| n.abs_diff(fair) < DRAWS / 50),
-            "open {open:?}: {shares:?}, each should be about {fair}"
-        );
-        assert!(open.iter().all(|&id| shares[(id - 11) as usize] == 0));
+        let s = service(&hops);
+        let me = 100;
+        let opens: [&[u32]; 3] = [&[], &[101], &[101, 102, 103]];
+        for open in opens {
+            let takers: Vec<usize> = (0..n)
+                .filter(|&j| {
+                    let id = 100 + j as u32;
+                    id != me && !open.contains(&id) && j % 5 != 4
+                })
+                .collect();
+            if takers.is_empty() {
+                assert_eq!(steer(&s, me, true, 1, healthy(open)), None);
+                continue;
+            }
+            let mut shares = vec![0u32; n];
+            // A xorshift stream: the spreads a random source gives.
+            let mut x = 0x1234_5678u32;
+            for _ in 0..DRAWS {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                let (j, _) = steer(&s, me, true, x, healthy(open)).unwrap();
+                shares[j] += 1;
+            }
+            let fair = DRAWS / takers.len() as u32;
+            for (j, &got) in shares.iter().enumerate() {
+                if takers.contains(&j) {
+                    // Six standard deviations of a fair draw's count.
+                    let bound = 6 * (fair as f64).sqrt() as u32;
+                    assert!(
+                        got.abs_diff(fair) < bound,
+                        "{n} endpoints, open {open:?}: endpoint {j} got {got}, about {fair} expected"
+                    );
+                } else {
+                    assert_eq!(got, 0, "{n} endpoints, open {open:?}: endpoint {j} picked");
+                }
+            }
+        }
     }
 }

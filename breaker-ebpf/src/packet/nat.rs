@@ -4,9 +4,9 @@
 //! with, so the client's stack sees the upstream it asked for throughout.
 use aya_ebpf::bindings::BPF_NOEXIST;
 use breaker_common::{
-    abi::UpstreamPolicy,
+    abi::FallbackHop,
     dest::v4_mapped,
-    fallback::{self, HopUse},
+    fallback::HopUse,
     packet::{icmp4_error, icmp6_error, FlowKey, NatTarget, TCP_FIN, TCP_RST},
 };
 
@@ -15,8 +15,9 @@ use super::{
     IPPROTO_TCP,
 };
 use crate::{
-    breaker::{self, count_extra, hop_use},
-    maps::{PACKET_NAT_BACK, PACKET_NAT_OUT, POLICIES, SETTINGS},
+    breaker::{self, count_extra},
+    hops,
+    maps::{PACKET_NAT_BACK, PACKET_NAT_OUT, SETTINGS},
 };
 
 /// One address and one port of a segment changed, with the checksums they are in:
@@ -215,36 +216,27 @@ pub fn quoted_rewrite_of(frame: &Frame, rw: &mut Rewrite) -> bool {
     true
 }
 
-/// Sends flow `key` (its SYN's sequence number `isn`) to the first fallback of
-/// `upstream` of its family that takes it (an address, or another upstream
-/// while its breaker lets its own connects through, the flow then tracked as
-/// that upstream's): both NAT entries written, and the
+/// Sends flow `key` (its SYN's sequence number `isn`) to another endpoint of
+/// its service that takes it (a `per_endpoint` service's), else to the first
+/// fallback of `upstream` of its family that takes it (an address, or another
+/// upstream while its breaker lets its own connects through, the flow then
+/// tracked as that upstream's): both NAT entries written, and the
 /// connect counted as redirected. False, counted as rejected, when no hop takes
 /// it, the tables refused an entry, or the fallback's side of the flow is taken
 /// by a live redirected flow of another upstream (the same client port, the same
 /// fallback): the caller answers with a reset. Out of line, a sibling of `decide`.
 #[inline(never)]
 pub fn redirect(key: &FlowKey, isn: u32, upstream: u32) -> bool {
-    let Some(p) = POLICIES.get(upstream) else {
-        return false;
-    };
     let v4 = is_v4(key.family);
-    // A service's endpoints are tried from one its random sequence number picks:
-    // random per flow, the same for its retransmitted SYN.
-    let chosen = fallback::choose(p, v4, isn, hop_use);
-    let hop = chosen.map(|(i, _)| i);
-    let sent = hop.is_some_and(|i| redirect_to(key, isn, p, i));
-    // A flow sent to another upstream is that upstream's: tracked under it, so
-    // its answer (or silence) counts for its breaker.
-    if let (true, Some((i, how @ (HopUse::GoWatched | HopUse::WouldSkip)))) = (sent, chosen) {
-        if let Some(to) = p.fallbacks.get(i) {
-            breaker::count(to.upstream, |c| {
-                c.attempts += 1;
-                if how == HopUse::WouldSkip {
-                    c.would_reject += 1;
-                }
-            });
-            track(key, to.upstream, to.dest(v4), isn, 0, 0);
+    // A service's endpoints are picked with its random sequence number: random
+    // per flow, the same for its retransmitted SYN.
+    let chosen = hops::choose(upstream, v4, isn);
+    let sent = chosen
+        .as_ref()
+        .is_some_and(|c| redirect_to(key, isn, &c.hop));
+    if let (true, Some(c)) = (sent, &chosen) {
+        if matches!(c.how, HopUse::GoWatched | HopUse::WouldSkip) {
+            hand_over(key, isn, &c.hop, c.how.to_u32());
         }
     }
     breaker::count(upstream, |c| {
@@ -254,9 +246,9 @@ pub fn redirect(key: &FlowKey, isn: u32, upstream: u32) -> bool {
             c.rejected += 1
         }
     });
-    if let (true, Some(i)) = (sent, hop) {
-        count_extra(upstream, |c| {
-            if let Some(n) = c.redirected_to.get_mut(i) {
+    if let (true, Some(c)) = (sent, &chosen) {
+        count_extra(upstream, |n| {
+            if let Some(n) = n.redirected_to.get_mut(c.slot) {
                 *n += 1;
             }
         });
@@ -264,11 +256,26 @@ pub fn redirect(key: &FlowKey, isn: u32, upstream: u32) -> bool {
     sent
 }
 
-#[inline(always)]
-fn redirect_to(key: &FlowKey, isn: u32, p: &UpstreamPolicy, hop: usize) -> bool {
-    let Some(hop) = p.fallbacks.get(hop) else {
-        return false;
-    };
+/// A flow sent to another upstream (`hop`, which takes it as `how`, a
+/// `HopUse`) is that upstream's: counted and tracked under it, so its answer
+/// (or silence) counts for its breaker. Out of line, as [`redirect_to`].
+#[inline(never)]
+fn hand_over(key: &FlowKey, isn: u32, hop: &FallbackHop, how: u32) {
+    let to = hop.upstream;
+    breaker::count(to, |n| {
+        n.attempts += 1;
+        if HopUse::from_u32(how) == HopUse::WouldSkip {
+            n.would_reject += 1;
+        }
+    });
+    track(key, to, hop.dest(is_v4(key.family)), isn, 0, 0);
+}
+
+/// Out of line: its entries are not in `redirect`'s frame, which the walk of
+/// a service's endpoints (`hops::choose`, a `bpf_loop`) stacks two more on:
+/// 6.1 counts the four frames against the 512-byte stack.
+#[inline(never)]
+fn redirect_to(key: &FlowKey, isn: u32, hop: &FallbackHop) -> bool {
     let to = if is_v4(key.family) {
         NatTarget {
             addr: v4_mapped(hop.ip4),

@@ -9,7 +9,7 @@
 //! never be reached (after an address of its family) is left out.
 use std::{collections::HashMap, net::SocketAddr};
 
-use breaker_common::abi::MAX_FALLBACKS;
+use breaker_common::abi::{MAX_FALLBACKS, STEERED_SLOT};
 
 use super::{
     endpoint_owner, unmap_v4_addr, Check, ConfigError, Endpoint, OneOrMany, Seen, Upstream,
@@ -184,21 +184,18 @@ impl Check<'_> {
         }
         let chains: Vec<(Vec<Fallback>, Vec<String>)> = (0..upstreams.len())
             .map(|i| {
-                // A service's endpoint steers to its siblings first.
-                let mut hops: Vec<Fallback> = match &upstreams[i].service {
-                    Some(service) => service
-                        .siblings(&upstreams[i].name)
-                        .map(|m| hop_of(&upstreams[index.upstreams[m]]))
-                        .collect(),
-                    None => Vec::new(),
-                };
+                let mut hops = Vec::new();
                 flatten(i, written, &index, upstreams, &mut hops);
                 reachable(hops)
             })
             .collect();
         for (i, (hops, unreached)) in chains.into_iter().enumerate() {
-            if hops.len() > MAX_FALLBACKS {
-                let shown = MAX_FALLBACKS + 2;
+            // An endpoint that steers to the others of its service counts those
+            // connects in a slot of its own, after its fallbacks'.
+            let steers = upstreams[i].service.as_ref().is_some_and(|s| s.steers());
+            let most = if steers { STEERED_SLOT } else { MAX_FALLBACKS };
+            if hops.len() > most {
+                let shown = most + 2;
                 let labels: Vec<&str> = hops.iter().take(shown).map(|h| h.label.as_str()).collect();
                 // The key as written: `fallbacks`, or its older spelling.
                 let key = written[i]
@@ -206,11 +203,16 @@ impl Check<'_> {
                     .and_then(|w| w.field.rsplit_once('[').map(|(key, _)| key.to_string()))
                     .unwrap_or_else(|| format!("{}.fallbacks", upstreams[i].written_at));
                 let more = if hops.len() > shown { ", ..." } else { "" };
+                let why = if steers {
+                    " for a per_endpoint service's, whose connects also go to its other endpoints"
+                } else {
+                    ""
+                };
                 return self.fail(
                     key,
                     format!(
                         "with the fallbacks of the upstreams it names, the chain is {}{more} \
-                         ({} hops): at most {MAX_FALLBACKS}",
+                         ({} hops): at most {most}{why}",
                         labels.join(", "),
                         hops.len(),
                     ),
@@ -324,7 +326,7 @@ pub(super) fn looks_like_address(text: &str) -> bool {
 }
 
 /// The hop of upstream `up`: its first single-address endpoint of each family.
-fn hop_of(up: &Upstream) -> Fallback {
+pub(crate) fn hop_of(up: &Upstream) -> Fallback {
     let first = |v4: bool| {
         up.endpoints
             .iter()

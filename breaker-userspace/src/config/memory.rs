@@ -11,7 +11,7 @@ use std::mem::size_of;
 
 use breaker_common::abi::{
     BreakerCell, ConnectDurations, Counters, DestKey, EndpointV4, EndpointV6, ExtraCounters,
-    PinMetadata, Settings, SocketRecord, UpstreamName, UpstreamPolicy,
+    PinMetadata, ServiceEndpoints, Settings, SocketRecord, UpstreamName, UpstreamPolicy,
 };
 use breaker_common::packet::{FlowKey, FlowRecord, NatTarget, PacketCounters};
 use breaker_common::window::RateWindow;
@@ -86,6 +86,9 @@ pub struct MapSizes {
     /// PACKET_NAT_OUT and PACKET_NAT_BACK: redirected flows; 1 unless some
     /// upstream's `packet_action` is `redirect` and an interface is watched.
     pub nat: u32,
+    /// SERVICE_ENDPOINTS: a row per `per_endpoint` service of several
+    /// endpoints, at least 1.
+    pub services: u32,
 }
 
 /// Connects in flight at once that the packet path can follow, over every
@@ -136,6 +139,7 @@ impl Config {
             } else {
                 1
             },
+            services: (self.steering_services().len() as u32).max(1),
         }
     }
 
@@ -161,6 +165,7 @@ impl Config {
             destinations,
             flows,
             nat,
+            services,
         } = self.map_sizes();
         let u32_size = size_of::<u32>();
         [
@@ -169,6 +174,7 @@ impl Config {
             lpm_trie(v4, size_of::<EndpointV4>(), u32_size),
             lpm_trie(v6, size_of::<EndpointV6>(), u32_size),
             array(slots, size_of::<UpstreamPolicy>()),
+            array(services, size_of::<ServiceEndpoints>()),
             array(slots, size_of::<RateWindow>()),
             // UPSTREAM_STATES, SERVICE_EJECTIONS. Mmapable: whole pages.
             array(slots, size_of::<u64>()).next_multiple_of(PAGE),

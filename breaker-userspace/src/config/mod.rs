@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 pub use count::CountSet;
 pub use endpoint::{unmap_v4_addr, Endpoint, EndpointParseError};
+pub(crate) use fallback::hop_of;
 pub use fallback::Fallback;
 pub use interface::{Hook, Interface, PacketAction};
 pub use memory::{possible_cpus, MapSizes, PACKET_FLOW_SLOTS};

@@ -1,20 +1,19 @@
 //! `per_endpoint = true`: an upstream that is a service of several addresses keeps
 //! a breaker per endpoint, so one dead endpoint is ejected alone. Each endpoint
 //! becomes an upstream of its own, named `service/address`, with the service's
-//! policy and probe; its fallbacks are the service's other endpoints (steering:
-//! tried from a random one on, so that a dead endpoint's connects spread over
-//! the healthy), then the service's own `fallbacks`. An ejection cap
+//! policy and probe. While its breaker rejects, its connects go to another
+//! endpoint of the service that takes them (steering: one picked at random in
+//! the kernel, so that a dead endpoint's connects spread over the healthy),
+//! then to the service's own `fallbacks`. An ejection cap
 //! (`max_ejected_percent`, `min_healthy_percent`) holds back trips that would
 //! take more of the service out of CLOSED than it allows.
 use std::net::SocketAddr;
 
-use breaker_common::abi::{MAX_FALLBACKS, UPSTREAM_NAME_MAX};
+use breaker_common::abi::{MAX_SERVICE_ENDPOINTS, UPSTREAM_NAME_MAX};
 
-use super::{fallback::Written, Check, ConfigError, Endpoint, RawProbe, RawUpstream, Upstream};
-
-/// The most endpoints a service steers among: each tries the others as its
-/// fallbacks, and the kernel tries at most [`MAX_FALLBACKS`].
-pub const MAX_SERVICE_ENDPOINTS: usize = MAX_FALLBACKS + 1;
+use super::{
+    fallback::Written, Check, Config, ConfigError, Endpoint, RawProbe, RawUpstream, Upstream,
+};
 
 /// `max_ejected_percent` when unset: every endpoint may be ejected, so a service
 /// whose every endpoint is dead fails fast (or goes to its fallbacks) like any
@@ -36,11 +35,10 @@ pub struct Service {
 }
 
 impl Service {
-    /// How many of an endpoint's first `fallbacks` hops are its siblings, over
-    /// which the kernel spreads steered connects (the rest are the service's
-    /// own fallbacks, tried in order).
-    pub fn steer_count(&self, fallbacks: usize) -> usize {
-        self.members.len().saturating_sub(1).min(fallbacks)
+    /// Whether an endpoint's connects may be steered to another endpoint while
+    /// its breaker rejects: the service has more than one.
+    pub fn steers(&self) -> bool {
+        self.members.len() > 1
     }
 
     /// How many endpoints may be out of CLOSED at once: at most
@@ -60,7 +58,7 @@ impl Service {
         let cap = self.eject_cap();
         let steering = if n > 1 {
             "while open, its connects go to another endpoint of the service that is \
-             CLOSED (from a random one on), then to the service's fallbacks"
+             CLOSED (one at random among them), then to the service's fallbacks"
         } else {
             "a service of one endpoint: while open, its connects go to the fallbacks or fail \
              fast, as any upstream's"
@@ -71,14 +69,6 @@ impl Service {
              past that is held back and the endpoint stays CLOSED",
             self.name, self.max_ejected_percent, self.min_healthy_percent
         )
-    }
-
-    /// The endpoints' breakers other than `member`, in order: its steering hops.
-    pub fn siblings<'a>(&'a self, member: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.members
-            .iter()
-            .map(String::as_str)
-            .filter(move |m| *m != member)
     }
 
     /// "payments/10.0.1.1:443": the breaker of one endpoint.
@@ -137,8 +127,7 @@ impl Check<'_> {
                 format!("{at}.endpoints"),
                 format!(
                     "{} endpoints: per_endpoint = true steers among at most \
-                     {MAX_SERVICE_ENDPOINTS} (each tries the others as fallbacks, at most \
-                     {MAX_FALLBACKS}); split the service, or keep one breaker for it",
+                     {MAX_SERVICE_ENDPOINTS}; split the service, or keep one breaker for it",
                     members.len()
                 ),
             );
@@ -177,7 +166,7 @@ impl Check<'_> {
 
     /// One upstream per endpoint of `service` (whose checked form is `up`), each
     /// with the service's policy, its own probe, and the service's fallbacks as
-    /// written (its siblings go before them once the chains are resolved).
+    /// written.
     pub(super) fn members(
         &self,
         at: &str,
@@ -199,5 +188,20 @@ impl Check<'_> {
             out.push((member, fallbacks.clone()));
         }
         Ok(out)
+    }
+}
+
+impl Config {
+    /// The `per_endpoint` services whose endpoints steer to each other (more
+    /// than one endpoint), each once, in the order of the config: a service's
+    /// place here is its row in the kernel's `SERVICE_ENDPOINTS`.
+    pub fn steering_services(&self) -> Vec<&Service> {
+        let mut out: Vec<&Service> = Vec::new();
+        for service in self.upstreams.iter().filter_map(|u| u.service.as_ref()) {
+            if service.steers() && !out.iter().any(|s| s.name == service.name) {
+                out.push(service);
+            }
+        }
+        out
     }
 }

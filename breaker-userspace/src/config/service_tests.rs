@@ -53,23 +53,11 @@ fn each_endpoint_of_a_service_gets_its_own_breaker_with_the_service_policy() {
         assert_eq!(service.name, "payments");
         assert_eq!(service.members, names);
     }
-    // Siblings first (steering), then the service's own fallbacks.
-    assert_eq!(
-        labels(&c.upstreams[1]),
-        [
-            "payments/10.0.1.1:443",
-            "payments/[fd00::3]:443",
-            "10.0.9.1:443"
-        ]
-    );
-    assert_eq!(
-        c.upstreams[1].fallbacks[0].upstream.as_deref(),
-        Some("payments/10.0.1.1:443")
-    );
-    // The kernel spreads over the two siblings only, not the fallback.
+    // The service's own fallbacks: its endpoints are steered to in the
+    // kernel, from the service's row, before them.
     for up in &c.upstreams {
-        let service = up.service.as_ref().unwrap();
-        assert_eq!(service.steer_count(up.fallbacks.len()), 2, "{}", up.name);
+        assert_eq!(labels(up), ["10.0.9.1:443"], "{}", up.name);
+        assert!(up.service.as_ref().unwrap().steers(), "{}", up.name);
     }
 }
 
@@ -130,33 +118,55 @@ fallbacks = ["payments"]
     assert!(checkout.service.is_none());
 }
 
+/// A service of `n` endpoints (10.0.0.1:80 on), with `fallbacks` as written.
+fn service_of(n: usize, fallbacks: &str) -> String {
+    let endpoints: Vec<String> = (1..=n)
+        .map(|i| format!("\"10.0.{}.{}:80\"", i / 200, i % 200))
+        .collect();
+    format!(
+        "[[upstream]]\nname = \"big\"\nper_endpoint = true\nendpoints = [{}]\nfallbacks = [{fallbacks}]\n",
+        endpoints.join(", ")
+    )
+}
+
 #[test]
-fn a_service_too_big_to_steer_among_is_refused_with_its_size() {
-    let (field, reason) = invalid_field(
-        r#"
-[[upstream]]
-name = "big"
-per_endpoint = true
-endpoints = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80", "10.0.0.5:80", "10.0.0.6:80"]
-"#,
-    );
+fn a_service_steers_among_up_to_64_endpoints_and_keeps_three_fallbacks() {
+    let text = service_of(64, "\"other\", \"10.9.0.1:80\", \"[fd00::9]:80\"")
+        + "[[upstream]]\nname = \"other\"\nendpoints = [\"10.8.0.1:80\"]\n";
+    let c = parse(&text).unwrap();
+    let members: Vec<&Upstream> = c.upstreams.iter().filter(|u| u.service.is_some()).collect();
+    assert_eq!(members.len(), 64);
+    for up in &members {
+        assert!(up.service.as_ref().unwrap().steers(), "{}", up.name);
+        assert_eq!(
+            labels(up),
+            ["other", "10.9.0.1:80", "[fd00::9]:80"],
+            "{}",
+            up.name
+        );
+    }
+    assert_eq!(c.steering_services().len(), 1);
+    assert_eq!(c.map_sizes().services, 1);
+    // A service of one endpoint steers nowhere: no row.
+    let one = parse(&service_of(1, "")).unwrap();
+    assert!(one.steering_services().is_empty());
+    assert_eq!(one.map_sizes().services, 1, "a map needs an entry");
+
+    let (field, reason) = invalid_field(&service_of(65, ""));
     assert_eq!(field, "upstream[0] (\"big\").endpoints");
     assert!(
-        reason.contains("6 endpoints") && reason.contains("at most 5"),
+        reason.contains("65 endpoints") && reason.contains("at most 64"),
         "{reason}"
     );
-    // Five endpoints and a fallback: the chain is too long, said as such.
-    let (field, reason) = invalid_field(
-        r#"
-[[upstream]]
-name = "big"
-per_endpoint = true
-endpoints = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80", "10.0.0.5:80"]
-fallbacks = ["10.0.9.1:80"]
-"#,
-    );
+    // A fourth fallback: the slot that counts steered connects is taken.
+    let text = service_of(3, "\"a\", \"b\", \"c\", \"10.9.0.1:80\"")
+        + "[[upstream]]\nname = \"a\"\nendpoints = [\"10.8.0.1:80\"]\n[[upstream]]\nname = \"b\"\nendpoints = [\"10.8.0.2:80\"]\n[[upstream]]\nname = \"c\"\nendpoints = [\"10.8.0.3:80\"]\n";
+    let (field, reason) = invalid_field(&text);
     assert_eq!(field, "upstream[0] (\"big\").fallbacks");
-    assert!(reason.contains("(5 hops): at most 4"), "{reason}");
+    assert!(
+        reason.contains("(4 hops): at most 3 for a per_endpoint service's"),
+        "{reason}"
+    );
 }
 
 #[test]

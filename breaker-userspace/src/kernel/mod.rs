@@ -34,10 +34,10 @@ use aya::{
 use breaker_common::{
     abi::{
         map_names, program_names, BreakerCell, ConnectDurations, Counters, DestKey, EndpointV4,
-        EndpointV6, ExtraCounters, PinMetadata, Settings, UpstreamPolicy, ABI_VERSION,
-        DEFAULT_UPSTREAM_ID, FALLBACK_ADDRESS, FALLBACK_HAS_V4, FALLBACK_HAS_V6, MAX_FALLBACKS,
-        POLICY_COUNT_SLOW, POLICY_DRY_RUN, POLICY_IGNORE_REFUSED, POLICY_IGNORE_TIMEOUT,
-        POLICY_IGNORE_UNREACHABLE, PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6,
+        EndpointV6, ExtraCounters, FallbackHop, PinMetadata, ServiceEndpoints, Settings,
+        UpstreamPolicy, ABI_VERSION, DEFAULT_UPSTREAM_ID, FALLBACK_ADDRESS, FALLBACK_HAS_V4,
+        FALLBACK_HAS_V6, MAX_FALLBACKS, POLICY_COUNT_SLOW, POLICY_DRY_RUN, POLICY_IGNORE_REFUSED,
+        POLICY_IGNORE_TIMEOUT, POLICY_IGNORE_UNREACHABLE, PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6,
     },
     dest::{endpoint_prefix_len, port_ne},
     machine::{BreakerWord, State, Thresholds},
@@ -305,8 +305,9 @@ const KEPT_MAPS: [&str; 13] = [
 
 /// Maps made anew from the config at each load, so the programs swapped in see a
 /// complete config from their first run; pinned too, for a person to inspect.
-const FRESH_MAPS: [&str; 9] = [
+const FRESH_MAPS: [&str; 10] = [
     map_names::SETTINGS,
+    map_names::SERVICE_ENDPOINTS,
     map_names::ENDPOINTS_EXACT,
     map_names::ENDPOINTS_V4,
     map_names::ENDPOINTS_V6,
@@ -771,6 +772,22 @@ fn write_config(
             .position(|u| u.name == name)
             .map(upstream_id)
     };
+    let services = config.steering_services();
+    let row_of = |name: &str| services.iter().position(|s| s.name == name);
+    let mut rows: Array<_, ServiceEndpoints> = typed_map(ebpf, map_names::SERVICE_ENDPOINTS)?;
+    for (row, service) in services.iter().enumerate() {
+        let members = service
+            .members
+            .iter()
+            .filter_map(|m| config.upstreams.iter().find(|u| &u.name == m));
+        let mut endpoints = ServiceEndpoints::default();
+        for (slot, member) in endpoints.hops.iter_mut().zip(members) {
+            *slot = hop_abi(&crate::config::hop_of(member), id_of);
+            endpoints.count += 1;
+        }
+        rows.set(row as u32, endpoints, 0)
+            .map_err(map_err(map_names::SERVICE_ENDPOINTS))?;
+    }
     let mut policies: Array<_, UpstreamPolicy> = typed_map(ebpf, map_names::POLICIES)?;
     if let Some(d) = &config.default_policy {
         policies
@@ -791,6 +808,7 @@ fn write_config(
                             fallbacks_abi(policy_abi(&up.policy, hz), &up.fallbacks, id_of),
                             up.service.as_ref(),
                             id_of,
+                            row_of,
                         ),
                         up.dry_run || config.daemon.dry_run,
                     ),
@@ -939,6 +957,7 @@ fn loader_for(sizes: &crate::config::MapSizes) -> EbpfLoader<'static> {
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(map_names::POLICIES, slots)
+        .map_max_entries(map_names::SERVICE_ENDPOINTS, sizes.services)
         .map_max_entries(map_names::RATE_WINDOWS, slots)
         .map_max_entries(map_names::ENDPOINTS_EXACT, sizes.exact)
         .map_max_entries(map_names::ENDPOINTS_V4, sizes.v4)
@@ -1307,27 +1326,37 @@ pub fn fallbacks_abi(
     id_of: impl Fn(&str) -> Option<u32>,
 ) -> UpstreamPolicy {
     for (slot, hop) in policy.fallbacks.iter_mut().zip(hops) {
-        slot.upstream = hop
-            .upstream
-            .as_deref()
-            .and_then(&id_of)
-            .unwrap_or(FALLBACK_ADDRESS);
-        for addr in hop.addresses() {
-            let key = DestKey::from_socket_addr(addr);
-            let port = port_ne(addr.port()) as u32;
-            if key.is_ipv4() {
-                slot.flags |= FALLBACK_HAS_V4;
-                slot.ip4 = key.addr[3];
-                slot.port_v4 = port;
-            } else {
-                slot.flags |= FALLBACK_HAS_V6;
-                slot.ip6 = key.addr;
-                slot.port_v6 = port;
-            }
-        }
+        *slot = hop_abi(hop, &id_of);
     }
     policy.fallback_count = hops.len().min(MAX_FALLBACKS) as u32;
     policy
+}
+
+/// One hop as the kernel takes it: its upstream's id (`id_of`), or an address,
+/// and where it sends each family's connects.
+pub fn hop_abi(hop: &crate::config::Fallback, id_of: impl Fn(&str) -> Option<u32>) -> FallbackHop {
+    let mut abi = FallbackHop {
+        upstream: hop
+            .upstream
+            .as_deref()
+            .and_then(&id_of)
+            .unwrap_or(FALLBACK_ADDRESS),
+        ..FallbackHop::default()
+    };
+    for addr in hop.addresses() {
+        let key = DestKey::from_socket_addr(addr);
+        let port = port_ne(addr.port()) as u32;
+        if key.is_ipv4() {
+            abi.flags |= FALLBACK_HAS_V4;
+            abi.ip4 = key.addr[3];
+            abi.port_v4 = port;
+        } else {
+            abi.flags |= FALLBACK_HAS_V6;
+            abi.ip6 = key.addr;
+            abi.port_v6 = port;
+        }
+    }
+    abi
 }
 
 /// Upstream id -> (its service's id, the service's ejection cap), for the
@@ -1355,14 +1384,16 @@ fn services_of(config: &Config, ids: &[u32], slots: u32) -> Vec<(u32, u32)> {
     of
 }
 
-/// An endpoint of a `per_endpoint` service: how many of its first fallbacks are
-/// its siblings (steering), and where the service's ejection cap and count
-/// live (`SERVICE_EJECTIONS` at its first endpoint's id, written by
+/// An endpoint of a `per_endpoint` service: its service's row in
+/// `SERVICE_ENDPOINTS` (`row_of`), where its connects are steered while its
+/// breaker rejects, and where the service's ejection cap and count live
+/// (`SERVICE_EJECTIONS` at its first endpoint's id, written by
 /// `StateTable::recount_services`).
 pub fn service_abi(
     mut policy: UpstreamPolicy,
     service: Option<&crate::config::Service>,
     id_of: impl Fn(&str) -> Option<u32>,
+    row_of: impl Fn(&str) -> Option<usize>,
 ) -> UpstreamPolicy {
     let Some(service) = service else {
         return policy;
@@ -1370,7 +1401,7 @@ pub fn service_abi(
     let Some(head) = service.members.first().and_then(|m| id_of(m)) else {
         return policy;
     };
-    policy.steer_count = service.steer_count(policy.fallback_count as usize) as u32;
+    policy.steer_row = row_of(&service.name).map_or(0, |row| row as u32 + 1);
     policy.service = head;
     policy
 }
