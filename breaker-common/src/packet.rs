@@ -83,8 +83,7 @@ pub struct NatTarget {
     /// `PACKET_NAT_BACK`). Set by the hook that rewrites that side's segments,
     /// only ever to 1, one byte: writers racing on it store the same value.
     pub fin: u8,
-    /// As `fin`, for a reset.
-    pub reset: u8,
+    pub _pad: u8,
     /// The redirected SYN's sequence number (host order): the same SYN sent again
     /// is a retransmission of this flow, one with another is a new connect.
     pub isn: u32,
@@ -97,12 +96,15 @@ const _: () = assert!(core::mem::size_of::<NatTarget>() == 24);
 impl NatTarget {
     /// Whether the redirected flow whose client side is `self` (its
     /// `PACKET_NAT_OUT` entry) and whose fallback side is `back` has closed: a
-    /// reset either way, or a FIN both ways. Its fallback side is then no one's,
-    /// free for the next flow that needs it; its entries still rewrite its late
-    /// segments until then.
+    /// FIN both ways. Its fallback side is then no one's, free for the next
+    /// flow that needs it; its entries still rewrite its late segments until
+    /// then. A reset is not taken for a close: the stack it reaches ignores one
+    /// outside its window (RFC 5961, and anyone who knows the ports can send
+    /// one), and a client whose connect sees an unacceptable answer resets it
+    /// and sends its SYN again, so a live flow would be taken over.
     #[inline(always)]
     pub const fn closed_with(&self, back: &NatTarget) -> bool {
-        self.reset != 0 || back.reset != 0 || (self.fin != 0 && back.fin != 0)
+        self.fin != 0 && back.fin != 0
     }
 }
 

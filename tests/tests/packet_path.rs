@@ -1158,7 +1158,7 @@ const INGRESS_CASES: &[Case] = &[
         },
     },
     Case {
-        name: "a closed redirected flow leaves the fallback's side to the next: a FIN both ways, or a reset",
+        name: "a redirected flow closed both ways leaves the fallback's side to the next; a reset, maybe ignored, does not",
         run: |f, xdp| {
             let me = client(port(26, xdp));
             f.set(f.moved, State::Open);
@@ -1197,22 +1197,45 @@ const INGRESS_CASES: &[Case] = &[
             let s = egress_run(f, &answer);
             check_rewritten(&s.run.data, &answer, None, Some(MOVED2_4.into()))
                 .map_err(|e| format!("the next flow's answer: {e}"))?;
-            // A reset closes at once: a plain connect from that port to the
-            // fallback's address then gets its answers untouched.
+            // A plain connect from a closed flow's port to the fallback's
+            // address gets its answers untouched.
+            let plain = client(port(26, xdp) + 2);
+            f.run(ingress(xdp), &packets::syn_v4(plain, MOVED4, 26_500));
+            f.run(
+                ingress(xdp),
+                &packets::close_v4(plain, MOVED4, 26_501, 7_000_001, Close::Fin),
+            );
+            f.run(
+                program_names::TC_EGRESS,
+                &packets::answer_v4(FALLBACK4, plain, Reply::Fin, 26_502),
+            );
+            let direct = packets::syn_v4(plain, FALLBACK4, 26_600);
+            let s = observe(f, ingress(xdp), &direct);
+            ensure!(s.run.data == direct, "the direct SYN was rewritten");
+            let answer = packets::answer_v4(FALLBACK4, plain, Reply::SynAck, 26_601);
+            let s = egress_run(f, &answer);
+            ensure!(
+                s.run.data == answer,
+                "the fallback's answer to a plain connect was rewritten as the closed flow's"
+            );
+            // A reset is no close: the stack it reaches may ignore it (out of
+            // its window), so the flow keeps its side, from either way.
             let other = client(port(26, xdp) + 1);
             f.run(ingress(xdp), &packets::syn_v4(other, MOVED4, 26_300));
+            let reset = packets::answer_v4(FALLBACK4, other, Reply::Reset, 26_301);
+            let s = egress_run(f, &reset);
+            check_rewritten(&s.run.data, &reset, None, Some(MOVED4.into()))
+                .map_err(|e| format!("the fallback's reset: {e}"))?;
             let reset = packets::close_v4(other, MOVED4, 26_301, 0, Close::Reset);
             let s = observe(f, ingress(xdp), &reset);
             check_rewritten(&s.run.data, &reset, Some(FALLBACK4.into()), None)
                 .map_err(|e| format!("the client's reset: {e}"))?;
-            let direct = packets::syn_v4(other, FALLBACK4, 26_400);
-            let s = observe(f, ingress(xdp), &direct);
-            ensure!(s.run.data == direct, "the direct SYN was rewritten");
-            let answer = packets::answer_v4(FALLBACK4, other, Reply::SynAck, 26_401);
-            let s = egress_run(f, &answer);
+            let taking = packets::syn_v4(other, MOVED2_4, 26_400);
+            let s = observe(f, ingress(xdp), &taking);
             ensure!(
-                s.run.data == answer,
-                "the fallback's answer to a plain connect was rewritten as the reset flow's"
+                s.run.return_value == replied(xdp),
+                "a SYN taking a reset flow's side: verdict {}",
+                s.run.return_value
             );
             Ok(())
         },

@@ -167,7 +167,7 @@ fn steering_picks_another_endpoint_that_takes_it_never_itself_nor_an_open_one() 
     assert!(steer(&big, 12, true, 7, healthy(&[])).is_some());
     // Endpoint itself never judged; an address (never written) never picked.
     let mut judged = Vec::new();
-    let mut odd = service(&[upstream(12, FALLBACK_HAS_V4), address(FALLBACK_HAS_V4)]);
+    let odd = service(&[upstream(12, FALLBACK_HAS_V4), address(FALLBACK_HAS_V4)]);
     assert_eq!(
         steer(&odd, 12, true, 1, |id| {
             judged.push(id);
@@ -176,8 +176,14 @@ fn steering_picks_another_endpoint_that_takes_it_never_itself_nor_an_open_one() 
         None
     );
     assert!(judged.is_empty());
-    odd.count = 0;
-    assert_eq!(steer(&odd, 12, true, 1, |_| HopUse::Go), None);
+    // Endpoints past the count are never considered.
+    let mut short = service(&[upstream(12, FALLBACK_HAS_V4), upstream(13, FALLBACK_HAS_V4)]);
+    assert_eq!(
+        steer(&short, 12, true, 1, |_| HopUse::Go),
+        Some((1, HopUse::Go))
+    );
+    short.count = 1;
+    assert_eq!(steer(&short, 12, true, 1, |_| HopUse::Go), None);
 }
 
 /// Whatever is open, each endpoint that takes connects gets the same share of

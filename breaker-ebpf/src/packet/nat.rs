@@ -103,17 +103,12 @@ pub fn rewrite_of(frame: &Frame, way: u32, rw: &mut Rewrite) -> bool {
     // SAFETY: a map value pointer from the lookup above, copied out at once.
     let to = unsafe { *entry };
     // This side ends the flow: noted, so its fallback side is free once the
-    // flow has closed (`NatTarget::closed_with`).
-    if tcp.flags & (TCP_FIN | TCP_RST) != 0 {
+    // flow has closed both ways (`NatTarget::closed_with`; a reset is not
+    // trusted for it).
+    if tcp.flags & (TCP_FIN | TCP_RST) == TCP_FIN && to.fin == 0 {
         // SAFETY: as above; one byte, only ever set to 1, so racing writers
         // store the same value.
-        unsafe {
-            if tcp.flags & TCP_RST != 0 {
-                (*entry).reset = 1;
-            } else {
-                (*entry).fin = 1;
-            }
-        }
+        unsafe { (*entry).fin = 1 };
     }
     // Destination (out) or source (back): address and port.
     let (addr_off, port_off) = match (v4, out) {
@@ -323,8 +318,8 @@ fn redirect_to(key: &FlowKey, isn: u32, hop: &FallbackHop) -> bool {
 /// Whether the fallback's side `back_key` is held by a live redirected flow other
 /// than the one `back` names: its entry points elsewhere, and that flow's client
 /// side still sends to this fallback, and it has not closed. An entry whose
-/// client side is gone (ended, evicted) or whose flow closed (a reset, a FIN
-/// both ways) is no one's.
+/// client side is gone (ended, evicted) or whose flow closed (a FIN both ways)
+/// is no one's.
 #[inline(always)]
 fn held_by_other(back_key: &FlowKey, back: &NatTarget) -> bool {
     // SAFETY: the value is copied out at once.

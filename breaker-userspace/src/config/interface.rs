@@ -183,9 +183,21 @@ impl Check<'_> {
             if up.packet_action != PacketAction::Redirect {
                 continue;
             }
+            // Where its flows may go: its fallbacks, and the other endpoints of
+            // its service that it steers to.
+            let steered_to: Vec<super::Fallback> = up
+                .service
+                .iter()
+                .filter(|s| s.steers())
+                .flat_map(|s| &s.members)
+                .filter(|m| **m != up.name)
+                .filter_map(|m| upstreams.iter().find(|u| u.name == *m))
+                .map(super::hop_of)
+                .collect();
             let stray = up
                 .fallbacks
                 .iter()
+                .chain(&steered_to)
                 .find_map(|f| f.addresses().find(|a| !routable(a.ip())).map(|a| (f, a)));
             if let Some((hop, addr)) = stray {
                 return self.fail(

@@ -1305,7 +1305,15 @@ impl Config {
                     .endpoints
                     .iter()
                     .any(|e| matches!(e.net, IpNet::V4(_)) == is_v4);
-                let covered = up.fallbacks.iter().any(|f| f.serves(is_v4));
+                // Another endpoint of its service that it steers to serves too.
+                let steered = up.service.iter().filter(|s| s.steers()).any(|s| {
+                    s.members
+                        .iter()
+                        .filter(|m| **m != up.name)
+                        .filter_map(|m| self.upstreams.iter().find(|u| u.name == *m))
+                        .any(|u| hop_of(u).serves(is_v4))
+                });
+                let covered = up.fallbacks.iter().any(|f| f.serves(is_v4)) || steered;
                 if needed && !covered {
                     out.push(format!(
                         "upstream {:?}: packet_action = \"redirect\", but no {family} fallback: \

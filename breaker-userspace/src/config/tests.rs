@@ -989,6 +989,33 @@ fn a_redirect_with_no_fallback_of_its_endpoints_family_is_warned_about() {
     ))
     .unwrap();
     assert!(ok.warnings().iter().all(|w| !w.contains("fallback")));
+    // A service's endpoints are steered to each other: no fallback needed,
+    // but a family no other endpoint has is warned about.
+    let service = parse(
+        "[[upstream]]\nname = 'svc'\nper_endpoint = true\npacket_action = 'redirect'\n\
+         endpoints = ['10.1.2.3:80', '10.1.2.4:80', '[fd00::3]:80']\n",
+    )
+    .unwrap();
+    let warned: Vec<String> = service
+        .warnings()
+        .into_iter()
+        .filter(|w| w.contains("fallback"))
+        .collect();
+    assert_eq!(
+        warned,
+        [
+            "upstream \"svc/[fd00::3]:80\": packet_action = \"redirect\", but no IPv6 fallback: \
+          its IPv6 endpoints' rejected SYNs get a reset, as with \"reject\""
+        ],
+        "{warned:?}"
+    );
+    // And the endpoints it steers to must be routable, as fallbacks are.
+    let (f, reason) = invalid_field(
+        "[[upstream]]\nname = 'svc'\nper_endpoint = true\npacket_action = 'redirect'\n\
+         endpoints = ['10.1.2.3:80', '169.254.1.1:80']\n",
+    );
+    assert!(f.ends_with(".packet_action"), "{f}");
+    assert!(reason.contains("169.254.1.1:80"), "{reason}");
     let half = parse(
         "[[upstream]]\nname = 'api'\nendpoints = ['10.1.2.3:80', '[fd00::3]:80']\n\
          packet_action = 'redirect'\nfallback = '10.0.9.1:80'\n",
