@@ -1197,6 +1197,20 @@ const INGRESS_CASES: &[Case] = &[
             let s = egress_run(f, &answer);
             check_rewritten(&s.run.data, &answer, None, Some(MOVED2_4.into()))
                 .map_err(|e| format!("the next flow's answer: {e}"))?;
+            // A new connect on the closed flow's tuple (its upstream still OPEN)
+            // ends the closed flow's redirect only: the side the next flow took
+            // stays that flow's, and the new connect, which would share it, is
+            // reset.
+            let again = packets::syn_v4(me, MOVED4, 26_700);
+            let s = observe(f, ingress(xdp), &again);
+            ensure!(
+                s.run.return_value == replied(xdp),
+                "a SYN on the closed flow's tuple took the live flow's side: verdict {}",
+                s.run.return_value
+            );
+            let s = egress_run(f, &answer);
+            check_rewritten(&s.run.data, &answer, None, Some(MOVED2_4.into()))
+                .map_err(|e| format!("the live flow lost its side: {e}"))?;
             // A plain connect from a closed flow's port to the fallback's
             // address gets its answers untouched.
             let plain = client(port(26, xdp) + 2);

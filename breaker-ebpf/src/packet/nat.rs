@@ -7,7 +7,7 @@ use breaker_common::{
     abi::FallbackHop,
     dest::v4_mapped,
     fallback::HopUse,
-    packet::{icmp4_error, icmp6_error, FlowKey, NatTarget, TCP_FIN, TCP_RST},
+    packet::{icmp4_error, icmp6_error, FlowKey, NatTarget, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 use super::{
@@ -105,7 +105,7 @@ pub fn rewrite_of(frame: &Frame, way: u32, rw: &mut Rewrite) -> bool {
     // This side ends the flow: noted, so its fallback side is free once the
     // flow has closed both ways (`NatTarget::closed_with`; a reset is not
     // trusted for it).
-    if tcp.flags & (TCP_FIN | TCP_RST) == TCP_FIN && to.fin == 0 {
+    if tcp.flags & (TCP_FIN | TCP_RST | TCP_SYN) == TCP_FIN && to.fin == 0 {
         // SAFETY: as above; one byte, only ever set to 1, so racing writers
         // store the same value.
         unsafe { (*entry).fin = 1 };
@@ -340,22 +340,37 @@ fn held_by_other(back_key: &FlowKey, back: &NatTarget) -> bool {
     })
 }
 
-/// Ends the redirect of flow `key`: both its entries go, so the client's SYN
-/// sent again on these ports is decided anew (and reset again if its reset was
-/// lost), and the fallback's side of the flow is no one's.
+/// Ends the redirect of flow `key`: its entries go (its fallback's side if still
+/// its own: [`end_redirect`]), so the client's SYN sent again on these ports is
+/// decided anew (and reset again if its reset was lost), and the fallback's side
+/// of the flow is no one's.
 #[inline(always)]
 pub fn forget(key: &FlowKey) {
     // SAFETY: the value is copied out at once.
     let Some(to) = (unsafe { PACKET_NAT_OUT.get(key) }).copied() else {
         return;
     };
+    end_redirect(key, &to);
+}
+
+/// Ends the redirect whose client side is `key`, sent to `to`: its client side
+/// goes, and its fallback's side too unless another flow holds it now (one
+/// that took it over once this flow had closed both ways, whose answers must
+/// keep their rewrite).
+#[inline(always)]
+fn end_redirect(key: &FlowKey, to: &NatTarget) {
     let back_key = FlowKey {
         upstream: to.addr,
         upstream_port: to.port,
         ..*key
     };
     let _ = PACKET_NAT_OUT.remove(key);
-    let _ = PACKET_NAT_BACK.remove(back_key);
+    // SAFETY: two fields are read, at once.
+    let ours = unsafe { PACKET_NAT_BACK.get(back_key) }
+        .is_some_and(|b| b.addr == key.upstream && b.port == key.upstream_port);
+    if ours {
+        let _ = PACKET_NAT_BACK.remove(back_key);
+    }
 }
 
 /// A SYN from the client (sequence number `isn`) of flow `key`, before anything
@@ -377,17 +392,11 @@ pub fn syn_seen(key: &FlowKey, isn: u32) -> bool {
     let Some(to) = (unsafe { PACKET_NAT_OUT.get(key) }).copied() else {
         return false;
     };
-    let back_key = FlowKey {
-        upstream: to.addr,
-        upstream_port: to.port,
-        ..*key
-    };
     if to.isn == isn {
         // The BACK entry may have just been taken out above only when the
         // fallback is the upstream itself, which check-config refuses.
         return true;
     }
-    let _ = PACKET_NAT_OUT.remove(key);
-    let _ = PACKET_NAT_BACK.remove(back_key);
+    end_redirect(key, &to);
     false
 }

@@ -203,7 +203,8 @@ impl Check<'_> {
                 return self.fail(
                     format!("{}.packet_action", up.written_at),
                     format!(
-                        "\"redirect\" needs fallbacks another host's packets can be routed \
+                        "\"redirect\" needs fallbacks (and a service's endpoints, which \
+                         its flows are steered to) another host's packets can be routed \
                          to: not loopback, unspecified, multicast, broadcast or link-local \
                          ({} sends to {addr})",
                         hop.label
