@@ -7,10 +7,7 @@
 //! applications' trials, close it). An endpoint of a `per_endpoint` service
 //! first steers the connect to another endpoint of its service ([`Steer`]).
 use crate::{
-    abi::{
-        FallbackHop, ServiceEndpoints, UpstreamPolicy, FALLBACK_ADDRESS, MAX_FALLBACKS,
-        MAX_SERVICE_ENDPOINTS,
-    },
+    abi::{FallbackHop, UpstreamPolicy, FALLBACK_ADDRESS, MAX_FALLBACKS},
     machine::{turns_away, BreakerWord, Mode},
 };
 
@@ -178,23 +175,6 @@ impl Steer {
             Some((self.picked as usize, HopUse::from_u32(self.how)))
         }
     }
-}
-
-/// The other endpoint of `service` that takes a connect to endpoint `me`, as
-/// the kernel picks it (the same [`Steer`], an endpoint at a time).
-pub fn steer(
-    service: &ServiceEndpoints,
-    me: u32,
-    v4: bool,
-    spread: u32,
-    mut judge: impl FnMut(u32) -> HopUse,
-) -> Option<(usize, HopUse)> {
-    let mut pick = Steer::new(me, v4, spread);
-    let count = (service.count as usize).min(MAX_SERVICE_ENDPOINTS);
-    for (j, hop) in service.hops[..count].iter().enumerate() {
-        pick.consider(j as u32, hop, &mut judge);
-    }
-    pick.picked()
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 use super::*;
 use crate::{
-    abi::{FallbackHop, FALLBACK_HAS_V4, FALLBACK_HAS_V6},
+    abi::{FallbackHop, ServiceEndpoints, FALLBACK_HAS_V4, FALLBACK_HAS_V6, MAX_SERVICE_ENDPOINTS},
     machine::{set_mode, State},
 };
 
@@ -113,6 +113,23 @@ fn a_hop_use_survives_its_integer_form_and_stray_integers_never_fail_a_connect()
     for stray in [4, 0xff, 0x1_00] {
         assert_eq!(HopUse::from_u32(stray), HopUse::Go, "{stray:#x}");
     }
+}
+
+/// The other endpoint of `service` that takes a connect to endpoint `me`, as
+/// the kernel picks it (the same [`Steer`], an endpoint at a time).
+fn steer(
+    service: &ServiceEndpoints,
+    me: u32,
+    v4: bool,
+    spread: u32,
+    mut judge: impl FnMut(u32) -> HopUse,
+) -> Option<(usize, HopUse)> {
+    let mut pick = Steer::new(me, v4, spread);
+    let count = (service.count as usize).min(MAX_SERVICE_ENDPOINTS);
+    for (j, hop) in service.hops[..count].iter().enumerate() {
+        pick.consider(j as u32, hop, &mut judge);
+    }
+    pick.picked()
 }
 
 fn service(hops: &[FallbackHop]) -> ServiceEndpoints {

@@ -185,15 +185,7 @@ impl Check<'_> {
             }
             // Where its flows may go: its fallbacks, and the other endpoints of
             // its service that it steers to.
-            let steered_to: Vec<super::Fallback> = up
-                .service
-                .iter()
-                .filter(|s| s.steers())
-                .flat_map(|s| &s.members)
-                .filter(|m| **m != up.name)
-                .filter_map(|m| upstreams.iter().find(|u| u.name == *m))
-                .map(super::hop_of)
-                .collect();
+            let steered_to = up.steered_to(upstreams);
             let stray = up
                 .fallbacks
                 .iter()

@@ -23,7 +23,6 @@ use serde::Deserialize;
 
 pub use count::CountSet;
 pub use endpoint::{unmap_v4_addr, Endpoint, EndpointParseError};
-pub(crate) use fallback::hop_of;
 pub use fallback::Fallback;
 pub use interface::{Hook, Interface, PacketAction};
 pub use memory::{possible_cpus, MapSizes, PACKET_FLOW_SLOTS};
@@ -1306,14 +1305,11 @@ impl Config {
                     .iter()
                     .any(|e| matches!(e.net, IpNet::V4(_)) == is_v4);
                 // Another endpoint of its service that it steers to serves too.
-                let steered = up.service.iter().filter(|s| s.steers()).any(|s| {
-                    s.members
-                        .iter()
-                        .filter(|m| **m != up.name)
-                        .filter_map(|m| self.upstreams.iter().find(|u| u.name == *m))
-                        .any(|u| hop_of(u).serves(is_v4))
-                });
-                let covered = up.fallbacks.iter().any(|f| f.serves(is_v4)) || steered;
+                let covered = up
+                    .fallbacks
+                    .iter()
+                    .chain(&up.steered_to(&self.upstreams))
+                    .any(|f| f.serves(is_v4));
                 if needed && !covered {
                     out.push(format!(
                         "upstream {:?}: packet_action = \"redirect\", but no {family} fallback: \

@@ -12,7 +12,8 @@ use std::net::SocketAddr;
 use breaker_common::abi::{MAX_SERVICE_ENDPOINTS, UPSTREAM_NAME_MAX};
 
 use super::{
-    fallback::Written, Check, Config, ConfigError, Endpoint, RawProbe, RawUpstream, Upstream,
+    fallback::{hop_of, Written},
+    Check, Config, ConfigError, Endpoint, Fallback, RawProbe, RawUpstream, Upstream,
 };
 
 /// `max_ejected_percent` when unset: every endpoint may be ejected, so a service
@@ -69,6 +70,20 @@ impl Service {
              past that is held back and the endpoint stays CLOSED",
             self.name, self.max_ejected_percent, self.min_healthy_percent
         )
+    }
+
+    /// Each endpoint's breaker (found in `upstreams`) and its hop, in order:
+    /// the service's row of `SERVICE_ENDPOINTS`.
+    pub fn member_hops<'a>(
+        &'a self,
+        upstreams: &'a [Upstream],
+    ) -> impl Iterator<Item = (&'a str, Fallback)> + 'a {
+        self.members.iter().filter_map(|m| {
+            upstreams
+                .iter()
+                .find(|u| u.name == *m)
+                .map(|u| (m.as_str(), hop_of(u)))
+        })
     }
 
     /// "payments/10.0.1.1:443": the breaker of one endpoint.
@@ -203,5 +218,19 @@ impl Config {
             }
         }
         out
+    }
+}
+
+impl Upstream {
+    /// The hops of the other endpoints of its service that its connects are
+    /// steered to while its breaker rejects (none unless it steers).
+    pub fn steered_to(&self, upstreams: &[Upstream]) -> Vec<Fallback> {
+        self.service
+            .iter()
+            .filter(|s| s.steers())
+            .flat_map(|s| s.member_hops(upstreams))
+            .filter(|(name, _)| *name != self.name)
+            .map(|(_, hop)| hop)
+            .collect()
     }
 }

@@ -776,13 +776,13 @@ fn write_config(
     let row_of = |name: &str| services.iter().position(|s| s.name == name);
     let mut rows: Array<_, ServiceEndpoints> = typed_map(ebpf, map_names::SERVICE_ENDPOINTS)?;
     for (row, service) in services.iter().enumerate() {
-        let members = service
-            .members
-            .iter()
-            .filter_map(|m| config.upstreams.iter().find(|u| &u.name == m));
         let mut endpoints = ServiceEndpoints::default();
-        for (slot, member) in endpoints.hops.iter_mut().zip(members) {
-            *slot = hop_abi(&crate::config::hop_of(member), id_of);
+        for (slot, (_, hop)) in endpoints
+            .hops
+            .iter_mut()
+            .zip(service.member_hops(&config.upstreams))
+        {
+            *slot = hop_abi(&hop, id_of);
             endpoints.count += 1;
         }
         rows.set(row as u32, endpoints, 0)
