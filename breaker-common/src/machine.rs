@@ -411,6 +411,33 @@ pub enum Admission {
     Ignore,
 }
 
+impl Admission {
+    /// As one integer, for the kernel's functions that return scalars only: the
+    /// kind in the low 8 bits, a trial's epoch in bits 8-15.
+    #[inline(always)]
+    pub const fn pack(self) -> u32 {
+        match self {
+            Admission::Pass => 0,
+            Admission::Trial { epoch } => 1 | (epoch as u32) << 8,
+            Admission::Reject => 2,
+            Admission::Ignore => 3,
+        }
+    }
+
+    /// The admission [`Admission::pack`] made; anything else passes (fail open).
+    #[inline(always)]
+    pub const fn unpack(packed: u32) -> Admission {
+        match packed & 0xff {
+            1 => Admission::Trial {
+                epoch: (packed >> 8) as u8,
+            },
+            2 => Admission::Reject,
+            3 => Admission::Ignore,
+            _ => Admission::Pass,
+        }
+    }
+}
+
 /// How one watched connect ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outcome {

@@ -3,7 +3,6 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_ktime_get_ns, generated::bpf_jiffies64},
-    EbpfContext,
 };
 use aya_log_ebpf::debug;
 use breaker_common::{
@@ -79,28 +78,23 @@ pub const CAPPED_HELD: u32 = 1 << 2;
 /// `CAPPED_` bits; without `CAPPED_APPLIED`: contention, nothing applied. The
 /// caller reports a transition and counts a trip held back.
 #[inline(never)]
-pub fn record_capped(upstream: u32, bits: u32, now: u32) -> u32 {
+#[unsafe(no_mangle)]
+pub extern "C" fn record_capped(upstream: u32, bits: u32, now: u32) -> u32 {
     let (Some(policy), Some(word)) = (
         POLICIES.get(upstream).filter(|p| p.is_configured()),
         UPSTREAM_STATES.get_ptr_mut(upstream),
     ) else {
         return 0;
     };
-    let outcome = machine::Outcome {
-        success: bits & OUTCOME_SUCCESS != 0,
-        trial_epoch: (bits & OUTCOME_TRIAL != 0).then_some((bits >> 8) as u8),
-    };
-    let rate_trips = (bits & OUTCOME_RATE_TRIPS != 0).then_some((bits >> 16) as u8);
     let cap = ServiceCap {
         slot: SERVICE_EJECTIONS
             .get_ptr_mut(policy.service)
             .unwrap_or(core::ptr::null_mut()),
     };
-    // The thresholds read from the policy where they are used, not copied to
-    // the stack first: the frame must stay small (see above).
     let applied =
-        machine::update_capped_within::<CAPPED_CAS_RETRIES, _>(&KernelWord(word), &cap, |w| {
-            machine::record_rated(w, outcome, now, &policy.thresholds(), rate_trips)
+        machine::update_capped_within::<CAPPED_CAS_RETRIES, _>(&KernelWord(word), &cap, |w| Step {
+            next: BreakerWord(outcome_word(w.0, upstream, bits, now)),
+            result: (),
         });
     match applied {
         // Held back: by the cap when the slot is full, else by contention on
@@ -127,11 +121,82 @@ pub fn record_capped(upstream: u32, bits: u32, now: u32) -> u32 {
     }
 }
 
+/// The word after one outcome (`machine::record_rated`, from the `OUTCOME_`
+/// bits and `now`) under upstream `policy`'s thresholds; `word` itself if the
+/// policy cannot be read. A global function, on scalars: the verifier checks
+/// the state machine here once, for any word, instead of once per
+/// compare-and-swap attempt on every path into each caller, which took 6.1's
+/// walk of the packet egress near its million steps.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn outcome_word(word: u64, policy: u32, bits: u32, now: u32) -> u64 {
+    let Some(p) = POLICIES.get(policy) else {
+        return word;
+    };
+    let outcome = machine::Outcome {
+        success: bits & OUTCOME_SUCCESS != 0,
+        trial_epoch: (bits & OUTCOME_TRIAL != 0).then_some((bits >> 8) as u8),
+    };
+    let rate_trips = (bits & OUTCOME_RATE_TRIPS != 0).then_some((bits >> 16) as u8);
+    machine::record_rated(BreakerWord(word), outcome, now, &p.thresholds(), rate_trips)
+        .next
+        .0
+}
+
+/// `machine::admit` of `word` at `now` under upstream `policy`'s thresholds
+/// (as while no daemon probes, if `away`), or `None` if the policy cannot be
+/// read.
+#[inline(always)]
+fn admit_step(word: u64, policy: u32, now: u32, away: u32) -> Option<Step<Admission>> {
+    let p = POLICIES.get(policy)?;
+    let thresholds = if away != 0 {
+        p.thresholds().without_daemon()
+    } else {
+        p.thresholds()
+    };
+    Some(admit(BreakerWord(word), now, &thresholds))
+}
+
+/// The word after admitting a connect ([`admit_step`]); `word` itself if the
+/// policy cannot be read. A global function, on scalars, like [`outcome_word`].
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn admit_word(word: u64, policy: u32, now: u32, away: u32) -> u64 {
+    admit_step(word, policy, now, away).map_or(word, |s| s.next.0)
+}
+
+/// The admission beside [`admit_word`]'s word, packed
+/// (`Admission::pack`); a pass if the policy cannot be read (fail open).
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn admission_of(word: u64, policy: u32, now: u32, away: u32) -> u32 {
+    admit_step(word, policy, now, away)
+        .map_or(Admission::Pass, |s| s.result)
+        .pack()
+}
+
+/// Logs a transition from the kernel (aya-log, at debug level; the daemon logs
+/// it from its event too). A global function, on scalars: the verifier walks
+/// the log record's encoding once, not on every path through each breaker
+/// update (inline there, it took 6.1's walk of the packet egress from under
+/// 0.1 to 0.86 million steps).
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn log_transition(upstream: u32, from: u32, to: u32, cause: u32) -> u32 {
+    // aya-log reads nothing from the context its macros take.
+    debug!(
+        &(),
+        "upstream {} state {} -> {} (cause {})", upstream, from, to, cause
+    );
+    0
+}
+
 /// Reports a transition `record_capped` made (the `CAPPED_` bits in `done`)
 /// of configured upstream `upstream`. Out of line, so that the event is not in
 /// its caller's frame (see `record_capped`).
 #[inline(never)]
-pub fn emit_capped(upstream: u32, done: u32, cause: u32) -> u32 {
+#[unsafe(no_mangle)]
+pub extern "C" fn emit_capped(upstream: u32, done: u32, cause: u32) -> u32 {
     let event = TransitionEvent {
         at_ns: now_ns(),
         upstream,
@@ -339,30 +404,22 @@ impl Breaker {
     /// Whether a new connect may go: the one admission of every hook (connect4/6
     /// and the packet path). Contention beyond the retry bound passes: fail open.
     #[inline(always)]
-    pub fn admit<C: EbpfContext>(&self, ctx: &C) -> Admission {
-        // The clock and the daemon's heartbeat matter only to a breaker that is not
-        // CLOSED (or is overridden). Both are read once, here, outside the
-        // compare-and-swap loop: a map lookup inside it would be retried with it and
-        // multiplies the paths the verifier walks (seconds more to load).
+    pub fn admit(&self) -> Admission {
+        // CLOSED, the common case, admits and changes nothing (`machine::admit`):
+        // no clock, no compare-and-swap.
         let peek = self.peek();
-        let settled = peek.state() == State::Closed && peek.mode() == Mode::Auto;
-        let now = if settled { 0 } else { now_ms() };
-        let thresholds = if !settled && daemon_away(now) {
-            self.policy.thresholds().without_daemon()
-        } else {
-            self.policy.thresholds()
-        };
-        self.update(ctx, CAUSE_OPEN_EXPIRED, |w| {
-            // CLOSED, the common case, needs no clock; a word that left CLOSED
-            // since the peek reads it now.
-            let now = match (w.state(), settled) {
-                (State::Closed, _) => 0,
-                (_, false) => now,
-                (_, true) => now_ms(),
-            };
-            admit(w, now, &thresholds)
+        if peek.state() == State::Closed && peek.mode() == Mode::Auto {
+            return Admission::Pass;
+        }
+        // The clock and the daemon's heartbeat are read once, here, outside the
+        // compare-and-swap loop: a map lookup inside it would be retried with it.
+        let now = now_ms();
+        let away = u32::from(daemon_away(now));
+        self.update(CAUSE_OPEN_EXPIRED, |w| Step {
+            next: BreakerWord(admit_word(w.0, self.upstream, now, away)),
+            result: admission_of(w.0, self.upstream, now, away),
         })
-        .unwrap_or(Admission::Pass)
+        .map_or(Admission::Pass, Admission::unpack)
     }
 
     /// Applies one state-machine step with compare-and-swap and reports any
@@ -371,27 +428,14 @@ impl Breaker {
     /// and abandoned trials never do (`machine::ejected` is the same before and
     /// after; a property test holds them to it).
     #[inline(always)]
-    pub fn update<C: EbpfContext, T: Copy>(
-        &self,
-        ctx: &C,
-        cause: u32,
-        f: impl FnMut(BreakerWord) -> Step<T>,
-    ) -> Option<T> {
+    pub fn update<T: Copy>(&self, cause: u32, f: impl FnMut(BreakerWord) -> Step<T>) -> Option<T> {
         let applied = machine::update_within::<KERNEL_CAS_RETRIES, T>(&KernelWord(self.word), f);
         match applied {
             Some((prev, step)) => {
                 if let Some((from, to)) = step.transition(prev) {
                     self.relocate(to, step.next);
                     self.emit(from, to, cause);
-                    // Transitions are rare: cheap enough to log from the kernel.
-                    debug!(
-                        ctx,
-                        "upstream {} state {} -> {} (cause {})",
-                        self.upstream,
-                        from.as_u32(),
-                        to.as_u32(),
-                        cause
-                    );
+                    log_transition(self.upstream, from.as_u32(), to.as_u32(), cause);
                 }
                 Some(step.result)
             }

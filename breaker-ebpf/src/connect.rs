@@ -94,7 +94,7 @@ fn enforce<const V6_HOOK: bool>(
     let Some(breaker) = breaker else {
         return Ok(Verdict::Allow);
     };
-    let admission = breaker.admit(ctx);
+    let admission = breaker.admit();
     if admission == Admission::Ignore {
         // Disabled by the operator: as if breaker were not there.
         return Ok(Verdict::Allow);
@@ -112,7 +112,7 @@ fn enforce<const V6_HOOK: bool>(
             // Nobody would see this trial end, and without its SYN budget it could
             // hang on a blackhole: give its slot back and treat it as rejected,
             // as the breaker is not closed.
-            breaker.update(ctx, CAUSE_OPEN_EXPIRED, |w| abandon(w, epoch));
+            breaker.update(CAUSE_OPEN_EXPIRED, |w| abandon(w, epoch));
             if breaker.policy.flags & POLICY_DRY_RUN != 0 {
                 breaker.count(|c| c.would_reject += 1);
                 return Ok(Verdict::Allow);

@@ -27,25 +27,24 @@ use aya_ebpf::{
     },
     helpers::generated::{bpf_getsockopt, bpf_setsockopt},
     programs::SockOpsContext,
-    EbpfContext,
 };
 use breaker_common::{
     abi::{
-        ignore_bit, DestKey, SocketRecord, UpstreamPolicy, CAUSE_ABANDONED, CAUSE_FAILURE_RATE,
+        ignore_bit, DestKey, SocketRecord, CAUSE_ABANDONED, CAUSE_FAILURE_RATE,
         CAUSE_FAILURE_REFUSED, CAUSE_FAILURE_SLOW, CAUSE_FAILURE_TIMEOUT,
         CAUSE_FAILURE_UNREACHABLE, CAUSE_SLOW_RATE, CAUSE_SUCCESS, DEFAULT_UPSTREAM_ID,
         POLICY_COUNT_SLOW, POLICY_DRY_RUN, POLICY_IGNORE_TIMEOUT,
     },
-    machine::{self, record_rated, BreakerWord, Mode, Outcome, State, CAS_RETRIES},
+    machine::{self, BreakerWord, Mode, State, Step, CAS_RETRIES},
     window,
 };
 
 use crate::{
     atomic::cas_u64,
     breaker::{
-        count, count_duration, count_extra, emit_capped, jiffies, now_ms, record_capped, Breaker,
-        CAPPED_APPLIED, CAPPED_HELD, CAPPED_TRANSITION, OUTCOME_RATE_TRIPS, OUTCOME_SUCCESS,
-        OUTCOME_TRIAL,
+        count, count_duration, count_extra, emit_capped, jiffies, now_ms, outcome_word,
+        record_capped, Breaker, CAPPED_APPLIED, CAPPED_HELD, CAPPED_TRANSITION, OUTCOME_RATE_TRIPS,
+        OUTCOME_SUCCESS, OUTCOME_TRIAL,
     },
     maps::{POLICIES, RATE_WINDOWS},
     record::{self, Found},
@@ -207,7 +206,7 @@ fn finish(ctx: &SockOpsContext, end: End) -> Result<(), i32> {
         End::Abandoned => {
             stop_watching(ctx, &found.record);
             if found.claim_end() {
-                count_abandoned(ctx, &found);
+                count_abandoned(&found);
             }
             found.free();
             return Ok(());
@@ -218,14 +217,7 @@ fn finish(ctx: &SockOpsContext, end: End) -> Result<(), i32> {
         return Ok(());
     }
     let r = &found.record;
-    conclude(
-        ctx,
-        r.upstream,
-        &r.dest,
-        cause,
-        trial_epoch,
-        r.started_jiffies,
-    );
+    conclude(r.upstream, &r.dest, cause, trial_epoch, r.started_jiffies);
     // A connect whose SYN went unanswered for `connect_timeout`, while its breaker
     // turns connects away (this timeout may have tripped it), is failed now; while
     // it lets them through, the connect keeps its record and callbacks, and is
@@ -365,8 +357,7 @@ fn may_turn_away(upstream: u32) -> bool {
 /// An outcome of a service's endpoint goes through the service's ejection cap
 /// (`record_capped`).
 #[inline(always)]
-pub fn conclude<C: EbpfContext>(
-    ctx: &C,
+pub fn conclude(
     upstream: u32,
     dest: &DestKey,
     cause: u32,
@@ -397,7 +388,7 @@ pub fn conclude<C: EbpfContext>(
         if let (Some(epoch), Some(breaker)) =
             (trial_epoch, Breaker::of_record(upstream, dest, false))
         {
-            breaker.update(ctx, CAUSE_ABANDONED, |w| machine::abandon(w, epoch));
+            breaker.update(CAUSE_ABANDONED, |w| machine::abandon(w, epoch));
         }
         return;
     }
@@ -406,11 +397,6 @@ pub fn conclude<C: EbpfContext>(
     let Some(breaker) = Breaker::of_record(upstream, dest, !success) else {
         return;
     };
-    let outcome = Outcome {
-        success,
-        trial_epoch,
-    };
-    let thresholds = breaker.policy.thresholds();
     // The word as the outcome found it, read only for an upstream with a window:
     // the CLOSED path of every other upstream pays nothing for it.
     let (rate, rate_epoch) = if breaker.policy.keeps_window()
@@ -419,7 +405,7 @@ pub fn conclude<C: EbpfContext>(
     {
         let before = breaker.peek();
         (
-            rate_window(upstream, breaker.policy, before, !success, slow),
+            rate_window(upstream, before.0, u32::from(!success), u32::from(slow)),
             before.epoch(),
         )
     } else {
@@ -439,11 +425,11 @@ pub fn conclude<C: EbpfContext>(
     } else {
         now_ms()
     };
+    let bits = (u32::from(success) * OUTCOME_SUCCESS)
+        | trial_epoch.map_or(0, |e| OUTCOME_TRIAL | (e as u32) << 8)
+        | rate_trips.map_or(0, |e| OUTCOME_RATE_TRIPS | (e as u32) << 16);
     if breaker.dest.is_none() && breaker.policy.service != 0 {
         // An endpoint of a service: through the service's ejection cap.
-        let bits = (u32::from(success) * OUTCOME_SUCCESS)
-            | trial_epoch.map_or(0, |e| OUTCOME_TRIAL | (e as u32) << 8)
-            | rate_trips.map_or(0, |e| OUTCOME_RATE_TRIPS | (e as u32) << 16);
         let done = record_capped(upstream, bits, now);
         if done & CAPPED_HELD != 0 {
             count_extra(upstream, |c| c.ejection_overflow += 1);
@@ -455,8 +441,9 @@ pub fn conclude<C: EbpfContext>(
         }
         return;
     }
-    breaker.update(ctx, cause, |w| {
-        record_rated(w, outcome, now, &thresholds, rate_trips)
+    breaker.update(cause, |w| Step {
+        next: BreakerWord(outcome_word(w.0, breaker.upstream, bits, now)),
+        result: (),
     });
 }
 
@@ -469,7 +456,8 @@ const SUCCESS_SLOW_COUNTS: u32 = 2;
 /// it was slow (the `SUCCESS_` bits), counting it if so. Out of line and on
 /// scalars, like [`rate_window`].
 #[inline(never)]
-fn time_success(upstream: u32, started_jiffies: u64) -> u32 {
+#[unsafe(no_mangle)]
+pub extern "C" fn time_success(upstream: u32, started_jiffies: u64) -> u32 {
     let ticks = count_duration(upstream, started_jiffies);
     let Some(p) = POLICIES.get(upstream) else {
         return 0;
@@ -504,20 +492,21 @@ const SLOW_NAMES_TRIP: u32 = 4;
 /// Adds one outcome of a configured upstream to its windows (failures, slow
 /// connects: whichever it keeps), if the breaker was CLOSED (the windows count no
 /// trials, nothing while open), in the breaker's epoch (a new closed period counts
-/// afresh), and says what follows (the `RATE_` bits). Scalars only: a `&Breaker`
-/// would put the whole struct on the caller's stack. Kept out of line, like the
-/// functions it calls: sock_ops' own stack frame is near the verifier's 512 bytes.
+/// afresh), and says what follows (the `RATE_` bits). `before` is the word as the
+/// outcome found it; `failure` and `slow` are 0 or 1. A global function, on
+/// scalars (see `breaker::outcome_word`), with a small frame: sock_ops' own is
+/// near the verifier's 512 bytes.
 #[inline(never)]
-fn rate_window(
-    upstream: u32,
-    p: &UpstreamPolicy,
-    before: BreakerWord,
-    failure: bool,
-    slow: bool,
-) -> u32 {
+#[unsafe(no_mangle)]
+pub extern "C" fn rate_window(upstream: u32, before: u64, failure: u32, slow: u32) -> u32 {
+    let before = BreakerWord(before);
+    let (failure, slow) = (failure != 0, slow != 0);
     if before.state() != State::Closed || before.mode() != Mode::Auto {
         return 0;
     }
+    let Some(p) = POLICIES.get(upstream) else {
+        return 0;
+    };
     let Some(w) = RATE_WINDOWS.get_ptr_mut(upstream) else {
         return 0;
     };

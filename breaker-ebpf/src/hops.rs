@@ -61,7 +61,8 @@ pub fn choose(upstream: u32, v4: bool, spread: u32) -> Option<Chosen> {
 /// of line, with scalar arguments: the verifier walks the hops once, not once
 /// per path into a reject.
 #[inline(never)]
-fn chosen_packed(upstream: u32, v4: u32, spread: u32) -> u32 {
+#[unsafe(no_mangle)]
+pub extern "C" fn chosen_packed(upstream: u32, v4: u32, spread: u32) -> u32 {
     let Some(p) = POLICIES.get(upstream) else {
         return NO_HOP;
     };

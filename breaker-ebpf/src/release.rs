@@ -7,7 +7,6 @@
 use aya_ebpf::{
     bindings::{BPF_TCP_CLOSE, BPF_TCP_SYN_SENT},
     programs::SockContext,
-    EbpfContext,
 };
 use breaker_common::{
     abi::{CAUSE_ABANDONED, IPPROTO_TCP},
@@ -32,7 +31,7 @@ pub fn try_sock_release(ctx: &SockContext) -> Result<(), i32> {
         return Ok(());
     };
     if found.is_open() && found.claim_end() {
-        count_abandoned(ctx, &found);
+        count_abandoned(&found);
     }
     found.free();
     Ok(())
@@ -41,13 +40,13 @@ pub fn try_sock_release(ctx: &SockContext) -> Result<(), i32> {
 /// Counts an abandoned connect whose end the caller has claimed, and gives a
 /// trial's HALF_OPEN slot back.
 #[inline(always)]
-pub fn count_abandoned<C: EbpfContext>(ctx: &C, found: &Found) {
+pub fn count_abandoned(found: &Found) {
     let r = &found.record;
     count(r.upstream, |c| c.abandoned += 1);
     if let Some(epoch) = found.trial_epoch() {
         if let Some(breaker) = Breaker::of_record(r.upstream, &r.dest, false) {
             // Never a transition: the cause is only for the type.
-            breaker.update(ctx, CAUSE_ABANDONED, |w| abandon(w, epoch));
+            breaker.update(CAUSE_ABANDONED, |w| abandon(w, epoch));
         }
     }
 }

@@ -1513,8 +1513,12 @@ fn fixture(pins: &Pins) -> Fixture {
 /// that, a program does not load on that kernel, and the packet path (or the
 /// connect path) is off there. Each program must keep this much of it spare,
 /// so a change that nears the limit fails here, on every kernel of the matrix,
-/// naming the program, rather than at a user's start.
-const VERIFIER_ROOM: u32 = 15_000;
+/// naming the program, rather than at a user's start. Three quarters: every
+/// program verifies in under 0.12 million steps on 6.1, 6.12 and 6.18 (6.1 once
+/// walked the packet egress 0.98 million), and a kernel whose verifier walks
+/// twice as far as these still loads them; the daemon's start and reload pay
+/// for each step too.
+const VERIFIER_ROOM: u32 = 750_000;
 
 #[test]
 fn every_program_verifies_with_room_under_the_verifiers_limit() {

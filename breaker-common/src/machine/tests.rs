@@ -887,3 +887,23 @@ fn probe_jitter_stays_within_its_percent_and_never_shortens() {
         );
     }
 }
+
+/// The kernel's admission functions return `Admission::pack`; the hooks act on
+/// `Admission::unpack` of it, so every admission must come back as itself, and
+/// a value no admission packs to must pass (fail open).
+#[test]
+fn an_admission_packed_for_the_kernel_unpacks_as_itself() {
+    let mut all = vec![Admission::Pass, Admission::Reject, Admission::Ignore];
+    all.extend((0..=u8::MAX).map(|epoch| Admission::Trial { epoch }));
+    for a in all {
+        assert_eq!(
+            Admission::unpack(a.pack()),
+            a,
+            "{a:?} packed as {}",
+            a.pack()
+        );
+    }
+    for junk in [4, 0xff, 0x1_0004, !0xff] {
+        assert_eq!(Admission::unpack(junk), Admission::Pass, "{junk:#x}");
+    }
+}

@@ -2,7 +2,7 @@
 //! workload: a SYN-ACK or a reset acknowledging a tracked SYN, or an ICMP error
 //! quoting it exactly, ends the flow with its outcome. Segments of a redirected
 //! flow get the upstream's address back. The hook never drops a packet.
-use aya_ebpf::{bindings::BPF_NOEXIST, EbpfContext};
+use aya_ebpf::bindings::BPF_NOEXIST;
 use breaker_common::{
     abi::{CAUSE_FAILURE_REFUSED, CAUSE_FAILURE_UNREACHABLE, CAUSE_SUCCESS},
     dest::v4_mapped,
@@ -32,7 +32,7 @@ pub fn on_egress<C: Packet>(ctx: &C) {
     let mut key = FlowKey::default();
     let cause = answer_of(&ctx.frame(), &mut key);
     if cause != NO_ANSWER {
-        end(ctx, &key, cause);
+        end(&key, cause);
     }
 }
 
@@ -199,7 +199,7 @@ fn keep_ended(key: &FlowKey, flow: &FlowRecord) -> u32 {
 /// concludes it. Out of line and given no packet pointer, so the verifier walks
 /// its paths (the state machine's) once whatever the packet's layout.
 #[inline(never)]
-fn end<C: EbpfContext>(ctx: &C, key: &FlowKey, cause: u32) {
+fn end(key: &FlowKey, cause: u32) {
     // SAFETY: the value is copied out at once.
     let Some(flow) = (unsafe { PACKET_FLOWS.get(key) }).copied() else {
         return;
@@ -220,7 +220,6 @@ fn end<C: EbpfContext>(ctx: &C, key: &FlowKey, cause: u32) {
     }
     let trial = (flow.flags & FLOW_TRIAL != 0).then_some(flow.epoch as u8);
     conclude(
-        ctx,
         flow.upstream,
         &flow.dest,
         cause,

@@ -40,7 +40,6 @@ pub fn try_expire(ctx: &TcContext) -> Result<u32, i64> {
     count(|c| c.flows_timed_out += 1);
     let trial = (flow.flags & FLOW_TRIAL != 0).then_some(flow.epoch as u8);
     conclude(
-        ctx,
         flow.upstream,
         &flow.dest,
         CAUSE_FAILURE_TIMEOUT,

@@ -3,7 +3,6 @@
 //! rejected one with a reset or an ICMP error from the upstream's address, drops
 //! it, or sends its flow to the fallback. Segments of redirected flows are
 //! rewritten here too.
-use aya_ebpf::EbpfContext;
 use breaker_common::{
     abi::{
         DestKey, Settings, CAUSE_OPEN_EXPIRED, DEFAULT_UPSTREAM_ID, POLICY_DRY_RUN,
@@ -54,7 +53,7 @@ pub fn on_ingress<C: Packet>(ctx: &C) -> Verdict {
         // Nothing of the parse stays live across the decision (the packet is read
         // again from the context for a reply): the verifier's walks of the
         // decision from every packet layout then end in the same state, and merge.
-        let decided = decide(ctx, &key, isn);
+        let decided = decide(&key, isn);
         match decided & DECIDED_KIND {
             DECIDED_PASS => {}
             DECIDED_DROP => return Verdict::Drop,
@@ -296,7 +295,7 @@ const DECIDED_UPSTREAM_SHIFT: u32 = 8;
 /// given no packet pointer, so its paths are walked once whatever the packet's
 /// layout, and its stack is its own.
 #[inline(never)]
-fn decide<C: EbpfContext>(ctx: &C, key: &FlowKey, isn: u32) -> u32 {
+fn decide(key: &FlowKey, isn: u32) -> u32 {
     let Some(settings) = SETTINGS.get(0) else {
         return DECIDED_PASS;
     };
@@ -318,21 +317,15 @@ fn decide<C: EbpfContext>(ctx: &C, key: &FlowKey, isn: u32) -> u32 {
         let waiting_trial = flow.flags & (FLOW_TRIAL | FLOW_ENDED) == FLOW_TRIAL;
         if PACKET_FLOWS.remove(key).is_ok() && waiting_trial {
             if let Some(b) = Breaker::of_record(flow.upstream, &flow.dest, false) {
-                b.update(ctx, CAUSE_OPEN_EXPIRED, |w| abandon(w, flow.epoch as u8));
+                b.update(CAUSE_OPEN_EXPIRED, |w| abandon(w, flow.epoch as u8));
             }
         }
     }
-    admit(ctx, key, &dest, isn, settings)
+    admit(key, &dest, isn, settings)
 }
 
 #[inline(always)]
-fn admit<C: EbpfContext>(
-    ctx: &C,
-    key: &FlowKey,
-    dest: &DestKey,
-    isn: u32,
-    settings: &Settings,
-) -> u32 {
+fn admit(key: &FlowKey, dest: &DestKey, isn: u32, settings: &Settings) -> u32 {
     let dest = *dest;
     let breaker = match destination::upstream(&dest, settings) {
         Some(id) => Breaker::configured(id),
@@ -352,7 +345,7 @@ fn admit<C: EbpfContext>(
     let Some(breaker) = breaker else {
         return DECIDED_PASS;
     };
-    let admission = breaker.admit(ctx);
+    let admission = breaker.admit();
     if admission == Admission::Ignore {
         return DECIDED_PASS;
     }
@@ -369,7 +362,7 @@ fn admit<C: EbpfContext>(
             }
             // Nobody would see this trial end: give its slot back and treat it as
             // rejected, as the breaker is not closed.
-            breaker.update(ctx, CAUSE_OPEN_EXPIRED, |w| abandon(w, epoch));
+            breaker.update(CAUSE_OPEN_EXPIRED, |w| abandon(w, epoch));
             if dry_run {
                 breaker.count(|c| c.would_reject += 1);
                 return DECIDED_PASS;
