@@ -438,6 +438,59 @@ impl Admission {
     }
 }
 
+/// An outcome with the failure-rate trip it brings ([`record_rated`]'s
+/// arguments), as one integer for the kernel's functions that take scalars
+/// only: bit 0 success, bit 1 a trial (its epoch in bits 8-15), bit 2 the
+/// window trips the breaker (in the epoch in bits 16-23).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RatedOutcome {
+    pub outcome: Outcome,
+    pub rate_trips: Option<u8>,
+}
+
+const RATED_SUCCESS: u32 = 1 << 0;
+const RATED_TRIAL: u32 = 1 << 1;
+const RATED_TRIPS: u32 = 1 << 2;
+
+impl RatedOutcome {
+    #[inline(always)]
+    pub const fn pack(self) -> u32 {
+        let success = if self.outcome.success {
+            RATED_SUCCESS
+        } else {
+            0
+        };
+        let trial = match self.outcome.trial_epoch {
+            Some(e) => RATED_TRIAL | (e as u32) << 8,
+            None => 0,
+        };
+        let trips = match self.rate_trips {
+            Some(e) => RATED_TRIPS | (e as u32) << 16,
+            None => 0,
+        };
+        success | trial | trips
+    }
+
+    #[inline(always)]
+    pub const fn unpack(bits: u32) -> RatedOutcome {
+        RatedOutcome {
+            outcome: Outcome {
+                success: bits & RATED_SUCCESS != 0,
+                trial_epoch: if bits & RATED_TRIAL != 0 {
+                    Some((bits >> 8) as u8)
+                } else {
+                    None
+                },
+            },
+            rate_trips: if bits & RATED_TRIPS != 0 {
+                Some((bits >> 16) as u8)
+            } else {
+                None
+            },
+        }
+    }
+}
+
 /// How one watched connect ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outcome {
@@ -807,11 +860,11 @@ pub fn update<T: Copy>(
 }
 
 /// Compare-and-swap attempts on a breaker's word in the kernel, for every
-/// update there (the daemon makes [`CAS_RETRIES`]): the verifier walks the
-/// whole state machine once per attempt, and with eight the packet ingress
-/// programs took 0.91 of 6.18's million steps (0.42 with three), sock_ops
-/// 0.46 of 6.1's (0.32). Past them an outcome is dropped and an admission
-/// passes (fail open), each counted in `contention_misses`.
+/// update there (the daemon makes [`CAS_RETRIES`]). Each attempt calls the
+/// step as a global function, which the verifier checks once (while the
+/// state machine was inlined into each attempt, eight took the packet ingress
+/// programs to 0.91 of 6.18's million steps). Past them an outcome is dropped
+/// and an admission passes (fail open), each counted in `contention_misses`.
 pub const KERNEL_CAS_RETRIES: usize = 3;
 
 /// [`update`] with `RETRIES` compare-and-swap attempts.
@@ -945,10 +998,11 @@ pub fn update_capped<T: Copy>(
 }
 
 /// Compare-and-swap attempts on the word of a service's endpoint in the kernel
-/// (sock_ops, the packet egress, the flow expiry): the verifier walks the whole state machine and the slot's
-/// attempts inside each one, and eight took sock_ops from 0.22 to 0.87 million
-/// steps (each daemon start verifies them). A lost race past them drops the
-/// outcome and is counted in `contention_misses`, as an uncapped update's.
+/// (sock_ops, the packet egress, the flow expiry): the verifier walks the
+/// slot's attempts inside each one (the step itself is a global function,
+/// checked once), and each daemon start pays for it. A lost race past them
+/// drops the outcome and is counted in `contention_misses`, as an uncapped
+/// update's.
 pub const CAPPED_CAS_RETRIES: usize = KERNEL_CAS_RETRIES;
 
 /// What [`update_capped_within`] did: the word it found, the step taken from

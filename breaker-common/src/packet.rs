@@ -83,11 +83,23 @@ pub struct NatTarget {
     /// `PACKET_NAT_BACK`). Set by the hook that rewrites that side's segments,
     /// only ever to 1, one byte: writers racing on it store the same value.
     pub fin: u8,
-    pub _pad: u8,
+    /// How the fallback answered the redirected SYN (`PACKET_NAT_BACK` only):
+    /// [`NAT_UNANSWERED`], [`NAT_ACCEPTED`] or [`NAT_REFUSED`]; see
+    /// [`NatTarget::answered`]. Set by the egress hook, once, from unanswered.
+    pub answer: u8,
     /// The redirected SYN's sequence number (host order): the same SYN sent again
     /// is a retransmission of this flow, one with another is a new connect.
     pub isn: u32,
 }
+
+/// `NatTarget.answer`: nothing from the fallback has answered the SYN yet.
+pub const NAT_UNANSWERED: u8 = 0;
+/// `NatTarget.answer`: the fallback's SYN-ACK acknowledged the SYN.
+pub const NAT_ACCEPTED: u8 = 1;
+/// `NatTarget.answer`: the fallback reset the connect before any SYN-ACK, with
+/// a reset acknowledging exactly the SYN: the one reset a SYN_SENT client
+/// accepts, and it fails the connect (ECONNREFUSED).
+pub const NAT_REFUSED: u8 = 2;
 
 // The NAT maps are pinned and adopted by the next daemon only with this layout:
 // a redirected flow lives through an upgrade only if it stays.
@@ -102,9 +114,31 @@ impl NatTarget {
     /// outside its window (RFC 5961, and anyone who knows the ports can send
     /// one), and a client whose connect sees an unacceptable answer resets it
     /// and sends its SYN again, so a live flow would be taken over.
+    ///
+    /// Nor a reset of a connect under way, but one: a reset from the fallback
+    /// that acknowledges exactly the SYN, before any SYN-ACK (`NAT_REFUSED`),
+    /// is the only reset a client in SYN_SENT accepts (RFC 793, 9293 3.10.7.3),
+    /// and it ends that connect with ECONNREFUSED; the client never sends on
+    /// these ports again, but with a new SYN, which starts anew.
     #[inline(always)]
     pub const fn closed_with(&self, back: &NatTarget) -> bool {
-        self.fin != 0 && back.fin != 0
+        (self.fin != 0 && back.fin != 0) || back.answer == NAT_REFUSED
+    }
+
+    /// The fallback side's `answer` after the fallback's segment with `flags`
+    /// and acknowledgement `ack`: the first answer to the SYN (`isn`) is kept,
+    /// later segments change nothing (a reset after a SYN-ACK may be out of the
+    /// client's window, and is not a refusal).
+    #[inline(always)]
+    pub const fn answered(&self, flags: u8, ack: u32) -> u8 {
+        if self.answer != NAT_UNANSWERED {
+            return self.answer;
+        }
+        match answer(flags, ack, self.isn) {
+            Some(Answer::Accepted) => NAT_ACCEPTED,
+            Some(Answer::Refused) => NAT_REFUSED,
+            None => NAT_UNANSWERED,
+        }
     }
 }
 

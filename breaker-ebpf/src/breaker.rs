@@ -13,7 +13,7 @@ use breaker_common::{
     },
     fallback::{self, HopUse},
     machine::{
-        self, admit, Admission, BreakerWord, Ejections, Mode, State, Step, WordCell,
+        self, admit, Admission, BreakerWord, Ejections, Mode, RatedOutcome, State, Step, WordCell,
         CAPPED_CAS_RETRIES, KERNEL_CAS_RETRIES,
     },
 };
@@ -53,13 +53,6 @@ impl WordCell for KernelWord {
     }
 }
 
-/// `record_capped`'s outcome bits: the connect succeeded...
-pub const OUTCOME_SUCCESS: u32 = 1 << 0;
-/// ...it was a trial of the epoch in bits 8-15...
-pub const OUTCOME_TRIAL: u32 = 1 << 1;
-/// ...and its window says the breaker trips, in the epoch in bits 16-23.
-pub const OUTCOME_RATE_TRIPS: u32 = 1 << 2;
-
 /// `record_capped`'s answer: the outcome was applied (the word updated, or a
 /// trip held back by a full cap)...
 pub const CAPPED_APPLIED: u32 = 1 << 0;
@@ -68,7 +61,7 @@ pub const CAPPED_TRANSITION: u32 = 1 << 1;
 /// The cap held a trip back (the caller counts it in `ejection_overflow`).
 pub const CAPPED_HELD: u32 = 1 << 2;
 
-/// A connect's outcome (`machine::record_rated`, from the `OUTCOME_` bits and
+/// A connect's outcome (`machine::record_rated`, from `RatedOutcome::pack` bits and
 /// `now`) applied to upstream `upstream`, an endpoint of a `per_endpoint`
 /// service, through the service's ejection cap
 /// (`machine::update_capped_within::<CAPPED_CAS_RETRIES>`).
@@ -121,26 +114,27 @@ pub extern "C" fn record_capped(upstream: u32, bits: u32, now: u32) -> u32 {
     }
 }
 
-/// The word after one outcome (`machine::record_rated`, from the `OUTCOME_`
+/// The word after one outcome (`machine::record_rated`, from `RatedOutcome::pack`
 /// bits and `now`) under upstream `policy`'s thresholds; `word` itself if the
 /// policy cannot be read. A global function, on scalars: the verifier checks
 /// the state machine here once, for any word, instead of once per
-/// compare-and-swap attempt on every path into each caller, which took 6.1's
-/// walk of the packet egress near its million steps.
+/// compare-and-swap attempt on every path into each caller.
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn outcome_word(word: u64, policy: u32, bits: u32, now: u32) -> u64 {
     let Some(p) = POLICIES.get(policy) else {
         return word;
     };
-    let outcome = machine::Outcome {
-        success: bits & OUTCOME_SUCCESS != 0,
-        trial_epoch: (bits & OUTCOME_TRIAL != 0).then_some((bits >> 8) as u8),
-    };
-    let rate_trips = (bits & OUTCOME_RATE_TRIPS != 0).then_some((bits >> 16) as u8);
-    machine::record_rated(BreakerWord(word), outcome, now, &p.thresholds(), rate_trips)
-        .next
-        .0
+    let r = RatedOutcome::unpack(bits);
+    machine::record_rated(
+        BreakerWord(word),
+        r.outcome,
+        now,
+        &p.thresholds(),
+        r.rate_trips,
+    )
+    .next
+    .0
 }
 
 /// `machine::admit` of `word` at `now` under upstream `policy`'s thresholds
@@ -415,6 +409,9 @@ impl Breaker {
         // compare-and-swap loop: a map lookup inside it would be retried with it.
         let now = now_ms();
         let away = u32::from(daemon_away(now));
+        // Two pure functions of the same word, clock and policy (`POLICIES` is
+        // written before the programs are attached and never after), so the
+        // word applied and the admission answered are one step's.
         self.update(CAUSE_OPEN_EXPIRED, |w| Step {
             next: BreakerWord(admit_word(w.0, self.upstream, now, away)),
             result: admission_of(w.0, self.upstream, now, away),

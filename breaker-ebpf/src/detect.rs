@@ -35,7 +35,7 @@ use breaker_common::{
         CAUSE_FAILURE_UNREACHABLE, CAUSE_SLOW_RATE, CAUSE_SUCCESS, DEFAULT_UPSTREAM_ID,
         POLICY_COUNT_SLOW, POLICY_DRY_RUN, POLICY_IGNORE_TIMEOUT,
     },
-    machine::{self, BreakerWord, Mode, State, Step, CAS_RETRIES},
+    machine::{self, BreakerWord, Mode, Outcome, RatedOutcome, State, Step, CAS_RETRIES},
     window,
 };
 
@@ -43,8 +43,7 @@ use crate::{
     atomic::cas_u64,
     breaker::{
         count, count_duration, count_extra, emit_capped, jiffies, now_ms, outcome_word,
-        record_capped, Breaker, CAPPED_APPLIED, CAPPED_HELD, CAPPED_TRANSITION, OUTCOME_RATE_TRIPS,
-        OUTCOME_SUCCESS, OUTCOME_TRIAL,
+        record_capped, Breaker, CAPPED_APPLIED, CAPPED_HELD, CAPPED_TRANSITION,
     },
     maps::{POLICIES, RATE_WINDOWS},
     record::{self, Found},
@@ -425,9 +424,14 @@ pub fn conclude(
     } else {
         now_ms()
     };
-    let bits = (u32::from(success) * OUTCOME_SUCCESS)
-        | trial_epoch.map_or(0, |e| OUTCOME_TRIAL | (e as u32) << 8)
-        | rate_trips.map_or(0, |e| OUTCOME_RATE_TRIPS | (e as u32) << 16);
+    let bits = RatedOutcome {
+        outcome: Outcome {
+            success,
+            trial_epoch,
+        },
+        rate_trips,
+    }
+    .pack();
     if breaker.dest.is_none() && breaker.policy.service != 0 {
         // An endpoint of a service: through the service's ejection cap.
         let done = record_capped(upstream, bits, now);

@@ -1158,7 +1158,7 @@ const INGRESS_CASES: &[Case] = &[
         },
     },
     Case {
-        name: "a redirected flow closed both ways leaves the fallback's side to the next; a reset, maybe ignored, does not",
+        name: "a redirected flow closed both ways, or refused by its fallback, leaves the fallback's side to the next; another reset, maybe ignored, does not",
         run: |f, xdp| {
             let me = client(port(26, xdp));
             f.set(f.moved, State::Open);
@@ -1232,10 +1232,15 @@ const INGRESS_CASES: &[Case] = &[
                 s.run.data == answer,
                 "the fallback's answer to a plain connect was rewritten as the closed flow's"
             );
-            // A reset is no close: the stack it reaches may ignore it (out of
-            // its window), so the flow keeps its side, from either way.
+            // A reset once the fallback has accepted is no close: the stack it
+            // reaches may ignore it (out of its window), so the flow keeps its
+            // side, from either way.
             let other = client(port(26, xdp) + 1);
             f.run(ingress(xdp), &packets::syn_v4(other, MOVED4, 26_300));
+            f.run(
+                program_names::TC_EGRESS,
+                &packets::answer_v4(FALLBACK4, other, Reply::SynAck, 26_301),
+            );
             let reset = packets::answer_v4(FALLBACK4, other, Reply::Reset, 26_301);
             let s = egress_run(f, &reset);
             check_rewritten(&s.run.data, &reset, None, Some(MOVED4.into()))
@@ -1251,6 +1256,33 @@ const INGRESS_CASES: &[Case] = &[
                 "a SYN taking a reset flow's side: verdict {}",
                 s.run.return_value
             );
+            // The fallback refuses the SYN: a reset acknowledging exactly it,
+            // before any SYN-ACK, is the one a connecting client accepts, and
+            // its connect is over. Any other reset leaves the flow its side.
+            let refused = client(port(26, xdp) + 3);
+            f.run(ingress(xdp), &packets::syn_v4(refused, MOVED4, 26_800));
+            let stray = packets::answer_v4(FALLBACK4, refused, Reply::Reset, 26_900);
+            f.run(program_names::TC_EGRESS, &stray);
+            let taking = packets::syn_v4(refused, MOVED2_4, 26_850);
+            let s = observe(f, ingress(xdp), &taking);
+            ensure!(
+                s.run.return_value == replied(xdp),
+                "a SYN taking the side of a flow sent a stray reset: verdict {}",
+                s.run.return_value
+            );
+            let refusal = packets::answer_v4(FALLBACK4, refused, Reply::Reset, 26_801);
+            let s = egress_run(f, &refusal);
+            check_rewritten(&s.run.data, &refusal, None, Some(MOVED4.into()))
+                .map_err(|e| format!("the fallback's refusal: {e}"))?;
+            let next = packets::syn_v4(refused, MOVED2_4, 26_950);
+            let s = observe(f, ingress(xdp), &next);
+            ensure!(
+                s.run.return_value == pass(xdp),
+                "a SYN after the fallback refused the flow: verdict {}",
+                s.run.return_value
+            );
+            check_rewritten(&s.run.data, &next, Some(FALLBACK4.into()), None)
+                .map_err(|e| format!("the next flow's SYN: {e}"))?;
             Ok(())
         },
     },

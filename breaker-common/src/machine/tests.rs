@@ -888,6 +888,32 @@ fn probe_jitter_stays_within_its_percent_and_never_shortens() {
     }
 }
 
+/// The kernel's `outcome_word` takes an outcome as `RatedOutcome::pack`: every
+/// combination must come back as itself.
+#[test]
+fn an_outcome_packed_for_the_kernel_unpacks_as_itself() {
+    let epochs = || std::iter::once(None).chain((0..=u8::MAX).map(Some));
+    for success in [false, true] {
+        for trial_epoch in epochs() {
+            for rate_trips in epochs() {
+                let r = RatedOutcome {
+                    outcome: Outcome {
+                        success,
+                        trial_epoch,
+                    },
+                    rate_trips,
+                };
+                assert_eq!(
+                    RatedOutcome::unpack(r.pack()),
+                    r,
+                    "{r:?} as {:#x}",
+                    r.pack()
+                );
+            }
+        }
+    }
+}
+
 /// The kernel's admission functions return `Admission::pack`; the hooks act on
 /// `Admission::unpack` of it, so every admission must come back as itself, and
 /// a value no admission packs to must pass (fail open).

@@ -292,19 +292,62 @@ fn an_incremental_checksum_update_matches_a_fresh_one() {
 }
 
 #[test]
-fn a_redirected_flow_closes_on_a_fin_both_ways_never_on_a_reset() {
-    let side = |fin: u8| NatTarget {
+fn a_redirected_flow_closes_on_a_fin_both_ways_or_a_refusal_never_on_another_reset() {
+    let side = |fin: u8, answer: u8| NatTarget {
         fin,
+        answer,
         ..NatTarget::default()
     };
     let cases = [
         // (client side, fallback side, closed)
-        (side(0), side(0), false),
-        (side(1), side(0), false),
-        (side(0), side(1), false),
-        (side(1), side(1), true),
+        (side(0, 0), side(0, 0), false),
+        (side(1, 0), side(0, 0), false),
+        (side(0, 0), side(1, 0), false),
+        (side(1, 0), side(1, 0), true),
+        (side(0, 0), side(0, NAT_ACCEPTED), false),
+        (side(1, 0), side(1, NAT_ACCEPTED), true),
+        (side(0, 0), side(0, NAT_REFUSED), true),
+        // A client side's answer byte means nothing.
+        (side(0, NAT_REFUSED), side(0, 0), false),
     ];
     for (out, back, closed) in cases {
         assert_eq!(out.closed_with(&back), closed, "{out:?} / {back:?}");
+    }
+}
+
+#[test]
+fn only_the_first_answer_to_a_redirected_syn_is_kept_and_only_an_exact_one() {
+    const ISN: u32 = 0xffff_fffe;
+    let back = |answer: u8| NatTarget {
+        answer,
+        isn: ISN,
+        ..NatTarget::default()
+    };
+    let (syn_ack, rst_ack, rst) = (TCP_SYN | TCP_ACK, TCP_RST | TCP_ACK, TCP_RST);
+    let exact = ISN.wrapping_add(1);
+    let cases = [
+        // (answer so far, flags, ack, answer after)
+        (NAT_UNANSWERED, syn_ack, exact, NAT_ACCEPTED),
+        (NAT_UNANSWERED, rst_ack, exact, NAT_REFUSED),
+        // Not acknowledging the SYN exactly: a stray or forged reset.
+        (
+            NAT_UNANSWERED,
+            rst_ack,
+            exact.wrapping_add(1),
+            NAT_UNANSWERED,
+        ),
+        (NAT_UNANSWERED, rst_ack, ISN, NAT_UNANSWERED),
+        (NAT_UNANSWERED, rst, exact, NAT_UNANSWERED),
+        (NAT_UNANSWERED, TCP_ACK, exact, NAT_UNANSWERED),
+        // After a SYN-ACK, a reset is no refusal, whatever it acknowledges.
+        (NAT_ACCEPTED, rst_ack, exact, NAT_ACCEPTED),
+        (NAT_REFUSED, syn_ack, exact, NAT_REFUSED),
+    ];
+    for (before, flags, ack, after) in cases {
+        assert_eq!(
+            back(before).answered(flags, ack),
+            after,
+            "{before} + flags {flags:#x} ack {ack:#x}"
+        );
     }
 }

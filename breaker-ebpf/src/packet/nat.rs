@@ -7,7 +7,9 @@ use breaker_common::{
     abi::FallbackHop,
     dest::v4_mapped,
     fallback::HopUse,
-    packet::{icmp4_error, icmp6_error, FlowKey, NatTarget, TCP_FIN, TCP_RST, TCP_SYN},
+    packet::{
+        icmp4_error, icmp6_error, FlowKey, NatTarget, NAT_UNANSWERED, TCP_FIN, TCP_RST, TCP_SYN,
+    },
 };
 
 use super::{
@@ -104,11 +106,19 @@ pub fn rewrite_of(frame: &Frame, way: u32, rw: &mut Rewrite) -> bool {
     let to = unsafe { *entry };
     // This side ends the flow: noted, so its fallback side is free once the
     // flow has closed both ways (`NatTarget::closed_with`; a reset is not
-    // trusted for it).
+    // trusted for it, but the fallback's refusal of the SYN).
     if tcp.flags & (TCP_FIN | TCP_RST | TCP_SYN) == TCP_FIN && to.fin == 0 {
         // SAFETY: as above; one byte, only ever set to 1, so racing writers
         // store the same value.
         unsafe { (*entry).fin = 1 };
+    }
+    if !out && to.answer == NAT_UNANSWERED {
+        let answer = to.answered(tcp.flags, tcp.ack);
+        if answer != NAT_UNANSWERED {
+            // SAFETY: as above; one byte, set once from unanswered (a SYN-ACK
+            // and a reset racing for it is a broken fallback's flow).
+            unsafe { (*entry).answer = answer };
+        }
     }
     // Destination (out) or source (back): address and port.
     let (addr_off, port_off) = match (v4, out) {
