@@ -118,8 +118,10 @@ impl NatTarget {
     /// Nor a reset of a connect under way, but one: a reset from the fallback
     /// that acknowledges exactly the SYN, before any SYN-ACK (`NAT_REFUSED`),
     /// is the only reset a client in SYN_SENT accepts (RFC 793, 9293 3.10.7.3),
-    /// and it ends that connect with ECONNREFUSED; the client never sends on
-    /// these ports again, but with a new SYN, which starts anew.
+    /// and it ends that connect with ECONNREFUSED. A client that did not take
+    /// it (lost on the way, or dropped by its own checks) sends the same SYN
+    /// again, which puts the flow back to unanswered (the ingress' `syn_seen`),
+    /// or has it decided anew if the next flow took the side meanwhile.
     #[inline(always)]
     pub const fn closed_with(&self, back: &NatTarget) -> bool {
         (self.fin != 0 && back.fin != 0) || back.answer == NAT_REFUSED

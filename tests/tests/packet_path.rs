@@ -1283,7 +1283,69 @@ const INGRESS_CASES: &[Case] = &[
             );
             check_rewritten(&s.run.data, &next, Some(FALLBACK4.into()), None)
                 .map_err(|e| format!("the next flow's SYN: {e}"))?;
+            let answer = packets::answer_v4(FALLBACK4, refused, Reply::SynAck, 26_951);
+            let s = egress_run(f, &answer);
+            check_rewritten(&s.run.data, &answer, None, Some(MOVED2_4.into()))
+                .map_err(|e| format!("the next flow's answer: {e}"))?;
             Ok(())
+        },
+    },
+    Case {
+        name: "a refusal the client did not take (its SYN comes again) leaves the flow its side, or has the SYN decided anew if the side was taken",
+        run: |f, xdp| {
+            f.set(f.moved, State::Open);
+            f.set(f.moved2, State::Open);
+            // The refusal is lost on its way: the same SYN again goes to the
+            // fallback, which accepts it this time; the flow lives, and holds
+            // its side against the next.
+            let me = client(port(27, xdp));
+            let syn = packets::syn_v4(me, MOVED4, 27_000);
+            f.run(ingress(xdp), &syn);
+            f.run(
+                program_names::TC_EGRESS,
+                &packets::answer_v4(FALLBACK4, me, Reply::Reset, 27_001),
+            );
+            let s = observe(f, ingress(xdp), &syn);
+            ensure!(
+                s.run.return_value == pass(xdp),
+                "the SYN sent again after a refusal: verdict {}",
+                s.run.return_value
+            );
+            check_rewritten(&s.run.data, &syn, Some(FALLBACK4.into()), None)
+                .map_err(|e| format!("the SYN sent again: {e}"))?;
+            let answer = packets::answer_v4(FALLBACK4, me, Reply::SynAck, 27_001);
+            let s = egress_run(f, &answer);
+            check_rewritten(&s.run.data, &answer, None, Some(MOVED4.into()))
+                .map_err(|e| format!("the accepted flow's answer: {e}"))?;
+            let taking = packets::syn_v4(me, MOVED2_4, 27_100);
+            let s = observe(f, ingress(xdp), &taking);
+            ensure!(
+                s.run.return_value == replied(xdp),
+                "a SYN taking the side of a flow accepted after a lost refusal: verdict {}",
+                s.run.return_value
+            );
+            // The next flow took the side before the SYN came again: that SYN
+            // is decided anew, and reset (its upstream still OPEN, the side
+            // live), and the next flow keeps its answers.
+            let late = client(port(27, xdp) + 1);
+            let syn = packets::syn_v4(late, MOVED4, 27_200);
+            f.run(ingress(xdp), &syn);
+            f.run(
+                program_names::TC_EGRESS,
+                &packets::answer_v4(FALLBACK4, late, Reply::Reset, 27_201),
+            );
+            f.run(ingress(xdp), &packets::syn_v4(late, MOVED2_4, 27_300));
+            let s = observe(f, ingress(xdp), &syn);
+            ensure!(
+                s.run.return_value == replied(xdp),
+                "the refused flow's SYN sent again after its side was taken: verdict {}",
+                s.run.return_value
+            );
+            check_reset(&s.run.data, &syn, false)?;
+            let answer = packets::answer_v4(FALLBACK4, late, Reply::SynAck, 27_301);
+            let s = egress_run(f, &answer);
+            check_rewritten(&s.run.data, &answer, None, Some(MOVED2_4.into()))
+                .map_err(|e| format!("the flow that took the side: {e}"))
         },
     },
 ];

@@ -19,7 +19,7 @@ use super::{
 use crate::{
     breaker::{self, count_extra},
     hops,
-    maps::{PACKET_NAT_BACK, PACKET_NAT_OUT, SETTINGS},
+    maps::{PACKET_FLOWS, PACKET_NAT_BACK, PACKET_NAT_OUT, SETTINGS},
 };
 
 /// One address and one port of a segment changed, with the checksums they are in:
@@ -328,8 +328,8 @@ fn redirect_to(key: &FlowKey, isn: u32, hop: &FallbackHop) -> bool {
 /// Whether the fallback's side `back_key` is held by a live redirected flow other
 /// than the one `back` names: its entry points elsewhere, and that flow's client
 /// side still sends to this fallback, and it has not closed. An entry whose
-/// client side is gone (ended, evicted) or whose flow closed (a FIN both ways)
-/// is no one's.
+/// client side is gone (ended, evicted) or whose flow closed (a FIN both ways,
+/// or refused: `NatTarget::closed_with`) is no one's.
 #[inline(always)]
 fn held_by_other(back_key: &FlowKey, back: &NatTarget) -> bool {
     // SAFETY: the value is copied out at once.
@@ -365,8 +365,8 @@ pub fn forget(key: &FlowKey) {
 
 /// Ends the redirect whose client side is `key`, sent to `to`: its client side
 /// goes, and its fallback's side too unless another flow holds it now (one
-/// that took it over once this flow had closed both ways, whose answers must
-/// keep their rewrite).
+/// that took it over once this flow had closed, whose answers must keep their
+/// rewrite).
 #[inline(always)]
 fn end_redirect(key: &FlowKey, to: &NatTarget) {
     let back_key = FlowKey {
@@ -403,10 +403,47 @@ pub fn syn_seen(key: &FlowKey, isn: u32) -> bool {
         return false;
     };
     if to.isn == isn {
-        // The BACK entry may have just been taken out above only when the
-        // fallback is the upstream itself, which check-config refuses.
-        return true;
+        if resent(key, &to) {
+            return true;
+        }
+        // Its side is another flow's now: this SYN is decided anew (reset,
+        // while that flow lives), never passed on as the retransmission of a
+        // flow tracked under its hop, whose rewrite is gone.
+        // SAFETY: one field is read, at once.
+        if unsafe { PACKET_FLOWS.get(key) }.is_some_and(|f| f.isn == isn) {
+            let _ = PACKET_FLOWS.remove(key);
+        }
     }
     end_redirect(key, &to);
     false
+}
+
+/// The SYN of the redirected flow `key` (sent to `to`) sent again: whatever
+/// answered it did not reach the client, or the client did not take it (a
+/// refusal lost on the way, or dropped by the client's checks), which is in
+/// SYN_SENT still, so the flow's side waits for an answer again. False when
+/// its fallback side is no longer its own (taken by the next flow once this
+/// one was refused, or evicted): the SYN is then decided anew. The BACK entry
+/// may have been taken out by `syn_seen` only when the fallback is the
+/// upstream itself, which check-config refuses.
+#[inline(always)]
+fn resent(key: &FlowKey, to: &NatTarget) -> bool {
+    let back_key = FlowKey {
+        upstream: to.addr,
+        upstream_port: to.port,
+        ..*key
+    };
+    let Some(back) = PACKET_NAT_BACK.get_ptr_mut(back_key) else {
+        return false;
+    };
+    // SAFETY: a map value pointer from the lookup above, read at once.
+    let held = unsafe { *back };
+    if held.addr != key.upstream || held.port != key.upstream_port {
+        return false;
+    }
+    if held.answer != NAT_UNANSWERED {
+        // SAFETY: as above; one byte.
+        unsafe { (*back).answer = NAT_UNANSWERED };
+    }
+    true
 }

@@ -31,6 +31,30 @@ fn attached(lab: &Lab) -> anyhow::Result<()> {
     anyhow::bail!("the daemon did not attach to {VM_LINK}")
 }
 
+/// Waits until no program of ours runs on `vm0`. With the daemon gone and the
+/// pins removed, the kernel lets a link go only once its last reference has,
+/// and the baseline must not meet the programs.
+fn detached(lab: &Lab) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = lab
+            .client
+            .command("bpftool")
+            .args(["net", "show", "dev", VM_LINK])
+            .output()
+            .context("running bpftool (cargo xtask setup installs it)")?;
+        let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && !shown.contains("brk_") {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the packet path stayed on {VM_LINK} after its daemon stopped and its pins went: {shown}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub struct VmFailFast {
     /// connect() of the vm to an upstream whose breaker is OPEN (reset by the
     /// ingress hook), µs.
@@ -71,6 +95,7 @@ pub fn vm_failfast(lab_bin: &Path, plan: &Plan) -> anyhow::Result<VmFailFast> {
         "the vm's connects to an open breaker must be refused"
     );
     lab.stop_daemon()?;
+    detached(&lab)?;
     lab.vm_sysctl("net/ipv4/tcp_syn_retries", "1")?;
     let blackhole = lab.vm_client(&[
         "--to",
@@ -80,6 +105,16 @@ pub fn vm_failfast(lab_bin: &Path, plan: &Plan) -> anyhow::Result<VmFailFast> {
         "--timeout-ms",
         "600000",
     ])?;
+    // Without the programs, a connect into the blackhole waits for the vm
+    // kernel's own timeout: anything else is no baseline.
+    anyhow::ensure!(
+        blackhole.iter().all(|a| a.outcome == "timeout"),
+        "the vm's connects into the blackhole without a breaker must time out, not {:?}",
+        blackhole
+            .iter()
+            .map(|a| a.outcome.as_str())
+            .collect::<Vec<_>>()
+    );
     // The first connects warm caches and the client's page tables.
     let skip = (open.len() / 20).min(100);
     Ok(VmFailFast {
@@ -152,6 +187,7 @@ pub fn throughput(lab_bin: &Path, plan: &Plan) -> anyhow::Result<Throughput> {
                     attached(&lab)?;
                     with.push(iperf(&lab, seconds)?);
                     lab.stop_daemon()?;
+                    detached(&lab)?;
                 } else {
                     without.push(iperf(&lab, seconds)?);
                 }
