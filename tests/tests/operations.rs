@@ -316,6 +316,9 @@ fn reload_keeps_state_adds_and_removes_upstreams_and_refuses_a_bad_config() {
         .unwrap();
     lab.client(&["--to", "10.77.0.2:8080", "--count", "2", "--http"])
         .unwrap();
+    // The blackhole answers nothing: ECONNREFUSED comes only from the hook,
+    // and under half the first SYN's 1 s timeout no SYN can have waited on it
+    // (an emulated guest's first connect after a reload once took 104 ms).
     let fast_fail = |lab: &Lab, when: &str| {
         let a = lab
             .client(&["--to", &dark_addr, "--count", "3", "--timeout-ms", "1500"])
@@ -323,7 +326,7 @@ fn reload_keeps_state_adds_and_removes_upstreams_and_refuses_a_bad_config() {
         check(
             lab,
             a.iter()
-                .all(|a| a.errno == Some(libc::ECONNREFUSED) && a.latency_us < 100_000.0),
+                .all(|a| a.errno == Some(libc::ECONNREFUSED) && a.latency_us < 500_000.0),
             &format!("{when}: the tripped upstream still fails fast: {a:?}"),
         );
     };
