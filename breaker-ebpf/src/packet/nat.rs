@@ -408,7 +408,9 @@ pub fn syn_seen(key: &FlowKey, isn: u32) -> bool {
         }
         // Its side is another flow's now: this SYN is decided anew (reset,
         // while that flow lives), never passed on as the retransmission of a
-        // flow tracked under its hop, whose rewrite is gone.
+        // flow tracked under its hop, whose rewrite is gone. That flow is no
+        // trial, with no HALF_OPEN slot to give back: a hop takes connects
+        // only while its breaker turns none away (`hand_over` tracks them so).
         // SAFETY: one field is read, at once.
         if unsafe { PACKET_FLOWS.get(key) }.is_some_and(|f| f.isn == isn) {
             let _ = PACKET_FLOWS.remove(key);
