@@ -223,6 +223,12 @@ pub const POLICY_PACKET_REDIRECT: u32 = 1 << 8;
 /// `count` names `"slow"`: a slow connect (see `slow_jiffies`) counts toward
 /// opening as a failure would. Opt-in, so a bit that includes.
 pub const POLICY_COUNT_SLOW: u32 = 1 << 9;
+/// `per_endpoint = true` over CIDR or any-port endpoints: each address and port
+/// the upstream matches keeps a breaker of its own, with the upstream's policy,
+/// in the per-destination maps (`DEFAULT_STATES`, `DEFAULT_TRIPPED`) the default
+/// policy uses. The upstream's own word holds only an operator's override, which
+/// then applies to every address.
+pub const POLICY_PER_ADDRESS: u32 = 1 << 10;
 
 /// Most entries of an upstream's ordered fallbacks, after the fallbacks of the
 /// upstreams it names are followed (check-config refuses longer chains).

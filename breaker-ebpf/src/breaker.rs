@@ -9,7 +9,7 @@ use breaker_common::{
     abi::CAUSE_OPEN_EXPIRED,
     abi::{
         duration_bucket, BreakerCell, Counters, DestKey, ExtraCounters, TransitionEvent,
-        UpstreamPolicy, DEFAULT_UPSTREAM_ID, POLICY_DRY_RUN,
+        UpstreamPolicy, DEFAULT_UPSTREAM_ID, POLICY_DRY_RUN, POLICY_PER_ADDRESS,
     },
     fallback::{self, HopUse},
     machine::{
@@ -29,9 +29,10 @@ use crate::{
 /// One breaker, resolved from the maps.
 pub struct Breaker {
     pub upstream: u32,
-    /// Set for default-policy breakers: the destination they guard.
+    /// Set for per-destination breakers (the default policy's, a per-address
+    /// upstream's): the destination they guard.
     pub dest: Option<DestKey>,
-    /// A default-policy breaker kept in `DEFAULT_TRIPPED` (safe from eviction).
+    /// A per-destination breaker kept in `DEFAULT_TRIPPED` (safe from eviction).
     tripped: bool,
     pub policy: &'static UpstreamPolicy,
     word: *mut u64,
@@ -305,27 +306,17 @@ fn daemon_away(now: u32) -> bool {
 }
 
 impl Breaker {
-    /// The breaker of configured upstream `upstream`.
+    /// The per-destination breaker of `dest` under upstream `upstream`'s policy
+    /// (the default policy's, or a `per_endpoint` upstream's over CIDR or
+    /// any-port endpoints); created CLOSED if `create` and absent (only a
+    /// failure creates one).
     #[inline(always)]
-    pub fn configured(upstream: u32) -> Option<Self> {
-        let policy = POLICIES.get(upstream).filter(|p| p.is_configured())?;
-        let word = UPSTREAM_STATES.get_ptr_mut(upstream)?;
-        Some(Breaker {
-            upstream,
-            dest: None,
-            tripped: false,
-            policy,
-            word,
-        })
-    }
-
-    /// The default-policy breaker of `dest`; created CLOSED if `create` and absent
-    /// (only a failure creates one).
-    #[inline(always)]
-    pub fn for_destination(dest: &DestKey, create: bool) -> Option<Self> {
-        let policy = POLICIES
-            .get(DEFAULT_UPSTREAM_ID)
-            .filter(|p| p.is_configured())?;
+    fn for_destination(
+        upstream: u32,
+        policy: &'static UpstreamPolicy,
+        dest: &DestKey,
+        create: bool,
+    ) -> Option<Self> {
         let (cell, tripped) = match DEFAULT_TRIPPED.get_ptr_mut(dest) {
             Some(cell) => (cell, true),
             None => (Self::untripped_cell(dest, create)?, false),
@@ -333,7 +324,7 @@ impl Breaker {
         // SAFETY: `cell` is a live map value; only the field's address is taken.
         let word = unsafe { core::ptr::addr_of_mut!((*cell).word) };
         Some(Breaker {
-            upstream: DEFAULT_UPSTREAM_ID,
+            upstream,
             dest: Some(*dest),
             tripped,
             policy,
@@ -377,15 +368,46 @@ impl Breaker {
         }
     }
 
-    /// The breaker a socket record names: a configured upstream, or the default
-    /// policy's breaker of the record's destination.
+    /// The breaker a socket record names: a configured upstream's, or the
+    /// record's destination's own under the default policy or a per-address
+    /// upstream (`POLICY_PER_ADDRESS`). A per-address upstream under an
+    /// operator's override is judged by its own word, the override's, for every
+    /// address. `create`: make a destination's breaker that is not there yet.
     #[inline(always)]
     pub fn of_record(upstream: u32, dest: &DestKey, create: bool) -> Option<Self> {
-        if upstream == DEFAULT_UPSTREAM_ID {
-            Breaker::for_destination(dest, create)
-        } else {
-            Breaker::configured(upstream)
+        let policy = POLICIES.get(upstream).filter(|p| p.is_configured())?;
+        if Self::per_destination(upstream, policy) {
+            return Self::for_destination(upstream, policy, dest, create);
         }
+        let word = UPSTREAM_STATES.get_ptr_mut(upstream)?;
+        Some(Breaker {
+            upstream,
+            dest: None,
+            tripped: false,
+            policy,
+            word,
+        })
+    }
+
+    /// Whether upstream `upstream`'s connects are judged by a breaker per
+    /// destination, made at a destination's first failure: the default
+    /// policy's, or a per-address upstream's in auto. When [`Breaker::of_record`]
+    /// finds none, such a connect is watched under `upstream` all the same.
+    #[inline(always)]
+    pub fn unfailed(upstream: u32) -> bool {
+        POLICIES
+            .get(upstream)
+            .filter(|p| p.is_configured())
+            .is_some_and(|p| Self::per_destination(upstream, p))
+    }
+
+    #[inline(always)]
+    fn per_destination(upstream: u32, policy: &UpstreamPolicy) -> bool {
+        upstream == DEFAULT_UPSTREAM_ID
+            || (policy.flags & POLICY_PER_ADDRESS != 0
+                && UPSTREAM_STATES
+                    .get(upstream)
+                    .is_none_or(|w| BreakerWord(*w).mode() == Mode::Auto))
     }
 
     /// The word as it is now, for a decision made before [`Breaker::update`]

@@ -75,24 +75,21 @@ fn enforce<const V6_HOOK: bool>(
     settings: &Settings,
     dest: DestKey,
 ) -> Result<Verdict, i32> {
-    let breaker = match destination::upstream(&dest, settings) {
-        Some(id) => Breaker::configured(id),
-        None if settings.default_policy_enabled != 0 => {
-            match Breaker::for_destination(&dest, false) {
-                Some(b) => Some(b),
-                // A destination without failures has no breaker yet: watch it, so
-                // its first failure creates one.
-                None => {
-                    count(DEFAULT_UPSTREAM_ID, |c| c.attempts += 1);
-                    watch(ctx, DEFAULT_UPSTREAM_ID, dest, 0, 0);
-                    return Ok(Verdict::Allow);
-                }
-            }
-        }
-        None => None,
+    let id = match destination::upstream(&dest, settings) {
+        Some(id) => id,
+        None if settings.default_policy_enabled != 0 => DEFAULT_UPSTREAM_ID,
+        None => return Ok(Verdict::Allow),
     };
-    let Some(breaker) = breaker else {
-        return Ok(Verdict::Allow);
+    let breaker = match Breaker::of_record(id, &dest, false) {
+        Some(b) => b,
+        // A destination without failures has no breaker yet: watch it, so
+        // its first failure creates one.
+        None if Breaker::unfailed(id) => {
+            count(id, |c| c.attempts += 1);
+            watch(ctx, id, dest, 0, 0);
+            return Ok(Verdict::Allow);
+        }
+        None => return Ok(Verdict::Allow),
     };
     let admission = breaker.admit();
     if admission == Admission::Ignore {

@@ -32,8 +32,8 @@ use breaker_common::{
     abi::{
         ignore_bit, DestKey, SocketRecord, CAUSE_ABANDONED, CAUSE_FAILURE_RATE,
         CAUSE_FAILURE_REFUSED, CAUSE_FAILURE_SLOW, CAUSE_FAILURE_TIMEOUT,
-        CAUSE_FAILURE_UNREACHABLE, CAUSE_SLOW_RATE, CAUSE_SUCCESS, DEFAULT_UPSTREAM_ID,
-        POLICY_COUNT_SLOW, POLICY_DRY_RUN, POLICY_IGNORE_TIMEOUT,
+        CAUSE_FAILURE_UNREACHABLE, CAUSE_SLOW_RATE, CAUSE_SUCCESS, POLICY_COUNT_SLOW,
+        POLICY_DRY_RUN, POLICY_IGNORE_TIMEOUT,
     },
     machine::{self, BreakerWord, Mode, Outcome, RatedOutcome, State, Step, CAS_RETRIES},
     window,
@@ -398,18 +398,17 @@ pub fn conclude(
     };
     // The word as the outcome found it, read only for an upstream with a window:
     // the CLOSED path of every other upstream pays nothing for it.
-    let (rate, rate_epoch) = if breaker.policy.keeps_window()
-        && upstream != DEFAULT_UPSTREAM_ID
-        && trial_epoch.is_none()
-    {
-        let before = breaker.peek();
-        (
-            rate_window(upstream, before.0, u32::from(!success), u32::from(slow)),
-            before.epoch(),
-        )
-    } else {
-        (0, 0)
-    };
+    // A per-destination breaker keeps none: the window is its upstream's.
+    let (rate, rate_epoch) =
+        if breaker.policy.keeps_window() && breaker.dest.is_none() && trial_epoch.is_none() {
+            let before = breaker.peek();
+            (
+                rate_window(upstream, before.0, u32::from(!success), u32::from(slow)),
+                before.epoch(),
+            )
+        } else {
+            (0, 0)
+        };
     let cause = if rate & RATE_NAMES_TRIP != 0 {
         CAUSE_FAILURE_RATE
     } else if rate & SLOW_NAMES_TRIP != 0 {

@@ -69,11 +69,15 @@ pub async fn deliver(
     }
 }
 
-/// Whether `alert` is about this transition: a configured upstream (not a
-/// default-policy destination, which could flood a receiver), named by the
-/// alert if it names any, going to a state the alert wants if it names any.
+/// Whether `alert` is about this transition: a configured upstream's (one of
+/// its addresses' too, for a per-address upstream; not a default-policy
+/// destination, which could flood a receiver), named by the alert if it names
+/// any, going to a state the alert wants if it names any.
+/// The default policy's name in events (the config reserves it).
+const DEFAULT_NAME: &str = "default";
+
 fn wants(alert: &Alert, event: &EventView) -> bool {
-    event.destination.is_none()
+    (event.destination.is_none() || event.upstream != DEFAULT_NAME)
         && (alert.upstreams.is_empty() || alert.upstreams.contains(&event.upstream))
         && (alert.to.is_empty() || alert.to.iter().any(|s| s.name() == event.to))
 }
@@ -82,7 +86,10 @@ fn body(alert: &Alert, event: &EventView) -> serde_json::Value {
     match alert.format {
         AlertFormat::Json => serde_json::to_value(event).unwrap_or_default(),
         AlertFormat::Slack => serde_json::json!({
-            "text": format!("breaker: upstream {} went {} -> {} ({})", event.upstream, event.from, event.to, event.cause)
+            "text": match &event.destination {
+                Some(d) => format!("breaker: upstream {} address {d} went {} -> {} ({})", event.upstream, event.from, event.to, event.cause),
+                None => format!("breaker: upstream {} went {} -> {} ({})", event.upstream, event.from, event.to, event.cause),
+            }
         }),
     }
 }

@@ -299,7 +299,16 @@ impl Generation {
         // Only this config's programs (attached) and probes (not started yet)
         // change the words from now on: count each service's ejections anew.
         kernel.states().recount_services();
-        metrics.count_destinations_in(kernel.destinations());
+        let upstreams = kernel.upstreams(&config);
+        metrics.count_destinations_in(
+            kernel.destinations(),
+            crate::kernel::destination_owner(&upstreams),
+            upstreams
+                .iter()
+                .filter(|(_, u)| u.per_address)
+                .map(|(id, u)| (*id, u.name.clone()))
+                .collect(),
+        );
         metrics.set_programs(&kernel.program_ids());
         let sizes = config.map_sizes();
         let mut capacities = kernel.map_capacities();
@@ -397,8 +406,14 @@ impl Generation {
             "probe scheduler",
             Some(PROBE_RESTARTS),
             move || {
+                // A per-address upstream's breakers recover by trials: its own
+                // word holds only an operator's override, never a trip to probe.
                 let probe = crate::probe::run(
-                    upstreams.clone(),
+                    upstreams
+                        .iter()
+                        .filter(|(_, u)| !u.per_address)
+                        .cloned()
+                        .collect(),
                     mark,
                     states.clone(),
                     prober_metrics.clone(),

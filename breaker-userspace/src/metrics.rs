@@ -13,7 +13,7 @@ use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncode
 
 // Not `events`: events feed metrics, so the dependency goes one way only.
 use crate::{
-    kernel::{CounterTable, DefaultDestinations},
+    kernel::{CounterTable, DefaultDestinations, DestinationOwner},
     state::StateTable,
 };
 
@@ -41,6 +41,14 @@ impl<C: prometheus::core::Collector> prometheus::core::Collector for SharedColle
 /// service that steers, the service's name: the `to` of its steered connects
 /// (counted at `STEERED_SLOT`).
 type FallbackLabels = (String, Vec<String>, Option<String>);
+
+/// The per-destination breakers, whose each is, and the per-address
+/// upstreams (id, name).
+type Destinations = (
+    Arc<DefaultDestinations>,
+    DestinationOwner,
+    Vec<(u32, String)>,
+);
 
 pub struct Metrics {
     registry: Registry,
@@ -73,9 +81,11 @@ pub struct Metrics {
     /// Kernel counters (extra ones too) as of the last scrape, to turn totals
     /// into increments.
     last: Mutex<HashMap<u32, (Counters, ExtraCounters)>>,
-    /// Default-policy destinations currently not CLOSED, from transition events.
-    /// The default policy's destinations in the kernel, counted at each scrape.
-    destinations: Mutex<Option<Arc<DefaultDestinations>>>,
+    /// The per-destination breakers in the kernel (the default policy's and
+    /// per-address upstreams'), counted at each scrape, and whose each is.
+    destinations: Mutex<Option<Destinations>>,
+    /// Per-address upstreams' breakers by state.
+    addresses: IntGaugeVec,
     cgroup_attached: prometheus::IntGauge,
     reloads: IntCounterVec,
     last_reload: prometheus::Gauge,
@@ -171,6 +181,7 @@ impl Metrics {
             },
             last: Mutex::new(HashMap::new()),
             destinations: Mutex::new(None),
+            addresses: gauge(&registry, "breaker_addresses", "Breakers of a per-address upstream (per_endpoint over a CIDR or any-port endpoint) in the kernel's maps, by state: closed (with failures), open, half_open.", &["upstream", "state"]),
             history: Default::default(),
             links_pinned: std::sync::atomic::AtomicBool::new(true),
             map_entries: gauge(&registry, "breaker_map_entries", "Entries in each kernel map whose fill varies (endpoint maps, default-policy destinations, upstream names).", &["map"]),
@@ -429,27 +440,34 @@ impl Metrics {
         text
     }
 
-    /// The default policy's tripped destinations, most recent first (`status`).
+    /// Breaker `of`'s tripped destinations (the default policy's, or a
+    /// per-address upstream's addresses), most recent first (`status`).
     pub fn tripped_destinations(
         &self,
         limit: usize,
+        of: u32,
     ) -> Vec<(std::net::SocketAddr, breaker_common::machine::BreakerWord)> {
         let destinations = self
             .destinations
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        destinations.map_or_else(Vec::new, |d| d.tripped(limit, crate::state::now_ms()))
+        destinations.map_or_else(Vec::new, |(d, owner, _)| {
+            d.tripped(limit, crate::state::now_ms(), &owner, of)
+        })
     }
 
-    /// The default policy's destinations by state, when it is on.
-    pub fn destination_counts(&self) -> Option<crate::kernel::DestinationCounts> {
+    /// The per-destination breakers by state, by whose they are (the default
+    /// policy's under its id, each per-address upstream's under its own).
+    pub fn destination_counts(
+        &self,
+    ) -> std::collections::BTreeMap<u32, crate::kernel::DestinationCounts> {
         let destinations = self
             .destinations
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        destinations.map(|d| d.counts())
+        destinations.map_or_else(Default::default, |(d, owner, _)| d.counts(&owner))
     }
 
     /// Counts a reload that failed (the running config stays).
@@ -485,10 +503,17 @@ impl Metrics {
             .inc();
     }
 
-    /// Where the default policy's destinations are counted from (at start, and
-    /// again after a reload).
-    pub fn count_destinations_in(&self, destinations: Arc<DefaultDestinations>) {
-        *self.destinations.lock().unwrap_or_else(|e| e.into_inner()) = Some(destinations);
+    /// Where the per-destination breakers are counted from, and whose each is
+    /// (at start, and again after a reload); `per_address`: the per-address
+    /// upstreams, each with its name.
+    pub fn count_destinations_in(
+        &self,
+        destinations: Arc<DefaultDestinations>,
+        owner: DestinationOwner,
+        per_address: Vec<(u32, String)>,
+    ) {
+        *self.destinations.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((destinations, owner, per_address));
     }
 
     /// Whether the programs are attached to the configured cgroup right now.
@@ -655,22 +680,43 @@ impl Metrics {
         drop(names);
         drop(last);
         self.refresh_programs();
-        if let Some(destinations) = destinations {
-            let counts = destinations.counts();
+        if let Some((destinations, owner, per_address)) = destinations {
+            let by = destinations.counts(&owner);
+            let total = |f: fn(&crate::kernel::DestinationCounts) -> u64| {
+                by.values().map(f).sum::<u64>() as i64
+            };
             self.map_entries
                 .with_label_values(&["DEFAULT_STATES"])
-                .set(counts.failing_entries as i64);
+                .set(total(|c| c.failing_entries));
             self.map_entries
                 .with_label_values(&["DEFAULT_TRIPPED"])
-                .set(counts.tripped_entries as i64);
+                .set(total(|c| c.tripped_entries));
+            let default = by
+                .get(&breaker_common::abi::DEFAULT_UPSTREAM_ID)
+                .copied()
+                .unwrap_or_default();
             for (state, n) in [
-                (State::Closed, counts.closed),
-                (State::Open, counts.open),
-                (State::HalfOpen, counts.half_open),
+                (State::Closed, default.closed),
+                (State::Open, default.open),
+                (State::HalfOpen, default.half_open),
             ] {
                 self.default_open
                     .with_label_values(&[state.name()])
                     .set(n as i64);
+            }
+            // Every per-address upstream, those with no breaker yet at 0.
+            self.addresses.reset();
+            for (id, name) in per_address {
+                let c = by.get(&id).copied().unwrap_or_default();
+                for (state, n) in [
+                    (State::Closed, c.closed),
+                    (State::Open, c.open),
+                    (State::HalfOpen, c.half_open),
+                ] {
+                    self.addresses
+                        .with_label_values(&[name.as_str(), state.name()])
+                        .set(n as i64);
+                }
             }
         }
     }

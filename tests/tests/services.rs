@@ -569,3 +569,158 @@ open_duration = "1h"
         ),
     );
 }
+
+/// `per_endpoint = true` over an any-port endpoint (as over a CIDR): every
+/// address and port it matches keeps a breaker of its own, with the
+/// upstream's policy. A dead port trips alone, fails fast while open and
+/// recovers by a trial once it serves again; a live port of the same address
+/// is never touched. An operator's override on the upstream applies to every
+/// address, and a reset gives each its own breaker back.
+#[test]
+fn per_endpoint_over_any_port_trips_each_port_alone() {
+    let Some(mut lab) = lab("per-addr") else {
+        return;
+    };
+    lab.serve("10.77.0.3:9501", "live").unwrap();
+    // Nothing listens on 10.77.0.3:9502 yet: it refuses every connect.
+    lab.start_daemon(
+        r#"
+[[upstream]]
+name = "fleet"
+endpoints = ["10.77.0.3"]
+per_endpoint = true
+failure_threshold = 2
+success_threshold = 1
+open_duration = "10s"
+"#,
+    )
+    .unwrap();
+    let outcomes_of = |lab: &Lab, args: &[&str]| -> Vec<String> {
+        outcomes(&lab.client(args).unwrap())
+            .into_iter()
+            .map(String::from)
+            .collect()
+    };
+    let metric = |lab: &Lab, name: &str, labels: &[(&str, &str)]| lab.metric(name, labels).unwrap();
+    // Long enough for every check while open, on an emulated guest too.
+    let open_duration = Duration::from_secs(10);
+    let got = outcomes_of(&lab, &["--to", "10.77.0.3:9502", "--count", "5"]);
+    let tripped = std::time::Instant::now();
+    check(
+        &lab,
+        got.iter().all(|o| *o == "refused"),
+        &format!("the dead port refuses, then is refused fast: {got:?}"),
+    );
+    let rejected = metric(
+        &lab,
+        "breaker_connects_rejected_total",
+        &[("upstream", "fleet")],
+    );
+    check(
+        &lab,
+        rejected == 3.0,
+        &format!("after its own 2 failures, 3 connects failed fast: {rejected}"),
+    );
+    let live = bodies(
+        &lab.client(&["--to", "10.77.0.3:9501", "--count", "4", "--http"])
+            .unwrap(),
+    );
+    check(
+        &lab,
+        live == ["live"; 4],
+        &format!("the live port of the same address is untouched: {live:?}"),
+    );
+    check(
+        &lab,
+        metric(
+            &lab,
+            "breaker_addresses",
+            &[("upstream", "fleet"), ("state", "open")],
+        ) == 1.0
+            && metric(
+                &lab,
+                "breaker_state",
+                &[("upstream", "fleet"), ("state", "closed")],
+            ) == 1.0,
+        "one address open; the upstream's own word (its override's) stays closed",
+    );
+    let status = |lab: &Lab| {
+        let out = lab.cli(&["status"]).unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let shown = status(&lab);
+    check(
+        &lab,
+        shown.contains("upstream fleet per address: 1 open, 0 half_open")
+            && shown.contains("  10.77.0.3:9502  open for"),
+        &shown,
+    );
+    check(
+        &lab,
+        lab.daemon_log().contains("10.77.0.3:9502"),
+        "the address's transition is logged at info, with its address",
+    );
+    // The override on the upstream holds every address, the live one too.
+    let cli = |lab: &Lab, args: &[&str]| {
+        let out = lab.cli(args).unwrap();
+        check(
+            lab,
+            out.status.success(),
+            &format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr)),
+        );
+    };
+    cli(&lab, &["force-open", "fleet"]);
+    let forced = outcomes_of(&lab, &["--to", "10.77.0.3:9501", "--count", "2"]);
+    check(
+        &lab,
+        forced == ["refused", "refused"],
+        &format!("force-open fails the live port fast: {forced:?}"),
+    );
+    cli(&lab, &["reset", "fleet"]);
+    let back = bodies(
+        &lab.client(&["--to", "10.77.0.3:9501", "--count", "2", "--http"])
+            .unwrap(),
+    );
+    check(&lab, back == ["live"; 2], &format!("after reset: {back:?}"));
+    let still = outcomes_of(&lab, &["--to", "10.77.0.3:9502", "--count", "1"]);
+    let rejected_now = metric(
+        &lab,
+        "breaker_connects_rejected_total",
+        &[("upstream", "fleet")],
+    );
+    check(
+        &lab,
+        still == ["refused"] && rejected_now == rejected + 2.0 + 1.0,
+        &format!(
+            "the dead port's own breaker outlived the override: {still:?}, rejected {rejected_now}"
+        ),
+    );
+    // It serves again: after open_duration a trial goes, and closes it.
+    check(
+        &lab,
+        tripped.elapsed() < open_duration,
+        "the checks while open ran within open_duration",
+    );
+    lab.serve("10.77.0.3:9502", "back").unwrap();
+    std::thread::sleep(
+        (open_duration + Duration::from_millis(300)).saturating_sub(tripped.elapsed()),
+    );
+    let recovered = bodies(
+        &lab.client(&["--to", "10.77.0.3:9502", "--count", "3", "--http"])
+            .unwrap(),
+    );
+    check(
+        &lab,
+        recovered == ["back"; 3],
+        &format!("a trial closed the port's breaker: {recovered:?}"),
+    );
+    check(
+        &lab,
+        metric(
+            &lab,
+            "breaker_addresses",
+            &[("upstream", "fleet"), ("state", "open")],
+        ) == 0.0,
+        "no address open",
+    );
+}

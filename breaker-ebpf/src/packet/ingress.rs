@@ -327,23 +327,20 @@ fn decide(key: &FlowKey, isn: u32) -> u32 {
 #[inline(always)]
 fn admit(key: &FlowKey, dest: &DestKey, isn: u32, settings: &Settings) -> u32 {
     let dest = *dest;
-    let breaker = match destination::upstream(&dest, settings) {
-        Some(id) => Breaker::configured(id),
-        None if settings.default_policy_enabled != 0 => {
-            match Breaker::for_destination(&dest, false) {
-                Some(b) => Some(b),
-                // No failure yet: watch it, so its first failure makes a breaker.
-                None => {
-                    breaker::count(DEFAULT_UPSTREAM_ID, |c| c.attempts += 1);
-                    track(key, DEFAULT_UPSTREAM_ID, dest, isn, 0, 0);
-                    return DECIDED_PASS;
-                }
-            }
-        }
-        None => None,
+    let id = match destination::upstream(&dest, settings) {
+        Some(id) => id,
+        None if settings.default_policy_enabled != 0 => DEFAULT_UPSTREAM_ID,
+        None => return DECIDED_PASS,
     };
-    let Some(breaker) = breaker else {
-        return DECIDED_PASS;
+    let breaker = match Breaker::of_record(id, &dest, false) {
+        Some(b) => b,
+        // No failure yet: watch it, so its first failure makes a breaker.
+        None if Breaker::unfailed(id) => {
+            breaker::count(id, |c| c.attempts += 1);
+            track(key, id, dest, isn, 0, 0);
+            return DECIDED_PASS;
+        }
+        None => return DECIDED_PASS,
     };
     let admission = breaker.admit();
     if admission == Admission::Ignore {

@@ -56,6 +56,21 @@ impl Endpoint {
     }
 }
 
+/// Which of `endpoints` (each with its owner `T`) takes `addr` (v4-mapped
+/// already as IPv4), as the kernel decides it: a single address with a port
+/// first, then the longest prefix with `addr`'s port, then the longest with any
+/// port. `None`: no endpoint covers it.
+pub fn owner_of<'a, T: Copy>(
+    endpoints: impl IntoIterator<Item = (T, &'a Endpoint)>,
+    addr: SocketAddr,
+) -> Option<T> {
+    endpoints
+        .into_iter()
+        .filter(|(_, e)| e.matches(addr))
+        .max_by_key(|(_, e)| (e.port.is_some(), e.net.prefix_len()))
+        .map(|(owner, _)| owner)
+}
+
 fn parse_port(text: &str) -> Result<Option<u16>, EndpointParseError> {
     if text == "*" {
         return Ok(None);
@@ -168,6 +183,41 @@ impl fmt::Display for Endpoint {
         match self.net {
             IpNet::V4(_) => write!(f, "{net}:{port}"),
             IpNet::V6(_) => write!(f, "[{net}]:{port}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel's order: an address with its port, then the longest prefix
+    /// with the port, then the longest with any port (`destination.rs`).
+    #[test]
+    fn owner_of_resolves_as_the_kernel_does() {
+        let eps: Vec<(&str, Endpoint)> = [
+            ("wide-port", "10.0.0.0/8:80"),
+            ("narrow-any", "10.0.5.0/24"),
+            ("narrower-any", "10.0.5.0/28:*"),
+            ("exact", "10.0.5.7:80"),
+            ("v6", "[fd00::/64]:443"),
+        ]
+        .into_iter()
+        .map(|(o, e)| (o, e.parse().unwrap()))
+        .collect();
+        let owner = |a: &str| owner_of(eps.iter().map(|(o, e)| (*o, e)), a.parse().unwrap());
+        for (addr, want) in [
+            ("10.0.5.7:80", Some("exact")),
+            // A port beats a longer prefix of any port, as the kernel's
+            // port-keyed lookup comes first.
+            ("10.0.5.8:80", Some("wide-port")),
+            ("10.0.5.8:81", Some("narrower-any")),
+            ("10.0.5.200:81", Some("narrow-any")),
+            ("10.1.0.1:81", None),
+            ("[fd00::1]:443", Some("v6")),
+            ("[fd00::1]:80", None),
+        ] {
+            assert_eq!(owner(addr), want, "{addr}");
         }
     }
 }

@@ -244,6 +244,16 @@ impl Check<'_> {
                 format!("{name:?} is neither an upstream's name nor an address:port"),
             );
         };
+        if upstreams[k].per_address {
+            return self.fail(
+                field,
+                format!(
+                    "upstream {name:?} keeps a breaker per address (per_endpoint over a CIDR \
+                     or any-port endpoint): no one breaker says whether it takes connects; \
+                     give another upstream or an address outside its endpoints"
+                ),
+            );
+        }
         if hop_of(&upstreams[k]).addresses().next().is_none() {
             return self.fail(
                 field,

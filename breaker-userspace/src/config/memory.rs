@@ -125,10 +125,15 @@ impl Config {
             exact: exact.max(1),
             v4: v4.max(1),
             v6: v6.max(1),
-            destinations: self
-                .default_policy
-                .as_ref()
-                .map_or(1, |d| d.max_destinations),
+            // Per-address upstreams keep their breakers there too: as many as
+            // the default policy has room for, or its default size without it.
+            destinations: match &self.default_policy {
+                Some(d) => d.max_destinations,
+                None if self.upstreams.iter().any(|u| u.per_address) => {
+                    super::defaults::DEFAULT_POLICY_MAX_DESTINATIONS
+                }
+                None => 1,
+            },
             flows: if self.interfaces.is_empty() {
                 1
             } else {

@@ -22,7 +22,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 pub use count::CountSet;
-pub use endpoint::{unmap_v4_addr, Endpoint, EndpointParseError};
+pub use endpoint::{owner_of, unmap_v4_addr, Endpoint, EndpointParseError};
 pub use fallback::Fallback;
 pub use interface::{Hook, Interface, PacketAction};
 pub use memory::{possible_cpus, MapSizes, PACKET_FLOW_SLOTS};
@@ -214,6 +214,9 @@ pub struct Upstream {
     /// Set for one endpoint of a `per_endpoint = true` upstream (a service):
     /// this breaker guards that endpoint alone, named `service/address`.
     pub service: Option<Service>,
+    /// `per_endpoint = true` over CIDR or any-port endpoints: each address and
+    /// port it matches keeps a breaker of its own (see `service.rs`).
+    pub per_address: bool,
     /// Where it was written, for errors found once every upstream is known:
     /// `upstream[i] ("name")` (a service's name for each of its endpoints).
     pub written_at: String,
@@ -912,13 +915,45 @@ impl Check<'_> {
         let at = format!("upstream[{i}] ({:?})", up.name);
         self.upstream_name(i, &at, &up.name, seen)?;
         let endpoints = self.endpoints(&at, &up, seen)?;
-        let service = self.service(&at, &up, &endpoints)?;
+        let per_address = self.per_address(&at, &up, &endpoints)?;
+        let service = if per_address {
+            None
+        } else {
+            self.service(&at, &up, &endpoints)?
+        };
         let fallbacks = self.fallback_targets(&at, up.fallback, up.fallbacks, &endpoints)?;
+        let base = if per_address {
+            // Each address keeps no window: [defaults]' rates are not its.
+            RawPolicy {
+                failure_rate_threshold: None,
+                slow_rate_threshold: None,
+                minimum_connects: None,
+                window: None,
+                ..base
+            }
+        } else {
+            base
+        };
         let policy = self.policy(
             &format!("{at}."),
             raw_policy_of!(up).over(base),
-            defaults::UPSTREAM_HALF_OPEN_MAX_CONNECTIONS,
+            if per_address {
+                // Recovered by trials, as the default policy's destinations.
+                defaults::DEFAULT_POLICY_HALF_OPEN_MAX_CONNECTIONS
+            } else {
+                defaults::UPSTREAM_HALF_OPEN_MAX_CONNECTIONS
+            },
         )?;
+        if per_address && policy.half_open_max_connections == 0 {
+            let mut reason = format!(
+                "per_endpoint over CIDR or any-port endpoints has no probe: trial connects are \
+                 each address's only way to recover; must be 1..={MAX_IN_FLIGHT}"
+            );
+            if up.half_open_max_connections.is_none() {
+                reason.push_str(" (the 0 comes from [defaults]; set it here)");
+            }
+            return self.fail(format!("{at}.half_open_max_connections"), reason);
+        }
         if policy.window().is_none() {
             for (key, set) in [
                 ("minimum_connects", up.minimum_connects.is_some()),
@@ -932,7 +967,11 @@ impl Check<'_> {
                 }
             }
         }
-        let probe = self.probe(&at, up.probe.clone(), &endpoints)?;
+        let probe = if per_address {
+            self.address_probe(&endpoints)
+        } else {
+            self.probe(&at, up.probe.clone(), &endpoints)?
+        };
         let dry_run = match up.mode.as_deref() {
             None | Some("enforce") => false,
             Some("dry_run") => true,
@@ -959,6 +998,7 @@ impl Check<'_> {
             dry_run,
             packet_action,
             service: None,
+            per_address,
             written_at: at.clone(),
         };
         match service {
@@ -1345,6 +1385,17 @@ impl Config {
             if let Some(service) = &up.service {
                 let _ = writeln!(out, "  service:   {}", service.describe());
             }
+            if up.per_address {
+                let room = self.map_sizes().destinations;
+                let _ = writeln!(
+                    out,
+                    "  per address: each address and port it matches keeps a breaker of its \
+                     own (per_endpoint over a CIDR or any-port endpoint), up to {room} \
+                     destinations shared with the default policy; while one is open, connects \
+                     to that address alone go to the fallbacks or fail fast (no steering and \
+                     no ejection cap: the addresses are not known in advance)"
+                );
+            }
             if !up.fallbacks.is_empty() {
                 let fb: Vec<String> = up.fallbacks.iter().map(Fallback::describe).collect();
                 let _ = writeln!(
@@ -1357,6 +1408,10 @@ impl Config {
             }
             let _ = writeln!(out, "  {}", describe_policy(&up.policy));
             let how = match &up.probe.http_path {
+                _ if up.per_address => format!(
+                    "none: each address recovers by trial connects (up to {} at once)",
+                    up.policy.half_open_max_connections
+                ),
                 Some(path) => format!("HTTP GET http://{}{path} answers 2xx", up.probe.address),
                 None => format!("TCP connect to {}", up.probe.address),
             };

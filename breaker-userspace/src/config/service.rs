@@ -13,7 +13,7 @@ use breaker_common::abi::{MAX_SERVICE_ENDPOINTS, UPSTREAM_NAME_MAX};
 
 use super::{
     fallback::{hop_of, Written},
-    Check, Config, ConfigError, Endpoint, Fallback, RawProbe, RawUpstream, Upstream,
+    Check, Config, ConfigError, Endpoint, Fallback, Probe, RawProbe, RawUpstream, Upstream,
 };
 
 /// `max_ejected_percent` when unset: every endpoint may be ejected, so a service
@@ -93,6 +93,84 @@ impl Service {
 }
 
 impl Check<'_> {
+    /// Whether the upstream keeps a breaker per address and port it matches:
+    /// `per_endpoint = true` with a CIDR or any-port endpoint, whose addresses
+    /// are not known in advance. Each such breaker lives in the kernel's
+    /// per-destination maps (shared with the default policy, bounded by
+    /// `max_destinations`) with the upstream's policy, and recovers by trial
+    /// connects. With the addresses unknown there is nothing to steer to and
+    /// no count for a cap, and no probe: the keys for those are refused.
+    pub(super) fn per_address(
+        &self,
+        at: &str,
+        up: &RawUpstream,
+        endpoints: &[Endpoint],
+    ) -> Result<bool, ConfigError> {
+        if !up.per_endpoint || endpoints.iter().all(|e| e.single_address().is_some()) {
+            return Ok(false);
+        }
+        let why = "per_endpoint = true over a CIDR or any-port endpoint keeps a breaker per \
+                   address, and those addresses are not known in advance:";
+        for (key, set, what) in [
+            (
+                "max_ejected_percent",
+                up.max_ejected_percent.is_some(),
+                "no ejection cap can count them (list each address to have one)",
+            ),
+            (
+                "min_healthy_percent",
+                up.min_healthy_percent.is_some(),
+                "no ejection cap can count them (list each address to have one)",
+            ),
+            (
+                "failure_rate_threshold",
+                up.failure_rate_threshold.is_some(),
+                "each keeps no window; use failure_threshold",
+            ),
+            (
+                "slow_rate_threshold",
+                up.slow_rate_threshold.is_some(),
+                "each keeps no window; use failure_threshold with \"slow\" in count",
+            ),
+            (
+                "minimum_connects",
+                up.minimum_connects.is_some(),
+                "each keeps no window",
+            ),
+            ("window", up.window.is_some(), "each keeps no window"),
+            (
+                "probe",
+                up.probe.is_some(),
+                "the daemon does not probe them; each recovers by trial connects \
+                 (half_open_max_connections)",
+            ),
+        ] {
+            if set {
+                return self.fail(format!("{at}.{key}"), format!("{why} {what}"));
+            }
+        }
+        Ok(true)
+    }
+
+    /// A per-address upstream's `probe`: never run (the daemon does not probe
+    /// it), kept for the shape of [`Upstream`]: its first single address, else
+    /// its first endpoint's network address and port (0 for any port).
+    pub(super) fn address_probe(&self, endpoints: &[Endpoint]) -> Probe {
+        let address = endpoints
+            .iter()
+            .find_map(Endpoint::single_address)
+            .or_else(|| {
+                endpoints
+                    .first()
+                    .map(|e| SocketAddr::new(e.net.network(), e.port.unwrap_or(0)))
+            })
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        Probe {
+            address,
+            http_path: None,
+        }
+    }
+
     /// The service an upstream is, when `per_endpoint` is set; its keys checked.
     pub(super) fn service(
         &self,

@@ -172,17 +172,42 @@ fn a_service_steers_among_up_to_64_endpoints_and_keeps_three_fallbacks() {
 #[test]
 fn bad_service_keys_name_what_is_wrong() {
     let cases = [
+        // Over a CIDR or any-port endpoint: a breaker per address, with no
+        // cap, window or probe.
         (
             r#"endpoints = ["10.0.0.0/24:80"]
-per_endpoint = true"#,
-            "upstream[0] (\"s\").endpoints[0]",
-            "not a single address with a port",
+per_endpoint = true
+max_ejected_percent = 50"#,
+            "upstream[0] (\"s\").max_ejected_percent",
+            "not known in advance: no ejection cap",
         ),
         (
             r#"endpoints = ["10.0.0.1:*", "10.0.0.2:80"]
-per_endpoint = true"#,
-            "upstream[0] (\"s\").endpoints[0]",
-            "list each one",
+per_endpoint = true
+min_healthy_percent = 50"#,
+            "upstream[0] (\"s\").min_healthy_percent",
+            "no ejection cap",
+        ),
+        (
+            r#"endpoints = ["10.0.0.0/24:80"]
+per_endpoint = true
+failure_rate_threshold = 50"#,
+            "upstream[0] (\"s\").failure_rate_threshold",
+            "each keeps no window",
+        ),
+        (
+            r#"endpoints = ["10.0.0.0/24:80"]
+per_endpoint = true
+probe = { address = "10.0.0.1:80" }"#,
+            "upstream[0] (\"s\").probe",
+            "each recovers by trial connects",
+        ),
+        (
+            r#"endpoints = ["10.0.0.0/24:80"]
+per_endpoint = true
+half_open_max_connections = 0"#,
+            "upstream[0] (\"s\").half_open_max_connections",
+            "only way to recover",
         ),
         (
             r#"endpoints = ["10.0.0.1:80"]
@@ -304,4 +329,78 @@ packet_action = "redirect"
     ));
     // The second [[upstream]], though it is the fourth breaker.
     assert_eq!(field, "upstream[1] (\"b\").packet_action", "{reason}");
+}
+
+/// `per_endpoint = true` over CIDR and any-port endpoints: one upstream whose
+/// every matched address keeps a breaker of its own, in the kernel's
+/// per-destination maps (sized even without a default policy).
+#[test]
+fn per_endpoint_over_a_cidr_keeps_a_breaker_per_address() {
+    let config = parse(
+        r#"
+[defaults]
+failure_rate_threshold = 50
+
+[[upstream]]
+name = "fleet"
+endpoints = ["10.0.5.0/24:5432", "10.0.6.1", "10.0.7.1:80"]
+per_endpoint = true
+failure_threshold = 3
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        config.upstreams.len(),
+        1,
+        "one upstream, not one per endpoint"
+    );
+    let up = &config.upstreams[0];
+    assert!(up.per_address && up.service.is_none());
+    // [defaults]' rate is not an address's: it keeps no window.
+    assert!(up.policy.rate.is_none(), "{:?}", up.policy.rate);
+    assert_eq!(up.policy.failure_threshold, 3);
+    assert_eq!(
+        config.map_sizes().destinations,
+        defaults::DEFAULT_POLICY_MAX_DESTINATIONS
+    );
+    let text = config.describe();
+    assert!(
+        text.contains("per address: each address and port it matches"),
+        "{text}"
+    );
+    assert!(
+        text.contains("probe:     none: each address recovers by trial connects"),
+        "{text}"
+    );
+    // Listing each address keeps today's per-endpoint service.
+    let listed = parse(
+        "[[upstream]]\nname = \"s\"\nendpoints = [\"10.0.0.1:80\", \"10.0.0.2:80\"]\nper_endpoint = true\n",
+    )
+    .unwrap();
+    assert!(listed
+        .upstreams
+        .iter()
+        .all(|u| !u.per_address && u.service.is_some()));
+    // Without per_endpoint, a CIDR is one breaker.
+    let one = parse("[[upstream]]\nname = \"s\"\nendpoints = [\"10.0.0.0/24:80\"]\nprobe = { address = \"10.0.0.1:80\" }\n").unwrap();
+    assert!(!one.upstreams[0].per_address);
+}
+
+#[test]
+fn a_per_address_upstream_is_no_fallback() {
+    let (field, reason) = invalid_field(
+        r#"
+[[upstream]]
+name = "fleet"
+endpoints = ["10.0.5.0/24:5432", "10.0.6.1:5432"]
+per_endpoint = true
+
+[[upstream]]
+name = "api"
+endpoints = ["10.0.0.1:80"]
+fallbacks = ["fleet"]
+"#,
+    );
+    assert_eq!(field, "upstream[1] (\"api\").fallbacks[0]");
+    assert!(reason.contains("keeps a breaker per address"), "{reason}");
 }

@@ -157,8 +157,13 @@ impl View<'_> {
             None => self.upstreams.iter().collect(),
         };
         let services = self.services(&chosen);
+        let per_address_ids: std::collections::HashMap<&str, u32> = chosen
+            .iter()
+            .filter(|(_, u)| u.per_address)
+            .map(|(id, u)| (u.name.as_str(), *id))
+            .collect();
         let now = Instant::now();
-        let upstreams = chosen
+        let upstreams: Vec<UpstreamStatus> = chosen
             .into_iter()
             .filter_map(|(id, up)| {
                 let word = self.states.load(*id)?;
@@ -235,29 +240,42 @@ impl View<'_> {
                     total: Some(history::totals(&counters)),
                     next_probe_ms,
                     detail,
+                    addresses: None,
                 })
             })
             .collect();
-        let counts = self
-            .default_policy
-            .then(|| self.metrics.destination_counts())
-            .flatten();
+        let by_owner = self.metrics.destination_counts();
         let now = now_ms();
-        let default_policy = counts.map(|c| DestinationCounts {
-            closed: c.closed,
-            open: c.open,
-            half_open: c.half_open,
-            tripped: self
-                .metrics
-                .tripped_destinations(TRIPPED_SHOWN)
-                .into_iter()
-                .map(|(dest, w)| TrippedDestination {
-                    destination: dest.to_string(),
-                    state: w.state().name().to_string(),
-                    since_ms: u64::from(w.phase_ms(now)),
-                })
-                .collect(),
-        });
+        let counts_of = |id: u32| {
+            let c = by_owner.get(&id).copied().unwrap_or_default();
+            DestinationCounts {
+                closed: c.closed,
+                open: c.open,
+                half_open: c.half_open,
+                tripped: self
+                    .metrics
+                    .tripped_destinations(TRIPPED_SHOWN, id)
+                    .into_iter()
+                    .map(|(dest, w)| TrippedDestination {
+                        destination: dest.to_string(),
+                        state: w.state().name().to_string(),
+                        since_ms: u64::from(w.phase_ms(now)),
+                    })
+                    .collect(),
+            }
+        };
+        let default_policy = self
+            .default_policy
+            .then(|| counts_of(breaker_common::abi::DEFAULT_UPSTREAM_ID));
+        let upstreams = upstreams
+            .into_iter()
+            .map(|mut u| {
+                if let Some(id) = per_address_ids.get(u.name.as_str()) {
+                    u.addresses = Some(counts_of(*id));
+                }
+                u
+            })
+            .collect();
         Response {
             ok: true,
             status: Some(Status {
@@ -375,6 +393,21 @@ pub fn render_status(status: &Status) -> String {
             "service {}: {}, {} of {} endpoints ejected (at most {} at once)\n",
             s.name, s.state, s.ejected, s.endpoints, s.max_ejected
         ));
+    }
+    for u in &status.upstreams {
+        let Some(a) = &u.addresses else { continue };
+        out.push_str(&format!(
+            "upstream {} per address: {} open, {} half_open, {} closed with failures\n",
+            u.name, a.open, a.half_open, a.closed
+        ));
+        for t in &a.tripped {
+            out.push_str(&format!(
+                "  {}  {} for {}\n",
+                t.destination,
+                t.state,
+                ms(Some(t.since_ms))
+            ));
+        }
     }
     if let Some(d) = &status.default_policy {
         out.push_str(&format!(

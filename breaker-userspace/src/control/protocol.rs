@@ -95,6 +95,11 @@ pub struct ServiceStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpstreamStatus {
     pub name: String,
+    /// A per-address upstream's breakers (`per_endpoint` over a CIDR or
+    /// any-port endpoint), one per address and port, by state; its own
+    /// `state` is then its override's word, CLOSED in auto.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<DestinationCounts>,
     /// `closed`, `open` or `half_open`.
     pub state: String,
     /// `auto`, `force_open`, `force_closed` or `disabled`.

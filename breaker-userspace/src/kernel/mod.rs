@@ -143,16 +143,49 @@ pub struct DefaultDestinations {
     tripped: HashMap<MapData, DestKey, BreakerCell>,
 }
 
+/// The breaker a per-destination cell belongs to: a per-address upstream's id
+/// (`per_endpoint` over CIDR or any-port endpoints), else the default policy's
+/// ([`DEFAULT_UPSTREAM_ID`]). Both keep their breakers in the same maps, keyed
+/// by destination alone: the config says whose each is.
+pub type DestinationOwner = Arc<dyn Fn(std::net::SocketAddr) -> u32 + Send + Sync>;
+
+/// [`DestinationOwner`] of `upstreams` (ids beside them), as the kernel
+/// resolves a destination.
+pub fn destination_owner(upstreams: &[(u32, Upstream)]) -> DestinationOwner {
+    let endpoints: Vec<(u32, crate::config::Endpoint)> = upstreams
+        .iter()
+        .flat_map(|(id, u)| {
+            let owner = if u.per_address {
+                *id
+            } else {
+                DEFAULT_UPSTREAM_ID
+            };
+            u.endpoints.iter().map(move |e| (owner, *e))
+        })
+        .collect();
+    Arc::new(move |addr| {
+        crate::config::owner_of(endpoints.iter().map(|(id, e)| (*id, e)), addr)
+            .unwrap_or(DEFAULT_UPSTREAM_ID)
+    })
+}
+
 impl DefaultDestinations {
-    /// Up to `limit` tripped (OPEN or HALF_OPEN) destinations, the most recently
-    /// changed first, with their words.
-    pub fn tripped(&self, limit: usize, now_ms: u32) -> Vec<(std::net::SocketAddr, BreakerWord)> {
+    /// Up to `limit` tripped (OPEN or HALF_OPEN) destinations of breaker `of`
+    /// (see [`DestinationOwner`]), the most recently changed first, with their
+    /// words.
+    pub fn tripped(
+        &self,
+        limit: usize,
+        now_ms: u32,
+        owner: &DestinationOwner,
+        of: u32,
+    ) -> Vec<(std::net::SocketAddr, BreakerWord)> {
         let mut all: Vec<(std::net::SocketAddr, BreakerWord)> = self
             .tripped
             .iter()
             .filter_map(Result::ok)
             .map(|(key, cell)| (key.to_socket_addr(), BreakerWord(cell.word)))
-            .filter(|(_, w)| w.state() != State::Closed)
+            .filter(|(addr, w)| w.state() != State::Closed && owner(*addr) == of)
             .collect();
         all.sort_by_key(|(_, w)| w.phase_ms(now_ms));
         all.truncate(limit);
@@ -160,7 +193,8 @@ impl DefaultDestinations {
     }
 }
 
-/// How many default-policy destinations are in each state.
+/// How many per-destination breakers (of the default policy, or of one
+/// per-address upstream) are in each state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DestinationCounts {
     /// Destinations with failures and a CLOSED breaker.
@@ -173,16 +207,20 @@ pub struct DestinationCounts {
 }
 
 impl DefaultDestinations {
-    /// Counts the map's entries by state: one pass over at most `max_destinations`
-    /// entries.
-    pub fn counts(&self) -> DestinationCounts {
-        let mut counts = DestinationCounts::default();
+    /// Counts the maps' entries by state and by whose breaker each is (see
+    /// [`DestinationOwner`]): one pass over at most `max_destinations` entries.
+    pub fn counts(
+        &self,
+        owner: &DestinationOwner,
+    ) -> std::collections::BTreeMap<u32, DestinationCounts> {
+        let mut by = std::collections::BTreeMap::<u32, DestinationCounts>::new();
         for (tripped, map) in [(false, &self.failing), (true, &self.tripped)] {
             for entry in map.iter() {
-                let Ok((_, cell)) = entry else {
+                let Ok((key, cell)) = entry else {
                     // An entry evicted during the walk.
                     continue;
                 };
+                let counts = by.entry(owner(key.to_socket_addr())).or_default();
                 match BreakerWord(cell.word).state() {
                     State::Closed => counts.closed += 1,
                     State::Open => counts.open += 1,
@@ -195,7 +233,7 @@ impl DefaultDestinations {
                 }
             }
         }
-        counts
+        by
     }
 }
 
@@ -802,17 +840,20 @@ fn write_config(
         policies
             .set(
                 upstream_id(i),
-                packet_action(
-                    dry_run(
-                        service_abi(
-                            fallbacks_abi(policy_abi(&up.policy, hz), &up.fallbacks, id_of),
-                            up.service.as_ref(),
-                            id_of,
-                            row_of,
+                per_address(
+                    packet_action(
+                        dry_run(
+                            service_abi(
+                                fallbacks_abi(policy_abi(&up.policy, hz), &up.fallbacks, id_of),
+                                up.service.as_ref(),
+                                id_of,
+                                row_of,
+                            ),
+                            up.dry_run || config.daemon.dry_run,
                         ),
-                        up.dry_run || config.daemon.dry_run,
+                        up.packet_action,
                     ),
-                    up.packet_action,
+                    up.per_address,
                 ),
                 0,
             )
@@ -1246,8 +1287,6 @@ fn duration_jiffies(timeout: std::time::Duration, hz: u32) -> u32 {
         .clamp(1, u32::MAX as u128) as u32
 }
 
-/// `policy`, in dry run when `on`: nothing that changes traffic, so not the
-/// shorter SYN RTO of `connect_timeout` either (outcomes come on the kernel's).
 /// The packet path's answer to a rejected SYN, in the policy's flags.
 fn packet_action(
     mut policy: UpstreamPolicy,
@@ -1264,6 +1303,17 @@ fn packet_action(
     policy
 }
 
+/// `policy`, keeping a breaker per address and port it matches when `on`
+/// (`Upstream::per_address`).
+fn per_address(mut policy: UpstreamPolicy, on: bool) -> UpstreamPolicy {
+    if on {
+        policy.flags |= breaker_common::abi::POLICY_PER_ADDRESS;
+    }
+    policy
+}
+
+/// `policy`, in dry run when `on`: nothing that changes traffic, so not the
+/// shorter SYN RTO of `connect_timeout` either (outcomes come on the kernel's).
 fn dry_run(mut policy: UpstreamPolicy, on: bool) -> UpstreamPolicy {
     if on {
         policy.flags |= POLICY_DRY_RUN;

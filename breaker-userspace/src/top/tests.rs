@@ -16,6 +16,7 @@ use crate::control::protocol::{
 fn upstream(name: &str, state: &str, connects: u64, failures: u64) -> UpstreamStatus {
     UpstreamStatus {
         name: name.into(),
+        addresses: None,
         state: state.into(),
         mode: "auto".into(),
         dry_run: false,
