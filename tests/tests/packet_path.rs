@@ -94,6 +94,13 @@ probe = { address = "127.0.0.1:9" }
 packet_action = "redirect"
 open_duration = "10m"
 
+[[upstream]]
+name = "fleet"
+endpoints = ["10.7.8.0/24:80"]
+per_endpoint = true
+failure_threshold = 1
+open_duration = "10m"
+
 [[interface]]
 name = "brk-none0"
 "#;
@@ -114,6 +121,8 @@ struct Fixture {
     unreach: u32,
     moved: u32,
     moved2: u32,
+    /// Per-address (`per_endpoint` over 10.7.8.0/24:80).
+    fleet: u32,
 }
 
 impl Fixture {
@@ -1348,6 +1357,46 @@ const INGRESS_CASES: &[Case] = &[
                 .map_err(|e| format!("the flow that took the side: {e}"))
         },
     },
+    Case {
+        name: "a per-address upstream's address trips alone on its packets' outcomes; another address of its CIDR passes",
+        run: |f, xdp| {
+            // Each program its own addresses: their breakers outlive the case.
+            let at = |host: u8| SocketAddrV4::new(Ipv4Addr::new(10, 7, 8, host + if xdp { 0 } else { 100 }), 80);
+            let (dead, live) = (at(1), at(2));
+            let fleet = |f: &Fixture| f.counters(f.fleet);
+            let before = fleet(f);
+            let syn = packets::syn_v4(client(port(28, xdp)), dead, 7000);
+            let s = observe(f, ingress(xdp), &syn);
+            ensure!(s.run.return_value == pass(xdp), "first SYN: verdict {}", s.run.return_value);
+            egress_run(f, &packets::answer_v4(dead, client(port(28, xdp)), Reply::Reset, 7001));
+            let again = packets::syn_v4(client(port(28, xdp) + 1), dead, 8000);
+            let s = observe(f, ingress(xdp), &again);
+            ensure!(
+                s.run.return_value == replied(xdp),
+                "the tripped address's SYN: verdict {}",
+                s.run.return_value
+            );
+            check_reset(&s.run.data, &again, false)?;
+            let other = packets::syn_v4(client(port(28, xdp) + 2), live, 9000);
+            let s = observe(f, ingress(xdp), &other);
+            ensure!(
+                s.run.return_value == pass(xdp) && s.run.data == other,
+                "another address of the CIDR: verdict {}",
+                s.run.return_value
+            );
+            let after = fleet(f);
+            ensure!(
+                (
+                    after.attempts - before.attempts,
+                    after.failures_refused - before.failures_refused,
+                    after.rejected - before.rejected
+                ) == (3, 1, 1),
+                "the upstream counts each address's connects: {before:?} -> {after:?}"
+            );
+            ensure!(f.state(f.fleet) == State::Closed, "the upstream's own word stays CLOSED");
+            Ok(())
+        },
+    },
 ];
 
 fn egress_run(f: &mut Fixture, frame: &[u8]) -> Seen {
@@ -1599,6 +1648,7 @@ fn fixture(pins: &Pins) -> Fixture {
         unreach: id("unreach"),
         moved: id("moved"),
         moved2: id("moved2"),
+        fleet: id("fleet"),
         kernel,
     }
 }
