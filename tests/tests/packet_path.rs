@@ -1658,7 +1658,7 @@ fn fixture(pins: &Pins) -> Fixture {
 /// connect path) is off there. Each program must keep this much of it spare,
 /// so a change that nears the limit fails here, on every kernel of the matrix,
 /// naming the program, rather than at a user's start. Three quarters: every
-/// program verifies in under 0.12 million steps on 6.1, 6.12 and 6.18 (6.1 once
+/// program verifies in under 0.16 million steps on 6.1, 6.12 and 6.18 (6.1 once
 /// walked the packet egress 0.98 million), and a kernel whose verifier walks
 /// twice as far as these still loads them; the daemon's start and reload pay
 /// for each step too.
