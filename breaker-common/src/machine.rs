@@ -381,6 +381,24 @@ pub fn reset(w: BreakerWord) -> Step<bool> {
     }
 }
 
+/// The word of a per-address upstream (whose breakers are its addresses'; its
+/// own word holds only an operator's override), as a load finds it: CLOSED
+/// with a new epoch, its mode kept. A word left out of CLOSED by the upstream's
+/// earlier form would show as tripped for ever: nothing probes or trips it now.
+#[inline(always)]
+pub fn settle_per_address(w: BreakerWord) -> Step<bool> {
+    if w.state() == State::Closed {
+        return Step {
+            next: w,
+            result: false,
+        };
+    }
+    Step {
+        next: set_mode(reset(w).next, w.mode()).next,
+        result: true,
+    }
+}
+
 /// A CLOSED word whose count holds more than a streak (left by a daemon from
 /// before reopens shared the field, when thresholds went to 4095) counts from 0
 /// again: its high bits would read as reopens. Anything else is unchanged.

@@ -69,16 +69,18 @@ pub async fn deliver(
     }
 }
 
-/// Whether `alert` is about this transition: a configured upstream's (one of
-/// its addresses' too, for a per-address upstream; not a default-policy
-/// destination, which could flood a receiver), named by the alert if it names
-/// any, going to a state the alert wants if it names any.
+/// Whether `alert` is about this transition: a configured upstream's, named by
+/// the alert if it names any, going to a state the alert wants if it names any.
+/// A per-destination breaker's (a default-policy destination's, one address of a
+/// per-address upstream's) could flood a receiver: only an alert that names its
+/// upstream gets those of a per-address upstream, and none the default policy's.
 /// The default policy's name in events (the config reserves it).
 const DEFAULT_NAME: &str = "default";
 
 fn wants(alert: &Alert, event: &EventView) -> bool {
-    (event.destination.is_none() || event.upstream != DEFAULT_NAME)
-        && (alert.upstreams.is_empty() || alert.upstreams.contains(&event.upstream))
+    let named = alert.upstreams.contains(&event.upstream);
+    (event.destination.is_none() || (named && event.upstream != DEFAULT_NAME))
+        && (alert.upstreams.is_empty() || named)
         && (alert.to.is_empty() || alert.to.iter().any(|s| s.name() == event.to))
 }
 
@@ -155,6 +157,22 @@ mod tests {
         assert_eq!(
             text["text"],
             "breaker: upstream db went closed -> open (timeout)"
+        );
+        // A per-address upstream's addresses: only to an alert naming it.
+        let address = event("fleet", "open", Some("10.0.5.7:5432"));
+        assert!(!wants(&alert, &address), "not named");
+        alert.upstreams = vec![];
+        alert.to = vec![];
+        assert!(!wants(&alert, &address), "an alert for every upstream");
+        alert.upstreams = vec!["fleet".into(), "default".into()];
+        assert!(wants(&alert, &address));
+        assert!(
+            !wants(&alert, &event("default", "open", Some("10.0.0.1:80"))),
+            "never the default policy's"
+        );
+        assert_eq!(
+            body(&alert, &address)["text"],
+            "breaker: upstream fleet address 10.0.5.7:5432 went closed -> open (timeout)"
         );
     }
 }

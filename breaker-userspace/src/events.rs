@@ -39,17 +39,13 @@ pub fn dest_addr(d: &DestKey) -> Option<SocketAddr> {
     (d.family != 0).then(|| d.to_socket_addr())
 }
 
-/// Logs and counts one transition. A default-policy destination's transitions are
-/// logged at debug (a per-address upstream's at info, as any upstream's), with an info summary at most every [`SUMMARY_EVERY`]: a flood
-/// of failing destinations must not flood the log.
+/// Logs and counts one transition. A per-destination breaker's transitions (the
+/// default policy's, a per-address upstream's: a CIDR's addresses are as many
+/// as a host's destinations) are logged at debug, with an info summary at most
+/// every [`SUMMARY_EVERY`]: a flood of failing destinations must not flood the log.
 pub fn record(metrics: &Metrics, t: &Transition) {
     let name = metrics.upstream_name(t.upstream);
     match t.dest {
-        // A per-address upstream's: the operator named it, and its addresses
-        // are bounded by its endpoints.
-        Some(dest) if t.upstream != breaker_common::abi::DEFAULT_UPSTREAM_ID => {
-            tracing::info!(upstream = name, %dest, from = t.from.name(), to = t.to.name(), cause = t.cause, "breaker transition")
-        }
         Some(dest) => {
             tracing::debug!(upstream = name, %dest, from = t.from.name(), to = t.to.name(), cause = t.cause, "breaker transition");
             DESTINATION_SUMMARY.note(t);
@@ -110,7 +106,7 @@ impl Summary {
                 opened = *opened,
                 closed = *closed,
                 seconds = now.duration_since(since).as_secs(),
-                "default-policy destinations opened and closed since the last summary (each at debug)"
+                "per-destination breakers (default policy, per-address upstreams) opened and closed since the last summary (each at debug)"
             );
             *w = (Some(now), 0, 0);
         }

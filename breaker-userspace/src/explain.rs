@@ -49,10 +49,9 @@ pub fn explain(error: &KernelError, config: &Config) -> Option<Explained> {
     let map = created_map?;
     let (field, config_fault) = match map.as_str() {
         map_names::DEFAULT_STATES => {
-            let n = config
-                .default_policy
-                .as_ref()
-                .map_or(0, |d| d.max_destinations);
+            // Sized for per-address upstreams too (without a default policy,
+            // at its default size).
+            let n = config.map_sizes().destinations;
             (format!("default_policy.max_destinations = {n}"), true)
         }
         map_names::ENDPOINTS_EXACT | map_names::ENDPOINTS_V4 | map_names::ENDPOINTS_V6 => {

@@ -655,11 +655,6 @@ open_duration = "10s"
             && shown.contains("  10.77.0.3:9502  open for"),
         &shown,
     );
-    check(
-        &lab,
-        lab.daemon_log().contains("10.77.0.3:9502"),
-        "the address's transition is logged at info, with its address",
-    );
     // The override on the upstream holds every address, the live one too.
     let cli = |lab: &Lab, args: &[&str]| {
         let out = lab.cli(args).unwrap();
@@ -676,6 +671,22 @@ open_duration = "10s"
         forced == ["refused", "refused"],
         &format!("force-open fails the live port fast: {forced:?}"),
     );
+    // force-close and disable let the tripped port's connects through: an
+    // operator's way out, whatever its own breaker says.
+    for way_out in ["force-close", "disable"] {
+        cli(&lab, &[way_out, "fleet"]);
+        let through = outcomes_of(&lab, &["--to", "10.77.0.3:9502", "--count", "1"]);
+        let rejected_now = metric(
+            &lab,
+            "breaker_connects_rejected_total",
+            &[("upstream", "fleet")],
+        );
+        check(
+            &lab,
+            through == ["refused"] && rejected_now == rejected + 2.0,
+            &format!("{way_out}: the dead port's connect reached it: {through:?}, rejected {rejected_now}"),
+        );
+    }
     cli(&lab, &["reset", "fleet"]);
     let back = bodies(
         &lab.client(&["--to", "10.77.0.3:9501", "--count", "2", "--http"])
@@ -722,5 +733,86 @@ open_duration = "10s"
             &[("upstream", "fleet"), ("state", "open")],
         ) == 0.0,
         "no address open",
+    );
+}
+
+/// An upstream tripped whole, made per-address by a reload: its old trip must
+/// not stay for ever (nothing probes or trips its own word any more). Its own
+/// word is CLOSED after the reload, its live port serves, and its dead port
+/// trips alone.
+#[test]
+fn a_reload_that_makes_a_tripped_upstream_per_address_drops_its_old_trip() {
+    let Some(mut lab) = lab("per-addr-reload") else {
+        return;
+    };
+    lab.serve("10.77.0.3:9601", "live").unwrap();
+    let whole = r#"
+[[upstream]]
+name = "fleet"
+endpoints = ["10.77.0.3"]
+probe = { address = "10.77.0.3:9602" }
+failure_threshold = 1
+open_duration = "1h"
+"#;
+    lab.start_daemon(whole).unwrap();
+    let outcomes_of = |lab: &Lab, args: &[&str]| -> Vec<String> {
+        outcomes(&lab.client(args).unwrap())
+            .into_iter()
+            .map(String::from)
+            .collect()
+    };
+    let state_is = |lab: &Lab, s: &str| {
+        lab.metric("breaker_state", &[("upstream", "fleet"), ("state", s)])
+            .unwrap()
+            == 1.0
+    };
+    outcomes_of(&lab, &["--to", "10.77.0.3:9602", "--count", "1"]);
+    check(
+        &lab,
+        state_is(&lab, "open"),
+        "one breaker for every port: tripped",
+    );
+    let shut = outcomes_of(&lab, &["--to", "10.77.0.3:9601", "--count", "1"]);
+    check(
+        &lab,
+        shut == ["refused"],
+        &format!("the live port is shut with it: {shut:?}"),
+    );
+    lab.write_config(&whole.replace(
+        "probe = { address = \"10.77.0.3:9602\" }",
+        "per_endpoint = true",
+    ))
+    .unwrap();
+    let pid = nix::unistd::Pid::from_raw(lab.daemon_pid().expect("a daemon") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let reloaded = breaker_lab::testing::eventually(Duration::from_secs(10), || {
+        lab.daemon_log().contains("config reloaded")
+    });
+    check(&lab, reloaded, "the reload finished");
+    check(
+        &lab,
+        state_is(&lab, "closed")
+            && lab
+                .daemon_log()
+                .contains("the upstream keeps a breaker per address now"),
+        "its own word is CLOSED after the reload, and the log says why",
+    );
+    let live = bodies(
+        &lab.client(&["--to", "10.77.0.3:9601", "--count", "2", "--http"])
+            .unwrap(),
+    );
+    check(
+        &lab,
+        live == ["live"; 2],
+        &format!("the live port serves: {live:?}"),
+    );
+    let dead = outcomes_of(&lab, &["--to", "10.77.0.3:9602", "--count", "2"]);
+    let rejected = lab
+        .metric("breaker_connects_rejected_total", &[("upstream", "fleet")])
+        .unwrap();
+    check(
+        &lab,
+        dead == ["refused", "refused"] && rejected == 2.0,
+        &format!("the dead port trips alone, then fails fast: {dead:?}, rejected {rejected} (1 before the reload)"),
     );
 }

@@ -933,3 +933,30 @@ fn an_admission_packed_for_the_kernel_unpacks_as_itself() {
         assert_eq!(Admission::unpack(junk), Admission::Pass, "{junk:#x}");
     }
 }
+
+#[test]
+fn a_per_address_upstreams_word_settles_closed_keeping_its_override() {
+    let open = BreakerWord::pack(State::Open, 1234, 0, 3, 7);
+    for mode in [
+        Mode::Auto,
+        Mode::ForceOpen,
+        Mode::ForceClosed,
+        Mode::Disabled,
+    ] {
+        let w = set_mode(open, mode).next;
+        let step = settle_per_address(w);
+        assert!(step.result, "{mode:?}");
+        assert_eq!(step.next.state(), State::Closed, "{mode:?}");
+        assert_eq!(step.next.mode(), mode, "{mode:?}");
+        assert_eq!(step.next.epoch(), w.epoch().wrapping_add(1), "{mode:?}");
+        assert_eq!((step.next.count(), step.next.reopens()), (0, 0), "{mode:?}");
+    }
+    let closed = set_mode(
+        BreakerWord::pack(State::Closed, 0, 2, 0, 4),
+        Mode::ForceOpen,
+    )
+    .next;
+    let step = settle_per_address(closed);
+    assert!(!step.result);
+    assert_eq!(step.next, closed, "a CLOSED word is left as it is");
+}

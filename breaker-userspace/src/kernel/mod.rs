@@ -149,20 +149,21 @@ pub struct DefaultDestinations {
 /// by destination alone: the config says whose each is.
 pub type DestinationOwner = Arc<dyn Fn(std::net::SocketAddr) -> u32 + Send + Sync>;
 
-/// [`DestinationOwner`] of `upstreams` (ids beside them), as the kernel
-/// resolves a destination.
+/// [`DestinationOwner`] of `upstreams` (ids beside them). Only per-address
+/// upstreams' endpoints are looked at (in the kernel's order among them): a
+/// destination they cover is theirs, anything else the default policy's. A
+/// cell an ordinary upstream's endpoint would shadow cannot be made under this
+/// config; one left from an earlier config is shown as the per-address
+/// upstream's. Cost: the per-address endpoints per cell, none without any.
 pub fn destination_owner(upstreams: &[(u32, Upstream)]) -> DestinationOwner {
     let endpoints: Vec<(u32, crate::config::Endpoint)> = upstreams
         .iter()
-        .flat_map(|(id, u)| {
-            let owner = if u.per_address {
-                *id
-            } else {
-                DEFAULT_UPSTREAM_ID
-            };
-            u.endpoints.iter().map(move |e| (owner, *e))
-        })
+        .filter(|(_, u)| u.per_address)
+        .flat_map(|(id, u)| u.endpoints.iter().map(move |e| (*id, *e)))
         .collect();
+    if endpoints.is_empty() {
+        return Arc::new(|_| DEFAULT_UPSTREAM_ID);
+    }
     Arc::new(move |addr| {
         crate::config::owner_of(endpoints.iter().map(|(id, e)| (*id, e)), addr)
             .unwrap_or(DEFAULT_UPSTREAM_ID)
@@ -473,6 +474,24 @@ impl Kernel {
         // Words an older daemon left may count past a streak while CLOSED.
         for id in 0..slots {
             states.update(id, breaker_common::machine::settle_closed);
+        }
+        // A per-address upstream's own word holds only an override: a trip left
+        // by its earlier form would show for ever, with nothing to end it.
+        for (id, up) in ids.iter().zip(&config.upstreams) {
+            if !up.per_address {
+                continue;
+            }
+            if let Some((prev, step)) =
+                states.update(*id, breaker_common::machine::settle_per_address)
+            {
+                if step.result {
+                    tracing::info!(
+                        upstream = up.name.as_str(),
+                        was = prev.state().name(),
+                        "the upstream keeps a breaker per address now: its own word is CLOSED"
+                    );
+                }
+            }
         }
         let counters = ebpf
             .take_map(map_names::COUNTERS)
@@ -978,7 +997,7 @@ fn check_pins(
     }
     for name in [map_names::DEFAULT_STATES, map_names::DEFAULT_TRIPPED] {
         if pinned(name).is_some_and(|n| n != sizes.destinations) {
-            tracing::warn!(map = name, "default_policy.max_destinations changed: the default policy's destinations start over");
+            tracing::warn!(map = name, "default_policy.max_destinations changed: the per-destination breakers (the default policy's, per-address upstreams' addresses) start over");
             let _ = std::fs::remove_file(pins.map(name));
         }
     }
