@@ -15,6 +15,7 @@ pub const ECONNREFUSED: i32 = 111;
 /// Map names, shared so the daemon and the programs cannot disagree.
 pub mod map_names {
     pub const SETTINGS: &str = "SETTINGS";
+    pub const ENDPOINT_TABLE: &str = "ENDPOINT_TABLE";
     pub const ENDPOINTS_EXACT: &str = "ENDPOINTS_EXACT";
     pub const ENDPOINTS_V4: &str = "ENDPOINTS_V4";
     pub const ENDPOINTS_V6: &str = "ENDPOINTS_V6";
@@ -160,7 +161,9 @@ pub struct Settings {
     /// Non-zero: unmatched destinations get a breaker each under the default policy.
     pub default_policy_enabled: u32,
     /// `PREFIX_ENDPOINTS_V4` / `_V6`: the LPM tries hold endpoints of that family, so a
-    /// miss in `ENDPOINTS_EXACT` must look there too.
+    /// miss in the single-address endpoints must look there too;
+    /// `EXACT_OVERFLOW`: `ENDPOINTS_EXACT` holds single-address endpoints
+    /// `ENDPOINT_TABLE` had no place for.
     pub prefix_endpoints: u32,
     /// `SOCKET_RECORDS` slots - 1 (a power of two minus one): cookie -> slot.
     pub record_slots_mask: u32,
@@ -172,10 +175,28 @@ pub struct Settings {
     /// hooks look every TCP segment up in `PACKET_NAT_OUT` / `PACKET_NAT_BACK`.
     /// Zero keeps established flows at the cost of the parse alone.
     pub packet_nat: u32,
+    /// `ENDPOINT_TABLE` slots - 1 (a power of two minus one).
+    pub endpoint_table_mask: u32,
+    pub _pad: u32,
 }
 
 pub const PREFIX_ENDPOINTS_V4: u32 = 1 << 0;
 pub const PREFIX_ENDPOINTS_V6: u32 = 1 << 1;
+/// `Settings.prefix_endpoints`: `ENDPOINTS_EXACT` holds endpoints too.
+pub const EXACT_OVERFLOW: u32 = 1 << 2;
+
+/// One slot of `ENDPOINT_TABLE`: a single-address endpoint with a port and its
+/// upstream's id (0: an empty slot, as no endpoint is the default policy's).
+/// The daemon places each at `dest::endpoint_slot` or one of the next
+/// [`crate::dest::ENDPOINT_TABLE_PROBES`] - 1 slots (linear probing, every
+/// slot between taken), so a lookup reads at most that many array slots, which
+/// the verifier and the JIT inline, with no hash map's helper call or key hashing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointSlot {
+    pub dest: DestKey,
+    pub upstream: u32,
+}
 
 /// LPM trie key data for IPv4 endpoints. The port comes first so that one trie holds
 /// port-specific endpoints (port != 0, prefix 16 + addr bits) and any-port endpoints
@@ -640,13 +661,14 @@ pub struct TransitionEvent {
 }
 
 // The kernel and the daemon must agree on every layout, byte for byte.
-const _: () = assert!(core::mem::size_of::<Settings>() == 24);
+const _: () = assert!(core::mem::size_of::<Settings>() == 32);
 const _: () = assert!(core::mem::size_of::<EndpointV4>() == 6);
 const _: () = assert!(core::mem::size_of::<EndpointV6>() == 18);
 const _: () = assert!(core::mem::size_of::<UpstreamPolicy>() == 220);
 const _: () = assert!(core::mem::size_of::<FallbackHop>() == 36);
 const _: () = assert!(core::mem::size_of::<crate::window::RateWindow>() == 160);
 const _: () = assert!(core::mem::size_of::<DestKey>() == 20);
+const _: () = assert!(core::mem::size_of::<EndpointSlot>() == 24);
 const _: () = assert!(core::mem::size_of::<BreakerCell>() == 8);
 const _: () = assert!(core::mem::size_of::<SocketRecord>() == 56);
 const _: () = assert!(core::mem::size_of::<ResolveQuery>() == 24);

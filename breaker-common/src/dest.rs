@@ -93,6 +93,35 @@ impl DestKey {
     }
 }
 
+/// Slots of `ENDPOINT_TABLE` a lookup reads at most, from its key's
+/// [`endpoint_slot`] on; an endpoint that cannot be placed within them goes to
+/// `ENDPOINTS_EXACT` instead.
+pub const ENDPOINT_TABLE_PROBES: u32 = 8;
+
+/// Where `d`'s probes of `ENDPOINT_TABLE` start, before the table's mask: a
+/// multiply-xorshift mix of its five words (address, then port and family).
+/// Cheap on BPF (32-bit multiplies and shifts), and it spreads consecutive
+/// addresses and ports over the table.
+#[inline(always)]
+pub const fn endpoint_slot(d: &crate::abi::DestKey) -> u32 {
+    let words = [
+        d.addr[0],
+        d.addr[1],
+        d.addr[2],
+        d.addr[3],
+        d.port as u32 | (d.family as u32) << 16,
+    ];
+    let mut h: u32 = 0x9e37_79b9;
+    let mut i = 0;
+    while i < words.len() {
+        h = (h ^ words[i]).wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        i += 1;
+    }
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
 /// A port in the byte order the hooks read it (`user_port`, `remote_port >> 16`).
 #[inline(always)]
 pub const fn port_ne(port: u16) -> u16 {

@@ -8,6 +8,7 @@ unsafe impl aya::Pod for EndpointV4 {}
 unsafe impl aya::Pod for EndpointV6 {}
 unsafe impl aya::Pod for UpstreamPolicy {}
 unsafe impl aya::Pod for DestKey {}
+unsafe impl aya::Pod for EndpointSlot {}
 unsafe impl aya::Pod for BreakerCell {}
 unsafe impl aya::Pod for SocketRecord {}
 unsafe impl aya::Pod for ResolveQuery {}

@@ -1,21 +1,27 @@
-//! Which configured upstream guards a destination: a hash of single-address
-//! endpoints first, then LPM tries keyed by (port, address prefix), exact port
-//! before any port. Only the connect hooks resolve (once per connect); sock_ops and
+//! Which configured upstream guards a destination: single-address endpoints
+//! first (the daemon's probing table, then the hash of those it had no place
+//! for), then LPM tries keyed by (port, address prefix), exact port before any
+//! port. Only the connect hooks resolve (once per connect); sock_ops and
 //! sock_release read the answer from the socket's record.
 use aya_ebpf::maps::lpm_trie::Key;
 use breaker_common::{
-    abi::{DestKey, Settings, PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6},
-    dest::endpoint_prefix_len,
+    abi::{DestKey, Settings, EXACT_OVERFLOW, PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6},
+    dest::{endpoint_prefix_len, endpoint_slot, ENDPOINT_TABLE_PROBES},
 };
 
-use crate::maps::{ENDPOINTS_EXACT, ENDPOINTS_V4, ENDPOINTS_V6};
+use crate::maps::{ENDPOINTS_EXACT, ENDPOINTS_V4, ENDPOINTS_V6, ENDPOINT_TABLE};
 
 /// The configured upstream of `dest`, if any.
 #[inline(always)]
 pub fn upstream(dest: &DestKey, settings: &Settings) -> Option<u32> {
-    // SAFETY: the value is copied out at once.
-    if let Some(id) = unsafe { ENDPOINTS_EXACT.get(dest) } {
-        return Some(*id);
+    if let Some(id) = single(dest, settings) {
+        return Some(id);
+    }
+    if settings.prefix_endpoints & EXACT_OVERFLOW != 0 {
+        // SAFETY: the value is copied out at once.
+        if let Some(id) = unsafe { ENDPOINTS_EXACT.get(dest) } {
+            return Some(*id);
+        }
     }
     if dest.is_ipv4() {
         if settings.prefix_endpoints & PREFIX_ENDPOINTS_V4 == 0 {
@@ -40,4 +46,22 @@ pub fn upstream(dest: &DestKey, settings: &Settings) -> Option<u32> {
             .get(Key::new(bits, dest.endpoint_v6(0)))
             .copied()
     }
+}
+
+/// `dest`'s upstream in `ENDPOINT_TABLE`: its slot and the next ones, up to
+/// [`ENDPOINT_TABLE_PROBES`], until its own or an empty one (the daemon placed
+/// every endpoint with no empty slot before it).
+#[inline(always)]
+fn single(dest: &DestKey, settings: &Settings) -> Option<u32> {
+    let start = endpoint_slot(dest);
+    for probe in 0..ENDPOINT_TABLE_PROBES {
+        let slot = ENDPOINT_TABLE.get(start.wrapping_add(probe) & settings.endpoint_table_mask)?;
+        if slot.upstream == 0 {
+            return None;
+        }
+        if slot.dest == *dest {
+            return Some(slot.upstream);
+        }
+    }
+    None
 }

@@ -7,8 +7,9 @@ use aya_ebpf::{
 };
 use breaker_common::{
     abi::{
-        BreakerCell, ConnectDurations, Counters, DestKey, EndpointV4, EndpointV6, ExtraCounters,
-        PinMetadata, ServiceEndpoints, Settings, SocketRecord, UpstreamName, UpstreamPolicy,
+        BreakerCell, ConnectDurations, Counters, DestKey, EndpointSlot, EndpointV4, EndpointV6,
+        ExtraCounters, PinMetadata, ServiceEndpoints, Settings, SocketRecord, UpstreamName,
+        UpstreamPolicy,
     },
     packet::{FlowKey, FlowRecord, NatTarget, PacketCounters},
     window::RateWindow,
@@ -18,8 +19,14 @@ use breaker_common::{
 #[map]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
-/// Single-address endpoint with a port -> upstream id: one hash lookup for the
-/// common case. Written by the daemon.
+/// Single-address endpoints with a port and their upstream ids, laid out by the
+/// daemon for linear probing from `dest::endpoint_slot` (see `EndpointSlot`):
+/// the common case in a few inlined array reads. Written by the daemon.
+#[map]
+pub static ENDPOINT_TABLE: Array<EndpointSlot> = Array::with_max_entries(1, 0);
+
+/// Single-address endpoint with a port -> upstream id, for the few the table had
+/// no place for (`EXACT_OVERFLOW`). Written by the daemon.
 #[map]
 pub static ENDPOINTS_EXACT: HashMap<DestKey, u32> = HashMap::with_max_entries(1, 0);
 

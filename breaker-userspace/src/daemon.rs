@@ -330,7 +330,19 @@ impl Generation {
         metrics.set_maps(
             &capacities,
             &[
-                ("ENDPOINTS_EXACT", endpoints(true, false)),
+                ("ENDPOINT_TABLE", endpoints(true, false)),
+                (
+                    "ENDPOINTS_EXACT",
+                    crate::kernel::endpoint_table::EndpointTable::lay_out(
+                        &config
+                            .single_endpoints()
+                            .into_iter()
+                            .map(|(_, dest)| (dest, 1))
+                            .collect::<Vec<_>>(),
+                    )
+                    .overflow
+                    .len() as u64,
+                ),
                 ("ENDPOINTS_V4", endpoints(false, true)),
                 ("ENDPOINTS_V6", endpoints(false, false)),
                 ("UPSTREAM_NAMES", config.upstreams.len() as u64),

@@ -139,3 +139,81 @@ fn kernel_lookup_resolves_each_destination_to_its_upstream() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// Many single-address endpoints: the kernel finds each in `ENDPOINT_TABLE`,
+/// or, for the few the daemon's layout had no place for, in `ENDPOINTS_EXACT`
+/// (the layout is asked which those are, and the test needs some); addresses
+/// beside them resolve to nothing.
+#[test]
+fn kernel_lookup_finds_every_one_of_many_endpoints_and_their_overflow() {
+    if !privileges::should_run("kernel_lookup_many") {
+        return;
+    }
+    use breaker::kernel::endpoint_table::EndpointTable;
+    use breaker_common::abi::DestKey;
+    let addr = |i: u32| format!("10.{}.{}.{}:80", 10 + i / 65_536, (i / 256) % 256, i % 256);
+    let n = 30_000u32;
+    let split = |up: &str, range: std::ops::Range<u32>| {
+        let eps: Vec<String> = range.map(|i| format!("{:?}", addr(i))).collect();
+        format!(
+            "[[upstream]]\nname = {up:?}\nendpoints = [{}]\nprobe = {{ address = \"127.0.0.1:9\" }}\n",
+            eps.join(", ")
+        )
+    };
+    let text = split("low", 0..n / 2) + &split("high", n / 2..n);
+    let config = Config::parse(Path::new("many.toml"), &text).expect("a valid config");
+    let keys: Vec<(DestKey, u32)> = config
+        .single_endpoints()
+        .into_iter()
+        .map(|(_, d)| (d, 1))
+        .collect();
+    let overflow: Vec<DestKey> = EndpointTable::lay_out(&keys)
+        .overflow
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect();
+    assert!(
+        !overflow.is_empty(),
+        "no endpoint overflowed: the kernel's ENDPOINTS_EXACT path goes untested"
+    );
+    let pins = Pins(PinFolder::new(format!(
+        "/sys/fs/bpf/breaker-lookup-many-{}",
+        std::process::id()
+    )));
+    let lock = pins.0.prepare_and_lock().expect("a pin folder");
+    let mut kernel = Kernel::load(&config, &pins.0).expect("loading the programs");
+    drop(lock);
+    let upstreams = kernel.upstreams(&config);
+    let id = |name: &str| {
+        upstreams
+            .iter()
+            .find(|(_, u)| u.name == name)
+            .map(|(i, _)| *i)
+    };
+    let (low, high) = (id("low"), id("high"));
+    let mut wrong = Vec::new();
+    for i in 0..n {
+        let dest: std::net::SocketAddr = addr(i).parse().expect("an address");
+        let want = if i < n / 2 { low } else { high };
+        let got = kernel.resolve(dest).expect("a lookup");
+        if got != want {
+            wrong.push(format!("{dest} -> {got:?}, want {want:?}"));
+        }
+        let beside = std::net::SocketAddr::new(dest.ip(), 81);
+        if let Some(got) = kernel.resolve(beside).expect("a lookup") {
+            wrong.push(format!("{beside} -> {got}, want nothing"));
+        }
+    }
+    for d in &overflow {
+        let dest = d.to_socket_addr();
+        if kernel.resolve(dest).expect("a lookup").is_none() {
+            wrong.push(format!("overflowed {dest} not found"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}

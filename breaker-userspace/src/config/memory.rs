@@ -10,8 +10,9 @@
 use std::mem::size_of;
 
 use breaker_common::abi::{
-    BreakerCell, ConnectDurations, Counters, DestKey, EndpointV4, EndpointV6, ExtraCounters,
-    PinMetadata, ServiceEndpoints, Settings, SocketRecord, UpstreamName, UpstreamPolicy,
+    BreakerCell, ConnectDurations, Counters, DestKey, EndpointSlot, EndpointV4, EndpointV6,
+    ExtraCounters, PinMetadata, ServiceEndpoints, Settings, SocketRecord, UpstreamName,
+    UpstreamPolicy,
 };
 use breaker_common::packet::{FlowKey, FlowRecord, NatTarget, PacketCounters};
 use breaker_common::window::RateWindow;
@@ -74,7 +75,10 @@ pub struct MapSizes {
     /// room to spare (a power of two, at least [`MIN_UPSTREAM_SLOTS`]), so that a
     /// reload or restart can add upstreams to the pinned maps.
     pub slots: u32,
-    /// Single-address endpoints (ENDPOINTS_EXACT), at least 1.
+    /// ENDPOINT_TABLE's slots (a power of two, at least 2).
+    pub table: u32,
+    /// The single-address endpoints the table has no place for
+    /// (ENDPOINTS_EXACT), at least 1.
     pub exact: u32,
     /// Prefix or any-port endpoints per family (ENDPOINTS_V4 / _V6), at least 1.
     pub v4: u32,
@@ -110,18 +114,44 @@ pub fn upstream_slots(upstreams: usize) -> u32 {
 }
 
 impl Config {
+    /// Each single-address endpoint, with the index of its upstream, in the
+    /// config's order: the order `ENDPOINT_TABLE` is laid out in, by
+    /// [`Config::map_sizes`] and by the load alike.
+    pub fn single_endpoints(&self) -> Vec<(usize, DestKey)> {
+        self.upstreams
+            .iter()
+            .enumerate()
+            .flat_map(|(i, u)| {
+                u.endpoints
+                    .iter()
+                    .filter_map(super::Endpoint::single_address)
+                    .map(move |a| (i, DestKey::from_socket_addr(a)))
+            })
+            .collect()
+    }
+
     pub fn map_sizes(&self) -> MapSizes {
-        let (mut exact, mut v4, mut v6) = (0u32, 0u32, 0u32);
+        let (mut v4, mut v6) = (0u32, 0u32);
         for ep in self.upstreams.iter().flat_map(|u| &u.endpoints) {
             match (ep.single_address(), ep.net) {
-                (Some(_), _) => exact += 1,
+                (Some(_), _) => {}
                 (None, IpNet::V4(_)) => v4 += 1,
                 (None, IpNet::V6(_)) => v6 += 1,
             }
         }
+        // The layout depends on the keys alone: any id stands in for theirs.
+        let table = crate::kernel::endpoint_table::EndpointTable::lay_out(
+            &self
+                .single_endpoints()
+                .into_iter()
+                .map(|(_, dest)| (dest, 1))
+                .collect::<Vec<_>>(),
+        );
+        let exact = table.overflow.len() as u32;
         // A map needs at least one entry, even when the config leaves it empty.
         MapSizes {
             slots: upstream_slots(self.upstreams.len()),
+            table: table.slots.len() as u32,
             exact: exact.max(1),
             v4: v4.max(1),
             v6: v6.max(1),
@@ -164,6 +194,7 @@ impl Config {
     pub fn kernel_memory_estimate(&self, possible_cpus: u32) -> u64 {
         let MapSizes {
             slots,
+            table,
             exact,
             v4,
             v6,
@@ -175,6 +206,7 @@ impl Config {
         let u32_size = size_of::<u32>();
         [
             array(1, size_of::<Settings>()),
+            array(table, size_of::<EndpointSlot>()),
             hash_map(exact, size_of::<DestKey>(), u32_size),
             lpm_trie(v4, size_of::<EndpointV4>(), u32_size),
             lpm_trie(v6, size_of::<EndpointV6>(), u32_size),

@@ -11,6 +11,7 @@
 //! - [`ids`]: upstream ids by name, kept across restarts and reloads.
 //! - [`packet`]: the packet path: its programs on the watched interfaces, flows
 //!   past their timeout, and its programs under BPF_PROG_TEST_RUN.
+pub mod endpoint_table;
 mod hz;
 mod ids;
 mod interface_pins;
@@ -33,11 +34,12 @@ use aya::{
 };
 use breaker_common::{
     abi::{
-        map_names, program_names, BreakerCell, ConnectDurations, Counters, DestKey, EndpointV4,
-        EndpointV6, ExtraCounters, FallbackHop, PinMetadata, ServiceEndpoints, Settings,
-        UpstreamPolicy, ABI_VERSION, DEFAULT_UPSTREAM_ID, FALLBACK_ADDRESS, FALLBACK_HAS_V4,
-        FALLBACK_HAS_V6, MAX_FALLBACKS, POLICY_COUNT_SLOW, POLICY_DRY_RUN, POLICY_IGNORE_REFUSED,
-        POLICY_IGNORE_TIMEOUT, POLICY_IGNORE_UNREACHABLE, PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6,
+        map_names, program_names, BreakerCell, ConnectDurations, Counters, DestKey, EndpointSlot,
+        EndpointV4, EndpointV6, ExtraCounters, FallbackHop, PinMetadata, ServiceEndpoints,
+        Settings, UpstreamPolicy, ABI_VERSION, DEFAULT_UPSTREAM_ID, EXACT_OVERFLOW,
+        FALLBACK_ADDRESS, FALLBACK_HAS_V4, FALLBACK_HAS_V6, MAX_FALLBACKS, POLICY_COUNT_SLOW,
+        POLICY_DRY_RUN, POLICY_IGNORE_REFUSED, POLICY_IGNORE_TIMEOUT, POLICY_IGNORE_UNREACHABLE,
+        PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6,
     },
     dest::{endpoint_prefix_len, port_ne},
     machine::{BreakerWord, State, Thresholds},
@@ -45,7 +47,7 @@ use breaker_common::{
 use ipnet::IpNet;
 
 use crate::{
-    config::{Config, Endpoint, Policy, Upstream},
+    config::{Config, Policy, Upstream},
     state::{Heartbeat, StateTable},
 };
 pub use pins::{PinError, PinFolder};
@@ -344,9 +346,10 @@ const KEPT_MAPS: [&str; 13] = [
 
 /// Maps made anew from the config at each load, so the programs swapped in see a
 /// complete config from their first run; pinned too, for a person to inspect.
-const FRESH_MAPS: [&str; 10] = [
+const FRESH_MAPS: [&str; 11] = [
     map_names::SETTINGS,
     map_names::SERVICE_ENDPOINTS,
+    map_names::ENDPOINT_TABLE,
     map_names::ENDPOINTS_EXACT,
     map_names::ENDPOINTS_V4,
     map_names::ENDPOINTS_V6,
@@ -880,13 +883,28 @@ fn write_config(
     }
 
     let mut prefix_endpoints = 0;
-    let mut exact: HashMap<_, DestKey, u32> = typed_map(ebpf, map_names::ENDPOINTS_EXACT)?;
-    for (i, up) in config.upstreams.iter().enumerate() {
-        for addr in up.endpoints.iter().filter_map(Endpoint::single_address) {
-            exact
-                .insert(DestKey::from_socket_addr(addr), upstream_id(i), 0)
-                .map_err(map_err(map_names::ENDPOINTS_EXACT))?;
+    // Laid out as `Config::map_sizes` did, with the ids now known.
+    let table = endpoint_table::EndpointTable::lay_out(
+        &config
+            .single_endpoints()
+            .into_iter()
+            .map(|(i, dest)| (dest, upstream_id(i)))
+            .collect::<Vec<_>>(),
+    );
+    let mut slots: Array<_, EndpointSlot> = typed_map(ebpf, map_names::ENDPOINT_TABLE)?;
+    for (i, slot) in table.slots.iter().enumerate() {
+        if slot.upstream != 0 {
+            slots
+                .set(i as u32, slot, 0)
+                .map_err(map_err(map_names::ENDPOINT_TABLE))?;
         }
+    }
+    let mut exact: HashMap<_, DestKey, u32> = typed_map(ebpf, map_names::ENDPOINTS_EXACT)?;
+    for (dest, id) in &table.overflow {
+        exact
+            .insert(dest, id, 0)
+            .map_err(map_err(map_names::ENDPOINTS_EXACT))?;
+        prefix_endpoints |= EXACT_OVERFLOW;
     }
     let prefixed = || {
         config.upstreams.iter().enumerate().flat_map(|(i, up)| {
@@ -932,6 +950,8 @@ fn write_config(
             .saturating_mul(hz as u64)
             .min(u32::MAX as u64) as u32,
         packet_nat: packet_nat as u32,
+        endpoint_table_mask: table.mask(),
+        _pad: 0,
     };
     let mut map: Array<_, Settings> = typed_map(ebpf, map_names::SETTINGS)?;
     map.set(0, settings, 0)
@@ -1019,6 +1039,7 @@ fn loader_for(sizes: &crate::config::MapSizes) -> EbpfLoader<'static> {
         .map_max_entries(map_names::POLICIES, slots)
         .map_max_entries(map_names::SERVICE_ENDPOINTS, sizes.services)
         .map_max_entries(map_names::RATE_WINDOWS, slots)
+        .map_max_entries(map_names::ENDPOINT_TABLE, sizes.table)
         .map_max_entries(map_names::ENDPOINTS_EXACT, sizes.exact)
         .map_max_entries(map_names::ENDPOINTS_V4, sizes.v4)
         .map_max_entries(map_names::ENDPOINTS_V6, sizes.v6)
