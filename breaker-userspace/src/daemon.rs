@@ -327,22 +327,21 @@ impl Generation {
                 })
                 .count() as u64
         };
+        // The endpoints the table had no place for are in ENDPOINTS_EXACT.
+        let overflow = crate::kernel::endpoint_table::EndpointTable::lay_out(
+            &config
+                .single_endpoints()
+                .into_iter()
+                .map(|(_, dest)| (dest, 1))
+                .collect::<Vec<_>>(),
+        )
+        .overflow
+        .len() as u64;
         metrics.set_maps(
             &capacities,
             &[
-                ("ENDPOINT_TABLE", endpoints(true, false)),
-                (
-                    "ENDPOINTS_EXACT",
-                    crate::kernel::endpoint_table::EndpointTable::lay_out(
-                        &config
-                            .single_endpoints()
-                            .into_iter()
-                            .map(|(_, dest)| (dest, 1))
-                            .collect::<Vec<_>>(),
-                    )
-                    .overflow
-                    .len() as u64,
-                ),
+                ("ENDPOINT_TABLE", endpoints(true, false) - overflow),
+                ("ENDPOINTS_EXACT", overflow),
                 ("ENDPOINTS_V4", endpoints(false, true)),
                 ("ENDPOINTS_V6", endpoints(false, false)),
                 ("UPSTREAM_NAMES", config.upstreams.len() as u64),

@@ -54,7 +54,10 @@ pub fn explain(error: &KernelError, config: &Config) -> Option<Explained> {
             let n = config.map_sizes().destinations;
             (format!("default_policy.max_destinations = {n}"), true)
         }
-        map_names::ENDPOINTS_EXACT | map_names::ENDPOINTS_V4 | map_names::ENDPOINTS_V6 => {
+        map_names::ENDPOINT_TABLE
+        | map_names::ENDPOINTS_EXACT
+        | map_names::ENDPOINTS_V4
+        | map_names::ENDPOINTS_V6 => {
             let n: usize = config.upstreams.iter().map(|u| u.endpoints.len()).sum();
             (format!("upstream endpoints ({n} in all)"), true)
         }
@@ -114,6 +117,18 @@ mod tests {
                 got.message
             );
         }
+        // The endpoint table names the endpoints, as the maps it replaced did.
+        let got = explain(
+            &create_error(map_names::ENDPOINT_TABLE, libc::ENOMEM),
+            &config(),
+        )
+        .expect("explained");
+        assert!(got.config_fault);
+        assert!(
+            got.message.starts_with("upstream endpoints ("),
+            "{}",
+            got.message
+        );
     }
 
     #[test]

@@ -151,7 +151,14 @@ fn kernel_lookup_finds_every_one_of_many_endpoints_and_their_overflow() {
     }
     use breaker::kernel::endpoint_table::EndpointTable;
     use breaker_common::abi::DestKey;
-    let addr = |i: u32| format!("10.{}.{}.{}:80", 10 + i / 65_536, (i / 256) % 256, i % 256);
+    // A third of each family's: IPv4, IPv6, and IPv4 looked up v4-mapped too.
+    let addr = |i: u32| {
+        if i % 3 == 1 {
+            format!("[fd09::{:x}:{:x}]:80", i / 65_536, i % 65_536)
+        } else {
+            format!("10.{}.{}.{}:80", 10 + i / 65_536, (i / 256) % 256, i % 256)
+        }
+    };
     let n = 30_000u32;
     let split = |up: &str, range: std::ops::Range<u32>| {
         let eps: Vec<String> = range.map(|i| format!("{:?}", addr(i))).collect();
@@ -198,6 +205,13 @@ fn kernel_lookup_finds_every_one_of_many_endpoints_and_their_overflow() {
         let got = kernel.resolve(dest).expect("a lookup");
         if got != want {
             wrong.push(format!("{dest} -> {got:?}, want {want:?}"));
+        }
+        if let std::net::IpAddr::V4(v4) = dest.ip() {
+            let mapped = std::net::SocketAddr::new(v4.to_ipv6_mapped().into(), 80);
+            let got = kernel.resolve(mapped).expect("a lookup");
+            if got != want {
+                wrong.push(format!("{mapped} -> {got:?}, want {want:?}"));
+            }
         }
         let beside = std::net::SocketAddr::new(dest.ip(), 81);
         if let Some(got) = kernel.resolve(beside).expect("a lookup") {

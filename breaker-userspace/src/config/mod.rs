@@ -1378,6 +1378,12 @@ impl Config {
             self.daemon.metrics_listen
         );
         let _ = writeln!(out, "probe mark: {:#x}", self.daemon.probe_mark);
+        // Laid out once: map_sizes lays the endpoint table out.
+        let destinations = if self.upstreams.iter().any(|u| u.per_address) {
+            self.map_sizes().destinations
+        } else {
+            0
+        };
         for up in &self.upstreams {
             let _ = writeln!(out, "upstream {}:", up.name);
             let eps: Vec<String> = up.endpoints.iter().map(|e| e.to_string()).collect();
@@ -1386,7 +1392,7 @@ impl Config {
                 let _ = writeln!(out, "  service:   {}", service.describe());
             }
             if up.per_address {
-                let room = self.map_sizes().destinations;
+                let room = destinations;
                 let _ = writeln!(
                     out,
                     "  per address: each address and port it matches keeps a breaker of its \
