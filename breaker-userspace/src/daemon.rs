@@ -328,15 +328,12 @@ impl Generation {
                 .count() as u64
         };
         // The endpoints the table had no place for are in ENDPOINTS_EXACT.
-        let overflow = crate::kernel::endpoint_table::EndpointTable::lay_out(
-            &config
-                .single_endpoints()
-                .into_iter()
-                .map(|(_, dest)| (dest, 1))
-                .collect::<Vec<_>>(),
-        )
-        .overflow
-        .len() as u64;
+        let overflow = u64::from(
+            crate::kernel::endpoint_table::EndpointLayout::of(|| {
+                config.single_endpoints().map(|(_, dest)| dest)
+            })
+            .overflow,
+        );
         metrics.set_maps(
             &capacities,
             &[

@@ -149,7 +149,7 @@ fn kernel_lookup_finds_every_one_of_many_endpoints_and_their_overflow() {
     if !privileges::should_run("kernel_lookup_many") {
         return;
     }
-    use breaker::kernel::endpoint_table::EndpointTable;
+    use breaker::kernel::endpoint_table::{place, EndpointLayout};
     use breaker_common::abi::DestKey;
     // A third of each family's: IPv4, IPv6, and IPv4 looked up v4-mapped too.
     let addr = |i: u32| {
@@ -169,16 +169,18 @@ fn kernel_lookup_finds_every_one_of_many_endpoints_and_their_overflow() {
     };
     let text = split("low", 0..n / 2) + &split("high", n / 2..n);
     let config = Config::parse(Path::new("many.toml"), &text).expect("a valid config");
-    let keys: Vec<(DestKey, u32)> = config
-        .single_endpoints()
-        .into_iter()
-        .map(|(_, d)| (d, 1))
-        .collect();
-    let overflow: Vec<DestKey> = EndpointTable::lay_out(&keys)
-        .overflow
-        .into_iter()
-        .map(|(d, _)| d)
-        .collect();
+    let layout = EndpointLayout::of(|| config.single_endpoints().map(|(_, d)| d));
+    let mut overflow: Vec<DestKey> = Vec::new();
+    place(
+        config.single_endpoints().map(|(_, d)| (d, 1)),
+        layout.len,
+        |_, _| Ok::<_, ()>(()),
+        |s| {
+            overflow.push(s.dest);
+            Ok(())
+        },
+    )
+    .expect("placed");
     assert!(
         !overflow.is_empty(),
         "no endpoint overflowed: the kernel's ENDPOINTS_EXACT path goes untested"

@@ -117,17 +117,13 @@ impl Config {
     /// Each single-address endpoint, with the index of its upstream, in the
     /// config's order: the order `ENDPOINT_TABLE` is laid out in, by
     /// [`Config::map_sizes`] and by the load alike.
-    pub fn single_endpoints(&self) -> Vec<(usize, DestKey)> {
-        self.upstreams
-            .iter()
-            .enumerate()
-            .flat_map(|(i, u)| {
-                u.endpoints
-                    .iter()
-                    .filter_map(super::Endpoint::single_address)
-                    .map(move |a| (i, DestKey::from_socket_addr(a)))
-            })
-            .collect()
+    pub fn single_endpoints(&self) -> impl Iterator<Item = (usize, DestKey)> + '_ {
+        self.upstreams.iter().enumerate().flat_map(|(i, u)| {
+            u.endpoints
+                .iter()
+                .filter_map(super::Endpoint::single_address)
+                .map(move |a| (i, DestKey::from_socket_addr(a)))
+        })
     }
 
     pub fn map_sizes(&self) -> MapSizes {
@@ -139,20 +135,15 @@ impl Config {
                 (None, IpNet::V6(_)) => v6 += 1,
             }
         }
-        // The layout depends on the keys alone: any id stands in for theirs.
-        let table = crate::kernel::endpoint_table::EndpointTable::lay_out(
-            &self
-                .single_endpoints()
-                .into_iter()
-                .map(|(_, dest)| (dest, 1))
-                .collect::<Vec<_>>(),
-        );
-        let exact = table.overflow.len() as u32;
+        // The layout depends on the keys alone.
+        let table = crate::kernel::endpoint_table::EndpointLayout::of(|| {
+            self.single_endpoints().map(|(_, dest)| dest)
+        });
         // A map needs at least one entry, even when the config leaves it empty.
         MapSizes {
             slots: upstream_slots(self.upstreams.len()),
-            table: table.slots.len() as u32,
-            exact: exact.max(1),
+            table: table.len,
+            exact: table.overflow.max(1),
             v4: v4.max(1),
             v6: v6.max(1),
             // Per-address upstreams keep their breakers there too: as many as

@@ -884,26 +884,32 @@ fn write_config(
 
     let mut prefix_endpoints = 0;
     // Laid out as `Config::map_sizes` did, with the ids now known.
-    let table = endpoint_table::EndpointTable::lay_out(
-        &config
-            .single_endpoints()
-            .into_iter()
-            .map(|(i, dest)| (dest, upstream_id(i)))
-            .collect::<Vec<_>>(),
-    );
+    let layout =
+        endpoint_table::EndpointLayout::of(|| config.single_endpoints().map(|(_, dest)| dest));
     let mut slots: Array<_, EndpointSlot> = typed_map(ebpf, map_names::ENDPOINT_TABLE)?;
-    for (i, slot) in table.slots.iter().enumerate() {
-        if slot.upstream != 0 {
+    let mut overflow = Vec::with_capacity(layout.overflow as usize);
+    endpoint_table::place(
+        config
+            .single_endpoints()
+            .map(|(i, dest)| (dest, upstream_id(i))),
+        layout.len,
+        |i, slot| {
             slots
-                .set(i as u32, slot, 0)
-                .map_err(map_err(map_names::ENDPOINT_TABLE))?;
-        }
-    }
+                .set(i, slot, 0)
+                .map_err(map_err(map_names::ENDPOINT_TABLE))
+        },
+        |slot| {
+            overflow.push(slot);
+            Ok(())
+        },
+    )?;
     let mut exact: HashMap<_, DestKey, u32> = typed_map(ebpf, map_names::ENDPOINTS_EXACT)?;
-    for (dest, id) in &table.overflow {
+    for slot in &overflow {
         exact
-            .insert(dest, id, 0)
+            .insert(slot.dest, slot.upstream, 0)
             .map_err(map_err(map_names::ENDPOINTS_EXACT))?;
+    }
+    if layout.overflow > 0 {
         prefix_endpoints |= EXACT_OVERFLOW;
     }
     let prefixed = || {
@@ -950,7 +956,7 @@ fn write_config(
             .saturating_mul(hz as u64)
             .min(u32::MAX as u64) as u32,
         packet_nat: packet_nat as u32,
-        endpoint_table_mask: table.mask(),
+        endpoint_table_mask: layout.mask(),
         _pad: 0,
     };
     let mut map: Array<_, Settings> = typed_map(ebpf, map_names::SETTINGS)?;
