@@ -44,6 +44,9 @@ pub struct Plan {
     /// Scenario 5: endpoint counts, connects per count, default-policy destinations.
     pub scale_endpoints: Vec<u32>,
     pub scale_connects: u32,
+    /// Pairs of the smallest and largest endpoint rows measured again, in
+    /// alternating order, so the kernel cost ratio has a noise.
+    pub scale_repeats: u32,
     pub lru_destinations: u32,
     /// Scenario 6: rounds, and requests through each path per round.
     pub proxy_rounds: u32,
@@ -72,6 +75,7 @@ impl Plan {
             probe_interval_ms: 200,
             scale_endpoints: vec![10, 1_000, 100_000],
             scale_connects: 20_000,
+            scale_repeats: 2,
             lru_destinations: 1_000_000,
             proxy_rounds: 5,
             proxy_requests: 10_000,
@@ -97,6 +101,7 @@ impl Plan {
             probe_interval_ms: 100,
             scale_endpoints: vec![10, 1_000, 10_000],
             scale_connects: 2_000,
+            scale_repeats: 1,
             lru_destinations: 10_000,
             proxy_rounds: 3,
             proxy_requests: 500,

@@ -519,7 +519,15 @@ fn measure_point(
     })
 }
 
-pub fn scale(lab_bin: &Path, plan: &Plan) -> anyhow::Result<Vec<ScalePoint>> {
+/// Scenario 5: a row per configuration, and the smallest and largest endpoint
+/// rows' kernel cost (ns per connect, raw) measured again in pairs.
+pub struct Scale {
+    pub points: Vec<ScalePoint>,
+    /// (smallest, largest) per extra pair, each pair's order alternating.
+    pub repeats: Vec<(f64, f64)>,
+}
+
+pub fn scale(lab_bin: &Path, plan: &Plan) -> anyhow::Result<Scale> {
     let mut lab = Lab::new("bs", lab_bin)?;
     lab.sink(SINK)?;
     let mut points = Vec::new();
@@ -533,6 +541,31 @@ pub fn scale(lab_bin: &Path, plan: &Plan) -> anyhow::Result<Vec<ScalePoint>> {
             None,
         )?);
     }
+    let mut repeats = Vec::new();
+    if let (Some(&small), Some(&large)) =
+        (plan.scale_endpoints.first(), plan.scale_endpoints.last())
+    {
+        for round in 0..plan.scale_repeats {
+            // The rows ran small first: the next pair runs large first, and so on.
+            let order = if round % 2 == 0 {
+                [large, small]
+            } else {
+                [small, large]
+            };
+            let mut cost = [0.0; 2];
+            for n in order {
+                let p = measure_point(
+                    &mut lab,
+                    format!("{n} endpoints, again"),
+                    &api_config(&endpoints(n), ""),
+                    plan,
+                    None,
+                )?;
+                cost[usize::from(n == large)] = super::report::per_connect(&p.programs, p.connects);
+            }
+            repeats.push((cost[0], cost[1]));
+        }
+    }
     let lru = plan.lru_destinations;
     let config = format!("[default_policy]\nmax_destinations = {lru}\nfailure_threshold = 5\n");
     points.push(measure_point(
@@ -542,7 +575,7 @@ pub fn scale(lab_bin: &Path, plan: &Plan) -> anyhow::Result<Vec<ScalePoint>> {
         plan,
         Some(lru),
     )?);
-    Ok(points)
+    Ok(Scale { points, repeats })
 }
 
 // ---------------------------------------------------------------- scenario 6
