@@ -328,12 +328,7 @@ impl Generation {
                 .count() as u64
         };
         // The endpoints the table had no place for are in ENDPOINTS_EXACT.
-        let overflow = u64::from(
-            crate::kernel::endpoint_table::EndpointLayout::of(|| {
-                config.single_endpoints().map(|(_, dest)| dest)
-            })
-            .overflow,
-        );
+        let overflow = u64::from(sizes.overflow);
         metrics.set_maps(
             &capacities,
             &[

@@ -13,6 +13,14 @@ fn lab(tag: &str) -> Option<Lab> {
     breaker_lab::testing::lab(tag, env!("CARGO_BIN_EXE_breaker-lab"))
 }
 
+/// The outcomes of a client run with `args`.
+fn outcomes_of(lab: &Lab, args: &[&str]) -> Vec<String> {
+    outcomes(&lab.client(args).unwrap())
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
 fn bodies(attempts: &[breaker_lab::client::Attempt]) -> Vec<String> {
     attempts
         .iter()
@@ -595,12 +603,6 @@ open_duration = "10s"
 "#,
     )
     .unwrap();
-    let outcomes_of = |lab: &Lab, args: &[&str]| -> Vec<String> {
-        outcomes(&lab.client(args).unwrap())
-            .into_iter()
-            .map(String::from)
-            .collect()
-    };
     let metric = |lab: &Lab, name: &str, labels: &[(&str, &str)]| lab.metric(name, labels).unwrap();
     // Long enough for every check while open, on an emulated guest too.
     let open_duration = Duration::from_secs(10);
@@ -755,12 +757,6 @@ failure_threshold = 1
 open_duration = "1h"
 "#;
     lab.start_daemon(whole).unwrap();
-    let outcomes_of = |lab: &Lab, args: &[&str]| -> Vec<String> {
-        outcomes(&lab.client(args).unwrap())
-            .into_iter()
-            .map(String::from)
-            .collect()
-    };
     let state_is = |lab: &Lab, s: &str| {
         lab.metric("breaker_state", &[("upstream", "fleet"), ("state", s)])
             .unwrap()

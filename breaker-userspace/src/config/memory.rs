@@ -77,8 +77,9 @@ pub struct MapSizes {
     pub slots: u32,
     /// ENDPOINT_TABLE's slots (a power of two, at least 2).
     pub table: u32,
-    /// The single-address endpoints the table has no place for
-    /// (ENDPOINTS_EXACT), at least 1.
+    /// The single-address endpoints the table has no place for (0 or more)...
+    pub overflow: u32,
+    /// ...and ENDPOINTS_EXACT's size for them, at least 1.
     pub exact: u32,
     /// Prefix or any-port endpoints per family (ENDPOINTS_V4 / _V6), at least 1.
     pub v4: u32,
@@ -143,6 +144,7 @@ impl Config {
         MapSizes {
             slots: upstream_slots(self.upstreams.len()),
             table: table.len,
+            overflow: table.overflow,
             exact: table.overflow.max(1),
             v4: v4.max(1),
             v6: v6.max(1),
@@ -186,6 +188,7 @@ impl Config {
         let MapSizes {
             slots,
             table,
+            overflow: _,
             exact,
             v4,
             v6,

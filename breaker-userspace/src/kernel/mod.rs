@@ -388,7 +388,7 @@ impl Kernel {
         tracing::debug!(hz, "kernel tick rate, for trial SYN timeouts");
         let (ids, freed) = ids::assign(&mut ebpf, config, sizes.slots)?;
         let packet_nat = sizes.nat > 1;
-        write_config(&mut ebpf, config, hz, &ids, packet_nat)?;
+        write_config(&mut ebpf, config, sizes.table, hz, &ids, packet_nat)?;
         let mut kernel = Kernel::assemble(ebpf, pins, config, sizes.slots, hz, (ids, freed))?;
         kernel.packet_nat = packet_nat;
         kernel.load_programs()?;
@@ -817,9 +817,11 @@ where
     prog.try_into().map_err(prog_err(name))
 }
 
+/// `table`: `ENDPOINT_TABLE`'s length, as `Config::map_sizes` laid it out.
 fn write_config(
     ebpf: &mut Ebpf,
     config: &Config,
+    table: u32,
     hz: u32,
     ids: &[u32],
     packet_nat: bool,
@@ -883,16 +885,14 @@ fn write_config(
     }
 
     let mut prefix_endpoints = 0;
-    // Laid out as `Config::map_sizes` did, with the ids now known.
-    let layout =
-        endpoint_table::EndpointLayout::of(|| config.single_endpoints().map(|(_, dest)| dest));
+    // Placed as `Config::map_sizes` laid it out, with the ids now known.
     let mut slots: Array<_, EndpointSlot> = typed_map(ebpf, map_names::ENDPOINT_TABLE)?;
-    let mut overflow = Vec::with_capacity(layout.overflow as usize);
+    let mut overflow = Vec::new();
     endpoint_table::place(
         config
             .single_endpoints()
             .map(|(i, dest)| (dest, upstream_id(i))),
-        layout.len,
+        table,
         |i, slot| {
             slots
                 .set(i, slot, 0)
@@ -909,7 +909,7 @@ fn write_config(
             .insert(slot.dest, slot.upstream, 0)
             .map_err(map_err(map_names::ENDPOINTS_EXACT))?;
     }
-    if layout.overflow > 0 {
+    if !overflow.is_empty() {
         prefix_endpoints |= EXACT_OVERFLOW;
     }
     let prefixed = || {
@@ -956,7 +956,7 @@ fn write_config(
             .saturating_mul(hz as u64)
             .min(u32::MAX as u64) as u32,
         packet_nat: packet_nat as u32,
-        endpoint_table_mask: layout.mask(),
+        endpoint_table_mask: table - 1,
         _pad: 0,
     };
     let mut map: Array<_, Settings> = typed_map(ebpf, map_names::SETTINGS)?;

@@ -545,7 +545,13 @@ pub fn scale(lab_bin: &Path, plan: &Plan) -> anyhow::Result<Scale> {
     if let (Some(&small), Some(&large)) =
         (plan.scale_endpoints.first(), plan.scale_endpoints.last())
     {
-        for round in 0..plan.scale_repeats {
+        // With one size there is no pair to measure.
+        let repeats_wanted = if small == large {
+            0
+        } else {
+            plan.scale_repeats
+        };
+        for round in 0..repeats_wanted {
             // The rows ran small first: the next pair runs large first, and so on.
             let order = if round % 2 == 0 {
                 [large, small]
