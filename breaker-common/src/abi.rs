@@ -139,6 +139,9 @@ pub mod program_names {
     /// Empty XDP and TC programs: the bench's baseline for the packet path.
     pub const NOP_XDP: &str = "brk_nop_xdp";
     pub const NOP_TC: &str = "brk_nop_tc";
+    /// XDP: a SYN's parse and its flow's insert, nothing decided: the bench's
+    /// floor for a SYN that starts a flow; never attached.
+    pub const FLOW_FLOOR: &str = "brk_flow_floor";
     /// Returns the kernel's jiffies under BPF_PROG_TEST_RUN (the daemon's HZ
     /// measurement); never attached.
     pub const JIFFIES: &str = "brk_jiffies";

@@ -155,6 +155,14 @@ mod programs {
         TC_ACT_OK
     }
 
+    /// The bench's floor for a SYN that starts a flow: its parse and its flow's
+    /// insert, nothing decided (see `ingress::flow_floor`); never attached.
+    #[xdp]
+    pub fn brk_flow_floor(ctx: XdpContext) -> u32 {
+        ingress::flow_floor(&ctx);
+        xdp_action::XDP_PASS
+    }
+
     /// A flow past its timeout, under BPF_PROG_TEST_RUN from the daemon; never
     /// attached.
     #[classifier]

@@ -620,7 +620,13 @@ impl Kernel {
         repeat: u32,
     ) -> Result<PacketRun, KernelError> {
         self.load_packet_programs()?;
-        if name == program_names::XDP_INGRESS || name == program_names::NOP_XDP {
+        if [
+            program_names::XDP_INGRESS,
+            program_names::NOP_XDP,
+            program_names::FLOW_FLOOR,
+        ]
+        .contains(&name)
+        {
             let prog: &mut Xdp = program(&mut self.ebpf, name)?;
             if prog.fd().is_err() {
                 prog.load().map_err(prog_err(name))?;

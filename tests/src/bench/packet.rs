@@ -64,6 +64,11 @@ pub struct PacketCost {
     /// of XDP's and TC's): differences below it are noise.
     pub noise_ns: f64,
     pub rows: Vec<CostRow>,
+    /// `brk_flow_floor` (XDP) on SYNs that each start a flow: the parse and the
+    /// flow table's insert alone, the least a SYN to a CLOSED upstream can cost
+    /// with flows in an LRU hash map; and that less the empty XDP program.
+    pub floor: Summary,
+    pub floor_net: f64,
 }
 
 struct Pins(PinFolder);
@@ -196,6 +201,19 @@ pub fn packet_cost(plan: &Plan) -> anyhow::Result<PacketCost> {
             tc,
         });
     }
+    // The floor, from clients of its own: flows of their own, as each case's.
+    let floor_frames: Vec<Vec<u8>> = (0..runs)
+        .map(|i| {
+            let from = SocketAddrV4::new(Ipv4Addr::new(10, 7, 1, 3), port(i, false));
+            packets::syn_v4(from, WEB, 1000 + i)
+        })
+        .collect();
+    let floor = Summary::of(&times(
+        &mut kernel,
+        program_names::FLOW_FLOOR,
+        &floor_frames,
+    )?);
+    let floor_net = floor.p50 - Summary::of(&empty_xdp).p50;
     // A second batch of the empty programs, after the others: how far apart two
     // measurements of the same thing lie in this run.
     let (again_xdp, again_tc) = empty(&mut kernel)?;
@@ -209,5 +227,7 @@ pub fn packet_cost(plan: &Plan) -> anyhow::Result<PacketCost> {
         empty_tc,
         noise_ns,
         rows,
+        floor,
+        floor_net,
     })
 }
