@@ -1397,6 +1397,90 @@ const INGRESS_CASES: &[Case] = &[
             Ok(())
         },
     },
+    Case {
+        name: "a SYN on a flow's ports with a new sequence number is a new attempt, answered as its own",
+        run: |f, xdp| {
+            f.set(f.web, State::Closed);
+            let from = client(port(29, xdp));
+            f.run(ingress(xdp), &packets::syn_v4(from, WEB4, 29_000));
+            let s = observe(f, ingress(xdp), &packets::syn_v4(from, WEB4, 29_500));
+            ensure!(
+                s.run.return_value == pass(xdp),
+                "verdict {}",
+                s.run.return_value
+            );
+            ensure!(
+                (s.web.attempts, s.packet.syns_retransmitted, s.packet.syns_tracked) == (1, 0, 1),
+                "attempts {} retransmitted {} tracked {}",
+                s.web.attempts,
+                s.packet.syns_retransmitted,
+                s.packet.syns_tracked
+            );
+            let old = egress_run(f, &packets::answer_v4(WEB4, from, Reply::SynAck, 29_001));
+            ensure!(old.web.successes == 0, "the given-up attempt's answer counted");
+            let new = egress_run(f, &packets::answer_v4(WEB4, from, Reply::SynAck, 29_501));
+            ensure!(new.web.successes == 1, "the new attempt's answer: {}", new.web.successes);
+            Ok(())
+        },
+    },
+    Case {
+        name: "a SYN to a disabled upstream passes, neither counted nor followed",
+        run: |f, xdp| {
+            f.set(f.web, State::Closed);
+            f.kernel.states().update(f.web, |w| {
+                breaker_common::machine::set_mode(w, breaker_common::machine::Mode::Disabled)
+            });
+            let syn = packets::syn_v4(client(port(30, xdp)), WEB4, 30_000);
+            let s = observe(f, ingress(xdp), &syn);
+            f.kernel.states().update(f.web, |w| {
+                breaker_common::machine::set_mode(w, breaker_common::machine::Mode::Auto)
+            });
+            ensure!(
+                s.run.return_value == pass(xdp) && s.run.data == syn,
+                "verdict {}",
+                s.run.return_value
+            );
+            ensure!(
+                (s.web.attempts, s.packet.syns_tracked) == (0, 0),
+                "attempts {} tracked {}",
+                s.web.attempts,
+                s.packet.syns_tracked
+            );
+            Ok(())
+        },
+    },
+    Case {
+        name: "the bench's floor program starts an ended flow that nothing counts",
+        run: |f, xdp| {
+            f.set(f.web, State::Closed);
+            let from = client(port(31, xdp));
+            let syn = packets::syn_v4(from, WEB4, 31_000);
+            let s = observe(f, program_names::FLOW_FLOOR, &syn);
+            ensure!(
+                s.run.return_value == XDP_PASS && s.run.data == syn,
+                "verdict {}",
+                s.run.return_value
+            );
+            ensure!(
+                (s.web.attempts, s.packet.syns_tracked) == (0, 0),
+                "counted: attempts {} tracked {}",
+                s.web.attempts,
+                s.packet.syns_tracked
+            );
+            // Its flow is there: the same SYN through the hook is sent again...
+            let again = observe(f, ingress(xdp), &syn);
+            ensure!(
+                (again.web.attempts, again.packet.syns_retransmitted) == (0, 1),
+                "the floor's flow was not inserted: attempts {} retransmitted {}",
+                again.web.attempts,
+                again.packet.syns_retransmitted
+            );
+            // ...and ended: its answer counts nothing.
+            let answer = egress_run(f, &packets::answer_v4(WEB4, from, Reply::SynAck, 31_001));
+            ensure!(answer.web.successes == 0, "the floor's flow counted a success");
+            Ok(())
+        },
+    },
 ];
 
 fn egress_run(f: &mut Fixture, frame: &[u8]) -> Seen {

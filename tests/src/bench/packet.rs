@@ -69,7 +69,11 @@ pub struct PacketCost {
     /// with flows in an LRU hash map; and that less the empty XDP program.
     pub floor: Summary,
     pub floor_net: f64,
+    /// The row the floor is the least of.
+    pub floor_of: &'static str,
 }
+
+const SYN_TO_CLOSED: &str = "a SYN to a CLOSED upstream (a flow starts)";
 
 struct Pins(PinFolder);
 
@@ -172,12 +176,7 @@ pub fn packet_cost(plan: &Plan) -> anyhow::Result<PacketCost> {
         tc,
     });
     let cases = [
-        (
-            "a SYN to a CLOSED upstream (a flow starts)",
-            80.0,
-            syns(WEB, false),
-            syns(WEB, true),
-        ),
+        (SYN_TO_CLOSED, 80.0, syns(WEB, false), syns(WEB, true)),
         (
             "a SYN answered with a reset (OPEN upstream)",
             150.0,
@@ -229,5 +228,6 @@ pub fn packet_cost(plan: &Plan) -> anyhow::Result<PacketCost> {
         rows,
         floor,
         floor_net,
+        floor_of: SYN_TO_CLOSED,
     })
 }

@@ -1119,23 +1119,20 @@ impl Report {
         let _ = writeln!(o);
         // What the design itself costs: a SYN that starts a flow inserts it into
         // an LRU hash map. Whether a target lies below that is the run's finding.
-        let closed_target = p
-            .rows
-            .iter()
-            .find(|r| r.case.starts_with("a SYN to a CLOSED"))
-            .map_or(f64::NAN, |r| r.target_ns);
-        let below = if p.floor_net > closed_target + p.noise_ns {
-            format!(
-                "the {closed_target:.0} ns target for a SYN to a CLOSED upstream lies below this floor by more than the noise"
-            )
-        } else {
-            format!(
-                "the {closed_target:.0} ns target for a SYN to a CLOSED upstream is not below this floor by more than the noise"
-            )
+        let below = match p.rows.iter().find(|r| r.case == p.floor_of) {
+            Some(r) if p.floor_net > r.target_ns + p.noise_ns => format!(
+                " In this run the {:.0} ns target of \"{}\" lies below this floor by more than the noise.",
+                r.target_ns, r.case
+            ),
+            Some(r) => format!(
+                " In this run the {:.0} ns target of \"{}\" is not below this floor by more than the noise.",
+                r.target_ns, r.case
+            ),
+            None => String::new(),
         };
         let _ = writeln!(
             o,
-            "The floor of a SYN that starts a flow: `brk_flow_floor` (XDP) parses the SYN as `brk_xdp_ingress` does and inserts its flow into `PACKET_FLOWS` (the bounded LRU hash map the packet path keeps its flows in), with nothing looked up or decided, on {} SYNs of their own clients the same way: {:.0} ns median, {:.0} ns net of the empty program. In this run {below}.\n",
+            "The floor of a SYN that starts a flow: `brk_flow_floor` (XDP) parses the SYN as `brk_xdp_ingress` does and inserts its flow into `PACKET_FLOWS` (the bounded LRU hash map the packet path keeps its flows in), with nothing looked up or decided, on {} SYNs of their own clients the same way: {:.0} ns median, {:.0} ns net of the empty XDP program.{below}\n",
             p.runs, p.floor.p50, p.floor_net
         );
         let rows: Vec<_> = p
@@ -1144,9 +1141,9 @@ impl Report {
             .map(|r| (r.case, r.xdp_net, r.tc_net, r.target_ns))
             .collect();
         for (case, xdp, tc, target) in rows {
-            let floor = if target == closed_target {
+            let floor = if case == p.floor_of {
                 format!(
-                    "; floor (the parse and the flow's insert alone) {:.0} ns",
+                    "; XDP floor (the parse and the flow's insert alone) {:.0} ns",
                     p.floor_net
                 )
             } else {
