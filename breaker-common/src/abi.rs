@@ -142,6 +142,9 @@ pub mod program_names {
     /// XDP: a SYN's parse and its flow's insert, nothing decided: the bench's
     /// floor for a SYN that starts a flow; never attached.
     pub const FLOW_FLOOR: &str = "brk_flow_floor";
+    /// XDP: a SYN's parse, the flow table's lookup and a reset, no breaker
+    /// asked: the bench's floor for a SYN answered with a reset; never attached.
+    pub const RESET_FLOOR: &str = "brk_reset_floor";
     /// Returns the kernel's jiffies under BPF_PROG_TEST_RUN (the daemon's HZ
     /// measurement); never attached.
     pub const JIFFIES: &str = "brk_jiffies";

@@ -163,6 +163,18 @@ mod programs {
         xdp_action::XDP_PASS
     }
 
+    /// The bench's floor for a SYN answered with a reset: its parse, the flow
+    /// table's lookup and the reset, no breaker asked (see
+    /// `ingress::reset_floor`); never attached.
+    #[xdp]
+    pub fn brk_reset_floor(ctx: XdpContext) -> u32 {
+        match ingress::reset_floor(&ctx) {
+            ingress::Verdict::Reply => xdp_action::XDP_TX,
+            ingress::Verdict::Drop => xdp_action::XDP_DROP,
+            ingress::Verdict::Pass => xdp_action::XDP_PASS,
+        }
+    }
+
     /// A flow past its timeout, under BPF_PROG_TEST_RUN from the daemon; never
     /// attached.
     #[classifier]

@@ -52,11 +52,15 @@ pub async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
 
     // A restart with the same binary and config resumes what is pinned as it is;
     // anything else loads (and the kernel verifies) the programs anew.
-    let mut kernel = match Kernel::resume(&config, &pins, &cgroup)? {
-        Some(kernel) => kernel,
-        None => Kernel::load(&config, &pins)?,
+    let (mut kernel, resumed) = match Kernel::resume(&config, &pins, &cgroup)? {
+        Some(kernel) => (kernel, true),
+        None => (Kernel::load(&config, &pins)?, false),
     };
     kernel.attach(&cgroup)?;
+    // A resumed config is the one the pinned maps were written for.
+    if !resumed {
+        forget_unread_destinations(&mut kernel, &config);
+    }
     tracing::info!(
         cgroup = %cgroup.display(),
         upstreams = config.upstreams.len(),
@@ -553,7 +557,24 @@ fn reload(
         kernel.load_packet_programs()?;
     }
     kernel.attach(cgroup)?;
+    forget_unread_destinations(&mut kernel, &config);
     Ok((kernel, config))
+}
+
+/// Per-destination breakers an earlier config left that no breaker of `config`
+/// reads go, once its programs are attached; a failure leaves them (logged).
+fn forget_unread_destinations(kernel: &mut Kernel, config: &Config) {
+    match kernel.forget_unread_destinations(config) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            destinations = n,
+            "forgot the per-destination breakers no breaker of this config reads (an upstream removed or narrowed, or its destinations claimed by another)"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "looking for per-destination breakers this config no longer reads failed: they stay"
+        ),
+    }
 }
 
 /// How often the packet path's flows are looked over for timeouts: a flow's

@@ -1481,6 +1481,30 @@ const INGRESS_CASES: &[Case] = &[
             Ok(())
         },
     },
+    Case {
+        name: "the bench's reset floor resets a new SYN and passes one whose ports have a flow",
+        run: |f, xdp| {
+            f.set(f.web, State::Closed);
+            let fresh = packets::syn_v4(client(port(32, xdp)), WEB4, 32_000);
+            let s = observe(f, program_names::RESET_FLOOR, &fresh);
+            ensure!(
+                s.run.return_value == XDP_TX,
+                "a new SYN: verdict {}",
+                s.run.return_value
+            );
+            check_reset(&s.run.data, &fresh, false)?;
+            ensure!(s.web.attempts == 0, "a breaker was asked");
+            let flowing = packets::syn_v4(client(port(32, xdp) + 1), WEB4, 32_100);
+            f.run(ingress(xdp), &flowing);
+            let s = observe(f, program_names::RESET_FLOOR, &flowing);
+            ensure!(
+                s.run.return_value == XDP_PASS && s.run.data == flowing,
+                "a SYN whose ports have a flow: verdict {}",
+                s.run.return_value
+            );
+            Ok(())
+        },
+    },
 ];
 
 fn egress_run(f: &mut Fixture, frame: &[u8]) -> Seen {

@@ -812,3 +812,97 @@ open_duration = "1h"
         &format!("the dead port trips alone, then fails fast: {dead:?}, rejected {rejected} (1 before the reload)"),
     );
 }
+
+/// A per-address upstream's tripped address is kept by a reload that keeps the
+/// upstream (it still fails fast), and forgotten by one that hands the address
+/// to an ordinary upstream: read by no breaker, it would take room from later
+/// trips in the tripped map (no LRU) and show as the default policy's. Seen
+/// failing with the sweep left out (the entry stayed), and with every cell
+/// swept (the kept address no longer failed fast).
+#[test]
+fn a_reload_forgets_the_per_address_breakers_no_breaker_reads() {
+    let Some(mut lab) = lab("per-addr-forget") else {
+        return;
+    };
+    let fleet = r#"
+[[upstream]]
+name = "fleet"
+endpoints = ["10.77.0.3"]
+per_endpoint = true
+failure_threshold = 1
+open_duration = "1h"
+"#;
+    lab.start_daemon(fleet).unwrap();
+    let tripped_entries = |lab: &Lab| {
+        lab.metric("breaker_map_entries", &[("map", "DEFAULT_TRIPPED")])
+            .unwrap()
+    };
+    let reload = |lab: &mut Lab, config: &str| {
+        let before = lab.daemon_log().matches("config reloaded").count();
+        lab.write_config(config).unwrap();
+        let pid = nix::unistd::Pid::from_raw(lab.daemon_pid().expect("a daemon") as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+        breaker_lab::testing::eventually(Duration::from_secs(10), || {
+            lab.daemon_log().matches("config reloaded").count() > before
+        })
+    };
+    let first = outcomes_of(&lab, &["--to", "10.77.0.3:9602", "--count", "1"]);
+    check(
+        &lab,
+        first == ["refused"] && tripped_entries(&lab) == 1.0,
+        &format!(
+            "the dead port trips: {first:?}, tripped entries {}",
+            tripped_entries(&lab)
+        ),
+    );
+    // The same upstream, another key changed: its address stays tripped.
+    let kept = fleet.replace("open_duration = \"1h\"", "open_duration = \"2h\"");
+    let reloaded = reload(&mut lab, &kept);
+    check(&lab, reloaded, "the first reload finished");
+    let still = outcomes_of(&lab, &["--to", "10.77.0.3:9602", "--count", "1"]);
+    let rejected = lab
+        .metric("breaker_connects_rejected_total", &[("upstream", "fleet")])
+        .unwrap();
+    check(
+        &lab,
+        still == ["refused"] && rejected == 1.0 && tripped_entries(&lab) == 1.0,
+        &format!(
+            "a reload that keeps the upstream keeps its tripped address: {still:?}, rejected {rejected}, tripped entries {}",
+            tripped_entries(&lab)
+        ),
+    );
+    // The address goes to an ordinary upstream: nothing reads that cell. The
+    // upstream stays per-address over another address, so the per-destination
+    // maps are kept as they are (resized, they would start over anyway).
+    let claimed = r#"
+[[upstream]]
+name = "solo"
+endpoints = ["10.77.0.3:9602"]
+probe = { address = "10.77.0.3:9602" }
+
+[[upstream]]
+name = "fleet"
+endpoints = ["10.77.0.4"]
+per_endpoint = true
+"#;
+    let reloaded = reload(&mut lab, claimed);
+    check(&lab, reloaded, "the second reload finished");
+    check(
+        &lab,
+        tripped_entries(&lab) == 0.0
+            && lab
+                .daemon_log()
+                .contains("forgot the per-destination breakers no breaker of this config reads"),
+        &format!(
+            "the address no breaker reads is forgotten, and the log says so: tripped entries {}",
+            tripped_entries(&lab)
+        ),
+    );
+    check(
+        &lab,
+        lab.metric("breaker_default_policy_destinations", &[("state", "open")])
+            .unwrap()
+            == 0.0,
+        "nothing shows as the default policy's",
+    );
+}

@@ -109,6 +109,26 @@ pub fn flow_floor<C: Packet>(ctx: &C) {
     let _ = PACKET_FLOWS.insert(key, flow, 0);
 }
 
+/// The least a SYN answered with a reset costs as the design has it: its parse,
+/// the flow table's lookup that tells a SYN sent again from a new attempt, and
+/// the reset written over it; no breaker asked. `brk_reset_floor` runs it for
+/// the bench; never attached.
+pub fn reset_floor<C: Packet>(ctx: &C) -> Verdict {
+    let mut key = FlowKey::default();
+    let mut isn = 0;
+    if connect_of(&ctx.frame(), &mut key, &mut isn) != SYN_FOLLOWED || has_flow(&key) {
+        return Verdict::Pass;
+    }
+    reply(ctx, DECIDED_RESET)
+}
+
+/// Whether the ports of `key` have a flow. Out of line, a sibling of `reply`.
+#[inline(never)]
+fn has_flow(key: &FlowKey) -> bool {
+    // SAFETY: only whether there is a value is read.
+    unsafe { PACKET_FLOWS.get(key) }.is_some()
+}
+
 /// [`connect_of`]: not a connect's first segment (or unreadable).
 const SYN_NONE: u32 = 0;
 /// A SYN the breaker decides for.

@@ -592,6 +592,62 @@ impl Kernel {
             .collect()
     }
 
+    /// Removes the per-destination breakers (`DEFAULT_STATES`, `DEFAULT_TRIPPED`)
+    /// that no breaker of `config` reads, left by an earlier config: a destination
+    /// an ordinary upstream's endpoint claims now, or one nothing watches (no
+    /// default policy, and no per-address upstream covers it). Kept, a tripped one
+    /// would take room from later trips (its map is no LRU) and show in `status`
+    /// and the metrics as the default policy's. The kernel's own lookup
+    /// ([`Kernel::resolve`]) says whose each destination is. Done only while no
+    /// one else holds the maps (before the daemon's tasks start); returns how
+    /// many went.
+    pub fn forget_unread_destinations(&mut self, config: &Config) -> Result<usize, KernelError> {
+        if Arc::strong_count(&self.destinations) != 1 {
+            return Ok(0);
+        }
+        let keys: Vec<(bool, DestKey)> = {
+            let d = &self.destinations;
+            let failing = d.failing.keys().filter_map(Result::ok).map(|k| (false, k));
+            let tripped = d.tripped.keys().filter_map(Result::ok).map(|k| (true, k));
+            failing.chain(tripped).collect()
+        };
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let per_address: std::collections::HashSet<u32> = self
+            .upstreams(config)
+            .into_iter()
+            .filter(|(_, u)| u.per_address)
+            .map(|(id, _)| id)
+            .collect();
+        let mut unread = Vec::new();
+        for (tripped, key) in keys {
+            let read = match self.resolve(key.to_socket_addr())? {
+                None => config.default_policy.is_some(),
+                Some(id) => per_address.contains(&id),
+            };
+            if !read {
+                unread.push((tripped, key));
+            }
+        }
+        let Some(d) = Arc::get_mut(&mut self.destinations) else {
+            return Ok(0);
+        };
+        let mut gone = 0;
+        for (tripped, key) in unread {
+            let map = if tripped {
+                &mut d.tripped
+            } else {
+                &mut d.failing
+            };
+            // An LRU entry may have been evicted since.
+            if map.remove(&key).is_ok() {
+                gone += 1;
+            }
+        }
+        Ok(gone)
+    }
+
     /// Whether every link is still pinned and attached to the cgroup the last
     /// attach put it on: removing a pin by hand detaches its program (nothing else
     /// holds the link), and so does `bpftool link detach`.

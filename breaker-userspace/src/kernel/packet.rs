@@ -624,6 +624,7 @@ impl Kernel {
             program_names::XDP_INGRESS,
             program_names::NOP_XDP,
             program_names::FLOW_FLOOR,
+            program_names::RESET_FLOOR,
         ]
         .contains(&name)
         {
