@@ -313,6 +313,11 @@ fn prog_err(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> K
     move |source| KernelError::Program { name, source }
 }
 
+/// The most tripped per-destination breakers a load looks over for ones no
+/// breaker reads ([`Kernel::forget_unread_destinations`], a test run each), so
+/// a load's wait on it stays bounded. Any beyond wait for the next reload.
+pub const SWEEP_LIMIT: usize = 1 << 15;
+
 /// Slots for watched connects in flight at once (connect() until its outcome, or
 /// until the socket is closed); 56 bytes each. A power of two: the programs mask a
 /// socket's cookie to find its slot. A connect whose two slots are both taken goes
@@ -592,25 +597,26 @@ impl Kernel {
             .collect()
     }
 
-    /// Removes the per-destination breakers (`DEFAULT_STATES`, `DEFAULT_TRIPPED`)
-    /// that no breaker of `config` reads, left by an earlier config: a destination
-    /// an ordinary upstream's endpoint claims now, or one nothing watches (no
-    /// default policy, and no per-address upstream covers it). Kept, a tripped one
-    /// would take room from later trips (its map is no LRU) and show in `status`
-    /// and the metrics as the default policy's. The kernel's own lookup
-    /// ([`Kernel::resolve`]) says whose each destination is. Done only while no
-    /// one else holds the maps (before the daemon's tasks start); returns how
+    /// Removes the tripped per-destination breakers (`DEFAULT_TRIPPED`) that no
+    /// breaker of `config` reads, left by an earlier config: a destination an
+    /// ordinary upstream's endpoint claims now, or one nothing watches (no
+    /// default policy, and no per-address upstream covers it). Kept, such a one
+    /// would take room from later trips (the map is no LRU: nothing else ever
+    /// removes it) and show in `status` and the metrics as the default
+    /// policy's. Failing ones in `DEFAULT_STATES`, an LRU, are left to its
+    /// evictions. The kernel's own lookup ([`Kernel::resolve`], one test run
+    /// each) says whose each destination is; at most [`SWEEP_LIMIT`] are looked
+    /// at, so a reload never waits long on it. Meant for a `Kernel` no task
+    /// holds yet (the maps are its alone, as at both call sites); returns how
     /// many went.
     pub fn forget_unread_destinations(&mut self, config: &Config) -> Result<usize, KernelError> {
-        if Arc::strong_count(&self.destinations) != 1 {
-            return Ok(0);
-        }
-        let keys: Vec<(bool, DestKey)> = {
-            let d = &self.destinations;
-            let failing = d.failing.keys().filter_map(Result::ok).map(|k| (false, k));
-            let tripped = d.tripped.keys().filter_map(Result::ok).map(|k| (true, k));
-            failing.chain(tripped).collect()
-        };
+        let keys: Vec<DestKey> = self
+            .destinations
+            .tripped
+            .keys()
+            .filter_map(Result::ok)
+            .take(SWEEP_LIMIT)
+            .collect();
         if keys.is_empty() {
             return Ok(0);
         }
@@ -621,31 +627,22 @@ impl Kernel {
             .map(|(id, _)| id)
             .collect();
         let mut unread = Vec::new();
-        for (tripped, key) in keys {
+        for key in keys {
             let read = match self.resolve(key.to_socket_addr())? {
                 None => config.default_policy.is_some(),
                 Some(id) => per_address.contains(&id),
             };
             if !read {
-                unread.push((tripped, key));
+                unread.push(key);
             }
         }
         let Some(d) = Arc::get_mut(&mut self.destinations) else {
             return Ok(0);
         };
-        let mut gone = 0;
-        for (tripped, key) in unread {
-            let map = if tripped {
-                &mut d.tripped
-            } else {
-                &mut d.failing
-            };
-            // An LRU entry may have been evicted since.
-            if map.remove(&key).is_ok() {
-                gone += 1;
-            }
-        }
-        Ok(gone)
+        Ok(unread
+            .iter()
+            .filter(|key| d.tripped.remove(key).is_ok())
+            .count())
     }
 
     /// Whether every link is still pinned and attached to the cgroup the last
