@@ -22,6 +22,18 @@ pub struct FlowKey {
     pub _pad: u16,
 }
 
+impl FlowKey {
+    /// The destination the SYN named, as the breakers key it.
+    #[inline(always)]
+    pub const fn upstream_dest(&self) -> DestKey {
+        DestKey {
+            addr: self.upstream,
+            port: self.upstream_port,
+            family: self.family,
+        }
+    }
+}
+
 /// `FlowRecord.flags`: the flow is a HALF_OPEN trial of `FlowRecord.epoch`.
 pub const FLOW_TRIAL: u32 = 1 << 0;
 /// `FlowRecord.flags`: the flow timed out and was counted; kept so that the

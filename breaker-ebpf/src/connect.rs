@@ -12,8 +12,8 @@ use aya_ebpf::{
 };
 use breaker_common::{
     abi::{
-        DestKey, FallbackHop, Settings, SocketRecord, CAUSE_OPEN_EXPIRED, DEFAULT_UPSTREAM_ID,
-        ECONNREFUSED, IPPROTO_TCP, POLICY_DRY_RUN, RECORD_TRIAL, RECORD_WATCHED,
+        DestKey, FallbackHop, Settings, SocketRecord, CAUSE_OPEN_EXPIRED, ECONNREFUSED,
+        IPPROTO_TCP, POLICY_DRY_RUN, RECORD_TRIAL, RECORD_WATCHED,
     },
     dest::v4_mapped,
     fallback::HopUse,
@@ -75,10 +75,8 @@ fn enforce<const V6_HOOK: bool>(
     settings: &Settings,
     dest: DestKey,
 ) -> Result<Verdict, i32> {
-    let id = match destination::upstream(&dest, settings) {
-        Some(id) => id,
-        None if settings.default_policy_enabled != 0 => DEFAULT_UPSTREAM_ID,
-        None => return Ok(Verdict::Allow),
+    let Some(id) = destination::judged_by(&dest, settings) else {
+        return Ok(Verdict::Allow);
     };
     let breaker = match Breaker::of_record(id, &dest, false) {
         Some(b) => b,

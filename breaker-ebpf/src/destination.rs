@@ -1,15 +1,31 @@
 //! Which configured upstream guards a destination: single-address endpoints
 //! first (the daemon's probing table, then the hash of those it had no place
 //! for), then LPM tries keyed by (port, address prefix), exact port before any
-//! port. Only the connect hooks resolve (once per connect); sock_ops and
-//! sock_release read the answer from the socket's record.
+//! port. Only the hooks that admit a connect resolve (connect4/6 once per
+//! connect, the packet ingress per SYN); sock_ops, sock_release and the packet
+//! egress read the answer from the socket's record or the flow's.
 use aya_ebpf::maps::lpm_trie::Key;
 use breaker_common::{
-    abi::{DestKey, Settings, EXACT_OVERFLOW, PREFIX_ENDPOINTS_V4, PREFIX_ENDPOINTS_V6},
+    abi::{
+        DestKey, Settings, DEFAULT_UPSTREAM_ID, EXACT_OVERFLOW, PREFIX_ENDPOINTS_V4,
+        PREFIX_ENDPOINTS_V6,
+    },
     dest::{endpoint_prefix_len, endpoint_slot, ENDPOINT_TABLE_PROBES},
 };
 
 use crate::maps::{ENDPOINTS_EXACT, ENDPOINTS_V4, ENDPOINTS_V6, ENDPOINT_TABLE};
+
+/// The breaker that judges a connect to `dest`: its configured upstream's, else
+/// the default policy's when it is on; `None`: nothing watches it. Asked by
+/// every hook that admits a connect (connect4/6, the packet ingress).
+#[inline(always)]
+pub fn judged_by(dest: &DestKey, settings: &Settings) -> Option<u32> {
+    match upstream(dest, settings) {
+        Some(id) => Some(id),
+        None if settings.default_policy_enabled != 0 => Some(DEFAULT_UPSTREAM_ID),
+        None => None,
+    }
+}
 
 /// The configured upstream of `dest`, if any.
 #[inline(always)]

@@ -93,19 +93,7 @@ pub fn flow_floor<C: Packet>(ctx: &C) {
     if connect_of(&ctx.frame(), &mut key, &mut isn) != SYN_FOLLOWED {
         return;
     }
-    let flow = FlowRecord {
-        started_jiffies: jiffies(),
-        dest: DestKey {
-            addr: key.upstream,
-            port: key.upstream_port,
-            family: key.family,
-        },
-        upstream: DEFAULT_UPSTREAM_ID,
-        isn,
-        epoch: 0,
-        flags: FLOW_ENDED,
-        _pad: 0,
-    };
+    let flow = flow_record(DEFAULT_UPSTREAM_ID, key.upstream_dest(), isn, FLOW_ENDED, 0);
     let _ = PACKET_FLOWS.insert(key, flow, 0);
 }
 
@@ -349,11 +337,7 @@ fn decide(key: &FlowKey, isn: u32) -> u32 {
         return DECIDED_PASS;
     };
 
-    let dest = DestKey {
-        addr: key.upstream,
-        port: key.upstream_port,
-        family: key.family,
-    };
+    let dest = key.upstream_dest();
     // SAFETY: the value is copied out at once.
     if let Some(flow) = unsafe { PACKET_FLOWS.get(key) }.copied() {
         if flow.isn == isn {
@@ -385,15 +369,9 @@ fn started_as_passed(key: &FlowKey, isn: u32) -> bool {
     let Some(settings) = SETTINGS.get(0) else {
         return false;
     };
-    let dest = DestKey {
-        addr: key.upstream,
-        port: key.upstream_port,
-        family: key.family,
-    };
-    let id = match destination::upstream(&dest, settings) {
-        Some(id) => id,
-        None if settings.default_policy_enabled != 0 => DEFAULT_UPSTREAM_ID,
-        None => return false,
+    let dest = key.upstream_dest();
+    let Some(id) = destination::judged_by(&dest, settings) else {
+        return false;
     };
     if !passes_unchanged(id, &dest) || !start_new(key, id, dest, isn) {
         return false;
@@ -419,10 +397,8 @@ fn passes_unchanged(id: u32, dest: &DestKey) -> bool {
 #[inline(always)]
 fn admit(key: &FlowKey, dest: &DestKey, isn: u32, settings: &Settings) -> u32 {
     let dest = *dest;
-    let id = match destination::upstream(&dest, settings) {
-        Some(id) => id,
-        None if settings.default_policy_enabled != 0 => DEFAULT_UPSTREAM_ID,
-        None => return DECIDED_PASS,
+    let Some(id) = destination::judged_by(&dest, settings) else {
+        return DECIDED_PASS;
     };
     let breaker = match Breaker::of_record(id, &dest, false) {
         Some(b) => b,
